@@ -1,0 +1,6 @@
+//! mecgw: a 5G MEC edge gateway.
+//!
+//! The library half of the `mecgw` binary. `datapath` owns the XDP fast path as userspace sees
+//! it: the embedded eBPF object, loading, attaching and reading counters.
+
+pub mod datapath;

@@ -1,0 +1,127 @@
+//! `mecgw`: the gateway daemon and its operator CLI.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mecgw::datapath::{AttachMode, FastPath};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "mecgw", version, about = "5G MEC edge gateway")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "MECGW_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the counting pass-through XDP program to an interface and report what it sees.
+    ///
+    /// Use it to check that a host can load and attach mecgw's XDP programs. The program is
+    /// detached on exit (Ctrl-C, SIGTERM or when --duration elapses).
+    Attach {
+        /// Interface to attach to.
+        #[arg(long)]
+        iface: String,
+        /// XDP attach mode: native (driver) or generic (skb).
+        #[arg(long, default_value = "native")]
+        mode: AttachMode,
+        /// Detach and exit after this many seconds (default: run until signalled).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mecgw: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mecgw: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MECGW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Attach {
+            iface,
+            mode,
+            duration,
+        } => attach(&iface, mode, duration.map(Duration::from_secs)).await,
+    }
+}
+
+async fn attach(iface: &str, mode: AttachMode, duration: Option<Duration>) -> anyhow::Result<()> {
+    let mut fast_path = FastPath::load()?;
+    fast_path
+        .attach_pass(iface, mode)
+        .with_context(|| format!("interface {iface}"))?;
+    info!(%iface, mode = mode.name(), "XDP pass program attached");
+
+    let deadline = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(deadline);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = tokio::signal::ctrl_c() => { warn!("SIGINT: detaching"); break }
+            _ = sigterm.recv() => { warn!("SIGTERM: detaching"); break }
+            _ = tick.tick() => {
+                for (verdict, c) in fast_path.verdict_counters()? {
+                    if c.packets > 0 {
+                        info!(verdict = verdict.name(), packets = c.packets, bytes = c.bytes, "counters");
+                    }
+                }
+            }
+        }
+    }
+    let totals = fast_path.verdict_counters()?;
+    drop(fast_path); // detaches: the bpf_link closes with the object
+    for (verdict, c) in totals {
+        println!(
+            "{iface} {:<8} packets={} bytes={}",
+            verdict.name(),
+            c.packets,
+            c.bytes
+        );
+    }
+    info!(%iface, "XDP program detached");
+    Ok(())
+}
