@@ -4,4 +4,18 @@
 //! leaving it: parsing and validating policy files, field transforms, windowed aggregation,
 //! k-anonymity floors, differential-privacy noise and the privacy budget. It never performs
 //! I/O towards a destination; the gateway's egress stage does that with what this crate emits.
+//!
+//! The flow is one direction: [`yaml`] → [`compile`] → [`model::Policy`]; records →
+//! [`transform`] → [`aggregate`] → [`release`] (noise from [`noise`], charged to [`budget`]) →
+//! [`engine`] output objects.
 #![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod diag;
+pub mod model;
+pub mod units;
+pub mod yaml;
+
+pub use compile::compile;
+pub use diag::{Code, Diagnostic, Diagnostics, Pos};
+pub use model::Policy;
