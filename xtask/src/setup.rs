@@ -1,0 +1,156 @@
+//! `cargo xtask setup`: installs what a fresh Debian 12 build machine lacks, nothing twice.
+//!
+//! Every step first checks whether its result is already there and says "ok" if so. The
+//! recipe and its reasons are in ../shared/TOOLCHAIN.md: the eBPF crate is linked by
+//! bpf-linker, which must be built against the LLVM that rustc uses (22), and built with
+//! `-Z build-std=core`, which needs the nightly toolchain's rust-src.
+
+use anyhow::{Context as _, bail};
+
+use crate::shell;
+
+/// Debian packages the build, the tests and the demo need, with what needs them.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    (
+        "llvm-22-dev",
+        "bpf-linker is built against LLVM 22, rustc's LLVM",
+    ),
+    (
+        "iproute2",
+        "ip netns / veth for the demo and namespace tests",
+    ),
+    (
+        "iputils-ping",
+        "the demo drives ICMP echo through the XDP program",
+    ),
+];
+
+/// The bpf-linker release known to work with LLVM 22 and our toolchains.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The cargo-deny release whose MSRV our stable toolchain meets.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+pub fn run() -> anyhow::Result<()> {
+    println!("==> setup: checking what this machine lacks");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "setup must run as root: it installs Debian packages, and the tests load XDP \
+             programs and create network namespaces (try: sudo -E cargo xtask …)"
+        );
+    }
+    let mut installed = Vec::new();
+
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(pkg, _)| !debian_package_installed(pkg))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    for (pkg, why) in DEBIAN_PACKAGES {
+        let state = if missing.contains(pkg) {
+            "missing"
+        } else {
+            "ok"
+        };
+        println!("    debian {pkg:<14} {state:<8} ({why})");
+    }
+    if !missing.is_empty() {
+        shell::step("apt-get update", &["apt-get", "update"])?;
+        let mut argv = vec!["apt-get", "install", "-y", "--no-install-recommends"];
+        argv.extend(&missing);
+        // DEBIAN_FRONTEND keeps apt from prompting: CI has no standard input.
+        let status = std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot start apt-get")?;
+        if !status.success() {
+            bail!("apt-get install {} failed ({status})", missing.join(" "));
+        }
+        installed.extend(missing.iter().map(|p| format!("debian {p}")));
+    }
+
+    if !shell::succeeds(&["rustup", "run", "nightly", "rustc", "--version"]) {
+        bail!(
+            "the nightly Rust toolchain is missing; the eBPF crate needs it for -Z build-std=core. \
+             Install it with: rustup toolchain install nightly --profile minimal"
+        );
+    }
+    if rust_src_installed()? {
+        println!("    rustup rust-src (nightly)  ok");
+    } else {
+        shell::step(
+            "rust-src for the nightly toolchain",
+            &[
+                "rustup",
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ],
+        )?;
+        installed.push("rustup rust-src".to_string());
+    }
+
+    if cargo_tool_version("bpf-linker").is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        println!("    cargo bpf-linker {BPF_LINKER_VERSION}    ok");
+    } else {
+        let spec = format!("bpf-linker@{BPF_LINKER_VERSION}");
+        println!("==> bpf-linker: cargo install {spec} against LLVM 22");
+        // Without LLVM_PREFIX the build finds /usr/bin/llvm-config (LLVM 14) and fails.
+        let status = std::process::Command::new("cargo")
+            .args(["install", "--locked", &spec, "--no-default-features"])
+            .args(["--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .status()
+            .context("cannot start cargo install")?;
+        if !status.success() {
+            bail!("cargo install {spec} failed ({status})");
+        }
+        installed.push(format!("cargo {spec}"));
+    }
+
+    if cargo_tool_version("cargo-deny").is_some_and(|v| v.contains(CARGO_DENY_VERSION)) {
+        println!("    cargo cargo-deny {CARGO_DENY_VERSION}    ok");
+    } else {
+        let spec = format!("cargo-deny@{CARGO_DENY_VERSION}");
+        shell::step("cargo-deny", &["cargo", "install", "--locked", &spec])?;
+        installed.push(format!("cargo {spec}"));
+    }
+
+    if installed.is_empty() {
+        println!("==> setup: nothing to install, everything is already here");
+    } else {
+        println!("==> setup: installed {}", installed.join(", "));
+    }
+    Ok(())
+}
+
+fn debian_package_installed(pkg: &str) -> bool {
+    shell::capture(&["dpkg-query", "-W", "-f=${Status}", pkg])
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout) == "install ok installed")
+        .unwrap_or(false)
+}
+
+fn rust_src_installed() -> anyhow::Result<bool> {
+    let out = shell::capture(&[
+        "rustup",
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "rust-src"))
+}
+
+/// `TOOL --version` of a cargo-installed tool, if it runs.
+fn cargo_tool_version(tool: &str) -> Option<String> {
+    let out = shell::capture(&[tool, "--version"]).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
