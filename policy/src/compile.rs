@@ -1532,7 +1532,7 @@ impl Ctx {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) const GOOD: &str = r#"

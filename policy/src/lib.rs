@@ -12,7 +12,10 @@
 
 pub mod compile;
 pub mod diag;
+pub mod keys;
 pub mod model;
+pub mod noise;
+pub mod transform;
 pub mod units;
 pub mod yaml;
 

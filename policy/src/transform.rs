@@ -1,0 +1,426 @@
+//! Field transforms: one input record of a kind → the record that may leave the site.
+//!
+//! This module owns the allow-list. Only fields the policy names in `transforms` reach the
+//! output; everything else, declared or not, is dropped. A record whose declared fields have
+//! the wrong type is rejected with a reason that names the field but never carries its value.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde_json::{Map, Value};
+
+use crate::keys::{KeyError, KeyRing};
+use crate::model::{BucketWidth, FieldType, RecordKind, Transform};
+use crate::units::{self, UnixSeconds};
+
+/// The marker a redacted field carries.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Why a record was rejected. Reasons name fields, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The line is not JSON.
+    #[error("not valid JSON")]
+    InvalidJson,
+    /// The JSON is not an object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// The line exceeds the size limit.
+    #[error("longer than the {0}-byte record limit")]
+    TooLong(usize),
+    /// No `kind` and the policy has several kinds, or an unknown kind.
+    #[error("unknown or missing record kind")]
+    UnknownKind,
+    /// A required field is absent.
+    #[error("field `{0}` is missing")]
+    Missing(String),
+    /// A field's value does not match its declared type.
+    #[error("field `{field}` is not a valid {expected}")]
+    WrongType {
+        field: String,
+        expected: &'static str,
+    },
+    /// No key for the record's epoch.
+    #[error("no pseudonymisation key: {0}")]
+    Key(String),
+}
+
+impl RecordError {
+    /// A stable short label for counters.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RecordError::InvalidJson => "invalid_json",
+            RecordError::NotAnObject => "not_an_object",
+            RecordError::TooLong(_) => "too_long",
+            RecordError::UnknownKind => "unknown_kind",
+            RecordError::Missing(_) => "missing_field",
+            RecordError::WrongType { .. } => "wrong_type",
+            RecordError::Key(_) => "key_unavailable",
+        }
+    }
+}
+
+impl From<KeyError> for RecordError {
+    fn from(e: KeyError) -> Self {
+        RecordError::Key(e.to_string())
+    }
+}
+
+/// Reads a timestamp field value.
+pub fn timestamp_of(v: &Value) -> Option<UnixSeconds> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => units::parse_rfc3339(s).ok(),
+        _ => None,
+    }
+}
+
+/// Reads an address, accepting CIDR notation (the prefix is kept as an upper bound).
+pub fn address_of(v: &Value) -> Option<(IpAddr, Option<u8>)> {
+    let s = v.as_str()?;
+    match s.split_once('/') {
+        Some((a, p)) => Some((a.parse().ok()?, Some(p.parse().ok()?))),
+        None => Some((s.parse().ok()?, None)),
+    }
+}
+
+/// Truncates an address to a prefix. IPv4-mapped IPv6 addresses are truncated on their IPv4
+/// part with the IPv4 prefix (as `96 + ipv4`), so that a v4 subscriber seen through a v6
+/// socket is generalised exactly like a native v4 one. Returns the network and its length.
+pub fn truncate_ip(ip: IpAddr, ipv4: u8, ipv6: u8) -> (IpAddr, u8) {
+    match ip {
+        IpAddr::V4(a) => {
+            let p = ipv4.min(32);
+            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+            (IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), p)
+        }
+        IpAddr::V6(a) => {
+            let p = match a.to_ipv4_mapped() {
+                Some(_) => 96 + ipv4.min(32),
+                None => ipv6.min(128),
+            };
+            let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+            (IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), p)
+        }
+    }
+}
+
+fn geo_of(v: &Value) -> Option<(f64, f64)> {
+    let o = v.as_object()?;
+    let lat = o.get("lat")?.as_f64()?;
+    let lon = o.get("lon")?.as_f64()?;
+    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
+}
+
+fn type_ok(ty: FieldType, v: &Value) -> bool {
+    match ty {
+        FieldType::String => v.is_string(),
+        FieldType::Integer => v.is_i64(),
+        FieldType::Decimal => v.is_number(),
+        FieldType::Boolean => v.is_boolean(),
+        FieldType::Ipv4 => matches!(address_of(v), Some((IpAddr::V4(_), _))),
+        FieldType::Ipv6 => matches!(address_of(v), Some((IpAddr::V6(_), _))),
+        FieldType::Ip => address_of(v).is_some(),
+        FieldType::Timestamp => timestamp_of(v).is_some(),
+        FieldType::Geo => geo_of(v).is_some(),
+    }
+}
+
+/// The bytes a pseudonym is computed over: the canonical text of the value.
+fn canonical(ty: FieldType, v: &Value) -> Option<String> {
+    match ty {
+        FieldType::String => v.as_str().map(str::to_owned),
+        FieldType::Integer => v.as_i64().map(|i| i.to_string()),
+        _ if ty.is_address() => address_of(v).map(|(ip, _)| match ip {
+            // A mapped v4 address is the same subscriber as the bare v4 one.
+            IpAddr::V6(a) => a
+                .to_ipv4_mapped()
+                .map_or_else(|| a.to_string(), |v4| v4.to_string()),
+            IpAddr::V4(a) => a.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+fn floor_to(v: i64, w: i64) -> i64 {
+    v.div_euclid(w) * w
+}
+
+/// The transform plan of one record kind.
+pub struct KindPlan {
+    /// Name of the kind.
+    pub name: String,
+    /// Declared fields, in name order.
+    fields: Vec<(String, FieldType, Option<Transform>)>,
+    /// Name of the timestamp field.
+    pub time: String,
+    /// Name of the privacy-unit field.
+    pub privacy_unit: String,
+    unit_type: FieldType,
+}
+
+/// A record after validation: its time, its privacy unit (canonical text, never output) and
+/// its transformed fields.
+pub struct Transformed {
+    /// The record's time.
+    pub time: UnixSeconds,
+    /// Canonical privacy unit; stays in memory, never written anywhere.
+    pub unit: String,
+    /// Fields that may leave the site, after their transforms.
+    pub fields: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Transformed {
+    // The privacy unit is never printed, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transformed")
+            .field("time", &self.time)
+            .field("unit", &"<hidden>")
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KindPlan {
+    /// The plan for `kind` (already checked by the compiler).
+    pub fn new(name: &str, kind: &RecordKind) -> Self {
+        let fields = kind
+            .fields
+            .iter()
+            .map(|(f, t)| (f.clone(), *t, kind.transforms.get(f).cloned()))
+            .collect();
+        Self {
+            name: name.to_owned(),
+            fields,
+            time: kind.time.clone(),
+            privacy_unit: kind.privacy_unit.clone(),
+            unit_type: kind
+                .fields
+                .get(&kind.privacy_unit)
+                .copied()
+                .unwrap_or(FieldType::String),
+        }
+    }
+
+    /// Validates and transforms one record.
+    pub fn apply(
+        &self,
+        record: &Map<String, Value>,
+        keys: &mut KeyRing,
+    ) -> Result<Transformed, RecordError> {
+        let time = record
+            .get(&self.time)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| RecordError::Missing(self.time.clone()))?;
+        let time = timestamp_of(time).ok_or_else(|| RecordError::WrongType {
+            field: self.time.clone(),
+            expected: "timestamp",
+        })?;
+        let unit_value = record
+            .get(&self.privacy_unit)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| RecordError::Missing(self.privacy_unit.clone()))?;
+        let unit = canonical(self.unit_type, unit_value)
+            .or_else(|| type_ok(self.unit_type, unit_value).then(|| unit_value.to_string()))
+            .ok_or_else(|| RecordError::WrongType {
+                field: self.privacy_unit.clone(),
+                expected: self.unit_type.name(),
+            })?;
+        let mut out = Map::new();
+        for (name, ty, transform) in &self.fields {
+            let Some(v) = record.get(name).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            if !type_ok(*ty, v) {
+                return Err(RecordError::WrongType {
+                    field: name.clone(),
+                    expected: ty.name(),
+                });
+            }
+            let Some(transform) = transform else {
+                continue; // not in the allow-list: dropped
+            };
+            let value = match transform {
+                Transform::Keep => v.clone(),
+                Transform::Redact => Value::String(REDACTED.to_owned()),
+                Transform::Pseudonymise { key } => {
+                    let text = canonical(*ty, v).ok_or_else(|| RecordError::WrongType {
+                        field: name.clone(),
+                        expected: ty.name(),
+                    })?;
+                    let k = keys
+                        .get_mut(key)
+                        .ok_or_else(|| RecordError::Key(format!("key `{key}` is not loaded")))?;
+                    Value::String(k.pseudonym(text.as_bytes(), time)?)
+                }
+                Transform::Truncate { ipv4, ipv6 } => {
+                    let (ip, given) = address_of(v).ok_or_else(|| RecordError::WrongType {
+                        field: name.clone(),
+                        expected: ty.name(),
+                    })?;
+                    let (net, p) = truncate_ip(ip, ipv4.unwrap_or(24), ipv6.unwrap_or(48));
+                    let (net, p) = match given {
+                        // Input already a prefix shorter than ours: keep the shorter one.
+                        Some(g) if g < p => truncate_ip(net, g.min(32), g),
+                        _ => (net, p),
+                    };
+                    Value::String(format!("{net}/{p}"))
+                }
+                Transform::Coarsen { grid } => {
+                    let (lat, lon) = geo_of(v).ok_or_else(|| RecordError::WrongType {
+                        field: name.clone(),
+                        expected: "geo",
+                    })?;
+                    let g = i64::from(grid.0);
+                    let snap = |d: f64| floor_to((d * 1e6).round() as i64, g) as f64 / 1e6;
+                    serde_json::json!({"lat": snap(lat), "lon": snap(lon)})
+                }
+                Transform::Bucket { width } => match (width, ty) {
+                    (BucketWidth::Duration(d), FieldType::Timestamp) => {
+                        let t = timestamp_of(v).ok_or_else(|| RecordError::WrongType {
+                            field: name.clone(),
+                            expected: "timestamp",
+                        })?;
+                        let w = i64::try_from(d.0).unwrap_or(i64::MAX);
+                        Value::String(units::format_rfc3339(floor_to(t, w)))
+                    }
+                    (BucketWidth::Number { units, places: 0 }, _) if v.is_i64() => {
+                        Value::from(floor_to(v.as_i64().unwrap_or_default(), *units))
+                    }
+                    (BucketWidth::Number { units, places }, _) => {
+                        let scale = 10f64.powi(*places as i32);
+                        let x = v.as_f64().unwrap_or_default();
+                        let b = floor_to((x * scale).floor() as i64, *units) as f64 / scale;
+                        serde_json::Number::from_f64(b).map_or(Value::Null, Value::Number)
+                    }
+                    _ => Value::Null,
+                },
+            };
+            out.insert(name.clone(), value);
+        }
+        Ok(Transformed {
+            time,
+            unit,
+            fields: out,
+        })
+    }
+
+    /// The declared type of a field.
+    pub fn field_type(&self, field: &str) -> Option<FieldType> {
+        self.fields
+            .iter()
+            .find(|(f, _, _)| f == field)
+            .map(|(_, t, _)| *t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::EpochKeys;
+    use proptest::prelude::*;
+
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn plan() -> (KindPlan, KeyRing) {
+        let p = crate::compile(crate::compile::tests::GOOD).unwrap();
+        let mut ring = KeyRing::default();
+        ring.insert(EpochKeys::from_test_hex("subscriber", KEY, 86_400).unwrap());
+        (KindPlan::new("flow", &p.kinds["flow"]), ring)
+    }
+
+    #[test]
+    fn transforms_each_field_and_drops_the_rest() {
+        let (plan, mut ring) = plan();
+        let rec = serde_json::json!({
+            "imsi": "001010123456789", "ue_ip": "10.1.2.3", "start": "2026-11-26T11:20:47Z",
+            "bytes": 1234, "cell": "c1", "imei": "353490061234560"
+        });
+        let t = plan.apply(rec.as_object().unwrap(), &mut ring).unwrap();
+        assert_eq!(t.fields["ue_ip"], "10.1.2.0/24");
+        assert_eq!(t.fields["start"], "2026-11-26T11:15:00Z");
+        assert_eq!(t.fields["cell"], "c1");
+        assert!(t.fields["imsi"].as_str().unwrap().starts_with("e20783:"));
+        assert!(!t.fields.contains_key("bytes"), "declared but not allowed");
+        assert!(!t.fields.contains_key("imei"), "undeclared");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field_not_the_value() {
+        let (plan, mut ring) = plan();
+        let rec =
+            serde_json::json!({"imsi": "001010123456789", "start": 0, "ue_ip": "not-an-ip-001010"});
+        let e = plan.apply(rec.as_object().unwrap(), &mut ring).unwrap_err();
+        assert_eq!(e.to_string(), "field `ue_ip` is not a valid ip");
+        let rec = serde_json::json!({"start": 0});
+        assert_eq!(
+            plan.apply(rec.as_object().unwrap(), &mut ring).unwrap_err(),
+            RecordError::Missing("imsi".into())
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_truncates_like_ipv4() {
+        let v4: IpAddr = "192.0.2.77".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.77".parse().unwrap();
+        let (a, pa) = truncate_ip(v4, 24, 48);
+        let (b, pb) = truncate_ip(mapped, 24, 48);
+        assert_eq!((a.to_string(), pa), ("192.0.2.0".into(), 24));
+        assert_eq!((b.to_string(), pb), ("::ffff:192.0.2.0".into(), 120));
+        let (c, pc) = truncate_ip("2001:db8:1234:5678::1".parse().unwrap(), 24, 48);
+        assert_eq!((c.to_string(), pc), ("2001:db8:1234::".into(), 48));
+    }
+
+    proptest! {
+        #[test]
+        fn truncation_is_idempotent(bits in any::<u128>(), v4 in 0u8..=32, v6 in 0u8..=128, mapped in any::<bool>(), is_v4 in any::<bool>()) {
+            let ip = if is_v4 {
+                IpAddr::V4(Ipv4Addr::from(bits as u32))
+            } else if mapped {
+                IpAddr::V6(Ipv4Addr::from(bits as u32).to_ipv6_mapped())
+            } else {
+                IpAddr::V6(Ipv6Addr::from(bits))
+            };
+            let (once, p) = truncate_ip(ip, v4, v6);
+            prop_assert_eq!(truncate_ip(once, v4, v6), (once, p));
+            if mapped && !is_v4 {
+                // Exactly the IPv4 truncation, embedded.
+                let (n4, _) = truncate_ip(IpAddr::V4(Ipv4Addr::from(bits as u32)), v4, v6);
+                let IpAddr::V4(n4) = n4 else { unreachable!() };
+                prop_assert_eq!(once, IpAddr::V6(n4.to_ipv6_mapped()));
+            }
+        }
+
+        #[test]
+        fn string_level_truncation_is_idempotent(bits in any::<u32>()) {
+            let (plan, mut ring) = plan();
+            let rec = serde_json::json!({"imsi": "1", "start": 0, "ue_ip": Ipv4Addr::from(bits).to_string()});
+            let once = plan.apply(rec.as_object().unwrap(), &mut ring).unwrap().fields["ue_ip"].clone();
+            let rec2 = serde_json::json!({"imsi": "1", "start": 0, "ue_ip": once});
+            let twice = plan.apply(rec2.as_object().unwrap(), &mut ring).unwrap().fields["ue_ip"].clone();
+            prop_assert_eq!(once, twice);
+        }
+
+        /// Whatever extra fields a record carries, the output holds only allow-listed ones.
+        #[test]
+        fn allow_list_fails_closed(extra in proptest::collection::btree_map("[a-z_]{1,12}", "[ -~]{0,20}", 0..12)) {
+            let (plan, mut ring) = plan();
+            let mut rec = serde_json::json!({"imsi": "001010123456789", "start": 0}).as_object().unwrap().clone();
+            for (k, v) in &extra {
+                if !["imsi", "start", "ue_ip", "bytes", "cell"].contains(&k.as_str()) {
+                    rec.insert(k.clone(), Value::String(v.clone()));
+                }
+            }
+            let out = plan.apply(&rec, &mut ring).unwrap();
+            for k in out.fields.keys() {
+                prop_assert!(["imsi", "ue_ip", "start", "cell"].contains(&k.as_str()), "{k} leaked");
+            }
+            for (k, v) in &extra {
+                if v.len() >= 4 && !["imsi", "start", "ue_ip", "bytes", "cell"].contains(&k.as_str()) {
+                    let s = serde_json::to_string(&out.fields).unwrap();
+                    prop_assert!(!s.contains(v.as_str()), "value of {k} leaked");
+                }
+            }
+        }
+    }
+}
