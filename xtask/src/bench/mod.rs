@@ -9,10 +9,8 @@ pub const NAMES: &[&str] = &[];
 
 pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
     let _ = args;
-    match name {
-        other => bail!(
-            "unknown benchmark {other:?}; available: {}",
-            NAMES.join(", ")
-        ),
-    }
+    bail!(
+        "unknown benchmark {name:?}; available: {}",
+        if NAMES.is_empty() { "none yet" } else { "" }.to_string() + &NAMES.join(", ")
+    )
 }
