@@ -10,11 +10,14 @@
 //! [`engine`] output objects.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
+pub mod budget;
 pub mod compile;
 pub mod diag;
 pub mod keys;
 pub mod model;
 pub mod noise;
+pub mod release;
 pub mod transform;
 pub mod units;
 pub mod yaml;

@@ -6,14 +6,16 @@
 //! no information about the true value (Mironov 2012). Randomness comes from a caller-supplied
 //! [`rand::RngCore`]; production code passes [`os_rng`] (the kernel CSPRNG), tests a seeded RNG.
 //!
-//! Arithmetic is in `u128` with checked operations; parameters are bounded at construction so
+//! Arithmetic is in `u128` with checked operations (the Gaussian's acceptance test, whose
+//! numbers grow with σ⁴, in arbitrary precision); parameters are bounded at construction so
 //! that overflow is practically impossible, and if it happens anyway the draw fails with
 //! [`NoiseError::Overflow`] rather than returning a wrong value.
 
+use num_bigint::BigUint;
 use rand::RngCore;
 
-/// Largest discrete Gaussian variance supported (2^48, σ ≈ 1.7e7).
-pub const MAX_GAUSSIAN_SIGMA2: u128 = 1 << 48;
+/// Largest discrete Gaussian variance supported (2^100, σ ≈ 1.1e15).
+pub const MAX_GAUSSIAN_SIGMA2: u128 = 1 << 100;
 /// Largest numerator/denominator of a discrete Laplace scale (2^100).
 pub const MAX_LAPLACE_PARAM: u128 = 1 << 100;
 
@@ -193,7 +195,7 @@ impl DiscreteGaussian {
     pub fn new(sigma2: u128) -> Result<Self, NoiseError> {
         if sigma2 == 0 || sigma2 > MAX_GAUSSIAN_SIGMA2 {
             return Err(NoiseError::Parameter(
-                "discrete Gaussian variance must be between 1 and 2^48",
+                "discrete Gaussian variance must be between 1 and 2^100",
             ));
         }
         Ok(Self {
@@ -212,22 +214,69 @@ impl DiscreteGaussian {
         let (s2, t) = (self.sigma2, self.t);
         let lap = DiscreteLaplace { s: 1, t };
         // γ = (|Y| − σ²/t)² / (2σ²) = (|Y|·t − σ²)² / (2·σ²·t²)
-        let den = s2
-            .checked_mul(2)
-            .and_then(|v| v.checked_mul(t))
-            .and_then(|v| v.checked_mul(t))
-            .ok_or(NoiseError::Overflow)?;
+        let t_big = BigUint::from(t);
+        let den = BigUint::from(s2) * 2u32 * &t_big * &t_big;
         loop {
             let y = lap.sample(rng)?;
             let a = u128::from(y.unsigned_abs())
                 .checked_mul(t)
                 .ok_or(NoiseError::Overflow)?;
-            let diff = a.abs_diff(s2);
-            let num = diff.checked_mul(diff).ok_or(NoiseError::Overflow)?;
-            if bernoulli_exp(rng, num, den)? {
+            let diff = BigUint::from(a.abs_diff(s2));
+            let num = &diff * &diff;
+            if bernoulli_exp_big(rng, &num, &den)? {
                 return Ok(y);
             }
         }
+    }
+}
+
+fn uniform_below_big(rng: &mut impl RngCore, n: &BigUint) -> BigUint {
+    let bits = n.bits();
+    let bytes = bits.div_ceil(8) as usize;
+    let top_mask = if bits.is_multiple_of(8) {
+        0xff
+    } else {
+        (1u8 << (bits % 8)) - 1
+    };
+    let mut buf = vec![0u8; bytes.max(1)];
+    loop {
+        rng.fill_bytes(&mut buf);
+        // Little-endian: the last byte is the most significant.
+        if let Some(last) = buf.last_mut() {
+            *last &= top_mask;
+        }
+        let v = BigUint::from_bytes_le(&buf);
+        if &v < n {
+            return v;
+        }
+    }
+}
+
+/// Bernoulli(exp(-num/den)) in arbitrary precision (CKS Algorithm 1).
+fn bernoulli_exp_big(
+    rng: &mut impl RngCore,
+    num: &BigUint,
+    den: &BigUint,
+) -> Result<bool, NoiseError> {
+    if den == &BigUint::ZERO {
+        return Err(NoiseError::Parameter("zero denominator"));
+    }
+    let whole = num / den;
+    let mut i = BigUint::ZERO;
+    while i < whole {
+        if !bernoulli_exp_small(rng, 1, 1)? {
+            return Ok(false);
+        }
+        i += 1u32;
+    }
+    let rem = num % den;
+    let mut k: u32 = 1;
+    loop {
+        let d = den * k;
+        if uniform_below_big(rng, &d) >= rem {
+            return Ok(k % 2 == 1);
+        }
+        k += 1;
     }
 }
 
@@ -313,10 +362,11 @@ mod tests {
         let mut out = Vec::new();
         for (&z, &c0) in &c {
             // M(1) = 1 + noise, so P[M(1) = z] = P[noise = z - 1].
-            if let Some(&c1) = c.get(&(z - 1)) {
-                if c0 >= 1000.0 && c1 >= 1000.0 {
-                    out.push((z, (c0 / c1).ln(), (1.0 / c0 + 1.0 / c1).sqrt()));
-                }
+            if let Some(&c1) = c.get(&(z - 1))
+                && c0 >= 1000.0
+                && c1 >= 1000.0
+            {
+                out.push((z, (c0 / c1).ln(), (1.0 / c0 + 1.0 / c1).sqrt()));
             }
         }
         out
