@@ -1,0 +1,638 @@
+//! The engine: records in, transformed records and releases out, tagged for their destination.
+//!
+//! This module owns routing: which transformed records and which releases go to which
+//! destination (anything not named by a destination stays on site), window bookkeeping
+//! (tumbling windows per release, closed when a record arrives a full window past their end,
+//! and all closed at the end of input), charging the budget before anything is written, and
+//! counting every record that could not be used. It never logs record values; its counters
+//! name reasons and fields only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher as _, RandomState};
+use std::path::Path;
+
+use rand::RngCore;
+use serde_json::{Map, Value, json};
+
+use crate::aggregate::{Layout, RowOutcome, WindowState};
+use crate::budget::{Charge, Ledger, LedgerError};
+use crate::keys::{EpochKeys, KeyError, KeyRing};
+use crate::model::{DEFAULT_MAX_STATE, Policy, Release};
+use crate::release::{Mechanism, MechanismError};
+use crate::transform::{KindPlan, RecordError};
+use crate::units::format_rfc3339;
+
+/// Longest input line accepted, in bytes.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Bad-record samples kept for the report (line number and reason).
+pub const MAX_BAD_SAMPLES: usize = 20;
+
+/// Why the engine could not start or continue.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The budget ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A release's mechanism is out of range.
+    #[error(transparent)]
+    Mechanism(#[from] MechanismError),
+    /// A test case lacks a key.
+    #[error(
+        "key `{0}` has no test key material in this test case; add it under the case's `keys:`"
+    )]
+    MissingTestKey(String),
+}
+
+/// Where pseudonymisation keys come from.
+pub enum KeySource<'a> {
+    /// The key files the policy names, relative to this directory.
+    Files(&'a Path),
+    /// Test material (hex) by key name.
+    Test(&'a BTreeMap<String, String>),
+}
+
+/// Counters of one release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReleaseStats {
+    /// Rows aggregated.
+    pub rows_added: u64,
+    /// Rows dropped over max_rows.
+    pub rows_over_max_rows: u64,
+    /// Rows dropped over max_groups.
+    pub rows_over_max_groups: u64,
+    /// Rows dropped at the state cap.
+    pub rows_state_cap: u64,
+    /// Rows for a window already closed.
+    pub rows_late: u64,
+    /// Windows closed.
+    pub windows_closed: u64,
+    /// Windows whose cells were released.
+    pub windows_released: u64,
+    /// Windows refused by the budget.
+    pub windows_refused: u64,
+    /// Windows suppressed because the state cap was hit.
+    pub windows_suppressed: u64,
+    /// Windows that failed while drawing noise (budget spent, nothing released).
+    pub windows_failed: u64,
+    /// Cells released (per destination once).
+    pub cells: u64,
+    /// Groups withheld by the cohort floor.
+    pub groups_below_k: u64,
+    /// Groups withheld by partition selection.
+    pub groups_below_threshold: u64,
+}
+
+/// What the engine did.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Input records seen.
+    pub records_in: u64,
+    /// Records transformed.
+    pub records_ok: u64,
+    /// Bad records by reason.
+    pub bad: BTreeMap<&'static str, u64>,
+    /// The first bad records: (line, reason). Reasons never carry values.
+    pub bad_samples: Vec<(u64, String)>,
+    /// Transformed records written (once per destination).
+    pub records_out: u64,
+    /// Transformed records no destination may receive (they stay on site).
+    pub records_on_site: u64,
+    /// Per release.
+    pub releases: BTreeMap<String, ReleaseStats>,
+}
+
+impl Stats {
+    /// Total bad records.
+    pub fn bad_total(&self) -> u64 {
+        self.bad.values().sum()
+    }
+}
+
+struct ReleaseRun {
+    name: String,
+    release: Release,
+    layout: Layout,
+    mechanism: Mechanism,
+    destinations: Vec<(String, String)>,
+    windows: BTreeMap<i64, WindowState>,
+    /// Windows starting before this are closed.
+    closed_before: i64,
+    max_state: u64,
+}
+
+/// The policy engine for one run.
+pub struct Engine {
+    hash: String,
+    kinds: BTreeMap<String, KindPlan>,
+    kind_window: BTreeMap<String, i64>,
+    kind_destinations: BTreeMap<String, Vec<(String, String)>>,
+    runs: Vec<ReleaseRun>,
+    keys: KeyRing,
+    ledger: Ledger,
+    rng: Box<dyn RngCore>,
+    unit_hasher: RandomState,
+    /// What happened so far.
+    pub stats: Stats,
+}
+
+/// `sha256:<hex>` of the policy text: the tag that says which policy produced an output.
+pub fn policy_hash(src: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, src.as_bytes());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn window_json(start: i64, len: i64) -> Value {
+    json!({"start": format_rfc3339(start), "end": format_rfc3339(start.saturating_add(len))})
+}
+
+impl Engine {
+    /// An engine for `policy` (compiled from `src`), with keys from `keys`, the budget
+    /// `ledger` and noise from `rng` (the OS CSPRNG in production).
+    pub fn new(
+        policy: &Policy,
+        src: &str,
+        keys: KeySource<'_>,
+        ledger: Ledger,
+        rng: Box<dyn RngCore>,
+    ) -> Result<Self, EngineError> {
+        let mut ring = KeyRing::default();
+        for (name, spec) in &policy.keys {
+            let used = policy.kinds.values().any(|k| {
+                k.transforms.values().any(
+                    |t| matches!(t, crate::model::Transform::Pseudonymise { key } if key == name),
+                )
+            });
+            if !used {
+                continue;
+            }
+            let k = match keys {
+                KeySource::Files(base) => EpochKeys::load(name, spec, base)?,
+                KeySource::Test(map) => {
+                    let hex = map
+                        .get(name)
+                        .ok_or_else(|| EngineError::MissingTestKey(name.clone()))?;
+                    EpochKeys::from_test_hex(name, hex, spec.rotation.0)?
+                }
+            };
+            ring.insert(k);
+        }
+        let dests_of =
+            |pred: &dyn Fn(&crate::model::Destination) -> bool| -> Vec<(String, String)> {
+                policy
+                    .destinations
+                    .iter()
+                    .filter(|(_, d)| pred(d))
+                    .map(|(n, d)| (n.clone(), d.region.clone()))
+                    .collect()
+            };
+        let mut kinds = BTreeMap::new();
+        let mut kind_window = BTreeMap::new();
+        let mut kind_destinations = BTreeMap::new();
+        for (name, kind) in &policy.kinds {
+            kinds.insert(name.clone(), KindPlan::new(name, kind));
+            let w = kind.window.unwrap_or(policy.budget.period).0;
+            kind_window.insert(name.clone(), i64::try_from(w).unwrap_or(i64::MAX));
+            kind_destinations.insert(name.clone(), dests_of(&|d| d.kinds.contains(name)));
+        }
+        let mut runs = Vec::new();
+        let mut stats = Stats::default();
+        for (name, release) in &policy.releases {
+            let destinations = dests_of(&|d| d.releases.contains(name));
+            let mechanism = Mechanism::new(name, release)?;
+            stats.releases.insert(name.clone(), ReleaseStats::default());
+            if destinations.is_empty() {
+                continue; // stays on site: nothing is computed, nothing is spent
+            }
+            runs.push(ReleaseRun {
+                name: name.clone(),
+                release: release.clone(),
+                layout: Layout::new(&release.metrics),
+                mechanism,
+                destinations,
+                windows: BTreeMap::new(),
+                closed_before: i64::MIN,
+                max_state: release.max_state.unwrap_or(DEFAULT_MAX_STATE),
+            });
+        }
+        Ok(Self {
+            hash: policy_hash(src),
+            kinds,
+            kind_window,
+            kind_destinations,
+            runs,
+            keys: ring,
+            ledger,
+            rng,
+            unit_hasher: RandomState::new(),
+            stats,
+        })
+    }
+
+    /// The policy hash outputs are tagged with.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    fn bad(&mut self, line: u64, e: &RecordError) {
+        *self.stats.bad.entry(e.label()).or_default() += 1;
+        if self.stats.bad_samples.len() < MAX_BAD_SAMPLES {
+            self.stats.bad_samples.push((line, e.to_string()));
+        }
+    }
+
+    /// Processes one input line (JSON). Bad lines are counted, never fatal.
+    pub fn process_line(
+        &mut self,
+        line_no: u64,
+        line: &str,
+        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+    ) -> Result<(), EngineFailure> {
+        self.stats.records_in += 1;
+        if line.len() > MAX_RECORD_BYTES {
+            self.bad(line_no, &RecordError::TooLong(MAX_RECORD_BYTES));
+            return Ok(());
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => self.process_value_counted(line_no, v, emit),
+            Err(_) => {
+                self.bad(line_no, &RecordError::InvalidJson);
+                Ok(())
+            }
+        }
+    }
+
+    /// Processes one input record.
+    pub fn process_value(
+        &mut self,
+        line_no: u64,
+        record: Value,
+        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+    ) -> Result<(), EngineFailure> {
+        self.stats.records_in += 1;
+        self.process_value_counted(line_no, record, emit)
+    }
+
+    fn process_value_counted(
+        &mut self,
+        line_no: u64,
+        record: Value,
+        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+    ) -> Result<(), EngineFailure> {
+        let Value::Object(record) = record else {
+            self.bad(line_no, &RecordError::NotAnObject);
+            return Ok(());
+        };
+        let kind_name = match record.get("kind") {
+            Some(Value::String(k)) if self.kinds.contains_key(k) => k.clone(),
+            None if self.kinds.len() == 1 => self.kinds.keys().next().cloned().unwrap_or_default(),
+            _ => {
+                self.bad(line_no, &RecordError::UnknownKind);
+                return Ok(());
+            }
+        };
+        let Some(plan) = self.kinds.get(&kind_name) else {
+            self.bad(line_no, &RecordError::UnknownKind);
+            return Ok(());
+        };
+        let t = match plan.apply(&record, &mut self.keys) {
+            Ok(t) => t,
+            Err(e) => {
+                self.bad(line_no, &e);
+                return Ok(());
+            }
+        };
+        self.stats.records_ok += 1;
+        let dests = self
+            .kind_destinations
+            .get(&kind_name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if dests.is_empty() {
+            self.stats.records_on_site += 1;
+        } else {
+            let wlen = self
+                .kind_window
+                .get(&kind_name)
+                .copied()
+                .unwrap_or(86_400)
+                .max(1);
+            let start = t.time.div_euclid(wlen) * wlen;
+            let fields = Value::Object(t.fields.clone());
+            for (d, region) in dests {
+                emit(json!({
+                    "kind": kind_name,
+                    "window": window_json(start, wlen),
+                    "destination": d,
+                    "region": region,
+                    "policy": self.hash,
+                    "record": fields,
+                }))
+                .map_err(EngineFailure::Output)?;
+                self.stats.records_out += 1;
+            }
+        }
+        let unit_id = self.unit_hasher.hash_one(&t.unit);
+        for i in 0..self.runs.len() {
+            let run = &mut self.runs[i];
+            if run.release.kind != kind_name {
+                continue;
+            }
+            let wlen = i64::try_from(run.release.window.0)
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let start = t.time.div_euclid(wlen) * wlen;
+            let stats = self.stats.releases.entry(run.name.clone()).or_default();
+            if start < run.closed_before {
+                stats.rows_late += 1;
+                continue;
+            }
+            let key: Vec<Value> = run
+                .release
+                .group_by
+                .iter()
+                .map(|f| t.fields.get(f).cloned().unwrap_or(Value::Null))
+                .collect();
+            let w = run
+                .windows
+                .entry(start)
+                .or_insert_with(|| WindowState::new(start));
+            match w.add(
+                &run.layout,
+                run.release.contribution,
+                run.max_state,
+                unit_id,
+                key,
+                &record,
+            ) {
+                RowOutcome::Added => stats.rows_added += 1,
+                RowOutcome::OverMaxRows => stats.rows_over_max_rows += 1,
+                RowOutcome::OverMaxGroups => stats.rows_over_max_groups += 1,
+                RowOutcome::StateCap => stats.rows_state_cap += 1,
+            }
+            // Close windows that ended at least one window length before this record.
+            let horizon = start.saturating_sub(wlen);
+            let due: Vec<i64> = run.windows.range(..horizon).map(|(s, _)| *s).collect();
+            for s in due {
+                self.close(i, s, emit)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(
+        &mut self,
+        run_idx: usize,
+        start: i64,
+        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+    ) -> Result<(), EngineFailure> {
+        let run = &mut self.runs[run_idx];
+        let Some(w) = run.windows.remove(&start) else {
+            return Ok(());
+        };
+        let wlen = i64::try_from(run.release.window.0).unwrap_or(i64::MAX);
+        run.closed_before = run.closed_before.max(start.saturating_add(wlen));
+        let stats = self.stats.releases.entry(run.name.clone()).or_default();
+        stats.windows_closed += 1;
+        if w.saturated {
+            stats.windows_suppressed += 1;
+            return Ok(());
+        }
+        let groups = w.into_groups();
+        match self
+            .ledger
+            .charge(
+                &run.name,
+                start,
+                run.release.epsilon,
+                run.release.delta,
+                &self.hash,
+            )
+            .map_err(EngineFailure::Ledger)?
+        {
+            Charge::Granted => {}
+            Charge::Refused { .. } => {
+                stats.windows_refused += 1;
+                return Ok(());
+            }
+        }
+        let released =
+            match run
+                .mechanism
+                .release(&run.layout, &run.release.group_by, groups, &mut *self.rng)
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    stats.windows_failed += 1;
+                    return Ok(());
+                }
+            };
+        stats.windows_released += 1;
+        stats.groups_below_k += released.below_k;
+        stats.groups_below_threshold += released.below_threshold;
+        for cell in released.cells {
+            for (d, region) in &run.destinations {
+                emit(json!({
+                    "kind": "release",
+                    "release": run.name,
+                    "window": window_json(start, wlen),
+                    "destination": d,
+                    "region": region,
+                    "policy": self.hash,
+                    "group": cell.group,
+                    "metrics": cell.metrics,
+                }))
+                .map_err(EngineFailure::Output)?;
+                stats.cells += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// End of input: closes every open window, oldest first.
+    pub fn finish(
+        &mut self,
+        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+    ) -> Result<(), EngineFailure> {
+        let mut due: Vec<(i64, usize)> = Vec::new();
+        for (i, run) in self.runs.iter().enumerate() {
+            due.extend(run.windows.keys().map(|s| (*s, i)));
+        }
+        due.sort();
+        for (s, i) in due {
+            self.close(i, s, emit)?;
+        }
+        Ok(())
+    }
+
+    /// Transforms one record without routing or aggregating it (for `policy explain`).
+    pub fn preview(&mut self, record: &Value) -> Result<(String, Map<String, Value>), RecordError> {
+        let Value::Object(record) = record else {
+            return Err(RecordError::NotAnObject);
+        };
+        let kind_name = match record.get("kind") {
+            Some(Value::String(k)) if self.kinds.contains_key(k) => k.clone(),
+            None if self.kinds.len() == 1 => self.kinds.keys().next().cloned().unwrap_or_default(),
+            _ => return Err(RecordError::UnknownKind),
+        };
+        let plan = self.kinds.get(&kind_name).ok_or(RecordError::UnknownKind)?;
+        let t = plan.apply(record, &mut self.keys)?;
+        Ok((kind_name, t.fields))
+    }
+
+    /// (unit, group) pairs currently held across all open windows.
+    pub fn state_pairs(&self) -> usize {
+        self.runs
+            .iter()
+            .flat_map(|r| r.windows.values())
+            .map(WindowState::pairs)
+            .sum()
+    }
+}
+
+/// A failure that stops a run (bad records never do).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineFailure {
+    /// Writing output failed.
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
+    /// The ledger failed; nothing further may be released.
+    #[error(transparent)]
+    Ledger(LedgerError),
+}
+
+/// Hides a map's values in debug output (unit ids are derived from personal data).
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("policy", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: &HashMap<u8, u8>, _: Map<String, Value>) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn engine(src: &str) -> Engine {
+        let p = crate::compile(src).unwrap();
+        let ledger = Ledger::in_memory(p.budget.epsilon, p.budget.delta, p.budget.period.0);
+        engine_with(src, ledger)
+    }
+
+    fn engine_with(src: &str, ledger: Ledger) -> Engine {
+        let p = crate::compile(src).unwrap();
+        let keys = BTreeMap::from([("subscriber".to_owned(), KEY.to_owned())]);
+        Engine::new(
+            &p,
+            src,
+            KeySource::Test(&keys),
+            ledger,
+            Box::new(StdRng::seed_from_u64(1)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn records_are_tagged_and_releases_close_at_end() {
+        let src = crate::compile::tests::GOOD
+            .replace("k: 20", "k: 2")
+            .replace(
+                "stats: {region: EU-DE, releases: [per_cell]}",
+                "stats: {region: EU-DE, releases: [per_cell], kinds: [flow]}",
+            );
+        let mut e = engine(&src);
+        let mut out = Vec::new();
+        let mut emit = |v: Value| {
+            out.push(v);
+            Ok(())
+        };
+        for i in 0..3000 {
+            let line = format!(
+                r#"{{"imsi":"00101{i:010}","start":{},"cell":"c{}","bytes":100,"ue_ip":"10.0.0.1"}}"#,
+                1_795_690_000 + i,
+                i % 2
+            );
+            e.process_line(i as u64 + 1, &line, &mut emit).unwrap();
+        }
+        e.process_line(3001, "not json", &mut emit).unwrap();
+        e.process_line(3002, r#"{"imsi": 5, "start": 0}"#, &mut emit)
+            .unwrap();
+        e.finish(&mut emit).unwrap();
+        assert_eq!(e.stats.records_in, 3002);
+        assert_eq!(e.stats.bad_total(), 2);
+        assert_eq!(e.stats.bad["invalid_json"], 1);
+        assert_eq!(e.stats.bad["wrong_type"], 1);
+        let records: Vec<&Value> = out.iter().filter(|v| v["kind"] == "flow").collect();
+        assert_eq!(records.len(), 3000);
+        assert_eq!(records[0]["destination"], "stats");
+        assert!(
+            records[0]["policy"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+        let cells: Vec<&Value> = out.iter().filter(|v| v["kind"] == "release").collect();
+        // 3000 s span one window boundary at most: 2 cells per window.
+        assert!(!cells.is_empty());
+        for c in &cells {
+            assert_eq!(c["release"], "per_cell");
+            assert!(c["metrics"]["count"].as_i64().unwrap() > 0);
+            assert!(c["window"]["start"].as_str().unwrap().ends_with(":00:00Z"));
+        }
+    }
+
+    #[test]
+    fn budget_refusal_is_counted() {
+        let src = crate::compile::tests::GOOD.replace("k: 20", "k: 2");
+        let p = crate::compile(&src).unwrap();
+        let mut ledger = Ledger::in_memory(p.budget.epsilon, p.budget.delta, p.budget.period.0);
+        // Another run already spent ε 0.6 of this day.
+        let day = 1_795_651_200;
+        assert_eq!(
+            ledger
+                .charge(
+                    "per_cell",
+                    day,
+                    crate::units::Epsilon(600_000_000),
+                    crate::units::Delta(0),
+                    "h"
+                )
+                .unwrap(),
+            Charge::Granted
+        );
+        let mut e = engine_with(&src, ledger);
+        let mut n = 0;
+        let mut emit = |_v: Value| {
+            n += 1;
+            Ok(())
+        };
+        // 24 hourly windows of ε 0.1 in a day whose budget (2.4) has 1.8 left: 18 fit.
+        for h in 0..24i64 {
+            for u in 0..600 {
+                let line = format!(
+                    r#"{{"imsi":"{u}","start":{},"cell":"c","bytes":1}}"#,
+                    1_795_651_200 + h * 3600
+                );
+                e.process_line(1, &line, &mut emit).unwrap();
+            }
+        }
+        e.finish(&mut emit).unwrap();
+        let s = &e.stats.releases["per_cell"];
+        assert_eq!(s.windows_closed, 24);
+        assert_eq!(s.windows_refused, 6);
+        assert_eq!(s.windows_released, 18);
+    }
+}
