@@ -2,5 +2,7 @@
 //!
 //! The library half of the `mecgw` binary. `datapath` owns the XDP fast path as userspace sees
 //! it: the embedded eBPF object, loading, attaching and reading counters.
+//! `egress` owns what leaves the site: spool, jurisdiction checks, sinks and the audit log.
 
 pub mod datapath;
+pub mod egress;

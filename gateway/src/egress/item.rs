@@ -1,0 +1,404 @@
+//! What crosses into egress: the items the policy engine emits, and the batches they travel in.
+//!
+//! Owns the contract between the policy engine and egress. Egress never sees a raw record: its
+//! input type, [`EgressItem`], can only be built from an object that names a release or a
+//! *transformed* record kind, the destination the policy routed it to and the policy hash.
+//!
+//! # The item contract (one JSON object per item, as `mecgw policy apply` writes them)
+//! - `"release": "<name>"` marks a release (a windowed aggregate). It must carry
+//!   `"epsilon": <number ≥ 0>`, the ε this release spent from the budget.
+//! - otherwise `"kind": "<name>"` marks a transformed record of that record kind (`epsilon`,
+//!   when present, must be 0: a record spends no budget).
+//! - `"destination": "<name>"` is where the policy routed it; `"policy_hash": "<string>"` the
+//!   hash of the policy that produced it. `"window"` is carried unchanged when present.
+//! - every other field is payload, carried unchanged; egress never reads it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest destination, release or kind name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest policy hash accepted.
+pub const MAX_POLICY_HASH_LEN: usize = 128;
+
+/// Whether an item is a release or a transformed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// A windowed aggregate released under the policy.
+    Release,
+    /// A record transformed field by field under the policy.
+    Record,
+}
+
+/// What the jurisdiction check is about: a release name or a transformed record kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OutputName {
+    /// Release or record.
+    pub kind: OutputKind,
+    /// The release name, or the record kind name.
+    pub name: String,
+}
+
+impl fmt::Display for OutputName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            OutputKind::Release => write!(f, "release {}", self.name),
+            OutputKind::Record => write!(f, "kind {}", self.name),
+        }
+    }
+}
+
+/// Why an object is not an egress item.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum ItemError {
+    /// The item is not a JSON object.
+    #[error("an egress item must be a JSON object")]
+    NotAnObject,
+    /// The line is not JSON.
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// Neither `release` nor `kind` is present.
+    #[error("an egress item needs \"release\" (a release) or \"kind\" (a transformed record)")]
+    NoOutputName,
+    /// A required field is missing.
+    #[error("missing field {0:?}")]
+    Missing(&'static str),
+    /// A field has the wrong type or an invalid value.
+    #[error("field {field:?}: {problem}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// One item the policy engine emitted for a destination: a release or a transformed record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressItem {
+    output: OutputName,
+    destination: String,
+    policy_hash: String,
+    epsilon: f64,
+    object: Map<String, Value>,
+}
+
+impl EgressItem {
+    /// Parses one JSON line as written by the policy engine.
+    pub fn from_json_line(line: &str) -> Result<Self, ItemError> {
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| ItemError::NotJson(e.to_string()))?;
+        Self::from_json(value)
+    }
+
+    /// Checks an emitted object against the contract in the module docs.
+    pub fn from_json(value: Value) -> Result<Self, ItemError> {
+        let Value::Object(object) = value else {
+            return Err(ItemError::NotAnObject);
+        };
+        let output = if let Some(v) = object.get("release") {
+            OutputName {
+                kind: OutputKind::Release,
+                name: name_field("release", v)?,
+            }
+        } else if let Some(v) = object.get("kind") {
+            OutputName {
+                kind: OutputKind::Record,
+                name: name_field("kind", v)?,
+            }
+        } else {
+            return Err(ItemError::NoOutputName);
+        };
+        let destination = name_field(
+            "destination",
+            object
+                .get("destination")
+                .ok_or(ItemError::Missing("destination"))?,
+        )?;
+        let policy_hash = match object.get("policy_hash") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_POLICY_HASH_LEN => s.clone(),
+            Some(_) => {
+                return Err(ItemError::Invalid {
+                    field: "policy_hash",
+                    problem: format!("must be a string of 1 to {MAX_POLICY_HASH_LEN} characters"),
+                });
+            }
+            None => return Err(ItemError::Missing("policy_hash")),
+        };
+        let epsilon = match (output.kind, object.get("epsilon")) {
+            (OutputKind::Release, None) => return Err(ItemError::Missing("epsilon")),
+            (_, None) => 0.0,
+            (kind, Some(v)) => {
+                let eps = v
+                    .as_f64()
+                    .filter(|e| e.is_finite() && *e >= 0.0)
+                    .ok_or_else(|| ItemError::Invalid {
+                        field: "epsilon",
+                        problem: "must be a finite number ≥ 0".into(),
+                    })?;
+                if kind == OutputKind::Record && eps != 0.0 {
+                    return Err(ItemError::Invalid {
+                        field: "epsilon",
+                        problem: "a transformed record spends no budget; epsilon must be 0".into(),
+                    });
+                }
+                eps
+            }
+        };
+        Ok(Self {
+            output,
+            destination,
+            policy_hash,
+            epsilon,
+            object,
+        })
+    }
+
+    /// The release or record kind this item is.
+    pub fn output(&self) -> &OutputName {
+        &self.output
+    }
+
+    /// The destination the policy routed this item to.
+    pub fn destination(&self) -> &str {
+        &self.destination
+    }
+
+    /// Hash of the policy that produced the item.
+    pub fn policy_hash(&self) -> &str {
+        &self.policy_hash
+    }
+
+    /// ε this item spent (0 for transformed records).
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon
+    }
+
+    /// The whole object as emitted, as it will be sent.
+    pub fn object(&self) -> &Map<String, Value> {
+        &self.object
+    }
+}
+
+/// Checks a destination/release/kind name: 1 to [`MAX_NAME_LEN`] of `[A-Za-z0-9_-]`.
+///
+/// Names end up in stream names, subjects and file names, so the set is deliberately small.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn name_field(field: &'static str, v: &Value) -> Result<String, ItemError> {
+    match v {
+        Value::String(s) if valid_name(s) => Ok(s.clone()),
+        _ => Err(ItemError::Invalid {
+            field,
+            problem: format!("must be a string of 1 to {MAX_NAME_LEN} of [A-Za-z0-9_-]"),
+        }),
+    }
+}
+
+/// Identity of a spooled batch: destination, spool instance and sequence number.
+///
+/// The instance is random per spool database, so a wiped spool never reuses an id that a
+/// sink's duplicate detection still remembers. Sequence numbers only grow, per destination.
+/// Text form: `<destination>-<instance as 16 hex>-<seq as 20 digits>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchId {
+    /// Destination name.
+    pub destination: String,
+    /// Random id of the spool database that assigned the sequence number.
+    pub instance: u64,
+    /// Per-destination sequence number, from 1.
+    pub seq: u64,
+}
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}-{:016x}-{:020}",
+            self.destination, self.instance, self.seq
+        )
+    }
+}
+
+impl std::str::FromStr for BatchId {
+    type Err = ItemError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ItemError::Invalid {
+            field: "batch_id",
+            problem: format!("{s:?} is not <destination>-<16 hex>-<20 digits>"),
+        };
+        let mut parts = s.rsplitn(3, '-');
+        let seq = parts.next().ok_or_else(bad)?;
+        let instance = parts.next().ok_or_else(bad)?;
+        let destination = parts.next().ok_or_else(bad)?;
+        if seq.len() != 20 || instance.len() != 16 || !valid_name(destination) {
+            return Err(bad());
+        }
+        Ok(Self {
+            destination: destination.to_string(),
+            instance: u64::from_str_radix(instance, 16).map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// What egress knows about a batch without reading its payload: what the jurisdiction check,
+/// the audit log and the metrics need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    /// The batch id.
+    pub id: String,
+    /// Destination name.
+    pub destination: String,
+    /// Region of the destination when the batch was spooled.
+    pub region: String,
+    /// Hash of the policy that produced every item.
+    pub policy_hash: String,
+    /// The distinct releases and record kinds in the batch.
+    pub outputs: BTreeSet<OutputName>,
+    /// Number of release items.
+    pub releases: u64,
+    /// Number of transformed-record items.
+    pub records: u64,
+    /// Total ε spent by the releases.
+    pub epsilon: f64,
+    /// Size of the payload in bytes.
+    pub bytes: u64,
+}
+
+impl BatchHeader {
+    /// Number of items in the batch.
+    pub fn items(&self) -> u64 {
+        self.releases + self.records
+    }
+}
+
+/// The payload a sink receives for one batch: one compact JSON object, no newline inside.
+#[derive(Serialize)]
+struct WireBatch<'a> {
+    batch_id: String,
+    destination: &'a str,
+    region: &'a str,
+    policy_hash: &'a str,
+    items: Vec<&'a Map<String, Value>>,
+}
+
+/// Encodes a batch as its sinks receive it:
+/// `{"batch_id":…,"destination":…,"region":…,"policy_hash":…,"items":[…]}`.
+pub fn encode_batch(
+    id: &BatchId,
+    region: &str,
+    policy_hash: &str,
+    items: &[EgressItem],
+) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&WireBatch {
+        batch_id: id.to_string(),
+        destination: &id.destination,
+        region,
+        policy_hash,
+        items: items.iter().map(EgressItem::object).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn release_and_record_items_parse() {
+        let r = EgressItem::from_json(json!({
+            "release": "flows_per_cell", "destination": "eu-analytics", "policy_hash": "sha256:ab",
+            "epsilon": 0.5, "window": {"start": 0, "end": 60}, "count": 12
+        }))
+        .unwrap();
+        assert_eq!(r.output().kind, OutputKind::Release);
+        assert_eq!(r.output().name, "flows_per_cell");
+        assert_eq!(r.epsilon(), 0.5);
+        let k = EgressItem::from_json_line(
+            r#"{"kind":"flow","destination":"eu-analytics","policy_hash":"h","ue":"10.0.0.0/24"}"#,
+        )
+        .unwrap();
+        assert_eq!(k.output().kind, OutputKind::Record);
+        assert_eq!(k.epsilon(), 0.0);
+    }
+
+    #[test]
+    fn contract_violations_are_specific_errors() {
+        assert_eq!(
+            EgressItem::from_json(json!([1])),
+            Err(ItemError::NotAnObject)
+        );
+        assert_eq!(
+            EgressItem::from_json(json!({"destination": "d", "policy_hash": "h"})),
+            Err(ItemError::NoOutputName)
+        );
+        assert_eq!(
+            EgressItem::from_json(json!({"release": "r", "destination": "d", "policy_hash": "h"})),
+            Err(ItemError::Missing("epsilon"))
+        );
+        assert!(matches!(
+            EgressItem::from_json(
+                json!({"kind": "k", "destination": "d", "policy_hash": "h", "epsilon": 1})
+            ),
+            Err(ItemError::Invalid {
+                field: "epsilon",
+                ..
+            })
+        ));
+        assert!(matches!(
+            EgressItem::from_json(json!({"kind": "a.b", "destination": "d", "policy_hash": "h"})),
+            Err(ItemError::Invalid { field: "kind", .. })
+        ));
+        assert_eq!(
+            EgressItem::from_json(json!({"kind": "k", "policy_hash": "h"})),
+            Err(ItemError::Missing("destination"))
+        );
+    }
+
+    #[test]
+    fn batch_id_round_trips_even_with_dashes_in_the_destination() {
+        let id = BatchId {
+            destination: "eu-central-1".into(),
+            instance: 0xdead_beef,
+            seq: 42,
+        };
+        let text = id.to_string();
+        assert_eq!(text, "eu-central-1-00000000deadbeef-00000000000000000042");
+        assert_eq!(text.parse::<BatchId>().unwrap(), id);
+        assert!("nonsense".parse::<BatchId>().is_err());
+        assert!("d-xyz-1".parse::<BatchId>().is_err());
+    }
+
+    #[test]
+    fn encoded_batch_is_one_line_and_carries_the_items_unchanged() {
+        let item = EgressItem::from_json(
+            json!({"kind": "k", "destination": "d", "policy_hash": "h", "note": "a\nb"}),
+        )
+        .unwrap();
+        let id = BatchId {
+            destination: "d".into(),
+            instance: 1,
+            seq: 1,
+        };
+        let bytes = encode_batch(&id, "EU", "h", &[item]).unwrap();
+        assert!(!bytes.contains(&b'\n'));
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["batch_id"], id.to_string());
+        assert_eq!(v["items"][0]["note"], "a\nb");
+    }
+}

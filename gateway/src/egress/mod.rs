@@ -1,0 +1,448 @@
+//! Sovereign egress: everything that leaves the site leaves through here.
+//!
+//! One direction of flow, one module per stage:
+//! `enqueue` ([`Egress::enqueue`], jurisdiction check #1) → [`spool`] (durable, bounded) →
+//! [`forwarder`] (jurisdiction check #2, backoff, reconciliation) → [`sink`] (NATS JetStream or
+//! JSON-lines files), with an [`audit`] entry for every batch sent, refused or shed and
+//! [`metrics`] for each of those outcomes. The input is what the policy engine emits
+//! ([`item::EgressItem`]: releases and transformed records); raw records have no way in.
+//! The design and the exactly-once argument are in `docs/egress.md`.
+
+pub mod audit;
+pub mod forwarder;
+pub mod item;
+pub mod jurisdiction;
+pub mod metrics;
+pub mod sink;
+pub mod spool;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use audit::{AuditError, AuditLog, AuditRecord, Outcome};
+use forwarder::{BackoffConfig, Forwarder, ForwarderError};
+use item::{BatchHeader, BatchId, EgressItem, OutputKind, encode_batch, valid_name};
+use jurisdiction::{DenyReason, Permissions, Verdict, check_batch};
+use metrics::{DestinationMetrics, EgressMetrics};
+use sink::{Sink, SinkConfig, SinkError};
+use spool::{Spool, SpoolError, SpoolLimits, WhenFull};
+
+/// The spool database file inside `spool_dir`.
+pub const SPOOL_FILE: &str = "spool.redb";
+
+/// Egress configuration (the daemon's `[egress]` table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Directory of the spool database.
+    pub spool_dir: PathBuf,
+    /// Directory of the audit log.
+    pub audit_dir: PathBuf,
+    /// Bound of each destination's spool.
+    #[serde(default)]
+    pub limits: SpoolLimits,
+    /// What happens when a destination's spool is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Reconnect backoff.
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// How many batches a forwarder reads from the spool at a time.
+    #[serde(default = "default_read_ahead")]
+    pub read_ahead: usize,
+    /// Where batches may go.
+    pub destinations: Vec<DestinationConfig>,
+}
+
+fn default_read_ahead() -> usize {
+    64
+}
+
+/// One destination: a name the policy routes to, the region its sink is in, and the sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Name, as in the policy's `destinations`.
+    pub name: String,
+    /// Jurisdiction or region where the sink is, e.g. `EU-DE`.
+    pub region: String,
+    /// The sink.
+    pub sink: SinkConfig,
+}
+
+/// Egress cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EgressError {
+    /// The configuration is invalid.
+    #[error("egress configuration: {0}")]
+    Config(String),
+    /// The spool cannot be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The audit log cannot be opened (or its chain is broken).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A sink is misconfigured.
+    #[error("destination {destination}: {source}")]
+    Sink {
+        /// Destination.
+        destination: String,
+        /// Failure.
+        source: SinkError,
+    },
+}
+
+/// A batch was not accepted. Nothing was acknowledged; the producer still owns the items.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// The destination is not configured.
+    #[error("no destination {0:?} is configured")]
+    UnknownDestination(String),
+    /// An empty batch.
+    #[error("a batch needs at least one item")]
+    Empty,
+    /// An item is routed to another destination.
+    #[error("item {index} is for destination {item_destination:?}, not this one")]
+    WrongDestination {
+        /// Position of the item.
+        index: usize,
+        /// Its destination.
+        item_destination: String,
+    },
+    /// Items from different policies in one batch.
+    #[error("item {index} has policy hash {found:?}, the batch {expected:?}")]
+    MixedPolicy {
+        /// Position of the item.
+        index: usize,
+        /// Its policy hash.
+        found: String,
+        /// The first item's.
+        expected: String,
+    },
+    /// The jurisdiction check refused it (audited and counted).
+    #[error("refused by the jurisdiction check: {0}")]
+    Refused(DenyReason),
+    /// The spool refused it (e.g. full under backpressure; counted).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The refusal could not be audited.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl EnqueueError {
+    /// True when the spool is full and the producer should retry later (backpressure).
+    pub fn is_backpressure(&self) -> bool {
+        matches!(self, Self::Spool(SpoolError::Full { .. }))
+    }
+}
+
+/// What the forwarders share with the enqueue path.
+pub(crate) struct Shared {
+    pub spool: Spool,
+    pub audit: AuditLog,
+    pub permissions: Arc<Permissions>,
+}
+
+struct Destination {
+    config: DestinationConfig,
+    notify: Arc<Notify>,
+    metrics: Arc<DestinationMetrics>,
+}
+
+/// The egress stage: accepts batches and, once started, forwards them.
+pub struct Egress {
+    shared: Arc<Shared>,
+    destinations: BTreeMap<String, Destination>,
+    metrics: EgressMetrics,
+    backoff: BackoffConfig,
+    read_ahead: usize,
+}
+
+pub(crate) fn audit_record(
+    header: &BatchHeader,
+    region: &str,
+    outcome: Outcome,
+    reason: Option<String>,
+) -> AuditRecord {
+    AuditRecord {
+        batch_id: Some(header.id.clone()),
+        destination: header.destination.clone(),
+        region: region.to_string(),
+        policy_hash: header.policy_hash.clone(),
+        outputs: header.outputs.iter().cloned().collect(),
+        releases: header.releases,
+        records: header.records,
+        epsilon: header.epsilon,
+        outcome,
+        reason,
+    }
+}
+
+impl Egress {
+    /// Opens the spool and the audit log and checks the configuration.
+    pub fn open(config: EgressConfig, permissions: Arc<Permissions>) -> Result<Self, EgressError> {
+        let mut names = BTreeSet::new();
+        for d in &config.destinations {
+            if !valid_name(&d.name) {
+                return Err(EgressError::Config(format!(
+                    "destination name {:?} must be 1 to {} of [A-Za-z0-9_-]",
+                    d.name,
+                    item::MAX_NAME_LEN
+                )));
+            }
+            if d.region.is_empty() {
+                return Err(EgressError::Config(format!(
+                    "destination {}: region must not be empty",
+                    d.name
+                )));
+            }
+            if !names.insert(d.name.clone()) {
+                return Err(EgressError::Config(format!(
+                    "destination {} is configured twice",
+                    d.name
+                )));
+            }
+            Sink::new(&d.sink, &d.name).map_err(|source| EgressError::Sink {
+                destination: d.name.clone(),
+                source,
+            })?;
+        }
+        config.backoff.validate().map_err(EgressError::Config)?;
+        if config.limits.max_batches == 0 || config.limits.max_bytes == 0 {
+            return Err(EgressError::Config(
+                "limits: max_batches and max_bytes must be > 0".into(),
+            ));
+        }
+        if config.read_ahead == 0 {
+            return Err(EgressError::Config("read_ahead must be > 0".into()));
+        }
+        std::fs::create_dir_all(&config.spool_dir).map_err(|e| {
+            EgressError::Config(format!("spool_dir {}: {e}", config.spool_dir.display()))
+        })?;
+        let names: Vec<String> = names.into_iter().collect();
+        let spool = Spool::open(
+            &config.spool_dir.join(SPOOL_FILE),
+            &names,
+            config.limits,
+            config.when_full,
+        )?;
+        let audit = AuditLog::open(&config.audit_dir)?;
+        let metrics = EgressMetrics::new(names.iter().map(String::as_str));
+        let mut destinations = BTreeMap::new();
+        for d in config.destinations {
+            let m = metrics.destination(&d.name).cloned().unwrap_or_default();
+            if let Some((batches, bytes)) = spool.backlog(&d.name) {
+                DestinationMetrics::set(&m.backlog_batches, batches);
+                DestinationMetrics::set(&m.backlog_bytes, bytes);
+            }
+            destinations.insert(
+                d.name.clone(),
+                Destination {
+                    config: d,
+                    notify: Arc::new(Notify::new()),
+                    metrics: m,
+                },
+            );
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                spool,
+                audit,
+                permissions,
+            }),
+            destinations,
+            metrics,
+            backoff: config.backoff,
+            read_ahead: config.read_ahead,
+        })
+    }
+
+    /// The counters, per destination.
+    pub fn metrics(&self) -> &EgressMetrics {
+        &self.metrics
+    }
+
+    /// The permissions in force; a policy reload replaces them here.
+    pub fn permissions(&self) -> &Arc<Permissions> {
+        &self.shared.permissions
+    }
+
+    /// Batches and bytes waiting for `destination`.
+    pub fn backlog(&self, destination: &str) -> Option<(u64, u64)> {
+        self.shared.spool.backlog(destination)
+    }
+
+    /// Accepts one batch of items for `destination`. When this returns `Ok`, the batch is
+    /// durably spooled (it survives `kill -9`) and will be delivered exactly once, or refused
+    /// at send time or shed, and audited either way. Blocks for one fsync: call it from a
+    /// blocking context (`spawn_blocking`) in async code.
+    pub fn enqueue(
+        &self,
+        destination: &str,
+        items: &[EgressItem],
+    ) -> Result<BatchId, EnqueueError> {
+        let dest = self
+            .destinations
+            .get(destination)
+            .ok_or_else(|| EnqueueError::UnknownDestination(destination.to_string()))?;
+        let first = items.first().ok_or(EnqueueError::Empty)?;
+        let policy_hash = first.policy_hash().to_string();
+        let mut header = BatchHeader {
+            id: String::new(),
+            destination: destination.to_string(),
+            region: dest.config.region.clone(),
+            policy_hash: policy_hash.clone(),
+            outputs: BTreeSet::new(),
+            releases: 0,
+            records: 0,
+            epsilon: 0.0,
+            bytes: 0,
+        };
+        for (index, item) in items.iter().enumerate() {
+            if item.destination() != destination {
+                return Err(EnqueueError::WrongDestination {
+                    index,
+                    item_destination: item.destination().to_string(),
+                });
+            }
+            if item.policy_hash() != policy_hash {
+                return Err(EnqueueError::MixedPolicy {
+                    index,
+                    found: item.policy_hash().to_string(),
+                    expected: policy_hash,
+                });
+            }
+            match item.output().kind {
+                OutputKind::Release => header.releases += 1,
+                OutputKind::Record => header.records += 1,
+            }
+            header.epsilon += item.epsilon();
+            header.outputs.insert(item.output().clone());
+        }
+        let region = dest.config.region.as_str();
+        let permissions = self.shared.permissions.current();
+        if let Verdict::Deny(reason) =
+            check_batch(permissions.as_ref(), destination, region, &header.outputs)
+        {
+            let mut record = audit_record(
+                &header,
+                region,
+                Outcome::RefusedAtEnqueue,
+                Some(reason.to_string()),
+            );
+            record.batch_id = None;
+            self.shared.audit.append(record)?;
+            DestinationMetrics::add(&dest.metrics.refused_at_enqueue, 1);
+            return Err(EnqueueError::Refused(reason));
+        }
+        let audit = &self.shared.audit;
+        let pushed = self.shared.spool.push(
+            destination,
+            |id| {
+                let payload = encode_batch(id, region, &policy_hash, items).map_err(|e| {
+                    SpoolError::Corrupt {
+                        destination: destination.to_string(),
+                        seq: id.seq,
+                        problem: format!("cannot encode: {e}"),
+                    }
+                })?;
+                header.id = id.to_string();
+                header.bytes = payload.len() as u64;
+                Ok((header, payload))
+            },
+            |_, old| {
+                audit
+                    .append(audit_record(
+                        old,
+                        region,
+                        Outcome::Shed,
+                        Some("spool full (shed-oldest)".into()),
+                    ))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        );
+        let receipt = match pushed {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, SpoolError::Full { .. }) {
+                    DestinationMetrics::add(&dest.metrics.rejected_full, 1);
+                }
+                return Err(e.into());
+            }
+        };
+        DestinationMetrics::add(&dest.metrics.shed_batches, receipt.shed.len() as u64);
+        DestinationMetrics::add(&dest.metrics.enqueued_batches, 1);
+        DestinationMetrics::add(&dest.metrics.enqueued_items, items.len() as u64);
+        if let Some((batches, bytes)) = self.shared.spool.backlog(destination) {
+            DestinationMetrics::set(&dest.metrics.backlog_batches, batches);
+            DestinationMetrics::set(&dest.metrics.backlog_bytes, bytes);
+        }
+        dest.notify.notify_one();
+        Ok(receipt.id)
+    }
+
+    /// Starts one forwarder task per destination on the current tokio runtime.
+    pub fn start(&self) -> Result<Forwarders, EgressError> {
+        let (tx, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for (name, d) in &self.destinations {
+            let sink = Sink::new(&d.config.sink, name).map_err(|source| EgressError::Sink {
+                destination: name.clone(),
+                source,
+            })?;
+            let forwarder = Forwarder {
+                destination: name.clone(),
+                region: d.config.region.clone(),
+                sink,
+                shared: Arc::clone(&self.shared),
+                metrics: Arc::clone(&d.metrics),
+                notify: Arc::clone(&d.notify),
+                backoff: self.backoff,
+                read_ahead: self.read_ahead,
+            };
+            tasks.push((name.clone(), tokio::spawn(forwarder.run(rx.clone()))));
+        }
+        Ok(Forwarders {
+            shutdown: tx,
+            tasks,
+        })
+    }
+}
+
+/// The running forwarders.
+pub struct Forwarders {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<(String, JoinHandle<Result<(), ForwarderError>>)>,
+}
+
+impl Forwarders {
+    /// Asks every forwarder to stop after its current send and waits for them.
+    pub async fn shutdown(self) -> Result<(), ForwarderError> {
+        let _ = self.shutdown.send(true);
+        let mut first_error = None;
+        for (name, task) in self.tasks {
+            let result = match task.await {
+                Ok(r) => r,
+                Err(_) => Err(ForwarderError::Task(name)),
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// True if some forwarder has stopped (only a spool or audit failure stops one).
+    pub fn any_stopped(&self) -> bool {
+        self.tasks.iter().any(|(_, t)| t.is_finished())
+    }
+}
