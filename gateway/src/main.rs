@@ -1,5 +1,7 @@
 //! `mecgw`: the gateway daemon and its operator CLI.
 
+mod audit_cli;
+
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -33,6 +35,11 @@ enum Command {
         /// Detach and exit after this many seconds (default: run until signalled).
         #[arg(long)]
         duration: Option<u64>,
+    },
+    /// The egress audit log: verify its hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCommand,
     },
 }
 
@@ -78,6 +85,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             mode,
             duration,
         } => attach(&iface, mode, duration.map(Duration::from_secs)).await,
+        Command::Audit { command } => audit_cli::run(command),
     }
 }
 
