@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: locating the `mecgw` binary, and (later)
 //! network-namespace guards and process runners.
 
+pub mod egress;
+pub mod nats;
+
 use std::path::PathBuf;
 
 /// Path of the `mecgw` binary built in the same target directory as the running test.

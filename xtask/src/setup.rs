@@ -23,6 +23,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "iputils-ping",
         "the demo drives ICMP echo through the XDP program",
     ),
+    ("nats-server", "JetStream peer for the egress tests"),
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and our toolchains.

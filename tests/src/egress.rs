@@ -1,0 +1,137 @@
+//! Helpers for the egress tests, crash driver and benchmark: items shaped like the policy
+//! engine's output, egress configurations, and reading batches back from a sink.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use mecgw::egress::forwarder::BackoffConfig;
+use mecgw::egress::item::EgressItem;
+use mecgw::egress::sink::SinkConfig;
+use mecgw::egress::sink::nats::NatsSinkConfig;
+use mecgw::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::egress::{DestinationConfig, EgressConfig};
+use serde_json::{Value, json};
+
+/// The policy hash the test items carry.
+pub const POLICY_HASH: &str =
+    "sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// A release item as the policy engine emits it, tagged with `n` (and `extra` fields).
+pub fn release(destination: &str, name: &str, n: u64, extra: Value) -> EgressItem {
+    let mut v = json!({
+        "release": name,
+        "kind": "flow",
+        "destination": destination,
+        "policy_hash": POLICY_HASH,
+        "epsilon": 0.125,
+        "window": {"start": "2026-11-26T10:00:00Z", "end": "2026-11-26T10:05:00Z"},
+        "group": {"cell": "262-01-1234"},
+        "count": 42,
+        "n": n,
+    });
+    if let (Value::Object(o), Value::Object(e)) = (&mut v, extra) {
+        o.extend(e);
+    }
+    // The object above always satisfies the item contract.
+    #[allow(clippy::expect_used)]
+    EgressItem::from_json(v).expect("a well-formed release item")
+}
+
+/// A transformed-record item of kind `kind`.
+pub fn record(destination: &str, kind: &str, n: u64, extra: Value) -> EgressItem {
+    let mut v = json!({
+        "kind": kind,
+        "destination": destination,
+        "policy_hash": POLICY_HASH,
+        "ue_prefix": "10.45.0.0/24",
+        "n": n,
+    });
+    if let (Value::Object(o), Value::Object(e)) = (&mut v, extra) {
+        o.extend(e);
+    }
+    #[allow(clippy::expect_used)]
+    EgressItem::from_json(v).expect("a well-formed record item")
+}
+
+/// Backoff fast enough for tests.
+pub fn test_backoff() -> BackoffConfig {
+    BackoffConfig {
+        initial_ms: 50,
+        max_ms: 500,
+        multiplier: 2.0,
+        jitter: 0.5,
+    }
+}
+
+/// A NATS sink config with short timeouts for tests.
+pub fn nats_sink(url: &str) -> SinkConfig {
+    let mut c = NatsSinkConfig::new(url);
+    c.ack_timeout_ms = 1_000;
+    c.connect_timeout_ms = 500;
+    SinkConfig::Nats(c)
+}
+
+/// An egress config under `dir` (spool in `dir/spool`, audit in `dir/audit`).
+pub fn config(
+    dir: &Path,
+    destinations: Vec<(&str, &str, SinkConfig)>,
+    limits: SpoolLimits,
+    when_full: WhenFull,
+) -> EgressConfig {
+    EgressConfig {
+        spool_dir: dir.join("spool"),
+        audit_dir: dir.join("audit"),
+        limits,
+        when_full,
+        backoff: test_backoff(),
+        read_ahead: 64,
+        destinations: destinations
+            .into_iter()
+            .map(|(name, region, sink)| DestinationConfig {
+                name: name.into(),
+                region: region.into(),
+                sink,
+            })
+            .collect(),
+    }
+}
+
+/// Waits until `done()` or fails after `timeout` with `what`.
+pub async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A batch as a sink received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedBatch {
+    /// Its `batch_id` field.
+    pub batch_id: String,
+    /// Its `items`.
+    pub items: Vec<Value>,
+}
+
+/// Parses a batch payload.
+pub fn parse_batch(payload: &[u8]) -> anyhow::Result<ReceivedBatch> {
+    let v: Value = serde_json::from_slice(payload).context("batch payload is not JSON")?;
+    let batch_id = v["batch_id"]
+        .as_str()
+        .context("batch without batch_id")?
+        .to_string();
+    let items = v["items"]
+        .as_array()
+        .context("batch without items")?
+        .clone();
+    Ok(ReceivedBatch { batch_id, items })
+}
