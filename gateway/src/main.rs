@@ -1,6 +1,7 @@
 //! `mecgw`: the gateway daemon and its operator CLI.
 
 mod audit_cli;
+mod policy_cli;
 
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit_cli::AuditCommand,
+    },
+    /// Privacy policies: check, explain, test and apply them.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cli::PolicyCommand,
     },
 }
 
@@ -86,6 +92,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             duration,
         } => attach(&iface, mode, duration.map(Duration::from_secs)).await,
         Command::Audit { command } => audit_cli::run(command),
+        Command::Policy { command } => policy_cli::run(command),
     }
 }
 

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod batch;
 pub mod budget;
 pub mod compile;
 pub mod diag;

@@ -1,0 +1,229 @@
+//! `mecgw policy …`: the compliance team's tools — check, explain, test, apply.
+//!
+//! This module owns the command-line surface of the policy engine: reading files, printing
+//! diagnostics and reports, exit statuses, and atomic output files. Every decision about
+//! records is the `mecgw-policy` library's. Nothing here prints a record value: diagnostics
+//! name positions, reports name reasons and counts.
+
+use std::io::{BufReader, BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use mecgw_policy::budget::Ledger;
+use mecgw_policy::engine::{Engine, KeySource};
+use mecgw_policy::noise::OsRandom;
+use mecgw_policy::{Policy, batch, explain, testcases};
+
+/// Subcommands of `mecgw policy`.
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file and report every error (file:line:column, code, what to change).
+    ///
+    /// Exits with status 1 if there is any error.
+    Check {
+        /// The policy file (YAML).
+        file: PathBuf,
+    },
+    /// Explain what a policy does to each field and the privacy numbers of each release.
+    Explain {
+        /// The policy file (YAML).
+        file: PathBuf,
+        /// Also show what happens to this record (one JSON object); uses the real key files.
+        #[arg(long)]
+        record: Option<String>,
+    },
+    /// Run the test cases written under `tests:` in the policy file.
+    Test {
+        /// The policy file (YAML).
+        file: PathBuf,
+    },
+    /// Batch mode: transform records and compute releases, JSON lines in and out.
+    Apply {
+        /// The policy file (YAML).
+        file: PathBuf,
+        /// Input records, one JSON object per line.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output file: one tagged JSON object per line (written atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory holding the budget ledger, so the budget survives restarts. Without it
+        /// the budget is accounted for this run only.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+}
+
+/// Runs a `mecgw policy` subcommand.
+pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Check { file } => {
+            let (policy, _) = load(&file)?;
+            println!(
+                "{}: ok ({} kind(s), {} release(s), {} destination(s), {} test case(s))",
+                file.display(),
+                policy.kinds.len(),
+                policy.releases.len(),
+                policy.destinations.len(),
+                policy.tests.len()
+            );
+            Ok(())
+        }
+        PolicyCommand::Explain { file, record } => {
+            let (policy, src) = load(&file)?;
+            print!("{}", explain::explain(&policy, &file.display().to_string()));
+            if let Some(record) = record {
+                explain_record(&policy, &src, &file, &record)?;
+            }
+            Ok(())
+        }
+        PolicyCommand::Test { file } => {
+            let (policy, src) = load(&file)?;
+            if policy.tests.is_empty() {
+                bail!(
+                    "{}: the policy has no test cases; add them under `tests:`",
+                    file.display()
+                );
+            }
+            let results = testcases::run_all(&policy, &src);
+            let mut failed = 0;
+            for r in &results {
+                if r.failures.is_empty() {
+                    println!("ok      {} ({}:{})", r.name, file.display(), r.pos);
+                } else {
+                    failed += 1;
+                    println!("FAILED  {} ({}:{})", r.name, file.display(), r.pos);
+                    for f in &r.failures {
+                        println!("        {f}");
+                    }
+                }
+            }
+            println!("{} passed, {failed} failed", results.len() - failed);
+            if failed > 0 {
+                bail!("{failed} test case(s) failed");
+            }
+            Ok(())
+        }
+        PolicyCommand::Apply {
+            file,
+            input,
+            out,
+            state,
+        } => apply(&file, &input, &out, state.as_deref()),
+    }
+}
+
+/// Reads and compiles a policy; prints every diagnostic and fails if there is any.
+fn load(file: &Path) -> anyhow::Result<(Policy, String)> {
+    let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+    if meta.len() > mecgw_policy::yaml::MAX_SOURCE_BYTES as u64 {
+        bail!(
+            "{}: the policy is {} bytes; the limit is {}",
+            file.display(),
+            meta.len(),
+            mecgw_policy::yaml::MAX_SOURCE_BYTES
+        );
+    }
+    let src =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    match mecgw_policy::compile(&src) {
+        Ok(p) => Ok((p, src)),
+        Err(diags) => {
+            let name = file.display().to_string();
+            for d in &diags.0 {
+                eprintln!("{}", d.render(&name));
+            }
+            bail!("{name}: {} error(s); nothing was changed", diags.0.len())
+        }
+    }
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn explain_record(policy: &Policy, src: &str, file: &Path, record: &str) -> anyhow::Result<()> {
+    let value =
+        mecgw_policy::engine::parse_record(record).context("--record must be one JSON object")?;
+    let base = base_dir(file);
+    let ledger = Ledger::in_memory(
+        policy.budget.epsilon,
+        policy.budget.delta,
+        policy.budget.period.0,
+    );
+    let mut engine = Engine::new(
+        policy,
+        src,
+        KeySource::Files(&base),
+        ledger,
+        Box::new(OsRandom::new()),
+    )
+    .context("loading the policy's keys")?;
+    let preview = engine.preview(&value);
+    print!(
+        "{}",
+        mecgw_policy::engine::describe_preview(policy, &value, &preview)
+    );
+    Ok(())
+}
+
+fn apply(file: &Path, input: &Path, out: &Path, state: Option<&Path>) -> anyhow::Result<()> {
+    let (policy, src) = load(file)?;
+    let b = &policy.budget;
+    let ledger = match state {
+        Some(dir) => Ledger::open(dir, b.epsilon, b.delta, b.period.0)?,
+        None => {
+            eprintln!(
+                "mecgw: warning: no --state directory: the budget is accounted for this run only, not across runs"
+            );
+            Ledger::in_memory(b.epsilon, b.delta, b.period.0)
+        }
+    };
+    let base = base_dir(file);
+    let mut engine = Engine::new(
+        &policy,
+        &src,
+        KeySource::Files(&base),
+        ledger,
+        Box::new(OsRandom::new()),
+    )
+    .context("starting the policy engine")?;
+    let reader = BufReader::with_capacity(
+        1 << 16,
+        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?,
+    );
+    let tmp = tmp_path(out);
+    let result = (|| -> anyhow::Result<()> {
+        let f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 16, f);
+        batch::apply(&mut engine, reader, &mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let report = batch::report(&engine.stats);
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(report.as_bytes());
+    result?;
+    let _ = writeln!(stderr, "wrote {}", out.display());
+    Ok(())
+}
+
+fn tmp_path(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    out.with_file_name(name)
+}
