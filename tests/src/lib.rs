@@ -4,6 +4,8 @@
 pub mod egress;
 pub mod nats;
 
+pub mod packet;
+
 use std::path::PathBuf;
 
 /// Path of the `mecgw` binary built in the same target directory as the running test.

@@ -43,12 +43,14 @@ pub fn run() -> anyhow::Result<()> {
         &Endpoint {
             netns: NS_RAN,
             link: LINK_RAN,
-            addr: ADDR_RAN,
+            mac: None,
+            addrs: &[ADDR_RAN],
         },
         &Endpoint {
             netns: NS_MEC,
             link: LINK_N3,
-            addr: &format!("{ADDR_MEC}/24"),
+            mac: None,
+            addrs: &[&format!("{ADDR_MEC}/24")],
         },
     )?;
 

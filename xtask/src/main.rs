@@ -9,6 +9,7 @@ mod demo;
 mod netns;
 mod setup;
 mod shell;
+mod testbed;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,11 @@ enum Task {
     Test,
     /// Set up, build, and run the demo on a network-namespace testbed.
     Demo,
+    /// Bring the four-namespace testbed up or down: `cargo xtask testbed up|down`.
+    Testbed {
+        /// `up` or `down`.
+        action: String,
+    },
     /// Run a benchmark: `cargo xtask bench NAME [ARGS…]`.
     Bench {
         /// Which benchmark.
@@ -43,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup => setup::run(),
         Task::Test => test(),
         Task::Demo => setup::run().and_then(|()| demo::run()),
+        Task::Testbed { action } => testbed::command(&action),
         Task::Bench { name, args } => bench::run(&name, &args),
     };
     match result {

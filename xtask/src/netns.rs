@@ -36,11 +36,13 @@ pub struct Testbed {
     namespaces: Vec<String>,
 }
 
-/// One end of a veth pair: the namespace it lives in, its name and its address (CIDR).
+/// One end of a veth pair: the namespace it lives in, its name, its MAC (or the kernel's
+/// random one) and its addresses (CIDR, IPv4 or IPv6).
 pub struct Endpoint<'a> {
     pub netns: &'a str,
     pub link: &'a str,
-    pub addr: &'a str,
+    pub mac: Option<&'a str>,
+    pub addrs: &'a [&'a str],
 }
 
 impl Testbed {
@@ -75,7 +77,17 @@ impl Testbed {
         ])
         .with_context(|| format!("creating veth {} <-> {}", a.link, b.link))?;
         for end in [a, b] {
-            self.exec(end.netns, &["ip", "addr", "add", end.addr, "dev", end.link])?;
+            if let Some(mac) = end.mac {
+                self.exec(end.netns, &["ip", "link", "set", end.link, "address", mac])?;
+            }
+            for addr in end.addrs {
+                let mut argv = vec!["ip", "addr", "add", addr, "dev", end.link];
+                if addr.contains(':') {
+                    // No duplicate-address detection: the address is usable at once.
+                    argv.push("nodad");
+                }
+                self.exec(end.netns, &argv)?;
+            }
             self.exec(end.netns, &["ip", "link", "set", end.link, "up"])?;
         }
         Ok(())
@@ -87,6 +99,24 @@ impl Testbed {
         full.extend_from_slice(argv);
         shell::run(&full)
     }
+}
+
+impl Testbed {
+    /// Leaves the namespaces in place (for `cargo xtask testbed up`).
+    pub fn keep(mut self) {
+        self.namespaces.clear();
+    }
+}
+
+/// Deletes the namespaces that exist among `namespaces`; missing ones are fine.
+pub fn delete_all(namespaces: &[&str]) -> anyhow::Result<()> {
+    for ns in namespaces {
+        if shell::succeeds(&["ip", "netns", "pids", ns]) {
+            shell::run(&["ip", "netns", "delete", ns])?;
+            println!("    deleted namespace {ns}");
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Testbed {

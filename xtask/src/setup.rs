@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the demo drives ICMP echo through the XDP program",
     ),
     ("nats-server", "JetStream peer for the egress tests"),
+    ("ethtool", "GRO on testbed veths, which XDP redirect needs"),
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and our toolchains.

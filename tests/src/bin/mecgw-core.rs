@@ -1,0 +1,131 @@
+//! `mecgw-core`: the testbed's stand-in for the central UPF and the distant cloud, run in the
+//! `core` namespace.
+//!
+//! It receives the GTP-U that the gateway passed through, answers ICMP echo and UDP (echoing
+//! the payload) after a configurable delay — the long way to a distant cloud, since netem is not
+//! available here — and sends the answer back to the gNB as a downlink G-PDU. It answers GTP-U
+//! Echo Requests, and can record every datagram it receives (hex, one per line) so that tests
+//! can check that pass-through traffic arrived byte for byte.
+
+use std::{
+    fs::File,
+    io::Write as _,
+    net::{Ipv6Addr, SocketAddr, UdpSocket},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+use mecgw_tests::packet::{self, Gtpu, IpPacket, PduType, gtp_type, proto};
+
+#[derive(Parser)]
+#[command(about = "testbed core: a delayed GTP-U responder standing in for the central UPF")]
+struct Args {
+    /// Delay before each answer, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    delay_ms: u64,
+    /// Uplink TEID of the first session (the simulator's convention).
+    #[arg(long, default_value_t = 0x1000, value_parser = parse_u32)]
+    ul_teid_base: u32,
+    /// Downlink TEID of the first session.
+    #[arg(long, default_value_t = 0x2000, value_parser = parse_u32)]
+    dl_teid_base: u32,
+    /// QFI to put in downlink containers.
+    #[arg(long, default_value_t = 9)]
+    qfi: u8,
+    /// Append every datagram received, as hex, one per line, to this file.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bind = SocketAddr::from((Ipv6Addr::UNSPECIFIED, packet::GTPU_PORT));
+    let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+    let sender = sock.try_clone()?;
+    let mut record = match &args.record {
+        Some(p) => Some(File::create(p).with_context(|| format!("create {}", p.display()))?),
+        None => None,
+    };
+    let delay = Duration::from_millis(args.delay_ms);
+
+    // Answers leave in arrival order after a constant delay, so a FIFO is a delay queue.
+    let (tx, rx) = mpsc::channel::<(Instant, SocketAddr, Vec<u8>)>();
+    std::thread::spawn(move || {
+        for (due, to, bytes) in rx {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if let Err(e) = sender.send_to(&bytes, to) {
+                eprintln!("mecgw-core: send to {to}: {e}");
+            }
+        }
+    });
+    eprintln!("mecgw-core: GTP-U on {bind}, answering after {delay:?}");
+
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf)?;
+        let datagram = &buf[..n];
+        if let Some(f) = record.as_mut() {
+            let hex: String = datagram.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(f, "{hex}")?;
+            f.flush()?;
+        }
+        let Ok(msg) = Gtpu::parse(datagram) else {
+            eprintln!("mecgw-core: malformed GTP-U from {from}");
+            continue;
+        };
+        let answer = match msg.msg_type {
+            gtp_type::ECHO_REQUEST => {
+                // Recovery IE (type 14) with restart counter 0.
+                Some(Gtpu::encode(
+                    gtp_type::ECHO_RESPONSE,
+                    0,
+                    Some(msg.sequence.unwrap_or(0)),
+                    None,
+                    &[14, 0],
+                ))
+            }
+            gtp_type::G_PDU => answer_inner(&msg.payload).map(|inner| {
+                let dl = msg
+                    .teid
+                    .wrapping_sub(args.ul_teid_base)
+                    .wrapping_add(args.dl_teid_base);
+                Gtpu::g_pdu(dl, Some((PduType::Downlink, args.qfi)), &inner)
+            }),
+            _ => None,
+        };
+        if let Some(bytes) = answer {
+            let _ = tx.send((Instant::now() + delay, from, bytes));
+        }
+    }
+}
+
+/// The reply a cloud server would send to an inner packet: echo reply, or the UDP payload
+/// echoed back.
+fn answer_inner(inner: &[u8]) -> Option<Vec<u8>> {
+    let p = IpPacket::parse(inner).ok()?;
+    match p.protocol {
+        proto::ICMP | proto::ICMPV6 => {
+            let (kind, id, seq) = p.icmp_echo()?;
+            (kind == 8 || kind == 128)
+                .then(|| packet::icmp_echo(p.dst, p.src, true, id, seq, p.l4_payload()))
+        }
+        proto::UDP => {
+            let (sport, dport) = p.ports()?;
+            Some(packet::udp(p.dst, p.src, dport, sport, p.l4_payload()))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,444 @@
+//! `mecgw-gnbsim`: a gNB and its UEs, run in the testbed's `ran` namespace.
+//!
+//! Every UE has a PDU session: UE `i` (from 0) has IPv4 address `ue_v4_base + i`, IPv6
+//! address `<ue_v6_prefix>:i::1` (a /64 per UE), uplink TEID `ul_teid_base + i` and downlink TEID
+//! `dl_teid_base + i`. The simulator sends each probe from each UE as a G-PDU (with an uplink
+//! PDU Session Container) to the UPF's address over N3, through the gateway, and waits for the
+//! answer to come back as a downlink G-PDU. Each answer is checked independently of the
+//! gateway's code: message type, downlink TEID, container direction and QFI, inner checksums,
+//! addresses and payload. It prints per-probe results and round-trip times as JSON.
+//!
+//! Probes are `NAME=KIND:ADDR[:PORT]` with KIND `udp`, `icmp` or `tcp` (a whole TCP connection:
+//! handshake, data echoed by the service, orderly close).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use mecgw_tests::packet::{self, Gtpu, IpPacket, PduType, TcpHeader, gtp_type, tcp_flags};
+
+#[derive(Parser)]
+#[command(about = "testbed gNB/UE simulator over GTP-U")]
+struct Args {
+    /// Outer destination of uplink G-PDUs: the UPF, reached through the gateway.
+    #[arg(long)]
+    upf: IpAddr,
+    /// Local address to send from (default: any).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Number of UEs.
+    #[arg(long, default_value_t = 4)]
+    ues: u32,
+    #[arg(long, default_value = "198.19.0.1")]
+    ue_v4_base: Ipv4Addr,
+    /// First 48 bits of the UEs' IPv6 /64 prefixes.
+    #[arg(long, default_value = "2001:db8:100::")]
+    ue_v6_prefix: Ipv6Addr,
+    #[arg(long, default_value_t = 0x1000, value_parser = parse_u32)]
+    ul_teid_base: u32,
+    #[arg(long, default_value_t = 0x2000, value_parser = parse_u32)]
+    dl_teid_base: u32,
+    /// QFI in uplink containers, and expected in downlink ones.
+    #[arg(long, default_value_t = 9)]
+    qfi: u8,
+    /// Probes, `NAME=KIND:ADDR[:PORT]`; repeatable.
+    #[arg(long = "probe", required = true)]
+    probes: Vec<String>,
+    /// Rounds: each UE runs every probe this many times.
+    #[arg(long, default_value_t = 10)]
+    count: u32,
+    /// Pause between rounds, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
+    /// How long to wait for an answer, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Udp,
+    Icmp,
+    Tcp,
+}
+
+#[derive(Clone, Debug)]
+struct Probe {
+    name: String,
+    kind: Kind,
+    target: IpAddr,
+    port: u16,
+}
+
+impl std::str::FromStr for Probe {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("probe {s:?}: expected NAME=KIND:ADDR[:PORT], KIND udp|icmp|tcp");
+        let (name, spec) = s.split_once('=').ok_or_else(bad)?;
+        let (kind, rest) = spec.split_once(':').ok_or_else(bad)?;
+        let kind = match kind {
+            "udp" => Kind::Udp,
+            "icmp" => Kind::Icmp,
+            "tcp" => Kind::Tcp,
+            _ => return Err(bad()),
+        };
+        let (target, port) = if kind == Kind::Icmp {
+            (rest.trim_matches(['[', ']']).parse().map_err(|_| bad())?, 0)
+        } else {
+            let sa: SocketAddr = rest.parse().map_err(|_| bad())?;
+            (sa.ip(), sa.port())
+        };
+        Ok(Probe {
+            name: name.to_string(),
+            kind,
+            target,
+            port,
+        })
+    }
+}
+
+/// One UE's PDU session, by the simulator's numbering convention.
+#[derive(Clone, Copy, Debug)]
+struct Ue {
+    index: u32,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    ul_teid: u32,
+    dl_teid: u32,
+}
+
+impl Ue {
+    fn new(args: &Args, index: u32) -> Ue {
+        let mut seg = args.ue_v6_prefix.segments();
+        seg[3] = index as u16;
+        seg[7] = 1;
+        Ue {
+            index,
+            v4: Ipv4Addr::from(u32::from(args.ue_v4_base).wrapping_add(index)),
+            v6: Ipv6Addr::from(seg),
+            ul_teid: args.ul_teid_base.wrapping_add(index),
+            dl_teid: args.dl_teid_base.wrapping_add(index),
+        }
+    }
+
+    fn addr_for(&self, target: IpAddr) -> IpAddr {
+        if target.is_ipv4() {
+            IpAddr::V4(self.v4)
+        } else {
+            IpAddr::V6(self.v6)
+        }
+    }
+}
+
+/// Results of one probe over all UEs and rounds.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    ok: u64,
+    lost: u64,
+    bad: BTreeMap<String, u64>,
+    rtts: Vec<Duration>,
+}
+
+struct Sim {
+    sock: UdpSocket,
+    upf: SocketAddr,
+    qfi: u8,
+    timeout: Duration,
+    stray: u64,
+    buf: Vec<u8>,
+}
+
+/// What a downlink answer failed on.
+type Bad = String;
+
+impl Sim {
+    fn send(&self, ue: &Ue, inner: &[u8]) -> anyhow::Result<()> {
+        let msg = Gtpu::g_pdu(ue.ul_teid, Some((PduType::Uplink, self.qfi)), inner);
+        self.sock.send_to(&msg, self.upf).context("send G-PDU")?;
+        Ok(())
+    }
+
+    /// Waits for a downlink G-PDU for `ue` whose inner packet `accept` takes. Answers for
+    /// other probes (late ones) are counted as stray. Returns the inner packet, an error
+    /// describing a malformed answer, or `None` on timeout.
+    fn receive(
+        &mut self,
+        ue: &Ue,
+        deadline: Instant,
+        accept: &mut dyn FnMut(&IpPacket) -> bool,
+    ) -> Option<Result<IpPacket, Bad>> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let _ = self.sock.set_read_timeout(Some(deadline - now));
+            let n = match self.sock.recv_from(&mut self.buf) {
+                Ok((n, _)) => n,
+                Err(_) => continue,
+            };
+            let msg = match Gtpu::parse(&self.buf[..n]) {
+                Ok(m) => m,
+                Err(e) => return Some(Err(format!("malformed GTP-U: {e}"))),
+            };
+            if msg.msg_type != gtp_type::G_PDU {
+                self.stray += 1;
+                continue;
+            }
+            let inner = match IpPacket::parse(&msg.payload) {
+                Ok(p) => p,
+                Err(e) => return Some(Err(format!("malformed inner packet: {e}"))),
+            };
+            if !accept(&inner) {
+                self.stray += 1;
+                continue;
+            }
+            if msg.teid != ue.dl_teid {
+                return Some(Err(format!(
+                    "TEID {:#x}, expected downlink TEID {:#x}",
+                    msg.teid, ue.dl_teid
+                )));
+            }
+            if msg.container != Some((PduType::Downlink as u8, self.qfi)) {
+                return Some(Err(format!(
+                    "container {:?}, expected downlink QFI {}",
+                    msg.container, self.qfi
+                )));
+            }
+            if !inner.header_ok || !inner.l4_checksum_ok() {
+                return Some(Err("bad inner checksum".to_string()));
+            }
+            return Some(Ok(inner));
+        }
+    }
+
+    /// One UDP or ICMP exchange. Returns the round-trip time.
+    fn ping(&mut self, ue: &Ue, probe: &Probe, round: u32) -> Result<Option<Duration>, Bad> {
+        let src = ue.addr_for(probe.target);
+        let token = format!("mecgw-probe ue={} round={round}", ue.index);
+        let sport = 30000 + (ue.index % 30000) as u16;
+        let seq = round as u16;
+        let id = ue.index as u16;
+        let inner = match probe.kind {
+            Kind::Udp => packet::udp(src, probe.target, sport, probe.port, token.as_bytes()),
+            _ => packet::icmp_echo(src, probe.target, false, id, seq, token.as_bytes()),
+        };
+        let start = Instant::now();
+        self.send(ue, &inner).map_err(|e| e.to_string())?;
+        let kind = probe.kind;
+        let (target, port) = (probe.target, probe.port);
+        let mut accept = |p: &IpPacket| {
+            p.dst == src
+                && p.src == target
+                && match kind {
+                    Kind::Udp => p.ports() == Some((port, sport)),
+                    _ => matches!(p.icmp_echo(), Some((0 | 129, i, s)) if i == id && s == seq),
+                }
+        };
+        match self.receive(ue, start + self.timeout, &mut accept) {
+            None => Ok(None),
+            Some(Err(bad)) => Err(bad),
+            Some(Ok(p)) if p.l4_payload() != token.as_bytes() => {
+                Err("answer payload differs".to_string())
+            }
+            Some(Ok(_)) => Ok(Some(start.elapsed())),
+        }
+    }
+
+    /// One whole TCP connection: handshake, data echoed back, orderly close. Returns the
+    /// handshake's round-trip time.
+    fn tcp(&mut self, ue: &Ue, probe: &Probe, round: u32) -> Result<Option<Duration>, Bad> {
+        let src = ue.addr_for(probe.target);
+        let dst = probe.target;
+        let sport = 40000 + ((ue.index * 97 + round) % 20000) as u16;
+        let isn: u32 = 0x1000_0000u32.wrapping_mul(round + 1) ^ (ue.index << 8);
+        let hdr = |seq, ack, flags| TcpHeader {
+            sport,
+            dport: probe.port,
+            seq,
+            ack,
+            flags,
+            window: 65535,
+        };
+        let from_server = move |p: &IpPacket| {
+            p.dst == src && p.src == dst && p.ports() == Some((hdr(0, 0, 0).dport, sport))
+        };
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        self.send(ue, &packet::tcp(src, dst, hdr(isn, 0, tcp_flags::SYN), b""))
+            .map_err(|e| e.to_string())?;
+        let synack = match self.receive(ue, deadline, &mut |p| from_server(p)) {
+            None => return Ok(None),
+            Some(r) => r?,
+        };
+        let h = synack.tcp().ok_or("not TCP")?;
+        if h.flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN | tcp_flags::ACK
+            || h.ack != isn.wrapping_add(1)
+        {
+            return Err(format!(
+                "expected SYN-ACK of {isn}, got flags {:#x}",
+                h.flags
+            ));
+        }
+        let rtt = start.elapsed();
+        let server_isn = h.seq;
+        let data = format!("mecgw-tcp ue={} round={round}", ue.index).into_bytes();
+        let mut seq = isn.wrapping_add(1);
+        let mut ack = server_isn.wrapping_add(1);
+        self.send(
+            ue,
+            &packet::tcp(
+                src,
+                dst,
+                hdr(seq, ack, tcp_flags::ACK | tcp_flags::PSH),
+                &data,
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        seq = seq.wrapping_add(data.len() as u32);
+        let mut echoed = Vec::new();
+        while echoed.len() < data.len() {
+            let seg = match self.receive(ue, deadline, &mut |p| from_server(p)) {
+                None => return Ok(None),
+                Some(r) => r?,
+            };
+            let h = seg.tcp().ok_or("not TCP")?;
+            if h.flags & tcp_flags::RST != 0 {
+                return Err("connection reset by the service".to_string());
+            }
+            if h.seq == ack && !seg.l4_payload().is_empty() {
+                echoed.extend_from_slice(seg.l4_payload());
+                ack = ack.wrapping_add(seg.l4_payload().len() as u32);
+            }
+        }
+        if echoed != data {
+            return Err("TCP echo differs from what was sent".to_string());
+        }
+        self.send(
+            ue,
+            &packet::tcp(
+                src,
+                dst,
+                hdr(seq, ack, tcp_flags::FIN | tcp_flags::ACK),
+                b"",
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        loop {
+            let seg = match self.receive(ue, deadline, &mut |p| from_server(p)) {
+                None => return Ok(None),
+                Some(r) => r?,
+            };
+            let h = seg.tcp().ok_or("not TCP")?;
+            if h.flags & tcp_flags::FIN != 0 {
+                let fin_ack = h.seq.wrapping_add(1);
+                self.send(
+                    ue,
+                    &packet::tcp(
+                        src,
+                        dst,
+                        hdr(seq.wrapping_add(1), fin_ack, tcp_flags::ACK),
+                        b"",
+                    ),
+                )
+                .map_err(|e| e.to_string())?;
+                return Ok(Some(rtt));
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(idx).copied()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let probes: Vec<Probe> = args
+        .probes
+        .iter()
+        .map(|p| p.parse())
+        .collect::<Result<_, String>>()
+        .map_err(anyhow::Error::msg)?;
+    if args.ues == 0 || args.ues > 60000 {
+        bail!("--ues must be 1-60000");
+    }
+    let bind = SocketAddr::new(
+        args.bind.unwrap_or(if args.upf.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        }),
+        packet::GTPU_PORT,
+    );
+    let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+    let mut sim = Sim {
+        sock,
+        upf: SocketAddr::new(args.upf, packet::GTPU_PORT),
+        qfi: args.qfi,
+        timeout: Duration::from_millis(args.timeout_ms),
+        stray: 0,
+        buf: vec![0u8; 65536],
+    };
+    let ues: Vec<Ue> = (0..args.ues).map(|i| Ue::new(&args, i)).collect();
+    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+    for round in 0..args.count {
+        for ue in &ues {
+            for probe in &probes {
+                let tally = tallies.entry(probe.name.clone()).or_default();
+                tally.sent += 1;
+                let outcome = match probe.kind {
+                    Kind::Tcp => sim.tcp(ue, probe, round),
+                    _ => sim.ping(ue, probe, round),
+                };
+                match outcome {
+                    Ok(Some(rtt)) => {
+                        tally.ok += 1;
+                        tally.rtts.push(rtt);
+                    }
+                    Ok(None) => tally.lost += 1,
+                    Err(bad) => *tally.bad.entry(bad).or_default() += 1,
+                }
+            }
+        }
+        if args.interval_ms > 0 {
+            std::thread::sleep(Duration::from_millis(args.interval_ms));
+        }
+    }
+    let mut report = serde_json::Map::new();
+    for (name, mut t) in tallies {
+        t.rtts.sort();
+        let us = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+        report.insert(
+            name,
+            serde_json::json!({
+                "sent": t.sent,
+                "ok": t.ok,
+                "lost": t.lost,
+                "bad": t.bad,
+                "rtt_p50_us": us(percentile(&t.rtts, 0.5)),
+                "rtt_p99_us": us(percentile(&t.rtts, 0.99)),
+            }),
+        );
+    }
+    report.insert("stray".to_string(), serde_json::json!(sim.stray));
+    println!("{}", serde_json::Value::Object(report));
+    Ok(())
+}
