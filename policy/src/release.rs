@@ -315,7 +315,8 @@ impl Mechanism {
                         }
                         let mut obj = Map::new();
                         for &qq in q {
-                            let v = quantile_from_histogram(bins, &h, qq);
+                            let v =
+                                (quantile_from_histogram(bins, &h, qq) * 1000.0).round() / 1000.0;
                             obj.insert(
                                 format!("{qq}"),
                                 serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),

@@ -246,6 +246,9 @@ impl Builder<'_> {
                 loop {
                     let (ev, p) = self.next()?;
                     if matches!(ev, Event::MappingEnd) {
+                        // The parser marks a block mapping nested in a sequence after its
+                        // first key; the first key's own position is the accurate start.
+                        let pos = entries.first().map_or(pos, |(k, _)| pos.min(k.pos));
                         return Ok(Node {
                             pos,
                             value: Value::Map(entries),
@@ -308,6 +311,16 @@ mod tests {
         };
         assert_eq!(items[1].pos, Pos { line: 3, col: 10 });
         assert_eq!(items[1].to_json(), serde_json::json!("y"));
+    }
+
+    #[test]
+    fn a_mapping_in_a_sequence_starts_at_its_first_key() {
+        let n = parse("tests:\n  - name: x\n    k: 1\n").unwrap();
+        let Value::Map(e) = &n.value else { panic!() };
+        let Value::Seq(items) = &e[0].1.value else {
+            panic!()
+        };
+        assert_eq!(items[0].pos, Pos { line: 2, col: 5 });
     }
 
     #[test]
