@@ -322,31 +322,30 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
                     },
                 ));
             }
-            if let Some((head_index, head_hash)) = &head {
-                if *head_index == index {
-                    head_seen = true;
-                    if *head_hash != computed {
-                        return Err(broken(
-                            index,
-                            line_no,
-                            BrokenLink::HeadMismatch {
-                                head: head_hash.clone(),
-                                actual: computed,
-                            },
-                        ));
-                    }
+            if let Some((head_index, head_hash)) = &head
+                && *head_index == index
+            {
+                head_seen = true;
+                if *head_hash != computed {
+                    return Err(broken(
+                        index,
+                        line_no,
+                        BrokenLink::HeadMismatch {
+                            head: head_hash.clone(),
+                            actual: computed,
+                        },
+                    ));
                 }
             }
-            if entry.batch.outcome == Outcome::Sent {
-                if let Some(id) = entry
+            if entry.batch.outcome == Outcome::Sent
+                && let Some(id) = entry
                     .batch
                     .batch_id
                     .as_deref()
                     .and_then(|s| s.parse::<BatchId>().ok())
-                {
-                    let e = last_sent.entry((id.destination, id.instance)).or_insert(0);
-                    *e = (*e).max(id.seq);
-                }
+            {
+                let e = last_sent.entry((id.destination, id.instance)).or_insert(0);
+                *e = (*e).max(id.seq);
             }
             report.entries += 1;
             report.last_hash = computed;

@@ -63,8 +63,8 @@ pub enum SinkError {
 
 /// A configured sink for one destination.
 pub enum Sink {
-    /// NATS JetStream.
-    Nats(nats::NatsSink),
+    /// NATS JetStream (boxed: its client state is much larger than a file handle).
+    Nats(Box<nats::NatsSink>),
     /// JSON lines.
     File(file::FileSink),
 }
@@ -73,7 +73,7 @@ impl Sink {
     /// Builds the sink for `destination`; nothing is connected or opened yet.
     pub fn new(config: &SinkConfig, destination: &str) -> Result<Self, SinkError> {
         Ok(match config {
-            SinkConfig::Nats(c) => Self::Nats(nats::NatsSink::new(c, destination)?),
+            SinkConfig::Nats(c) => Self::Nats(Box::new(nats::NatsSink::new(c, destination)?)),
             SinkConfig::File(c) => Self::File(file::FileSink::new(c, destination)),
         })
     }

@@ -116,12 +116,12 @@ impl NatsSink {
                 "stream name {stream:?} must be non-empty without '.', '*', '>' or spaces"
             )));
         }
-        if let Some(tls) = &config.tls {
-            if tls.cert.is_some() != tls.key.is_some() {
-                return Err(SinkError::Config(
-                    "tls: cert and key must be given together".into(),
-                ));
-            }
+        if let Some(tls) = &config.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err(SinkError::Config(
+                "tls: cert and key must be given together".into(),
+            ));
         }
         Ok(Self {
             stream,
