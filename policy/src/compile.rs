@@ -413,7 +413,7 @@ impl Ctx {
             }
         }
         let mut kinds = BTreeMap::new();
-        let mut kinds_ok = true;
+        let mut failed_kinds: Vec<String> = Vec::new();
         if let Some(n) = self.required(&top, "kinds", "the record kinds this policy covers") {
             for (name, pos, node) in self.named(n, "kinds") {
                 if name == "release" {
@@ -428,19 +428,19 @@ impl Ctx {
                     Some(k) => {
                         kinds.insert(name, k);
                     }
-                    None => kinds_ok = false,
+                    None => failed_kinds.push(name),
                 }
             }
         }
         let mut releases = BTreeMap::new();
-        let mut releases_ok = true;
+        let mut failed_releases: Vec<String> = Vec::new();
         if let Some(n) = top.get("releases") {
             for (name, _, node) in self.named(n, "releases") {
-                match self.release(node, &name, &kinds, kinds_ok, budget.as_ref()) {
+                match self.release(node, &name, &kinds, &failed_kinds, budget.as_ref()) {
                     Some(r) => {
                         releases.insert(name, r);
                     }
-                    None => releases_ok = false,
+                    None => failed_releases.push(name),
                 }
             }
         }
@@ -450,9 +450,14 @@ impl Ctx {
         let mut destinations = BTreeMap::new();
         if let Some(n) = top.get("destinations") {
             for (name, _, node) in self.named(n, "destinations") {
-                if let Some(d) =
-                    self.destination(node, &name, &kinds, kinds_ok, &releases, releases_ok)
-                {
+                if let Some(d) = self.destination(
+                    node,
+                    &name,
+                    &kinds,
+                    &failed_kinds,
+                    &releases,
+                    &failed_releases,
+                ) {
                     destinations.insert(name, d);
                 }
             }
@@ -852,7 +857,7 @@ impl Ctx {
         node: &Node,
         name: &str,
         kinds: &BTreeMap<String, RecordKind>,
-        kinds_ok: bool,
+        failed_kinds: &[String],
         budget: Option<&Budget>,
     ) -> Option<Release> {
         let what = format!("release `{name}`");
@@ -878,7 +883,7 @@ impl Ctx {
             (Some(k), Some(n)) => match kinds.get(k) {
                 Some(rk) => Some(rk),
                 None => {
-                    if kinds_ok {
+                    if !failed_kinds.contains(k) {
                         let names: Vec<&str> = kinds.keys().map(String::as_str).collect();
                         self.err(
                             n.pos,
@@ -1054,7 +1059,7 @@ impl Ctx {
             },
             None => Some(None),
         };
-        if !kinds_ok && rk.is_none() {
+        if rk.is_none() {
             return None;
         }
         if !metrics_ok {
@@ -1396,9 +1401,9 @@ impl Ctx {
         node: &Node,
         name: &str,
         kinds: &BTreeMap<String, RecordKind>,
-        kinds_ok: bool,
+        failed_kinds: &[String],
         releases: &BTreeMap<String, Release>,
-        releases_ok: bool,
+        failed_releases: &[String],
     ) -> Option<Destination> {
         let e = self.fixed(
             node,
@@ -1411,7 +1416,7 @@ impl Ctx {
         let mut rel = Vec::new();
         if let Some(n) = e.get("releases") {
             for (r, pos) in self.name_list(n, "releases") {
-                if !releases.contains_key(&r) && releases_ok {
+                if !releases.contains_key(&r) && !failed_releases.contains(&r) {
                     let names: Vec<&str> = releases.keys().map(String::as_str).collect();
                     self.err(
                         pos,
@@ -1426,7 +1431,7 @@ impl Ctx {
         let mut kk = Vec::new();
         if let Some(n) = e.get("kinds") {
             for (k, pos) in self.name_list(n, "kinds") {
-                if !kinds.contains_key(&k) && kinds_ok {
+                if !kinds.contains_key(&k) && !failed_kinds.contains(&k) {
                     let names: Vec<&str> = kinds.keys().map(String::as_str).collect();
                     self.err(
                         pos,
