@@ -3,19 +3,85 @@
 //! Everything here is `#[repr(C)]` with explicit padding (`u32` flags, never `bool`) so the
 //! kernel and userspace agree on every byte. With the `user` feature the types implement
 //! `aya::Pod` so the userspace loader can read and write them in maps.
+//!
+//! Addresses are kept as byte arrays in network order, TEIDs and ports as host-order integers.
 #![no_std]
 
 /// Names of the programs and maps in the eBPF object. Userspace looks them up by these names.
 pub mod names {
     /// The minimal program: counts every frame and passes it to the kernel.
     pub const PROG_PASS: &str = "mecgw_pass";
+    /// The uplink classifier, attached to the N3 interface.
+    pub const PROG_UPLINK: &str = "mecgw_uplink";
+    /// The downlink encapsulator, attached to the local-services interface.
+    pub const PROG_DOWNLINK: &str = "mecgw_downlink";
     /// Per-CPU packet/byte counters indexed by [`super::Verdict`].
     pub const MAP_VERDICTS: &str = "VERDICTS";
+    /// Per-CPU packet/byte counters indexed by [`super::Reason`].
+    pub const MAP_REASONS: &str = "REASONS";
+    /// Per-CPU packet/byte counters indexed by a rule's counter slot.
+    pub const MAP_RULE_COUNTERS: &str = "RULE_COUNTERS";
+    /// Per-CPU packet/byte counters indexed by `2 * session counter slot + direction`.
+    pub const MAP_SESSION_COUNTERS: &str = "SESSION_COUNTERS";
+    /// Per-CPU record of the last decision taken on that CPU ([`super::Decision`]).
+    pub const MAP_LAST_DECISION: &str = "LAST_DECISION";
+    /// One `u32`: which generation (0 or 1) of the tables the programs read.
+    pub const MAP_ACTIVE: &str = "ACTIVE_GEN";
+    /// [`super::Config`] per generation (index 0 and 1).
+    pub const MAP_CONFIG: &str = "CONFIG";
+    /// Uplink TEID → [`super::SessionEntry`], per generation.
+    pub const MAP_SESSIONS: [&str; 2] = ["SESSIONS_0", "SESSIONS_1"];
+    /// UE IPv4 address → [`super::SessionEntry`], per generation.
+    pub const MAP_UE_V4: [&str; 2] = ["UE_V4_0", "UE_V4_1"];
+    /// UE IPv6 prefix (LPM) → [`super::SessionEntry`], per generation.
+    pub const MAP_UE_V6: [&str; 2] = ["UE_V6_0", "UE_V6_1"];
+    /// Rule index → [`super::RuleEntry`], per generation.
+    pub const MAP_RULES: [&str; 2] = ["RULES_0", "RULES_1"];
+    /// IPv4 destination prefix (LPM) → [`super::Candidates`], per generation.
+    pub const MAP_DST_V4: [&str; 2] = ["DST_V4_0", "DST_V4_1"];
+    /// IPv6 destination prefix (LPM) → [`super::Candidates`], per generation.
+    pub const MAP_DST_V6: [&str; 2] = ["DST_V6_0", "DST_V6_1"];
 }
+
+/// UDP port of GTP-U (TS 29.281).
+pub const GTPU_PORT: u16 = 2152;
+/// GTP-U message type of a G-PDU (a user packet).
+pub const GTP_TYPE_GPDU: u8 = 255;
+/// Extension header type of the PDU Session Container (TS 38.415).
+pub const EXT_PDU_SESSION_CONTAINER: u8 = 0x85;
+/// Capacity of each rule generation. The product promises 5,000 rules.
+pub const MAX_RULES: u32 = 8192;
+/// Capacity of each session generation. The product promises 100,000 sessions.
+pub const MAX_SESSIONS: u32 = 131_072;
+/// Capacity of each destination-prefix trie (distinct prefixes over all rules).
+pub const MAX_DST_PREFIXES: u32 = 16_384;
+/// How many rules may apply to one destination address (the candidate list of one prefix).
+pub const MAX_CANDIDATES: usize = 16;
+/// How many GTP-U extension headers the parser walks before calling the chain over-long.
+pub const MAX_EXT_HEADERS: usize = 4;
+/// Source prefixes per address family in one rule.
+pub const MAX_SRC_PREFIXES: usize = 4;
+/// Destination port ranges in one rule.
+pub const MAX_PORT_RANGES: usize = 4;
+/// Largest N3 MTU accepted: the downlink checksum loop covers packets up to this size.
+pub const MAX_N3_MTU: u32 = 9000;
+/// Smallest N3 MTU accepted (the IPv6 minimum).
+pub const MIN_N3_MTU: u32 = 1280;
+/// Bytes downlink encapsulation adds over an IPv4 outer header (IP 20, UDP 8, GTP-U 8,
+/// optional fields 4, PDU Session Container 4).
+pub const ENCAP_OVERHEAD_V4: u32 = 44;
+/// Bytes downlink encapsulation adds over an IPv6 outer header.
+pub const ENCAP_OVERHEAD_V6: u32 = 64;
+/// Marks "no rule" / "no session" in a [`Decision`].
+pub const NONE: u32 = u32::MAX;
+/// Counter direction index: uplink.
+pub const DIR_UPLINK: u32 = 0;
+/// Counter direction index: downlink.
+pub const DIR_DOWNLINK: u32 = 1;
 
 /// What the fast path decided for a frame. The discriminant indexes the verdict counters.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// Handed to the kernel's stack unchanged (`XDP_PASS`).
     Pass = 0,
@@ -43,6 +109,138 @@ impl Verdict {
             Verdict::Redirect => "redirect",
         }
     }
+
+    /// The XDP action code (`XDP_PASS` = 2, …) for this verdict.
+    pub const fn xdp_action(self) -> u32 {
+        match self {
+            Verdict::Pass => 2,
+            Verdict::Drop => 1,
+            Verdict::Tx => 3,
+            Verdict::Redirect => 4,
+        }
+    }
+
+    /// The verdict for an XDP action code, if it is one the fast path returns.
+    pub const fn from_xdp_action(action: u32) -> Option<Verdict> {
+        match action {
+            2 => Some(Verdict::Pass),
+            1 => Some(Verdict::Drop),
+            3 => Some(Verdict::Tx),
+            4 => Some(Verdict::Redirect),
+            _ => None,
+        }
+    }
+}
+
+/// Why the fast path decided what it did. The discriminant indexes the reason counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not GTP-U (not IPv4/IPv6, not UDP to port 2152, or an outer fragment): passed.
+    NotGtp = 0,
+    /// GTP-U, but not a G-PDU (echo, error indication, end marker, …): passed.
+    GtpSignalling = 1,
+    /// GTP-U whose version, flags or lengths are wrong, or that is truncated.
+    MalformedGtp = 2,
+    /// More than [`MAX_EXT_HEADERS`] extension headers.
+    ExtChainTooLong = 3,
+    /// The packet inside the tunnel (uplink) or the IP packet (downlink) is malformed.
+    MalformedInner = 4,
+    /// A G-PDU whose TEID belongs to no session.
+    UnknownTeid = 5,
+    /// A G-PDU whose inner source is not its session's UE.
+    SpoofedSource = 6,
+    /// No active rule matched: passthrough.
+    NoRule = 7,
+    /// A PASSTHROUGH rule matched.
+    RulePassthrough = 8,
+    /// A DROP rule matched.
+    RuleDrop = 9,
+    /// A LOCAL rule matched: decapsulated and redirected to the local-services interface.
+    RuleLocal = 10,
+    /// The TTL or hop limit would expire on forwarding: handed to the kernel unchanged.
+    TtlExpired = 11,
+    /// Downlink: not an IP packet for a UE with a session: passed.
+    NotForUe = 12,
+    /// Downlink: encapsulated and redirected to the N3 interface.
+    Encapsulated = 13,
+    /// Downlink: the encapsulated packet would exceed the N3 MTU: dropped.
+    Oversize = 14,
+    /// A kernel helper (adjust head/tail) refused: dropped. Never expected.
+    Internal = 15,
+}
+
+impl Reason {
+    /// Number of reasons: the size of the reason counter array.
+    pub const COUNT: u32 = 16;
+    /// All reasons, in discriminant order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::NotGtp,
+        Reason::GtpSignalling,
+        Reason::MalformedGtp,
+        Reason::ExtChainTooLong,
+        Reason::MalformedInner,
+        Reason::UnknownTeid,
+        Reason::SpoofedSource,
+        Reason::NoRule,
+        Reason::RulePassthrough,
+        Reason::RuleDrop,
+        Reason::RuleLocal,
+        Reason::TtlExpired,
+        Reason::NotForUe,
+        Reason::Encapsulated,
+        Reason::Oversize,
+        Reason::Internal,
+    ];
+
+    /// snake_case name used in logs, metrics and replay output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NotGtp => "not_gtp",
+            Reason::GtpSignalling => "gtp_signalling",
+            Reason::MalformedGtp => "malformed_gtp",
+            Reason::ExtChainTooLong => "ext_chain_too_long",
+            Reason::MalformedInner => "malformed_inner",
+            Reason::UnknownTeid => "unknown_teid",
+            Reason::SpoofedSource => "spoofed_source",
+            Reason::NoRule => "no_rule",
+            Reason::RulePassthrough => "rule_passthrough",
+            Reason::RuleDrop => "rule_drop",
+            Reason::RuleLocal => "rule_local",
+            Reason::TtlExpired => "ttl_expired",
+            Reason::NotForUe => "not_for_ue",
+            Reason::Encapsulated => "encapsulated",
+            Reason::Oversize => "oversize",
+            Reason::Internal => "internal",
+        }
+    }
+
+    /// The reason with this discriminant.
+    pub const fn from_u32(v: u32) -> Option<Reason> {
+        if v < Self::COUNT {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+}
+
+/// A traffic rule's action, as compiled for the datapath.
+pub mod action {
+    /// Forward unchanged towards the core (`XDP_PASS`).
+    pub const PASSTHROUGH: u32 = 0;
+    /// Drop.
+    pub const DROP: u32 = 1;
+    /// Decapsulate and redirect to the local-services interface.
+    pub const LOCAL: u32 = 2;
+}
+
+/// What to do with a packet the defaults apply to (unknown TEID, spoofed source, malformed).
+pub mod disposition {
+    /// Hand it to the kernel unchanged.
+    pub const PASS: u32 = 0;
+    /// Drop it.
+    pub const DROP: u32 = 1;
 }
 
 /// A packet and byte counter. Kept per CPU in the kernel; userspace sums the CPUs.
@@ -63,9 +261,174 @@ impl Counter {
     }
 }
 
+/// [`SessionEntry::flags`]: the session has a UE IPv4 address.
+pub const SESSION_HAS_UE_V4: u32 = 1;
+/// [`SessionEntry::flags`]: the session has a UE IPv6 prefix.
+pub const SESSION_HAS_UE_V6: u32 = 2;
+/// [`SessionEntry::flags`]: the gNB address is IPv6 (else IPv4 in the first 4 bytes of `gnb`).
+pub const SESSION_GNB_V6: u32 = 4;
+
+/// A PDU session as the datapath sees it. Keyed by uplink TEID and by UE address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionEntry {
+    /// Operator-visible session id.
+    pub id: u32,
+    /// Slot in the session counters (stable across table updates).
+    pub counter: u32,
+    pub uplink_teid: u32,
+    pub downlink_teid: u32,
+    /// `SESSION_*` flags.
+    pub flags: u32,
+    /// QFI written into downlink PDU Session Containers (0-63).
+    pub qfi: u32,
+    pub ue_v4: [u8; 4],
+    /// UE IPv6 prefix, host bits zero.
+    pub ue_v6: [u8; 16],
+    /// Mask of the UE IPv6 prefix.
+    pub ue_v6_mask: [u8; 16],
+    /// gNB address: IPv4 in the first 4 bytes, or IPv6.
+    pub gnb: [u8; 16],
+}
+
+/// An IPv4 prefix as address and mask.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixV4 {
+    pub addr: [u8; 4],
+    pub mask: [u8; 4],
+}
+
+/// An IPv6 prefix as address and mask.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixV6 {
+    pub addr: [u8; 16],
+    pub mask: [u8; 16],
+}
+
+/// An inclusive port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// [`RuleEntry::match_flags`]: the rule only matches this TEID.
+pub const MATCH_TEID: u32 = 1;
+/// [`RuleEntry::match_flags`]: the rule only matches this QFI.
+pub const MATCH_QFI: u32 = 2;
+/// [`RuleEntry::match_flags`]: the rule has source prefixes (in either family).
+pub const MATCH_SRC: u32 = 4;
+/// [`RuleEntry::match_flags`]: the rule has a protocol list.
+pub const MATCH_PROTO: u32 = 8;
+/// [`RuleEntry::match_flags`]: the rule has destination port ranges.
+pub const MATCH_PORTS: u32 = 16;
+
+/// A traffic rule compiled for the datapath. Its destination prefixes live in the
+/// destination tries ([`Candidates`]); everything else it matches on is here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleEntry {
+    /// Operator-visible rule id.
+    pub id: u32,
+    /// Slot in the rule counters (stable across table updates).
+    pub counter: u32,
+    /// One of [`action`].
+    pub action: u32,
+    /// `MATCH_*` flags.
+    pub match_flags: u32,
+    pub teid: u32,
+    pub qfi: u32,
+    pub src_v4_count: u32,
+    pub src_v6_count: u32,
+    pub port_count: u32,
+    /// Bitmap of IP protocol numbers (bit `p % 32` of word `p / 32`).
+    pub protocols: [u32; 8],
+    pub ports: [PortRange; MAX_PORT_RANGES],
+    pub src_v4: [PrefixV4; MAX_SRC_PREFIXES],
+    pub src_v6: [PrefixV6; MAX_SRC_PREFIXES],
+}
+
+/// The rules that may apply to destinations under one trie prefix, best first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Candidates {
+    pub count: u32,
+    /// Indices into the rule array, in precedence order (lowest priority value, then lowest id).
+    pub rules: [u32; MAX_CANDIDATES],
+}
+
+/// [`Config::flags`]: the N3 interface has an IPv4 address.
+pub const CONFIG_N3_V4: u32 = 1;
+/// [`Config::flags`]: the N3 interface has an IPv6 address.
+pub const CONFIG_N3_V6: u32 = 2;
+
+/// Interface facts and defaults, one per generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Config {
+    pub local_ifindex: u32,
+    pub n3_ifindex: u32,
+    /// Largest outer IP packet (bytes) allowed on N3.
+    pub n3_mtu: u32,
+    /// [`disposition`] for a G-PDU with an unknown TEID.
+    pub unknown_teid: u32,
+    /// [`disposition`] for a G-PDU whose inner source is not its UE.
+    pub spoofed_source: u32,
+    /// [`disposition`] for malformed GTP-U.
+    pub malformed: u32,
+    /// `CONFIG_*` flags.
+    pub flags: u32,
+    pub local_mac: [u8; 6],
+    pub local_next_hop_mac: [u8; 6],
+    pub n3_mac: [u8; 6],
+    pub n3_next_hop_mac: [u8; 6],
+    pub n3_v4: [u8; 4],
+    pub n3_v6: [u8; 16],
+}
+
+/// The last decision a CPU took: lets tests and `mecgw replay` learn the reason, rule and
+/// session of a BPF_PROG_TEST_RUN without changing the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// 1 once written (userspace clears it before a run).
+    pub valid: u32,
+    pub verdict: u32,
+    pub reason: u32,
+    /// Rule id, or [`NONE`].
+    pub rule: u32,
+    /// Session id, or [`NONE`].
+    pub session: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: `Counter` is `#[repr(C)]`, made only of `u64`s, so it has no padding and every
-    // bit pattern is a valid value.
+    // SAFETY (all impls below): each type is `#[repr(C)]`, made only of integers and integer
+    // arrays laid out without padding (checked by the size assertions), so every bit pattern
+    // is a valid value.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SessionEntry {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RuleEntry {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Candidates {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Decision {}
 }
+
+// No implicit padding: each size is the sum of its fields.
+const _: () = assert!(core::mem::size_of::<SessionEntry>() == 6 * 4 + 4 + 16 * 3);
+const _: () = assert!(
+    core::mem::size_of::<RuleEntry>()
+        == 9 * 4 + 32 + 4 * MAX_PORT_RANGES + 8 * MAX_SRC_PREFIXES + 32 * MAX_SRC_PREFIXES
+);
+const _: () = assert!(core::mem::size_of::<Candidates>() == 4 + 4 * MAX_CANDIDATES);
+const _: () = assert!(core::mem::size_of::<Config>() == 7 * 4 + 4 * 6 + 4 + 16);
+const _: () = assert!(core::mem::size_of::<Decision>() == 5 * 4);

@@ -1,7 +1,15 @@
 //! XDP programs and the maps they share.
+//!
+//! `parse` reads headers, `maps` holds the tables (two generations), `counters` counts,
+//! `uplink` and `downlink` are the programs of the two directions, `pass` the minimal one.
 
+mod checksum;
 mod counters;
+mod downlink;
+mod maps;
+mod parse;
 mod pass;
+mod uplink;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,15 +1,30 @@
 //! The XDP fast path, seen from userspace: the embedded eBPF object, loading it into the
-//! kernel, attaching programs to interfaces, running them on test packets and reading their
-//! counters. This module never parses packets itself.
+//! kernel, attaching programs to interfaces, installing tables, running programs on test
+//! packets and reading their counters.
+//!
+//! - [`tables`]: the tables file (sessions, rules, interfaces, defaults) and its validation;
+//! - [`compile`]: tables → map entries (rule precedence, candidate lists);
+//! - [`writer`](self): hot update through two generations of maps;
+//! - [`model`]: the reference model with the programs' exact semantics (no kernel needed).
+//!
+//! This module never parses packets itself.
 
-use std::time::Duration;
+pub mod compile;
+pub mod model;
+pub mod tables;
+mod writer;
+
+use std::{sync::Mutex, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
+    maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use mecgw_ebpf::{Counter, Verdict, names};
+use mecgw_ebpf::{Counter, Decision, NONE, Reason, Verdict, names};
+
+pub use self::tables::{Tables, TablesError};
+use self::writer::TableWriter;
 
 /// The eBPF object built by `build.rs` for `bpfel-unknown-none`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mecgw-xdp"));
@@ -46,6 +61,15 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The tables cannot be installed.
+    #[error(transparent)]
+    Tables(TablesError),
+    /// A program returned an action or decision the fast path never produces.
+    #[error("unexpected result from the kernel: {0}")]
+    Unexpected(String),
+    /// A system call failed.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
 }
 
 /// How a program attaches to an interface.
@@ -88,6 +112,51 @@ impl std::str::FromStr for AttachMode {
     }
 }
 
+/// Which way traffic flows, and so which program handles it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From gNBs on N3: `mecgw_uplink`.
+    Uplink,
+    /// From local services: `mecgw_downlink`.
+    Downlink,
+}
+
+impl Direction {
+    /// The program that handles this direction.
+    pub const fn program(self) -> &'static str {
+        match self {
+            Direction::Uplink => names::PROG_UPLINK,
+            Direction::Downlink => names::PROG_DOWNLINK,
+        }
+    }
+    /// Index in the per-session counters.
+    pub const fn index(self) -> u32 {
+        match self {
+            Direction::Uplink => mecgw_ebpf::DIR_UPLINK,
+            Direction::Downlink => mecgw_ebpf::DIR_DOWNLINK,
+        }
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::Uplink => "uplink",
+            Direction::Downlink => "downlink",
+        }
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "uplink" => Ok(Direction::Uplink),
+            "downlink" => Ok(Direction::Downlink),
+            other => Err(format!(
+                "unknown direction {other:?}: expected \"uplink\" or \"downlink\""
+            )),
+        }
+    }
+}
+
 /// The outcome of running a program once on a packet with BPF_PROG_TEST_RUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRunOutcome {
@@ -99,21 +168,81 @@ pub struct TestRunOutcome {
     pub duration: Duration,
 }
 
-/// The loaded fast path: the eBPF object with its programs loaded (not yet attached).
-pub struct FastPath {
-    ebpf: Ebpf,
+/// A test run with the program's full decision, comparable with [`model::Outcome`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub rule: Option<u32>,
+    pub session: Option<u32>,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
 }
 
+impl From<model::Outcome> for Judged {
+    fn from(o: model::Outcome) -> Judged {
+        Judged {
+            verdict: o.verdict,
+            reason: o.reason,
+            rule: o.rule,
+            session: o.session,
+            packet: o.packet,
+        }
+    }
+}
+
+/// The loaded fast path: the eBPF object with its programs loaded (not yet attached).
+///
+/// `FastPath` is `Sync`: test runs and counter reads take `&self` and may run on many threads
+/// while another thread installs new tables.
+pub struct FastPath {
+    ebpf: Ebpf,
+    writer: Mutex<TableWriter>,
+    last: Mutex<PerCpuArray<MapData, Decision>>,
+}
+
+const PROGRAMS: [&str; 3] = [names::PROG_PASS, names::PROG_UPLINK, names::PROG_DOWNLINK];
+
 impl FastPath {
-    /// Loads the embedded object and its programs into the kernel.
+    /// Loads the embedded object and its programs into the kernel. The tables start empty:
+    /// every G-PDU has an unknown TEID (passed) and no downlink packet is for a UE.
     pub fn load() -> Result<Self, DatapathError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|source| DatapathError::Load { source })?;
-        let prog = pass_program(&mut ebpf)?;
-        prog.load().map_err(|source| DatapathError::Program {
-            action: format!("verifying program {}", names::PROG_PASS),
+        for name in PROGRAMS {
+            let prog = xdp_program_mut(&mut ebpf, name)?;
+            prog.load().map_err(|source| DatapathError::Program {
+                action: format!("verifying program {name}"),
+                source,
+            })?;
+        }
+        let writer = TableWriter::new(&mut ebpf)?;
+        let last = ebpf
+            .take_map(names::MAP_LAST_DECISION)
+            .ok_or(DatapathError::Missing {
+                what: "map",
+                name: names::MAP_LAST_DECISION,
+            })?;
+        let last = PerCpuArray::try_from(last).map_err(|source| DatapathError::Map {
+            name: names::MAP_LAST_DECISION,
             source,
         })?;
-        Ok(FastPath { ebpf })
+        Ok(FastPath {
+            ebpf,
+            writer: Mutex::new(writer),
+            last: Mutex::new(last),
+        })
+    }
+
+    /// Validates and installs `tables`; from the moment this returns, every packet is judged
+    /// by them, and none is ever judged by a mixture of old and new tables.
+    pub fn install(&self, tables: &Tables) -> Result<(), DatapathError> {
+        self.lock_writer()?.install(tables)
+    }
+
+    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, TableWriter>, DatapathError> {
+        self.writer
+            .lock()
+            .map_err(|_| DatapathError::Unexpected("a table update panicked earlier".into()))
     }
 
     /// Attaches the pass program to `iface`. It stays attached until `self` is dropped.
@@ -122,50 +251,177 @@ impl FastPath {
         iface: &str,
         mode: AttachMode,
     ) -> Result<XdpLinkId, DatapathError> {
-        let prog = pass_program(&mut self.ebpf)?;
+        self.attach(names::PROG_PASS, iface, mode)
+    }
+
+    /// Attaches the program for `direction` to `iface` until `self` is dropped.
+    pub fn attach_direction(
+        &mut self,
+        direction: Direction,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<XdpLinkId, DatapathError> {
+        self.attach(direction.program(), iface, mode)
+    }
+
+    fn attach(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<XdpLinkId, DatapathError> {
+        let prog = xdp_program_mut(&mut self.ebpf, name)?;
         prog.attach(iface, mode.flags())
             .map_err(|source| DatapathError::Program {
-                action: format!(
-                    "attaching {} to {iface} in {} mode",
-                    names::PROG_PASS,
-                    mode.name()
-                ),
+                action: format!("attaching {name} to {iface} in {} mode", mode.name()),
                 source,
             })
     }
 
     /// Runs the pass program once on `packet` through BPF_PROG_TEST_RUN.
     pub fn test_run_pass(&mut self, packet: &[u8]) -> Result<TestRunOutcome, DatapathError> {
-        let prog = pass_program(&mut self.ebpf)?;
-        test_run(prog, packet, 1)
+        test_run(self.xdp_program(names::PROG_PASS)?, packet, 1)
     }
 
-    /// Sums the per-CPU verdict counters.
+    /// Runs the program of `direction` `repeat` times on `packet` (see the benchmark notes
+    /// on what `repeat > 1` measures for programs that rewrite the packet).
+    pub fn test_run(
+        &self,
+        direction: Direction,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome, DatapathError> {
+        test_run(self.xdp_program(direction.program())?, packet, repeat)
+    }
+
+    /// Runs the program of `direction` once on `packet` and reports its whole decision.
+    pub fn judge(&self, direction: Direction, packet: &[u8]) -> Result<Judged, DatapathError> {
+        let mut last = self
+            .last
+            .lock()
+            .map_err(|_| DatapathError::Unexpected("a test run panicked earlier".into()))?;
+        let map_err = |source| DatapathError::Map {
+            name: names::MAP_LAST_DECISION,
+            source,
+        };
+        let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
+        let clear =
+            PerCpuValues::try_from(vec![Decision::default(); n]).map_err(DatapathError::Io)?;
+        last.set(0, clear, 0).map_err(map_err)?;
+        let out = self.test_run(direction, packet, 1)?;
+        let per_cpu = last.get(&0, 0).map_err(map_err)?;
+        let written: Vec<Decision> = per_cpu.iter().filter(|d| d.valid == 1).copied().collect();
+        let [d] = written[..] else {
+            return Err(DatapathError::Unexpected(format!(
+                "{} CPUs recorded a decision for one test run",
+                written.len()
+            )));
+        };
+        let verdict = Verdict::from_xdp_action(out.action)
+            .ok_or_else(|| DatapathError::Unexpected(format!("XDP action {}", out.action)))?;
+        if verdict as u32 != d.verdict {
+            return Err(DatapathError::Unexpected(format!(
+                "action {} but recorded verdict {}",
+                out.action, d.verdict
+            )));
+        }
+        let reason = Reason::from_u32(d.reason)
+            .ok_or_else(|| DatapathError::Unexpected(format!("reason {}", d.reason)))?;
+        let some = |v: u32| (v != NONE).then_some(v);
+        Ok(Judged {
+            verdict,
+            reason,
+            rule: some(d.rule),
+            session: some(d.session),
+            packet: out.data_out,
+        })
+    }
+
+    /// Sums the per-CPU verdict counters (all programs together).
     pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counter)>, DatapathError> {
-        let name = names::MAP_VERDICTS;
+        let map = self.counter_map(names::MAP_VERDICTS)?;
+        Verdict::ALL
+            .iter()
+            .map(|&v| Ok((v, sum(&map, v as u32, names::MAP_VERDICTS)?)))
+            .collect()
+    }
+
+    /// Sums the per-CPU reason counters (all programs together).
+    pub fn reason_counters(&self) -> Result<Vec<(Reason, Counter)>, DatapathError> {
+        let map = self.counter_map(names::MAP_REASONS)?;
+        Reason::ALL
+            .iter()
+            .map(|&r| Ok((r, sum(&map, r as u32, names::MAP_REASONS)?)))
+            .collect()
+    }
+
+    /// The counter of rule `id`, if it is in the installed tables.
+    pub fn rule_counter(&self, id: u32) -> Result<Option<Counter>, DatapathError> {
+        let w = self.lock_writer()?;
+        match w.rule_slots.get(id) {
+            None => Ok(None),
+            Some(slot) => sum(&w.rule_counters, slot, names::MAP_RULE_COUNTERS).map(Some),
+        }
+    }
+
+    /// The counter of session `id` in `direction`, if it is in the installed tables.
+    pub fn session_counter(
+        &self,
+        id: u32,
+        direction: Direction,
+    ) -> Result<Option<Counter>, DatapathError> {
+        let w = self.lock_writer()?;
+        match w.session_slots.get(id) {
+            None => Ok(None),
+            Some(slot) => sum(
+                &w.session_counters,
+                slot * 2 + direction.index(),
+                names::MAP_SESSION_COUNTERS,
+            )
+            .map(Some),
+        }
+    }
+
+    fn counter_map(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, Counter>, DatapathError> {
         let map = self
             .ebpf
             .map(name)
             .ok_or(DatapathError::Missing { what: "map", name })?;
-        let array: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
-        Verdict::ALL
-            .iter()
-            .map(|&verdict| {
-                let per_cpu = array
-                    .get(&(verdict as u32), 0)
-                    .map_err(|source| DatapathError::Map { name, source })?;
-                let total = per_cpu
-                    .iter()
-                    .fold(Counter::default(), |acc, c| acc.plus(*c));
-                Ok((verdict, total))
-            })
-            .collect()
+        PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    fn xdp_program(&self, name: &'static str) -> Result<&Xdp, DatapathError> {
+        let prog = self.ebpf.program(name).ok_or(DatapathError::Missing {
+            what: "program",
+            name,
+        })?;
+        prog.try_into().map_err(|source| DatapathError::Program {
+            action: format!("{name} is not an XDP program"),
+            source,
+        })
     }
 }
 
-fn pass_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    let name = names::PROG_PASS;
+fn sum<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, Counter>,
+    index: u32,
+    name: &'static str,
+) -> Result<Counter, DatapathError> {
+    let per_cpu = map
+        .get(&index, 0)
+        .map_err(|source| DatapathError::Map { name, source })?;
+    Ok(per_cpu
+        .iter()
+        .fold(Counter::default(), |acc, c| acc.plus(*c)))
+}
+
+fn xdp_program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DatapathError> {
     let prog = ebpf.program_mut(name).ok_or(DatapathError::Missing {
         what: "program",
         name,
@@ -176,7 +432,7 @@ fn pass_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
     })
 }
 
-/// The largest frame a test run may produce: input plus room for encapsulation headers.
+/// Room beyond the input for what a program may add (downlink encapsulation adds 64 bytes).
 const TEST_RUN_HEADROOM: usize = 256;
 
 fn test_run(prog: &Xdp, packet: &[u8], repeat: u32) -> Result<TestRunOutcome, DatapathError> {

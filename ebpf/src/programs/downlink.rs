@@ -1,0 +1,267 @@
+//! `mecgw_downlink`, attached to the local-services interface: encapsulate replies to UEs.
+//!
+//! An IP packet whose destination is a UE with a session gets its TTL or hop limit
+//! decremented, then an outer IPv4 or IPv6 header towards the session's gNB, UDP 2152 and a
+//! GTP-U header with the downlink TEID and a downlink PDU Session Container carrying the
+//! session's QFI; it is redirected to the N3 interface. Anything else passes to the kernel.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    macros::xdp,
+    programs::XdpContext,
+};
+use mecgw_ebpf::{
+    Config, DIR_DOWNLINK, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6, EXT_PDU_SESSION_CONTAINER,
+    GTP_TYPE_GPDU, GTPU_PORT, Reason, SESSION_GNB_V6, SessionEntry, Verdict,
+};
+
+use super::{
+    checksum::{decrement_ttl, fold, sum_be, sum_packet},
+    counters::{Outcome, record},
+    maps,
+    parse::{ETH_P_IPV4, ETH_P_IPV6, bytes_at, ethernet, frame_len, write_at},
+};
+
+/// GTP-U header with optional fields and a downlink PDU Session Container: 8 + 4 + 4 bytes.
+const GTP_LEN: usize = 16;
+const OUTER_TTL: u8 = 64;
+
+#[xdp]
+pub fn mecgw_downlink(ctx: XdpContext) -> u32 {
+    let len = frame_len(&ctx) as u64;
+    let outcome = classify(&ctx);
+    record(&outcome, len, DIR_DOWNLINK)
+}
+
+/// The inner packet as found in the frame.
+struct Inner {
+    l3_off: usize,
+    len: usize,
+    v6: u32,
+    ttl: u8,
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Outcome {
+    let not_for_ue = Outcome::new(Verdict::Pass, Reason::NotForUe);
+    let Some((generation, config)) = maps::active() else {
+        return not_for_ue;
+    };
+    let Some(l2) = ethernet(ctx) else {
+        return not_for_ue;
+    };
+    let l3 = l2.l3_off;
+    let avail = frame_len(ctx);
+    let (session, inner) = if l2.ethertype == ETH_P_IPV4 {
+        let Some(h) = bytes_at::<20>(ctx, l3) else {
+            return not_for_ue;
+        };
+        if h[0] >> 4 != 4 {
+            return not_for_ue;
+        }
+        let Some(s) = maps::session_by_ue_v4(generation, [h[16], h[17], h[18], h[19]]) else {
+            return not_for_ue;
+        };
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+        if ihl < 20 || total < ihl || l3 + total > avail {
+            return for_session(Outcome::new(Verdict::Drop, Reason::MalformedInner), s);
+        }
+        let inner = Inner {
+            l3_off: l3,
+            len: total,
+            v6: 0,
+            ttl: h[8],
+        };
+        (s, inner)
+    } else if l2.ethertype == ETH_P_IPV6 {
+        let Some(h) = bytes_at::<40>(ctx, l3) else {
+            return not_for_ue;
+        };
+        if h[0] >> 4 != 6 {
+            return not_for_ue;
+        }
+        let mut dst = [0u8; 16];
+        dst.copy_from_slice(&h[24..40]);
+        let Some(s) = maps::session_by_ue_v6(generation, dst) else {
+            return not_for_ue;
+        };
+        let total = 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
+        if l3 + total > avail {
+            return for_session(Outcome::new(Verdict::Drop, Reason::MalformedInner), s);
+        }
+        let inner = Inner {
+            l3_off: l3,
+            len: total,
+            v6: 1,
+            ttl: h[7],
+        };
+        (s, inner)
+    } else {
+        return not_for_ue;
+    };
+    let out = if inner.ttl <= 1 {
+        Outcome::new(Verdict::Pass, Reason::TtlExpired)
+    } else {
+        encapsulate(ctx, config, session, &inner)
+    };
+    for_session(out, session)
+}
+
+#[inline(always)]
+fn for_session(mut out: Outcome, s: &SessionEntry) -> Outcome {
+    out.session_id = s.id;
+    out.session_slot = s.counter;
+    out
+}
+
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, config: &Config, s: &SessionEntry, inner: &Inner) -> Outcome {
+    let internal = Outcome::new(Verdict::Drop, Reason::Internal);
+    let gnb_v6 = s.flags & SESSION_GNB_V6 != 0;
+    let overhead = if gnb_v6 {
+        ENCAP_OVERHEAD_V6
+    } else {
+        ENCAP_OVERHEAD_V4
+    } as usize;
+    if inner.len + overhead > config.n3_mtu as usize {
+        return Outcome::new(Verdict::Drop, Reason::Oversize);
+    }
+    // Keep exactly the inner packet: drop Ethernet padding, then make room for the headers.
+    let excess = frame_len(ctx).saturating_sub(inner.l3_off + inner.len);
+    if excess > 0 {
+        // SAFETY: the helper is given the program's own context and a shrink within the frame.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
+            return internal;
+        }
+    }
+    let grow = 14 + overhead - inner.l3_off;
+    // SAFETY: as above; every packet pointer after this is re-derived through `ptr_at`.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
+        return internal;
+    }
+    // The inner packet now starts at 14 + overhead.
+    let inner_off = 14 + overhead;
+    if decrement_ttl(ctx, inner_off, inner.v6).is_none() {
+        return internal;
+    }
+    let gtp = gtp_header(s, inner.len);
+    let udp_len = (8 + GTP_LEN + inner.len) as u16;
+    let written = if gnb_v6 {
+        write_v6(ctx, config, s, udp_len, &gtp, inner_off, inner.len)
+    } else {
+        write_v4(ctx, config, s, udp_len, &gtp)
+    };
+    if written.is_none() {
+        return internal;
+    }
+    // SAFETY: plain helper call with an interface index and no flags.
+    let action = unsafe { bpf_redirect(config.n3_ifindex, 0) } as u32;
+    if action != xdp_action::XDP_REDIRECT {
+        return internal;
+    }
+    Outcome::new(Verdict::Redirect, Reason::Encapsulated)
+}
+
+#[inline(always)]
+fn gtp_header(s: &SessionEntry, inner_len: usize) -> [u8; GTP_LEN] {
+    let len = ((GTP_LEN - 8) + inner_len) as u16;
+    let l = len.to_be_bytes();
+    let t = s.downlink_teid.to_be_bytes();
+    [
+        0x34, // version 1, PT 1, E 1
+        GTP_TYPE_GPDU,
+        l[0],
+        l[1],
+        t[0],
+        t[1],
+        t[2],
+        t[3],
+        0, // sequence number
+        0,
+        0, // N-PDU number
+        EXT_PDU_SESSION_CONTAINER,
+        1,    // container length: 4 bytes
+        0x00, // PDU type 0: downlink
+        (s.qfi & 0x3f) as u8,
+        0, // no next extension header
+    ]
+}
+
+#[inline(always)]
+fn eth_header(config: &Config, ethertype: u16) -> [u8; 14] {
+    let mut eth = [0u8; 14];
+    eth[..6].copy_from_slice(&config.n3_next_hop_mac);
+    eth[6..12].copy_from_slice(&config.n3_mac);
+    eth[12..].copy_from_slice(&ethertype.to_be_bytes());
+    eth
+}
+
+#[inline(always)]
+fn udp_header(udp_len: u16, check: u16) -> [u8; 8] {
+    let p = GTPU_PORT.to_be_bytes();
+    let l = udp_len.to_be_bytes();
+    let c = check.to_be_bytes();
+    [p[0], p[1], p[0], p[1], l[0], l[1], c[0], c[1]]
+}
+
+/// Outer IPv4 (DF set, TTL 64, header checksum) + UDP with a zero checksum, which IPv4 allows.
+#[inline(always)]
+fn write_v4(
+    ctx: &XdpContext,
+    config: &Config,
+    s: &SessionEntry,
+    udp_len: u16,
+    gtp: &[u8; GTP_LEN],
+) -> Option<()> {
+    let total = (udp_len + 20).to_be_bytes();
+    let mut ip = [
+        0x45, 0, total[0], total[1], 0, 0, 0x40, 0, OUTER_TTL, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    ip[12..16].copy_from_slice(&config.n3_v4);
+    ip[16..20].copy_from_slice(&s.gnb[..4]);
+    let check = !fold(sum_be(&ip));
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    write_at(ctx, 0, eth_header(config, ETH_P_IPV4))?;
+    write_at(ctx, 14, ip)?;
+    write_at(ctx, 34, udp_header(udp_len, 0))?;
+    write_at(ctx, 42, *gtp)
+}
+
+/// Outer IPv6 (hop limit 64) + UDP with the mandatory checksum over pseudo-header, UDP
+/// header, GTP-U header and inner packet.
+#[inline(always)]
+fn write_v6(
+    ctx: &XdpContext,
+    config: &Config,
+    s: &SessionEntry,
+    udp_len: u16,
+    gtp: &[u8; GTP_LEN],
+    inner_off: usize,
+    inner_len: usize,
+) -> Option<()> {
+    let l = udp_len.to_be_bytes();
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60;
+    ip[4] = l[0];
+    ip[5] = l[1];
+    ip[6] = 17;
+    ip[7] = OUTER_TTL;
+    ip[8..24].copy_from_slice(&config.n3_v6);
+    ip[24..40].copy_from_slice(&s.gnb);
+    // Pseudo-header: addresses, UDP length, next header; then UDP header (checksum 0) and GTP.
+    let mut addrs = [0u8; 32];
+    addrs.copy_from_slice(&ip[8..40]);
+    let mut sum = sum_be(&addrs) + udp_len as u32 + 17;
+    sum += sum_be(&udp_header(udp_len, 0)) + sum_be(gtp);
+    write_at(ctx, 0, eth_header(config, ETH_P_IPV6))?;
+    write_at(ctx, 14, ip)?;
+    write_at(ctx, 62, *gtp)?;
+    sum += sum_packet(ctx, inner_off, inner_len)? as u32;
+    let mut check = !fold(sum);
+    if check == 0 {
+        check = 0xffff;
+    }
+    write_at(ctx, 54, udp_header(udp_len, check))
+}

@@ -1,0 +1,255 @@
+//! `mecgw_uplink`, attached to the N3 interface: classify G-PDUs from gNBs.
+//!
+//! Order of judgement: not GTP-U / signalling → pass; malformed → the configured default;
+//! unknown TEID → default; inner source not the session's UE → default; then the traffic
+//! rules (best candidate that matches wins; none → passthrough). LOCAL decapsulates, writes
+//! the next-hop Ethernet header, decrements the TTL and redirects to the local interface.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    macros::xdp,
+    programs::XdpContext,
+};
+use mecgw_ebpf::{
+    Config, DIR_UPLINK, MATCH_PORTS, MATCH_PROTO, MATCH_QFI, MATCH_SRC, MATCH_TEID, MAX_CANDIDATES,
+    MAX_PORT_RANGES, MAX_SRC_PREFIXES, Reason, RuleEntry, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6,
+    SessionEntry, Verdict, action, disposition,
+};
+
+use super::{
+    checksum::decrement_ttl,
+    counters::{Outcome, record},
+    maps,
+    parse::{self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, frame_len, write_at},
+};
+
+#[xdp]
+pub fn mecgw_uplink(ctx: XdpContext) -> u32 {
+    let len = frame_len(&ctx) as u64;
+    let outcome = classify(&ctx);
+    record(&outcome, len, DIR_UPLINK)
+}
+
+#[inline(always)]
+fn by_default(d: u32, reason: Reason) -> Outcome {
+    let verdict = if d == disposition::DROP {
+        Verdict::Drop
+    } else {
+        Verdict::Pass
+    };
+    Outcome::new(verdict, reason)
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Outcome {
+    let Some((generation, config)) = maps::active() else {
+        return Outcome::new(Verdict::Pass, Reason::NotGtp);
+    };
+    let pdu = match parse::gpdu(ctx) {
+        Ok(p) => p,
+        Err(r @ (Reason::NotGtp | Reason::GtpSignalling)) => return Outcome::new(Verdict::Pass, r),
+        Err(r) => return by_default(config.malformed, r),
+    };
+    let Some(session) = maps::session_by_teid(generation, pdu.teid) else {
+        return by_default(config.unknown_teid, Reason::UnknownTeid);
+    };
+    let mut out = classify_session(ctx, generation, config, session, &pdu);
+    out.session_id = session.id;
+    out.session_slot = session.counter;
+    out
+}
+
+#[inline(always)]
+fn classify_session(
+    ctx: &XdpContext,
+    generation: u32,
+    config: &Config,
+    session: &SessionEntry,
+    pdu: &Gpdu,
+) -> Outcome {
+    if !source_is_ue(session, &pdu.inner) {
+        return by_default(config.spoofed_source, Reason::SpoofedSource);
+    }
+    let Some(rule) = find_rule(generation, pdu) else {
+        return Outcome::new(Verdict::Pass, Reason::NoRule);
+    };
+    let mut out = match rule.action {
+        action::DROP => Outcome::new(Verdict::Drop, Reason::RuleDrop),
+        action::LOCAL => {
+            if pdu.inner.ttl <= 1 {
+                Outcome::new(Verdict::Pass, Reason::TtlExpired)
+            } else {
+                decapsulate(ctx, config, pdu)
+            }
+        }
+        _ => Outcome::new(Verdict::Pass, Reason::RulePassthrough),
+    };
+    out.rule_id = rule.id;
+    out.rule_slot = rule.counter;
+    out
+}
+
+#[inline(always)]
+fn words(b: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+#[inline(always)]
+fn in_prefix_v6(addr: &[u32; 4], prefix: &[u8; 16], mask: &[u8; 16]) -> bool {
+    let p = words(prefix);
+    let m = words(mask);
+    (addr[0] & m[0]) == p[0]
+        && (addr[1] & m[1]) == p[1]
+        && (addr[2] & m[2]) == p[2]
+        && (addr[3] & m[3]) == p[3]
+}
+
+#[inline(always)]
+fn v4_word(b: &[u8]) -> u32 {
+    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[inline(always)]
+fn source_is_ue(s: &SessionEntry, ip: &IpInfo) -> bool {
+    if ip.v6 == 0 {
+        s.flags & SESSION_HAS_UE_V4 != 0 && v4_word(&ip.src) == v4_word(&s.ue_v4)
+    } else {
+        s.flags & SESSION_HAS_UE_V6 != 0 && in_prefix_v6(&words(&ip.src), &s.ue_v6, &s.ue_v6_mask)
+    }
+}
+
+/// The first candidate for the inner destination that matches, in the order userspace
+/// compiled (lowest priority value, then lowest rule id).
+#[inline(always)]
+fn find_rule(generation: u32, pdu: &Gpdu) -> Option<&'static RuleEntry> {
+    let ip = &pdu.inner;
+    let candidates = if ip.v6 == 0 {
+        maps::candidates_v4(generation, [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]])?
+    } else {
+        maps::candidates_v6(generation, ip.dst)?
+    };
+    let src = words(&ip.src);
+    let count = candidates.count as usize;
+    for i in 0..MAX_CANDIDATES {
+        if i >= count {
+            break;
+        }
+        if let Some(rule) = maps::rule(generation, candidates.rules[i])
+            && rule_matches(rule, pdu, &src)
+        {
+            return Some(rule);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn rule_matches(r: &RuleEntry, pdu: &Gpdu, src: &[u32; 4]) -> bool {
+    let ip = &pdu.inner;
+    let f = r.match_flags;
+    if f & MATCH_TEID != 0 && r.teid != pdu.teid {
+        return false;
+    }
+    if f & MATCH_QFI != 0 && r.qfi != pdu.qfi {
+        return false;
+    }
+    if f & MATCH_PROTO != 0 {
+        let p = ip.proto as usize;
+        if (r.protocols[(p >> 5) & 7] >> (p & 31)) & 1 == 0 {
+            return false;
+        }
+    }
+    if f & MATCH_PORTS != 0 {
+        if ip.has_ports == 0 {
+            return false;
+        }
+        let mut hit = false;
+        for i in 0..MAX_PORT_RANGES {
+            if i as u32 >= r.port_count {
+                break;
+            }
+            let range = r.ports[i];
+            if range.lo <= ip.dport && ip.dport <= range.hi {
+                hit = true;
+                break;
+            }
+        }
+        if !hit {
+            return false;
+        }
+    }
+    if f & MATCH_SRC != 0 {
+        let mut hit = false;
+        if ip.v6 == 0 {
+            for i in 0..MAX_SRC_PREFIXES {
+                if i as u32 >= r.src_v4_count {
+                    break;
+                }
+                let p = &r.src_v4[i];
+                if src[0] & v4_word(&p.mask) == v4_word(&p.addr) {
+                    hit = true;
+                    break;
+                }
+            }
+        } else {
+            for i in 0..MAX_SRC_PREFIXES {
+                if i as u32 >= r.src_v6_count {
+                    break;
+                }
+                let p = &r.src_v6[i];
+                if in_prefix_v6(src, &p.addr, &p.mask) {
+                    hit = true;
+                    break;
+                }
+            }
+        }
+        if !hit {
+            return false;
+        }
+    }
+    true
+}
+
+/// Strips everything before the inner packet (and any bytes after it), writes the next-hop
+/// Ethernet header, decrements the TTL or hop limit, and redirects to the local interface.
+#[inline(always)]
+fn decapsulate(ctx: &XdpContext, config: &Config, pdu: &Gpdu) -> Outcome {
+    let internal = Outcome::new(Verdict::Drop, Reason::Internal);
+    let wanted = pdu.inner_off + pdu.inner_len;
+    let excess = frame_len(ctx).saturating_sub(wanted);
+    if excess > 0 {
+        // SAFETY: the helper is given the program's own context and a shrink within the frame.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
+            return internal;
+        }
+    }
+    let strip = pdu.inner_off - 14;
+    // SAFETY: as above; after this call every packet pointer is re-derived through `ptr_at`.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, strip as i32) } != 0 {
+        return internal;
+    }
+    let ethertype = if pdu.inner.v6 == 0 {
+        ETH_P_IPV4
+    } else {
+        ETH_P_IPV6
+    };
+    let mut eth = [0u8; 14];
+    eth[..6].copy_from_slice(&config.local_next_hop_mac);
+    eth[6..12].copy_from_slice(&config.local_mac);
+    eth[12..].copy_from_slice(&ethertype.to_be_bytes());
+    if write_at(ctx, 0, eth).is_none() || decrement_ttl(ctx, 14, pdu.inner.v6).is_none() {
+        return internal;
+    }
+    // SAFETY: plain helper call with an interface index and no flags.
+    let action = unsafe { bpf_redirect(config.local_ifindex, 0) } as u32;
+    if action != xdp_action::XDP_REDIRECT {
+        return internal;
+    }
+    Outcome::new(Verdict::Redirect, Reason::RuleLocal)
+}

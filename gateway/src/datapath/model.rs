@@ -1,0 +1,511 @@
+//! The reference model of the fast path: packet bytes + tables → verdict, reason, rule,
+//! session and output bytes, with exactly the semantics of the XDP programs.
+//!
+//! It is written for clarity, not speed (rules are tried one by one in precedence order,
+//! where the kernel walks compiled candidate lists), and it never touches the kernel or aya,
+//! so it can be tested anywhere and later serve as a userspace datapath. The differential
+//! test runs random tables and packets through both and demands identical results.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use mecgw_ebpf::{
+    ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6, EXT_PDU_SESSION_CONTAINER, GTP_TYPE_GPDU, GTPU_PORT,
+    MAX_EXT_HEADERS, Reason, Verdict,
+};
+
+use super::tables::{Disposition, RuleAction, RuleState, Session, Tables, TrafficRule};
+
+/// What the fast path does with one frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// Id of the rule that decided, if one did.
+    pub rule: Option<u32>,
+    /// Id of the session the frame belongs to, if known.
+    pub session: Option<u32>,
+    /// The frame as the program leaves it (unchanged unless redirected).
+    pub packet: Vec<u8>,
+}
+
+/// The model, built once per set of tables.
+pub struct Model {
+    tables: Tables,
+    by_teid: HashMap<u32, usize>,
+    by_ue_v4: HashMap<Ipv4Addr, usize>,
+    by_ue_v6: HashMap<(u8, u128), usize>,
+    ue_v6_lens: Vec<u8>,
+    /// Indices of active rules in precedence order.
+    rules: Vec<usize>,
+}
+
+const OUTER_TTL: u8 = 64;
+const GTP_LEN: usize = 16;
+
+impl Model {
+    /// A model of the fast path loaded with `tables` (assumed valid, see [`Tables::validate`]).
+    pub fn new(tables: &Tables) -> Model {
+        let mut by_ue_v6 = HashMap::new();
+        for (i, s) in tables.sessions.iter().enumerate() {
+            if let Some(p) = s.ue_ipv6
+                && let IpAddr::V6(a) = p.addr()
+            {
+                by_ue_v6.insert((p.len(), u128::from(a)), i);
+            }
+        }
+        let mut ue_v6_lens: Vec<u8> = by_ue_v6.keys().map(|k| k.0).collect();
+        ue_v6_lens.sort_unstable_by(|a, b| b.cmp(a));
+        ue_v6_lens.dedup();
+        let mut rules: Vec<usize> = (0..tables.rules.len())
+            .filter(|&i| tables.rules[i].state == RuleState::Active)
+            .collect();
+        rules.sort_by_key(|&i| (tables.rules[i].priority, tables.rules[i].id));
+        Model {
+            by_teid: tables
+                .sessions
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.uplink_teid.0, i))
+                .collect(),
+            by_ue_v4: tables
+                .sessions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.ue_ipv4.map(|a| (a, i)))
+                .collect(),
+            by_ue_v6,
+            ue_v6_lens,
+            rules,
+            tables: tables.clone(),
+        }
+    }
+
+    /// The uplink program (`mecgw_uplink`) on one frame from N3.
+    pub fn uplink(&self, frame: &[u8]) -> Outcome {
+        let t = &self.tables;
+        let keep = |verdict, reason, session: Option<&Session>| Outcome {
+            verdict,
+            reason,
+            rule: None,
+            session: session.map(|s| s.id),
+            packet: frame.to_vec(),
+        };
+        let pdu = match parse_gpdu(frame) {
+            Ok(p) => p,
+            Err(r @ (Reason::NotGtp | Reason::GtpSignalling)) => {
+                return keep(Verdict::Pass, r, None);
+            }
+            Err(r) => return keep(by(t.defaults.malformed), r, None),
+        };
+        let Some(session) = self.by_teid.get(&pdu.teid).map(|&i| &t.sessions[i]) else {
+            return keep(by(t.defaults.unknown_teid), Reason::UnknownTeid, None);
+        };
+        let ue = match pdu.inner.src {
+            IpAddr::V4(a) => session.ue_ipv4 == Some(a),
+            src @ IpAddr::V6(_) => session.ue_ipv6.is_some_and(|p| p.contains(src)),
+        };
+        if !ue {
+            return keep(
+                by(t.defaults.spoofed_source),
+                Reason::SpoofedSource,
+                Some(session),
+            );
+        }
+        let Some(rule) = self
+            .rules
+            .iter()
+            .map(|&i| &t.rules[i])
+            .find(|r| rule_matches(r, &pdu))
+        else {
+            return keep(Verdict::Pass, Reason::NoRule, Some(session));
+        };
+        let mut out = match rule.action {
+            RuleAction::Drop => keep(Verdict::Drop, Reason::RuleDrop, Some(session)),
+            RuleAction::Passthrough => keep(Verdict::Pass, Reason::RulePassthrough, Some(session)),
+            RuleAction::Local if pdu.inner.ttl <= 1 => {
+                keep(Verdict::Pass, Reason::TtlExpired, Some(session))
+            }
+            RuleAction::Local => {
+                let inner = &frame[pdu.inner_off..pdu.inner_off + pdu.inner_len];
+                let mut packet = ethernet(
+                    t.local.next_hop_mac.0,
+                    t.local.mac.0,
+                    pdu.inner.src.is_ipv6(),
+                );
+                let at = packet.len();
+                packet.extend_from_slice(inner);
+                decrement_ttl(&mut packet[at..], pdu.inner.src.is_ipv6());
+                Outcome {
+                    verdict: Verdict::Redirect,
+                    reason: Reason::RuleLocal,
+                    rule: None,
+                    session: Some(session.id),
+                    packet,
+                }
+            }
+        };
+        out.rule = Some(rule.id);
+        out
+    }
+
+    /// The downlink program (`mecgw_downlink`) on one frame from the local-services side.
+    pub fn downlink(&self, frame: &[u8]) -> Outcome {
+        let t = &self.tables;
+        let keep = |verdict, reason, session: Option<&Session>| Outcome {
+            verdict,
+            reason,
+            rule: None,
+            session: session.map(|s| s.id),
+            packet: frame.to_vec(),
+        };
+        let not_for_ue = keep(Verdict::Pass, Reason::NotForUe, None);
+        let Some((l3, ethertype)) = parse_ethernet(frame) else {
+            return not_for_ue;
+        };
+        let (session, total, v6, ttl) = match ethertype {
+            0x0800 => {
+                let Some(h) = frame.get(l3..l3 + 20) else {
+                    return not_for_ue;
+                };
+                if h[0] >> 4 != 4 {
+                    return not_for_ue;
+                }
+                let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+                let Some(s) = self.by_ue_v4.get(&dst).map(|&i| &t.sessions[i]) else {
+                    return not_for_ue;
+                };
+                let ihl = usize::from(h[0] & 0x0f) * 4;
+                let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+                if ihl < 20 || total < ihl || l3 + total > frame.len() {
+                    return keep(Verdict::Drop, Reason::MalformedInner, Some(s));
+                }
+                (s, total, false, h[8])
+            }
+            0x86dd => {
+                let Some(h) = frame.get(l3..l3 + 40) else {
+                    return not_for_ue;
+                };
+                if h[0] >> 4 != 6 {
+                    return not_for_ue;
+                }
+                let mut dst = [0u8; 16];
+                dst.copy_from_slice(&h[24..40]);
+                let Some(s) = self.session_by_ue_v6(Ipv6Addr::from(dst)) else {
+                    return not_for_ue;
+                };
+                let total = 40 + usize::from(u16::from_be_bytes([h[4], h[5]]));
+                if l3 + total > frame.len() {
+                    return keep(Verdict::Drop, Reason::MalformedInner, Some(s));
+                }
+                (s, total, true, h[7])
+            }
+            _ => return not_for_ue,
+        };
+        if ttl <= 1 {
+            return keep(Verdict::Pass, Reason::TtlExpired, Some(session));
+        }
+        let gnb_v6 = session.gnb.is_ipv6();
+        let overhead = if gnb_v6 {
+            ENCAP_OVERHEAD_V6
+        } else {
+            ENCAP_OVERHEAD_V4
+        } as usize;
+        if total + overhead > t.n3.mtu as usize {
+            return keep(Verdict::Drop, Reason::Oversize, Some(session));
+        }
+        let mut inner = frame[l3..l3 + total].to_vec();
+        decrement_ttl(&mut inner, v6);
+        Outcome {
+            verdict: Verdict::Redirect,
+            reason: Reason::Encapsulated,
+            rule: None,
+            session: Some(session.id),
+            packet: encapsulate(t, session, &inner),
+        }
+    }
+
+    fn session_by_ue_v6(&self, dst: Ipv6Addr) -> Option<&Session> {
+        let a = u128::from(dst);
+        self.ue_v6_lens.iter().find_map(|&len| {
+            let masked = a & super::tables::mask_v6(len);
+            self.by_ue_v6
+                .get(&(len, masked))
+                .map(|&i| &self.tables.sessions[i])
+        })
+    }
+}
+
+fn by(d: Disposition) -> Verdict {
+    match d {
+        Disposition::Pass => Verdict::Pass,
+        Disposition::Drop => Verdict::Drop,
+    }
+}
+
+/// What the classifier reads from an inner packet.
+struct Inner {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    dport: Option<u16>,
+    ttl: u8,
+}
+
+struct Gpdu {
+    teid: u32,
+    qfi: Option<u8>,
+    inner_off: usize,
+    inner_len: usize,
+    inner: Inner,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+fn parse_ethernet(f: &[u8]) -> Option<(usize, u16)> {
+    let t = be16(f, 12)?;
+    if t == 0x8100 {
+        return Some((18, be16(f, 16)?));
+    }
+    Some((14, t))
+}
+
+fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
+    let (l3, ethertype) = parse_ethernet(f).ok_or(Reason::NotGtp)?;
+    let (udp_off, ip_payload_len) = match ethertype {
+        0x0800 => {
+            let h = f.get(l3..l3 + 20).ok_or(Reason::NotGtp)?;
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            if h[0] >> 4 != 4 || ihl < 20 || h[9] != 17 {
+                return Err(Reason::NotGtp);
+            }
+            if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+                return Err(Reason::NotGtp);
+            }
+            let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            let payload = (total >= ihl && l3 + total <= f.len()).then(|| total - ihl);
+            (l3 + ihl, payload)
+        }
+        0x86dd => {
+            let h = f.get(l3..l3 + 40).ok_or(Reason::NotGtp)?;
+            if h[0] >> 4 != 6 || h[6] != 17 {
+                return Err(Reason::NotGtp);
+            }
+            let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            (l3 + 40, (l3 + 40 + payload <= f.len()).then_some(payload))
+        }
+        _ => return Err(Reason::NotGtp),
+    };
+    let udp = f.get(udp_off..udp_off + 8).ok_or(Reason::NotGtp)?;
+    if u16::from_be_bytes([udp[2], udp[3]]) != GTPU_PORT {
+        return Err(Reason::NotGtp);
+    }
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if Some(udp_len) != ip_payload_len || udp_len < 16 {
+        return Err(Reason::MalformedGtp);
+    }
+    let udp_end = udp_off + udp_len;
+    let g = &f[udp_off + 8..udp_off + 16];
+    let flags = g[0];
+    if flags >> 5 != 1 || flags & 0x10 == 0 {
+        return Err(Reason::MalformedGtp);
+    }
+    if udp_off + 16 + usize::from(u16::from_be_bytes([g[2], g[3]])) != udp_end {
+        return Err(Reason::MalformedGtp);
+    }
+    if g[1] != GTP_TYPE_GPDU {
+        return Err(Reason::GtpSignalling);
+    }
+    let teid = u32::from_be_bytes([g[4], g[5], g[6], g[7]]);
+    let mut pos = udp_off + 16;
+    let mut next = 0u8;
+    if flags & 0x07 != 0 {
+        if pos + 4 > udp_end {
+            return Err(Reason::MalformedGtp);
+        }
+        if flags & 0x04 != 0 {
+            next = f[pos + 3];
+        }
+        pos += 4;
+    }
+    let mut qfi = None;
+    for _ in 0..MAX_EXT_HEADERS {
+        if next == 0 {
+            break;
+        }
+        if pos >= udp_end {
+            return Err(Reason::MalformedGtp);
+        }
+        let hlen = usize::from(f[pos]) * 4;
+        if hlen == 0 || pos + hlen > udp_end {
+            return Err(Reason::MalformedGtp);
+        }
+        if next == EXT_PDU_SESSION_CONTAINER {
+            qfi = Some(f[pos + 2] & 0x3f);
+        }
+        next = f[pos + hlen - 1];
+        pos += hlen;
+    }
+    if next != 0 {
+        return Err(Reason::ExtChainTooLong);
+    }
+    if pos >= udp_end {
+        return Err(Reason::MalformedInner);
+    }
+    let inner = parse_inner(&f[pos..udp_end])?;
+    Ok(Gpdu {
+        teid,
+        qfi,
+        inner_off: pos,
+        inner_len: udp_end - pos,
+        inner,
+    })
+}
+
+fn parse_inner(p: &[u8]) -> Result<Inner, Reason> {
+    let len = p.len();
+    let (src, dst, proto, ttl, l4, fragment) = match p[0] >> 4 {
+        4 => {
+            if len < 20 {
+                return Err(Reason::MalformedInner);
+            }
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            if ihl < 20 || ihl > len || total != len {
+                return Err(Reason::MalformedInner);
+            }
+            let src = IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]));
+            let dst = IpAddr::V4(Ipv4Addr::new(p[16], p[17], p[18], p[19]));
+            let fragment = u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0;
+            (src, dst, p[9], p[8], ihl, fragment)
+        }
+        6 => {
+            if len < 40 || 40 + usize::from(u16::from_be_bytes([p[4], p[5]])) != len {
+                return Err(Reason::MalformedInner);
+            }
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s.copy_from_slice(&p[8..24]);
+            d.copy_from_slice(&p[24..40]);
+            (IpAddr::from(s), IpAddr::from(d), p[6], p[7], 40, false)
+        }
+        _ => return Err(Reason::MalformedInner),
+    };
+    let dport = (!fragment && matches!(proto, 6 | 17 | 132) && l4 + 4 <= len)
+        .then(|| u16::from_be_bytes([p[l4 + 2], p[l4 + 3]]));
+    Ok(Inner {
+        src,
+        dst,
+        proto,
+        dport,
+        ttl,
+    })
+}
+
+fn rule_matches(r: &TrafficRule, pdu: &Gpdu) -> bool {
+    let ip = &pdu.inner;
+    (r.dst.is_empty() || r.dst.iter().any(|p| p.contains(ip.dst)))
+        && r.teid.is_none_or(|t| t.0 == pdu.teid)
+        && r.qfi.is_none_or(|q| Some(q.get()) == pdu.qfi)
+        && (r.protocols.is_empty() || r.protocols.iter().any(|p| p.0 == ip.proto))
+        && (r.dst_ports.is_empty()
+            || ip
+                .dport
+                .is_some_and(|d| r.dst_ports.iter().any(|p| p.lo <= d && d <= p.hi)))
+        && (r.src.is_empty() || r.src.iter().any(|p| p.contains(ip.src)))
+}
+
+fn ethernet(dst: [u8; 6], src: [u8; 6], v6: bool) -> Vec<u8> {
+    let mut e = Vec::with_capacity(1600);
+    e.extend_from_slice(&dst);
+    e.extend_from_slice(&src);
+    e.extend_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+    e
+}
+
+/// One's-complement sum of big-endian 16-bit words (an odd last byte is padded with zero).
+fn sum16(bytes: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    for pair in bytes.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]);
+        sum = fold32(sum + u32::from(word));
+    }
+    sum
+}
+
+fn fold32(mut s: u32) -> u32 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s
+}
+
+/// TTL/hop limit minus one; the IPv4 header checksum updated as RFC 1624 eqn. 3 says (the
+/// kernel does the same, so a wrong checksum on input stays exactly as wrong).
+fn decrement_ttl(ip: &mut [u8], v6: bool) {
+    if v6 {
+        ip[7] = ip[7].wrapping_sub(1);
+        return;
+    }
+    let old = u16::from_be_bytes([ip[8], ip[9]]);
+    let new = old.wrapping_sub(0x0100);
+    let check = u16::from_be_bytes([ip[10], ip[11]]);
+    let sum = fold32(u32::from(!check) + u32::from(!old) + u32::from(new));
+    ip[8..10].copy_from_slice(&new.to_be_bytes());
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+fn encapsulate(t: &Tables, s: &Session, inner: &[u8]) -> Vec<u8> {
+    let udp_len = (8 + GTP_LEN + inner.len()) as u16;
+    let mut gtp = vec![0x34, GTP_TYPE_GPDU];
+    gtp.extend_from_slice(&((GTP_LEN - 8 + inner.len()) as u16).to_be_bytes());
+    gtp.extend_from_slice(&s.downlink_teid.0.to_be_bytes());
+    gtp.extend_from_slice(&[0, 0, 0, EXT_PDU_SESSION_CONTAINER, 1, 0x00, s.qfi.get(), 0]);
+    let port = GTPU_PORT.to_be_bytes();
+    let mut udp = vec![port[0], port[1], port[0], port[1]];
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    let mut out = ethernet(t.n3.next_hop_mac.0, t.n3.mac.0, s.gnb.is_ipv6());
+    match s.gnb {
+        IpAddr::V4(gnb) => {
+            let src = t.n3.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&(udp_len + 20).to_be_bytes());
+            ip.extend_from_slice(&[0, 0, 0x40, 0, OUTER_TTL, 17, 0, 0]);
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&gnb.octets());
+            let check = !(sum16(&ip) as u16);
+            ip[10..12].copy_from_slice(&check.to_be_bytes());
+            out.extend_from_slice(&ip);
+            out.extend_from_slice(&udp);
+        }
+        IpAddr::V6(gnb) => {
+            let src = t.n3.ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED);
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend_from_slice(&udp_len.to_be_bytes());
+            ip.extend_from_slice(&[17, OUTER_TTL]);
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&gnb.octets());
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&ip[8..40]);
+            pseudo.extend_from_slice(&[0, 0]);
+            pseudo.extend_from_slice(&udp_len.to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 17]);
+            let sum = fold32(sum16(&pseudo) + sum16(&udp) + sum16(&gtp) + sum16(inner));
+            let mut check = !(sum as u16);
+            if check == 0 {
+                check = 0xffff;
+            }
+            udp[6..8].copy_from_slice(&check.to_be_bytes());
+            out.extend_from_slice(&ip);
+            out.extend_from_slice(&udp);
+        }
+    }
+    out.extend_from_slice(&gtp);
+    out.extend_from_slice(inner);
+    out
+}

@@ -1,0 +1,1033 @@
+//! Golden tests of the XDP fast path: hand-assembled packets through BPF_PROG_TEST_RUN, with
+//! byte-exact expected outputs built independently of the code under test (see
+//! `mecgw_tests::packets`), and the same cases through the reference model.
+//!
+//! Needs root (CAP_BPF). CI runs as root, so this is never skipped there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::OnceLock;
+
+use mecgw::datapath::{Direction, FastPath, Judged, Tables, model::Model};
+use mecgw_ebpf::{Reason, Verdict};
+use mecgw_tests::packets::*;
+
+const TABLES: &str = r#"
+[n3]
+ifindex = 11
+mac = "02:00:00:00:03:01"
+next_hop_mac = "02:00:00:00:03:02"
+ipv4 = "198.18.0.1"
+ipv6 = "2001:db8:3::1"
+mtu = 1500
+
+[local]
+ifindex = 12
+mac = "02:00:00:00:04:01"
+next_hop_mac = "02:00:00:00:04:02"
+
+[defaults]
+unknown_teid = "pass"
+spoofed_source = "drop"
+malformed = "drop"
+
+[[sessions]]
+id = 1
+uplink_teid = 0x100
+downlink_teid = 0x200
+ue_ipv4 = "10.45.0.1"
+ue_ipv6 = "2001:db8:45:1::/64"
+gnb = "198.18.1.1"
+qfi = 9
+
+[[sessions]]
+id = 2
+uplink_teid = 0x101
+downlink_teid = 0x201
+ue_ipv4 = "10.45.0.2"
+ue_ipv6 = "2001:db8:45:2::/64"
+gnb = "2001:db8:3::100"
+qfi = 5
+
+[[rules]]
+id = 10
+priority = 10
+action = "LOCAL"
+dst = ["192.0.2.0/24", "2001:db8:e::/48"]
+
+[[rules]]
+id = 11
+priority = 5
+action = "DROP"
+dst = ["192.0.2.66/32"]
+
+[[rules]]
+id = 12
+priority = 20
+action = "DROP"
+dst = ["192.0.2.77/32"]
+
+[[rules]]
+id = 13
+priority = 1
+action = "LOCAL"
+dst = ["198.51.100.0/24"]
+protocols = ["tcp", "udp"]
+dst_ports = ["8000-8100"]
+
+[[rules]]
+id = 14
+priority = 2
+action = "DROP"
+dst = ["198.51.100.0/24"]
+protocols = ["icmp"]
+
+[[rules]]
+id = 15
+priority = 3
+action = "PASSTHROUGH"
+dst = ["198.51.100.0/24"]
+
+[[rules]]
+id = 16
+priority = 1
+action = "LOCAL"
+dst = ["203.0.113.0/24"]
+qfi = 9
+
+[[rules]]
+id = 17
+priority = 2
+action = "DROP"
+dst = ["203.0.113.0/24"]
+teid = 0x101
+
+[[rules]]
+id = 18
+priority = 0
+state = "INACTIVE"
+action = "DROP"
+dst = ["203.0.113.0/24"]
+"#;
+
+const LOCAL_MAC: [u8; 6] = [2, 0, 0, 0, 4, 1];
+const LOCAL_NEXT_HOP: [u8; 6] = [2, 0, 0, 0, 4, 2];
+const N3_MAC: [u8; 6] = [2, 0, 0, 0, 3, 1];
+const N3_NEXT_HOP: [u8; 6] = [2, 0, 0, 0, 3, 2];
+const GNB1: &str = "198.18.1.1";
+const GNB2: &str = "2001:db8:3::100";
+const UE1: &str = "10.45.0.1";
+const UE1_V6: &str = "2001:db8:45:1::7";
+const UE2: &str = "10.45.0.2";
+const UE2_V6: &str = "2001:db8:45:2::9";
+
+fn tables() -> Tables {
+    Tables::from_toml(TABLES, "golden").unwrap()
+}
+
+/// One fast path for the whole file, loaded with the golden tables.
+fn fast_path() -> &'static FastPath {
+    static FP: OnceLock<FastPath> = OnceLock::new();
+    FP.get_or_init(|| {
+        let fp = FastPath::load().expect("load the XDP programs (are we root?)");
+        fp.install(&tables()).unwrap();
+        fp
+    })
+}
+
+fn model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::new(&tables()))
+}
+
+fn judged(
+    verdict: Verdict,
+    reason: Reason,
+    rule: Option<u32>,
+    session: Option<u32>,
+    packet: Vec<u8>,
+) -> Judged {
+    Judged {
+        verdict,
+        reason,
+        rule,
+        session,
+        packet,
+    }
+}
+
+/// Runs `frame` through the kernel and the model; both must give exactly `want`.
+fn check(direction: Direction, frame: &[u8], want: &Judged) {
+    let kernel = fast_path().judge(direction, frame).unwrap();
+    assert_eq!(&kernel, want, "kernel, {direction:?}, frame {frame:02x?}");
+    let model = match direction {
+        Direction::Uplink => model().uplink(frame),
+        Direction::Downlink => model().downlink(frame),
+    };
+    assert_eq!(
+        &Judged::from(model),
+        want,
+        "model, {direction:?}, frame {frame:02x?}"
+    );
+}
+
+fn unchanged(
+    frame: &[u8],
+    verdict: Verdict,
+    reason: Reason,
+    rule: Option<u32>,
+    session: Option<u32>,
+) -> Judged {
+    judged(verdict, reason, rule, session, frame.to_vec())
+}
+
+/// What LOCAL must emit: the next-hop Ethernet header and the inner packet, TTL - 1.
+fn decapsulated(inner: &[u8]) -> Vec<u8> {
+    let ethertype = if inner[0] >> 4 == 4 { 0x0800 } else { 0x86dd };
+    let mut f = eth(LOCAL_NEXT_HOP, LOCAL_MAC, ethertype);
+    f.extend_from_slice(&ttl_minus_one(inner));
+    f
+}
+
+fn local(inner: &[u8], rule: u32, session: u32) -> Judged {
+    judged(
+        Verdict::Redirect,
+        Reason::RuleLocal,
+        Some(rule),
+        Some(session),
+        decapsulated(inner),
+    )
+}
+
+fn udp4_inner(src: &str, dst: &str, dport: u16) -> Vec<u8> {
+    ipv4(
+        v4(src),
+        v4(dst),
+        17,
+        64,
+        0,
+        &udp(40000, dport, b"hello edge"),
+    )
+}
+
+fn gpdu_v4(teid: u32, exts: &[Ext], inner: &[u8]) -> Vec<u8> {
+    n3_v4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        &gtp(255, teid, None, exts, inner),
+    )
+}
+
+// ---------------------------------------------------------------- uplink: outer and inner
+
+#[test]
+fn ipv4_outer_ipv4_inner_local_is_decapsulated_with_ttl_decremented() {
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let frame = gpdu_v4(0x100, &[ul_container(9)], &inner);
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+}
+
+#[test]
+fn ipv6_outer_ipv6_inner_local() {
+    let inner = ipv6(v6(UE1_V6), v6("2001:db8:e::5"), 6, 64, &tcp(40000, 443));
+    let frame = n3_v6(
+        v6(GNB2),
+        v6("2001:db8:3::1"),
+        &gtp(255, 0x100, None, &[ul_container(9)], &inner),
+    );
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+}
+
+#[test]
+fn ipv4_outer_ipv6_inner_and_ipv6_outer_ipv4_inner() {
+    let inner6 = ipv6(v6(UE2_V6), v6("2001:db8:e::1"), 17, 9, &udp(1, 2, b"x"));
+    let frame = gpdu_v4(0x101, &[], &inner6);
+    check(Direction::Uplink, &frame, &local(&inner6, 10, 2));
+
+    let inner4 = udp4_inner(UE2, "192.0.2.200", 9);
+    let frame = n3_v6(
+        v6(GNB2),
+        v6("2001:db8:3::1"),
+        &gtp(255, 0x101, None, &[ul_container(5)], &inner4),
+    );
+    check(Direction::Uplink, &frame, &local(&inner4, 10, 2));
+}
+
+// ---------------------------------------------------------------- GTP-U optional fields and extension headers
+
+#[test]
+fn sequence_number_without_extension_headers_is_skipped_exactly() {
+    // S=1, E=0: 4 optional bytes, no container, so no QFI.
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let frame = n3_v4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        &gtp(255, 0x100, Some(0x4242), &[], &inner),
+    );
+    assert_eq!(frame[42] & 0x07, 0x02, "S=1, E=0");
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+
+    // Rule 16 wants QFI 9; without a container it does not match, and nothing else does.
+    let inner = udp4_inner(UE1, "203.0.113.5", 53);
+    let frame = n3_v4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        &gtp(255, 0x100, Some(7), &[], &inner),
+    );
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::NoRule, None, Some(1)),
+    );
+}
+
+#[test]
+fn qfi_is_found_in_the_middle_of_a_chain_of_extension_headers() {
+    let inner = udp4_inner(UE1, "203.0.113.5", 53);
+    let udp_port = Ext {
+        kind: 0x40,
+        content: vec![0x08, 0x68],
+    };
+    let long_pdcp = Ext {
+        kind: 0x82,
+        content: vec![0, 1, 2, 3, 4, 5],
+    };
+    let frame = gpdu_v4(
+        0x100,
+        &[udp_port.clone(), ul_container(9), long_pdcp.clone()],
+        &inner,
+    );
+    check(Direction::Uplink, &frame, &local(&inner, 16, 1));
+
+    // Four headers is the limit and still fine; a wrong QFI falls through to no rule.
+    let frame = gpdu_v4(
+        0x100,
+        &[
+            udp_port.clone(),
+            long_pdcp.clone(),
+            udp_port.clone(),
+            ul_container(8),
+        ],
+        &inner,
+    );
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::NoRule, None, Some(1)),
+    );
+}
+
+#[test]
+fn a_fifth_extension_header_is_an_over_long_chain() {
+    let inner = udp4_inner(UE1, "203.0.113.5", 53);
+    let e = Ext {
+        kind: 0x40,
+        content: vec![0x08, 0x68],
+    };
+    let frame = gpdu_v4(
+        0x100,
+        &[e.clone(), e.clone(), e.clone(), e.clone(), ul_container(9)],
+        &inner,
+    );
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::ExtChainTooLong, None, None),
+    );
+}
+
+#[test]
+fn uplink_and_downlink_pdu_session_containers_both_give_the_qfi() {
+    let inner = udp4_inner(UE1, "203.0.113.5", 53);
+    for container in [
+        ul_container(9),
+        dl_container(9),
+        ul_container(0x40 | 9),
+        dl_container(0x80 | 9),
+    ] {
+        // The high bits of the QFI octet are flags (PPP/RQI), not part of the QFI.
+        let frame = gpdu_v4(0x100, &[container], &inner);
+        check(Direction::Uplink, &frame, &local(&inner, 16, 1));
+    }
+}
+
+#[test]
+fn teid_filter_selects_its_session_only() {
+    let inner = udp4_inner(UE2, "203.0.113.5", 53);
+    let frame = gpdu_v4(0x101, &[ul_container(5)], &inner);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::RuleDrop, Some(17), Some(2)),
+    );
+}
+
+// ---------------------------------------------------------------- truncation and malformed GTP-U
+
+/// The kernel refuses to test-run a frame shorter than an Ethernet header (no NIC delivers
+/// one); the model calls it not GTP-U.
+fn short_frames_cannot_be_test_run(frame: &[u8]) {
+    for n in 0..14 {
+        assert!(
+            fast_path().judge(Direction::Uplink, &frame[..n]).is_err(),
+            "{n} bytes"
+        );
+        let m = model().uplink(&frame[..n]);
+        assert_eq!((m.verdict, m.reason), (Verdict::Pass, Reason::NotGtp));
+    }
+}
+
+#[test]
+fn every_truncation_of_a_valid_packet_has_a_defined_verdict() {
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let frame = gpdu_v4(0x100, &[ul_container(9)], &inner);
+    short_frames_cannot_be_test_run(&frame);
+    for n in 14..frame.len() {
+        let cut = &frame[..n];
+        // Until the UDP header is complete we cannot tell it is GTP-U: pass to the kernel.
+        // After that the IP/UDP lengths disagree with the frame: malformed, dropped.
+        let want = if n < 14 + 20 + 8 {
+            unchanged(cut, Verdict::Pass, Reason::NotGtp, None, None)
+        } else {
+            unchanged(cut, Verdict::Drop, Reason::MalformedGtp, None, None)
+        };
+        check(Direction::Uplink, cut, &want);
+    }
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+}
+
+#[test]
+fn every_truncation_of_a_valid_ipv6_packet_has_a_defined_verdict() {
+    let inner = ipv6(v6(UE1_V6), v6("2001:db8:e::5"), 6, 64, &tcp(1, 443));
+    let frame = n3_v6(
+        v6(GNB2),
+        v6("2001:db8:3::1"),
+        &gtp(255, 0x100, Some(1), &[ul_container(9)], &inner),
+    );
+    for n in 14..frame.len() {
+        let cut = &frame[..n];
+        let want = if n < 14 + 40 + 8 {
+            unchanged(cut, Verdict::Pass, Reason::NotGtp, None, None)
+        } else {
+            unchanged(cut, Verdict::Drop, Reason::MalformedGtp, None, None)
+        };
+        check(Direction::Uplink, cut, &want);
+    }
+}
+
+#[test]
+fn malformed_gtp_u_is_counted_and_dropped_by_default() {
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let good = gpdu_v4(0x100, &[ul_container(9)], &inner);
+    let gtp_at = 14 + 20 + 8;
+
+    let mut version2 = good.clone();
+    version2[gtp_at] = (version2[gtp_at] & 0x1f) | 0x40;
+    let mut gtp_len = good.clone();
+    gtp_len[gtp_at + 3] -= 1;
+    let mut pt0 = good.clone();
+    pt0[gtp_at] &= !0x10;
+    let mut ext_len0 = good.clone();
+    ext_len0[gtp_at + 12] = 0;
+    let mut ext_too_long = good.clone();
+    ext_too_long[gtp_at + 12] = 9;
+    for frame in [version2, gtp_len, pt0, ext_len0, ext_too_long] {
+        check(
+            Direction::Uplink,
+            &frame,
+            &unchanged(&frame, Verdict::Drop, Reason::MalformedGtp, None, None),
+        );
+    }
+
+    let inner_at = gtp_at + 16;
+    let mut inner_len = good.clone();
+    inner_len[inner_at + 3] += 1;
+    let mut inner_version = good.clone();
+    inner_version[inner_at] = 0x55;
+    let mut inner_ihl = good.clone();
+    inner_ihl[inner_at] = 0x44;
+    for frame in [inner_len, inner_version, inner_ihl] {
+        check(
+            Direction::Uplink,
+            &frame,
+            &unchanged(&frame, Verdict::Drop, Reason::MalformedInner, None, None),
+        );
+    }
+    // An empty G-PDU has no inner packet at all.
+    let empty = gpdu_v4(0x100, &[], &[]);
+    check(
+        Direction::Uplink,
+        &empty,
+        &unchanged(&empty, Verdict::Drop, Reason::MalformedInner, None, None),
+    );
+}
+
+// ---------------------------------------------------------------- not ours: passed untouched
+
+#[test]
+fn non_gtp_traffic_and_gtp_signalling_pass_untouched() {
+    let mut dns = eth(MAC_A, MAC_B, 0x0800);
+    dns.extend_from_slice(&udp4_inner("198.18.1.1", "198.18.0.1", 53));
+    let mut arp = eth([0xff; 6], MAC_B, 0x0806);
+    arp.extend_from_slice(&[
+        0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 198, 18, 1, 1, 0, 0, 0, 0, 0, 0, 198, 18, 0, 1,
+    ]);
+    let mut tcp_to_2152 = eth(MAC_A, MAC_B, 0x0800);
+    tcp_to_2152.extend_from_slice(&ipv4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        6,
+        64,
+        0,
+        &tcp(2152, 2152),
+    ));
+    // An outer fragment is for the kernel to reassemble.
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let mut outer_fragment = eth(MAC_A, MAC_B, 0x0800);
+    outer_fragment.extend_from_slice(&ipv4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        17,
+        64,
+        0x2000,
+        &udp(2152, 2152, &gtp(255, 0x100, None, &[], &inner)),
+    ));
+    for frame in [dns, arp, tcp_to_2152, outer_fragment] {
+        check(
+            Direction::Uplink,
+            &frame,
+            &unchanged(&frame, Verdict::Pass, Reason::NotGtp, None, None),
+        );
+    }
+
+    let echo = n3_v4(v4(GNB1), v4("198.18.0.1"), &gtp(1, 0, Some(1), &[], &[]));
+    let echo_response = n3_v4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        &gtp(2, 0, Some(1), &[], &[14, 0]),
+    );
+    let end_marker = n3_v4(v4(GNB1), v4("198.18.0.1"), &gtp(254, 0x100, None, &[], &[]));
+    let error_indication = n3_v4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        &gtp(26, 0, Some(1), &[], &[16, 0, 0, 1, 0]),
+    );
+    for frame in [echo, echo_response, end_marker, error_indication] {
+        check(
+            Direction::Uplink,
+            &frame,
+            &unchanged(&frame, Verdict::Pass, Reason::GtpSignalling, None, None),
+        );
+    }
+}
+
+// ---------------------------------------------------------------- sessions and defaults
+
+#[test]
+fn unknown_teid_passes_and_spoofed_source_drops_by_default() {
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let frame = gpdu_v4(0x999, &[], &inner);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::UnknownTeid, None, None),
+    );
+
+    // Session 1's TEID carrying session 2's UE address, and an address outside any UE.
+    for src in [UE2, "10.45.0.99"] {
+        let inner = udp4_inner(src, "192.0.2.10", 53);
+        let frame = gpdu_v4(0x100, &[], &inner);
+        check(
+            Direction::Uplink,
+            &frame,
+            &unchanged(&frame, Verdict::Drop, Reason::SpoofedSource, None, Some(1)),
+        );
+    }
+    // IPv6: anything inside the UE's /64 is the UE; outside is spoofed.
+    let inner = ipv6(
+        v6("2001:db8:45:1:ffff::1"),
+        v6("2001:db8:e::5"),
+        17,
+        64,
+        &udp(1, 2, b""),
+    );
+    let frame = gpdu_v4(0x100, &[], &inner);
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+    let inner = ipv6(
+        v6("2001:db8:45:3::1"),
+        v6("2001:db8:e::5"),
+        17,
+        64,
+        &udp(1, 2, b""),
+    );
+    let frame = gpdu_v4(0x100, &[], &inner);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::SpoofedSource, None, Some(1)),
+    );
+}
+
+#[test]
+fn expiring_ttl_goes_to_the_kernel_unchanged() {
+    for ttl in [0, 1] {
+        let inner = ipv4(v4(UE1), v4("192.0.2.10"), 17, ttl, 0, &udp(1, 2, b"x"));
+        let frame = gpdu_v4(0x100, &[], &inner);
+        check(
+            Direction::Uplink,
+            &frame,
+            &unchanged(&frame, Verdict::Pass, Reason::TtlExpired, Some(10), Some(1)),
+        );
+    }
+    let inner = ipv6(v6(UE1_V6), v6("2001:db8:e::5"), 17, 1, &udp(1, 2, b""));
+    let frame = gpdu_v4(0x100, &[], &inner);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::TtlExpired, Some(10), Some(1)),
+    );
+    // TTL 2 is forwarded with TTL 1.
+    let inner = ipv4(v4(UE1), v4("192.0.2.10"), 17, 2, 0, &udp(1, 2, b"x"));
+    let frame = gpdu_v4(0x100, &[], &inner);
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+}
+
+// ---------------------------------------------------------------- rules: precedence, protocols, ports, fragments
+
+#[test]
+fn priority_beats_prefix_length() {
+    // 192.0.2.66/32 (DROP, priority 5) beats 192.0.2.0/24 (LOCAL, priority 10).
+    let inner = udp4_inner(UE1, "192.0.2.66", 53);
+    let frame = gpdu_v4(0x100, &[], &inner);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::RuleDrop, Some(11), Some(1)),
+    );
+    // 192.0.2.77/32 (DROP, priority 20) is more specific but loses to the /24 (priority 10).
+    let inner = udp4_inner(UE1, "192.0.2.77", 53);
+    let frame = gpdu_v4(0x100, &[], &inner);
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+    // Nothing covers 8.8.8.8: passthrough.
+    let inner = udp4_inner(UE1, "8.8.8.8", 53);
+    let frame = gpdu_v4(0x100, &[], &inner);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::NoRule, None, Some(1)),
+    );
+}
+
+#[test]
+fn protocols_ports_and_fragments() {
+    let dst = v4("198.51.100.7");
+    let cases: Vec<(Vec<u8>, Judged)> = vec![];
+    drop(cases);
+    let tcp_in = ipv4(v4(UE1), dst, 6, 64, 0, &tcp(1234, 8050));
+    let frame = gpdu_v4(0x100, &[], &tcp_in);
+    check(Direction::Uplink, &frame, &local(&tcp_in, 13, 1));
+
+    let udp_in = ipv4(v4(UE1), dst, 17, 64, 0, &udp(1234, 8100, b"q"));
+    let frame = gpdu_v4(0x100, &[], &udp_in);
+    check(Direction::Uplink, &frame, &local(&udp_in, 13, 1));
+
+    let udp_out_of_range = ipv4(v4(UE1), dst, 17, 64, 0, &udp(1234, 8101, b"q"));
+    let frame = gpdu_v4(0x100, &[], &udp_out_of_range);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(
+            &frame,
+            Verdict::Pass,
+            Reason::RulePassthrough,
+            Some(15),
+            Some(1),
+        ),
+    );
+
+    let icmp = ipv4(v4(UE1), dst, 1, 64, 0, &icmp_echo());
+    let frame = gpdu_v4(0x100, &[], &icmp);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::RuleDrop, Some(14), Some(1)),
+    );
+
+    // Fragments never match a port filter (first fragment with MF, and a later fragment):
+    // every fragment of a datagram gets the same treatment.
+    for frag in [0x2000, 0x0010, 0x2010] {
+        let f = ipv4(v4(UE1), dst, 17, 64, frag, &udp(1234, 8050, b"q"));
+        let frame = gpdu_v4(0x100, &[], &f);
+        check(
+            Direction::Uplink,
+            &frame,
+            &unchanged(
+                &frame,
+                Verdict::Pass,
+                Reason::RulePassthrough,
+                Some(15),
+                Some(1),
+            ),
+        );
+    }
+    // DF alone is not a fragment.
+    let df = ipv4(v4(UE1), dst, 17, 64, 0x4000, &udp(1234, 8050, b"q"));
+    let frame = gpdu_v4(0x100, &[], &df);
+    check(Direction::Uplink, &frame, &local(&df, 13, 1));
+    // A UDP header cut short has no ports.
+    let short = ipv4(v4(UE1), dst, 17, 64, 0, &[0x04, 0xd2, 0x1f]);
+    let frame = gpdu_v4(0x100, &[], &short);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(
+            &frame,
+            Verdict::Pass,
+            Reason::RulePassthrough,
+            Some(15),
+            Some(1),
+        ),
+    );
+}
+
+// ---------------------------------------------------------------- framing: VLAN and padding
+
+#[test]
+fn vlan_tagged_uplink_is_decapsulated_to_an_untagged_frame() {
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let mut frame = eth_vlan(MAC_A, MAC_B, 100, 0x0800);
+    frame.extend_from_slice(&ipv4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        17,
+        64,
+        0,
+        &udp(
+            2152,
+            2152,
+            &gtp(255, 0x100, None, &[ul_container(9)], &inner),
+        ),
+    ));
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+}
+
+#[test]
+fn ethernet_padding_after_the_ip_packet_is_not_forwarded() {
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let mut frame = gpdu_v4(0x100, &[], &inner);
+    frame.extend_from_slice(&[0xee; 10]);
+    check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+
+    let mut frame = eth(MAC_A, MAC_B, 0x0800);
+    let small = ipv4(v4("192.0.2.10"), v4(UE1), 17, 64, 0, &udp(53, 40000, b"ok"));
+    frame.extend_from_slice(&small);
+    frame.resize(60, 0);
+    check(
+        Direction::Downlink,
+        &frame,
+        &encapsulated_v4(&small, GNB1, 0x200, 9, 1),
+    );
+}
+
+// ---------------------------------------------------------------- downlink encapsulation
+
+/// What the downlink must emit towards an IPv4 gNB, assembled field by field.
+fn encapsulated_v4(inner: &[u8], gnb: &str, teid: u32, qfi: u8, session: u32) -> Judged {
+    let inner = ttl_minus_one(inner);
+    let gtp_len = (8 + inner.len()) as u16;
+    let udp_len = 8 + 16 + inner.len() as u16;
+    let total = 20 + udp_len;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&v4("198.18.0.1"));
+    ip.extend_from_slice(&v4(gnb));
+    let c = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth(N3_NEXT_HOP, N3_MAC, 0x0800);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x08, 0x68, 0x08, 0x68]);
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[0x34, 0xff]);
+    f.extend_from_slice(&gtp_len.to_be_bytes());
+    f.extend_from_slice(&teid.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0x85, 1, 0x00, qfi, 0]);
+    f.extend_from_slice(&inner);
+    assert_eq!(f.len(), 14 + inner.len() + 44);
+    judged(
+        Verdict::Redirect,
+        Reason::Encapsulated,
+        None,
+        Some(session),
+        f,
+    )
+}
+
+/// What the downlink must emit towards an IPv6 gNB; the UDP checksum computed independently.
+fn encapsulated_v6(inner: &[u8], gnb: &str, teid: u32, qfi: u8, session: u32) -> Judged {
+    let inner = ttl_minus_one(inner);
+    let gtp_len = (8 + inner.len()) as u16;
+    let udp_len = 8 + 16 + inner.len() as u16;
+    let mut udp = vec![0x08, 0x68, 0x08, 0x68];
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0, 0x34, 0xff]);
+    udp.extend_from_slice(&gtp_len.to_be_bytes());
+    udp.extend_from_slice(&teid.to_be_bytes());
+    udp.extend_from_slice(&[0, 0, 0, 0x85, 1, 0x00, qfi, 0]);
+    udp.extend_from_slice(&inner);
+    let c = udp6_checksum(&v6("2001:db8:3::1"), &v6(gnb), &udp);
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut f = eth(N3_NEXT_HOP, N3_MAC, 0x86dd);
+    f.extend_from_slice(&ipv6(v6("2001:db8:3::1"), v6(gnb), 17, 64, &udp));
+    assert_eq!(f.len(), 14 + inner.len() + 64);
+    judged(
+        Verdict::Redirect,
+        Reason::Encapsulated,
+        None,
+        Some(session),
+        f,
+    )
+}
+
+fn from_local(ip: &[u8]) -> Vec<u8> {
+    let ethertype = if ip[0] >> 4 == 4 { 0x0800 } else { 0x86dd };
+    let mut f = eth(LOCAL_MAC, LOCAL_NEXT_HOP, ethertype);
+    f.extend_from_slice(ip);
+    f
+}
+
+#[test]
+fn downlink_ipv4_to_ipv4_gnb() {
+    let ip = ipv4(
+        v4("192.0.2.10"),
+        v4(UE1),
+        17,
+        64,
+        0,
+        &udp(53, 40000, b"reply from the edge"),
+    );
+    check(
+        Direction::Downlink,
+        &from_local(&ip),
+        &encapsulated_v4(&ip, GNB1, 0x200, 9, 1),
+    );
+}
+
+#[test]
+fn downlink_ipv6_to_ipv6_gnb_has_a_full_udp_checksum() {
+    // Odd and even lengths, and lengths that use every chunk size of the checksum loop.
+    for payload_len in [0usize, 1, 33, 511, 1000, 1380] {
+        let payload: Vec<u8> = (0..payload_len).map(|i| (i * 7 + 3) as u8).collect();
+        let ip = ipv6(
+            v6("2001:db8:e::5"),
+            v6(UE2_V6),
+            17,
+            64,
+            &udp(443, 40000, &payload),
+        );
+        let want = encapsulated_v6(&ip, GNB2, 0x201, 5, 2);
+        check(Direction::Downlink, &from_local(&ip), &want);
+        // And the checksum verifies as a receiver would check it: sum including it is 0.
+        let out = &want.packet;
+        let udp = &out[14 + 40..];
+        let mut data = out[14 + 8..14 + 40].to_vec();
+        data.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+        data.extend_from_slice(&[0, 0, 0, 17]);
+        data.extend_from_slice(udp);
+        assert_eq!(internet_checksum(&data), 0, "payload {payload_len}");
+    }
+}
+
+#[test]
+fn downlink_across_families() {
+    // Session 1: IPv6 UE prefix, IPv4 gNB.
+    let ip = ipv6(
+        v6("2001:db8:e::5"),
+        v6("2001:db8:45:1::abcd"),
+        6,
+        64,
+        &tcp(443, 5555),
+    );
+    check(
+        Direction::Downlink,
+        &from_local(&ip),
+        &encapsulated_v4(&ip, GNB1, 0x200, 9, 1),
+    );
+    // Session 2: IPv4 UE, IPv6 gNB.
+    let ip = ipv4(v4("192.0.2.10"), v4(UE2), 1, 64, 0, &icmp_echo());
+    check(
+        Direction::Downlink,
+        &from_local(&ip),
+        &encapsulated_v6(&ip, GNB2, 0x201, 5, 2),
+    );
+}
+
+#[test]
+fn downlink_over_the_n3_mtu_is_dropped_and_counted() {
+    // MTU 1500: an IPv4 inner packet of 1456 bytes becomes exactly 1500 outer; 1457 is too big.
+    let fits = ipv4(
+        v4("192.0.2.10"),
+        v4(UE1),
+        17,
+        64,
+        0,
+        &udp(1, 2, &vec![0xab; 1456 - 28]),
+    );
+    check(
+        Direction::Downlink,
+        &from_local(&fits),
+        &encapsulated_v4(&fits, GNB1, 0x200, 9, 1),
+    );
+    let big = ipv4(
+        v4("192.0.2.10"),
+        v4(UE1),
+        17,
+        64,
+        0,
+        &udp(1, 2, &vec![0xab; 1457 - 28]),
+    );
+    let frame = from_local(&big);
+    check(
+        Direction::Downlink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::Oversize, None, Some(1)),
+    );
+    // IPv6 outer adds 64: 1436 fits, 1437 does not.
+    let fits = ipv6(
+        v6("2001:db8:e::5"),
+        v6(UE2_V6),
+        17,
+        64,
+        &udp(1, 2, &vec![1; 1436 - 48]),
+    );
+    check(
+        Direction::Downlink,
+        &from_local(&fits),
+        &encapsulated_v6(&fits, GNB2, 0x201, 5, 2),
+    );
+    let big = ipv6(
+        v6("2001:db8:e::5"),
+        v6(UE2_V6),
+        17,
+        64,
+        &udp(1, 2, &vec![1; 1437 - 48]),
+    );
+    let frame = from_local(&big);
+    check(
+        Direction::Downlink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::Oversize, None, Some(2)),
+    );
+}
+
+#[test]
+fn downlink_not_for_a_ue_ttl_and_malformed() {
+    let other = from_local(&udp4_inner("192.0.2.10", "10.45.0.77", 53));
+    let other6 = from_local(&ipv6(
+        v6("2001:db8:e::5"),
+        v6("2001:db8:45:3::1"),
+        17,
+        64,
+        &udp(1, 2, b""),
+    ));
+    let mut arp = eth([0xff; 6], LOCAL_NEXT_HOP, 0x0806);
+    arp.extend_from_slice(&[0; 28]);
+    for frame in [other, other6, arp] {
+        check(
+            Direction::Downlink,
+            &frame,
+            &unchanged(&frame, Verdict::Pass, Reason::NotForUe, None, None),
+        );
+    }
+    let ttl1 = from_local(&ipv4(v4("192.0.2.10"), v4(UE1), 17, 1, 0, &udp(1, 2, b"")));
+    check(
+        Direction::Downlink,
+        &ttl1,
+        &unchanged(&ttl1, Verdict::Pass, Reason::TtlExpired, None, Some(1)),
+    );
+    // Total length beyond the frame.
+    let mut cut = from_local(&udp4_inner("192.0.2.10", UE1, 53));
+    cut.truncate(cut.len() - 1);
+    check(
+        Direction::Downlink,
+        &cut,
+        &unchanged(&cut, Verdict::Drop, Reason::MalformedInner, None, Some(1)),
+    );
+}
+
+#[test]
+fn vlan_tagged_downlink_is_encapsulated_untagged() {
+    let ip = ipv4(
+        v4("192.0.2.10"),
+        v4(UE1),
+        17,
+        64,
+        0,
+        &udp(53, 40000, b"tagged"),
+    );
+    let mut frame = eth_vlan(LOCAL_MAC, LOCAL_NEXT_HOP, 7, 0x0800);
+    frame.extend_from_slice(&ip);
+    check(
+        Direction::Downlink,
+        &frame,
+        &encapsulated_v4(&ip, GNB1, 0x200, 9, 1),
+    );
+}
+
+// ---------------------------------------------------------------- counters
+
+#[test]
+fn counters_add_up_per_verdict_reason_rule_and_session() {
+    // A fast path of its own, so other tests' packets do not mix in.
+    let fp = FastPath::load().unwrap();
+    fp.install(&tables()).unwrap();
+    let local_frame = gpdu_v4(0x100, &[], &udp4_inner(UE1, "192.0.2.10", 53));
+    let drop_frame = gpdu_v4(0x100, &[], &udp4_inner(UE1, "192.0.2.66", 53));
+    let down = from_local(&ipv4(
+        v4("192.0.2.10"),
+        v4(UE1),
+        17,
+        64,
+        0,
+        &udp(53, 1, b""),
+    ));
+    for _ in 0..3 {
+        fp.test_run(Direction::Uplink, &local_frame, 1).unwrap();
+    }
+    for _ in 0..2 {
+        fp.test_run(Direction::Uplink, &drop_frame, 1).unwrap();
+    }
+    fp.test_run(Direction::Downlink, &down, 1).unwrap();
+
+    let n = |c: mecgw_ebpf::Counter| (c.packets, c.bytes);
+    let (l, d, w) = (
+        local_frame.len() as u64,
+        drop_frame.len() as u64,
+        down.len() as u64,
+    );
+    assert_eq!(fp.rule_counter(10).unwrap().map(n), Some((3, 3 * l)));
+    assert_eq!(fp.rule_counter(11).unwrap().map(n), Some((2, 2 * d)));
+    assert_eq!(fp.rule_counter(15).unwrap().map(n), Some((0, 0)));
+    assert_eq!(
+        fp.session_counter(1, Direction::Uplink).unwrap().map(n),
+        Some((5, 3 * l + 2 * d))
+    );
+    assert_eq!(
+        fp.session_counter(1, Direction::Downlink).unwrap().map(n),
+        Some((1, w))
+    );
+    assert_eq!(
+        fp.session_counter(2, Direction::Uplink).unwrap().map(n),
+        Some((0, 0))
+    );
+    let reasons: std::collections::HashMap<_, _> =
+        fp.reason_counters().unwrap().into_iter().collect();
+    assert_eq!(n(reasons[&Reason::RuleLocal]), (3, 3 * l));
+    assert_eq!(n(reasons[&Reason::RuleDrop]), (2, 2 * d));
+    assert_eq!(n(reasons[&Reason::Encapsulated]), (1, w));
+    let verdicts: std::collections::HashMap<_, _> =
+        fp.verdict_counters().unwrap().into_iter().collect();
+    assert_eq!(verdicts[&Verdict::Redirect].packets, 4);
+    assert_eq!(verdicts[&Verdict::Drop].packets, 2);
+    assert_eq!(verdicts[&Verdict::Pass].packets, 0);
+}
