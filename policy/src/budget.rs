@@ -24,10 +24,10 @@ pub const LEDGER_FILE: &str = "budget-ledger.jsonl";
 #[non_exhaustive]
 pub enum LedgerError {
     /// Reading or writing the ledger failed.
-    #[error("budget ledger {path}: {source}")]
+    #[error("budget ledger {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A line in the middle of the ledger is damaged.
     #[error(
@@ -95,9 +95,9 @@ impl Ledger {
         period_len: u64,
     ) -> Result<Self, LedgerError> {
         let path = dir.join(LEDGER_FILE);
-        let io = |source| LedgerError::Io {
+        let io = |error| LedgerError::Io {
             path: path.clone(),
-            source,
+            error,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut file = OpenOptions::new()
@@ -200,9 +200,9 @@ impl Ledger {
             policy: policy.to_owned(),
         };
         if let Some((path, file)) = &mut self.file {
-            let io = |source| LedgerError::Io {
+            let io = |error| LedgerError::Io {
                 path: path.clone(),
-                source,
+                error,
             };
             let mut line = serde_json::to_vec(&entry).map_err(|e| io(std::io::Error::other(e)))?;
             line.push(b'\n');

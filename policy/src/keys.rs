@@ -24,11 +24,11 @@ pub const MAX_KEY_FILE_BYTES: u64 = 4096;
 #[non_exhaustive]
 pub enum KeyError {
     /// The key file or directory could not be read.
-    #[error("key `{name}`: cannot read {path}: {source}")]
+    #[error("key `{name}`: cannot read {path}: {error}")]
     Io {
         name: String,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Group or other users can read the key.
     #[error(
@@ -81,10 +81,10 @@ pub struct EpochKeys {
 /// Reads a key file, checking permissions and length. Hex text (with optional trailing
 /// whitespace) is decoded; anything else is taken as raw bytes.
 pub fn read_key_file(name: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
-    let io = |source| KeyError::Io {
+    let io = |error| KeyError::Io {
         name: name.to_owned(),
         path: path.to_owned(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     let mode = meta.permissions().mode() & 0o777;
@@ -133,10 +133,10 @@ impl EpochKeys {
     /// Loads a key as the policy declares it; `base` resolves relative paths.
     pub fn load(name: &str, spec: &KeySpec, base: &Path) -> Result<Self, KeyError> {
         let path = base.join(&spec.path);
-        let meta = std::fs::metadata(&path).map_err(|source| KeyError::Io {
+        let meta = std::fs::metadata(&path).map_err(|error| KeyError::Io {
             name: name.to_owned(),
             path: path.clone(),
-            source,
+            error,
         })?;
         let source = if meta.is_dir() {
             Source::Directory(path)
