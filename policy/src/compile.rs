@@ -1602,6 +1602,31 @@ destinations:
         assert!(c.contains(&("3:49".to_owned(), "P002")), "{c:?}");
     }
 
+    proptest::proptest! {
+        /// Arbitrary text never panics the compiler.
+        #[test]
+        fn random_text_never_panics(src in "\\PC{0,400}") {
+            let _ = compile(&src);
+        }
+
+        /// Random byte-level mutations of a valid policy never panic the compiler, and every
+        /// failure carries at least one positioned diagnostic.
+        #[test]
+        fn mutated_policies_never_panic(edits in proptest::collection::vec((0usize..2000, proptest::prelude::any::<u8>()), 1..8)) {
+            let mut bytes = GOOD.as_bytes().to_vec();
+            for (at, b) in edits {
+                let i = at % bytes.len();
+                bytes[i] = b;
+            }
+            if let Ok(src) = std::str::from_utf8(&bytes) {
+                if let Err(d) = compile(src) {
+                    proptest::prop_assert!(!d.0.is_empty());
+                    proptest::prop_assert!(d.0.iter().all(|d| d.pos.line >= 1 && d.pos.col >= 1));
+                }
+            }
+        }
+    }
+
     #[test]
     fn budget_overflow_is_reported_at_the_release() {
         let src = GOOD.replace("epsilon: 0.1", "epsilon: 0.2");

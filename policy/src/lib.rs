@@ -21,6 +21,7 @@ pub mod keys;
 pub mod model;
 pub mod noise;
 pub mod release;
+pub mod schema;
 pub mod testcases;
 pub mod transform;
 pub mod units;
