@@ -22,6 +22,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run every frame of a capture through the real XDP program (BPF_PROG_TEST_RUN, no
+    /// attach) and write what it did: check a rule set against a capture before deploying it.
+    Replay {
+        /// Tables file (sessions, rules, interfaces; see examples/tables.toml).
+        #[arg(long)]
+        tables: std::path::PathBuf,
+        /// Input capture (pcap, Ethernet link type).
+        #[arg(long = "in")]
+        input: std::path::PathBuf,
+        /// Output capture: the output of every frame not dropped, in input order.
+        #[arg(long = "out")]
+        output: std::path::PathBuf,
+        /// One JSON line per input frame: index, verdict, rule, session, reason, len_in,
+        /// len_out (0 when dropped).
+        #[arg(long)]
+        verdicts: Option<std::path::PathBuf>,
+        /// Which program: uplink (N3 side) or downlink (local-services side).
+        #[arg(long, default_value = "uplink")]
+        direction: mecgw::datapath::Direction,
+    },
     /// Attach the counting pass-through XDP program to an interface and report what it sees.
     ///
     /// Use it to check that a host can load and attach mecgw's XDP programs. The program is
@@ -84,8 +104,36 @@ fn init_logging(json: bool) {
     }
 }
 
+fn replay(opts: mecgw::replay::ReplayOptions) -> anyhow::Result<()> {
+    let s = mecgw::replay::replay(&opts)?;
+    eprintln!(
+        "mecgw replay: {} frames ({}): {} passed, {} dropped, {} redirected, {} not run; output in {}",
+        s.packets,
+        opts.direction.name(),
+        s.pass,
+        s.drop,
+        s.redirect,
+        s.not_run,
+        opts.output.display()
+    );
+    Ok(())
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Replay {
+            tables,
+            input,
+            output,
+            verdicts,
+            direction,
+        } => replay(mecgw::replay::ReplayOptions {
+            tables,
+            input,
+            output,
+            verdicts,
+            direction,
+        }),
         Command::Attach {
             iface,
             mode,

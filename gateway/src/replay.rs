@@ -1,0 +1,178 @@
+//! `mecgw replay`: run every frame of a capture through the real XDP program with
+//! BPF_PROG_TEST_RUN and record what it did, so an operator can check a rule set against a
+//! real capture before deploying it.
+//!
+//! Owns the replay loop and its output formats (pcap of surviving frames, JSON lines of
+//! verdicts); it never judges a packet itself — the kernel program does.
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use mecgw_ebpf::Verdict;
+use serde::Serialize;
+
+use crate::{
+    datapath::{DatapathError, Direction, FastPath, Tables, TablesError},
+    pcap::{self, PcapError},
+};
+
+/// Frames shorter than an Ethernet header: the kernel will not test-run them (no NIC
+/// delivers one), so replay reports them as not run.
+pub const MIN_FRAME: usize = 14;
+
+/// What to replay.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub tables: PathBuf,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub verdicts: Option<PathBuf>,
+    pub direction: Direction,
+}
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    #[error(transparent)]
+    Tables(#[from] TablesError),
+    #[error("{path}: {source}")]
+    Capture {
+        path: String,
+        #[source]
+        source: PcapError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+/// One line of the verdicts file.
+#[derive(Serialize)]
+struct VerdictLine<'a> {
+    index: u64,
+    verdict: &'a str,
+    rule: Option<u32>,
+    session: Option<u32>,
+    reason: &'a str,
+    len_in: usize,
+    len_out: usize,
+}
+
+/// Counts of what happened, for the summary line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub packets: u64,
+    pub pass: u64,
+    pub drop: u64,
+    pub redirect: u64,
+    /// Frames the kernel could not run (shorter than 14 bytes or too large for a test run).
+    pub not_run: u64,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ReplayError + '_ {
+    move |source| ReplayError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Replays `opts.input` through the program for `opts.direction` loaded with `opts.tables`.
+pub fn replay(opts: &ReplayOptions) -> Result<Summary, ReplayError> {
+    let tables = Tables::load(&opts.tables)?;
+    let capture = |source| ReplayError::Capture {
+        path: opts.input.display().to_string(),
+        source,
+    };
+    let input = File::open(&opts.input).map_err(io_err(&opts.input))?;
+    let mut reader = pcap::Reader::new(BufReader::new(input)).map_err(capture)?;
+    let fast_path = FastPath::load()?;
+    fast_path.install(&tables)?;
+
+    let out = File::create(&opts.output).map_err(io_err(&opts.output))?;
+    let mut writer =
+        pcap::Writer::new(BufWriter::new(out), reader.nanos()).map_err(io_err(&opts.output))?;
+    let mut verdicts = match &opts.verdicts {
+        Some(p) => Some((
+            BufWriter::new(File::create(p).map_err(io_err(p))?),
+            p.as_path(),
+        )),
+        None => None,
+    };
+    let mut summary = Summary::default();
+    while let Some(record) = reader.next_record().map_err(capture)? {
+        let index = summary.packets;
+        summary.packets += 1;
+        let len_in = record.data.len();
+        let judged = if len_in < MIN_FRAME {
+            None
+        } else {
+            match fast_path.judge(opts.direction, &record.data) {
+                Ok(j) => Some(j),
+                // The kernel refuses frames it cannot place in one page.
+                Err(DatapathError::Program { .. }) if len_in > 3000 => None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let line = match &judged {
+            None => {
+                summary.not_run += 1;
+                VerdictLine {
+                    index,
+                    verdict: "not_run",
+                    rule: None,
+                    session: None,
+                    reason: if len_in < MIN_FRAME {
+                        "shorter_than_ethernet_header"
+                    } else {
+                        "too_large_for_test_run"
+                    },
+                    len_in,
+                    len_out: 0,
+                }
+            }
+            Some(j) => {
+                match j.verdict {
+                    Verdict::Pass => summary.pass += 1,
+                    Verdict::Drop => summary.drop += 1,
+                    Verdict::Redirect | Verdict::Tx => summary.redirect += 1,
+                }
+                let dropped = j.verdict == Verdict::Drop;
+                if !dropped {
+                    writer
+                        .write(record.ts_sec, record.ts_frac, &j.packet)
+                        .map_err(io_err(&opts.output))?;
+                }
+                VerdictLine {
+                    index,
+                    verdict: j.verdict.name(),
+                    rule: j.rule,
+                    session: j.session,
+                    reason: j.reason.name(),
+                    len_in,
+                    len_out: if dropped { 0 } else { j.packet.len() },
+                }
+            }
+        };
+        if let Some((w, path)) = verdicts.as_mut() {
+            let json = serde_json::to_string(&line).map_err(|e| ReplayError::Io {
+                path: path.display().to_string(),
+                source: e.into(),
+            })?;
+            writeln!(w, "{json}").map_err(io_err(path))?;
+        }
+    }
+    writer.finish().map_err(io_err(&opts.output))?;
+    if let Some((mut w, path)) = verdicts {
+        w.flush().map_err(io_err(path))?;
+    }
+    Ok(summary)
+}
