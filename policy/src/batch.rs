@@ -7,9 +7,7 @@
 use std::fmt::Write as _;
 use std::io::{BufRead, Read as _, Write};
 
-use serde_json::Value;
-
-use crate::engine::{Engine, EngineFailure, MAX_RECORD_BYTES, Stats};
+use crate::engine::{Engine, EngineFailure, MAX_RECORD_BYTES, Output, Stats};
 
 /// Reads every line of `input` into `engine`, writes outputs to `output`, and closes every
 /// window at the end of input.
@@ -18,8 +16,8 @@ pub fn apply(
     mut input: impl BufRead,
     output: &mut impl Write,
 ) -> Result<(), EngineFailure> {
-    let mut emit = |v: Value| -> std::io::Result<()> {
-        serde_json::to_writer(&mut *output, &v)?;
+    let mut emit = |o: &Output<'_>| -> std::io::Result<()> {
+        serde_json::to_writer(&mut *output, o)?;
         output.write_all(b"\n")
     };
     let mut buf = Vec::with_capacity(4096);

@@ -12,7 +12,7 @@ use std::hash::{BuildHasher as _, RandomState};
 use std::path::Path;
 
 use rand::RngCore;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::aggregate::{Layout, RowOutcome, WindowState};
 use crate::budget::{Charge, Ledger, LedgerError};
@@ -130,6 +130,7 @@ pub struct Engine {
     kinds: BTreeMap<String, KindPlan>,
     kind_window: BTreeMap<String, i64>,
     kind_destinations: BTreeMap<String, Vec<(String, String)>>,
+    tag_cache: BTreeMap<String, (i64, WindowTag)>,
     runs: Vec<ReleaseRun>,
     keys: KeyRing,
     ledger: Ledger,
@@ -139,15 +140,78 @@ pub struct Engine {
     pub stats: Stats,
 }
 
+/// The window an output object belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WindowTag {
+    /// Window start, RFC 3339.
+    pub start: String,
+    /// Window end (exclusive), RFC 3339.
+    pub end: String,
+}
+
+impl WindowTag {
+    fn new(start: i64, len: i64) -> Self {
+        Self {
+            start: format_rfc3339(start),
+            end: format_rfc3339(start.saturating_add(len)),
+        }
+    }
+}
+
+/// One output object, borrowed from the engine; it serialises to the JSON line `apply`
+/// writes. Every object carries its kind, window, destination (and its region) and the
+/// policy hash.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum Output<'a> {
+    /// A transformed record.
+    Record {
+        /// The record kind.
+        kind: &'a str,
+        /// The kind's window the record falls in.
+        window: &'a WindowTag,
+        /// Destination name.
+        destination: &'a str,
+        /// Destination region.
+        region: &'a str,
+        /// Policy hash.
+        policy: &'a str,
+        /// Allow-listed fields after their transforms.
+        record: &'a Map<String, Value>,
+    },
+    /// One released cell of a window.
+    Release {
+        /// Always `release`.
+        kind: &'static str,
+        /// Release name.
+        release: &'a str,
+        /// The release window.
+        window: &'a WindowTag,
+        /// Destination name.
+        destination: &'a str,
+        /// Destination region.
+        region: &'a str,
+        /// Policy hash.
+        policy: &'a str,
+        /// Group-by values.
+        group: &'a Map<String, Value>,
+        /// Noisy metrics.
+        metrics: &'a Map<String, Value>,
+    },
+}
+
+impl Output<'_> {
+    /// As a JSON value (tests and `policy test` compare values).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
 /// `sha256:<hex>` of the policy text: the tag that says which policy produced an output.
 pub fn policy_hash(src: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, src.as_bytes());
     let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
-}
-
-fn window_json(start: i64, len: i64) -> Value {
-    json!({"start": format_rfc3339(start), "end": format_rfc3339(start.saturating_add(len))})
 }
 
 impl Engine {
@@ -224,6 +288,7 @@ impl Engine {
             kinds,
             kind_window,
             kind_destinations,
+            tag_cache: BTreeMap::new(),
             runs,
             keys: ring,
             ledger,
@@ -250,7 +315,7 @@ impl Engine {
         &mut self,
         line_no: u64,
         line: &str,
-        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+        emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
     ) -> Result<(), EngineFailure> {
         self.stats.records_in += 1;
         if line.len() > MAX_RECORD_BYTES {
@@ -271,7 +336,7 @@ impl Engine {
         &mut self,
         line_no: u64,
         record: Value,
-        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+        emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
     ) -> Result<(), EngineFailure> {
         self.stats.records_in += 1;
         self.process_value_counted(line_no, record, emit)
@@ -281,7 +346,7 @@ impl Engine {
         &mut self,
         line_no: u64,
         record: Value,
-        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+        emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
     ) -> Result<(), EngineFailure> {
         let Value::Object(record) = record else {
             self.bad(line_no, &RecordError::NotAnObject);
@@ -322,16 +387,29 @@ impl Engine {
                 .unwrap_or(86_400)
                 .max(1);
             let start = t.time.div_euclid(wlen) * wlen;
-            let fields = Value::Object(t.fields.clone());
+            let tag = match self.tag_cache.get_mut(kind_name.as_str()) {
+                Some((s, tag)) if *s == start => &*tag,
+                Some(slot) => {
+                    *slot = (start, WindowTag::new(start, wlen));
+                    &slot.1
+                }
+                None => {
+                    let slot = self
+                        .tag_cache
+                        .entry(kind_name.clone())
+                        .or_insert_with(|| (start, WindowTag::new(start, wlen)));
+                    &slot.1
+                }
+            };
             for (d, region) in dests {
-                emit(json!({
-                    "kind": kind_name,
-                    "window": window_json(start, wlen),
-                    "destination": d,
-                    "region": region,
-                    "policy": self.hash,
-                    "record": fields,
-                }))
+                emit(&Output::Record {
+                    kind: &kind_name,
+                    window: tag,
+                    destination: d,
+                    region,
+                    policy: &self.hash,
+                    record: &t.fields,
+                })
                 .map_err(EngineFailure::Output)?;
                 self.stats.records_out += 1;
             }
@@ -346,7 +424,9 @@ impl Engine {
                 .unwrap_or(i64::MAX)
                 .max(1);
             let start = t.time.div_euclid(wlen) * wlen;
-            let stats = self.stats.releases.entry(run.name.clone()).or_default();
+            let Some(stats) = self.stats.releases.get_mut(run.name.as_str()) else {
+                continue;
+            };
             if start < run.closed_before {
                 stats.rows_late += 1;
                 continue;
@@ -376,6 +456,13 @@ impl Engine {
             }
             // Close windows that ended at least one window length before this record.
             let horizon = start.saturating_sub(wlen);
+            if run
+                .windows
+                .first_key_value()
+                .is_none_or(|(s, _)| *s >= horizon)
+            {
+                continue;
+            }
             let due: Vec<i64> = run.windows.range(..horizon).map(|(s, _)| *s).collect();
             for s in due {
                 self.close(i, s, emit)?;
@@ -388,7 +475,7 @@ impl Engine {
         &mut self,
         run_idx: usize,
         start: i64,
-        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+        emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
     ) -> Result<(), EngineFailure> {
         let run = &mut self.runs[run_idx];
         let Some(w) = run.windows.remove(&start) else {
@@ -434,18 +521,19 @@ impl Engine {
         stats.windows_released += 1;
         stats.groups_below_k += released.below_k;
         stats.groups_below_threshold += released.below_threshold;
+        let tag = WindowTag::new(start, wlen);
         for cell in released.cells {
             for (d, region) in &run.destinations {
-                emit(json!({
-                    "kind": "release",
-                    "release": run.name,
-                    "window": window_json(start, wlen),
-                    "destination": d,
-                    "region": region,
-                    "policy": self.hash,
-                    "group": cell.group,
-                    "metrics": cell.metrics,
-                }))
+                emit(&Output::Release {
+                    kind: "release",
+                    release: &run.name,
+                    window: &tag,
+                    destination: d,
+                    region,
+                    policy: &self.hash,
+                    group: &cell.group,
+                    metrics: &cell.metrics,
+                })
                 .map_err(EngineFailure::Output)?;
                 stats.cells += 1;
             }
@@ -456,7 +544,7 @@ impl Engine {
     /// End of input: closes every open window, oldest first.
     pub fn finish(
         &mut self,
-        emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+        emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
     ) -> Result<(), EngineFailure> {
         let mut due: Vec<(i64, usize)> = Vec::new();
         for (i, run) in self.runs.iter().enumerate() {
@@ -637,8 +725,8 @@ mod tests {
             );
         let mut e = engine(&src);
         let mut out = Vec::new();
-        let mut emit = |v: Value| {
-            out.push(v);
+        let mut emit = |o: &Output<'_>| {
+            out.push(o.to_value());
             Ok(())
         };
         for i in 0..3000 {
@@ -697,7 +785,7 @@ mod tests {
         );
         let mut e = engine_with(&src, ledger);
         let mut n = 0;
-        let mut emit = |_v: Value| {
+        let mut emit = |_o: &Output<'_>| {
             n += 1;
             Ok(())
         };

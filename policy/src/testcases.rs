@@ -58,8 +58,8 @@ pub fn run_case(policy: &Policy, src: &str, case: &TestCase) -> Result<Vec<Strin
     let mut out = Vec::new();
     let mut failures = Vec::new();
     {
-        let mut emit = |v: Value| {
-            out.push(v);
+        let mut emit = |o: &crate::engine::Output<'_>| {
+            out.push(o.to_value());
             Ok(())
         };
         for (i, rec) in case.input.iter().enumerate() {
