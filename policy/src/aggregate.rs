@@ -120,6 +120,30 @@ pub fn bin_of(edges: &[f64], x: f64) -> usize {
     edges[1..n].partition_point(|e| *e <= x)
 }
 
+/// Hasher for keys built from unit ids. Unit ids are already the output of a keyed SipHash
+/// (random per process), so a multiply-mix is enough and cannot be steered by an attacker.
+#[derive(Default, Clone, Copy)]
+pub struct UnitIdHasher(u64);
+
+impl std::hash::Hasher for UnitIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+type UnitMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<UnitIdHasher>>;
+
 /// One group's accumulators.
 #[derive(Debug, Clone)]
 pub struct GroupAcc {
@@ -152,10 +176,11 @@ pub struct WindowState {
     pub start: i64,
     group_ids: HashMap<String, u32>,
     groups: Vec<GroupAcc>,
-    pairs: HashMap<(u64, u32), u32>,
-    unit_groups: HashMap<u64, u32>,
+    pairs: UnitMap<(u64, u32), u32>,
+    unit_groups: UnitMap<u64, u32>,
     /// True once the state cap was hit; the window will be suppressed.
     pub saturated: bool,
+    scratch: String,
     /// What happened to its rows.
     pub counters: WindowCounters,
 }
@@ -167,9 +192,10 @@ impl WindowState {
             start,
             group_ids: HashMap::new(),
             groups: Vec::new(),
-            pairs: HashMap::new(),
-            unit_groups: HashMap::new(),
+            pairs: UnitMap::default(),
+            unit_groups: UnitMap::default(),
             saturated: false,
+            scratch: String::new(),
             counters: WindowCounters::default(),
         }
     }
@@ -187,7 +213,7 @@ impl WindowState {
         bounds: Contribution,
         max_state: u64,
         unit: u64,
-        key: Vec<Value>,
+        key: &[&Value],
         record: &Map<String, Value>,
     ) -> RowOutcome {
         let outcome = self.admit(layout, bounds, max_state, unit, key);
@@ -216,13 +242,15 @@ impl WindowState {
         bounds: Contribution,
         max_state: u64,
         unit: u64,
-        key: Vec<Value>,
+        key: &[&Value],
     ) -> Result<u32, RowOutcome> {
         if self.saturated {
             return Err(RowOutcome::StateCap);
         }
-        let text = group_text(&key);
-        let existing = self.group_ids.get(&text).copied();
+        let mut text = std::mem::take(&mut self.scratch);
+        group_text(key, &mut text);
+        let existing = self.group_ids.get(text.as_str()).copied();
+        self.scratch = text;
         if let Some(g) = existing
             && let Some(rows) = self.pairs.get_mut(&(unit, g))
         {
@@ -240,8 +268,8 @@ impl WindowState {
         if self.pairs.len() as u64 >= max_state {
             self.saturated = true;
             // Free the memory now: the window will not be released.
-            self.pairs = HashMap::new();
-            self.unit_groups = HashMap::new();
+            self.pairs = UnitMap::default();
+            self.unit_groups = UnitMap::default();
             self.groups = Vec::new();
             self.group_ids = HashMap::new();
             return Err(RowOutcome::StateCap);
@@ -251,12 +279,12 @@ impl WindowState {
             None => {
                 let g = u32::try_from(self.groups.len()).map_err(|_| RowOutcome::StateCap)?;
                 self.groups.push(GroupAcc {
-                    key,
+                    key: key.iter().map(|v| (*v).clone()).collect(),
                     units: 0,
                     rows: 0,
                     slots: vec![0; layout.slots],
                 });
-                self.group_ids.insert(text, g);
+                self.group_ids.insert(self.scratch.clone(), g);
                 g
             }
         };
@@ -277,13 +305,13 @@ impl WindowState {
     }
 }
 
-fn group_text(key: &[Value]) -> String {
-    let mut s = String::new();
+fn group_text(key: &[&Value], s: &mut String) {
+    use std::fmt::Write as _;
+    s.clear();
     for v in key {
-        s.push_str(&v.to_string());
+        let _ = write!(s, "{v}");
         s.push('\u{1f}');
     }
-    s
 }
 
 #[cfg(test)]
@@ -333,7 +361,7 @@ mod tests {
         };
         let rec = Map::new();
         for u in 0..10 {
-            let o = w.add(&l, c, 5, u, vec![Value::from(u % 3)], &rec);
+            let o = w.add(&l, c, 5, u, &[&Value::from(u % 3)], &rec);
             assert_eq!(o == RowOutcome::Added, u < 5, "{u}");
         }
         assert!(w.saturated);
@@ -356,7 +384,7 @@ mod tests {
             for (unit, group, b) in rows {
                 let mut rec = Map::new();
                 rec.insert("b".into(), Value::from(b));
-                if w.add(&l, c, u64::MAX, unit, vec![Value::from(group)], &rec) == RowOutcome::Added {
+                if w.add(&l, c, u64::MAX, unit, &[&Value::from(group)], &rec) == RowOutcome::Added {
                     *per_unit_group.entry((unit, group)).or_default() += 1;
                 }
             }

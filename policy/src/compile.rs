@@ -1059,9 +1059,7 @@ impl Ctx {
             },
             None => Some(None),
         };
-        if rk.is_none() {
-            return None;
-        }
+        rk?;
         if !metrics_ok {
             return None;
         }
@@ -1618,12 +1616,11 @@ destinations:
                 let i = at % bytes.len();
                 bytes[i] = b;
             }
-            if let Ok(src) = std::str::from_utf8(&bytes) {
-                if let Err(d) = compile(src) {
+            if let Ok(src) = std::str::from_utf8(&bytes)
+                && let Err(d) = compile(src) {
                     proptest::prop_assert!(!d.0.is_empty());
                     proptest::prop_assert!(d.0.iter().all(|d| d.pos.line >= 1 && d.pos.col >= 1));
                 }
-            }
         }
     }
 

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher as _, RandomState};
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::RngCore;
 use serde_json::{Map, Value};
@@ -131,6 +132,7 @@ pub struct Engine {
     kind_window: BTreeMap<String, i64>,
     kind_destinations: BTreeMap<String, Vec<(String, String)>>,
     tag_cache: BTreeMap<String, (i64, WindowTag)>,
+    kind_names: BTreeMap<String, Arc<str>>,
     runs: Vec<ReleaseRun>,
     keys: KeyRing,
     ledger: Ledger,
@@ -177,7 +179,7 @@ pub enum Output<'a> {
         /// Policy hash.
         policy: &'a str,
         /// Allow-listed fields after their transforms.
-        record: &'a Map<String, Value>,
+        record: &'a crate::transform::Fields,
     },
     /// One released cell of a window.
     Release {
@@ -289,6 +291,11 @@ impl Engine {
             kind_window,
             kind_destinations,
             tag_cache: BTreeMap::new(),
+            kind_names: policy
+                .kinds
+                .keys()
+                .map(|k| (k.clone(), Arc::from(k.as_str())))
+                .collect(),
             runs,
             keys: ring,
             ledger,
@@ -352,15 +359,24 @@ impl Engine {
             self.bad(line_no, &RecordError::NotAnObject);
             return Ok(());
         };
-        let kind_name = match record.get("kind") {
-            Some(Value::String(k)) if self.kinds.contains_key(k) => k.clone(),
-            None if self.kinds.len() == 1 => self.kinds.keys().next().cloned().unwrap_or_default(),
+        let kind_name: Arc<str> = match record.get("kind") {
+            Some(Value::String(k)) => match self.kind_names.get(k.as_str()) {
+                Some(a) => Arc::clone(a),
+                None => {
+                    self.bad(line_no, &RecordError::UnknownKind);
+                    return Ok(());
+                }
+            },
+            None if self.kind_names.len() == 1 => match self.kind_names.values().next() {
+                Some(a) => Arc::clone(a),
+                None => return Ok(()),
+            },
             _ => {
                 self.bad(line_no, &RecordError::UnknownKind);
                 return Ok(());
             }
         };
-        let Some(plan) = self.kinds.get(&kind_name) else {
+        let Some(plan) = self.kinds.get(&*kind_name) else {
             self.bad(line_no, &RecordError::UnknownKind);
             return Ok(());
         };
@@ -374,7 +390,7 @@ impl Engine {
         self.stats.records_ok += 1;
         let dests = self
             .kind_destinations
-            .get(&kind_name)
+            .get(&*kind_name)
             .map(Vec::as_slice)
             .unwrap_or_default();
         if dests.is_empty() {
@@ -382,12 +398,12 @@ impl Engine {
         } else {
             let wlen = self
                 .kind_window
-                .get(&kind_name)
+                .get(&*kind_name)
                 .copied()
                 .unwrap_or(86_400)
                 .max(1);
             let start = t.time.div_euclid(wlen) * wlen;
-            let tag = match self.tag_cache.get_mut(kind_name.as_str()) {
+            let tag = match self.tag_cache.get_mut(&*kind_name) {
                 Some((s, tag)) if *s == start => &*tag,
                 Some(slot) => {
                     *slot = (start, WindowTag::new(start, wlen));
@@ -396,7 +412,7 @@ impl Engine {
                 None => {
                     let slot = self
                         .tag_cache
-                        .entry(kind_name.clone())
+                        .entry(kind_name.to_string())
                         .or_insert_with(|| (start, WindowTag::new(start, wlen)));
                     &slot.1
                 }
@@ -417,7 +433,7 @@ impl Engine {
         let unit_id = self.unit_hasher.hash_one(&t.unit);
         for i in 0..self.runs.len() {
             let run = &mut self.runs[i];
-            if run.release.kind != kind_name {
+            if *run.release.kind != *kind_name {
                 continue;
             }
             let wlen = i64::try_from(run.release.window.0)
@@ -431,11 +447,11 @@ impl Engine {
                 stats.rows_late += 1;
                 continue;
             }
-            let key: Vec<Value> = run
+            let key: Vec<&Value> = run
                 .release
                 .group_by
                 .iter()
-                .map(|f| t.fields.get(f).cloned().unwrap_or(Value::Null))
+                .map(|f| t.fields.get(f).unwrap_or(&Value::Null))
                 .collect();
             let w = run
                 .windows
@@ -446,7 +462,7 @@ impl Engine {
                 run.release.contribution,
                 run.max_state,
                 unit_id,
-                key,
+                &key,
                 &record,
             ) {
                 RowOutcome::Added => stats.rows_added += 1,
@@ -569,7 +585,7 @@ impl Engine {
         };
         let plan = self.kinds.get(&kind_name).ok_or(RecordError::UnknownKind)?;
         let t = plan.apply(record, &mut self.keys)?;
-        Ok((kind_name, t.fields))
+        Ok((kind_name, t.fields.to_map()))
     }
 
     /// (unit, group) pairs currently held across all open windows.

@@ -215,9 +215,10 @@ impl EpochKeys {
         let epoch = self.epoch_of(unix_seconds);
         let tag = hmac::sign(self.key_for(epoch)?, value);
         let mut out = String::with_capacity(48);
-        out.push('e');
-        out.push_str(&epoch.to_string());
-        out.push(':');
+        {
+            use std::fmt::Write as _;
+            let _ = write!(out, "e{epoch}:");
+        }
         for b in &tag.as_ref()[..16] {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             out.push(char::from(HEX[usize::from(b >> 4)]));

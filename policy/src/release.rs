@@ -445,7 +445,7 @@ mod tests {
                         },
                         u64::MAX,
                         trial * 100 + n * 10 + u,
-                        vec![Value::from(n)],
+                        &[&Value::from(n)],
                         &Map::new(),
                     );
                 }

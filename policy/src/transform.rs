@@ -5,6 +5,7 @@
 //! the wrong type is rejected with a reason that names the field but never carries its value.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -146,12 +147,60 @@ fn floor_to(v: i64, w: i64) -> i64 {
     v.div_euclid(w) * w
 }
 
+/// Transformed fields in declaration order. Names are shared with the plan (no copy per
+/// record); serialises as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields(pub Vec<(Arc<str>, Value)>);
+
+impl Fields {
+    /// The value of a field, if it is present.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
+    }
+
+    /// True if the field is present.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Field names.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| &**n)
+    }
+
+    /// As a JSON map.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.0
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect()
+    }
+}
+
+impl std::ops::Index<&str> for Fields {
+    type Output = Value;
+    fn index(&self, name: &str) -> &Value {
+        self.get(name).unwrap_or(&Value::Null)
+    }
+}
+
+impl serde::Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (n, v) in &self.0 {
+            m.serialize_entry(&**n, v)?;
+        }
+        m.end()
+    }
+}
+
 /// The transform plan of one record kind.
 pub struct KindPlan {
     /// Name of the kind.
     pub name: String,
     /// Declared fields, in name order.
-    fields: Vec<(String, FieldType, Option<Transform>)>,
+    fields: Vec<(Arc<str>, FieldType, Option<Transform>)>,
     /// Name of the timestamp field.
     pub time: String,
     /// Name of the privacy-unit field.
@@ -161,16 +210,16 @@ pub struct KindPlan {
 
 /// A record after validation: its time, its privacy unit (canonical text, never output) and
 /// its transformed fields.
-pub struct Transformed {
+pub struct Transformed<'r> {
     /// The record's time.
     pub time: UnixSeconds,
     /// Canonical privacy unit; stays in memory, never written anywhere.
-    pub unit: String,
+    pub unit: std::borrow::Cow<'r, str>,
     /// Fields that may leave the site, after their transforms.
-    pub fields: Map<String, Value>,
+    pub fields: Fields,
 }
 
-impl std::fmt::Debug for Transformed {
+impl std::fmt::Debug for Transformed<'_> {
     // The privacy unit is never printed, not even in debug output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transformed")
@@ -187,7 +236,7 @@ impl KindPlan {
         let fields = kind
             .fields
             .iter()
-            .map(|(f, t)| (f.clone(), *t, kind.transforms.get(f).cloned()))
+            .map(|(f, t)| (Arc::from(f.as_str()), *t, kind.transforms.get(f).cloned()))
             .collect();
         Self {
             name: name.to_owned(),
@@ -203,11 +252,11 @@ impl KindPlan {
     }
 
     /// Validates and transforms one record.
-    pub fn apply(
+    pub fn apply<'r>(
         &self,
-        record: &Map<String, Value>,
+        record: &'r Map<String, Value>,
         keys: &mut KeyRing,
-    ) -> Result<Transformed, RecordError> {
+    ) -> Result<Transformed<'r>, RecordError> {
         let time = record
             .get(&self.time)
             .filter(|v| !v.is_null())
@@ -220,20 +269,25 @@ impl KindPlan {
             .get(&self.privacy_unit)
             .filter(|v| !v.is_null())
             .ok_or_else(|| RecordError::Missing(self.privacy_unit.clone()))?;
-        let unit = canonical(self.unit_type, unit_value)
-            .or_else(|| type_ok(self.unit_type, unit_value).then(|| unit_value.to_string()))
-            .ok_or_else(|| RecordError::WrongType {
-                field: self.privacy_unit.clone(),
-                expected: self.unit_type.name(),
-            })?;
-        let mut out = Map::new();
+        let unit = match (self.unit_type, unit_value) {
+            (FieldType::String, Value::String(s)) => std::borrow::Cow::Borrowed(s.as_str()),
+            _ => std::borrow::Cow::Owned(
+                canonical(self.unit_type, unit_value)
+                    .or_else(|| type_ok(self.unit_type, unit_value).then(|| unit_value.to_string()))
+                    .ok_or_else(|| RecordError::WrongType {
+                        field: self.privacy_unit.clone(),
+                        expected: self.unit_type.name(),
+                    })?,
+            ),
+        };
+        let mut out = Vec::with_capacity(self.fields.len());
         for (name, ty, transform) in &self.fields {
-            let Some(v) = record.get(name).filter(|v| !v.is_null()) else {
+            let Some(v) = record.get(&**name).filter(|v| !v.is_null()) else {
                 continue;
             };
             if !type_ok(*ty, v) {
                 return Err(RecordError::WrongType {
-                    field: name.clone(),
+                    field: name.to_string(),
                     expected: ty.name(),
                 });
             }
@@ -244,18 +298,25 @@ impl KindPlan {
                 Transform::Keep => v.clone(),
                 Transform::Redact => Value::String(REDACTED.to_owned()),
                 Transform::Pseudonymise { key } => {
-                    let text = canonical(*ty, v).ok_or_else(|| RecordError::WrongType {
-                        field: name.clone(),
-                        expected: ty.name(),
-                    })?;
                     let k = keys
                         .get_mut(key)
                         .ok_or_else(|| RecordError::Key(format!("key `{key}` is not loaded")))?;
-                    Value::String(k.pseudonym(text.as_bytes(), time)?)
+                    // Strings are their own canonical form: no copy on the hot path.
+                    let p = match (ty, v.as_str()) {
+                        (FieldType::String, Some(text)) => k.pseudonym(text.as_bytes(), time)?,
+                        _ => {
+                            let text = canonical(*ty, v).ok_or_else(|| RecordError::WrongType {
+                                field: name.to_string(),
+                                expected: ty.name(),
+                            })?;
+                            k.pseudonym(text.as_bytes(), time)?
+                        }
+                    };
+                    Value::String(p)
                 }
                 Transform::Truncate { ipv4, ipv6 } => {
                     let (ip, given) = address_of(v).ok_or_else(|| RecordError::WrongType {
-                        field: name.clone(),
+                        field: name.to_string(),
                         expected: ty.name(),
                     })?;
                     let (net, p) = truncate_ip(ip, ipv4.unwrap_or(24), ipv6.unwrap_or(48));
@@ -268,7 +329,7 @@ impl KindPlan {
                 }
                 Transform::Coarsen { grid } => {
                     let (lat, lon) = geo_of(v).ok_or_else(|| RecordError::WrongType {
-                        field: name.clone(),
+                        field: name.to_string(),
                         expected: "geo",
                     })?;
                     let g = i64::from(grid.0);
@@ -278,7 +339,7 @@ impl KindPlan {
                 Transform::Bucket { width } => match (width, ty) {
                     (BucketWidth::Duration(d), FieldType::Timestamp) => {
                         let t = timestamp_of(v).ok_or_else(|| RecordError::WrongType {
-                            field: name.clone(),
+                            field: name.to_string(),
                             expected: "timestamp",
                         })?;
                         let w = i64::try_from(d.0).unwrap_or(i64::MAX);
@@ -296,12 +357,12 @@ impl KindPlan {
                     _ => Value::Null,
                 },
             };
-            out.insert(name.clone(), value);
+            out.push((Arc::clone(name), value));
         }
         Ok(Transformed {
             time,
             unit,
-            fields: out,
+            fields: Fields(out),
         })
     }
 
@@ -309,7 +370,7 @@ impl KindPlan {
     pub fn field_type(&self, field: &str) -> Option<FieldType> {
         self.fields
             .iter()
-            .find(|(f, _, _)| f == field)
+            .find(|(f, _, _)| &**f == field)
             .map(|(_, t, _)| *t)
     }
 }
@@ -413,7 +474,7 @@ mod tests {
             }
             let out = plan.apply(&rec, &mut ring).unwrap();
             for k in out.fields.keys() {
-                prop_assert!(["imsi", "ue_ip", "start", "cell"].contains(&k.as_str()), "{k} leaked");
+                prop_assert!(["imsi", "ue_ip", "start", "cell"].contains(&k), "{k} leaked");
             }
             for (k, v) in &extra {
                 if v.len() >= 4 && !["imsi", "start", "ue_ip", "bytes", "cell"].contains(&k.as_str()) {

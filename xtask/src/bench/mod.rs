@@ -4,13 +4,17 @@
 
 use anyhow::bail;
 
+mod policy;
+
 /// Names of the benchmarks, for `--help` and errors.
-pub const NAMES: &[&str] = &[];
+pub const NAMES: &[&str] = &["policy"];
 
 pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
-    let _ = args;
-    bail!(
-        "unknown benchmark {name:?}; available: {}",
-        if NAMES.is_empty() { "none yet" } else { "" }.to_string() + &NAMES.join(", ")
-    )
+    match name {
+        "policy" => policy::run(args),
+        other => bail!(
+            "unknown benchmark {other:?}; available: {}",
+            NAMES.join(", ")
+        ),
+    }
 }
