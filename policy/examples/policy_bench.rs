@@ -121,6 +121,35 @@ fn throughput(args: &[String]) {
     let src = policy(None);
     let mut out = Vec::with_capacity(64 << 20);
     let (mut base, mut json, mut mem, mut hmac) = (vec![], vec![], vec![], vec![]);
+    // For profiling one phase: POLICY_BENCH_ONLY=json|mem.
+    let only = std::env::var("POLICY_BENCH_ONLY").unwrap_or_default();
+    if !only.is_empty() {
+        for _ in 0..runs {
+            let mut e = engine(&src);
+            out.clear();
+            let t = Instant::now();
+            let mut emit = |o: &Output<'_>| -> std::io::Result<()> {
+                serde_json::to_writer(&mut out, o)?;
+                out.push(b'\n');
+                Ok(())
+            };
+            if only == "json" {
+                for (i, l) in lines.iter().enumerate() {
+                    e.process_line(i as u64 + 1, l, &mut emit).unwrap();
+                }
+            } else {
+                for (i, v) in values.iter().enumerate() {
+                    e.process_value(i as u64 + 1, v.clone(), &mut emit).unwrap();
+                }
+            }
+            e.finish(&mut emit).unwrap();
+            println!(
+                "{only}: {:.0} records/s",
+                n as f64 / t.elapsed().as_secs_f64()
+            );
+        }
+        return;
+    }
     for _ in 0..runs {
         // Baseline: bare serde_json parse and serialise of the same lines.
         out.clear();

@@ -206,6 +206,8 @@ pub struct KindPlan {
     /// Name of the privacy-unit field.
     pub privacy_unit: String,
     unit_type: FieldType,
+    /// (field index, bucket start, formatted) of the last timestamp bucket.
+    last_bucket: std::cell::Cell<Option<(usize, i64, String)>>,
 }
 
 /// A record after validation: its time, its privacy unit (canonical text, never output) and
@@ -248,6 +250,7 @@ impl KindPlan {
                 .get(&kind.privacy_unit)
                 .copied()
                 .unwrap_or(FieldType::String),
+            last_bucket: std::cell::Cell::new(None),
         }
     }
 
@@ -281,7 +284,7 @@ impl KindPlan {
             ),
         };
         let mut out = Vec::with_capacity(self.fields.len());
-        for (name, ty, transform) in &self.fields {
+        for (i, (name, ty, transform)) in self.fields.iter().enumerate() {
             let Some(v) = record.get(&**name).filter(|v| !v.is_null()) else {
                 continue;
             };
@@ -343,7 +346,14 @@ impl KindPlan {
                             expected: "timestamp",
                         })?;
                         let w = i64::try_from(d.0).unwrap_or(i64::MAX);
-                        Value::String(units::format_rfc3339(floor_to(t, w)))
+                        let b = floor_to(t, w);
+                        // Records arrive roughly in time order: remember the last bucket's text.
+                        let text = match self.last_bucket.take() {
+                            Some((f, start, text)) if f == i && start == b => text,
+                            _ => units::format_rfc3339(b),
+                        };
+                        self.last_bucket.set(Some((i, b, text.clone())));
+                        Value::String(text)
                     }
                     (BucketWidth::Number { units, places: 0 }, _) if v.is_i64() => {
                         Value::from(floor_to(v.as_i64().unwrap_or_default(), *units))
