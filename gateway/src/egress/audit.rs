@@ -386,6 +386,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
 
 struct Writer {
     log: File,
+    /// Length of the log (complete entries only).
+    len: u64,
     head: File,
     next_index: u64,
     last_hash: String,
@@ -422,6 +424,7 @@ impl AuditLog {
             .map_err(io(&head_path))?;
         let writer = Writer {
             log,
+            len: scan.complete_len,
             head,
             next_index: scan.report.entries,
             last_hash: scan.report.last_hash,
@@ -439,37 +442,61 @@ impl AuditLog {
 
     /// Appends one entry and returns its index.
     pub fn append(&self, batch: AuditRecord) -> Result<u64, AuditError> {
+        self.append_all(vec![batch]).map(|index| index.unwrap_or(0))
+    }
+
+    /// Appends entries in one write (and one head update); returns the index of the last.
+    /// If the write fails, the log is cut back to where it was: no partial entry stays.
+    pub fn append_all(&self, batches: Vec<AuditRecord>) -> Result<Option<u64>, AuditError> {
+        if batches.is_empty() {
+            return Ok(None);
+        }
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let sent_id = match (&batch.outcome, &batch.batch_id) {
-            (Outcome::Sent, Some(id)) => id.parse::<BatchId>().ok(),
-            _ => None,
-        };
-        let entry = AuditEntry {
-            index: w.next_index,
-            time_ms,
-            prev: w.last_hash.clone(),
-            batch,
-        };
-        // Serialising strings, numbers and enums cannot fail.
-        let body = serde_json::to_string(&entry).unwrap_or_default();
-        let hash = sha256_hex(body.as_bytes());
-        let line = format!("{hash} {body}\n");
+        let mut text = String::new();
+        let mut index = w.next_index;
+        let mut last_hash = w.last_hash.clone();
+        let mut sent = Vec::new();
+        for batch in batches {
+            if let (Outcome::Sent, Some(id)) = (&batch.outcome, &batch.batch_id)
+                && let Ok(id) = id.parse::<BatchId>()
+            {
+                sent.push(id);
+            }
+            let entry = AuditEntry {
+                index,
+                time_ms,
+                prev: last_hash,
+                batch,
+            };
+            // Serialising strings, numbers and enums cannot fail.
+            let body = serde_json::to_string(&entry).unwrap_or_default();
+            last_hash = sha256_hex(body.as_bytes());
+            text.push_str(&last_hash);
+            text.push(' ');
+            text.push_str(&body);
+            text.push('\n');
+            index += 1;
+        }
         let log_path = self.dir.join(LOG_FILE);
-        w.log.write_all(line.as_bytes()).map_err(io(&log_path))?;
-        write_head(&w.head, entry.index, &hash).map_err(io(&self.dir.join(HEAD_FILE)))?;
-        w.next_index += 1;
-        w.last_hash = hash;
-        if let Some(id) = sent_id {
+        if let Err(e) = w.log.write_all(text.as_bytes()) {
+            let _ = w.log.set_len(w.len);
+            return Err(io(&log_path)(e));
+        }
+        w.len += text.len() as u64;
+        write_head(&w.head, index - 1, &last_hash).map_err(io(&self.dir.join(HEAD_FILE)))?;
+        w.next_index = index;
+        w.last_hash = last_hash;
+        for id in sent {
             let e = w
                 .last_sent
                 .entry((id.destination, id.instance))
                 .or_insert(0);
             *e = (*e).max(id.seq);
         }
-        Ok(entry.index)
+        Ok(Some(index - 1))
     }
 
     /// Highest sequence number audited as sent for a destination and spool instance.

@@ -249,6 +249,15 @@ impl Forwarder {
                 continue;
             }
             let mut done = Vec::with_capacity(batches.len());
+            // Outcomes are audited in one write per group, before the spool removal: a crash
+            // in between leaves the batches spooled, and reconciliation audits them then.
+            let mut outcomes = Vec::with_capacity(batches.len());
+            let (mut sent, mut sent_items, mut refused) = (0, 0, 0);
+            let audited = self
+                .shared
+                .audit
+                .last_sent(&self.destination, self.shared.spool.instance())
+                .unwrap_or(0);
             let mut sink_down = false;
             for batch in batches {
                 let permissions = self.shared.permissions.current();
@@ -260,35 +269,30 @@ impl Forwarder {
                 );
                 if let Verdict::Deny(reason) = verdict {
                     warn!(destination = %self.destination, batch = %batch.id, %reason, "refused at send time");
-                    self.audit(audit_record(
+                    outcomes.push(audit_record(
                         &batch.header,
                         &self.region,
                         Outcome::RefusedAtSend,
                         Some(reason.to_string()),
-                    ))?;
-                    DestinationMetrics::add(&self.metrics.refused_at_send, 1);
+                    ));
+                    refused += 1;
                     done.push(batch.id.seq);
                     continue;
                 }
                 match self.sink.deliver(&batch.id, batch.payload).await {
                     Ok(delivered) => {
-                        let audited = self
-                            .shared
-                            .audit
-                            .last_sent(&self.destination, batch.id.instance)
-                            .unwrap_or(0);
                         if batch.id.seq > audited {
                             let reason = delivered.duplicate.then(|| {
                                 "the sink already held it (redelivery deduplicated)".into()
                             });
-                            self.audit(audit_record(
+                            outcomes.push(audit_record(
                                 &batch.header,
                                 &self.region,
                                 Outcome::Sent,
                                 reason,
-                            ))?;
-                            DestinationMetrics::add(&self.metrics.sent_batches, 1);
-                            DestinationMetrics::add(&self.metrics.sent_items, batch.header.items());
+                            ));
+                            sent += 1;
+                            sent_items += batch.header.items();
                         }
                         done.push(batch.id.seq);
                     }
@@ -300,6 +304,16 @@ impl Forwarder {
                     }
                 }
             }
+            self.shared
+                .audit
+                .append_all(outcomes)
+                .map_err(|source| ForwarderError::Audit {
+                    destination: self.destination.clone(),
+                    source,
+                })?;
+            DestinationMetrics::add(&self.metrics.sent_batches, sent);
+            DestinationMetrics::add(&self.metrics.sent_items, sent_items);
+            DestinationMetrics::add(&self.metrics.refused_at_send, refused);
             self.shared
                 .spool
                 .remove(&self.destination, &done)

@@ -4,13 +4,15 @@
 
 use anyhow::bail;
 
+mod egress;
 mod policy;
 
 /// Names of the benchmarks, for `--help` and errors.
-pub const NAMES: &[&str] = &["policy"];
+pub const NAMES: &[&str] = &["egress", "policy"];
 
 pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
+        "egress" => egress::run(args),
         "policy" => policy::run(args),
         other => bail!(
             "unknown benchmark {other:?}; available: {}",
