@@ -23,6 +23,9 @@ use super::sink::Sink;
 use super::spool::{SpoolError, SpooledBatch};
 use super::{Shared, audit_record};
 
+/// Most payload bytes a forwarder holds in memory at a time (besides `read_ahead` batches).
+pub const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Reconnect backoff: attempt n (from 0) waits `min(max, initial · multiplier^n)`, scaled by a
 /// random factor in `[1 - jitter, 1]` so that many gateways do not retry in lockstep.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -190,7 +193,7 @@ impl Forwarder {
         };
         loop {
             let batches = spool
-                .peek(&self.destination, self.read_ahead)
+                .peek(&self.destination, self.read_ahead, READ_AHEAD_BYTES)
                 .map_err(self.spool_err())?;
             let held: Vec<&SpooledBatch> =
                 batches.iter().filter(|b| b.id.seq <= last.seq).collect();
@@ -237,7 +240,7 @@ impl Forwarder {
             let batches = self
                 .shared
                 .spool
-                .peek(&self.destination, self.read_ahead)
+                .peek(&self.destination, self.read_ahead, READ_AHEAD_BYTES)
                 .map_err(self.spool_err())?;
             if batches.is_empty() {
                 tokio::select! {

@@ -303,19 +303,30 @@ impl Spool {
         Ok(PushReceipt { id, shed })
     }
 
-    /// The oldest `max` batches for `destination`, in order.
-    pub fn peek(&self, destination: &str, max: usize) -> Result<Vec<SpooledBatch>, SpoolError> {
+    /// The oldest batches for `destination`, in order: at most `max` of them, and no more
+    /// than `max_bytes` of payload (but always the oldest one, whatever its size).
+    pub fn peek(
+        &self,
+        destination: &str,
+        max: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<SpooledBatch>, SpoolError> {
         let txn = self.db.begin_read().map_err(store)?;
         let table = txn.open_table(BATCHES).map_err(store)?;
         let mut out = Vec::new();
+        let mut bytes = 0u64;
         for entry in table
             .range((destination, 0u64)..=(destination, u64::MAX))
             .map_err(store)?
             .take(max)
         {
+            if !out.is_empty() && bytes >= max_bytes {
+                break;
+            }
             let (k, v) = entry.map_err(store)?;
             let seq = k.value().1;
             let (header, payload) = decode(destination, seq, v.value())?;
+            bytes += payload.len() as u64;
             out.push(SpooledBatch {
                 id: BatchId {
                     destination: destination.to_string(),
@@ -445,14 +456,27 @@ mod tests {
         }
         let s = open(dir.path(), SpoolLimits::default(), WhenFull::Backpressure);
         assert_eq!(s.instance(), instance);
-        let a = s.peek("a", 10).unwrap();
+        let a = s.peek("a", 10, u64::MAX).unwrap();
         let bodies: Vec<_> = a.iter().map(|b| b.payload.clone()).collect();
         assert_eq!(bodies, vec![b"a2".to_vec(), b"a3".to_vec(), b"a4".to_vec()]);
         assert_eq!(a[0].id.seq, 3);
         assert_eq!(s.backlog("a"), Some((3, 6)));
         // Sequence numbers are never reused, even after removal and reopen.
         assert_eq!(push(&s, "a", "a5").unwrap().id.seq, 6);
-        assert_eq!(s.peek("b", 10).unwrap().len(), 1);
+        assert_eq!(s.peek("b", 10, u64::MAX).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn peek_is_bounded_by_count_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), SpoolLimits::default(), WhenFull::Backpressure);
+        for _ in 0..5 {
+            push(&s, "a", "0123456789").unwrap();
+        }
+        assert_eq!(s.peek("a", 3, u64::MAX).unwrap().len(), 3);
+        assert_eq!(s.peek("a", 10, 25).unwrap().len(), 3);
+        // The oldest batch always comes back, even if larger than the byte bound.
+        assert_eq!(s.peek("a", 10, 1).unwrap().len(), 1);
     }
 
     #[test]
@@ -469,7 +493,7 @@ mod tests {
             push(&s, "a", "3"),
             Err(SpoolError::Full { batches: 2, .. })
         ));
-        assert_eq!(s.peek("a", 10).unwrap().len(), 2);
+        assert_eq!(s.peek("a", 10, u64::MAX).unwrap().len(), 2);
         // The other destination has its own bound.
         push(&s, "b", "1").unwrap();
     }
@@ -497,7 +521,12 @@ mod tests {
             .unwrap();
         assert_eq!(seen, vec![1]);
         assert_eq!(r.shed.len(), 1);
-        let left: Vec<_> = s.peek("a", 10).unwrap().iter().map(|b| b.id.seq).collect();
+        let left: Vec<_> = s
+            .peek("a", 10, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|b| b.id.seq)
+            .collect();
         assert_eq!(left, vec![2, 3]);
         assert!(matches!(
             push(&s, "a", "01234567890"),
@@ -512,7 +541,7 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, SpoolError::ShedNotRecorded(_)));
-        assert_eq!(s.peek("a", 10).unwrap().len(), 2);
+        assert_eq!(s.peek("a", 10, u64::MAX).unwrap().len(), 2);
     }
 
     #[test]
