@@ -11,6 +11,8 @@
 pub mod names {
     /// The minimal program: counts every frame and passes it to the kernel.
     pub const PROG_PASS: &str = "mecgw_pass";
+    /// A program that only returns XDP_PASS: the benchmark baseline.
+    pub const PROG_EMPTY: &str = "mecgw_empty";
     /// The uplink classifier, attached to the N3 interface.
     pub const PROG_UPLINK: &str = "mecgw_uplink";
     /// The downlink encapsulator, attached to the local-services interface.

@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod netns;
 mod setup;
 mod shell;
@@ -22,6 +23,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Long differential run: random tables and packets through the XDP fast path and its
+    /// reference model, which must agree byte for byte.
+    FuzzFastpath {
+        /// Random table sets to try (each with 96 packets).
+        #[arg(long, default_value_t = 5000)]
+        cases: u32,
+    },
     /// Install what this machine lacks to build and test mecgw (needs root). Idempotent.
     Setup,
     /// Set up, then run the whole check: fmt, clippy (host and eBPF), cargo-deny, all tests.
@@ -46,6 +54,7 @@ enum Task {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Task::FuzzFastpath { cases } => fuzz::fastpath(cases),
         Task::Setup => setup::run(),
         Task::Test => test(),
         Task::Demo => setup::run().and_then(|()| demo::run()),

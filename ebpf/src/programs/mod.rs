@@ -1,11 +1,13 @@
 //! XDP programs and the maps they share.
 //!
 //! `parse` reads headers, `maps` holds the tables (two generations), `counters` counts,
-//! `uplink` and `downlink` are the programs of the two directions, `pass` the minimal one.
+//! `uplink` and `downlink` are the programs of the two directions, `pass` the minimal one,
+//! `empty` the benchmark baseline.
 
 mod checksum;
 mod counters;
 mod downlink;
+mod empty;
 mod maps;
 mod parse;
 mod pass;

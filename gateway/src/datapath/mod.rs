@@ -21,7 +21,9 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use mecgw_ebpf::{Counter, Decision, NONE, Reason, Verdict, names};
+use mecgw_ebpf::{Decision, NONE, names};
+
+pub use mecgw_ebpf::{Counter, Reason, Verdict};
 
 pub use self::tables::{Tables, TablesError};
 use self::writer::TableWriter;
@@ -201,7 +203,12 @@ pub struct FastPath {
     last: Mutex<PerCpuArray<MapData, Decision>>,
 }
 
-const PROGRAMS: [&str; 3] = [names::PROG_PASS, names::PROG_UPLINK, names::PROG_DOWNLINK];
+const PROGRAMS: [&str; 4] = [
+    names::PROG_PASS,
+    names::PROG_EMPTY,
+    names::PROG_UPLINK,
+    names::PROG_DOWNLINK,
+];
 
 impl FastPath {
     /// Loads the embedded object and its programs into the kernel. The tables start empty:
@@ -281,6 +288,15 @@ impl FastPath {
     /// Runs the pass program once on `packet` through BPF_PROG_TEST_RUN.
     pub fn test_run_pass(&mut self, packet: &[u8]) -> Result<TestRunOutcome, DatapathError> {
         test_run(self.xdp_program(names::PROG_PASS)?, packet, 1)
+    }
+
+    /// Runs the empty program (`XDP_PASS`, nothing else) `repeat` times: the benchmark baseline.
+    pub fn test_run_empty(
+        &self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutcome, DatapathError> {
+        test_run(self.xdp_program(names::PROG_EMPTY)?, packet, repeat)
     }
 
     /// Runs the program of `direction` `repeat` times on `packet` (see the benchmark notes

@@ -5,13 +5,15 @@
 use anyhow::bail;
 
 mod egress;
+mod fastpath;
 mod policy;
 
 /// Names of the benchmarks, for `--help` and errors.
-pub const NAMES: &[&str] = &["egress", "policy"];
+pub const NAMES: &[&str] = &["fastpath", "egress", "policy"];
 
 pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
+        "fastpath" => fastpath::run(args),
         "egress" => egress::run(args),
         "policy" => policy::run(args),
         other => bail!(
