@@ -41,7 +41,8 @@ pub enum LedgerError {
 pub struct Entry {
     /// Index of the budget period (Unix seconds / period length).
     pub period: i64,
-    /// Period length in seconds (a policy change of period starts fresh accounting).
+    /// Period length in seconds when the entry was written (informational: replay re-derives
+    /// the period from `window` with the current period length).
     pub period_len: u64,
     /// Release name.
     pub release: String,
@@ -130,8 +131,11 @@ impl Ledger {
             match entry {
                 Some(e) if complete => {
                     good_len += n as u64;
-                    if e.outcome == "spent" && e.period_len == period_len {
-                        let s = ledger.spent.entry(e.period).or_default();
+                    if e.outcome == "spent" {
+                        // Re-derive the period from the window, so that a policy whose period
+                        // changed still counts what earlier runs spent on the same windows.
+                        let period = ledger.period_of(e.window);
+                        let s = ledger.spent.entry(period).or_default();
                         s.0 = s.0.saturating_add(e.epsilon);
                         s.1 = s.1.saturating_add(e.delta);
                     } else if e.outcome == "refused" {
@@ -265,6 +269,23 @@ mod tests {
         let l = Ledger::open(&dir, Epsilon(1_000), Delta(10), 86_400).unwrap();
         assert_eq!(l.spent(0), (Epsilon(600), Delta(5)));
         assert_eq!(l.refusals(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_changed_period_still_counts_earlier_spending() {
+        let dir = tmpdir("period");
+        let mut l = Ledger::open(&dir, Epsilon(1_000), Delta(10), 3600).unwrap();
+        l.charge("r", 0, Epsilon(600), Delta(0), "h").unwrap();
+        l.charge("r", 3600, Epsilon(600), Delta(0), "h").unwrap();
+        drop(l);
+        // A policy with a daily period sees both hourly charges in its first day.
+        let mut l = Ledger::open(&dir, Epsilon(1_000), Delta(10), 86_400).unwrap();
+        assert_eq!(l.spent(0).0, Epsilon(1_200));
+        assert!(matches!(
+            l.charge("r", 7200, Epsilon(1), Delta(0), "h").unwrap(),
+            Charge::Refused { .. }
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
