@@ -323,6 +323,44 @@ mod tests {
     }
 
     #[test]
+    fn a_key_directory_holds_one_key_per_epoch() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mecgw-keydir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (epoch, key) in [(20783, TEST_KEY), (20784, &TEST_KEY.replace('0', "f")[..])] {
+            let p = dir.join(format!("{epoch}.key"));
+            std::fs::write(&p, key).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let spec = KeySpec {
+            path: dir.display().to_string(),
+            rotation: crate::units::Duration(86_400),
+            pos: crate::diag::Pos::default(),
+        };
+        let mut k = EpochKeys::load("subscriber", &spec, Path::new("/")).unwrap();
+        let day = 20783 * 86_400;
+        let a = k.pseudonym(b"001010000000001", day).unwrap();
+        let b = k.pseudonym(b"001010000000001", day + 86_400).unwrap();
+        assert!(a.starts_with("e20783:") && b.starts_with("e20784:"));
+        assert_ne!(a[7..], b[7..]);
+        // The directory key of an epoch is the file's key itself (no derivation).
+        let direct = hmac::sign(
+            &hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &decode_key_text(TEST_KEY.as_bytes()).unwrap(),
+            ),
+            b"001010000000001",
+        );
+        assert_eq!(&a[7..], hex(&direct.as_ref()[..16]));
+        // An epoch without a file: a clear error naming the file it looked for.
+        let e = k
+            .pseudonym(b"001010000000001", day + 2 * 86_400)
+            .unwrap_err();
+        assert!(e.to_string().contains("no key for epoch 20785"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn short_and_readable_keys_are_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("mecgw-keys-{}", std::process::id()));
