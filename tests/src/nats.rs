@@ -14,6 +14,7 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    extra_args: Vec<std::ffi::OsString>,
 }
 
 fn server_binary() -> anyhow::Result<PathBuf> {
@@ -37,10 +38,16 @@ fn free_port() -> anyhow::Result<u16> {
 impl NatsServer {
     /// Starts a server with JetStream on a free loopback port.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_args(Vec::new())
+    }
+
+    /// Starts a server with JetStream and extra command-line arguments (e.g. TLS settings).
+    pub fn start_with_args(extra_args: Vec<std::ffi::OsString>) -> anyhow::Result<Self> {
         let mut server = Self {
             child: None,
             port: free_port()?,
             dir: tempfile::tempdir().context("creating the JetStream store directory")?,
+            extra_args,
         };
         server.restart()?;
         Ok(server)
@@ -86,6 +93,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store_dir())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the demo drives ICMP echo through the XDP program",
     ),
     ("nats-server", "JetStream peer for the egress tests"),
+    ("openssl", "certificates for the egress TLS test"),
     ("ethtool", "GRO on testbed veths, which XDP redirect needs"),
 ];
 
