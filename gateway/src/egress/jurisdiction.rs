@@ -242,6 +242,30 @@ mod tests {
     }
 
     #[test]
+    fn table_from_the_example_policy_follows_its_destinations() {
+        let src = include_str!("../../../examples/policies/flow-records.yaml");
+        let policy = mecgw_policy::compile::compile(src).expect("the example policy compiles");
+        let t = PermissionTable::from_policy(&policy);
+        assert_eq!(
+            t.permits("analytics", "EU-DE", &kind("flow")),
+            Verdict::Permit
+        );
+        assert_eq!(
+            t.permits("national_statistics", "EU-DE", &release("traffic_per_cell")),
+            Verdict::Permit
+        );
+        // Listed for the other destination only, or in another region: refused.
+        assert!(matches!(
+            t.permits("analytics", "EU-DE", &release("traffic_per_cell")),
+            Verdict::Deny(DenyReason::NotListed(_))
+        ));
+        assert!(matches!(
+            t.permits("analytics", "US-VA", &kind("flow")),
+            Verdict::Deny(DenyReason::RegionNotPermitted { .. })
+        ));
+    }
+
+    #[test]
     fn replace_changes_the_answer() {
         let p = Permissions::new(Arc::new(PermissionTable::new().allow(
             "eu",
