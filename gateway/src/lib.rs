@@ -3,8 +3,10 @@
 //! The library half of the `mecgw` binary. `datapath` owns the XDP fast path as userspace sees
 //! it: the embedded eBPF object, loading, attaching and reading counters.
 //! `replay` runs a capture through the real XDP program (`pcap` reads and writes captures).
+//! `api` owns the local gRPC APIs (mTLS, roles) that apps and the operator call.
 //! `egress` owns what leaves the site: spool, jurisdiction checks, sinks and the audit log.
 
+pub mod api;
 pub mod datapath;
 pub mod egress;
 pub mod pcap;

@@ -447,6 +447,16 @@ impl Ctx {
         if let Some(b) = &budget {
             self.check_budget(b, &releases);
         }
+        for (name, r) in &releases {
+            if let Err(e) = crate::release::Mechanism::new(name, r) {
+                self.err(
+                    r.epsilon_pos,
+                    Code::NoiseOutOfRange,
+                    e.to_string(),
+                    "raise ε, narrow the bounds or lower the contribution bounds; see `mecgw policy explain`",
+                );
+            }
+        }
         let mut destinations = BTreeMap::new();
         if let Some(n) = top.get("destinations") {
             for (name, _, node) in self.named(n, "destinations") {

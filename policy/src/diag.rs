@@ -77,6 +77,8 @@ pub enum Code {
     MetricFieldNotNumeric,
     /// P026: a test case that cannot be read.
     InvalidTestCase,
+    /// P027: a release whose noise parameters are outside what the exact samplers support.
+    NoiseOutOfRange,
 }
 
 impl Code {
@@ -108,6 +110,7 @@ impl Code {
         Code::UnsupportedVersion,
         Code::MetricFieldNotNumeric,
         Code::InvalidTestCase,
+        Code::NoiseOutOfRange,
     ];
 
     /// The stable code, e.g. `P001`.
@@ -139,6 +142,7 @@ impl Code {
             Code::UnsupportedVersion => "P024",
             Code::MetricFieldNotNumeric => "P025",
             Code::InvalidTestCase => "P026",
+            Code::NoiseOutOfRange => "P027",
         }
     }
 }

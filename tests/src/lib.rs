@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: locating the `mecgw` binary, and (later)
 //! network-namespace guards and process runners.
 
+pub mod api;
 pub mod egress;
 pub mod nats;
 

@@ -167,6 +167,31 @@ destinations:
 }
 
 #[test]
+fn noise_beyond_the_exact_samplers_range_is_an_error() {
+    let src = "version: 1
+budget: {period: 1d, epsilon: 1, delta: 1e-6}
+kinds:
+  k: {privacy_unit: u, time: t, fields: {u: string, t: timestamp, c: string, b: integer}, transforms: {c: keep}}
+releases:
+  huge:
+    kind: k
+    window: 1d
+    group_by: [c]
+    contribution: {max_groups: 1000000, max_rows: 1000000}
+    k: 20
+    epsilon: 0.000000001
+    delta: 1e-9
+    metrics: [{sum: {field: b, bounds: [0, 4503599627370496]}}]
+destinations:
+  d: {region: EU, releases: [huge]}
+";
+    let (code, found, stderr) = check(src);
+    assert_eq!(code, 1);
+    assert_eq!(found, pairs(&[("12:14", "P027")]), "{stderr}");
+    assert!(stderr.contains("release `huge`"), "{stderr}");
+}
+
+#[test]
 fn fatal_yaml_errors_have_positions() {
     let (code, found, _) = check("version: 1\nbudget: {period: 1d, epsilon: 1\n");
     assert_eq!((code, found), (1, pairs(&[("3:1", "P001")])));
@@ -190,7 +215,8 @@ fn every_error_code_is_exercised() {
     codes.insert("P016".into());
     codes.insert("P023".into());
     codes.insert("P024".into());
-    let all: BTreeSet<String> = (1..=26).map(|i| format!("P{i:03}")).collect();
+    codes.insert("P027".into()); // noise_beyond_the_exact_samplers_range_is_an_error
+    let all: BTreeSet<String> = (1..=27).map(|i| format!("P{i:03}")).collect();
     assert_eq!(codes, all);
 }
 
