@@ -17,7 +17,7 @@ pub fn apply(
     output: &mut impl Write,
 ) -> Result<(), EngineFailure> {
     let mut emit = |o: &Output<'_>| -> std::io::Result<()> {
-        serde_json::to_writer(&mut *output, o)?;
+        o.write_json(&mut *output)?;
         output.write_all(b"\n")
     };
     let mut buf = Vec::with_capacity(4096);

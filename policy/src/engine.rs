@@ -131,7 +131,7 @@ pub struct Engine {
     kinds: BTreeMap<String, KindPlan>,
     kind_window: BTreeMap<String, i64>,
     kind_destinations: BTreeMap<String, Vec<(String, String)>>,
-    tag_cache: BTreeMap<String, (i64, WindowTag)>,
+    tag_cache: BTreeMap<String, TagCache>,
     kind_names: BTreeMap<String, Arc<str>>,
     runs: Vec<ReleaseRun>,
     keys: KeyRing,
@@ -160,6 +160,15 @@ impl WindowTag {
     }
 }
 
+/// The window tag and serialised output prefixes of one kind's current window.
+struct TagCache {
+    start: i64,
+    tag: WindowTag,
+    /// Per destination (in `kind_destinations` order): the JSON text of the object up to and
+    /// including `"record":`.
+    prefixes: Vec<String>,
+}
+
 /// One output object, borrowed from the engine; it serialises to the JSON line `apply`
 /// writes. Every object carries its kind, window, destination (and its region) and the
 /// policy hash.
@@ -180,6 +189,9 @@ pub enum Output<'a> {
         policy: &'a str,
         /// Allow-listed fields after their transforms.
         record: &'a crate::transform::Fields,
+        /// The serialised tags: the object's JSON text up to and including `"record":`.
+        #[serde(skip)]
+        prefix: &'a str,
     },
     /// One released cell of a window.
     Release {
@@ -203,6 +215,19 @@ pub enum Output<'a> {
 }
 
 impl Output<'_> {
+    /// Writes the object as one line of JSON (without the newline). Equal to serialising it
+    /// with serde, but the tags of a record are written from their cached text.
+    pub fn write_json(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        match self {
+            Output::Record { prefix, record, .. } => {
+                w.write_all(prefix.as_bytes())?;
+                serde_json::to_writer(&mut *w, record)?;
+                w.write_all(b"}")
+            }
+            Output::Release { .. } => Ok(serde_json::to_writer(w, self)?),
+        }
+    }
+
     /// As a JSON value (tests and `policy test` compare values).
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
@@ -403,31 +428,57 @@ impl Engine {
                 .unwrap_or(86_400)
                 .max(1);
             let start = t.time.div_euclid(wlen) * wlen;
-            let tag = match self.tag_cache.get_mut(&*kind_name) {
-                Some((s, tag)) if *s == start => &*tag,
-                Some(slot) => {
-                    *slot = (start, WindowTag::new(start, wlen));
-                    &slot.1
+            let fresh = !matches!(self.tag_cache.get(&*kind_name), Some(c) if c.start == start);
+            if fresh {
+                let tag = WindowTag::new(start, wlen);
+                // The tags before the record are the same for every record of this kind,
+                // window and destination: serialise them once.
+                let prefixes = dests
+                    .iter()
+                    .map(|(d, region)| {
+                        #[derive(serde::Serialize)]
+                        struct Head<'h> {
+                            kind: &'h str,
+                            window: &'h WindowTag,
+                            destination: &'h str,
+                            region: &'h str,
+                            policy: &'h str,
+                        }
+                        let head = serde_json::to_string(&Head {
+                            kind: &kind_name,
+                            window: &tag,
+                            destination: d,
+                            region,
+                            policy: &self.hash,
+                        })
+                        .unwrap_or_default();
+                        // `{…}` → `{…,"record":`
+                        format!("{},\"record\":", &head[..head.len() - 1])
+                    })
+                    .collect();
+                self.tag_cache.insert(
+                    kind_name.to_string(),
+                    TagCache {
+                        start,
+                        tag,
+                        prefixes,
+                    },
+                );
+            }
+            if let Some(cache) = self.tag_cache.get(&*kind_name) {
+                for ((d, region), prefix) in dests.iter().zip(&cache.prefixes) {
+                    emit(&Output::Record {
+                        kind: &kind_name,
+                        window: &cache.tag,
+                        destination: d,
+                        region,
+                        policy: &self.hash,
+                        record: &t.fields,
+                        prefix,
+                    })
+                    .map_err(EngineFailure::Output)?;
+                    self.stats.records_out += 1;
                 }
-                None => {
-                    let slot = self
-                        .tag_cache
-                        .entry(kind_name.to_string())
-                        .or_insert_with(|| (start, WindowTag::new(start, wlen)));
-                    &slot.1
-                }
-            };
-            for (d, region) in dests {
-                emit(&Output::Record {
-                    kind: &kind_name,
-                    window: tag,
-                    destination: d,
-                    region,
-                    policy: &self.hash,
-                    record: &t.fields,
-                })
-                .map_err(EngineFailure::Output)?;
-                self.stats.records_out += 1;
             }
         }
         let unit_id = self.unit_hasher.hash_one(&t.unit);
@@ -778,6 +829,35 @@ mod tests {
             assert!(c["metrics"]["count"].as_i64().unwrap() > 0);
             assert!(c["window"]["start"].as_str().unwrap().ends_with(":00:00Z"));
         }
+    }
+
+    #[test]
+    fn write_json_is_byte_for_byte_the_serde_serialisation() {
+        let src = crate::compile::tests::GOOD.replace(
+            "stats: {region: EU-DE, releases: [per_cell]}",
+            "stats: {region: EU-DE, releases: [per_cell], kinds: [flow]}\n  other: {region: \"US \\\"x\\\"\", kinds: [flow]}",
+        );
+        let mut e = engine(&src);
+        let mut n = 0;
+        let mut emit = |o: &Output<'_>| {
+            let mut fast = Vec::new();
+            o.write_json(&mut fast).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                serde_json::to_string(o).unwrap()
+            );
+            n += 1;
+            Ok(())
+        };
+        for i in 0..50 {
+            let line = format!(
+                r#"{{"imsi":"{i}","start":{},"cell":"c\"{i}","ue_ip":"::ffff:10.0.0.{i}"}}"#,
+                i * 600
+            );
+            e.process_line(1, &line, &mut emit).unwrap();
+        }
+        e.finish(&mut emit).unwrap();
+        assert_eq!(n, 100);
     }
 
     #[test]
