@@ -8,7 +8,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, OnceLock, RwLock},
 };
 
 use anyhow::Context as _;
@@ -204,9 +204,26 @@ pub async fn connect(
     Ok(channel)
 }
 
+/// One fast path per test process: loading (verifying) the programs takes seconds in a debug
+/// build. Tests that use it hold [`exclusive`] so their tables do not mix.
+pub fn shared_fast_path() -> anyhow::Result<Arc<FastPath>> {
+    static FAST_PATH: OnceLock<Arc<FastPath>> = OnceLock::new();
+    if let Some(f) = FAST_PATH.get() {
+        return Ok(f.clone());
+    }
+    let loaded = Arc::new(FastPath::load()?);
+    Ok(FAST_PATH.get_or_init(|| loaded).clone())
+}
+
+/// Exclusive use of the [`shared_fast_path`] for one test.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// The daemon's part, over a real loaded fast path.
 pub struct FastPathBackend {
-    pub fast_path: FastPath,
+    pub fast_path: Arc<FastPath>,
     tables: RwLock<Arc<Tables>>,
     pub ready: watch::Sender<bool>,
     ingest: mpsc::Sender<PublishedRecord>,
@@ -218,9 +235,12 @@ pub struct FastPathBackend {
 }
 
 impl FastPathBackend {
-    /// Loads the fast path and installs `tables`; the ingest queue holds `queue` records.
-    pub fn new(tables: Tables, queue: usize) -> anyhow::Result<FastPathBackend> {
-        let fast_path = FastPath::load()?;
+    /// Installs `tables` in `fast_path`; the ingest queue holds `queue` records.
+    pub fn new(
+        fast_path: Arc<FastPath>,
+        tables: Tables,
+        queue: usize,
+    ) -> anyhow::Result<FastPathBackend> {
         fast_path.install(&tables)?;
         let (ingest, rx) = mpsc::channel(queue);
         Ok(FastPathBackend {

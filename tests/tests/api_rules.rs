@@ -22,7 +22,7 @@ use mecgw::{
 };
 use mecgw_ebpf::{Reason, Verdict};
 use mecgw_tests::{
-    api::{FastPathBackend, Running, Site, connect},
+    api::{FastPathBackend, Running, Site, connect, exclusive, shared_fast_path},
     packets::*,
 };
 use tonic::{Code, transport::Channel};
@@ -85,6 +85,7 @@ fn uplink(dst: &str) -> Vec<u8> {
 }
 
 struct Bench {
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
     site: Site,
     backend: Arc<FastPathBackend>,
     server: Running,
@@ -92,14 +93,17 @@ struct Bench {
 
 impl Bench {
     async fn new() -> Bench {
+        let exclusive = exclusive().await;
         let site = Site::new().unwrap();
         let tables = Tables::from_toml(TABLES, "api_rules.toml").unwrap();
-        let backend = Arc::new(FastPathBackend::new(tables, 16).unwrap());
+        let fast_path = shared_fast_path().unwrap();
+        let backend = Arc::new(FastPathBackend::new(fast_path, tables, 16).unwrap());
         backend.ready.send_replace(true);
         let server = Running::start(backend.clone(), site.config())
             .await
             .unwrap();
         Bench {
+            _exclusive: exclusive,
             site,
             backend,
             server,

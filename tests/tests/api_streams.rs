@@ -1,0 +1,464 @@
+//! The EdgeServices, Telemetry and Status APIs, `grpc.health.v1` and reflection, through a
+//! real tonic client over mTLS on loopback: service registration and its watch stream,
+//! Publish into the engine's bounded queue (and RESOURCE_EXHAUSTED when it stays full),
+//! Subscribe filtered to what the caller may see, health NOT_SERVING until ready and again
+//! while draining, and message size limits.
+//!
+//! Needs root (CAP_BPF) for the fast path behind the API; CI runs as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use mecgw::{
+    api::{
+        ReleasedOutput,
+        proto::{
+            DeregisterServiceRequest, DiscoverServicesRequest, EdgeService, EdgeServiceState,
+            GetStatusRequest, PublishRequest, RegisterServiceRequest, ServiceChangeKind,
+            SubscribeRequest, WatchServicesRequest,
+            edge_services_service_client::EdgeServicesServiceClient,
+            status_service_client::StatusServiceClient,
+            telemetry_service_client::TelemetryServiceClient,
+        },
+    },
+    datapath::{Direction, Tables},
+};
+use mecgw_tests::api::{FastPathBackend, Running, Site, connect, exclusive, shared_fast_path};
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const TABLES: &str = r#"
+[n3]
+ifindex = 11
+mac = "02:00:00:00:03:01"
+next_hop_mac = "02:00:00:00:03:02"
+ipv4 = "198.18.0.1"
+mtu = 1500
+
+[local]
+ifindex = 12
+mac = "02:00:00:00:04:01"
+next_hop_mac = "02:00:00:00:04:02"
+
+[[rules]]
+id = 10
+priority = 10
+action = "LOCAL"
+dst = ["192.0.2.0/24"]
+"#;
+
+fn backend(queue: usize) -> Arc<FastPathBackend> {
+    let tables = Tables::from_toml(TABLES, "api_streams.toml").unwrap();
+    Arc::new(FastPathBackend::new(shared_fast_path().unwrap(), tables, queue).unwrap())
+}
+
+async fn client_of(server: &Running, site: &Site, app: &str) -> Channel {
+    let id = if app == "operator" {
+        site.operator().unwrap()
+    } else {
+        site.app(app).unwrap()
+    };
+    connect(server.addr, &site.ca.cert_pem(), Some(&id))
+        .await
+        .unwrap()
+}
+
+fn service(name: &str, version: &str) -> EdgeService {
+    EdgeService {
+        name: name.into(),
+        version: version.into(),
+        endpoint: "https://198.51.100.7:8443".into(),
+        state: EdgeServiceState::Active as i32,
+        owner: String::new(),
+    }
+}
+
+async fn next_within<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("no message within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_register_update_deregister_discover_and_watch() {
+    let _x = exclusive().await;
+    let site = Site::new().unwrap();
+    let b = backend(16);
+    b.ready.send_replace(true);
+    let server = Running::start(b, site.config()).await.unwrap();
+    let mut video = EdgeServicesServiceClient::new(client_of(&server, &site, "video").await);
+    let mut op = EdgeServicesServiceClient::new(client_of(&server, &site, "operator").await);
+
+    let registered = video
+        .register_service(RegisterServiceRequest {
+            service: Some(service("video", "1.0")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service
+        .unwrap();
+    assert_eq!(registered.owner, "video");
+
+    // The operator's watch starts with what is registered, then follows every change.
+    let mut watch = op
+        .watch_services(WatchServicesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let w = next_within(&mut watch).await.unwrap().unwrap();
+    assert_eq!(w.kind, ServiceChangeKind::Registered as i32);
+    assert_eq!(w.service.unwrap().version, "1.0");
+
+    video
+        .register_service(RegisterServiceRequest {
+            service: Some(service("video", "1.1")),
+        })
+        .await
+        .unwrap();
+    let w = next_within(&mut watch).await.unwrap().unwrap();
+    assert_eq!(w.kind, ServiceChangeKind::Updated as i32);
+    assert_eq!(w.service.unwrap().version, "1.1");
+    assert_eq!(w.missed, 0);
+
+    let found = op
+        .discover_services(DiscoverServicesRequest {
+            name: "video".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .services;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].version, "1.1");
+
+    // Bad registrations name the field.
+    let mut bad = service("Video Analytics", "");
+    bad.state = 0;
+    let e = op
+        .register_service(RegisterServiceRequest { service: Some(bad) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    for field in ["service.name", "service.version", "service.state"] {
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+
+    video
+        .deregister_service(DeregisterServiceRequest {
+            name: "video".into(),
+        })
+        .await
+        .unwrap();
+    let w = next_within(&mut watch).await.unwrap().unwrap();
+    assert_eq!(w.kind, ServiceChangeKind::Deregistered as i32);
+    let e = video
+        .deregister_service(DeregisterServiceRequest {
+            name: "video".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Shutdown ends the watch instead of holding the server open.
+    server.stop().await.unwrap();
+    let end = next_within(&mut watch).await;
+    assert!(
+        !matches!(end, Some(Ok(_))),
+        "the watch went on after shutdown: {end:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_feeds_the_engine_queue_and_refuses_with_resource_exhausted_when_it_stays_full() {
+    let _x = exclusive().await;
+    let site = Site::new().unwrap();
+    let b = backend(8);
+    b.ready.send_replace(true);
+    let server = Running::start(b.clone(), site.config()).await.unwrap();
+    let mut video = TelemetryServiceClient::new(client_of(&server, &site, "video").await);
+    let mut queue = b.take_ingested().unwrap();
+
+    // Five records fit: accepted, with the app's name and the declared kind.
+    let batch = PublishRequest {
+        kind: "app".into(),
+        records_json: (0..5).map(|i| format!(r#"{{"cell":{i}}}"#)).collect(),
+    };
+    let accepted = video
+        .publish(futures::stream::iter(vec![batch]))
+        .await
+        .unwrap()
+        .into_inner()
+        .accepted;
+    assert_eq!(accepted, 5);
+    for i in 0..5 {
+        let r = queue.try_recv().unwrap();
+        assert_eq!(&*r.app, "video");
+        assert_eq!(&*r.kind, "app");
+        assert_eq!(r.record, serde_json::json!({"kind": "app", "cell": i}));
+    }
+    assert!(queue.try_recv().is_err());
+
+    // Nobody drains the queue now: 8 fit, then the engine is "behind".
+    let batches: Vec<PublishRequest> = (0..4)
+        .map(|_| PublishRequest {
+            kind: "app".into(),
+            records_json: (0..5).map(|i| format!(r#"{{"n":{i}}}"#)).collect(),
+        })
+        .collect();
+    let e = video
+        .publish(futures::stream::iter(batches))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("8 record(s) were accepted"),
+        "{}",
+        e.message()
+    );
+    let mut n = 0;
+    while queue.try_recv().is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 8, "exactly the accepted records are queued");
+
+    // A kind the app may not publish, one the policy does not declare, and a bad record.
+    for (kind, record, code, want) in [
+        ("flow", "{}", Code::PermissionDenied, "may not publish"),
+        ("gps", "{}", Code::InvalidArgument, "kind: \"gps\""),
+        ("app", "[1,2]", Code::InvalidArgument, "records_json[0]"),
+    ] {
+        let e = video
+            .publish(futures::stream::iter(vec![PublishRequest {
+                kind: kind.into(),
+                records_json: vec![record.into()],
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{kind}: {e:?}");
+        assert!(e.message().contains(want), "{kind}: {}", e.message());
+    }
+    assert!(queue.try_recv().is_err(), "refused records were queued");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_streams_only_the_releases_the_caller_may_see() {
+    let _x = exclusive().await;
+    let site = Site::new().unwrap();
+    let b = backend(8);
+    b.ready.send_replace(true);
+    let server = Running::start(b.clone(), site.config()).await.unwrap();
+    let mut video = TelemetryServiceClient::new(client_of(&server, &site, "video").await);
+    let mut op = TelemetryServiceClient::new(client_of(&server, &site, "operator").await);
+    let mut video_stream = video
+        .subscribe(SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut op_stream = op
+        .subscribe(SubscribeRequest {
+            releases: vec!["dwell_time".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The streams are open once the server has answered the call; releases now.
+    for (release, json) in [
+        ("dwell_time", r#"{"p50":12}"#),
+        ("cell_load", r#"{"cell":"c1","load":0.4}"#),
+    ] {
+        b.released
+            .send(Arc::new(ReleasedOutput {
+                release: release.into(),
+                json: json.into(),
+            }))
+            .unwrap();
+    }
+    let v = next_within(&mut video_stream).await.unwrap().unwrap();
+    assert_eq!(v.release, "cell_load", "video sees only cell_load");
+    assert_eq!(v.output_json, r#"{"cell":"c1","load":0.4}"#);
+    let o = next_within(&mut op_stream).await.unwrap().unwrap();
+    assert_eq!(
+        o.release, "dwell_time",
+        "the operator asked for dwell_time only"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_serving_only_while_ready_and_not_draining() {
+    let _x = exclusive().await;
+    let site = Site::new().unwrap();
+    let b = backend(8);
+    let mut server = Running::start(b.clone(), site.config()).await.unwrap();
+    let channel = client_of(&server, &site, "video").await;
+    let mut health = HealthClient::new(channel.clone());
+    let status = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let check = |r: tonic::Response<tonic_health::pb::HealthCheckResponse>| r.into_inner().status;
+
+    // Not attached / no policy yet.
+    for s in [
+        "",
+        "mecgw.v1.TrafficRulesService",
+        "mecgw.v1.TelemetryService",
+    ] {
+        assert_eq!(
+            check(health.check(status(s)).await.unwrap()),
+            ServingStatus::NotServing as i32,
+            "{s:?}"
+        );
+    }
+    let mut watch = health.watch(status("")).await.unwrap().into_inner();
+    assert_eq!(
+        next_within(&mut watch).await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    b.ready.send_replace(true);
+    assert_eq!(
+        next_within(&mut watch).await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        check(
+            health
+                .check(status("mecgw.v1.SessionsService"))
+                .await
+                .unwrap()
+        ),
+        ServingStatus::Serving as i32
+    );
+
+    // Shutdown: NOT_SERVING while the server drains (drain_ms = 200 in the test config).
+    server.begin_shutdown();
+    assert_eq!(
+        next_within(&mut watch).await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    drop(watch);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reflection_and_message_limits() {
+    let _x = exclusive().await;
+    let site = Site::new().unwrap();
+    let b = backend(8);
+    b.ready.send_replace(true);
+    let mut config = site.config();
+    config.max_message_bytes = 4096;
+    let server = Running::start(b.clone(), config).await.unwrap();
+    let op = client_of(&server, &site, "operator").await;
+
+    // A packet through the fast path moves the counters the status reports.
+    let before = StatusServiceClient::new(op.clone())
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    b.fast_path
+        .test_run(Direction::Uplink, &[0u8; 64], 1)
+        .unwrap();
+    let after = StatusServiceClient::new(op.clone())
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let pass = |s: &mecgw::api::proto::GetStatusResponse| {
+        s.verdicts
+            .iter()
+            .find(|c| c.name == "pass")
+            .map(|c| c.packets)
+            .unwrap()
+    };
+    assert_eq!(pass(&after), pass(&before) + 1);
+    assert_eq!(after.rules, 1);
+    assert_eq!(after.sessions, 0);
+    assert_eq!(after.policy_hash, "sha256:test");
+    assert_eq!(after.budgets[0].scope, "cell_load");
+    assert_eq!(after.egress_backlog[0].destination, "central");
+    assert!(after.reasons.iter().any(|r| r.name == "not_gtp"));
+
+    // Reflection, both versions, list every mecgw.v1 service.
+    for version in ["v1", "v1alpha"] {
+        let names = reflection_services(op.clone(), version).await;
+        for s in [
+            "mecgw.v1.TrafficRulesService",
+            "mecgw.v1.SessionsService",
+            "mecgw.v1.EdgeServicesService",
+            "mecgw.v1.TelemetryService",
+            "mecgw.v1.StatusService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(names.iter().any(|n| n == s), "{version}: {s} in {names:?}");
+        }
+    }
+
+    // A request over the limit is refused, and the connection stays usable.
+    let big = PublishRequest {
+        kind: "app".into(),
+        records_json: vec![format!(r#"{{"x":"{}"}}"#, "a".repeat(8192))],
+    };
+    let e = TelemetryServiceClient::new(op.clone())
+        .publish(futures::stream::iter(vec![big]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e:?}"
+    );
+    StatusServiceClient::new(op)
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+}
+
+async fn reflection_services(channel: Channel, version: &str) -> Vec<String> {
+    if version == "v1" {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut out = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        match out.next().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    } else {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut out = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        match out.next().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
