@@ -4,9 +4,11 @@
 //! it: the embedded eBPF object, loading, attaching and reading counters.
 //! `replay` runs a capture through the real XDP program (`pcap` reads and writes captures).
 //! `api` owns the local gRPC APIs (mTLS, roles) that apps and the operator call.
+//! `daemon` owns `mecgw run`: configuration, lifecycle, reload and the operations port.
 //! `egress` owns what leaves the site: spool, jurisdiction checks, sinks and the audit log.
 
 pub mod api;
+pub mod daemon;
 pub mod datapath;
 pub mod egress;
 pub mod pcap;

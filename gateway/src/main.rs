@@ -22,6 +22,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway: attach the XDP programs, install the tables, load the policy, serve
+    /// the operations port; reload on SIGHUP, detach and exit on SIGTERM/SIGINT.
+    Run {
+        /// Configuration file (TOML; see examples/mecgw.toml).
+        #[arg(long, env = "MECGW_CONFIG")]
+        config: std::path::PathBuf,
+        #[command(flatten)]
+        overrides: mecgw::daemon::Overrides,
+    },
     /// Run every frame of a capture through the real XDP program (BPF_PROG_TEST_RUN, no
     /// attach) and write what it did: check a rule set against a capture before deploying it.
     Replay {
@@ -139,6 +148,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             mode,
             duration,
         } => attach(&iface, mode, duration.map(Duration::from_secs)).await,
+        Command::Run { config, overrides } => {
+            let config = mecgw::daemon::Config::load(&config, &overrides)?;
+            mecgw::daemon::run(config).await
+        }
         Command::Audit { command } => audit_cli::run(command),
         Command::Policy { command } => policy_cli::run(command),
     }

@@ -31,3 +31,25 @@ pub fn mecgw_bin() -> anyhow::Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// Runs `f` on a thread that has entered network namespace `name` (from `ip netns add`).
+/// Sockets that `f` creates stay in that namespace; the calling thread's namespace is
+/// untouched.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    use std::os::fd::AsRawFd as _;
+    let ns = std::fs::File::open(format!("/run/netns/{name}"))
+        .map_err(|e| anyhow::anyhow!("network namespace {name}: {e}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns(2) on a namespace fd we own, for this thread only; no memory
+                // is shared with the kernel.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    anyhow::bail!("setns {name}: {}", std::io::Error::last_os_error());
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in {name} panicked"))?
+    })
+}

@@ -26,6 +26,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nats-server", "JetStream peer for the egress tests"),
     ("openssl", "certificates for the egress TLS test"),
     ("ethtool", "GRO on testbed veths, which XDP redirect needs"),
+    ("curl", "the demo and tests scrape the operations port"),
     ("protobuf-compiler", "protoc for tonic-build (the gRPC API protos)"),
 ];
 

@@ -129,6 +129,11 @@ pub fn up() -> anyhow::Result<Testbed> {
     for p in [&GNB, &EDGE] {
         bed.exec(p.netns, &["ethtool", "-K", p.link, "gro", "on"])?;
     }
+    // A veth sender with checksum offload leaves L4 checksums partial (the "hardware" never
+    // finishes them), and XDP sees the frame as is: the downlink program would encapsulate a
+    // packet whose inner checksum is wrong. A real NIC delivers complete checksums, so the
+    // edge service computes them in software here (see README, known limitations).
+    bed.exec(EDGE.netns, &["ethtool", "-K", EDGE.link, "tx", "off"])?;
     Ok(bed)
 }
 

@@ -1,0 +1,374 @@
+//! The daemon's configuration: a TOML file (`examples/mecgw.toml` documents every key), with
+//! flags and environment variables overriding it.
+//!
+//! This module owns reading, validating and resolving the configuration; it never acts on it.
+//! Every error says where it is: `file:line:column` for the file, the flag and variable name
+//! for an override. Relative paths in the file are relative to the file's directory.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::datapath::AttachMode;
+
+/// Largest configuration file accepted.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The whole configuration, as the daemon uses it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The interfaces the gateway works on, by role.
+    pub interfaces: Interfaces,
+    /// How the XDP programs attach.
+    #[serde(default)]
+    pub xdp: Xdp,
+    /// The fast path's tables.
+    pub datapath: Datapath,
+    /// The privacy policy (optional: without one, no regulated data is released at all).
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// Where the daemon keeps state that must survive restarts.
+    #[serde(default)]
+    pub state: State,
+    /// The plaintext operations port: /metrics, /healthz, /readyz.
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// GTP-U signalling: the socket that answers Echo Requests passed up by the fast path.
+    #[serde(default)]
+    pub gtpu: Gtpu,
+}
+
+/// Interfaces by role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interfaces {
+    /// N3, facing the gNBs: the uplink program attaches here, and encapsulated downlink
+    /// packets leave here.
+    pub n3: String,
+    /// Facing the local edge services: the downlink program attaches here, and locally
+    /// broken-out packets leave here.
+    pub local: String,
+}
+
+/// XDP attachment.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Xdp {
+    /// "native" (in the driver; the default) or "generic" (any interface, slower).
+    #[serde(default, deserialize_with = "de_mode")]
+    pub mode: AttachMode,
+    /// If native attach fails, attach in generic mode instead (logged). Default true.
+    #[serde(default = "yes")]
+    pub fallback_to_generic: bool,
+}
+
+impl Default for Xdp {
+    fn default() -> Self {
+        Xdp {
+            mode: AttachMode::Native,
+            fallback_to_generic: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn de_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AttachMode, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+/// The fast path's tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Datapath {
+    /// Sessions, traffic rules, MACs and defaults (format: `examples/tables.toml`). The
+    /// interface indexes in it are replaced by those of `[interfaces]`.
+    pub tables: PathBuf,
+}
+
+/// The privacy policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// The policy file (YAML, see docs/policy.md).
+    pub file: PathBuf,
+    /// Key file or directory for pseudonymisation keys (mode 0600/0700, ≥ 32 bytes).
+    #[serde(default)]
+    pub keys: Option<PathBuf>,
+}
+
+/// Persistent state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Directory for the budget ledger, spool and GTP-U restart counter.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/mecgw")
+}
+
+/// The plaintext operations port.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address of /metrics, /healthz and /readyz. Default 127.0.0.1:9464.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+/// GTP-U signalling.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gtpu {
+    /// UDP address that answers GTP-U Echo Requests. Default [::]:2152.
+    #[serde(default = "default_gtpu_listen")]
+    pub listen: SocketAddr,
+    /// Whether to run the responder at all. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for Gtpu {
+    fn default() -> Self {
+        Gtpu {
+            listen: default_gtpu_listen(),
+            enabled: true,
+        }
+    }
+}
+
+fn default_gtpu_listen() -> SocketAddr {
+    SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 2152))
+}
+
+/// Values given on the command line or in the environment; each replaces the file's.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// N3 interface (replaces interfaces.n3).
+    #[arg(long, env = "MECGW_N3_IFACE")]
+    pub n3_iface: Option<String>,
+    /// Local-services interface (replaces interfaces.local).
+    #[arg(long, env = "MECGW_LOCAL_IFACE")]
+    pub local_iface: Option<String>,
+    /// XDP mode, native or generic (replaces xdp.mode).
+    #[arg(long, env = "MECGW_XDP_MODE")]
+    pub xdp_mode: Option<AttachMode>,
+    /// Tables file (replaces datapath.tables).
+    #[arg(long, env = "MECGW_TABLES")]
+    pub tables: Option<PathBuf>,
+    /// Policy file (replaces policy.file).
+    #[arg(long, env = "MECGW_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// State directory (replaces state.dir).
+    #[arg(long, env = "MECGW_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Operations port address (replaces metrics.listen).
+    #[arg(long, env = "MECGW_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// GTP-U signalling address (replaces gtpu.listen).
+    #[arg(long, env = "MECGW_GTPU_LISTEN")]
+    pub gtpu_listen: Option<SocketAddr>,
+}
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {size} bytes is more than the {MAX_CONFIG_BYTES} bytes a configuration may have"
+    )]
+    TooLarge { path: String, size: u64 },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides`, and resolves relative paths against the file's
+    /// directory.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let io = |source| ConfigError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: shown, size });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let mut config = Config::from_toml(&text, &shown)?;
+        config.apply(overrides);
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses a configuration; errors carry `origin:line:column`.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Invalid {
+                path: origin.to_string(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.n3_iface {
+            self.interfaces.n3 = v.clone();
+        }
+        if let Some(v) = &o.local_iface {
+            self.interfaces.local = v.clone();
+        }
+        if let Some(v) = o.xdp_mode {
+            self.xdp.mode = v;
+        }
+        if let Some(v) = &o.tables {
+            self.datapath.tables = v.clone();
+        }
+        if let Some(v) = &o.policy {
+            match &mut self.policy {
+                Some(p) => p.file = v.clone(),
+                None => {
+                    self.policy = Some(Policy {
+                        file: v.clone(),
+                        keys: None,
+                    })
+                }
+            }
+        }
+        if let Some(v) = &o.state_dir {
+            self.state.dir = v.clone();
+        }
+        if let Some(v) = o.metrics_listen {
+            self.metrics.listen = v;
+        }
+        if let Some(v) = o.gtpu_listen {
+            self.gtpu.listen = v;
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.datapath.tables);
+        if let Some(p) = &mut self.policy {
+            fix(&mut p.file);
+            if let Some(k) = &mut p.keys {
+                fix(k);
+            }
+        }
+        fix(&mut self.state.dir);
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+pub fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "[interfaces]\nn3 = \"eth1\"\nlocal = \"eth2\"\n\n[datapath]\ntables = \"tables.toml\"\n";
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = Config::from_toml(MINIMAL, "m.toml").unwrap();
+        assert_eq!(c.xdp.mode, AttachMode::Native);
+        assert!(c.xdp.fallback_to_generic);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(c.gtpu.listen, "[::]:2152".parse().unwrap());
+        assert_eq!(c.state.dir, PathBuf::from("/var/lib/mecgw"));
+        assert!(c.policy.is_none());
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_at_its_line_and_column() {
+        let text = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:1\"\nlsten = 3\n");
+        let err = Config::from_toml(&text, "m.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("m.toml:10:1: unknown field `lsten`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_the_place_and_the_expected_form() {
+        let text = MINIMAL.replace("[datapath]", "[xdp]\nmode = \"turbo\"\n\n[datapath]");
+        let err = Config::from_toml(&text, "m.toml").unwrap_err().to_string();
+        assert!(err.starts_with("m.toml:6:8:"), "{err}");
+        assert!(err.contains("expected \"native\" or \"generic\""), "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_file_values_and_paths_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mecgw.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let o = Overrides {
+            xdp_mode: Some(AttachMode::Generic),
+            n3_iface: Some("n3x".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&path, &o).unwrap();
+        assert_eq!(c.xdp.mode, AttachMode::Generic);
+        assert_eq!(c.interfaces.n3, "n3x");
+        assert_eq!(c.datapath.tables, dir.path().join("tables.toml"));
+    }
+}

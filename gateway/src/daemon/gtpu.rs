@@ -1,0 +1,180 @@
+//! GTP-U signalling that the fast path passes up to the kernel: this socket answers Echo
+//! Requests (TS 29.281 §7.2) with an Echo Response carrying a Recovery IE, and counts End
+//! Markers, Error Indications and everything else it receives. It never forwards user data.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use super::Gateway;
+
+const ECHO_REQUEST: u8 = 1;
+const ECHO_RESPONSE: u8 = 2;
+const ERROR_INDICATION: u8 = 26;
+const END_MARKER: u8 = 254;
+/// Recovery information element type (TS 29.281 §8.2).
+const IE_RECOVERY: u8 = 14;
+
+/// What the signalling socket has seen.
+#[derive(Debug, Default)]
+pub struct GtpuCounters {
+    pub echo_requests: AtomicU64,
+    pub echo_responses_sent: AtomicU64,
+    pub end_markers: AtomicU64,
+    pub error_indications: AtomicU64,
+    pub other: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// What to do with one datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Send this Echo Response back.
+    Answer(Vec<u8>),
+    EndMarker,
+    ErrorIndication,
+    Other(u8),
+    Malformed,
+}
+
+/// Classifies a datagram and builds the Echo Response for an Echo Request.
+pub fn handle(datagram: &[u8], restart_counter: u8) -> Signal {
+    let [flags, msg_type, l0, l1, ..] = *datagram else {
+        return Signal::Malformed;
+    };
+    if datagram.len() < 8 || flags >> 5 != 1 || flags & 0x10 == 0 {
+        return Signal::Malformed;
+    }
+    let length = usize::from(u16::from_be_bytes([l0, l1]));
+    if 8 + length != datagram.len() {
+        return Signal::Malformed;
+    }
+    match msg_type {
+        ECHO_REQUEST => {
+            // An Echo Request has S=1 and a sequence number, which the response echoes.
+            let seq = if flags & 0x02 != 0 && datagram.len() >= 12 {
+                [datagram[8], datagram[9]]
+            } else {
+                [0, 0]
+            };
+            let mut r = vec![0x32, ECHO_RESPONSE, 0, 6, 0, 0, 0, 0];
+            r.extend_from_slice(&[seq[0], seq[1], 0, 0, IE_RECOVERY, restart_counter]);
+            Signal::Answer(r)
+        }
+        END_MARKER => Signal::EndMarker,
+        ERROR_INDICATION => Signal::ErrorIndication,
+        other => Signal::Other(other),
+    }
+}
+
+/// The Recovery restart counter: one more than at the previous start, kept in the state
+/// directory so a peer can tell that we restarted.
+pub fn next_restart_counter(state_dir: &Path) -> anyhow::Result<u8> {
+    let path = state_dir.join("gtpu-restart-counter");
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse::<u8>().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let next = previous.wrapping_add(1);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{next}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(next)
+}
+
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listen: SocketAddr,
+    restart_counter: u8,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let sock = match UdpSocket::bind(listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%listen, error = %e, "cannot bind the GTP-U signalling socket; echo is not answered");
+            return;
+        }
+    };
+    info!(%listen, restart_counter, "answering GTP-U echo");
+    let c = &gw.metrics.gtpu;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = stop.changed() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => { warn!(error = %e, "GTP-U receive"); continue }
+            },
+        };
+        match handle(&buf[..n], restart_counter) {
+            Signal::Answer(reply) => {
+                c.echo_requests.fetch_add(1, Ordering::Relaxed);
+                match sock.send_to(&reply, from).await {
+                    Ok(_) => {
+                        c.echo_responses_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => warn!(%from, error = %e, "sending echo response"),
+                }
+            }
+            Signal::EndMarker => {
+                c.end_markers.fetch_add(1, Ordering::Relaxed);
+            }
+            Signal::ErrorIndication => {
+                c.error_indications.fetch_add(1, Ordering::Relaxed);
+                warn!(%from, "GTP-U error indication");
+            }
+            Signal::Other(t) => {
+                c.other.fetch_add(1, Ordering::Relaxed);
+                debug!(%from, msg_type = t, "GTP-U message ignored");
+            }
+            Signal::Malformed => {
+                c.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_request_gets_a_response_with_its_sequence_and_a_recovery_ie() {
+        // flags 0x32 (v1, PT, S), type 1, length 4, TEID 0, seq 0x1234, N-PDU 0, next 0.
+        let req = [0x32, 1, 0, 4, 0, 0, 0, 0, 0x12, 0x34, 0, 0];
+        let Signal::Answer(r) = handle(&req, 7) else {
+            panic!("no answer");
+        };
+        assert_eq!(r, [0x32, 2, 0, 6, 0, 0, 0, 0, 0x12, 0x34, 0, 0, 14, 7]);
+    }
+
+    #[test]
+    fn end_markers_error_indications_and_garbage_are_told_apart() {
+        assert_eq!(handle(&[0x30, 254, 0, 0, 0, 0, 0, 1], 0), Signal::EndMarker);
+        assert_eq!(
+            handle(&[0x30, 26, 0, 0, 0, 0, 0, 0], 0),
+            Signal::ErrorIndication
+        );
+        assert_eq!(handle(&[0x30, 26, 0, 9, 0, 0, 0, 0], 0), Signal::Malformed);
+        assert_eq!(handle(&[0x50, 1, 0, 0, 0, 0, 0, 0], 0), Signal::Malformed);
+        assert_eq!(handle(&[0x30], 0), Signal::Malformed);
+    }
+
+    #[test]
+    fn the_restart_counter_grows_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(next_restart_counter(dir.path()).unwrap(), 1);
+        assert_eq!(next_restart_counter(dir.path()).unwrap(), 2);
+    }
+}

@@ -1,0 +1,323 @@
+//! `mecgw run`: the gateway daemon.
+//!
+//! This module owns the daemon's lifecycle: it loads and attaches the XDP programs, installs
+//! the tables, validates the policy, serves the operations port, answers GTP-U echo, reloads
+//! on SIGHUP (validate first, then swap; keep the old on failure) and detaches on SIGTERM or
+//! SIGINT. [`Gateway`] is the state that the operations port and the APIs share.
+
+pub mod config;
+mod gtpu;
+mod ops;
+
+use std::{
+    ffi::CString,
+    path::Path,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::datapath::{
+    AttachMode, DatapathError, Direction, FastPath,
+    tables::{Tables, TablesError},
+};
+pub use config::{Config, Overrides};
+
+/// Counters the daemon keeps itself (the fast path's own are read from its maps).
+#[derive(Debug, Default)]
+pub struct DaemonMetrics {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// 1 while the newest reload attempt failed (the old tables and policy stay in force).
+    pub last_reload_failed: AtomicU64,
+    pub gtpu: gtpu::GtpuCounters,
+}
+
+/// A loaded, validated policy.
+#[derive(Debug)]
+pub struct LoadedPolicy {
+    pub policy: mecgw_policy::Policy,
+    /// SHA-256 of the policy source: tags every release and the audit log.
+    pub hash: String,
+}
+
+/// What the daemon's tasks share.
+pub struct Gateway {
+    fast_path: FastPath,
+    tables: RwLock<Arc<Tables>>,
+    policy: RwLock<Option<Arc<LoadedPolicy>>>,
+    n3_ifindex: u32,
+    local_ifindex: u32,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    pub metrics: DaemonMetrics,
+}
+
+impl Gateway {
+    /// The tables in force.
+    pub fn tables(&self) -> Arc<Tables> {
+        match self.tables.read() {
+            Ok(t) => Arc::clone(&t),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Installs `new` in place of the tables in force: the fast path judges every packet
+    /// after this returns by `new`, none by a mixture. The interface indexes in `new` are
+    /// replaced by the daemon's. On error the old tables stay in force.
+    pub fn replace_tables(&self, mut new: Tables) -> Result<(), DatapathError> {
+        new.n3.ifindex = self.n3_ifindex;
+        new.local.ifindex = self.local_ifindex;
+        // Hold the lock across the install so concurrent replacements apply in order.
+        let mut current = match self.tables.write() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.fast_path.install(&new)?;
+        *current = Arc::new(new);
+        Ok(())
+    }
+
+    /// The fast path (counters, test runs).
+    pub fn fast_path(&self) -> &FastPath {
+        &self.fast_path
+    }
+
+    /// The policy in force, if one is configured.
+    pub fn policy(&self) -> Option<Arc<LoadedPolicy>> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_policy(&self, policy: Option<LoadedPolicy>) {
+        let mut slot = match self.policy.write() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = policy.map(Arc::new);
+    }
+
+    /// Ready: programs attached, tables and policy loaded, not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Draining: shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let n3_ifindex = ifindex(&config.interfaces.n3).context("interfaces.n3")?;
+    let local_ifindex = ifindex(&config.interfaces.local).context("interfaces.local")?;
+    let mut tables = load_tables(&config.datapath.tables)?;
+    tables.n3.ifindex = n3_ifindex;
+    tables.local.ifindex = local_ifindex;
+    let policy = match &config.policy {
+        Some(p) => Some(load_policy(&p.file)?),
+        None => {
+            warn!("no policy configured: no regulated data will be released");
+            None
+        }
+    };
+    std::fs::create_dir_all(&config.state.dir)
+        .with_context(|| format!("state.dir {}", config.state.dir.display()))?;
+
+    let mut fast_path = FastPath::load()?;
+    attach(
+        &mut fast_path,
+        &config,
+        Direction::Uplink,
+        &config.interfaces.n3,
+    )?;
+    attach(
+        &mut fast_path,
+        &config,
+        Direction::Downlink,
+        &config.interfaces.local,
+    )?;
+
+    fast_path
+        .install(&tables)
+        .context("installing the tables into the fast path")?;
+    let gw = Arc::new(Gateway {
+        fast_path,
+        tables: RwLock::new(Arc::new(tables)),
+        policy: RwLock::new(None),
+        n3_ifindex,
+        local_ifindex,
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        metrics: DaemonMetrics::default(),
+    });
+    if let Some(p) = &policy {
+        info!(hash = %p.hash, "policy loaded");
+    }
+    gw.set_policy(policy);
+    let t = gw.tables();
+    info!(
+        sessions = t.sessions.len(),
+        rules = t.rules.len(),
+        "tables installed"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ops = tokio::spawn(ops::serve(
+        Arc::clone(&gw),
+        config.metrics.listen,
+        stop_rx.clone(),
+    ));
+    let gtpu = if config.gtpu.enabled {
+        let restart = gtpu::next_restart_counter(&config.state.dir)?;
+        Some(tokio::spawn(gtpu::serve(
+            Arc::clone(&gw),
+            config.gtpu.listen,
+            restart,
+            stop_rx.clone(),
+        )))
+    } else {
+        None
+    };
+    gw.ready.store(true, Ordering::SeqCst);
+    info!(
+        n3 = %config.interfaces.n3,
+        local = %config.interfaces.local,
+        metrics = %config.metrics.listen,
+        "mecgw is ready"
+    );
+
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&gw, &config),
+            _ = term.recv() => { info!("SIGTERM: draining"); break }
+            _ = int.recv() => { info!("SIGINT: draining"); break }
+        }
+    }
+    gw.draining.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    if let Err(e) = ops.await {
+        warn!(error = %e, "operations port task ended abnormally");
+    }
+    if let Some(g) = gtpu
+        && let Err(e) = g.await
+    {
+        warn!(error = %e, "GTP-U task ended abnormally");
+    }
+    // Dropping the last reference closes the XDP links: the programs detach.
+    match Arc::try_unwrap(gw) {
+        Ok(gw) => drop(gw),
+        Err(_) => warn!("gateway state still referenced at shutdown; the kernel detaches at exit"),
+    }
+    info!("XDP programs detached; mecgw stopped");
+    Ok(())
+}
+
+/// SIGHUP: validate the tables and policy files again; swap only what is valid.
+fn reload(gw: &Gateway, config: &Config) {
+    info!("SIGHUP: reloading tables and policy");
+    let tables = load_tables(&config.datapath.tables);
+    let policy = match &config.policy {
+        Some(p) => load_policy(&p.file).map(Some),
+        None => Ok(None),
+    };
+    let outcome = match (tables, policy) {
+        (Ok(t), Ok(p)) => gw
+            .replace_tables(t)
+            .map(|()| gw.set_policy(p))
+            .map_err(anyhow::Error::from),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match outcome {
+        Ok(()) => {
+            gw.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            gw.metrics.last_reload_failed.store(0, Ordering::Relaxed);
+            let t = gw.tables();
+            info!(
+                sessions = t.sessions.len(),
+                rules = t.rules.len(),
+                policy = gw.policy().map(|p| p.hash.clone()).unwrap_or_default(),
+                "reload applied"
+            );
+        }
+        Err(e) => {
+            gw.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            gw.metrics.last_reload_failed.store(1, Ordering::Relaxed);
+            error!(error = %format!("{e:#}"), "reload rejected; the previous tables and policy stay in force");
+        }
+    }
+}
+
+fn load_tables(path: &Path) -> anyhow::Result<Tables> {
+    Tables::load(path).map_err(|e: TablesError| anyhow::anyhow!("{e}"))
+}
+
+fn load_policy(path: &Path) -> anyhow::Result<LoadedPolicy> {
+    let shown = path.display().to_string();
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("policy file {shown}"))?
+        .len();
+    if size > mecgw_policy::yaml::MAX_SOURCE_BYTES as u64 {
+        anyhow::bail!("{shown}: {size} bytes is more than a policy file may have");
+    }
+    let src = std::fs::read_to_string(path).with_context(|| format!("reading {shown}"))?;
+    match mecgw_policy::compile(&src) {
+        Ok(policy) => Ok(LoadedPolicy {
+            policy,
+            hash: mecgw_policy::engine::policy_hash(&src),
+        }),
+        Err(diags) => {
+            let all: Vec<String> = diags.0.iter().map(|d| d.render(&shown)).collect();
+            anyhow::bail!("{}", all.join("\n"))
+        }
+    }
+}
+
+fn attach(
+    fast_path: &mut FastPath,
+    config: &Config,
+    direction: Direction,
+    iface: &str,
+) -> anyhow::Result<()> {
+    let mode = config.xdp.mode;
+    match fast_path.attach_direction(direction, iface, mode) {
+        Ok(_) => {
+            info!(%iface, ?direction, mode = mode.name(), "XDP program attached");
+            Ok(())
+        }
+        Err(e) if mode == AttachMode::Native && config.xdp.fallback_to_generic => {
+            warn!(%iface, error = %e, "native XDP attach failed; falling back to generic mode");
+            fast_path
+                .attach_direction(direction, iface, AttachMode::Generic)
+                .with_context(|| format!("attaching to {iface} in generic mode"))?;
+            info!(%iface, ?direction, mode = "generic", "XDP program attached");
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("attaching to {iface}")),
+    }
+}
+
+/// The index of interface `name`.
+fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = CString::new(name).with_context(|| format!("interface name {name:?}"))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        anyhow::bail!(
+            "no interface named {name:?} in this network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(index)
+}

@@ -1,0 +1,421 @@
+//! `mecgw run`, driven as an operator drives it: a config file, signals, the operations port.
+//!
+//! Each test builds its own pair of namespaces (`mecgw-t-<pid>-<n>-gnb` and `…-mec`) joined
+//! by a veth pair, runs the daemon in `mec`, and removes everything when it ends, also when
+//! it fails. Needs root; CI runs as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use mecgw_tests::{mecgw_bin, packet};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Two namespaces joined by veth: `gnb` (198.18.0.1) and `mec` (198.18.0.2, plus a dummy
+/// local-services link). Deleted on drop.
+struct Bed {
+    gnb: String,
+    mec: String,
+    dir: tempfile::TempDir,
+}
+
+fn sh(argv: &[&str]) -> Output {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{n}", std::process::id());
+        let bed = Bed {
+            gnb: format!("mecgw-t-{tag}-gnb"),
+            mec: format!("mecgw-t-{tag}-mec"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        sh(&["ip", "netns", "add", &bed.gnb]);
+        sh(&["ip", "netns", "add", &bed.mec]);
+        sh(&[
+            "ip", "link", "add", "t-gnb", "netns", &bed.gnb, "type", "veth", "peer", "name",
+            "t-n3", "netns", &bed.mec,
+        ]);
+        sh(&[
+            "ip", "link", "add", "t-local", "netns", &bed.mec, "type", "veth", "peer", "name",
+            "t-svc", "netns", &bed.mec,
+        ]);
+        for (ns, link, addr) in [
+            (&bed.gnb, "t-gnb", Some("198.18.0.1/24")),
+            (&bed.mec, "t-n3", Some("198.18.0.2/24")),
+            (&bed.mec, "t-local", Some("198.18.1.1/24")),
+            (&bed.mec, "t-svc", None),
+            (&bed.gnb, "lo", None),
+            (&bed.mec, "lo", None),
+        ] {
+            if let Some(a) = addr {
+                sh(&["ip", "-n", ns, "addr", "add", a, "dev", link]);
+            }
+            sh(&["ip", "-n", ns, "link", "set", link, "up"]);
+        }
+        bed
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the config and a tables file with `rules` extra TOML.
+    fn write(&self, rules: &str) -> PathBuf {
+        std::fs::write(self.path("tables.toml"), tables(rules)).unwrap();
+        let config = format!(
+            "[interfaces]\nn3 = \"t-n3\"\nlocal = \"t-local\"\n\n[xdp]\nmode = \"native\"\n\n\
+             [datapath]\ntables = \"tables.toml\"\n\n[state]\ndir = \"{}\"\n\n\
+             [metrics]\nlisten = \"127.0.0.1:9464\"\n",
+            self.path("state").display()
+        );
+        std::fs::write(self.path("mecgw.toml"), config).unwrap();
+        self.path("mecgw.toml")
+    }
+
+    fn start(&self, config: &Path) -> Daemon {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.mec])
+            .arg(mecgw_bin().unwrap())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            mec: self.mec.clone(),
+        }
+    }
+
+    fn http(&self, path: &str) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.mec, "curl", "-s", "-f"])
+            .arg(format!("http://127.0.0.1:9464{path}"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn xdp_on(&self, link: &str) -> bool {
+        let out = sh(&["ip", "-n", &self.mec, "-details", "link", "show", link]);
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+
+    /// Waits for /readyz to answer 200.
+    fn wait_ready(&self, d: &mut Daemon) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("mecgw exited early ({status}): {}", d.stderr());
+            }
+            if self.http("/readyz").0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "mecgw never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.gnb])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.mec])
+            .status();
+    }
+}
+
+struct Daemon {
+    child: Child,
+    mec: String,
+}
+
+impl Daemon {
+    fn signal(&self, sig: libc::c_int) {
+        // `ip netns exec` execs mecgw, so this pid is the daemon's own.
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child; no memory involved.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "mecgw ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        use std::io::Read as _;
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = &self.mec;
+    }
+}
+
+fn tables(rules: &str) -> String {
+    format!(
+        r#"[n3]
+ifindex = 0
+mac = "02:00:00:00:00:02"
+next_hop_mac = "02:00:00:00:00:01"
+ipv4 = "198.18.0.2"
+mtu = 1500
+
+[local]
+ifindex = 0
+mac = "02:00:00:00:01:01"
+next_hop_mac = "02:00:00:00:01:02"
+
+[[sessions]]
+id = 1
+uplink_teid = 0x1000
+downlink_teid = 0x2000
+ue_ipv4 = "198.19.0.1"
+gnb = "198.18.0.1"
+qfi = 9
+
+[[rules]]
+id = 10
+priority = 10
+action = "LOCAL"
+dst = ["198.18.1.0/24"]
+{rules}"#
+    )
+}
+
+/// The value of a Prometheus sample line `name{labels}` (or `name` without labels).
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sends `payload` from the gNB namespace to 198.18.0.2:2152 and returns the answer, if any.
+fn gtpu_exchange(bed: &Bed, payload: &[u8]) -> Option<Vec<u8>> {
+    mecgw_tests::in_netns(&bed.gnb, || {
+        let s = UdpSocket::bind("198.18.0.1:2152").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.send_to(payload, "198.18.0.2:2152").unwrap();
+        let mut buf = [0u8; 2048];
+        s.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+    })
+    .unwrap()
+}
+
+#[test]
+fn ready_only_once_attached_and_sigterm_detaches_cleanly() {
+    let bed = Bed::new();
+    let config = bed.write("");
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+
+    assert!(bed.xdp_on("t-n3"), "ready, but no XDP program on N3");
+    assert!(
+        bed.xdp_on("t-local"),
+        "ready, but no XDP program on the local link"
+    );
+    assert_eq!(bed.http("/healthz"), (true, "ok\n".to_string()));
+
+    let status = d.stop();
+    assert!(status.success(), "mecgw exited {status}: {}", d.stderr());
+    assert!(
+        !bed.xdp_on("t-n3") && !bed.xdp_on("t-local"),
+        "programs left attached"
+    );
+}
+
+#[test]
+fn a_bad_reload_keeps_the_old_tables_and_says_so() {
+    let bed = Bed::new();
+    let config = bed.write("");
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+    let before = bed.http("/metrics").1;
+    assert_eq!(sample(&before, "mecgw_rules"), 1);
+
+    // A typo'd key: the reload must be refused and the old rule stay in force.
+    std::fs::write(
+        bed.path("tables.toml"),
+        tables("\n[[rules]]\nid = 11\npriorty = 3\naction = \"DROP\"\n"),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let start = Instant::now();
+    let after = loop {
+        let m = bed.http("/metrics").1;
+        if sample(&m, "mecgw_reloads_total{result=\"rejected\"}") == 1 {
+            break m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "reload never rejected"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sample(&after, "mecgw_rules"), 1);
+    assert_eq!(sample(&after, "mecgw_last_reload_rejected"), 1);
+    assert!(
+        bed.http("/readyz").0,
+        "a rejected reload must not take the gateway down"
+    );
+
+    // A valid change is applied, and clears the flag.
+    std::fs::write(
+        bed.path("tables.toml"),
+        tables(
+            "\n[[rules]]\nid = 11\npriority = 3\naction = \"DROP\"\ndst = [\"198.18.9.0/24\"]\n",
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let start = Instant::now();
+    loop {
+        let m = bed.http("/metrics").1;
+        if sample(&m, "mecgw_reloads_total{result=\"ok\"}") == 1 {
+            assert_eq!(sample(&m, "mecgw_rules"), 2);
+            assert_eq!(sample(&m, "mecgw_last_reload_rejected"), 0);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "valid reload never applied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.stop().success());
+    let log = d.stderr();
+    assert!(
+        log.contains("reload rejected") && log.contains("tables.toml:"),
+        "the log must say the reload was rejected and where: {log}"
+    );
+}
+
+#[test]
+fn echo_requests_get_a_recovery_ie_and_fast_path_counters_move() {
+    let bed = Bed::new();
+    let config = bed.write("");
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+    let before = bed.http("/metrics").1;
+    let signalling_before = sample(
+        &before,
+        "mecgw_fastpath_reason_packets_total{reason=\"gtp_signalling\"}",
+    );
+
+    // Echo Request, S=1, sequence 0x0102: passed up by XDP, answered by the daemon.
+    let request = packet::Gtpu::encode(packet::gtp_type::ECHO_REQUEST, 0, Some(0x0102), None, &[]);
+    let answer = gtpu_exchange(&bed, &request).expect("no echo response");
+    let parsed = packet::Gtpu::parse(&answer).unwrap();
+    assert_eq!(parsed.msg_type, packet::gtp_type::ECHO_RESPONSE);
+    assert_eq!(parsed.sequence, Some(0x0102));
+    assert_eq!(
+        parsed.payload[0], 14,
+        "the response must carry a Recovery IE"
+    );
+    assert_eq!(parsed.payload[1], 1, "first start: restart counter 1");
+
+    let after = bed.http("/metrics").1;
+    assert_eq!(
+        sample(&after, "mecgw_gtpu_signalling_total{type=\"echo_request\"}"),
+        1
+    );
+    assert!(
+        sample(
+            &after,
+            "mecgw_fastpath_reason_packets_total{reason=\"gtp_signalling\"}"
+        ) > signalling_before,
+        "the uplink program did not count the echo request"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn config_errors_name_the_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[interfaces]\nn3 = \"a\"\nlocal = \"b\"\n\n[datapath]\ntables = \"t.toml\"\ncolour = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(mecgw_bin().unwrap())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:7:1: unknown field `colour`", path.display())),
+        "{err}"
+    );
+
+    // An interface that does not exist is named, with where it came from.
+    std::fs::write(
+        &path,
+        "[interfaces]\nn3 = \"mgw-no-such\"\nlocal = \"lo\"\n\n[datapath]\ntables = \"t.toml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(mecgw_bin().unwrap())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("interfaces.n3") && err.contains("mgw-no-such"),
+        "{err}"
+    );
+}
