@@ -6,6 +6,7 @@ pub mod egress;
 pub mod nats;
 
 pub mod packet;
+pub mod testbed;
 
 use std::path::PathBuf;
 

@@ -7,7 +7,6 @@
 mod bench;
 mod demo;
 mod fuzz;
-mod netns;
 mod setup;
 mod shell;
 mod testbed;

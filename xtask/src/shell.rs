@@ -1,6 +1,9 @@
 //! Running commands: each is printed before it runs, and a failure names the step.
 
-use std::process::{Command, Output};
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -35,4 +38,11 @@ pub fn capture(argv: &[&str]) -> anyhow::Result<Output> {
 /// True if `argv` runs and exits zero.
 pub fn succeeds(argv: &[&str]) -> bool {
     capture(argv).map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// The cargo target directory (CARGO_TARGET_DIR, or the workspace's `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }

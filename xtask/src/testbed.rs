@@ -1,155 +1,24 @@
-//! The four-namespace testbed: `ran` (gNB and UEs), `mec` (the gateway host), `edge` (local
-//! edge services) and `core` (the central UPF and the cloud), joined by veth pairs.
-//!
-//! ```text
-//!  mecgw-tb-ran            mecgw-tb-mec                      mecgw-tb-edge
-//!  mgw-tb-gnb ──N3── mgw-tb-n3     mgw-tb-local ──local── mgw-tb-svc
-//!  198.18.0.1        198.18.0.2    198.18.1.1              198.18.1.2
-//!                                  mgw-tb-core ──core──── mgw-tb-upf   mecgw-tb-core
-//!                                  198.18.2.1              198.18.2.2
-//! ```
-//!
-//! The gNB sends GTP-U to the UPF (198.18.2.2) through the gateway host, which routes it; the
-//! gateway's XDP programs on `mgw-tb-n3` and `mgw-tb-local` take what the rules steer locally.
-//! UEs are 198.19.0.0/16 and 2001:db8:100::/48 (a /64 each). Every address is from the
-//! benchmark (198.18.0.0/15) and documentation (2001:db8::/32) ranges and lives only inside
-//! these namespaces. MACs are fixed so that the gateway's tables can name next hops.
+//! `cargo xtask testbed up|down`: builds and runs `mecgw-testbed` (tests/src/bin), which owns
+//! the four-namespace testbed's topology (`mecgw_tests::testbed`).
 
-use crate::netns::{self, Endpoint, Testbed};
+use crate::shell;
 
-pub const NS_RAN: &str = "mecgw-tb-ran";
-pub const NS_MEC: &str = "mecgw-tb-mec";
-pub const NS_EDGE: &str = "mecgw-tb-edge";
-pub const NS_CORE: &str = "mecgw-tb-core";
-pub const NAMESPACES: [&str; 4] = [NS_RAN, NS_MEC, NS_EDGE, NS_CORE];
-
-/// One end of a testbed link.
-pub struct Port {
-    pub netns: &'static str,
-    pub link: &'static str,
-    pub mac: &'static str,
-    pub v4: &'static str,
-    pub v6: &'static str,
-}
-
-pub const GNB: Port = Port {
-    netns: NS_RAN,
-    link: "mgw-tb-gnb",
-    mac: "02:6d:67:00:00:01",
-    v4: "198.18.0.1",
-    v6: "2001:db8:0:3::1",
-};
-pub const N3: Port = Port {
-    netns: NS_MEC,
-    link: "mgw-tb-n3",
-    mac: "02:6d:67:00:00:02",
-    v4: "198.18.0.2",
-    v6: "2001:db8:0:3::2",
-};
-pub const LOCAL: Port = Port {
-    netns: NS_MEC,
-    link: "mgw-tb-local",
-    mac: "02:6d:67:00:01:01",
-    v4: "198.18.1.1",
-    v6: "2001:db8:0:1::1",
-};
-pub const EDGE: Port = Port {
-    netns: NS_EDGE,
-    link: "mgw-tb-svc",
-    mac: "02:6d:67:00:01:02",
-    v4: "198.18.1.2",
-    v6: "2001:db8:0:1::2",
-};
-pub const CORE: Port = Port {
-    netns: NS_MEC,
-    link: "mgw-tb-core",
-    mac: "02:6d:67:00:02:01",
-    v4: "198.18.2.1",
-    v6: "2001:db8:0:2::1",
-};
-pub const UPF: Port = Port {
-    netns: NS_CORE,
-    link: "mgw-tb-upf",
-    mac: "02:6d:67:00:02:02",
-    v4: "198.18.2.2",
-    v6: "2001:db8:0:2::2",
-};
-
-pub const UE_POOL_V4: &str = "198.19.0.0/16";
-pub const UE_POOL_V6: &str = "2001:db8:100::/48";
-
-/// Brings the testbed up. Dropping the result tears it down.
-pub fn up() -> anyhow::Result<Testbed> {
-    println!("==> testbed: namespaces {}", NAMESPACES.join(", "));
-    let bed = Testbed::new(&NAMESPACES)?;
-    for (a, b) in [(&GNB, &N3), (&LOCAL, &EDGE), (&CORE, &UPF)] {
-        let a_addrs = [format!("{}/24", a.v4), format!("{}/64", a.v6)];
-        let b_addrs = [format!("{}/24", b.v4), format!("{}/64", b.v6)];
-        let a_refs: Vec<&str> = a_addrs.iter().map(String::as_str).collect();
-        let b_refs: Vec<&str> = b_addrs.iter().map(String::as_str).collect();
-        bed.link(
-            &Endpoint {
-                netns: a.netns,
-                link: a.link,
-                mac: Some(a.mac),
-                addrs: &a_refs,
-            },
-            &Endpoint {
-                netns: b.netns,
-                link: b.link,
-                mac: Some(b.mac),
-                addrs: &b_refs,
-            },
-        )?;
-    }
-    // The gateway host routes between N3, the local services and the core.
-    bed.exec(NS_MEC, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-    bed.exec(NS_MEC, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-    // The gNB reaches the UPF through the gateway host, and the UPF answers the same way.
-    bed.exec(NS_RAN, &["ip", "route", "add", "default", "via", N3.v4])?;
-    bed.exec(
-        NS_RAN,
-        &["ip", "-6", "route", "add", "default", "via", N3.v6],
-    )?;
-    bed.exec(NS_CORE, &["ip", "route", "add", "default", "via", CORE.v4])?;
-    bed.exec(
-        NS_CORE,
-        &["ip", "-6", "route", "add", "default", "via", CORE.v6],
-    )?;
-    // Local services answer UEs through the gateway, whose downlink program encapsulates.
-    bed.exec(
-        NS_EDGE,
-        &["ip", "route", "add", UE_POOL_V4, "via", LOCAL.v4],
-    )?;
-    bed.exec(
-        NS_EDGE,
-        &["ip", "-6", "route", "add", UE_POOL_V6, "via", LOCAL.v6],
-    )?;
-    // veth delivers XDP-redirected frames only to a peer running NAPI: GRO turns it on.
-    for p in [&GNB, &EDGE] {
-        bed.exec(p.netns, &["ethtool", "-K", p.link, "gro", "on"])?;
-    }
-    // A veth sender with checksum offload leaves L4 checksums partial (the "hardware" never
-    // finishes them), and XDP sees the frame as is: the downlink program would encapsulate a
-    // packet whose inner checksum is wrong. A real NIC delivers complete checksums, so the
-    // edge service computes them in software here (see README, known limitations).
-    bed.exec(EDGE.netns, &["ethtool", "-K", EDGE.link, "tx", "off"])?;
-    Ok(bed)
-}
-
-/// `cargo xtask testbed up|down`.
 pub fn command(action: &str) -> anyhow::Result<()> {
-    match action {
-        "up" => {
-            up()?.keep();
-            println!("testbed is up; remove it with `cargo xtask testbed down`");
-            Ok(())
-        }
-        "down" => {
-            netns::delete_all(&NAMESPACES)?;
-            println!("testbed is down");
-            Ok(())
-        }
-        other => anyhow::bail!("unknown testbed action {other:?}: expected up or down"),
-    }
+    anyhow::ensure!(
+        matches!(action, "up" | "down"),
+        "unknown testbed action {action:?}: expected up or down"
+    );
+    shell::step(
+        "build the testbed tool",
+        &[
+            "cargo",
+            "build",
+            "--package",
+            "mecgw-tests",
+            "--bin",
+            "mecgw-testbed",
+        ],
+    )?;
+    let tool = shell::target_dir().join("debug").join("mecgw-testbed");
+    shell::run(&[&tool.to_string_lossy(), action])
 }
