@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::audit::{AuditError, AuditRecord, Outcome};
@@ -108,6 +109,8 @@ pub(super) struct Forwarder {
     pub shared: Arc<Shared>,
     pub metrics: Arc<DestinationMetrics>,
     pub notify: Arc<Notify>,
+    /// Woken whenever this forwarder empties its destination's spool.
+    pub drained: Arc<Notify>,
     pub backoff: BackoffConfig,
     pub read_ahead: usize,
 }
@@ -142,6 +145,9 @@ impl Forwarder {
         if let Some((batches, bytes)) = self.shared.spool.backlog(&self.destination) {
             DestinationMetrics::set(&self.metrics.backlog_batches, batches);
             DestinationMetrics::set(&self.metrics.backlog_bytes, bytes);
+            if batches == 0 {
+                self.drained.notify_waiters();
+            }
         }
     }
 
@@ -229,10 +235,32 @@ impl Forwarder {
         }
     }
 
+    /// Sends what is spooled until the sink fails or shutdown is requested, waiting for
+    /// enqueues when the spool is empty.
+    ///
+    /// A group's outcomes are audited and the group removed from the spool by a flusher
+    /// (a blocking task) while the next groups are sent, so a disk stall does not stall the
+    /// uplink. Flushes run in send order and always audit before removing: a crash between
+    /// leaves the batches spooled, and reconciliation at the next start audits them.
     async fn drain(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Step, ForwarderError> {
+        let mut flusher = Flusher::start(&self.destination);
+        let result = self.drain_groups(shutdown, &mut flusher).await;
+        let flushed = flusher.close().await;
+        let step = result?;
+        flushed?;
+        Ok(step)
+    }
+
+    async fn drain_groups(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        flusher: &mut Flusher,
+    ) -> Result<Step, ForwarderError> {
+        // Sequence numbers below this were sent (or refused) and are being flushed.
+        let mut next_seq = 0;
         loop {
             if *shutdown.borrow() {
                 return Ok(Step::Stop);
@@ -240,9 +268,15 @@ impl Forwarder {
             let batches = self
                 .shared
                 .spool
-                .peek(&self.destination, self.read_ahead, READ_AHEAD_BYTES)
+                .peek_from(
+                    &self.destination,
+                    next_seq,
+                    self.read_ahead,
+                    READ_AHEAD_BYTES,
+                )
                 .map_err(self.spool_err())?;
             if batches.is_empty() {
+                flusher.barrier().await?;
                 tokio::select! {
                     () = self.notify.notified() => {}
                     _ = shutdown.changed() => {}
@@ -251,16 +285,22 @@ impl Forwarder {
                 }
                 continue;
             }
-            let mut done = Vec::with_capacity(batches.len());
-            // Outcomes are audited in one write per group, before the spool removal: a crash
-            // in between leaves the batches spooled, and reconciliation audits them then.
-            let mut outcomes = Vec::with_capacity(batches.len());
-            let (mut sent, mut sent_items, mut refused) = (0, 0, 0);
-            let audited = self
-                .shared
-                .audit
-                .last_sent(&self.destination, self.shared.spool.instance())
-                .unwrap_or(0);
+            let mut group = Flush {
+                shared: Arc::clone(&self.shared),
+                metrics: Arc::clone(&self.metrics),
+                drained: Arc::clone(&self.drained),
+                destination: self.destination.clone(),
+                audited: self
+                    .shared
+                    .audit
+                    .last_sent(&self.destination, self.shared.spool.instance())
+                    .unwrap_or(0),
+                outcomes: Vec::with_capacity(batches.len()),
+                done: Vec::with_capacity(batches.len()),
+                sent: 0,
+                sent_items: 0,
+                refused: 0,
+            };
             let mut sink_down = false;
             for batch in batches {
                 let permissions = self.shared.permissions.current();
@@ -272,32 +312,32 @@ impl Forwarder {
                 );
                 if let Verdict::Deny(reason) = verdict {
                     warn!(destination = %self.destination, batch = %batch.id, %reason, "refused at send time");
-                    outcomes.push(audit_record(
+                    group.outcomes.push(audit_record(
                         &batch.header,
                         &self.region,
                         Outcome::RefusedAtSend,
                         Some(reason.to_string()),
                     ));
-                    refused += 1;
-                    done.push(batch.id.seq);
+                    group.refused += 1;
+                    group.done.push(batch.id.seq);
                     continue;
                 }
                 match self.sink.deliver(&batch.id, batch.payload).await {
                     Ok(delivered) => {
-                        if batch.id.seq > audited {
+                        if batch.id.seq > group.audited {
                             let reason = delivered.duplicate.then(|| {
                                 "the sink already held it (redelivery deduplicated)".into()
                             });
-                            outcomes.push(audit_record(
+                            group.outcomes.push(audit_record(
                                 &batch.header,
                                 &self.region,
                                 Outcome::Sent,
                                 reason,
                             ));
-                            sent += 1;
-                            sent_items += batch.header.items();
+                            group.sent += 1;
+                            group.sent_items += batch.header.items();
                         }
-                        done.push(batch.id.seq);
+                        group.done.push(batch.id.seq);
                     }
                     Err(e) => {
                         warn!(destination = %self.destination, batch = %batch.id, error = %e, "delivery failed; will retry");
@@ -307,24 +347,135 @@ impl Forwarder {
                     }
                 }
             }
-            self.shared
-                .audit
-                .append_all(outcomes)
-                .map_err(|source| ForwarderError::Audit {
-                    destination: self.destination.clone(),
-                    source,
-                })?;
-            DestinationMetrics::add(&self.metrics.sent_batches, sent);
-            DestinationMetrics::add(&self.metrics.sent_items, sent_items);
-            DestinationMetrics::add(&self.metrics.refused_at_send, refused);
-            self.shared
-                .spool
-                .remove(&self.destination, &done)
-                .map_err(self.spool_err())?;
-            self.update_backlog();
+            if let Some(&last) = group.done.last() {
+                next_seq = last + 1;
+            }
+            flusher.push(group).await?;
             if sink_down {
                 return Ok(Step::SinkDown);
             }
+        }
+    }
+}
+
+/// A group's outcomes, to be audited and then removed from the spool.
+struct Flush {
+    shared: Arc<Shared>,
+    metrics: Arc<DestinationMetrics>,
+    drained: Arc<Notify>,
+    destination: String,
+    /// Highest sequence number audited as sent when the group started.
+    audited: u64,
+    outcomes: Vec<AuditRecord>,
+    done: Vec<u64>,
+    sent: u64,
+    sent_items: u64,
+    refused: u64,
+}
+
+impl Flush {
+    fn run(self) -> Result<(), ForwarderError> {
+        self.shared
+            .audit
+            .append_all(self.outcomes)
+            .map_err(|source| ForwarderError::Audit {
+                destination: self.destination.clone(),
+                source,
+            })?;
+        DestinationMetrics::add(&self.metrics.sent_batches, self.sent);
+        DestinationMetrics::add(&self.metrics.sent_items, self.sent_items);
+        DestinationMetrics::add(&self.metrics.refused_at_send, self.refused);
+        self.shared
+            .spool
+            .remove(&self.destination, &self.done)
+            .map_err(|source| ForwarderError::Spool {
+                destination: self.destination.clone(),
+                source,
+            })?;
+        if let Some((batches, bytes)) = self.shared.spool.backlog(&self.destination) {
+            DestinationMetrics::set(&self.metrics.backlog_batches, batches);
+            DestinationMetrics::set(&self.metrics.backlog_bytes, bytes);
+            if batches == 0 {
+                self.drained.notify_waiters();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many groups may wait for the flusher before the forwarder waits for it.
+const FLUSH_QUEUE: usize = 16;
+
+enum FlushMsg {
+    Group(Box<Flush>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Runs a forwarder's flushes, one at a time and in order, off the async runtime.
+struct Flusher {
+    destination: String,
+    tx: Option<mpsc::Sender<FlushMsg>>,
+    task: Option<JoinHandle<Result<(), ForwarderError>>>,
+}
+
+impl Flusher {
+    fn start(destination: &str) -> Self {
+        let (tx, mut rx) = mpsc::channel::<FlushMsg>(FLUSH_QUEUE);
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    FlushMsg::Group(group) => group.run()?,
+                    FlushMsg::Barrier(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            Ok(())
+        });
+        Self {
+            destination: destination.to_string(),
+            tx: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn send(&mut self, msg: FlushMsg) -> Result<(), ForwarderError> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(msg).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The flusher stopped: its result says why.
+            self.close().await?;
+            Err(ForwarderError::Task(self.destination.clone()))
+        }
+    }
+
+    async fn push(&mut self, group: Flush) -> Result<(), ForwarderError> {
+        self.send(FlushMsg::Group(Box::new(group))).await
+    }
+
+    /// Waits until every group pushed so far is flushed.
+    async fn barrier(&mut self) -> Result<(), ForwarderError> {
+        let (done, flushed) = oneshot::channel();
+        self.send(FlushMsg::Barrier(done)).await?;
+        if flushed.await.is_err() {
+            self.close().await?;
+            return Err(ForwarderError::Task(self.destination.clone()));
+        }
+        Ok(())
+    }
+
+    /// Flushes what is queued and stops.
+    async fn close(&mut self) -> Result<(), ForwarderError> {
+        self.tx = None;
+        match self.task.take() {
+            None => Ok(()),
+            Some(task) => task
+                .await
+                .map_err(|_| ForwarderError::Task(self.destination.clone()))?,
         }
     }
 }

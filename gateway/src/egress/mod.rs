@@ -154,6 +154,7 @@ pub(crate) struct Shared {
 struct Destination {
     config: DestinationConfig,
     notify: Arc<Notify>,
+    drained: Arc<Notify>,
     metrics: Arc<DestinationMetrics>,
 }
 
@@ -248,6 +249,7 @@ impl Egress {
                 Destination {
                     config: d,
                     notify: Arc::new(Notify::new()),
+                    drained: Arc::new(Notify::new()),
                     metrics: m,
                 },
             );
@@ -278,6 +280,25 @@ impl Egress {
     /// Batches and bytes waiting for `destination`.
     pub fn backlog(&self, destination: &str) -> Option<(u64, u64)> {
         self.shared.spool.backlog(destination)
+    }
+
+    /// Waits until `destination`'s spool is empty (returns at once if it is, or if there is
+    /// no such destination). Only forwarders empty a spool: start them first.
+    pub async fn wait_drained(&self, destination: &str) {
+        let Some(dest) = self.destinations.get(destination) else {
+            return;
+        };
+        loop {
+            // Created before the check: a wake-up between the check and the await is not lost.
+            let drained = dest.drained.notified();
+            if self
+                .backlog(destination)
+                .is_none_or(|(batches, _)| batches == 0)
+            {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// Accepts one batch of items for `destination`. When this returns `Ok`, the batch is
@@ -406,6 +427,7 @@ impl Egress {
                 shared: Arc::clone(&self.shared),
                 metrics: Arc::clone(&d.metrics),
                 notify: Arc::clone(&d.notify),
+                drained: Arc::clone(&d.drained),
                 backoff: self.backoff,
                 read_ahead: self.read_ahead,
             };

@@ -311,12 +311,23 @@ impl Spool {
         max: usize,
         max_bytes: u64,
     ) -> Result<Vec<SpooledBatch>, SpoolError> {
+        self.peek_from(destination, 0, max, max_bytes)
+    }
+
+    /// Like [`Spool::peek`], from sequence number `from_seq` on.
+    pub fn peek_from(
+        &self,
+        destination: &str,
+        from_seq: u64,
+        max: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<SpooledBatch>, SpoolError> {
         let txn = self.db.begin_read().map_err(store)?;
         let table = txn.open_table(BATCHES).map_err(store)?;
         let mut out = Vec::new();
         let mut bytes = 0u64;
         for entry in table
-            .range((destination, 0u64)..=(destination, u64::MAX))
+            .range((destination, from_seq)..=(destination, u64::MAX))
             .map_err(store)?
             .take(max)
         {
@@ -477,6 +488,13 @@ mod tests {
         assert_eq!(s.peek("a", 10, 25).unwrap().len(), 3);
         // The oldest batch always comes back, even if larger than the byte bound.
         assert_eq!(s.peek("a", 10, 1).unwrap().len(), 1);
+        let tail: Vec<_> = s
+            .peek_from("a", 4, 10, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|b| b.id.seq)
+            .collect();
+        assert_eq!(tail, vec![4, 5]);
     }
 
     #[test]
