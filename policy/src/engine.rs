@@ -7,7 +7,7 @@
 //! counting every record that could not be used. It never logs record values; its counters
 //! name reasons and fields only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher as _, RandomState};
 use std::path::Path;
 use std::sync::Arc;
@@ -136,7 +136,7 @@ pub struct Engine {
     runs: Vec<ReleaseRun>,
     keys: KeyRing,
     ledger: Ledger,
-    rng: Box<dyn RngCore>,
+    rng: Box<dyn RngCore + Send>,
     unit_hasher: RandomState,
     /// What happened so far.
     pub stats: Stats,
@@ -249,7 +249,7 @@ impl Engine {
         src: &str,
         keys: KeySource<'_>,
         ledger: Ledger,
-        rng: Box<dyn RngCore>,
+        rng: Box<dyn RngCore + Send>,
     ) -> Result<Self, EngineError> {
         let mut ring = KeyRing::default();
         for (name, spec) in &policy.keys {
@@ -752,11 +752,14 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send(_: &HashMap<u8, u8>, _: Map<String, Value>) {}
-
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_engine_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<super::Engine>();
+    }
+
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
