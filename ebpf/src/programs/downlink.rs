@@ -20,7 +20,7 @@ use super::{
     checksum::{decrement_ttl, fold, sum_be, sum_packet},
     counters::{Outcome, record},
     maps,
-    parse::{ETH_P_IPV4, ETH_P_IPV6, bytes_at, ethernet, frame_len, write_at},
+    parse::{ETH_P_IPV4, ETH_P_IPV6, ethernet, frame_len, view, write_at},
 };
 
 /// GTP-U header with optional fields and a downlink PDU Session Container: 8 + 4 + 4 bytes.
@@ -54,7 +54,7 @@ fn classify(ctx: &XdpContext) -> Outcome {
     let l3 = l2.l3_off;
     let avail = frame_len(ctx);
     let (session, inner) = if l2.ethertype == ETH_P_IPV4 {
-        let Some(h) = bytes_at::<20>(ctx, l3) else {
+        let Some(h) = view::<20>(ctx, l3) else {
             return not_for_ue;
         };
         if h[0] >> 4 != 4 {
@@ -76,7 +76,7 @@ fn classify(ctx: &XdpContext) -> Outcome {
         };
         (s, inner)
     } else if l2.ethertype == ETH_P_IPV6 {
-        let Some(h) = bytes_at::<40>(ctx, l3) else {
+        let Some(h) = view::<40>(ctx, l3) else {
             return not_for_ue;
         };
         if h[0] >> 4 != 6 {

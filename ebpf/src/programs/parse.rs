@@ -43,6 +43,22 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
+/// The `N` bytes at `off`, in place: indexing reads only the bytes used (a copy to the stack
+/// would cost a load and a store per byte).
+#[inline(always)]
+pub fn view<const N: usize>(ctx: &XdpContext, off: usize) -> Option<&[u8; N]> {
+    let p = ptr_at::<[u8; N]>(ctx, off)?;
+    // SAFETY: `ptr_at` checked that all N bytes lie inside the packet, which outlives the
+    // program run; [u8; N] has alignment 1. Nothing writes the packet while the view is used.
+    Some(unsafe { &*p })
+}
+
+/// Four bytes as a native-order word (byte order kept: compare with words built the same way).
+#[inline(always)]
+pub fn word(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 /// `N` bytes at `off`.
 #[inline(always)]
 pub fn bytes_at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
@@ -91,9 +107,9 @@ pub fn ethernet(ctx: &XdpContext) -> Option<L2> {
 pub struct IpInfo {
     /// 1 for IPv6, 0 for IPv4.
     pub v6: u32,
-    /// Source and destination (IPv4 in the first 4 bytes).
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    /// Source and destination as native-order words of their bytes (IPv4 in word 0).
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     pub proto: u8,
     /// 1 when `dport` is valid (TCP/UDP/SCTP, not a fragment, header long enough).
     pub has_ports: u32,
@@ -116,11 +132,11 @@ fn has_ports(proto: u8) -> bool {
 pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reason> {
     // Every IP packet we accept is at least 20 bytes, so reading them first rejects nothing
     // that would otherwise be accepted.
-    let first = bytes_at::<20>(ctx, off).ok_or(Reason::MalformedInner)?;
+    let first = view::<20>(ctx, off).ok_or(Reason::MalformedInner)?;
     let mut info = IpInfo {
         v6: 0,
-        src: [0; 16],
-        dst: [0; 16],
+        src: [0; 4],
+        dst: [0; 4],
         proto: 0,
         has_ports: 0,
         dport: 0,
@@ -138,13 +154,13 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
             }
             info.ttl = h[8];
             info.proto = h[9];
-            info.src[..4].copy_from_slice(&h[12..16]);
-            info.dst[..4].copy_from_slice(&h[16..20]);
+            info.src[0] = word(h, 12);
+            info.dst[0] = word(h, 16);
             fragment = (u16::from_be_bytes([h[6], h[7]]) & 0x3fff) != 0;
             l4_off = ihl;
         }
         6 => {
-            let h = bytes_at::<40>(ctx, off).ok_or(Reason::MalformedInner)?;
+            let h = view::<40>(ctx, off).ok_or(Reason::MalformedInner)?;
             let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
             if len < 40 || payload + 40 != len {
                 return Err(Reason::MalformedInner);
@@ -152,8 +168,8 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
             info.v6 = 1;
             info.proto = h[6];
             info.ttl = h[7];
-            info.src.copy_from_slice(&h[8..24]);
-            info.dst.copy_from_slice(&h[24..40]);
+            info.src = [word(h, 8), word(h, 12), word(h, 16), word(h, 20)];
+            info.dst = [word(h, 24), word(h, 28), word(h, 32), word(h, 36)];
             fragment = false;
             l4_off = 40;
         }
@@ -193,7 +209,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
     let udp_off;
     let ip_payload_len;
     if l2.ethertype == ETH_P_IPV4 {
-        let h = bytes_at::<20>(ctx, l3).ok_or(Reason::NotGtp)?;
+        let h = view::<20>(ctx, l3).ok_or(Reason::NotGtp)?;
         let ihl = ((h[0] & 0x0f) as usize) * 4;
         if h[0] >> 4 != 4 || ihl < 20 || h[9] != IPPROTO_UDP {
             return Err(Reason::NotGtp);
@@ -209,7 +225,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
             usize::MAX
         };
     } else if l2.ethertype == ETH_P_IPV6 {
-        let h = bytes_at::<40>(ctx, l3).ok_or(Reason::NotGtp)?;
+        let h = view::<40>(ctx, l3).ok_or(Reason::NotGtp)?;
         if h[0] >> 4 != 6 || h[6] != IPPROTO_UDP {
             return Err(Reason::NotGtp);
         }
@@ -223,7 +239,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
     } else {
         return Err(Reason::NotGtp);
     }
-    let udp = bytes_at::<8>(ctx, udp_off).ok_or(Reason::NotGtp)?;
+    let udp = view::<8>(ctx, udp_off).ok_or(Reason::NotGtp)?;
     if u16::from_be_bytes([udp[2], udp[3]]) != GTPU_PORT {
         return Err(Reason::NotGtp);
     }
@@ -234,7 +250,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
     }
     let udp_end = udp_off + udp_len;
     let gtp_off = udp_off + 8;
-    let g = bytes_at::<8>(ctx, gtp_off).ok_or(Reason::MalformedGtp)?;
+    let g = view::<8>(ctx, gtp_off).ok_or(Reason::MalformedGtp)?;
     let flags = g[0];
     if flags >> 5 != 1 || flags & 0x10 == 0 {
         return Err(Reason::MalformedGtp);
@@ -253,7 +269,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
         if pos + 4 > udp_end {
             return Err(Reason::MalformedGtp);
         }
-        let opt = bytes_at::<4>(ctx, pos).ok_or(Reason::MalformedGtp)?;
+        let opt = view::<4>(ctx, pos).ok_or(Reason::MalformedGtp)?;
         if flags & 0x04 != 0 {
             next = opt[3];
         }
@@ -265,7 +281,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
             break;
         }
         // An extension header is at least 4 bytes (length, content, next type).
-        let head = bytes_at::<4>(ctx, pos).ok_or(Reason::MalformedGtp)?;
+        let head = view::<4>(ctx, pos).ok_or(Reason::MalformedGtp)?;
         let hlen = head[0] as usize * 4;
         if hlen == 0 || pos + hlen > udp_end {
             return Err(Reason::MalformedGtp);
@@ -276,7 +292,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
         // Opaque to LLVM so it keeps a separate bounds check the verifier can follow (it
         // would otherwise reuse `pos + hlen <= end` and read at a negative offset).
         let last = core::hint::black_box(pos + hlen - 4);
-        next = bytes_at::<4>(ctx, last).ok_or(Reason::MalformedGtp)?[3];
+        next = view::<4>(ctx, last).ok_or(Reason::MalformedGtp)?[3];
         pos += hlen;
     }
     if next != 0 {

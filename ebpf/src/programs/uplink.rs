@@ -21,7 +21,7 @@ use super::{
     checksum::decrement_ttl,
     counters::{Outcome, record},
     maps,
-    parse::{self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, frame_len, write_at},
+    parse::{self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, frame_len, word, write_at},
 };
 
 #[xdp]
@@ -92,11 +92,20 @@ fn classify_session(
 
 #[inline(always)]
 fn words(b: &[u8; 16]) -> [u32; 4] {
+    [word(b, 0), word(b, 4), word(b, 8), word(b, 12)]
+}
+
+#[inline(always)]
+fn bytes(w: &[u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
     [
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
     ]
 }
 
@@ -112,15 +121,15 @@ fn in_prefix_v6(addr: &[u32; 4], prefix: &[u8; 16], mask: &[u8; 16]) -> bool {
 
 #[inline(always)]
 fn v4_word(b: &[u8]) -> u32 {
-    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    word(b, 0)
 }
 
 #[inline(always)]
 fn source_is_ue(s: &SessionEntry, ip: &IpInfo) -> bool {
     if ip.v6 == 0 {
-        s.flags & SESSION_HAS_UE_V4 != 0 && v4_word(&ip.src) == v4_word(&s.ue_v4)
+        s.flags & SESSION_HAS_UE_V4 != 0 && ip.src[0] == v4_word(&s.ue_v4)
     } else {
-        s.flags & SESSION_HAS_UE_V6 != 0 && in_prefix_v6(&words(&ip.src), &s.ue_v6, &s.ue_v6_mask)
+        s.flags & SESSION_HAS_UE_V6 != 0 && in_prefix_v6(&ip.src, &s.ue_v6, &s.ue_v6_mask)
     }
 }
 
@@ -130,18 +139,18 @@ fn source_is_ue(s: &SessionEntry, ip: &IpInfo) -> bool {
 fn find_rule(generation: u32, pdu: &Gpdu) -> Option<&'static RuleEntry> {
     let ip = &pdu.inner;
     let candidates = if ip.v6 == 0 {
-        maps::candidates_v4(generation, [ip.dst[0], ip.dst[1], ip.dst[2], ip.dst[3]])?
+        maps::candidates_v4(generation, ip.dst[0].to_ne_bytes())?
     } else {
-        maps::candidates_v6(generation, ip.dst)?
+        maps::candidates_v6(generation, bytes(&ip.dst))?
     };
-    let src = words(&ip.src);
+    let src = &ip.src;
     let count = candidates.count as usize;
     for i in 0..MAX_CANDIDATES {
         if i >= count {
             break;
         }
         if let Some(rule) = maps::rule(generation, candidates.rules[i])
-            && rule_matches(rule, pdu, &src)
+            && rule_matches(rule, pdu, src)
         {
             return Some(rule);
         }
