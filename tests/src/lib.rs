@@ -54,3 +54,12 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> anyhow::Re
             .map_err(|_| anyhow::anyhow!("the thread in {name} panicked"))?
     })
 }
+
+/// Parses a decimal or `0x`-prefixed hexadecimal u32 (TEIDs on the tools' command lines).
+pub fn parse_u32(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?}: {e}"))
+}

@@ -140,11 +140,20 @@ impl Testbed {
         Ok(())
     }
 
-    /// Runs `argv` inside `netns`; fails if it exits non-zero.
+    /// Runs `argv` inside `netns` quietly; fails, with its stderr, if it exits non-zero.
     pub fn exec(&self, netns: &str, argv: &[&str]) -> anyhow::Result<()> {
         let mut full = vec!["ip", "netns", "exec", netns];
         full.extend_from_slice(argv);
-        run(&full)
+        let out = capture(&full)?;
+        if !out.status.success() {
+            bail!(
+                "`{}` exited with {}: {}",
+                full.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -462,22 +471,26 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the edge services, the core (answering after `core_delay_ms`) and `mecgw run`
-    /// with the config in `dir`, and waits until the gateway is ready. `bin` holds the
-    /// binaries.
-    pub fn start(bin: &Path, dir: &Path, core_delay_ms: u64) -> anyhow::Result<Gateway> {
+    /// Starts the edge services, the core (answering after `core_delay_ms`, with `core_args`
+    /// added) and `mecgw run` with the config in `dir`, and waits until the gateway is ready.
+    /// `bin` holds the binaries.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        core_delay_ms: u64,
+        core_args: &[&str],
+    ) -> anyhow::Result<Gateway> {
         let mut children = Children::default();
         children.spawn(
             "edge services",
             netns_cmd(NS_EDGE, &bin.join("mecgw-edge"), &[]),
         )?;
+        let delay = core_delay_ms.to_string();
+        let mut args = vec!["--delay-ms", delay.as_str()];
+        args.extend_from_slice(core_args);
         children.spawn(
             "core stand-in",
-            netns_cmd(
-                NS_CORE,
-                &bin.join("mecgw-core"),
-                &["--delay-ms", &core_delay_ms.to_string()],
-            ),
+            netns_cmd(NS_CORE, &bin.join("mecgw-core"), &args),
         )?;
         let config = dir.join("mecgw.toml");
         let mecgw = children.spawn(
@@ -489,6 +502,13 @@ impl Gateway {
             ),
         )?;
         let mut gw = Gateway { children, mecgw };
+        gw.wait_ready()?;
+        Ok(gw)
+    }
+
+    /// Waits until `/readyz` answers 200, or the gateway exits, or 30 s pass.
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let gw = self;
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             anyhow::ensure!(!interrupted(), "interrupted");
@@ -496,11 +516,25 @@ impl Gateway {
                 bail!("mecgw exited before it was ready ({status}); see its log above");
             }
             if ops_get("/readyz")?.is_some() {
-                return Ok(gw);
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
         bail!("mecgw was not ready within 30 s")
+    }
+
+    /// Starts `mecgw run` again (after [`Gateway::stop`]) and waits until it is ready.
+    pub fn restart(&mut self, bin: &Path, dir: &Path) -> anyhow::Result<()> {
+        let config = dir.join("mecgw.toml");
+        self.mecgw = self.children.spawn(
+            "mecgw",
+            netns_cmd(
+                NS_MEC,
+                &bin.join("mecgw"),
+                &["run", "--config", &config.to_string_lossy()],
+            ),
+        )?;
+        self.wait_ready()
     }
 
     /// Stops the gateway with SIGTERM, as an operator does.

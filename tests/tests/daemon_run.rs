@@ -121,6 +121,22 @@ impl Bed {
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 
+    /// Scrapes /metrics until `series` has `value` (10 s at most); returns that scrape.
+    fn wait_for_sample(&self, series: &str, value: u64) -> String {
+        let start = Instant::now();
+        loop {
+            let m = self.http("/metrics").1;
+            if sample(&m, series) == value {
+                return m;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{series} never reached {value}:\n{m}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits for /readyz to answer 200.
     fn wait_ready(&self, d: &mut Daemon) {
         let start = Instant::now();
@@ -291,18 +307,7 @@ fn a_bad_reload_keeps_the_old_tables_and_says_so() {
     )
     .unwrap();
     d.signal(libc::SIGHUP);
-    let start = Instant::now();
-    let after = loop {
-        let m = bed.http("/metrics").1;
-        if sample(&m, "mecgw_reloads_total{result=\"rejected\"}") == 1 {
-            break m;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "reload never rejected"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let after = bed.wait_for_sample("mecgw_reloads_total{result=\"rejected\"}", 1);
     assert_eq!(sample(&after, "mecgw_rules"), 1);
     assert_eq!(sample(&after, "mecgw_last_reload_rejected"), 1);
     assert!(
@@ -319,20 +324,9 @@ fn a_bad_reload_keeps_the_old_tables_and_says_so() {
     )
     .unwrap();
     d.signal(libc::SIGHUP);
-    let start = Instant::now();
-    loop {
-        let m = bed.http("/metrics").1;
-        if sample(&m, "mecgw_reloads_total{result=\"ok\"}") == 1 {
-            assert_eq!(sample(&m, "mecgw_rules"), 2);
-            assert_eq!(sample(&m, "mecgw_last_reload_rejected"), 0);
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "valid reload never applied"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let m = bed.wait_for_sample("mecgw_reloads_total{result=\"ok\"}", 1);
+    assert_eq!(sample(&m, "mecgw_rules"), 2);
+    assert_eq!(sample(&m, "mecgw_last_reload_rejected"), 0);
     assert!(d.stop().success());
     let log = d.stderr();
     assert!(

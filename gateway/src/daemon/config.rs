@@ -249,7 +249,7 @@ impl Config {
         toml::from_str(text).map_err(|e: toml::de::Error| {
             let (line, column) = e
                 .span()
-                .map(|s| line_column(text, s.start))
+                .map(|s| crate::datapath::tables::line_col(text, s.start))
                 .unwrap_or((1, 1));
             ConfigError::Invalid {
                 path: origin.to_string(),
@@ -310,14 +310,6 @@ impl Config {
         }
         fix(&mut self.state.dir);
     }
-}
-
-/// 1-based line and column of byte offset `at` in `text`.
-pub fn line_column(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

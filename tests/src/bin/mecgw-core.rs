@@ -26,10 +26,10 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     delay_ms: u64,
     /// Uplink TEID of the first session (the simulator's convention).
-    #[arg(long, default_value_t = 0x1000, value_parser = parse_u32)]
+    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_tests::parse_u32)]
     ul_teid_base: u32,
     /// Downlink TEID of the first session.
-    #[arg(long, default_value_t = 0x2000, value_parser = parse_u32)]
+    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_tests::parse_u32)]
     dl_teid_base: u32,
     /// QFI to put in downlink containers.
     #[arg(long, default_value_t = 9)]
@@ -37,14 +37,6 @@ struct Args {
     /// Append every datagram received, as hex, one per line, to this file.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
-}
-
-fn parse_u32(s: &str) -> Result<u32, String> {
-    match s.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => s.parse(),
-    }
-    .map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -64,7 +64,7 @@ fn demo(bin: &Path) -> anyhow::Result<()> {
         "==> gateway: mecgw run --config {}",
         work.path().join("mecgw.toml").display()
     );
-    let mut gw = Gateway::start(bin, work.path(), CORE_DELAY_MS)?;
+    let mut gw = Gateway::start(bin, work.path(), CORE_DELAY_MS, &[])?;
 
     println!("==> traffic: {UES} UEs × {ROUNDS} rounds of UDP, ICMP and TCP, IPv4 and IPv6");
     let edge6 = format!("[{}]", EDGE.v6);

@@ -38,9 +38,9 @@ struct Args {
     /// First 48 bits of the UEs' IPv6 /64 prefixes.
     #[arg(long, default_value = "2001:db8:100::")]
     ue_v6_prefix: Ipv6Addr,
-    #[arg(long, default_value_t = 0x1000, value_parser = parse_u32)]
+    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_tests::parse_u32)]
     ul_teid_base: u32,
-    #[arg(long, default_value_t = 0x2000, value_parser = parse_u32)]
+    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_tests::parse_u32)]
     dl_teid_base: u32,
     /// QFI in uplink containers, and expected in downlink ones.
     #[arg(long, default_value_t = 9)]
@@ -57,14 +57,9 @@ struct Args {
     /// How long to wait for an answer, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
-}
-
-fn parse_u32(s: &str) -> Result<u32, String> {
-    match s.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => s.parse(),
-    }
-    .map_err(|e| format!("{s:?}: {e}"))
+    /// Append every uplink datagram sent, as hex, one per line, to this file.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +149,7 @@ struct Tally {
 
 struct Sim {
     sock: UdpSocket,
+    record: Option<std::fs::File>,
     upf: SocketAddr,
     qfi: u8,
     timeout: Duration,
@@ -165,8 +161,13 @@ struct Sim {
 type Bad = String;
 
 impl Sim {
-    fn send(&self, ue: &Ue, inner: &[u8]) -> anyhow::Result<()> {
+    fn send(&mut self, ue: &Ue, inner: &[u8]) -> anyhow::Result<()> {
         let msg = Gtpu::g_pdu(ue.ul_teid, Some((PduType::Uplink, self.qfi)), inner);
+        if let Some(f) = self.record.as_mut() {
+            use std::io::Write as _;
+            let hex: String = msg.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(f, "{hex}").context("recording a sent datagram")?;
+        }
         self.sock.send_to(&msg, self.upf).context("send G-PDU")?;
         Ok(())
     }
@@ -389,8 +390,15 @@ fn main() -> anyhow::Result<()> {
         packet::GTPU_PORT,
     );
     let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+    let record = match &args.record {
+        Some(p) => {
+            Some(std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?)
+        }
+        None => None,
+    };
     let mut sim = Sim {
         sock,
+        record,
         upf: SocketAddr::new(args.upf, packet::GTPU_PORT),
         qfi: args.qfi,
         timeout: Duration::from_millis(args.timeout_ms),

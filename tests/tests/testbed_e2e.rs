@@ -1,0 +1,265 @@
+//! End to end on the four-namespace testbed: `mecgw run` with its XDP programs attached
+//! natively on veth, real traffic from the gNB simulator, real edge services and a core.
+//!
+//! The testbed's namespace names are fixed, so the scenarios take turns (a lock). Needs root;
+//! CI runs as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use mecgw_tests::testbed::{self, EDGE, Gateway, LOCAL, N3, UPF, metric};
+
+static TESTBED: Mutex<()> = Mutex::new(());
+
+const UES: u32 = 4;
+
+fn bin_dir() -> PathBuf {
+    mecgw_tests::mecgw_bin()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Lines of a hex file, as a multiset.
+fn hex_lines(path: &Path) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for l in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        *m.entry(l.to_string()).or_default() += 1;
+    }
+    m
+}
+
+fn probe(report: &serde_json::Value, name: &str) -> (u64, u64) {
+    let r = &report[name];
+    (r["sent"].as_u64().unwrap(), r["ok"].as_u64().unwrap())
+}
+
+/// A gateway running on a fresh testbed. Fields drop in order: processes, then namespaces.
+struct Run {
+    gw: Gateway,
+    _bed: testbed::Testbed,
+    bin: PathBuf,
+    /// Every datagram the core received, as hex lines.
+    core_seen: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn start(ues: u32, rules: &str) -> Run {
+    let bin = bin_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = testbed::up().unwrap();
+    testbed::write_gateway_config(dir.path(), ues, rules, "native").unwrap();
+    let core_seen = dir.path().join("core.hex");
+    let gw = Gateway::start(
+        &bin,
+        dir.path(),
+        1,
+        &["--record", &core_seen.to_string_lossy()],
+    )
+    .unwrap();
+    Run {
+        gw,
+        _bed: bed,
+        bin,
+        core_seen,
+        dir,
+    }
+}
+
+const LOCAL_EDGE_RULE: &str = "[[rules]]\nid = 10\npriority = 10\naction = \"LOCAL\"\n\
+                               dst = [\"198.18.1.0/24\", \"2001:db8:0:1::/64\"]\n";
+
+#[test]
+fn local_breakout_of_udp_icmp_and_tcp_over_ipv4_and_ipv6() {
+    let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut run = start(UES, LOCAL_EDGE_RULE);
+
+    let edge6 = format!("[{}]", EDGE.v6);
+    let probes = [
+        format!("udp4=udp:{}:7", EDGE.v4),
+        format!("udp6=udp:{edge6}:7"),
+        format!("icmp4=icmp:{}", EDGE.v4),
+        format!("icmp6=icmp:{}", EDGE.v6),
+        format!("tcp4=tcp:{}:8080", EDGE.v4),
+        format!("tcp6=tcp:{edge6}:8080"),
+    ];
+    let mut args = vec!["--upf", UPF.v4, "--ues", "4", "--count", "5"];
+    for p in &probes {
+        args.extend(["--probe", p.as_str()]);
+    }
+    let report = testbed::gnbsim(&run.bin, &args).unwrap();
+
+    for name in ["udp4", "udp6", "icmp4", "icmp6", "tcp4", "tcp6"] {
+        let (sent, ok) = probe(&report, name);
+        assert_eq!(sent, 20, "{name}");
+        assert_eq!(
+            ok, sent,
+            "{name}: every answer must arrive, checked: {report}"
+        );
+    }
+    let metrics = testbed::ops_get("/metrics").unwrap().unwrap();
+    // UDP and ICMP: one uplink packet each; a TCP connection: SYN, data, FIN, last ACK.
+    let uplink = 4 * 20 + 2 * 20 * 4;
+    assert_eq!(
+        metric(&metrics, "mecgw_rule_packets_total", "rule=\"10\""),
+        uplink
+    );
+    assert!(
+        hex_lines(&run.core_seen).is_empty(),
+        "traffic for the edge must not reach the core"
+    );
+    assert!(run.gw.stop().unwrap().success());
+}
+
+#[test]
+fn passthrough_traffic_reaches_the_core_byte_for_byte() {
+    let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut run = start(UES, LOCAL_EDGE_RULE);
+    let sent = run.dir.path().join("sent.hex");
+
+    let report = testbed::gnbsim(
+        &run.bin,
+        &[
+            "--upf",
+            UPF.v4,
+            "--ues",
+            "4",
+            "--count",
+            "5",
+            "--record",
+            &sent.to_string_lossy(),
+            "--probe",
+            &format!("udp=udp:{}:9", UPF.v4),
+            "--probe",
+            &format!("icmp=icmp:{}", UPF.v4),
+            "--probe",
+            &format!("udp6=udp:[{}]:9", UPF.v6),
+        ],
+    )
+    .unwrap();
+    for name in ["udp", "icmp", "udp6"] {
+        let (sent, ok) = probe(&report, name);
+        assert_eq!(ok, sent, "{name}: {report}");
+    }
+    let sent = hex_lines(&sent);
+    let seen = hex_lines(&run.core_seen);
+    assert_eq!(sent.values().sum::<usize>(), 60);
+    assert_eq!(
+        seen, sent,
+        "the core must receive exactly what the gNB sent"
+    );
+    let metrics = testbed::ops_get("/metrics").unwrap().unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "mecgw_fastpath_reason_packets_total",
+            "reason=\"no_rule\""
+        ),
+        60
+    );
+    assert!(run.gw.stop().unwrap().success());
+}
+
+#[test]
+fn a_rule_switched_from_passthrough_to_local_mid_stream_loses_no_packet() {
+    let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    let bin = bin_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let _bed = testbed::up().unwrap();
+    // Rule 20 (priority 5) passes the edge host to the core; rule 10 would steer it locally.
+    let passthrough = format!(
+        "{LOCAL_EDGE_RULE}\n[[rules]]\nid = 20\npriority = 5\naction = \"PASSTHROUGH\"\n\
+         dst = [\"198.18.1.2/32\"]\n"
+    );
+    testbed::write_gateway_config(dir.path(), 1, &passthrough, "native").unwrap();
+    let mut gw = Gateway::start(&bin, dir.path(), 1, &[]).unwrap();
+
+    let sim_bin = bin.clone();
+    let sim = std::thread::spawn(move || {
+        testbed::gnbsim(
+            &sim_bin,
+            &[
+                "--upf",
+                UPF.v4,
+                "--ues",
+                "1",
+                "--count",
+                "400",
+                "--interval-ms",
+                "5",
+                "--probe",
+                &format!("edge=udp:{}:7", EDGE.v4),
+            ],
+        )
+    });
+    // Switch while the stream runs: the same file with rule 20 now INACTIVE.
+    std::thread::sleep(Duration::from_millis(800));
+    let switched = passthrough.replace(
+        "id = 20\npriority = 5\n",
+        "id = 20\npriority = 5\nstate = \"INACTIVE\"\n",
+    );
+    assert_ne!(switched, passthrough);
+    testbed::write_tables(dir.path(), 1, &switched).unwrap();
+    gw.children.signal(gw.mecgw, libc::SIGHUP).unwrap();
+    let report = sim.join().unwrap().unwrap();
+
+    let (sent, ok) = probe(&report, "edge");
+    assert_eq!(
+        (sent, ok),
+        (400, 400),
+        "a packet was lost across the switch: {report}"
+    );
+    let metrics = testbed::ops_get("/metrics").unwrap().unwrap();
+    let before = metric(&metrics, "mecgw_rule_packets_total", "rule=\"20\"");
+    let after = metric(&metrics, "mecgw_rule_packets_total", "rule=\"10\"");
+    assert_eq!(metric(&metrics, "mecgw_reloads_total", "result=\"ok\""), 1);
+    assert!(
+        before > 0 && after > 0,
+        "both rules must have judged part of the stream"
+    );
+    assert_eq!(
+        before + after,
+        400,
+        "every packet judged by exactly one of the two"
+    );
+    assert!(gw.stop().unwrap().success());
+}
+
+#[test]
+fn restarting_or_killing_the_gateway_leaves_no_program_behind() {
+    let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    let bin = bin_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = testbed::up().unwrap();
+    testbed::write_gateway_config(dir.path(), 1, LOCAL_EDGE_RULE, "native").unwrap();
+    let mut gw = Gateway::start(&bin, dir.path(), 1, &[]).unwrap();
+    assert!(testbed::xdp_attached(&N3).unwrap() && testbed::xdp_attached(&LOCAL).unwrap());
+
+    assert!(gw.stop().unwrap().success());
+    assert!(!testbed::xdp_attached(&N3).unwrap() && !testbed::xdp_attached(&LOCAL).unwrap());
+
+    // A restart attaches again (nothing stale is in the way); SIGKILL still detaches,
+    // because the programs hang on bpf_links owned by the process.
+    gw.restart(&bin, dir.path()).unwrap();
+    assert!(testbed::xdp_attached(&N3).unwrap());
+    gw.children.signal(gw.mecgw, libc::SIGKILL).unwrap();
+    let start = std::time::Instant::now();
+    while gw.children.exited(gw.mecgw).unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!testbed::xdp_attached(&N3).unwrap() && !testbed::xdp_attached(&LOCAL).unwrap());
+
+    drop(gw);
+    drop(bed);
+    for ns in testbed::NAMESPACES {
+        let out = testbed::capture(&["ip", "netns", "pids", ns]).unwrap();
+        assert!(!out.status.success(), "namespace {ns} left behind");
+    }
+}
