@@ -23,6 +23,8 @@ use serde_json::{Map, Value};
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest policy hash accepted.
 pub const MAX_POLICY_HASH_LEN: usize = 128;
+/// Longest JSON line accepted as one item.
+pub const MAX_ITEM_BYTES: usize = 1 << 20;
 
 /// Whether an item is a release or a transformed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -68,6 +70,9 @@ pub enum ItemError {
     /// A required field is missing.
     #[error("missing field {0:?}")]
     Missing(&'static str),
+    /// The line is longer than [`MAX_ITEM_BYTES`].
+    #[error("item of {0} bytes is longer than the {MAX_ITEM_BYTES} bytes accepted")]
+    TooLarge(usize),
     /// A field has the wrong type or an invalid value.
     #[error("field {field:?}: {problem}")]
     Invalid {
@@ -91,6 +96,9 @@ pub struct EgressItem {
 impl EgressItem {
     /// Parses one JSON line as written by the policy engine.
     pub fn from_json_line(line: &str) -> Result<Self, ItemError> {
+        if line.len() > MAX_ITEM_BYTES {
+            return Err(ItemError::TooLarge(line.len()));
+        }
         let value: Value =
             serde_json::from_str(line).map_err(|e| ItemError::NotJson(e.to_string()))?;
         Self::from_json(value)
@@ -368,6 +376,11 @@ mod tests {
             EgressItem::from_json(json!({"kind": "k", "policy_hash": "h"})),
             Err(ItemError::Missing("destination"))
         );
+        let huge = format!(r#"{{"kind":"k","pad":"{}"}}"#, "x".repeat(MAX_ITEM_BYTES));
+        assert!(matches!(
+            EgressItem::from_json_line(&huge),
+            Err(ItemError::TooLarge(_))
+        ));
     }
 
     #[test]
