@@ -4,18 +4,20 @@
 
 use anyhow::bail;
 
+mod api;
 mod egress;
 mod fastpath;
 mod policy;
 
 /// Names of the benchmarks, for `--help` and errors.
-pub const NAMES: &[&str] = &["fastpath", "egress", "policy"];
+pub const NAMES: &[&str] = &["fastpath", "egress", "policy", "api"];
 
 pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
         "fastpath" => fastpath::run(args),
         "egress" => egress::run(args),
         "policy" => policy::run(args),
+        "api" => api::run(args),
         other => bail!(
             "unknown benchmark {other:?}; available: {}",
             NAMES.join(", ")
