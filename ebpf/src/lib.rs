@@ -13,6 +13,14 @@ pub mod names {
     pub const PROG_PASS: &str = "mecgw_pass";
     /// A program that only returns XDP_PASS: the benchmark baseline.
     pub const PROG_EMPTY: &str = "mecgw_empty";
+    /// Benchmark wrapper: restores the original frame, then tail-calls `MAP_BENCH_TARGET[0]`.
+    pub const PROG_BENCH_RESTORE: &str = "mecgw_bench_restore";
+    /// The frame the benchmark wrapper restores ([`super::BenchFrame`]).
+    pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
+    /// Per-CPU `u32`: 1 once the wrapper has run in the current test run.
+    pub const MAP_BENCH_STATE: &str = "BENCH_STATE";
+    /// Program array with the program under test at index 0.
+    pub const MAP_BENCH_TARGET: &str = "BENCH_TARGET";
     /// The uplink classifier, attached to the N3 interface.
     pub const PROG_UPLINK: &str = "mecgw_uplink";
     /// The downlink encapsulator, attached to the local-services interface.
@@ -406,6 +414,21 @@ pub struct Decision {
     pub session: u32,
 }
 
+/// Largest frame the benchmark wrapper can restore.
+pub const BENCH_FRAME_MAX: usize = 256;
+
+/// The frame the benchmark wrapper puts back before every repetition.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchFrame {
+    /// Frame length, a multiple of 8, at most [`BENCH_FRAME_MAX`].
+    pub len: u32,
+    /// How far the program under test moves the start of the frame (its
+    /// `bpf_xdp_adjust_head` delta: positive for decapsulation, negative for encapsulation).
+    pub head_shift: i32,
+    pub bytes: [u8; BENCH_FRAME_MAX],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all impls below): each type is `#[repr(C)]`, made only of integers and integer
@@ -423,6 +446,8 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Decision {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::BenchFrame {}
 }
 
 // No implicit padding: each size is the sum of its fields.
@@ -434,3 +459,4 @@ const _: () = assert!(
 const _: () = assert!(core::mem::size_of::<Candidates>() == 4 + 4 * MAX_CANDIDATES);
 const _: () = assert!(core::mem::size_of::<Config>() == 7 * 4 + 4 * 6 + 4 + 16);
 const _: () = assert!(core::mem::size_of::<Decision>() == 5 * 4);
+const _: () = assert!(core::mem::size_of::<BenchFrame>() == 8 + BENCH_FRAME_MAX);

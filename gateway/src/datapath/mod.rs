@@ -21,7 +21,7 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use mecgw_ebpf::{Decision, NONE, names};
+use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Decision, NONE, names};
 
 pub use mecgw_ebpf::{Counter, Reason, Verdict};
 
@@ -201,11 +201,30 @@ pub struct FastPath {
     ebpf: Ebpf,
     writer: Mutex<TableWriter>,
     last: Mutex<PerCpuArray<MapData, Decision>>,
+    bench: Mutex<BenchMaps>,
 }
 
-const PROGRAMS: [&str; 4] = [
+/// The maps of the benchmark's restore wrapper.
+struct BenchMaps {
+    frame: aya::maps::Array<MapData, BenchFrame>,
+    state: PerCpuArray<MapData, u32>,
+    target: aya::maps::ProgramArray<MapData>,
+}
+
+fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DatapathError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DatapathError::Missing { what: "map", name })?;
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+const PROGRAMS: [&str; 5] = [
     names::PROG_PASS,
     names::PROG_EMPTY,
+    names::PROG_BENCH_RESTORE,
     names::PROG_UPLINK,
     names::PROG_DOWNLINK,
 ];
@@ -233,10 +252,16 @@ impl FastPath {
             name: names::MAP_LAST_DECISION,
             source,
         })?;
+        let bench = BenchMaps {
+            frame: take_map(&mut ebpf, names::MAP_BENCH_FRAME)?,
+            state: take_map(&mut ebpf, names::MAP_BENCH_STATE)?,
+            target: take_map(&mut ebpf, names::MAP_BENCH_TARGET)?,
+        };
         Ok(FastPath {
             ebpf,
             writer: Mutex::new(writer),
             last: Mutex::new(last),
+            bench: Mutex::new(bench),
         })
     }
 
@@ -297,6 +322,61 @@ impl FastPath {
         repeat: u32,
     ) -> Result<TestRunOutcome, DatapathError> {
         test_run(self.xdp_program(names::PROG_EMPTY)?, packet, repeat)
+    }
+
+    /// Benchmark support: runs the program of `target` (the empty program when `None`)
+    /// `repeat` times on `frame` behind the restore wrapper, which puts the original frame back
+    /// before every repetition (undoing `head_shift`, the target's `bpf_xdp_adjust_head`
+    /// delta), so every repetition does the real work. `frame` must be a multiple of 8 bytes,
+    /// at most [`BENCH_FRAME_MAX`].
+    pub fn bench_restored(
+        &self,
+        target: Option<Direction>,
+        frame: &[u8],
+        head_shift: i32,
+        repeat: u32,
+    ) -> Result<TestRunOutcome, DatapathError> {
+        if frame.len() % 8 != 0 || frame.len() > BENCH_FRAME_MAX {
+            return Err(DatapathError::Unexpected(format!(
+                "a benchmark frame must be a multiple of 8 bytes, at most {BENCH_FRAME_MAX}; got {}",
+                frame.len()
+            )));
+        }
+        let mut bench = self
+            .bench
+            .lock()
+            .map_err(|_| DatapathError::Unexpected("a benchmark run panicked earlier".into()))?;
+        let name = target.map_or(names::PROG_EMPTY, Direction::program);
+        let fd = self
+            .xdp_program(name)?
+            .fd()
+            .map_err(|source| DatapathError::Program {
+                action: format!("program {name}"),
+                source,
+            })?;
+        let map = |name: &'static str| move |source| DatapathError::Map { name, source };
+        bench
+            .target
+            .set(0, fd, 0)
+            .map_err(map(names::MAP_BENCH_TARGET))?;
+        let mut bytes = [0u8; BENCH_FRAME_MAX];
+        bytes[..frame.len()].copy_from_slice(frame);
+        let value = BenchFrame {
+            len: frame.len() as u32,
+            head_shift,
+            bytes,
+        };
+        bench
+            .frame
+            .set(0, value, 0)
+            .map_err(map(names::MAP_BENCH_FRAME))?;
+        let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
+        let zero = PerCpuValues::try_from(vec![0u32; n]).map_err(DatapathError::Io)?;
+        bench
+            .state
+            .set(0, zero, 0)
+            .map_err(map(names::MAP_BENCH_STATE))?;
+        test_run(self.xdp_program(names::PROG_BENCH_RESTORE)?, frame, repeat)
     }
 
     /// Runs the program of `direction` `repeat` times on `packet` (see the benchmark notes
