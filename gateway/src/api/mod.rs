@@ -8,10 +8,11 @@
 //!
 //! This module never touches the kernel or the policy engine itself: it works against
 //! [`ApiBackend`], which the daemon implements over its fast path, tables, policy engine and
-//! egress. A table change goes through [`ApiBackend::replace_tables`], which installs it in
+//! egress ([`daemon::GatewayApi`] adapts the daemon's `Gateway`). A table change goes through [`ApiBackend::replace_tables`], which installs it in
 //! the fast path before it returns, so a rule change is in force when the call answers.
 
 pub mod config;
+pub mod daemon;
 pub mod identity;
 pub mod services;
 pub mod sessions;

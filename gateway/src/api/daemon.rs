@@ -1,0 +1,129 @@
+//! [`ApiBackend`] over the running daemon's [`Gateway`]: what `mecgw run` hands to
+//! [`serve`](super::serve).
+//!
+//! The gateway owns the fast path, the tables in force and the policy; this adapter adds
+//! what the API needs on top: readiness as a watch (mirrored from [`Gateway::is_ready`]),
+//! and the ingest queue and release broadcast, whose other ends belong to whoever runs the
+//! policy engine in the daemon.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::{ApiBackend, PublishedRecord, ReleasedOutput, ReplaceError, StatusReport};
+use crate::{
+    daemon::Gateway,
+    datapath::{DatapathError, Tables},
+};
+
+/// How often readiness is read from the gateway.
+const READINESS_POLL: Duration = Duration::from_millis(100);
+
+/// The daemon's [`Gateway`] as the API sees it.
+pub struct GatewayApi {
+    gateway: Arc<Gateway>,
+    ready: watch::Sender<bool>,
+    ingest: mpsc::Sender<PublishedRecord>,
+    releases: broadcast::Sender<Arc<ReleasedOutput>>,
+}
+
+impl GatewayApi {
+    /// The API's view of `gateway`. Publish feeds `ingest` (bounded: its capacity is the
+    /// backpressure point); Subscribe follows `releases`. Must be called inside a tokio
+    /// runtime: a task mirrors [`Gateway::is_ready`] into the health service until the
+    /// gateway is dropped.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        ingest: mpsc::Sender<PublishedRecord>,
+        releases: broadcast::Sender<Arc<ReleasedOutput>>,
+    ) -> GatewayApi {
+        let ready = watch::channel(gateway.is_ready()).0;
+        let weak: Weak<Gateway> = Arc::downgrade(&gateway);
+        let tx = ready.clone();
+        tokio::spawn(async move {
+            while let Some(gw) = weak.upgrade() {
+                let now = gw.is_ready();
+                drop(gw);
+                tx.send_if_modified(|r| std::mem::replace(r, now) != now);
+                tokio::time::sleep(READINESS_POLL).await;
+            }
+            tx.send_replace(false);
+        });
+        GatewayApi {
+            gateway,
+            ready,
+            ingest,
+            releases,
+        }
+    }
+}
+
+impl ApiBackend for GatewayApi {
+    fn tables(&self) -> Arc<Tables> {
+        self.gateway.tables()
+    }
+
+    fn replace_tables(
+        &self,
+        base: &Arc<Tables>,
+        next: Tables,
+    ) -> Result<Arc<Tables>, ReplaceError> {
+        // The check and the install are two steps here: a SIGHUP reload between them would
+        // be overwritten. Gateway::replace_tables serialises installs, so the window is the
+        // time from this read to its lock.
+        if !Arc::ptr_eq(&self.gateway.tables(), base) {
+            return Err(ReplaceError::Conflict);
+        }
+        match self.gateway.replace_tables(next) {
+            Ok(()) => Ok(self.gateway.tables()),
+            Err(DatapathError::Tables(e)) => Err(ReplaceError::Invalid(vec![e.to_string()])),
+            Err(e) => Err(ReplaceError::Install(e.to_string())),
+        }
+    }
+
+    fn status(&self) -> Result<StatusReport, String> {
+        let fp = self.gateway.fast_path();
+        let verdicts = fp
+            .verdict_counters()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(v, c)| (v.name().to_string(), c.packets, c.bytes))
+            .collect();
+        let reasons = fp
+            .reason_counters()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(r, c)| (r.name().to_string(), c.packets, c.bytes))
+            .collect();
+        Ok(StatusReport {
+            verdicts,
+            reasons,
+            policy_hash: self.gateway.policy().map(|p| p.hash.clone()),
+            // The daemon does not run the budget ledger or egress yet: nothing to report.
+            budgets: Vec::new(),
+            egress_backlog: Vec::new(),
+        })
+    }
+
+    fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    fn record_kinds(&self) -> Vec<String> {
+        self.gateway
+            .policy()
+            .map(|p| p.policy.kinds.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn ingest(&self) -> mpsc::Sender<PublishedRecord> {
+        self.ingest.clone()
+    }
+
+    fn releases(&self) -> broadcast::Receiver<Arc<ReleasedOutput>> {
+        self.releases.subscribe()
+    }
+}
