@@ -17,8 +17,6 @@ pub mod names {
     pub const PROG_BENCH_RESTORE: &str = "mecgw_bench_restore";
     /// The frame the benchmark wrapper restores ([`super::BenchFrame`]).
     pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
-    /// Per-CPU `u32`: 1 once the wrapper has run in the current test run.
-    pub const MAP_BENCH_STATE: &str = "BENCH_STATE";
     /// Program array with the program under test at index 0.
     pub const MAP_BENCH_TARGET: &str = "BENCH_TARGET";
     /// The uplink classifier, attached to the N3 interface.

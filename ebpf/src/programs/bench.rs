@@ -3,7 +3,7 @@
 //! `mecgw_empty` returns XDP_PASS and does nothing else: the baseline every figure is a ratio
 //! to. `mecgw_bench_restore` makes `repeat > 1` measure a program that rewrites the frame:
 //! BPF_PROG_TEST_RUN reruns on the buffer the previous repetition left, so before every
-//! repetition but the first it moves the frame start back by the program's known shift and
+//! repetition after the first it moves the frame start back by the program's known shift and
 //! copies the original bytes back, then tail-calls the program under test. The benchmark
 //! subtracts the same wrapper tail-calling `mecgw_empty`.
 
@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, ProgramArray},
     programs::XdpContext,
 };
 use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame};
@@ -20,8 +20,6 @@ use super::parse::{frame_len, write_at};
 
 #[map(name = "BENCH_FRAME")]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
-#[map(name = "BENCH_STATE")]
-static BENCH_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BENCH_TARGET")]
 static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
@@ -43,17 +41,14 @@ pub fn mecgw_bench_restore(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn restore(ctx: &XdpContext) -> Option<()> {
     let frame = BENCH_FRAME.get(0)?;
-    let state = BENCH_STATE.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot from the map lookup; nothing else runs on this CPU meanwhile.
-    let again = unsafe { *state } != 0;
-    if again && frame.head_shift != 0 {
+    // The target changes the frame's length by its shift, so a length that differs from the
+    // original means a previous repetition ran (no per-CPU flag: a test run may migrate).
+    if frame_len(ctx) != frame.len as usize && frame.head_shift != 0 {
         // SAFETY: the program's own context; the shift undoes the one the target made.
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, -frame.head_shift) } != 0 {
             return None;
         }
     }
-    // SAFETY: as above.
-    unsafe { *state = 1 };
     if frame_len(ctx) != frame.len as usize {
         return None;
     }

@@ -207,7 +207,6 @@ pub struct FastPath {
 /// The maps of the benchmark's restore wrapper.
 struct BenchMaps {
     frame: aya::maps::Array<MapData, BenchFrame>,
-    state: PerCpuArray<MapData, u32>,
     target: aya::maps::ProgramArray<MapData>,
 }
 
@@ -254,7 +253,6 @@ impl FastPath {
         })?;
         let bench = BenchMaps {
             frame: take_map(&mut ebpf, names::MAP_BENCH_FRAME)?,
-            state: take_map(&mut ebpf, names::MAP_BENCH_STATE)?,
             target: take_map(&mut ebpf, names::MAP_BENCH_TARGET)?,
         };
         Ok(FastPath {
@@ -370,12 +368,6 @@ impl FastPath {
             .frame
             .set(0, value, 0)
             .map_err(map(names::MAP_BENCH_FRAME))?;
-        let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
-        let zero = PerCpuValues::try_from(vec![0u32; n]).map_err(DatapathError::Io)?;
-        bench
-            .state
-            .set(0, zero, 0)
-            .map_err(map(names::MAP_BENCH_STATE))?;
         test_run(self.xdp_program(names::PROG_BENCH_RESTORE)?, frame, repeat)
     }
 
