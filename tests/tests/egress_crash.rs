@@ -30,8 +30,11 @@ fn driver(dir: &std::path::Path, url: &str, run: u64, batches: u64) -> Child {
         .unwrap()
 }
 
-/// Reads `ACK run i` lines until the pipe closes.
-fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<(Vec<(u64, u64)>, bool)> {
+/// Reads `ACK run i` lines until the pipe closes; `first` hears about the first one.
+fn collect_acks(
+    child: &mut Child,
+    first: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<(Vec<(u64, u64)>, bool)> {
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         let mut acks = Vec::new();
@@ -43,6 +46,9 @@ fn collect_acks(child: &mut Child) -> std::thread::JoinHandle<(Vec<(u64, u64)>, 
             } else if let Some(rest) = line.strip_prefix("ACK ") {
                 let (r, i) = rest.split_once(' ').unwrap();
                 acks.push((r.parse().unwrap(), i.parse().unwrap()));
+                if acks.len() == 1 {
+                    let _ = first.send(());
+                }
             }
         }
         (acks, drained)
@@ -57,8 +63,14 @@ fn kill_9_during_ingest_and_upload_loses_nothing_and_duplicates_nothing() {
     let mut acked = BTreeSet::new();
     for run in 0..KILLED_RUNS {
         let mut child = driver(dir.path(), &server.url(), run, 100_000);
-        let reader = collect_acks(&mut child);
-        std::thread::sleep(Duration::from_millis(rng.random_range(80..600)));
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let reader = collect_acks(&mut child, first_tx);
+        // Kill at a random moment once ingest (and so upload) is under way, however slow
+        // the machine is to start the driver.
+        first_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the driver acknowledged nothing within 60 s");
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..500)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let (acks, _) = reader.join().unwrap();
@@ -71,7 +83,7 @@ fn kill_9_during_ingest_and_upload_loses_nothing_and_duplicates_nothing() {
     // A last run that is not killed: it adds a few batches and drains everything.
     let final_run = KILLED_RUNS;
     let mut child = driver(dir.path(), &server.url(), final_run, 20);
-    let reader = collect_acks(&mut child);
+    let reader = collect_acks(&mut child, std::sync::mpsc::channel().0);
     let deadline = Instant::now() + Duration::from_secs(90);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -85,7 +97,10 @@ fn kill_9_during_ingest_and_upload_loses_nothing_and_duplicates_nothing() {
     assert!(drained);
     assert_eq!(acks.len(), 20);
     acked.extend(acks);
-    assert!(acked.len() > 20, "the killed runs acknowledged something");
+    assert!(
+        acked.len() >= 20 + KILLED_RUNS as usize,
+        "every killed run acknowledged something"
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
