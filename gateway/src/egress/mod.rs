@@ -468,3 +468,102 @@ impl Forwarders {
         self.tasks.iter().any(|(_, t)| t.is_finished())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use jurisdiction::PermissionTable;
+
+    /// The example in docs/egress.md, which the daemon's configuration will embed.
+    const EXAMPLE: &str = r#"
+[egress]
+spool_dir = "/var/lib/mecgw/spool"
+audit_dir = "/var/lib/mecgw/audit"
+when_full = "shed-oldest"
+read_ahead = 64
+[egress.limits]
+max_batches = 100000
+max_bytes = 268435456
+[egress.backoff]
+initial_ms = 100
+max_ms = 30000
+multiplier = 2.0
+jitter = 0.5
+[[egress.destinations]]
+name = "eu-analytics"
+region = "EU-DE"
+sink = { type = "nats", url = "tls://broker.example:4222", tls = { ca = "/etc/mecgw/nats-ca.pem" } }
+[[egress.destinations]]
+name = "local-archive"
+region = "EU-DE"
+sink = { type = "file", dir = "/var/lib/mecgw/out" }
+"#;
+
+    #[derive(Deserialize)]
+    struct Daemon {
+        egress: EgressConfig,
+    }
+
+    #[test]
+    fn the_documented_configuration_parses() {
+        let c: Daemon = toml::from_str(EXAMPLE).unwrap();
+        let c = c.egress;
+        assert_eq!(c.when_full, WhenFull::ShedOldest);
+        assert_eq!(c.destinations.len(), 2);
+        match &c.destinations[0].sink {
+            SinkConfig::Nats(n) => {
+                assert_eq!(n.duplicate_window_secs, 120);
+                assert!(n.tls.as_ref().unwrap().ca.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(c.destinations[1].sink, SinkConfig::File(_)));
+        let typo = EXAMPLE.replace("read_ahead", "read_ahaed");
+        assert!(toml::from_str::<Daemon>(&typo).is_err());
+    }
+
+    fn open(destinations: Vec<DestinationConfig>) -> Result<Egress, EgressError> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EgressConfig {
+            spool_dir: dir.path().join("spool"),
+            audit_dir: dir.path().join("audit"),
+            limits: SpoolLimits::default(),
+            when_full: WhenFull::Backpressure,
+            backoff: BackoffConfig::default(),
+            read_ahead: 64,
+            destinations,
+        };
+        Egress::open(
+            config,
+            Arc::new(Permissions::new(Arc::new(PermissionTable::new()))),
+        )
+    }
+
+    fn file_destination(name: &str) -> DestinationConfig {
+        DestinationConfig {
+            name: name.into(),
+            region: "EU".into(),
+            sink: SinkConfig::File(sink::file::FileSinkConfig {
+                dir: "/nonexistent".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_the_reason() {
+        let err = open(vec![file_destination("a.b")]).err().unwrap();
+        assert!(err.to_string().contains("\"a.b\""), "{err}");
+        let err = open(vec![file_destination("a"), file_destination("a")])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("twice"), "{err}");
+        let egress = open(vec![file_destination("a")]).unwrap();
+        assert!(matches!(
+            egress.enqueue("zzz", &[]),
+            Err(EnqueueError::UnknownDestination(_))
+        ));
+        assert!(matches!(egress.enqueue("a", &[]), Err(EnqueueError::Empty)));
+    }
+}
