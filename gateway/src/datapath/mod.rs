@@ -334,7 +334,7 @@ impl FastPath {
         head_shift: i32,
         repeat: u32,
     ) -> Result<TestRunOutcome, DatapathError> {
-        if frame.len() % 8 != 0 || frame.len() > BENCH_FRAME_MAX {
+        if !frame.len().is_multiple_of(8) || frame.len() > BENCH_FRAME_MAX {
             return Err(DatapathError::Unexpected(format!(
                 "a benchmark frame must be a multiple of 8 bytes, at most {BENCH_FRAME_MAX}; got {}",
                 frame.len()
