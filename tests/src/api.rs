@@ -14,8 +14,8 @@ use std::{
 use anyhow::Context as _;
 use mecgw::{
     api::{
-        ApiBackend, ApiConfig, AppConfig, PublishedRecord, ReleasedOutput, ReplaceError, Role,
-        StatusReport,
+        ApiBackend, ApiConfig, ApiMetrics, AppConfig, PublishedRecord, ReleasedOutput,
+        ReplaceError, Role, StatusReport,
     },
     datapath::{FastPath, Tables},
 };
@@ -232,6 +232,7 @@ pub struct FastPathBackend {
     pub released: broadcast::Sender<Arc<ReleasedOutput>>,
     pub kinds: Vec<String>,
     pub policy_hash: Option<String>,
+    pub metrics: Arc<ApiMetrics>,
 }
 
 impl FastPathBackend {
@@ -252,6 +253,7 @@ impl FastPathBackend {
             released: broadcast::channel(64).0,
             kinds: vec!["app".into(), "flow".into()],
             policy_hash: Some("sha256:test".into()),
+            metrics: Arc::default(),
         })
     }
 
@@ -328,6 +330,10 @@ impl ApiBackend for FastPathBackend {
 
     fn releases(&self) -> broadcast::Receiver<Arc<ReleasedOutput>> {
         self.released.subscribe()
+    }
+
+    fn api_metrics(&self) -> Option<Arc<ApiMetrics>> {
+        Some(self.metrics.clone())
     }
 }
 

@@ -416,6 +416,19 @@ async fn status_reflection_and_message_limits() {
         .get_status(GetStatusRequest {})
         .await
         .unwrap();
+
+    // Every call was counted by method and code, and renders for /metrics.
+    let get = "/mecgw.v1.StatusService/GetStatus";
+    assert_eq!(b.metrics.calls(get, Code::Ok), 3);
+    let text = b.metrics.render();
+    let line = format!("mecgw_api_requests_total{{method=\"{get}\",code=\"Ok\"}} 3");
+    assert!(text.lines().any(|l| l == line), "{text}");
+    assert!(
+        text.contains(
+            "mecgw_api_request_duration_seconds_count{method=\"/mecgw.v1.TelemetryService/Publish\""
+        ),
+        "{text}"
+    );
     server.stop().await.unwrap();
 }
 

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{ApiBackend, PublishedRecord, ReleasedOutput, ReplaceError, StatusReport};
+use super::{ApiBackend, ApiMetrics, PublishedRecord, ReleasedOutput, ReplaceError, StatusReport};
 use crate::{
     daemon::Gateway,
     datapath::{DatapathError, Tables},
@@ -28,6 +28,7 @@ pub struct GatewayApi {
     ready: watch::Sender<bool>,
     ingest: mpsc::Sender<PublishedRecord>,
     releases: broadcast::Sender<Arc<ReleasedOutput>>,
+    metrics: Arc<ApiMetrics>,
 }
 
 impl GatewayApi {
@@ -57,7 +58,14 @@ impl GatewayApi {
             ready,
             ingest,
             releases,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Calls per method and code, for the operations port's `/metrics`
+    /// ([`ApiMetrics::render`]).
+    pub fn metrics(&self) -> Arc<ApiMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -125,5 +133,9 @@ impl ApiBackend for GatewayApi {
 
     fn releases(&self) -> broadcast::Receiver<Arc<ReleasedOutput>> {
         self.releases.subscribe()
+    }
+
+    fn api_metrics(&self) -> Option<Arc<ApiMetrics>> {
+        Some(self.metrics.clone())
     }
 }

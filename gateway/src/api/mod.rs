@@ -14,6 +14,7 @@
 pub mod config;
 pub mod daemon;
 pub mod identity;
+pub mod metrics;
 pub mod services;
 pub mod sessions;
 pub mod status;
@@ -34,6 +35,7 @@ use tracing::{info, warn};
 use crate::datapath::Tables;
 
 pub use config::{ApiConfig, AppConfig, Role};
+pub use metrics::ApiMetrics;
 
 /// The generated messages, servers and clients of `mecgw.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -133,6 +135,12 @@ pub trait ApiBackend: Send + Sync + 'static {
 
     /// Outputs released on this site, as they happen.
     fn releases(&self) -> broadcast::Receiver<Arc<ReleasedOutput>>;
+
+    /// Where to count calls per method and code (rendered on the daemon's `/metrics`);
+    /// `None`: not counted.
+    fn api_metrics(&self) -> Option<Arc<ApiMetrics>> {
+        None
+    }
 }
 
 /// State shared by the service implementations.
@@ -240,6 +248,9 @@ pub async fn serve_on<B: ApiBackend>(
             .tls_config(tls_config(config)?)
             .context("api: TLS configuration")?;
     }
+
+    let metrics = backend.api_metrics().unwrap_or_default();
+    let mut builder = builder.layer(metrics::MetricsLayer(metrics));
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
