@@ -23,7 +23,7 @@ pub fn release(destination: &str, name: &str, n: u64, extra: Value) -> EgressIte
         "release": name,
         "kind": "flow",
         "destination": destination,
-        "policy_hash": POLICY_HASH,
+        "policy": POLICY_HASH,
         "epsilon": 0.125,
         "window": {"start": "2026-11-26T10:00:00Z", "end": "2026-11-26T10:05:00Z"},
         "group": {"cell": "262-01-1234"},
@@ -43,7 +43,7 @@ pub fn record(destination: &str, kind: &str, n: u64, extra: Value) -> EgressItem
     let mut v = json!({
         "kind": kind,
         "destination": destination,
-        "policy_hash": POLICY_HASH,
+        "policy": POLICY_HASH,
         "ue_prefix": "10.45.0.0/24",
         "n": n,
     });

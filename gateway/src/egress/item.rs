@@ -4,14 +4,18 @@
 //! input type, [`EgressItem`], can only be built from an object that names a release or a
 //! *transformed* record kind, the destination the policy routed it to and the policy hash.
 //!
-//! # The item contract (one JSON object per item, as `mecgw policy apply` writes them)
-//! - `"release": "<name>"` marks a release (a windowed aggregate). It must carry
-//!   `"epsilon": <number ≥ 0>`, the ε this release spent from the budget.
+//! # The item contract (one JSON object per item, as the policy engine's `Output` serialises)
+//! - `"release": "<name>"` marks one released cell of a release (a windowed aggregate); the
+//!   engine also writes `"kind": "release"`. It may carry `"epsilon": <number ≥ 0>`, the ε
+//!   the release spent; when it does not (the engine charges ε once per release window, not per
+//!   cell), egress accounts the release's ε once per distinct (release, window) from the policy
+//!   ([`super::jurisdiction::EgressPermissions::release_epsilon`]).
 //! - otherwise `"kind": "<name>"` marks a transformed record of that record kind (`epsilon`,
 //!   when present, must be 0: a record spends no budget).
-//! - `"destination": "<name>"` is where the policy routed it; `"policy_hash": "<string>"` the
-//!   hash of the policy that produced it. `"window"` is carried unchanged when present.
-//! - every other field is payload, carried unchanged; egress never reads it.
+//! - `"destination": "<name>"` is where the policy routed it; `"policy"` (or `"policy_hash"`)
+//!   the hash of the policy that produced it. `"window"` is carried unchanged when present.
+//! - every other field (`region`, `group`, `metrics`, `record`, …) is payload, carried
+//!   unchanged; egress never reads it.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -89,7 +93,7 @@ pub struct EgressItem {
     output: OutputName,
     destination: String,
     policy_hash: String,
-    epsilon: f64,
+    epsilon: Option<f64>,
     object: Map<String, Value>,
 }
 
@@ -128,20 +132,19 @@ impl EgressItem {
                 .get("destination")
                 .ok_or(ItemError::Missing("destination"))?,
         )?;
-        let policy_hash = match object.get("policy_hash") {
+        let policy_hash = match object.get("policy").or_else(|| object.get("policy_hash")) {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_POLICY_HASH_LEN => s.clone(),
             Some(_) => {
                 return Err(ItemError::Invalid {
-                    field: "policy_hash",
+                    field: "policy",
                     problem: format!("must be a string of 1 to {MAX_POLICY_HASH_LEN} characters"),
                 });
             }
-            None => return Err(ItemError::Missing("policy_hash")),
+            None => return Err(ItemError::Missing("policy")),
         };
-        let epsilon = match (output.kind, object.get("epsilon")) {
-            (OutputKind::Release, None) => return Err(ItemError::Missing("epsilon")),
-            (_, None) => 0.0,
-            (kind, Some(v)) => {
+        let epsilon = match object.get("epsilon") {
+            None => None,
+            Some(v) => {
                 let eps = v
                     .as_f64()
                     .filter(|e| e.is_finite() && *e >= 0.0)
@@ -149,13 +152,13 @@ impl EgressItem {
                         field: "epsilon",
                         problem: "must be a finite number ≥ 0".into(),
                     })?;
-                if kind == OutputKind::Record && eps != 0.0 {
+                if output.kind == OutputKind::Record && eps != 0.0 {
                     return Err(ItemError::Invalid {
                         field: "epsilon",
                         problem: "a transformed record spends no budget; epsilon must be 0".into(),
                     });
                 }
-                eps
+                Some(eps)
             }
         };
         Ok(Self {
@@ -182,9 +185,14 @@ impl EgressItem {
         &self.policy_hash
     }
 
-    /// ε this item spent (0 for transformed records).
-    pub fn epsilon(&self) -> f64 {
+    /// ε this item says it spent, if it says so (0 or nothing for transformed records).
+    pub fn epsilon(&self) -> Option<f64> {
         self.epsilon
+    }
+
+    /// The `window` tag, if any.
+    pub fn window(&self) -> Option<&Value> {
+        self.object.get("window")
     }
 
     /// The whole object as emitted, as it will be sent.
@@ -336,13 +344,25 @@ mod tests {
         .unwrap();
         assert_eq!(r.output().kind, OutputKind::Release);
         assert_eq!(r.output().name, "flows_per_cell");
-        assert_eq!(r.epsilon(), 0.5);
+        assert_eq!(r.epsilon(), Some(0.5));
         let k = EgressItem::from_json_line(
             r#"{"kind":"flow","destination":"eu-analytics","policy_hash":"h","ue":"10.0.0.0/24"}"#,
         )
         .unwrap();
         assert_eq!(k.output().kind, OutputKind::Record);
-        assert_eq!(k.epsilon(), 0.0);
+        assert_eq!(k.epsilon(), None);
+        // The policy engine's own output shape: `kind: release`, `policy`, no epsilon.
+        let cell = EgressItem::from_json(json!({
+            "kind": "release", "release": "traffic_per_cell",
+            "window": {"start": "2026-11-26T10:00:00Z", "end": "2026-11-26T11:00:00Z"},
+            "destination": "national_statistics", "region": "EU-DE", "policy": "sha256:ab",
+            "group": {"cell": "c1"}, "metrics": {"count": 17}
+        }))
+        .unwrap();
+        assert_eq!(cell.output().kind, OutputKind::Release);
+        assert_eq!(cell.output().name, "traffic_per_cell");
+        assert_eq!(cell.policy_hash(), "sha256:ab");
+        assert_eq!(cell.epsilon(), None);
     }
 
     #[test]
@@ -356,8 +376,8 @@ mod tests {
             Err(ItemError::NoOutputName)
         );
         assert_eq!(
-            EgressItem::from_json(json!({"release": "r", "destination": "d", "policy_hash": "h"})),
-            Err(ItemError::Missing("epsilon"))
+            EgressItem::from_json(json!({"release": "r", "destination": "d"})),
+            Err(ItemError::Missing("policy"))
         );
         assert!(matches!(
             EgressItem::from_json(

@@ -62,6 +62,13 @@ impl fmt::Display for DenyReason {
 pub trait EgressPermissions: Send + Sync {
     /// May `output` go to `destination`, whose sink is in `region`?
     fn permits(&self, destination: &str, region: &str, output: &OutputName) -> Verdict;
+
+    /// ε one window of `release` spends, for the audit log when the released items do not
+    /// say (unknown: `None`, audited as 0).
+    fn release_epsilon(&self, release: &str) -> Option<f64> {
+        let _ = release;
+        None
+    }
 }
 
 /// Checks every output of a batch; the first refusal wins.
@@ -90,6 +97,7 @@ struct DestinationRule {
 #[derive(Debug, Clone, Default)]
 pub struct PermissionTable {
     destinations: BTreeMap<String, DestinationRule>,
+    release_epsilon: BTreeMap<String, f64>,
 }
 
 impl PermissionTable {
@@ -117,7 +125,13 @@ impl PermissionTable {
         self
     }
 
-    /// The destinations section of a compiled policy.
+    /// Records the ε one window of `release` spends.
+    pub fn with_release_epsilon(mut self, release: &str, epsilon: f64) -> Self {
+        self.release_epsilon.insert(release.to_string(), epsilon);
+        self
+    }
+
+    /// The destinations section of a compiled policy, and each release's ε.
     pub fn from_policy(policy: &mecgw_policy::model::Policy) -> Self {
         let destinations = policy
             .destinations
@@ -133,7 +147,15 @@ impl PermissionTable {
                 )
             })
             .collect();
-        Self { destinations }
+        let release_epsilon = policy
+            .releases
+            .iter()
+            .map(|(name, r)| (name.clone(), r.epsilon.as_f64()))
+            .collect();
+        Self {
+            destinations,
+            release_epsilon,
+        }
     }
 }
 
@@ -157,6 +179,10 @@ impl EgressPermissions for PermissionTable {
         } else {
             Verdict::Deny(DenyReason::NotListed(output.clone()))
         }
+    }
+
+    fn release_epsilon(&self, release: &str) -> Option<f64> {
+        self.release_epsilon.get(release).copied()
     }
 }
 
@@ -263,6 +289,10 @@ mod tests {
             t.permits("analytics", "US-VA", &kind("flow")),
             Verdict::Deny(DenyReason::RegionNotPermitted { .. })
         ));
+        let eps = policy.releases["traffic_per_cell"].epsilon.as_f64();
+        assert!(eps > 0.0);
+        assert_eq!(t.release_epsilon("traffic_per_cell"), Some(eps));
+        assert_eq!(t.release_epsilon("nope"), None);
     }
 
     #[test]

@@ -187,6 +187,28 @@ pub(crate) fn audit_record(
     }
 }
 
+/// ε a batch spent: what items state, plus, for release items that do not state it, the
+/// release's ε once per distinct (release, window), since ε is charged per release window.
+fn batch_epsilon(items: &[EgressItem], permissions: &dyn jurisdiction::EgressPermissions) -> f64 {
+    let mut windows = BTreeSet::new();
+    let mut epsilon = 0.0;
+    for item in items {
+        match item.epsilon() {
+            Some(e) => epsilon += e,
+            None if item.output().kind == OutputKind::Release => {
+                let window = item.window().map(ToString::to_string).unwrap_or_default();
+                if windows.insert((item.output().name.as_str(), window)) {
+                    epsilon += permissions
+                        .release_epsilon(&item.output().name)
+                        .unwrap_or(0.0);
+                }
+            }
+            None => {}
+        }
+    }
+    epsilon
+}
+
 impl Egress {
     /// Opens the spool and the audit log and checks the configuration.
     pub fn open(config: EgressConfig, permissions: Arc<Permissions>) -> Result<Self, EgressError> {
@@ -345,11 +367,11 @@ impl Egress {
                 OutputKind::Release => header.releases += 1,
                 OutputKind::Record => header.records += 1,
             }
-            header.epsilon += item.epsilon();
             header.outputs.insert(item.output().clone());
         }
         let region = dest.config.region.as_str();
         let permissions = self.shared.permissions.current();
+        header.epsilon = batch_epsilon(items, permissions.as_ref());
         if let Verdict::Deny(reason) =
             check_batch(permissions.as_ref(), destination, region, &header.outputs)
         {
@@ -549,6 +571,32 @@ sink = { type = "file", dir = "/var/lib/mecgw/out" }
                 dir: "/nonexistent".into(),
             }),
         }
+    }
+
+    #[test]
+    fn release_epsilon_is_counted_once_per_release_window() {
+        let cell = |window: u32, cell: &str| {
+            EgressItem::from_json(serde_json::json!({
+                "kind": "release", "release": "cells", "window": {"start": window},
+                "destination": "d", "policy": "h", "group": {"cell": cell}
+            }))
+            .unwrap()
+        };
+        let stated = EgressItem::from_json(serde_json::json!({
+            "release": "other", "destination": "d", "policy": "h", "epsilon": 0.25
+        }))
+        .unwrap();
+        let table = PermissionTable::new().with_release_epsilon("cells", 0.5);
+        // Three cells of window 1 and one of window 2: two windows of 0.5, plus 0.25 stated.
+        let items = [
+            cell(1, "a"),
+            cell(1, "b"),
+            cell(1, "c"),
+            cell(2, "a"),
+            stated,
+        ];
+        assert_eq!(batch_epsilon(&items, &table), 1.25);
+        assert_eq!(batch_epsilon(&items[..3], &PermissionTable::new()), 0.0);
     }
 
     #[test]
