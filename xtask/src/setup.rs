@@ -27,7 +27,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "certificates for the egress TLS test"),
     ("ethtool", "GRO on testbed veths, which XDP redirect needs"),
     ("curl", "the demo and tests scrape the operations port"),
-    ("tshark", "dissects downlink GTP-U independently in the end-to-end tests"),
+    (
+        "tshark",
+        "dissects downlink GTP-U independently in the end-to-end tests",
+    ),
     (
         "protobuf-compiler",
         "protoc for tonic-build (the gRPC API protos)",
