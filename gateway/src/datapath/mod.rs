@@ -383,6 +383,12 @@ impl FastPath {
     }
 
     /// Runs the program of `direction` once on `packet` and reports its whole decision.
+    ///
+    /// The reason, rule and session come from the per-CPU `LAST_DECISION` record, cleared
+    /// before the run. Calls are serialised; if another thread test-runs, or attached
+    /// programs of this object handle traffic at the same moment, more than one CPU records a
+    /// decision and this returns an error rather than guess (use [`FastPath::test_run`]
+    /// there).
     pub fn judge(&self, direction: Direction, packet: &[u8]) -> Result<Judged, DatapathError> {
         let mut last = self
             .last
