@@ -160,7 +160,8 @@ impl Mechanism {
         };
         let b = selection.scale();
         let m = (b * (g as f64 / selection_delta).ln()).ceil().max(0.0) + 1.0;
-        let threshold = u64::from(release.k) + m as u64;
+        // `m as u64` saturates for absurd scales; so does the threshold (nothing is released).
+        let threshold = u64::from(release.k).saturating_add(m as u64);
         let p = (-1.0 / b).exp();
         let release_probability_at_k = p.powf(m) / (1.0 + p);
 
