@@ -13,9 +13,10 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::model::{Bounds, Contribution, Metric};
+use crate::record::{Raw, Record};
 
 /// What became of one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,23 +73,23 @@ impl Layout {
     }
 
     /// Adds one row's contribution to `acc` (length `slots`).
-    fn add(&self, acc: &mut [i64], record: &Map<String, Value>) {
+    fn add<R: Record + ?Sized>(&self, acc: &mut [i64], record: &R) {
         for (m, &off) in self.metrics.iter().zip(&self.offsets) {
             match m {
                 Metric::Count => {}
                 Metric::Sum { field, bounds } => {
-                    if let Some(v) = clamped(record.get(field), bounds) {
+                    if let Some(v) = clamped_raw(record.get(field), bounds) {
                         acc[off] = acc[off].saturating_add(v);
                     }
                 }
                 Metric::Mean { field, bounds } => {
-                    if let Some(v) = clamped(record.get(field), bounds) {
+                    if let Some(v) = clamped_raw(record.get(field), bounds) {
                         acc[off] = acc[off].saturating_add(v);
                         acc[off + 1] += 1;
                     }
                 }
                 Metric::Histogram { field, bins } | Metric::Quantiles { field, bins, .. } => {
-                    if let Some(x) = record.get(field).and_then(Value::as_f64) {
+                    if let Some(x) = record.get(field).and_then(Raw::as_f64) {
                         acc[off + bin_of(bins, x)] += 1;
                     }
                 }
@@ -99,6 +100,11 @@ impl Layout {
 
 /// A numeric value in the bounds' fixed point, clamped to them.
 pub fn clamped(v: Option<&Value>, b: &Bounds) -> Option<i64> {
+    clamped_raw(v.map(Raw::of), b)
+}
+
+/// [`clamped`] of a borrowed field value.
+pub fn clamped_raw(v: Option<Raw<'_>>, b: &Bounds) -> Option<i64> {
     let v = v?;
     let scaled = match v.as_i64() {
         Some(i) => i.saturating_mul(b.scale()),
@@ -174,13 +180,14 @@ pub struct WindowCounters {
 pub struct WindowState {
     /// Window start, Unix seconds.
     pub start: i64,
-    group_ids: HashMap<String, u32>,
+    /// Group ids by the JSON text of the group key (see [`group_text`]).
+    group_ids: HashMap<Vec<u8>, u32>,
     groups: Vec<GroupAcc>,
     pairs: UnitMap<(u64, u32), u32>,
     unit_groups: UnitMap<u64, u32>,
     /// True once the state cap was hit; the window will be suppressed.
     pub saturated: bool,
-    scratch: String,
+    scratch: Vec<u8>,
     /// What happened to its rows.
     pub counters: WindowCounters,
 }
@@ -195,7 +202,7 @@ impl WindowState {
             pairs: UnitMap::default(),
             unit_groups: UnitMap::default(),
             saturated: false,
-            scratch: String::new(),
+            scratch: Vec::new(),
             counters: WindowCounters::default(),
         }
     }
@@ -207,14 +214,14 @@ impl WindowState {
 
     /// Adds one row of privacy unit `unit` (an in-memory hash, never output) to the group
     /// whose transformed key is `key`.
-    pub fn add(
+    pub fn add<R: Record + ?Sized>(
         &mut self,
         layout: &Layout,
         bounds: Contribution,
         max_state: u64,
         unit: u64,
         key: &[&Value],
-        record: &Map<String, Value>,
+        record: &R,
     ) -> RowOutcome {
         let outcome = self.admit(layout, bounds, max_state, unit, key);
         match outcome {
@@ -249,7 +256,7 @@ impl WindowState {
         }
         let mut text = std::mem::take(&mut self.scratch);
         group_text(key, &mut text);
-        let existing = self.group_ids.get(text.as_str()).copied();
+        let existing = self.group_ids.get(text.as_slice()).copied();
         self.scratch = text;
         if let Some(g) = existing
             && let Some(rows) = self.pairs.get_mut(&(unit, g))
@@ -296,7 +303,8 @@ impl WindowState {
 
     /// Closes the window: its groups, in key order (so output is deterministic).
     pub fn into_groups(self) -> Vec<GroupAcc> {
-        let mut ids: Vec<(String, u32)> = self.group_ids.into_iter().collect();
+        // Byte order of UTF-8 text is its `str` order.
+        let mut ids: Vec<(Vec<u8>, u32)> = self.group_ids.into_iter().collect();
         ids.sort();
         let mut groups: Vec<Option<GroupAcc>> = self.groups.into_iter().map(Some).collect();
         ids.into_iter()
@@ -305,12 +313,14 @@ impl WindowState {
     }
 }
 
-fn group_text(key: &[&Value], s: &mut String) {
-    use std::fmt::Write as _;
+/// The group key as text: each value's JSON text (as `Display` writes it), each followed
+/// by U+001F (which JSON text never holds unescaped).
+fn group_text(key: &[&Value], s: &mut Vec<u8>) {
     s.clear();
     for v in key {
-        let _ = write!(s, "{v}");
-        s.push('\u{1f}');
+        // Writing to a Vec cannot fail; a value serialises (its map keys are strings).
+        let _ = serde_json::to_writer(&mut *s, v);
+        s.push(0x1f);
     }
 }
 
@@ -318,6 +328,7 @@ fn group_text(key: &[&Value], s: &mut String) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Map;
 
     fn layout() -> Layout {
         Layout::new(&[

@@ -19,6 +19,7 @@ use crate::aggregate::{Layout, RowOutcome, WindowState};
 use crate::budget::{Charge, Ledger, LedgerError};
 use crate::keys::{EpochKeys, KeyError, KeyRing};
 use crate::model::{DEFAULT_MAX_STATE, Policy, Release};
+use crate::record::{FieldTable, LineRecord, Raw, Record};
 use crate::release::{Mechanism, MechanismError};
 use crate::transform::{KindPlan, RecordError};
 use crate::units::format_rfc3339;
@@ -133,6 +134,8 @@ pub struct Engine {
     kind_destinations: BTreeMap<String, Vec<(String, String)>>,
     tag_cache: BTreeMap<String, TagCache>,
     kind_names: BTreeMap<String, Arc<str>>,
+    /// The members a line reader keeps: every declared field, and `kind`.
+    table: FieldTable,
     runs: Vec<ReleaseRun>,
     keys: KeyRing,
     ledger: Ledger,
@@ -321,6 +324,13 @@ impl Engine {
                 .keys()
                 .map(|k| (k.clone(), Arc::from(k.as_str())))
                 .collect(),
+            table: FieldTable::new(
+                policy
+                    .kinds
+                    .values()
+                    .flat_map(|k| k.fields.keys().map(String::as_str))
+                    .chain(["kind"]),
+            ),
             runs,
             keys: ring,
             ledger,
@@ -354,6 +364,11 @@ impl Engine {
             self.bad(line_no, &RecordError::TooLong(MAX_RECORD_BYTES));
             return Ok(());
         }
+        if let Some(record) = LineRecord::parse(&self.table, line) {
+            return self.process_record(line_no, &record, emit);
+        }
+        // Not an object the line reader accepts: the `Value` parser says why (and processes
+        // it, should the two ever disagree about a valid object).
         match serde_json::from_str::<Value>(line) {
             Ok(v) => self.process_value_counted(line_no, v, emit),
             Err(_) => {
@@ -384,8 +399,17 @@ impl Engine {
             self.bad(line_no, &RecordError::NotAnObject);
             return Ok(());
         };
+        self.process_record(line_no, &record, emit)
+    }
+
+    fn process_record<R: Record + ?Sized>(
+        &mut self,
+        line_no: u64,
+        record: &R,
+        emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
+    ) -> Result<(), EngineFailure> {
         let kind_name: Arc<str> = match record.get("kind") {
-            Some(Value::String(k)) => match self.kind_names.get(k.as_str()) {
+            Some(Raw::Str(k)) => match self.kind_names.get(k) {
                 Some(a) => Arc::clone(a),
                 None => {
                     self.bad(line_no, &RecordError::UnknownKind);
@@ -405,7 +429,7 @@ impl Engine {
             self.bad(line_no, &RecordError::UnknownKind);
             return Ok(());
         };
-        let t = match plan.apply(&record, &mut self.keys) {
+        let t = match plan.apply(record, &mut self.keys) {
             Ok(t) => t,
             Err(e) => {
                 self.bad(line_no, &e);
@@ -514,7 +538,7 @@ impl Engine {
                 run.max_state,
                 unit_id,
                 &key,
-                &record,
+                record,
             ) {
                 RowOutcome::Added => stats.rows_added += 1,
                 RowOutcome::OverMaxRows => stats.rows_over_max_rows += 1,

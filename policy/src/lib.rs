@@ -20,6 +20,7 @@ pub mod explain;
 pub mod keys;
 pub mod model;
 pub mod noise;
+pub mod record;
 pub mod release;
 pub mod schema;
 pub mod testcases;

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::keys::{KeyError, KeyRing};
 use crate::model::{BucketWidth, FieldType, RecordKind, Transform};
+use crate::record::{Raw, Record};
 use crate::units::{self, UnixSeconds};
 
 /// The marker a redacted field carries.
@@ -68,16 +69,15 @@ impl From<KeyError> for RecordError {
 }
 
 /// Reads a timestamp field value.
-pub fn timestamp_of(v: &Value) -> Option<UnixSeconds> {
+pub fn timestamp_of(v: Raw<'_>) -> Option<UnixSeconds> {
     match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => units::parse_rfc3339(s).ok(),
-        _ => None,
+        Raw::Str(s) => units::parse_rfc3339(s).ok(),
+        n => n.as_i64(),
     }
 }
 
 /// Reads an address, accepting CIDR notation (the prefix is kept as an upper bound).
-pub fn address_of(v: &Value) -> Option<(IpAddr, Option<u8>)> {
+pub fn address_of(v: Raw<'_>) -> Option<(IpAddr, Option<u8>)> {
     let s = v.as_str()?;
     match s.split_once('/') {
         Some((a, p)) => Some((a.parse().ok()?, Some(p.parse().ok()?))),
@@ -106,19 +106,48 @@ pub fn truncate_ip(ip: IpAddr, ipv4: u8, ipv6: u8) -> (IpAddr, u8) {
     }
 }
 
-fn geo_of(v: &Value) -> Option<(f64, f64)> {
+/// `address/prefix` text, as `format!("{net}/{p}")` writes it (IPv4 without the formatting
+/// machinery: it is on every record's path).
+fn network_text(net: IpAddr, p: u8) -> String {
+    fn push_decimal(s: &mut String, n: u8) {
+        if n >= 100 {
+            s.push(char::from(b'0' + n / 100));
+        }
+        if n >= 10 {
+            s.push(char::from(b'0' + n / 10 % 10));
+        }
+        s.push(char::from(b'0' + n % 10));
+    }
+    match net {
+        IpAddr::V4(a) => {
+            let mut s = String::with_capacity(18);
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_decimal(&mut s, o);
+            }
+            s.push('/');
+            push_decimal(&mut s, p);
+            s
+        }
+        IpAddr::V6(_) => format!("{net}/{p}"),
+    }
+}
+
+fn geo_of(v: Raw<'_>) -> Option<(f64, f64)> {
     let o = v.as_object()?;
     let lat = o.get("lat")?.as_f64()?;
     let lon = o.get("lon")?.as_f64()?;
     ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
 }
 
-fn type_ok(ty: FieldType, v: &Value) -> bool {
+fn type_ok(ty: FieldType, v: Raw<'_>) -> bool {
     match ty {
-        FieldType::String => v.is_string(),
-        FieldType::Integer => v.is_i64(),
+        FieldType::String => v.as_str().is_some(),
+        FieldType::Integer => v.as_i64().is_some(),
         FieldType::Decimal => v.is_number(),
-        FieldType::Boolean => v.is_boolean(),
+        FieldType::Boolean => matches!(v, Raw::Bool(_)),
         FieldType::Ipv4 => matches!(address_of(v), Some((IpAddr::V4(_), _))),
         FieldType::Ipv6 => matches!(address_of(v), Some((IpAddr::V6(_), _))),
         FieldType::Ip => address_of(v).is_some(),
@@ -128,7 +157,7 @@ fn type_ok(ty: FieldType, v: &Value) -> bool {
 }
 
 /// The bytes a pseudonym is computed over: the canonical text of the value.
-fn canonical(ty: FieldType, v: &Value) -> Option<String> {
+fn canonical(ty: FieldType, v: Raw<'_>) -> Option<String> {
     match ty {
         FieldType::String => v.as_str().map(str::to_owned),
         FieldType::Integer => v.as_i64().map(|i| i.to_string()),
@@ -255,9 +284,9 @@ impl KindPlan {
     }
 
     /// Validates and transforms one record.
-    pub fn apply<'r>(
+    pub fn apply<'r, R: Record + ?Sized>(
         &self,
-        record: &'r Map<String, Value>,
+        record: &'r R,
         keys: &mut KeyRing,
     ) -> Result<Transformed<'r>, RecordError> {
         let time = record
@@ -273,10 +302,13 @@ impl KindPlan {
             .filter(|v| !v.is_null())
             .ok_or_else(|| RecordError::Missing(self.privacy_unit.clone()))?;
         let unit = match (self.unit_type, unit_value) {
-            (FieldType::String, Value::String(s)) => std::borrow::Cow::Borrowed(s.as_str()),
+            (FieldType::String, Raw::Str(s)) => std::borrow::Cow::Borrowed(s),
             _ => std::borrow::Cow::Owned(
                 canonical(self.unit_type, unit_value)
-                    .or_else(|| type_ok(self.unit_type, unit_value).then(|| unit_value.to_string()))
+                    .or_else(|| {
+                        type_ok(self.unit_type, unit_value)
+                            .then(|| unit_value.to_value().to_string())
+                    })
                     .ok_or_else(|| RecordError::WrongType {
                         field: self.privacy_unit.clone(),
                         expected: self.unit_type.name(),
@@ -285,7 +317,7 @@ impl KindPlan {
         };
         let mut out = Vec::with_capacity(self.fields.len());
         for (i, (name, ty, transform)) in self.fields.iter().enumerate() {
-            let Some(v) = record.get(&**name).filter(|v| !v.is_null()) else {
+            let Some(v) = record.get(name).filter(|v| !v.is_null()) else {
                 continue;
             };
             if !type_ok(*ty, v) {
@@ -298,7 +330,7 @@ impl KindPlan {
                 continue; // not in the allow-list: dropped
             };
             let value = match transform {
-                Transform::Keep => v.clone(),
+                Transform::Keep => v.to_value(),
                 Transform::Redact => Value::String(REDACTED.to_owned()),
                 Transform::Pseudonymise { key } => {
                     let k = keys
@@ -328,7 +360,7 @@ impl KindPlan {
                         Some(g) if g < p => truncate_ip(net, g.min(32), g),
                         _ => (net, p),
                     };
-                    Value::String(format!("{net}/{p}"))
+                    Value::String(network_text(net, p))
                 }
                 Transform::Coarsen { grid } => {
                     let (lat, lon) = geo_of(v).ok_or_else(|| RecordError::WrongType {
@@ -355,7 +387,7 @@ impl KindPlan {
                         self.last_bucket.set(Some((i, b, text.clone())));
                         Value::String(text)
                     }
-                    (BucketWidth::Number { units, places: 0 }, _) if v.is_i64() => {
+                    (BucketWidth::Number { units, places: 0 }, _) if v.as_i64().is_some() => {
                         Value::from(floor_to(v.as_i64().unwrap_or_default(), *units))
                     }
                     (BucketWidth::Number { units, places }, _) => {
@@ -443,6 +475,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn network_text_is_the_display_text(bits in any::<u32>(), p in any::<u8>()) {
+            let net = IpAddr::V4(Ipv4Addr::from(bits));
+            prop_assert_eq!(network_text(net, p), format!("{net}/{p}"));
+        }
+
         #[test]
         fn truncation_is_idempotent(bits in any::<u128>(), v4 in 0u8..=32, v6 in 0u8..=128, mapped in any::<bool>(), is_v4 in any::<bool>()) {
             let ip = if is_v4 {
