@@ -315,12 +315,60 @@ pub const QFI: u8 = 9;
 /// The operations port of `mecgw run` inside the `mec` namespace.
 pub const METRICS: &str = "127.0.0.1:9464";
 
+/// The datapath a testbed gateway runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatapathChoice {
+    /// XDP attached in the driver (veth supports it).
+    Native,
+    /// XDP attached in generic mode.
+    Generic,
+    /// The reference model over AF_PACKET (`datapath.kind = "userspace"`).
+    Userspace,
+}
+
+impl DatapathChoice {
+    pub const ALL: [DatapathChoice; 3] = [
+        DatapathChoice::Native,
+        DatapathChoice::Generic,
+        DatapathChoice::Userspace,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DatapathChoice::Native => "native XDP",
+            DatapathChoice::Generic => "generic XDP",
+            DatapathChoice::Userspace => "userspace",
+        }
+    }
+}
+
 /// Writes `mecgw.toml` and `tables.toml` for `ues` simulated UEs into `dir`. `rules` is TOML
-/// of `[[rules]]` tables; `mode` is the XDP mode.
+/// of `[[rules]]` tables; `mode` is the XDP mode ("native" or "generic").
 pub fn write_gateway_config(dir: &Path, ues: u32, rules: &str, mode: &str) -> anyhow::Result<()> {
+    let choice = match mode {
+        "native" => DatapathChoice::Native,
+        "generic" => DatapathChoice::Generic,
+        other => bail!("XDP mode {other:?}: expected native or generic"),
+    };
+    write_gateway_config_for(dir, ues, rules, choice)
+}
+
+/// Like [`write_gateway_config`], for any datapath.
+pub fn write_gateway_config_for(
+    dir: &Path,
+    ues: u32,
+    rules: &str,
+    datapath: DatapathChoice,
+) -> anyhow::Result<()> {
+    let (kind, mode) = match datapath {
+        DatapathChoice::Native => ("xdp", "native"),
+        DatapathChoice::Generic => ("xdp", "generic"),
+        DatapathChoice::Userspace => ("userspace", "native"),
+    };
     let config = format!(
         "# Written for the mecgw testbed.\n[interfaces]\nn3 = \"{n3}\"\nlocal = \"{local}\"\n\n\
-         [xdp]\nmode = \"{mode}\"\nfallback_to_generic = false\n\n[datapath]\ntables = \"tables.toml\"\n\n\
+         [xdp]\nmode = \"{mode}\"\nfallback_to_generic = false\n\n\
+         [datapath]\nkind = \"{kind}\"\ntables = \"tables.toml\"\n\n\
          [state]\ndir = \"{state}\"\n\n[metrics]\nlisten = \"{METRICS}\"\n",
         n3 = N3.link,
         local = LOCAL.link,

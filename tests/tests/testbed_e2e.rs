@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use mecgw_tests::testbed::{self, EDGE, Gateway, LOCAL, N3, UPF, metric};
+use mecgw_tests::testbed::{self, DatapathChoice, EDGE, Gateway, LOCAL, N3, UPF, metric};
 
 static TESTBED: Mutex<()> = Mutex::new(());
 
@@ -51,10 +51,14 @@ struct Run {
 }
 
 fn start(ues: u32, rules: &str) -> Run {
+    start_with(ues, rules, DatapathChoice::Native)
+}
+
+fn start_with(ues: u32, rules: &str, datapath: DatapathChoice) -> Run {
     let bin = bin_dir();
     let dir = tempfile::tempdir().unwrap();
     let bed = testbed::up().unwrap();
-    testbed::write_gateway_config(dir.path(), ues, rules, "native").unwrap();
+    testbed::write_gateway_config_for(dir.path(), ues, rules, datapath).unwrap();
     let core_seen = dir.path().join("core.hex");
     let gw = Gateway::start(
         &bin,
@@ -169,7 +173,26 @@ const LOCAL_EDGE_RULE: &str = "[[rules]]\nid = 10\npriority = 10\naction = \"LOC
 #[test]
 fn local_breakout_of_udp_icmp_and_tcp_over_ipv4_and_ipv6() {
     let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
-    let mut run = start(UES, LOCAL_EDGE_RULE);
+    local_breakout(DatapathChoice::Native);
+}
+
+/// The same scenario with the reference model over AF_PACKET: the same answers, counters and
+/// encapsulation, nothing for the edge reaching the core (the kernel's copies of redirected
+/// frames are blackholed), and no XDP program anywhere.
+#[test]
+fn local_breakout_of_udp_icmp_and_tcp_over_ipv4_and_ipv6_with_the_userspace_datapath() {
+    let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    local_breakout(DatapathChoice::Userspace);
+}
+
+fn local_breakout(datapath: DatapathChoice) {
+    let mut run = start_with(UES, LOCAL_EDGE_RULE, datapath);
+    assert_eq!(
+        testbed::xdp_attached(&N3).unwrap(),
+        datapath != DatapathChoice::Userspace,
+        "XDP on N3 with the {} datapath",
+        datapath.name()
+    );
 
     // tshark dissects what reaches the gNB: an independent check of our encapsulation.
     let capture = run.dir.path().join("gnb.pcapng");

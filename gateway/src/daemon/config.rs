@@ -23,10 +23,10 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 pub struct Config {
     /// The interfaces the gateway works on, by role.
     pub interfaces: Interfaces,
-    /// How the XDP programs attach.
+    /// How the XDP programs attach (with `datapath.kind = "xdp"`).
     #[serde(default)]
     pub xdp: Xdp,
-    /// The fast path's tables.
+    /// Which datapath runs and the tables it judges by.
     pub datapath: Datapath,
     /// The privacy policy (optional: without one, no regulated data is released at all).
     #[serde(default)]
@@ -84,13 +84,40 @@ fn de_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AttachMode, D::Erro
     s.parse().map_err(serde::de::Error::custom)
 }
 
-/// The fast path's tables.
+/// Which datapath runs and its tables.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Datapath {
+    /// "xdp" (the default): the XDP programs, attached as `[xdp]` says. "userspace": the
+    /// reference model over AF_PACKET sockets, for hosts where XDP cannot attach; many
+    /// times slower, and it sets up policy routing and a TUN device in the gateway's network
+    /// namespace to keep the kernel from forwarding what it steers (see
+    /// `gateway/src/daemon/userspace.rs` for the arrangement and its limits).
+    #[serde(default)]
+    pub kind: DatapathKind,
     /// Sessions, traffic rules, MACs and defaults (format: `examples/tables.toml`). The
     /// interface indexes in it are replaced by those of `[interfaces]`.
     pub tables: PathBuf,
+}
+
+/// The datapath that judges frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    /// The XDP programs in the kernel.
+    #[default]
+    Xdp,
+    /// The reference model in userspace, over AF_PACKET.
+    Userspace,
+}
+
+impl DatapathKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            DatapathKind::Xdp => "xdp",
+            DatapathKind::Userspace => "userspace",
+        }
+    }
 }
 
 /// The privacy policy.
@@ -183,6 +210,9 @@ pub struct Overrides {
     /// XDP mode, native or generic (replaces xdp.mode).
     #[arg(long, env = "MECGW_XDP_MODE")]
     pub xdp_mode: Option<AttachMode>,
+    /// Datapath, xdp or userspace (replaces datapath.kind).
+    #[arg(long, value_enum, env = "MECGW_DATAPATH")]
+    pub datapath: Option<DatapathKind>,
     /// Tables file (replaces datapath.tables).
     #[arg(long, env = "MECGW_TABLES")]
     pub tables: Option<PathBuf>,
@@ -270,6 +300,9 @@ impl Config {
         if let Some(v) = o.xdp_mode {
             self.xdp.mode = v;
         }
+        if let Some(v) = o.datapath {
+            self.datapath.kind = v;
+        }
         if let Some(v) = &o.tables {
             self.datapath.tables = v.clone();
         }
@@ -323,6 +356,7 @@ mod tests {
     fn minimal_config_gets_the_documented_defaults() {
         let c = Config::from_toml(MINIMAL, "m.toml").unwrap();
         assert_eq!(c.xdp.mode, AttachMode::Native);
+        assert_eq!(c.datapath.kind, DatapathKind::Xdp);
         assert!(c.xdp.fallback_to_generic);
         assert_eq!(c.metrics.listen, "127.0.0.1:9464".parse().unwrap());
         assert_eq!(c.gtpu.listen, "[::]:2152".parse().unwrap());
@@ -349,6 +383,17 @@ mod tests {
     }
 
     #[test]
+    fn the_userspace_datapath_is_chosen_by_kind_and_a_wrong_kind_is_located() {
+        let text = MINIMAL.replace("[datapath]", "[datapath]\nkind = \"userspace\"");
+        let c = Config::from_toml(&text, "m.toml").unwrap();
+        assert_eq!(c.datapath.kind, DatapathKind::Userspace);
+        let text = MINIMAL.replace("[datapath]", "[datapath]\nkind = \"afxdp\"");
+        let err = Config::from_toml(&text, "m.toml").unwrap_err().to_string();
+        assert!(err.starts_with("m.toml:6:8:"), "{err}");
+        assert!(err.contains("`xdp`, `userspace`"), "{err}");
+    }
+
+    #[test]
     fn overrides_replace_file_values_and_paths_resolve_against_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mecgw.toml");
@@ -356,9 +401,11 @@ mod tests {
         let o = Overrides {
             xdp_mode: Some(AttachMode::Generic),
             n3_iface: Some("n3x".into()),
+            datapath: Some(DatapathKind::Userspace),
             ..Overrides::default()
         };
         let c = Config::load(&path, &o).unwrap();
+        assert_eq!(c.datapath.kind, DatapathKind::Userspace);
         assert_eq!(c.xdp.mode, AttachMode::Generic);
         assert_eq!(c.interfaces.n3, "n3x");
         assert_eq!(c.datapath.tables, dir.path().join("tables.toml"));

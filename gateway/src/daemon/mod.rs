@@ -1,6 +1,7 @@
 //! `mecgw run`: the gateway daemon.
 //!
-//! This module owns the daemon's lifecycle: it loads and attaches the XDP programs, installs
+//! This module owns the daemon's lifecycle: it loads and attaches the XDP programs (or starts
+//! the userspace datapath, [`userspace`], with `datapath.kind = "userspace"`), installs
 //! the tables, validates the policy, serves the operations port, answers GTP-U echo, reloads
 //! on SIGHUP (validate first, then swap; keep the old on failure) and detaches on SIGTERM or
 //! SIGINT. [`Gateway`] is the state that the operations port and the APIs share.
@@ -8,6 +9,7 @@
 pub mod config;
 mod gtpu;
 mod ops;
+pub mod userspace;
 
 use std::{
     ffi::CString,
@@ -23,10 +25,75 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::datapath::{
-    AttachMode, DatapathError, Direction, FastPath,
+    AttachMode, Counter, DatapathError, Direction, FastPath, Reason, Verdict,
     tables::{Tables, TablesError},
 };
-pub use config::{Config, Overrides};
+pub use config::{Config, DatapathKind, Overrides};
+
+/// The datapath that judges frames: the XDP programs or the model in userspace.
+pub enum Datapath {
+    /// Boxed: the loaded object is large, the enum lives once.
+    Xdp(Box<FastPath>),
+    Userspace(userspace::UserspacePath),
+}
+
+impl Datapath {
+    /// Puts `tables` in force; invalid tables are refused and the old stay.
+    pub fn install(&self, tables: &Tables) -> Result<(), DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.install(tables),
+            Datapath::Userspace(us) => {
+                tables.validate().map_err(DatapathError::Tables)?;
+                us.install(tables)
+                    .map_err(|e| DatapathError::Io(std::io::Error::other(format!("{e:#}"))))
+            }
+        }
+    }
+
+    /// Frames and bytes per verdict.
+    pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counter)>, DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.verdict_counters(),
+            Datapath::Userspace(us) => Ok(us.verdict_counters()),
+        }
+    }
+
+    /// Frames and bytes per reason.
+    pub fn reason_counters(&self) -> Result<Vec<(Reason, Counter)>, DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.reason_counters(),
+            Datapath::Userspace(us) => Ok(us.reason_counters()),
+        }
+    }
+
+    /// The counter of rule `id`.
+    pub fn rule_counter(&self, id: u32) -> Result<Option<Counter>, DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.rule_counter(id),
+            Datapath::Userspace(us) => Ok(Some(us.rule_counter(id))),
+        }
+    }
+
+    /// The counter of session `id` in `direction`.
+    pub fn session_counter(
+        &self,
+        id: u32,
+        direction: Direction,
+    ) -> Result<Option<Counter>, DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.session_counter(id, direction),
+            Datapath::Userspace(us) => Ok(Some(us.session_counter(id, direction))),
+        }
+    }
+
+    /// "xdp" or "userspace".
+    pub fn kind(&self) -> DatapathKind {
+        match self {
+            Datapath::Xdp(_) => DatapathKind::Xdp,
+            Datapath::Userspace(_) => DatapathKind::Userspace,
+        }
+    }
+}
 
 /// Counters the daemon keeps itself (the fast path's own are read from its maps).
 #[derive(Debug, Default)]
@@ -48,7 +115,7 @@ pub struct LoadedPolicy {
 
 /// What the daemon's tasks share.
 pub struct Gateway {
-    fast_path: FastPath,
+    datapath: Datapath,
     tables: RwLock<Arc<Tables>>,
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
     n3_ifindex: u32,
@@ -78,14 +145,14 @@ impl Gateway {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
-        self.fast_path.install(&new)?;
+        self.datapath.install(&new)?;
         *current = Arc::new(new);
         Ok(())
     }
 
-    /// The fast path (counters, test runs).
-    pub fn fast_path(&self) -> &FastPath {
-        &self.fast_path
+    /// The datapath in use, XDP or userspace (counters).
+    pub fn fast_path(&self) -> &Datapath {
+        &self.datapath
     }
 
     /// The policy in force, if one is configured.
@@ -132,25 +199,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state.dir)
         .with_context(|| format!("state.dir {}", config.state.dir.display()))?;
 
-    let mut fast_path = FastPath::load()?;
-    attach(
-        &mut fast_path,
-        &config,
-        Direction::Uplink,
-        &config.interfaces.n3,
-    )?;
-    attach(
-        &mut fast_path,
-        &config,
-        Direction::Downlink,
-        &config.interfaces.local,
-    )?;
-
-    fast_path
-        .install(&tables)
-        .context("installing the tables into the fast path")?;
+    let datapath = match config.datapath.kind {
+        DatapathKind::Xdp => {
+            let mut fast_path = FastPath::load()?;
+            attach(
+                &mut fast_path,
+                &config,
+                Direction::Uplink,
+                &config.interfaces.n3,
+            )?;
+            attach(
+                &mut fast_path,
+                &config,
+                Direction::Downlink,
+                &config.interfaces.local,
+            )?;
+            fast_path
+                .install(&tables)
+                .context("installing the tables into the fast path")?;
+            Datapath::Xdp(Box::new(fast_path))
+        }
+        DatapathKind::Userspace => Datapath::Userspace(
+            userspace::UserspacePath::start(
+                &config.interfaces.n3,
+                &config.interfaces.local,
+                &tables,
+            )
+            .context("starting the userspace datapath")?,
+        ),
+    };
     let gw = Arc::new(Gateway {
-        fast_path,
+        datapath,
         tables: RwLock::new(Arc::new(tables)),
         policy: RwLock::new(None),
         n3_ifindex,
@@ -189,6 +268,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     gw.ready.store(true, Ordering::SeqCst);
     info!(
+        datapath = gw.datapath.kind().name(),
         n3 = %config.interfaces.n3,
         local = %config.interfaces.local,
         metrics = %config.metrics.listen,
@@ -215,12 +295,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         warn!(error = %e, "GTP-U task ended abnormally");
     }
-    // Dropping the last reference closes the XDP links: the programs detach.
+    // Dropping the last reference closes the XDP links: the programs detach (or stops the
+    // userspace datapath and removes its rules, routes and TUN).
     match Arc::try_unwrap(gw) {
         Ok(gw) => drop(gw),
         Err(_) => warn!("gateway state still referenced at shutdown; the kernel detaches at exit"),
     }
-    info!("XDP programs detached; mecgw stopped");
+    info!("datapath stopped; mecgw stopped");
     Ok(())
 }
 
