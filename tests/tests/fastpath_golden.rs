@@ -1031,3 +1031,47 @@ fn counters_add_up_per_verdict_reason_rule_and_session() {
     assert_eq!(verdicts[&Verdict::Drop].packets, 2);
     assert_eq!(verdicts[&Verdict::Pass].packets, 0);
 }
+
+// ---------------------------------------------------------------- configured defaults
+
+#[test]
+fn configured_defaults_are_obeyed() {
+    let text = TABLES
+        .replace(r#"unknown_teid = "pass""#, r#"unknown_teid = "drop""#)
+        .replace(r#"spoofed_source = "drop""#, r#"spoofed_source = "pass""#)
+        .replace(r#"malformed = "drop""#, r#"malformed = "pass""#);
+    let t = Tables::from_toml(&text, "defaults").unwrap();
+    let fp = FastPath::load().unwrap();
+    fp.install(&t).unwrap();
+    let m = Model::new(&t);
+
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let unknown = gpdu_v4(0x999, &[], &inner);
+    let spoofed = gpdu_v4(0x100, &[], &udp4_inner(UE2, "192.0.2.10", 53));
+    let mut version2 = gpdu_v4(0x100, &[], &inner);
+    version2[14 + 20 + 8] = 0x50;
+    let e = Ext {
+        kind: 0x40,
+        content: vec![8, 0x68],
+    };
+    let chain = gpdu_v4(
+        0x100,
+        &[e.clone(), e.clone(), e.clone(), e.clone(), e],
+        &inner,
+    );
+    let cases = [
+        (unknown, Verdict::Drop, Reason::UnknownTeid, None),
+        (spoofed, Verdict::Pass, Reason::SpoofedSource, Some(1)),
+        (version2, Verdict::Pass, Reason::MalformedGtp, None),
+        (chain, Verdict::Pass, Reason::ExtChainTooLong, None),
+    ];
+    for (frame, verdict, reason, session) in cases {
+        let want = unchanged(&frame, verdict, reason, None, session);
+        assert_eq!(
+            fp.judge(Direction::Uplink, &frame).unwrap(),
+            want,
+            "kernel {reason:?}"
+        );
+        assert_eq!(Judged::from(m.uplink(&frame)), want, "model {reason:?}");
+    }
+}
