@@ -4,7 +4,9 @@
 //! flow-record policy (two pseudonymised fields, one truncated address, a bucketed time, three
 //! dropped fields, one release), JSON lines in and out, and in memory (parsed records in,
 //! output objects not serialised); HMAC-SHA-256/s; and, in the same run, the baseline: a bare
-//! serde_json parse-and-serialise of the same lines. Reports medians and ratios.
+//! serde_json parse-and-serialise of the same lines, taking turns with the engine over slices
+//! of 10,000 lines so that other load on the machine falls on both alike. Reports medians and
+//! the median of the runs' time ratios (engine / baseline).
 //!
 //! `policy_bench memory [--units U] [--groups G] [--max-state S]`: peak RSS growth for one
 //! window holding U distinct privacy units across G groups, per (unit, group) pair.
@@ -158,34 +160,46 @@ fn throughput(args: &[String]) {
         }
         return;
     }
+    let mut ratios = vec![];
+    let mut base_out = Vec::with_capacity(64 << 20);
     for _ in 0..runs {
-        // Baseline: bare serde_json parse and serialise of the same lines.
+        // The baseline (a bare serde_json parse and serialise of the same lines) and the
+        // engine (JSON lines in, JSON lines out) take turns over slices of 10,000 lines, so
+        // that load from other processes falls on both alike; each one's time is summed.
         out.clear();
-        let t = Instant::now();
-        for l in &lines {
-            let v: Value = serde_json::from_str(l).unwrap();
-            serde_json::to_writer(&mut out, &v).unwrap();
-            out.push(b'\n');
-        }
-        base.push(n as f64 / t.elapsed().as_secs_f64());
-        std::hint::black_box(&out);
-
-        // JSON lines in, JSON lines out, through the engine.
-        out.clear();
+        base_out.clear();
         let mut e = engine(&src);
-        let t = Instant::now();
+        let (mut t_base, mut t_json) = (0f64, 0f64);
         {
             let mut emit = |o: &Output<'_>| -> std::io::Result<()> {
                 o.write_json(&mut out)?;
                 out.push(b'\n');
                 Ok(())
             };
-            for (i, l) in lines.iter().enumerate() {
-                e.process_line(i as u64 + 1, l, &mut emit).unwrap();
+            let mut line_no = 0u64;
+            for slice in lines.chunks(10_000) {
+                let t = Instant::now();
+                for l in slice {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    serde_json::to_writer(&mut base_out, &v).unwrap();
+                    base_out.push(b'\n');
+                }
+                t_base += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                for l in slice {
+                    line_no += 1;
+                    e.process_line(line_no, l, &mut emit).unwrap();
+                }
+                t_json += t.elapsed().as_secs_f64();
             }
+            let t = Instant::now();
             e.finish(&mut emit).unwrap();
+            t_json += t.elapsed().as_secs_f64();
         }
-        json.push(n as f64 / t.elapsed().as_secs_f64());
+        std::hint::black_box(&base_out);
+        base.push(n as f64 / t_base);
+        json.push(n as f64 / t_json);
+        ratios.push(t_json / t_base);
         assert_eq!(e.stats.records_ok, n);
         assert!(e.stats.releases["traffic_per_cell"].cells > 0);
 
@@ -219,15 +233,15 @@ fn throughput(args: &[String]) {
         hmac.push(m as f64 / t.elapsed().as_secs_f64());
     }
     let (b, j, m, h) = (median(base), median(json), median(mem), median(hmac));
+    let r = median(ratios);
     println!("policy throughput, one core, {n} records × {runs} runs (median):");
     println!(
         "  baseline serde_json parse+serialise : {:>10.0} records/s",
         b
     );
     println!(
-        "  policy JSON lines in → out          : {:>10.0} records/s  ({:.2}× slower than baseline)",
-        j,
-        b / j
+        "  policy JSON lines in → out          : {:>10.0} records/s  ({:.2}× the baseline's time, median of the runs' ratios)",
+        j, r
     );
     println!(
         "  policy in memory                    : {:>10.0} records/s",
@@ -239,7 +253,7 @@ fn throughput(args: &[String]) {
     );
     println!(
         "  goal: ≥ 500000 records/s JSON→JSON and ≤ 2× baseline: {}",
-        if j >= 500_000.0 && b / j <= 2.0 {
+        if j >= 500_000.0 && r <= 2.0 {
             "met"
         } else {
             "NOT met"
