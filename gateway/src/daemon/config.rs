@@ -390,7 +390,7 @@ mod tests {
         let text = MINIMAL.replace("[datapath]", "[datapath]\nkind = \"afxdp\"");
         let err = Config::from_toml(&text, "m.toml").unwrap_err().to_string();
         assert!(err.starts_with("m.toml:6:8:"), "{err}");
-        assert!(err.contains("`xdp`, `userspace`"), "{err}");
+        assert!(err.contains("expected `xdp` or `userspace`"), "{err}");
     }
 
     #[test]
