@@ -374,40 +374,40 @@ fn echo_requests_get_a_recovery_ie_and_fast_path_counters_move() {
     assert!(d.stop().success());
 }
 
+/// Runs `mecgw run` with `config` as its file; returns the exit code and stderr.
+fn run_with_config(path: &Path, config: &str) -> (Option<i32>, String) {
+    std::fs::write(path, config).unwrap();
+    let out = Command::new(mecgw_bin().unwrap())
+        .args(["run", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn config_errors_name_the_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(
+    let (code, err) = run_with_config(
         &path,
         "[interfaces]\nn3 = \"a\"\nlocal = \"b\"\n\n[datapath]\ntables = \"t.toml\"\ncolour = 1\n",
-    )
-    .unwrap();
-    let out = Command::new(mecgw_bin().unwrap())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(1));
     assert!(
         err.contains(&format!("{}:7:1: unknown field `colour`", path.display())),
         "{err}"
     );
 
     // An interface that does not exist is named, with where it came from.
-    std::fs::write(
+    let (code, err) = run_with_config(
         &path,
         "[interfaces]\nn3 = \"mgw-no-such\"\nlocal = \"lo\"\n\n[datapath]\ntables = \"t.toml\"\n",
-    )
-    .unwrap();
-    let out = Command::new(mecgw_bin().unwrap())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("interfaces.n3") && err.contains("mgw-no-such"),
         "{err}"
