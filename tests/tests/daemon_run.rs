@@ -413,3 +413,78 @@ fn config_errors_name_the_file_line_and_column() {
         "{err}"
     );
 }
+
+#[test]
+fn mecgw_run_serves_the_grpc_api_over_mtls_and_a_created_rule_reaches_the_fast_path() {
+    use mecgw::api::proto::{
+        CreateTrafficRuleRequest, TrafficRule, TrafficRuleAction, TrafficRuleState,
+        traffic_rules_service_client::TrafficRulesServiceClient,
+    };
+    use mecgw_tests::api::{Site, connect};
+
+    let bed = Bed::new();
+    let site = Site::new().unwrap();
+    let config = bed.write("");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[api]\nlisten = \"127.0.0.1:50051\"\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\n\
+         client_ca = \"{d}/ca.pem\"\ndrain_ms = 100\n\n[api.apps.operator]\nrole = \"operator\"\n\
+         sans = [\"{op}\"]\n",
+        d = site.dir().display(),
+        op = mecgw_tests::api::OPERATOR_URI,
+    ));
+    std::fs::write(&config, text).unwrap();
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+
+    let operator = site.operator().unwrap();
+    let ca = site.ca.cert_pem();
+    let addr: std::net::SocketAddr = "127.0.0.1:50051".parse().unwrap();
+    // The client's sockets must live in the gateway's namespace: run a runtime there.
+    let (created, refused) = mecgw_tests::in_netns(&bed.mec, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let channel = connect(addr, &ca, Some(&operator)).await.unwrap();
+            let mut rules = TrafficRulesServiceClient::new(channel);
+            let created = rules
+                .create_traffic_rule(CreateTrafficRuleRequest {
+                    rule: Some(TrafficRule {
+                        id: 50,
+                        priority: 1,
+                        state: TrafficRuleState::Active as i32,
+                        action: TrafficRuleAction::Drop as i32,
+                        destination_prefixes: vec!["198.51.100.0/24".to_string()],
+                        ..TrafficRule::default()
+                    }),
+                })
+                .await;
+            // Without a client certificate the handshake or the call must fail.
+            let refused = match connect(addr, &ca, None).await {
+                Err(_) => true,
+                Ok(ch) => TrafficRulesServiceClient::new(ch)
+                    .create_traffic_rule(CreateTrafficRuleRequest { rule: None })
+                    .await
+                    .is_err(),
+            };
+            (created.map(|_| ()), refused)
+        })
+    })
+    .unwrap();
+    created.expect("the operator's CreateTrafficRule");
+    assert!(refused, "a client without a certificate was served");
+
+    let m = bed.http("/metrics").1;
+    assert_eq!(
+        sample(&m, "mecgw_rules"),
+        2,
+        "the API's rule is not in the fast path"
+    );
+    assert!(
+        m.contains("mecgw_api_requests_total{"),
+        "the API's counters are not on /metrics:\n{m}"
+    );
+    assert!(d.stop().success());
+}

@@ -40,6 +40,9 @@ pub struct Config {
     /// GTP-U signalling: the socket that answers Echo Requests passed up by the fast path.
     #[serde(default)]
     pub gtpu: Gtpu,
+    /// The gRPC local APIs (mTLS); absent: no API is served. See docs/api.md.
+    #[serde(default)]
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// Interfaces by role.
@@ -228,6 +231,9 @@ pub struct Overrides {
     /// GTP-U signalling address (replaces gtpu.listen).
     #[arg(long, env = "MECGW_GTPU_LISTEN")]
     pub gtpu_listen: Option<SocketAddr>,
+    /// Serve the gRPC APIs in plaintext, without mTLS (sets api.insecure; logged as a warning).
+    #[arg(long, env = "MECGW_INSECURE")]
+    pub insecure: bool,
 }
 
 /// A configuration that could not be used.
@@ -326,6 +332,11 @@ impl Config {
         if let Some(v) = o.gtpu_listen {
             self.gtpu.listen = v;
         }
+        if o.insecure
+            && let Some(api) = &mut self.api
+        {
+            api.insecure = true;
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -342,6 +353,14 @@ impl Config {
             }
         }
         fix(&mut self.state.dir);
+        if let Some(api) = &mut self.api {
+            for p in [&mut api.cert, &mut api.key, &mut api.client_ca]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
     }
 }
 

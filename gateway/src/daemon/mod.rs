@@ -123,6 +123,8 @@ pub struct Gateway {
     ready: AtomicBool,
     draining: AtomicBool,
     pub metrics: DaemonMetrics,
+    /// The gRPC API's per-method counters, once the API runs.
+    api_metrics: std::sync::OnceLock<Arc<crate::api::ApiMetrics>>,
 }
 
 impl Gateway {
@@ -174,6 +176,11 @@ impl Gateway {
     /// Ready: programs attached, tables and policy loaded, not draining.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The gRPC API's counters, if the API runs.
+    pub fn api_metrics(&self) -> Option<&Arc<crate::api::ApiMetrics>> {
+        self.api_metrics.get()
     }
 
     /// Draining: shutting down.
@@ -237,6 +244,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         metrics: DaemonMetrics::default(),
+        api_metrics: std::sync::OnceLock::new(),
     });
     if let Some(p) = &policy {
         info!(hash = %p.hash, "policy loaded");
@@ -266,6 +274,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let api = match &config.api {
+        Some(api_config) => Some(spawn_api(&gw, api_config, stop_rx.clone())?),
+        None => None,
+    };
     gw.ready.store(true, Ordering::SeqCst);
     info!(
         datapath = gw.datapath.kind().name(),
@@ -290,6 +302,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = ops.await {
         warn!(error = %e, "operations port task ended abnormally");
     }
+    if let Some(a) = api {
+        match a.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "the gRPC API ended with an error"),
+            Err(e) => warn!(error = %e, "the gRPC API task ended abnormally"),
+        }
+    }
     if let Some(g) = gtpu
         && let Err(e) = g.await
     {
@@ -303,6 +322,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("datapath stopped; mecgw stopped");
     Ok(())
+}
+
+/// Starts the gRPC local APIs (mTLS unless `insecure`) on `gw`; they stop when `stop` turns
+/// true. Published telemetry has no consumer yet (no policy-engine task runs in the daemon),
+/// so the ingest queue is closed at once and Publish answers UNAVAILABLE, never a silent drop.
+fn spawn_api(
+    gw: &Arc<Gateway>,
+    config: &crate::api::ApiConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    if let Err(errors) = config.validate() {
+        anyhow::bail!("[api]: {}", errors.join("; "));
+    }
+    if config.insecure {
+        warn!(listen = %config.listen, "the gRPC API is served in PLAINTEXT (insecure): no mTLS, no app identity from certificates");
+    }
+    let (ingest_tx, ingest_rx) = tokio::sync::mpsc::channel(1);
+    drop(ingest_rx);
+    let (releases_tx, _) = tokio::sync::broadcast::channel(1024);
+    let api = Arc::new(crate::api::daemon::GatewayApi::new(
+        Arc::clone(gw),
+        ingest_tx,
+        releases_tx,
+    ));
+    let _ = gw.api_metrics.set(api.metrics());
+    let config = config.clone();
+    info!(listen = %config.listen, "serving the gRPC local APIs");
+    Ok(tokio::spawn(async move {
+        crate::api::serve(api, &config, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+    }))
 }
 
 /// SIGHUP: validate the tables and policy files again; swap only what is valid.

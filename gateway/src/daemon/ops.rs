@@ -227,6 +227,9 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
         "1 when programs are attached and tables and policy loaded.",
         u64::from(gw.is_ready()),
     );
+    if let Some(api) = gw.api_metrics() {
+        out.push_str(&api.render());
+    }
     if let Some(p) = gw.policy() {
         family(
             &mut out,
