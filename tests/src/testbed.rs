@@ -303,6 +303,11 @@ pub fn up() -> anyhow::Result<Testbed> {
     // packet whose inner checksum is wrong. A real NIC delivers complete checksums, so the
     // edge service computes them in software here (see README, known limitations).
     bed.exec(EDGE.netns, &["ethtool", "-K", EDGE.link, "tx", "off"])?;
+    // The same for the gNB: the userspace datapath reads frames through AF_PACKET, which sees
+    // the bytes without the kernel's "checksum still to do" mark, and hands those it passes
+    // back to the kernel through a TUN, where the mark is gone: an unfinished outer checksum
+    // would reach the core as wrong. A real gNB's NIC puts complete checksums on the wire.
+    bed.exec(GNB.netns, &["ethtool", "-K", GNB.link, "tx", "off"])?;
     Ok(bed)
 }
 

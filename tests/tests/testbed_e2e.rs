@@ -50,10 +50,6 @@ struct Run {
     dir: tempfile::TempDir,
 }
 
-fn start(ues: u32, rules: &str) -> Run {
-    start_with(ues, rules, DatapathChoice::Native)
-}
-
 fn start_with(ues: u32, rules: &str, datapath: DatapathChoice) -> Run {
     let bin = bin_dir();
     let dir = tempfile::tempdir().unwrap();
@@ -256,12 +252,49 @@ fn local_breakout(datapath: DatapathChoice) {
         );
     }
     assert!(run.gw.stop().unwrap().success());
+    if datapath == DatapathChoice::Userspace {
+        assert_userspace_arrangement_removed();
+    }
+}
+
+/// Stopping the userspace datapath removes its rules, routes and TUN.
+fn assert_userspace_arrangement_removed() {
+    for family in ["-4", "-6"] {
+        let rules = testbed::capture(&["ip", "-netns", testbed::NS_MEC, family, "rule"]).unwrap();
+        let rules = String::from_utf8_lossy(&rules.stdout);
+        assert!(
+            !rules.contains("blackhole") && !rules.contains("2152"),
+            "{rules}"
+        );
+    }
+    let tun = testbed::capture(&[
+        "ip",
+        "-netns",
+        testbed::NS_MEC,
+        "link",
+        "show",
+        "mgw-us-pass",
+    ])
+    .unwrap();
+    assert!(!tun.status.success(), "the TUN mgw-us-pass is still there");
 }
 
 #[test]
 fn passthrough_traffic_reaches_the_core_byte_for_byte() {
     let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
-    let mut run = start(UES, LOCAL_EDGE_RULE);
+    passthrough(DatapathChoice::Native);
+}
+
+/// With the userspace datapath, passed G-PDUs reach the kernel through its TUN (the kernel's
+/// own copies are blackholed): they must still arrive at the core byte for byte, once each.
+#[test]
+fn passthrough_traffic_reaches_the_core_byte_for_byte_with_the_userspace_datapath() {
+    let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    passthrough(DatapathChoice::Userspace);
+}
+
+fn passthrough(datapath: DatapathChoice) {
+    let mut run = start_with(UES, LOCAL_EDGE_RULE, datapath);
     let sent = run.dir.path().join("sent.hex");
 
     let report = testbed::gnbsim(

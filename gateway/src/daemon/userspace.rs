@@ -21,14 +21,15 @@
 //! - A TUN device, `mgw-us-pass`: frames of those two classes that the model judges PASS are
 //!   written to it, without their Ethernet header and otherwise byte for byte, and the kernel
 //!   routes them exactly as it would have (rules match `iif N3`/`iif LOCAL`, not the TUN).
-//!   Its reverse-path filter is set to loose.
+//!   Its reverse-path filter is turned off (net.ipv4.conf.all.rp_filter must be 0 too).
 //!
 //! Every other frame the model judges PASS is left to the kernel's own copy, untouched.
 //! Frames sent out by the host itself are ignored (`PACKET_IGNORE_OUTGOING`).
 //!
 //! Limits, against XDP: (1) a PASS frame of the two classes reaches the kernel on
 //! `mgw-us-pass`, not on its own interface: netfilter or policy rules keyed on the input
-//! interface see the TUN for it; (2) on a reload, a UE added or removed is blackholed before
+//! interface see the TUN for it; an outer IPv6 G-PDU with extension headers before UDP is
+//! matched by the kernel's rule but not re-injected (the model does not parse those either); (2) on a reload, a UE added or removed is blackholed before
 //! the model changes (added) or after (removed): a downlink frame for it in that window is
 //! dropped; (3) the kernel still parses every frame once more, and the userspace copy costs
 //! two system calls per frame: this path is many times slower than XDP; (4) it needs `ip`
@@ -135,8 +136,18 @@ impl UserspacePath {
         remove_arrangement(n3, local);
         let tun = open_tun(PASS_TUN)?;
         ip(&["link", "set", "dev", PASS_TUN, "up"])?;
-        std::fs::write(format!("/proc/sys/net/ipv4/conf/{PASS_TUN}/rp_filter"), "2")
-            .context("setting the reverse-path filter of the TUN to loose")?;
+        // Frames re-injected on the TUN come from addresses routed elsewhere: the reverse-path
+        // filter must be off for it (even loose mode refuses them, measured on Linux 6.x).
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{PASS_TUN}/rp_filter"), "0")
+            .context("turning the reverse-path filter of the TUN off")?;
+        if std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter")
+            .is_ok_and(|v| v.trim() != "0")
+        {
+            warn!(
+                "net.ipv4.conf.all.rp_filter is on: IPv4 frames this datapath passes to the \
+                 kernel through {PASS_TUN} will be dropped as martians; set it to 0"
+            );
+        }
         for family in ["-4", "-6"] {
             ip(&[
                 family,
@@ -370,7 +381,9 @@ fn blackholed<'f>(in_force: &InForce, direction: Direction, frame: &'f [u8]) -> 
     let (dst, proto, l4): (IpAddr, u8, usize) = match ethertype {
         0x0800 if ip.len() >= 20 && ip[0] >> 4 == 4 => {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+            // Fragments (first ones too) carry no ports for the rule to match: the kernel
+            // forwards them itself (and the model passes them as not GTP).
+            let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
             if frag != 0 {
                 return None;

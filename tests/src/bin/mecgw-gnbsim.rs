@@ -10,6 +10,12 @@
 //!
 //! Probes are `NAME=KIND:ADDR[:PORT]` with KIND `udp`, `icmp` or `tcp` (a whole TCP connection:
 //! handshake, data echoed by the service, orderly close).
+//!
+//! `--blast N` (for `cargo xtask bench e2e`) instead sends N UDP G-PDUs to the first probe
+//! (which must be `udp`), cycling over the UEs, at `--rate` packets per second (0: as fast as
+//! the socket takes them), from one thread, while another counts the answers. Each payload
+//! carries its sequence number and send time, so every answer gives a round-trip time and
+//! duplicates are not counted twice. It reports sent, answered, loss and RTT p50/p99.
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +66,12 @@ struct Args {
     /// Append every uplink datagram sent, as hex, one per line, to this file.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
+    /// Blast mode: send this many UDP G-PDUs to the first probe and count the answers.
+    #[arg(long, default_value_t = 0)]
+    blast: u64,
+    /// Blast mode: packets per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -406,6 +418,9 @@ fn main() -> anyhow::Result<()> {
         buf: vec![0u8; 65536],
     };
     let ues: Vec<Ue> = (0..args.ues).map(|i| Ue::new(&args, i)).collect();
+    if args.blast > 0 {
+        return blast(&args, &probes[0], &ues, sim);
+    }
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     for round in 0..args.count {
         for ue in &ues {
@@ -448,5 +463,114 @@ fn main() -> anyhow::Result<()> {
     }
     report.insert("stray".to_string(), serde_json::json!(sim.stray));
     println!("{}", serde_json::Value::Object(report));
+    Ok(())
+}
+
+/// Largest blast: the receiver keeps one flag per packet.
+const MAX_BLAST: u64 = 100_000_000;
+
+/// `--blast`: N UDP G-PDUs at `--rate`, answers counted; prints the JSON report.
+fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()> {
+    if probe.kind != Kind::Udp {
+        bail!("--blast needs a udp probe first, not {:?}", probe.name);
+    }
+    if args.blast > MAX_BLAST {
+        bail!("--blast is at most {MAX_BLAST}");
+    }
+    let n = args.blast;
+    let tx = sim.sock.try_clone().context("cloning the socket")?;
+    let rx = sim.sock;
+    rx.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let start = Instant::now();
+    let (upf, qfi, rate, target, port) = (sim.upf, args.qfi, args.rate, probe.target, probe.port);
+    let ues_tx = ues.to_vec();
+    let sender = std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
+        let mut sent = 0u64;
+        for seq in 0..n {
+            if rate > 0 {
+                let due = Duration::from_secs_f64(seq as f64 / rate as f64);
+                loop {
+                    let now = start.elapsed();
+                    if now >= due {
+                        break;
+                    }
+                    if due - now > Duration::from_micros(200) {
+                        std::thread::sleep(due - now - Duration::from_micros(100));
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+            let ue = &ues_tx[(seq % ues_tx.len() as u64) as usize];
+            let mut payload = [0u8; 32];
+            payload[..8].copy_from_slice(&seq.to_be_bytes());
+            let at = start.elapsed().as_nanos() as u64;
+            payload[8..16].copy_from_slice(&at.to_be_bytes());
+            let src = ue.addr_for(target);
+            let sport = 30000 + (ue.index % 30000) as u16;
+            let inner = packet::udp(src, target, sport, port, &payload);
+            let msg = Gtpu::g_pdu(ue.ul_teid, Some((PduType::Uplink, qfi)), &inner);
+            // A full socket buffer is loss at this rate, as on a wire: count it as sent.
+            let _ = tx.send_to(&msg, upf);
+            sent += 1;
+        }
+        Ok((sent, start.elapsed()))
+    });
+    let mut seen = vec![false; n as usize];
+    let mut answered = 0u64;
+    let mut bad = 0u64;
+    let mut rtts: Vec<Duration> = Vec::with_capacity(n.min(1 << 22) as usize);
+    let mut buf = vec![0u8; 65536];
+    let mut done_at: Option<Instant> = None;
+    loop {
+        if done_at.is_none() && sender.is_finished() {
+            done_at = Some(Instant::now());
+        }
+        if done_at.is_some_and(|d| d.elapsed() > Duration::from_millis(300)) || answered == n {
+            break;
+        }
+        let Ok((len, _)) = rx.recv_from(&mut buf) else {
+            continue;
+        };
+        let now = start.elapsed();
+        let answer = Gtpu::parse(&buf[..len]).ok().and_then(|m| {
+            let inner = IpPacket::parse(&m.payload).ok()?;
+            let p = inner.l4_payload();
+            (m.msg_type == gtp_type::G_PDU && inner.src == target && p.len() == 32).then(|| {
+                let seq = u64::from_be_bytes(p[..8].try_into().unwrap_or_default());
+                let at = u64::from_be_bytes(p[8..16].try_into().unwrap_or_default());
+                (seq, at)
+            })
+        });
+        match answer {
+            Some((seq, at)) if seq < n && !seen[seq as usize] => {
+                seen[seq as usize] = true;
+                answered += 1;
+                rtts.push(now.saturating_sub(Duration::from_nanos(at)));
+            }
+            _ => bad += 1,
+        }
+    }
+    let (sent, send_time) = match sender.join() {
+        Ok(r) => r?,
+        Err(_) => bail!("the sender thread panicked"),
+    };
+    rtts.sort();
+    let secs = send_time.as_secs_f64().max(1e-9);
+    let us = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+    let report = serde_json::json!({
+        "blast": {
+            "sent": sent,
+            "answered": answered,
+            "other": bad,
+            "send_secs": secs,
+            "offered_pps": sent as f64 / secs,
+            "answered_pps": answered as f64 / secs,
+            "loss": 1.0 - answered as f64 / sent.max(1) as f64,
+            "rtt_p50_us": us(percentile(&rtts, 0.5)),
+            "rtt_p99_us": us(percentile(&rtts, 0.99)),
+        }
+    });
+    println!("{report}");
     Ok(())
 }

@@ -5,12 +5,13 @@
 use anyhow::bail;
 
 mod api;
+mod e2e;
 mod egress;
 mod fastpath;
 mod policy;
 
 /// Names of the benchmarks, for `--help` and errors.
-pub const NAMES: &[&str] = &["fastpath", "egress", "policy", "api"];
+pub const NAMES: &[&str] = &["fastpath", "egress", "policy", "api", "e2e"];
 
 pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
@@ -18,6 +19,7 @@ pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
         "egress" => egress::run(args),
         "policy" => policy::run(args),
         "api" => api::run(args),
+        "e2e" => e2e::run(args),
         other => bail!(
             "unknown benchmark {other:?}; available: {}",
             NAMES.join(", ")
