@@ -371,6 +371,35 @@ mod tests {
     const MINIMAL: &str =
         "[interfaces]\nn3 = \"eth1\"\nlocal = \"eth2\"\n\n[datapath]\ntables = \"tables.toml\"\n";
 
+    /// `key = value` with a bare TOML key: a commented-out setting, not prose.
+    fn is_setting(line: &str) -> bool {
+        line.split_once(" = ").is_some_and(|(k, _)| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+    }
+
+    #[test]
+    fn the_shipped_example_configuration_parses() {
+        let text = include_str!("../../../examples/mecgw.toml");
+        let c = Config::from_toml(text, "examples/mecgw.toml").unwrap();
+        assert_eq!(c.interfaces.n3, "mgw-tb-n3");
+        // Uncommented, the example [api] section must parse too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(r) if r.starts_with('[') || is_setting(r) => r,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&uncommented, "examples/mecgw.toml (uncommented)").unwrap();
+        let api = c.api.expect("the example's [api] section");
+        assert_eq!(api.apps.len(), 2);
+        assert!(c.policy.is_some());
+    }
+
     #[test]
     fn minimal_config_gets_the_documented_defaults() {
         let c = Config::from_toml(MINIMAL, "m.toml").unwrap();
