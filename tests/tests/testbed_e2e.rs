@@ -343,6 +343,18 @@ fn passthrough(datapath: DatapathChoice) {
 #[test]
 fn a_rule_switched_from_passthrough_to_local_mid_stream_loses_no_packet() {
     let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    rule_switch(DatapathChoice::Native);
+}
+
+/// SIGHUP swaps the userspace datapath's model as it swaps the XDP tables.
+#[test]
+fn a_rule_switched_from_passthrough_to_local_mid_stream_loses_no_packet_with_the_userspace_datapath()
+ {
+    let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    rule_switch(DatapathChoice::Userspace);
+}
+
+fn rule_switch(datapath: DatapathChoice) {
     let bin = bin_dir();
     let dir = tempfile::tempdir().unwrap();
     let _bed = testbed::up().unwrap();
@@ -351,7 +363,7 @@ fn a_rule_switched_from_passthrough_to_local_mid_stream_loses_no_packet() {
         "{LOCAL_EDGE_RULE}\n[[rules]]\nid = 20\npriority = 5\naction = \"PASSTHROUGH\"\n\
          dst = [\"198.18.1.2/32\"]\n"
     );
-    testbed::write_gateway_config(dir.path(), 1, &passthrough, "native").unwrap();
+    testbed::write_gateway_config_for(dir.path(), 1, &passthrough, datapath).unwrap();
     let mut gw = Gateway::start(&bin, dir.path(), 1, &[]).unwrap();
 
     let sim_bin = bin.clone();
