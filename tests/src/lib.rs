@@ -63,3 +63,24 @@ pub fn parse_u32(s: &str) -> Result<u32, String> {
     }
     .map_err(|e| format!("{s:?}: {e}"))
 }
+
+/// The `[n3]` and `[local]` sections the table-driven tests share (BPF_PROG_TEST_RUN needs no
+/// real interfaces, so the indexes and MACs are arbitrary).
+pub const TEST_INTERFACES: &str = r#"
+[n3]
+ifindex = 11
+mac = "02:00:00:00:03:01"
+next_hop_mac = "02:00:00:00:03:02"
+ipv4 = "198.18.0.1"
+mtu = 1500
+
+[local]
+ifindex = 12
+mac = "02:00:00:00:04:01"
+next_hop_mac = "02:00:00:00:04:02"
+"#;
+
+/// A tables file: [`TEST_INTERFACES`] followed by `entries` (sessions, rules, defaults).
+pub fn tables_with(entries: &str) -> String {
+    format!("{TEST_INTERFACES}{entries}")
+}

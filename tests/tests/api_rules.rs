@@ -27,19 +27,8 @@ use mecgw_tests::{
 };
 use tonic::{Code, transport::Channel};
 
-const TABLES: &str = r#"
-[n3]
-ifindex = 11
-mac = "02:00:00:00:03:01"
-next_hop_mac = "02:00:00:00:03:02"
-ipv4 = "198.18.0.1"
-mtu = 1500
-
-[local]
-ifindex = 12
-mac = "02:00:00:00:04:01"
-next_hop_mac = "02:00:00:00:04:02"
-
+/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
+const TABLE_ENTRIES: &str = r#"
 [[sessions]]
 id = 1
 uplink_teid = 0x100
@@ -95,7 +84,8 @@ impl Bench {
     async fn new() -> Bench {
         let exclusive = exclusive().await;
         let site = Site::new().unwrap();
-        let tables = Tables::from_toml(TABLES, "api_rules.toml").unwrap();
+        let tables =
+            Tables::from_toml(&mecgw_tests::tables_with(TABLE_ENTRIES), "api_rules.toml").unwrap();
         let fast_path = shared_fast_path().unwrap();
         let backend = Arc::new(FastPathBackend::new(fast_path, tables, 16).unwrap());
         backend.ready.send_replace(true);

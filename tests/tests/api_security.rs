@@ -30,19 +30,8 @@ use mecgw_tests::api::{
 };
 use tonic::{Code, transport::Channel};
 
-const TABLES: &str = r#"
-[n3]
-ifindex = 11
-mac = "02:00:00:00:03:01"
-next_hop_mac = "02:00:00:00:03:02"
-ipv4 = "198.18.0.1"
-mtu = 1500
-
-[local]
-ifindex = 12
-mac = "02:00:00:00:04:01"
-next_hop_mac = "02:00:00:00:04:02"
-
+/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
+const TABLE_ENTRIES: &str = r#"
 [[rules]]
 id = 10
 priority = 10
@@ -57,7 +46,11 @@ dst = ["203.0.113.0/24"]
 "#;
 
 async fn backend() -> Arc<FastPathBackend> {
-    let tables = Tables::from_toml(TABLES, "api_security.toml").unwrap();
+    let tables = Tables::from_toml(
+        &mecgw_tests::tables_with(TABLE_ENTRIES),
+        "api_security.toml",
+    )
+    .unwrap();
     let b = FastPathBackend::new(shared_fast_path().unwrap(), tables, 16).unwrap();
     b.ready.send_replace(true);
     Arc::new(b)

@@ -30,19 +30,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-const TABLES: &str = r#"
-[n3]
-ifindex = 11
-mac = "02:00:00:00:03:01"
-next_hop_mac = "02:00:00:00:03:02"
-ipv4 = "198.18.0.1"
-mtu = 1500
-
-[local]
-ifindex = 12
-mac = "02:00:00:00:04:01"
-next_hop_mac = "02:00:00:00:04:02"
-
+/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
+const TABLE_ENTRIES: &str = r#"
 [[rules]]
 id = 10
 priority = 10
@@ -51,7 +40,8 @@ dst = ["192.0.2.0/24"]
 "#;
 
 fn backend(queue: usize) -> Arc<FastPathBackend> {
-    let tables = Tables::from_toml(TABLES, "api_streams.toml").unwrap();
+    let tables =
+        Tables::from_toml(&mecgw_tests::tables_with(TABLE_ENTRIES), "api_streams.toml").unwrap();
     Arc::new(FastPathBackend::new(shared_fast_path().unwrap(), tables, queue).unwrap())
 }
 

@@ -8,19 +8,8 @@ use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 use mecgw::pcap;
 use mecgw_tests::{mecgw_bin, packets::*};
 
-const TABLES: &str = r#"
-[n3]
-ifindex = 11
-mac = "02:00:00:00:03:01"
-next_hop_mac = "02:00:00:00:03:02"
-ipv4 = "198.18.0.1"
-mtu = 1500
-
-[local]
-ifindex = 12
-mac = "02:00:00:00:04:01"
-next_hop_mac = "02:00:00:00:04:02"
-
+/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
+const TABLE_ENTRIES: &str = r#"
 [[sessions]]
 id = 7
 uplink_teid = 0x100
@@ -63,7 +52,11 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
 fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(dir.path().join("tables.toml"), TABLES).unwrap();
+    std::fs::write(
+        dir.path().join("tables.toml"),
+        mecgw_tests::tables_with(TABLE_ENTRIES),
+    )
+    .unwrap();
     dir
 }
 
@@ -205,7 +198,7 @@ fn a_bad_tables_file_is_reported_with_file_line_and_column() {
     let dir = workdir();
     std::fs::write(
         dir.path().join("tables.toml"),
-        TABLES.replace("mtu = 1500", "mtu = 1500\nspeed = 10"),
+        mecgw_tests::tables_with(TABLE_ENTRIES).replace("mtu = 1500", "mtu = 1500\nspeed = 10"),
     )
     .unwrap();
     write_pcap(&dir.path().join("in.pcap"), &[]);
@@ -217,7 +210,11 @@ fn a_bad_tables_file_is_reported_with_file_line_and_column() {
         "{stderr}"
     );
 
-    std::fs::write(dir.path().join("tables.toml"), TABLES).unwrap();
+    std::fs::write(
+        dir.path().join("tables.toml"),
+        mecgw_tests::tables_with(TABLE_ENTRIES),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("in.pcap"), b"not a capture at all, sorry").unwrap();
     let out = replay(dir.path(), "uplink");
     let stderr = String::from_utf8_lossy(&out.stderr);

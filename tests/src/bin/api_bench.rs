@@ -61,19 +61,8 @@ struct Args {
     batch: usize,
 }
 
-const TABLES: &str = r#"
-[n3]
-ifindex = 11
-mac = "02:00:00:00:03:01"
-next_hop_mac = "02:00:00:00:03:02"
-ipv4 = "198.18.0.1"
-mtu = 1500
-
-[local]
-ifindex = 12
-mac = "02:00:00:00:04:01"
-next_hop_mac = "02:00:00:00:04:02"
-
+/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
+const TABLE_ENTRIES: &str = r#"
 [[rules]]
 id = 10
 priority = 10
@@ -252,7 +241,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let site = Site::new()?;
-    let tables = Tables::from_toml(TABLES, "bench.toml")?;
+    let tables = Tables::from_toml(&mecgw_tests::tables_with(TABLE_ENTRIES), "bench.toml")?;
     let (ingest, mut queue) = mpsc::channel::<PublishedRecord>(65_536);
     let drained = Arc::new(AtomicU64::new(0));
     let counter = drained.clone();
