@@ -159,6 +159,11 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// The budget of each period (ε, δ).
+    pub fn budget(&self) -> (Epsilon, Delta) {
+        self.budget
+    }
+
     /// The period a window starting at `window_start` is charged to.
     pub fn period_of(&self, window_start: i64) -> i64 {
         window_start.div_euclid(i64::try_from(self.period_len).unwrap_or(i64::MAX).max(1))
