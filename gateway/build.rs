@@ -2,19 +2,23 @@
 //! `src/datapath` embeds it with `include_bytes_aligned!`.
 
 fn main() -> anyhow::Result<()> {
+    // Read at run time, not baked in with env!: a build script binary shared through one
+    // target directory by several checkouts must build the checkout that runs it.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let ebpf_dir = format!("{manifest_dir}/../ebpf");
     let ebpf = aya_build::Package {
         name: "mecgw-ebpf",
-        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf"),
+        root_dir: &ebpf_dir,
         ..Default::default()
     };
     aya_build::build_ebpf([ebpf], aya_build::Toolchain::Nightly)?;
-    api_protos()
+    api_protos(&manifest_dir)
 }
 
 /// Generates the gRPC servers, clients and messages of the local APIs (`src/api`) from
 /// `../proto/mecgw/v1`, plus a file descriptor set for the reflection service.
-fn api_protos() -> anyhow::Result<()> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+fn api_protos(manifest_dir: &str) -> anyhow::Result<()> {
+    let root = format!("{manifest_dir}/../proto");
     let files: Vec<String> = [
         "traffic_rules",
         "sessions",
@@ -28,6 +32,6 @@ fn api_protos() -> anyhow::Result<()> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("mecgw_v1_descriptor.bin"))
-        .compile_protos(&files, &[root.to_string()])?;
+        .compile_protos(&files, &[root])?;
     Ok(())
 }
