@@ -2,6 +2,7 @@
 //! network-namespace guards and process runners.
 
 pub mod api;
+pub mod bed;
 pub mod egress;
 pub mod nats;
 
