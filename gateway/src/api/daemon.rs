@@ -106,13 +106,35 @@ impl ApiBackend for GatewayApi {
             .into_iter()
             .map(|(r, c)| (r.name().to_string(), c.packets, c.bytes))
             .collect();
+        let budgets = self
+            .gateway
+            .privacy()
+            .map(|p| {
+                let s = p.metrics().snapshot();
+                vec![(
+                    "current period".to_string(),
+                    s.budget_epsilon_left,
+                    s.budget_delta_left,
+                )]
+            })
+            .unwrap_or_default();
+        let egress_backlog = self
+            .gateway
+            .egress()
+            .map(|e| {
+                e.metrics()
+                    .snapshot()
+                    .into_iter()
+                    .map(|(d, m)| (d, m.backlog_batches, m.backlog_bytes))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(StatusReport {
             verdicts,
             reasons,
             policy_hash: self.gateway.policy().map(|p| p.hash.clone()),
-            // The daemon does not run the budget ledger or egress yet: nothing to report.
-            budgets: Vec::new(),
-            egress_backlog: Vec::new(),
+            budgets,
+            egress_backlog,
         })
     }
 
@@ -137,5 +159,15 @@ impl ApiBackend for GatewayApi {
 
     fn api_metrics(&self) -> Option<Arc<ApiMetrics>> {
         Some(self.metrics.clone())
+    }
+
+    fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let plane = self.gateway.privacy().cloned();
+        Box::pin(async move {
+            match plane {
+                Some(p) => p.flush().await,
+                None => Err("the policy engine is not running".into()),
+            }
+        })
     }
 }

@@ -136,6 +136,14 @@ pub trait ApiBackend: Send + Sync + 'static {
     /// Outputs released on this site, as they happen.
     fn releases(&self) -> broadcast::Receiver<Arc<ReleasedOutput>>;
 
+    /// Resolves once every record queued on [`ingest`](Self::ingest) before the call is
+    /// processed and what the policy emitted for it is durably spooled. Publish awaits it
+    /// before it acknowledges, so an acknowledged record survives `kill -9`. `Err` says why
+    /// not (e.g. the spool is full); the default has nothing to wait for.
+    fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Where to count calls per method and code (rendered on the daemon's `/metrics`);
     /// `None`: not counted.
     fn api_metrics(&self) -> Option<Arc<ApiMetrics>> {

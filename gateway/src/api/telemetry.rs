@@ -4,7 +4,9 @@
 //! one JSON object of at most [`MAX_RECORD_BYTES`]) and puts the records on the engine's
 //! bounded queue. When the queue stays full for `publish_wait_ms`, the call ends with
 //! RESOURCE_EXHAUSTED saying how many records were accepted: memory never grows with a slow
-//! engine. Subscribe streams only the releases the caller may see.
+//! engine. The response comes once the accepted records are processed and their outputs
+//! durably spooled ([`ApiBackend::flush`]). Subscribe streams only the releases the caller
+//! may see.
 
 use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
@@ -135,6 +137,13 @@ impl<B: ApiBackend> TelemetryService for Telemetry<B> {
                 permit.send(item);
                 accepted += 1;
             }
+        }
+        if accepted > 0
+            && let Err(e) = self.0.backend.flush().await
+        {
+            return Err(Status::resource_exhausted(format!(
+                "{accepted} record(s) were accepted but are not yet durable: {e}"
+            )));
         }
         Ok(Response::new(PublishResponse { accepted }))
     }

@@ -43,6 +43,40 @@ pub struct Config {
     /// The gRPC local APIs (mTLS); absent: no API is served. See docs/api.md.
     #[serde(default)]
     pub api: Option<crate::api::ApiConfig>,
+    /// Per-flow accounting in the fast path, harvested into `flow` records for the policy.
+    #[serde(default)]
+    pub flows: Flows,
+    /// Where what the policy releases goes: spool, sinks, audit (docs/egress.md). Required
+    /// when the policy names destinations. The spool and audit directories default to
+    /// `spool/` and `audit/` under `[state] dir`.
+    #[serde(default)]
+    pub egress: Option<crate::egress::EgressConfig>,
+}
+
+/// Flow records.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flows {
+    /// Count packets and bytes per session and 5-tuple in the fast path, and feed them to
+    /// the policy as `flow` records (when the policy declares that kind). Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Seconds between harvests: the window each flow record covers. Default 10.
+    #[serde(default = "default_flow_interval")]
+    pub interval_secs: u64,
+}
+
+impl Default for Flows {
+    fn default() -> Self {
+        Flows {
+            enabled: true,
+            interval_secs: default_flow_interval(),
+        }
+    }
+}
+
+fn default_flow_interval() -> u64 {
+    10
 }
 
 /// Interfaces by role.
@@ -129,9 +163,18 @@ impl DatapathKind {
 pub struct Policy {
     /// The policy file (YAML, see docs/policy.md).
     pub file: PathBuf,
-    /// Key file or directory for pseudonymisation keys (mode 0600/0700, ≥ 32 bytes).
+    /// Directory the policy's key paths are relative to (default: the policy file's
+    /// directory). Key files: mode 0600/0700, at least 32 bytes.
     #[serde(default)]
     pub keys: Option<PathBuf>,
+    /// Seconds after a release window ends before it is closed and released, so that late
+    /// records still count. Default 60.
+    #[serde(default = "default_window_grace")]
+    pub window_grace_secs: u64,
+}
+
+fn default_window_grace() -> u64 {
+    60
 }
 
 /// Persistent state.
@@ -319,6 +362,7 @@ impl Config {
                     self.policy = Some(Policy {
                         file: v.clone(),
                         keys: None,
+                        window_grace_secs: default_window_grace(),
                     })
                 }
             }
@@ -353,6 +397,31 @@ impl Config {
             }
         }
         fix(&mut self.state.dir);
+        if let Some(egress) = &mut self.egress {
+            if egress.spool_dir.as_os_str().is_empty() {
+                egress.spool_dir = self.state.dir.join("spool");
+            }
+            if egress.audit_dir.as_os_str().is_empty() {
+                egress.audit_dir = self.state.dir.join("audit");
+            }
+            fix(&mut egress.spool_dir);
+            fix(&mut egress.audit_dir);
+            for d in &mut egress.destinations {
+                match &mut d.sink {
+                    crate::egress::sink::SinkConfig::File(f) => fix(&mut f.dir),
+                    crate::egress::sink::SinkConfig::Nats(n) => {
+                        if let Some(tls) = &mut n.tls {
+                            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                                .into_iter()
+                                .flatten()
+                            {
+                                fix(p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if let Some(api) = &mut self.api {
             for p in [&mut api.cert, &mut api.key, &mut api.client_ca]
                 .into_iter()

@@ -9,6 +9,7 @@
 pub mod config;
 mod gtpu;
 mod ops;
+pub mod privacy;
 pub mod userspace;
 
 use std::{
@@ -27,6 +28,10 @@ use tracing::{error, info, warn};
 use crate::datapath::{
     AttachMode, Counter, DatapathError, Direction, FastPath, Reason, Verdict,
     tables::{Tables, TablesError},
+};
+use crate::egress::{
+    Egress, EgressConfig,
+    jurisdiction::{PermissionTable, Permissions},
 };
 pub use config::{Config, DatapathKind, Overrides};
 
@@ -111,6 +116,8 @@ pub struct LoadedPolicy {
     pub policy: mecgw_policy::Policy,
     /// SHA-256 of the policy source: tags every release and the audit log.
     pub hash: String,
+    /// The policy text.
+    pub source: String,
 }
 
 /// What the daemon's tasks share.
@@ -125,6 +132,10 @@ pub struct Gateway {
     pub metrics: DaemonMetrics,
     /// The gRPC API's per-method counters, once the API runs.
     api_metrics: std::sync::OnceLock<Arc<crate::api::ApiMetrics>>,
+    /// The policy engine's thread, once it runs (a policy is configured).
+    privacy: std::sync::OnceLock<privacy::PrivacyHandle>,
+    /// Egress (spool, forwarders, audit), once it runs (`[egress]` is configured).
+    egress: std::sync::OnceLock<Arc<Egress>>,
 }
 
 impl Gateway {
@@ -165,12 +176,12 @@ impl Gateway {
         }
     }
 
-    fn set_policy(&self, policy: Option<LoadedPolicy>) {
+    fn set_policy(&self, policy: Option<Arc<LoadedPolicy>>) {
         let mut slot = match self.policy.write() {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *slot = policy.map(Arc::new);
+        *slot = policy;
     }
 
     /// Ready: programs attached, tables and policy loaded, not draining.
@@ -181,6 +192,16 @@ impl Gateway {
     /// The gRPC API's counters, if the API runs.
     pub fn api_metrics(&self) -> Option<&Arc<crate::api::ApiMetrics>> {
         self.api_metrics.get()
+    }
+
+    /// The policy engine, if it runs.
+    pub fn privacy(&self) -> Option<&privacy::PrivacyHandle> {
+        self.privacy.get()
+    }
+
+    /// Egress, if it runs.
+    pub fn egress(&self) -> Option<&Arc<Egress>> {
+        self.egress.get()
     }
 
     /// Draining: shutting down.
@@ -197,7 +218,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tables.n3.ifindex = n3_ifindex;
     tables.local.ifindex = local_ifindex;
     let policy = match &config.policy {
-        Some(p) => Some(load_policy(&p.file)?),
+        Some(p) => {
+            let loaded = load_policy(&p.file)?;
+            check_destinations(&loaded, config.egress.as_ref())?;
+            Some(Arc::new(loaded))
+        }
         None => {
             warn!("no policy configured: no regulated data will be released");
             None
@@ -245,11 +270,63 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         metrics: DaemonMetrics::default(),
         api_metrics: std::sync::OnceLock::new(),
+        privacy: std::sync::OnceLock::new(),
+        egress: std::sync::OnceLock::new(),
     });
     if let Some(p) = &policy {
         info!(hash = %p.hash, "policy loaded");
     }
-    gw.set_policy(policy);
+    gw.set_policy(policy.clone());
+
+    // The privacy plane: egress first (the engine spools into it), then the engine.
+    let forwarders = match &config.egress {
+        Some(egress_config) => {
+            let table = policy
+                .as_ref()
+                .map(|p| PermissionTable::from_policy(&p.policy))
+                .unwrap_or_default();
+            let permissions = Arc::new(Permissions::new(Arc::new(table)));
+            let egress = Arc::new(
+                Egress::open(egress_config.clone(), permissions).context("starting egress")?,
+            );
+            let forwarders = egress.start().context("starting the egress forwarders")?;
+            info!(
+                destinations = egress_config.destinations.len(),
+                spool = %egress_config.spool_dir.display(),
+                "egress started"
+            );
+            let _ = gw.egress.set(egress);
+            Some(forwarders)
+        }
+        None => None,
+    };
+    let (ingest_tx, ingest_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE);
+    let (releases_tx, _) = tokio::sync::broadcast::channel(RELEASE_BROADCAST);
+    let privacy_plane = match (&policy, &config.policy) {
+        (Some(p), Some(pc)) => {
+            let plane = privacy::PrivacyPlane::start(
+                Arc::clone(p),
+                privacy::Settings {
+                    keys_dir: keys_dir(pc),
+                    ledger_dir: config.state.dir.join("budget"),
+                    window_grace_secs: pc.window_grace_secs,
+                },
+                privacy::Wiring {
+                    ingest: ingest_rx,
+                    releases: releases_tx.clone(),
+                    egress: gw.egress().cloned(),
+                },
+            )
+            .context("starting the policy engine")?;
+            let _ = gw.privacy.set(plane.handle());
+            Some(plane)
+        }
+        // No policy: nothing consumes published records, and Publish says so.
+        _ => {
+            drop(ingest_rx);
+            None
+        }
+    };
     let t = gw.tables();
     info!(
         sessions = t.sessions.len(),
@@ -275,7 +352,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
     let api = match &config.api {
-        Some(api_config) => Some(spawn_api(&gw, api_config, stop_rx.clone())?),
+        Some(api_config) => Some(spawn_api(
+            &gw,
+            api_config,
+            ingest_tx,
+            releases_tx,
+            stop_rx.clone(),
+        )?),
         None => None,
     };
     gw.ready.store(true, Ordering::SeqCst);
@@ -314,6 +397,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         warn!(error = %e, "GTP-U task ended abnormally");
     }
+    // The API has stopped, so no record arrives any more: the engine closes its windows
+    // and spools what they release; then the forwarders send what they can and stop.
+    if let Some(plane) = privacy_plane
+        && let Err(e) = tokio::task::spawn_blocking(move || plane.stop()).await
+    {
+        warn!(error = %e, "the policy engine's shutdown task failed");
+    }
+    if let Some(f) = forwarders
+        && let Err(e) = f.shutdown().await
+    {
+        warn!(error = %e, "an egress forwarder ended with an error");
+    }
     // Dropping the last reference closes the XDP links: the programs detach (or stops the
     // userspace datapath and removes its rules, routes and TUN).
     match Arc::try_unwrap(gw) {
@@ -324,12 +419,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records an app may have queued for the policy engine before Publish waits.
+const INGEST_QUEUE: usize = 8192;
+/// Released cells kept for slow local subscribers (they are told how many they missed).
+const RELEASE_BROADCAST: usize = 1024;
+
 /// Starts the gRPC local APIs (mTLS unless `insecure`) on `gw`; they stop when `stop` turns
-/// true. Published telemetry has no consumer yet (no policy-engine task runs in the daemon),
-/// so the ingest queue is closed at once and Publish answers UNAVAILABLE, never a silent drop.
+/// true. Publish feeds `ingest` (the policy engine's queue; closed when no policy runs, and
+/// then Publish answers UNAVAILABLE), Subscribe follows `releases`.
 fn spawn_api(
     gw: &Arc<Gateway>,
     config: &crate::api::ApiConfig,
+    ingest_tx: tokio::sync::mpsc::Sender<crate::api::PublishedRecord>,
+    releases_tx: tokio::sync::broadcast::Sender<Arc<crate::api::ReleasedOutput>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
     if let Err(errors) = config.validate() {
@@ -338,9 +440,6 @@ fn spawn_api(
     if config.insecure {
         warn!(listen = %config.listen, "the gRPC API is served in PLAINTEXT (insecure): no mTLS, no app identity from certificates");
     }
-    let (ingest_tx, ingest_rx) = tokio::sync::mpsc::channel(1);
-    drop(ingest_rx);
-    let (releases_tx, _) = tokio::sync::broadcast::channel(1024);
     let api = Arc::new(crate::api::daemon::GatewayApi::new(
         Arc::clone(gw),
         ingest_tx,
@@ -362,13 +461,33 @@ fn reload(gw: &Gateway, config: &Config) {
     info!("SIGHUP: reloading tables and policy");
     let tables = load_tables(&config.datapath.tables);
     let policy = match &config.policy {
-        Some(p) => load_policy(&p.file).map(Some),
+        Some(p) => load_policy(&p.file)
+            .and_then(|loaded| {
+                check_destinations(&loaded, config.egress.as_ref())?;
+                privacy::check_engine(&loaded, &keys_dir(p))?;
+                Ok(loaded)
+            })
+            .map(|l| Some(Arc::new(l))),
         None => Ok(None),
     };
     let outcome = match (tables, policy) {
         (Ok(t), Ok(p)) => gw
             .replace_tables(t)
-            .map(|()| gw.set_policy(p))
+            .map(|()| {
+                if let Some(p) = &p {
+                    // Egress checks batches already queued against the new permissions at
+                    // send time; the engine switches after releasing the old one's windows.
+                    if let Some(egress) = gw.egress() {
+                        egress
+                            .permissions()
+                            .replace(Arc::new(PermissionTable::from_policy(&p.policy)));
+                    }
+                    if let Some(plane) = gw.privacy() {
+                        plane.reload(Arc::clone(p));
+                    }
+                }
+                gw.set_policy(p);
+            })
             .map_err(anyhow::Error::from),
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
@@ -409,12 +528,49 @@ fn load_policy(path: &Path) -> anyhow::Result<LoadedPolicy> {
         Ok(policy) => Ok(LoadedPolicy {
             policy,
             hash: mecgw_policy::engine::policy_hash(&src),
+            source: src,
         }),
         Err(diags) => {
             let all: Vec<String> = diags.0.iter().map(|d| d.render(&shown)).collect();
             anyhow::bail!("{}", all.join("\n"))
         }
     }
+}
+
+/// The directory the policy's key paths are relative to.
+fn keys_dir(p: &config::Policy) -> std::path::PathBuf {
+    match &p.keys {
+        Some(dir) => dir.clone(),
+        None => match p.file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        },
+    }
+}
+
+/// Every destination the policy sends to must have a sink in `[egress]`; a sink in another
+/// region than the policy permits is allowed (egress refuses and audits everything for it)
+/// but warned about.
+fn check_destinations(policy: &LoadedPolicy, egress: Option<&EgressConfig>) -> anyhow::Result<()> {
+    for (name, d) in &policy.policy.destinations {
+        let configured = egress.and_then(|e| e.destinations.iter().find(|c| &c.name == name));
+        match configured {
+            None => anyhow::bail!(
+                "the policy sends to destination {name:?} (region {}), but [egress] has no \
+                 destination of that name: add an [[egress.destinations]] entry with \
+                 name = {name:?}, its region and a sink",
+                d.region
+            ),
+            Some(c) if c.region != d.region => warn!(
+                destination = %name,
+                configured = %c.region,
+                permitted = %d.region,
+                "this destination's sink is in a region the policy does not permit: everything for it will be refused and audited"
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn attach(

@@ -239,7 +239,234 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
         );
         let _ = writeln!(out, "mecgw_policy_info{{hash=\"{}\"}} 1", p.hash);
     }
+    if let Some(p) = gw.privacy() {
+        render_privacy(&mut out, &p.metrics().snapshot());
+    }
+    if let Some(e) = gw.egress() {
+        render_egress(&mut out, &e.metrics().snapshot());
+    }
     Ok(out)
+}
+
+/// The policy engine's counters: records in, transformed, suppressed and released, and the
+/// budget left.
+fn render_privacy(out: &mut String, s: &super::privacy::PrivacySnapshot) {
+    family(
+        out,
+        "mecgw_records_in_total",
+        "counter",
+        "Regulated records taken into the policy engine, by source.",
+    );
+    let _ = writeln!(
+        out,
+        "mecgw_records_in_total{{source=\"api\"}} {}",
+        s.records_in_api
+    );
+    let _ = writeln!(
+        out,
+        "mecgw_records_in_total{{source=\"flow\"}} {}",
+        s.records_in_flow
+    );
+    counter(
+        out,
+        "mecgw_records_transformed_total",
+        "Records the policy transformed.",
+        s.records_transformed,
+    );
+    family(
+        out,
+        "mecgw_records_bad_total",
+        "counter",
+        "Records that could not be used, by reason.",
+    );
+    for (reason, n) in &s.records_bad {
+        let _ = writeln!(out, "mecgw_records_bad_total{{reason=\"{reason}\"}} {n}");
+    }
+    counter(
+        out,
+        "mecgw_records_released_total",
+        "Transformed records emitted towards a destination (once per destination).",
+        s.records_released,
+    );
+    counter(
+        out,
+        "mecgw_records_on_site_total",
+        "Transformed records no destination may receive; they stay on site.",
+        s.records_on_site,
+    );
+    counter(
+        out,
+        "mecgw_release_cells_total",
+        "Aggregate cells released (once per destination).",
+        s.cells_released,
+    );
+    family(
+        out,
+        "mecgw_release_groups_suppressed_total",
+        "counter",
+        "Groups withheld from releases, by reason.",
+    );
+    let _ = writeln!(
+        out,
+        "mecgw_release_groups_suppressed_total{{reason=\"below_k\"}} {}",
+        s.groups_below_k
+    );
+    let _ = writeln!(
+        out,
+        "mecgw_release_groups_suppressed_total{{reason=\"below_threshold\"}} {}",
+        s.groups_below_threshold
+    );
+    family(
+        out,
+        "mecgw_release_windows_total",
+        "counter",
+        "Closed release windows, by outcome (refused: budget spent).",
+    );
+    for (outcome, n) in &s.windows {
+        let _ = writeln!(
+            out,
+            "mecgw_release_windows_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    counter(
+        out,
+        "mecgw_release_rows_late_total",
+        "Rows for windows already closed (not counted in any release).",
+        s.rows_late,
+    );
+    gauge(
+        out,
+        "mecgw_release_open_windows",
+        "Release windows open now.",
+        s.open_windows,
+    );
+    family(
+        out,
+        "mecgw_budget_left",
+        "gauge",
+        "Privacy budget left in the current period.",
+    );
+    let _ = writeln!(
+        out,
+        "mecgw_budget_left{{param=\"epsilon\"}} {}",
+        s.budget_epsilon_left
+    );
+    let _ = writeln!(
+        out,
+        "mecgw_budget_left{{param=\"delta\"}} {}",
+        s.budget_delta_left
+    );
+    counter(
+        out,
+        "mecgw_outputs_refused_total",
+        "Policy outputs egress refused at enqueue (audited).",
+        s.outputs_refused,
+    );
+    gauge(
+        out,
+        "mecgw_outputs_waiting",
+        "Policy outputs held in memory while the spool is full.",
+        s.outputs_waiting,
+    );
+    counter(
+        out,
+        "mecgw_outputs_lost_at_shutdown_total",
+        "Outputs not spooled because the spool stayed full through a shutdown.",
+        s.outputs_lost_at_shutdown,
+    );
+}
+
+/// Egress per destination: spooled, sent, refused, shed, backlog.
+fn render_egress(
+    out: &mut String,
+    snapshot: &std::collections::BTreeMap<String, crate::egress::metrics::MetricsSnapshot>,
+) {
+    type Field = fn(&crate::egress::metrics::MetricsSnapshot) -> u64;
+    let families: [(&str, &str, &str, Field); 12] = [
+        (
+            "mecgw_egress_enqueued_batches_total",
+            "counter",
+            "Batches spooled.",
+            |m| m.enqueued_batches,
+        ),
+        (
+            "mecgw_egress_enqueued_items_total",
+            "counter",
+            "Outputs spooled.",
+            |m| m.enqueued_items,
+        ),
+        (
+            "mecgw_egress_sent_batches_total",
+            "counter",
+            "Batches the sink acknowledged.",
+            |m| m.sent_batches,
+        ),
+        (
+            "mecgw_egress_sent_items_total",
+            "counter",
+            "Outputs the sink acknowledged.",
+            |m| m.sent_items,
+        ),
+        (
+            "mecgw_egress_refused_at_enqueue_total",
+            "counter",
+            "Batches refused by the jurisdiction check at enqueue.",
+            |m| m.refused_at_enqueue,
+        ),
+        (
+            "mecgw_egress_refused_at_send_total",
+            "counter",
+            "Spooled batches refused by the jurisdiction check at send time.",
+            |m| m.refused_at_send,
+        ),
+        (
+            "mecgw_egress_shed_batches_total",
+            "counter",
+            "Oldest batches shed from a full spool (shed-oldest).",
+            |m| m.shed_batches,
+        ),
+        (
+            "mecgw_egress_rejected_full_total",
+            "counter",
+            "Batches rejected because the spool was full (backpressure).",
+            |m| m.rejected_full,
+        ),
+        (
+            "mecgw_egress_send_failures_total",
+            "counter",
+            "Failed deliveries (retried).",
+            |m| m.send_failures,
+        ),
+        (
+            "mecgw_egress_reconnects_total",
+            "counter",
+            "Sink reconnects.",
+            |m| m.reconnects,
+        ),
+        (
+            "mecgw_egress_backlog_batches",
+            "gauge",
+            "Batches waiting in the spool.",
+            |m| m.backlog_batches,
+        ),
+        (
+            "mecgw_egress_backlog_bytes",
+            "gauge",
+            "Bytes waiting in the spool.",
+            |m| m.backlog_bytes,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        family(out, name, kind, help);
+        for (destination, m) in snapshot {
+            let _ = writeln!(out, "{name}{{destination=\"{destination}\"}} {}", field(m));
+        }
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    family(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -39,9 +39,11 @@ pub const SPOOL_FILE: &str = "spool.redb";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressConfig {
-    /// Directory of the spool database.
+    /// Directory of the spool database (the daemon defaults it to `<state dir>/spool`).
+    #[serde(default)]
     pub spool_dir: PathBuf,
-    /// Directory of the audit log.
+    /// Directory of the audit log (the daemon defaults it to `<state dir>/audit`).
+    #[serde(default)]
     pub audit_dir: PathBuf,
     /// Bound of each destination's spool.
     #[serde(default)]
@@ -212,6 +214,11 @@ fn batch_epsilon(items: &[EgressItem], permissions: &dyn jurisdiction::EgressPer
 impl Egress {
     /// Opens the spool and the audit log and checks the configuration.
     pub fn open(config: EgressConfig, permissions: Arc<Permissions>) -> Result<Self, EgressError> {
+        if config.spool_dir.as_os_str().is_empty() || config.audit_dir.as_os_str().is_empty() {
+            return Err(EgressError::Config(
+                "spool_dir and audit_dir must be set".into(),
+            ));
+        }
         let mut names = BTreeSet::new();
         for d in &config.destinations {
             if !valid_name(&d.name) {

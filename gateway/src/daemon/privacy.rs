@@ -1,0 +1,644 @@
+//! The privacy plane inside `mecgw run`: regulated records in, only what the policy allows out.
+//!
+//! One direction of flow: records arrive from apps (`Publish`, through the API's bounded
+//! ingest queue) and from the fast path (`flow` records, [`super::flows`]); the policy
+//! [`Engine`] transforms and aggregates them; what it emits for a destination is durably
+//! spooled by [`Egress::enqueue`] (which checks the jurisdiction) and released cells are also
+//! broadcast to local `Subscribe` streams. Nothing else leaves: raw records live only in this
+//! thread's stack frames and in the engine's window state.
+//!
+//! The engine runs on its own thread (it is CPU-bound, and spooling blocks for an fsync).
+//! Windows close on the clock, `window_grace_secs` after they end. A reload or a shutdown
+//! closes the open windows early and releases them under the policy that collected them
+//! (each charged to the budget as usual), so nothing accepted is dropped silently.
+//! When the spool is full and configured for backpressure, the thread stops taking records
+//! until there is room: the ingest queue fills and `Publish` answers RESOURCE_EXHAUSTED.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use mecgw_policy::{
+    budget::Ledger,
+    engine::{Engine, KeySource, Output, Stats},
+    noise::OsRandom,
+};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use super::LoadedPolicy;
+use crate::{
+    api::{PublishedRecord, ReleasedOutput},
+    egress::{Egress, EnqueueError, item::EgressItem},
+};
+
+/// Records processed before their outputs are spooled (one fsync per destination).
+const DRAIN_BATCH: usize = 1024;
+/// Most items in one spooled batch.
+const MAX_BATCH_ITEMS: usize = 512;
+/// How often windows are checked against the clock.
+const TICK: Duration = Duration::from_secs(1);
+/// Pause between attempts to spool while the spool is full.
+const BACKPRESSURE_RETRY: Duration = Duration::from_millis(200);
+/// How long a shutdown keeps trying to spool the last outputs into a full spool.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Where the privacy plane gets its inputs and puts its outputs.
+pub struct Wiring {
+    /// Records apps published.
+    pub ingest: mpsc::Receiver<PublishedRecord>,
+    /// Local subscribers of released cells.
+    pub releases: broadcast::Sender<Arc<ReleasedOutput>>,
+    /// The egress spool; `None` only if the policy names no destination.
+    pub egress: Option<Arc<Egress>>,
+}
+
+/// Settings of the privacy plane.
+pub struct Settings {
+    /// The policy's key paths are relative to this directory.
+    pub keys_dir: PathBuf,
+    /// The budget ledger's directory.
+    pub ledger_dir: PathBuf,
+    /// Seconds after a window's end before it closes.
+    pub window_grace_secs: u64,
+}
+
+/// What the privacy plane did, for `/metrics` and Status. Counters add up over reloads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PrivacySnapshot {
+    /// Records taken from apps (`Publish`).
+    pub records_in_api: u64,
+    /// Flow records made from the fast path's counters.
+    pub records_in_flow: u64,
+    /// Records the policy transformed.
+    pub records_transformed: u64,
+    /// Records that could not be used, by reason (never values).
+    pub records_bad: BTreeMap<String, u64>,
+    /// Transformed records emitted towards a destination (once per destination).
+    pub records_released: u64,
+    /// Transformed records no destination may receive: they stay on site.
+    pub records_on_site: u64,
+    /// Released cells (once per destination).
+    pub cells_released: u64,
+    /// Groups withheld by the cohort floor `k`.
+    pub groups_below_k: u64,
+    /// Groups withheld by differentially private partition selection.
+    pub groups_below_threshold: u64,
+    /// Windows by outcome: released, refused (budget), suppressed (state cap), failed.
+    pub windows: BTreeMap<&'static str, u64>,
+    /// Rows for windows already closed.
+    pub rows_late: u64,
+    /// Windows open now.
+    pub open_windows: u64,
+    /// Budget left in the current period.
+    pub budget_epsilon_left: f64,
+    /// Budget left in the current period.
+    pub budget_delta_left: f64,
+    /// Outputs egress refused at enqueue (jurisdiction; audited by egress).
+    pub outputs_refused: u64,
+    /// Outputs waiting for room in a full spool.
+    pub outputs_waiting: u64,
+    /// Outputs lost because the spool stayed full through a shutdown (logged as errors).
+    pub outputs_lost_at_shutdown: u64,
+    /// Reloads the plane applied.
+    pub policy_reloads: u64,
+}
+
+/// Shared view of the plane's counters.
+#[derive(Debug, Default)]
+pub struct PrivacyMetrics(Mutex<PrivacySnapshot>);
+
+impl PrivacyMetrics {
+    /// The counters now.
+    pub fn snapshot(&self) -> PrivacySnapshot {
+        match self.0.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn store(&self, s: PrivacySnapshot) {
+        match self.0.lock() {
+            Ok(mut g) => *g = s,
+            Err(poisoned) => *poisoned.into_inner() = s,
+        }
+    }
+}
+
+enum Control {
+    /// Answer once everything queued before is processed and spooled.
+    Flush(oneshot::Sender<Result<(), String>>),
+    /// Switch to this (validated) policy.
+    Reload(Arc<LoadedPolicy>),
+    /// Close every window, spool, and end.
+    Stop,
+}
+
+/// The handle the daemon and the API keep.
+#[derive(Clone)]
+pub struct PrivacyHandle {
+    control: mpsc::UnboundedSender<Control>,
+    metrics: Arc<PrivacyMetrics>,
+}
+
+impl PrivacyHandle {
+    /// Waits until every record queued before this call is processed and its outputs are
+    /// durably spooled. Fails if the spool is full (the outputs are held in memory) or the
+    /// plane has stopped.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Flush(tx))
+            .map_err(|_| "the policy engine is not running".to_string())?;
+        rx.await
+            .map_err(|_| "the policy engine stopped".to_string())?
+    }
+
+    /// Switches to `policy` (already validated) after closing the old policy's windows.
+    pub fn reload(&self, policy: Arc<LoadedPolicy>) {
+        if self.control.send(Control::Reload(policy)).is_err() {
+            warn!("policy reload not applied: the policy engine is not running");
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<PrivacyMetrics> {
+        &self.metrics
+    }
+}
+
+/// The running plane: its handle and its thread.
+pub struct PrivacyPlane {
+    handle: PrivacyHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PrivacyPlane {
+    /// Starts the engine thread for `policy`. Fails if the keys or the ledger cannot be
+    /// loaded. Must be called inside a tokio runtime.
+    pub fn start(
+        policy: Arc<LoadedPolicy>,
+        settings: Settings,
+        wiring: Wiring,
+    ) -> anyhow::Result<PrivacyPlane> {
+        let engine = Some(build_engine(&policy, &settings)?);
+        let metrics = Arc::new(PrivacyMetrics::default());
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Handle::current();
+        let mut worker = Worker {
+            engine,
+            policy,
+            settings,
+            wiring,
+            control: control_rx,
+            pending: BTreeMap::new(),
+            earlier: Stats::default(),
+            snapshot: PrivacySnapshot::default(),
+            metrics: Arc::clone(&metrics),
+            line: 0,
+            deferred_reload: None,
+        };
+        worker.publish_metrics();
+        let thread = std::thread::Builder::new()
+            .name("mecgw-privacy".into())
+            .spawn(move || worker.run(&runtime))?;
+        Ok(PrivacyPlane {
+            handle: PrivacyHandle {
+                control: control_tx,
+                metrics,
+            },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for the API and the reload path.
+    pub fn handle(&self) -> PrivacyHandle {
+        self.handle.clone()
+    }
+
+    /// Closes every window, spools what they release and ends the thread. Blocking.
+    pub fn stop(mut self) {
+        let _ = self.handle.control.send(Control::Stop);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            error!("the policy engine thread panicked");
+        }
+    }
+}
+
+/// The engine for `policy`, with its keys and the durable ledger.
+fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<Engine> {
+    let b = &policy.policy.budget;
+    let ledger = Ledger::open(&settings.ledger_dir, b.epsilon, b.delta, b.period.0)?;
+    Ok(Engine::new(
+        &policy.policy,
+        &policy.source,
+        KeySource::Files(&settings.keys_dir),
+        ledger,
+        Box::new(OsRandom::new()),
+    )?)
+}
+
+/// Checks that the engine for `policy` can start (keys load, mechanisms are in range)
+/// without touching the ledger: what a reload verifies before it swaps anything.
+pub fn check_engine(policy: &LoadedPolicy, keys_dir: &std::path::Path) -> anyhow::Result<()> {
+    let b = &policy.policy.budget;
+    Engine::new(
+        &policy.policy,
+        &policy.source,
+        KeySource::Files(keys_dir),
+        Ledger::in_memory(b.epsilon, b.delta, b.period.0),
+        Box::new(OsRandom::new()),
+    )?;
+    Ok(())
+}
+
+enum Event {
+    Control(Option<Control>),
+    Record(Option<PublishedRecord>),
+    Tick,
+}
+
+struct Worker {
+    /// `None` only if neither the new nor the old policy's engine could start after a
+    /// reload: records are then counted as `no_engine` and nothing is released.
+    engine: Option<Engine>,
+    policy: Arc<LoadedPolicy>,
+    settings: Settings,
+    wiring: Wiring,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// Outputs not yet spooled, per destination, in emission order.
+    pending: BTreeMap<String, Vec<EgressItem>>,
+    /// The stats of engines replaced by reloads.
+    earlier: Stats,
+    snapshot: PrivacySnapshot,
+    metrics: Arc<PrivacyMetrics>,
+    line: u64,
+    /// A reload that arrived while the spool was full.
+    deferred_reload: Option<Arc<LoadedPolicy>>,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Worker {
+    fn run(mut self, rt: &tokio::runtime::Handle) {
+        info!(policy = %self.policy.hash, "policy engine started");
+        let mut ingest_open = true;
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let deadline = tokio::time::Instant::from_std(next_tick);
+            let event = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    c = self.control.recv() => Event::Control(c),
+                    r = self.wiring.ingest.recv(), if ingest_open => Event::Record(r),
+                    () = tokio::time::sleep_until(deadline) => Event::Tick,
+                }
+            });
+            match event {
+                Event::Control(None | Some(Control::Stop)) => break,
+                Event::Control(Some(Control::Flush(ack))) => {
+                    // Everything queued before the flush was requested is in the queue now.
+                    let queued = self.wiring.ingest.len();
+                    self.drain(queued);
+                    let _ = ack.send(self.spool_once());
+                }
+                Event::Control(Some(Control::Reload(policy))) => self.reload(policy),
+                Event::Record(None) => ingest_open = false,
+                Event::Record(Some(r)) => {
+                    self.take(r);
+                    self.drain(DRAIN_BATCH - 1);
+                    if self.spool_until_room(rt) {
+                        break;
+                    }
+                }
+                Event::Tick => {
+                    next_tick = Instant::now() + TICK;
+                    self.tick();
+                    if self.spool_until_room(rt) {
+                        break;
+                    }
+                }
+            }
+            if let Some(p) = self.deferred_reload.take() {
+                self.reload(p);
+            }
+            self.publish_metrics();
+        }
+        self.shutdown();
+    }
+
+    /// Takes up to `n` more queued records without waiting.
+    fn drain(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.wiring.ingest.try_recv() {
+                Ok(r) => self.take(r),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn take(&mut self, r: PublishedRecord) {
+        self.snapshot.records_in_api += 1;
+        self.process(r.record);
+    }
+
+    /// Runs one record through the engine; its outputs join `pending`.
+    fn process(&mut self, record: Value) {
+        self.line += 1;
+        let Worker {
+            engine,
+            pending,
+            wiring,
+            snapshot,
+            line,
+            ..
+        } = self;
+        let Some(engine) = engine.as_mut() else {
+            *snapshot.records_bad.entry("no_engine".into()).or_default() += 1;
+            return;
+        };
+        let mut emit = |o: &Output<'_>| collect(o, pending, &wiring.releases, snapshot);
+        if let Err(e) = engine.process_value(*line, record, &mut emit) {
+            error!(error = %e, "the policy engine failed on a record; nothing of it was released");
+        }
+    }
+
+    /// Closes the windows whose grace has passed, and harvests flows when due.
+    fn tick(&mut self) {
+        let now = now_unix();
+        let grace = i64::try_from(self.settings.window_grace_secs).unwrap_or(i64::MAX);
+        let Worker {
+            engine,
+            pending,
+            wiring,
+            snapshot,
+            ..
+        } = self;
+        let Some(engine) = engine.as_mut() else {
+            return;
+        };
+        let mut emit = |o: &Output<'_>| collect(o, pending, &wiring.releases, snapshot);
+        if let Err(e) = engine.close_ended(now, grace, &mut emit) {
+            error!(error = %e, "closing release windows failed");
+        }
+    }
+
+    /// Closes every window of the current engine (releasing what they hold).
+    fn finish_engine(&mut self) {
+        let Worker {
+            engine,
+            pending,
+            wiring,
+            snapshot,
+            ..
+        } = self;
+        let Some(engine) = engine.as_mut() else {
+            return;
+        };
+        let mut emit = |o: &Output<'_>| collect(o, pending, &wiring.releases, snapshot);
+        if let Err(e) = engine.finish(&mut emit) {
+            error!(error = %e, "closing release windows failed");
+        }
+    }
+
+    fn reload(&mut self, policy: Arc<LoadedPolicy>) {
+        if policy.hash == self.policy.hash {
+            return;
+        }
+        self.finish_engine();
+        // Dropping the old engine closes its ledger file before the new one replays it.
+        if let Some(old) = self.engine.take() {
+            add_stats(&mut self.earlier, &old.stats);
+        }
+        match build_engine(&policy, &self.settings) {
+            Ok(engine) => {
+                self.engine = Some(engine);
+                info!(from = %self.policy.hash, to = %policy.hash, "policy engine switched policies");
+                self.policy = policy;
+                self.snapshot.policy_reloads += 1;
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "cannot start the new policy's engine; the old policy stays");
+                match build_engine(&self.policy, &self.settings) {
+                    Ok(engine) => self.engine = Some(engine),
+                    Err(e) => error!(
+                        error = %format!("{e:#}"),
+                        "cannot restart the old policy's engine either; records are counted as no_engine and nothing is released"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Spools `pending`; while the spool is full (backpressure), waits and retries, still
+    /// answering flushes (with an error). Returns `true` if a Stop arrived meanwhile.
+    fn spool_until_room(&mut self, rt: &tokio::runtime::Handle) -> bool {
+        while self.spool_once().is_err() {
+            self.publish_metrics();
+            let wait = rt.block_on(async {
+                tokio::select! {
+                    c = self.control.recv() => Some(c),
+                    () = tokio::time::sleep(BACKPRESSURE_RETRY) => None,
+                }
+            });
+            match wait {
+                None => {}
+                Some(Some(Control::Flush(ack))) => {
+                    let _ = ack.send(Err(full_message(self.waiting())));
+                }
+                Some(Some(Control::Reload(p))) => {
+                    // The egress permissions changed already; the engine switches once
+                    // the outputs of the old one are spooled.
+                    self.deferred_reload = Some(p);
+                }
+                Some(None | Some(Control::Stop)) => return true,
+            }
+        }
+        false
+    }
+
+    fn waiting(&self) -> u64 {
+        self.pending.values().map(|v| v.len() as u64).sum()
+    }
+
+    /// One attempt to spool everything pending. `Err` only for a full spool (backpressure)
+    /// or a spool failure; refusals are counted (and audited by egress) and dropped.
+    fn spool_once(&mut self) -> Result<(), String> {
+        let Some(egress) = self.wiring.egress.clone() else {
+            self.pending.clear();
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for (destination, items) in &mut self.pending {
+            while !items.is_empty() {
+                let n = items.len().min(MAX_BATCH_ITEMS);
+                // A batch holds one policy's outputs: split where the hash changes.
+                let hash = items[0].policy_hash().to_string();
+                let n = items[..n]
+                    .iter()
+                    .position(|i| i.policy_hash() != hash)
+                    .unwrap_or(n);
+                match egress.enqueue(destination, &items[..n]) {
+                    Ok(_) => {
+                        items.drain(..n);
+                    }
+                    Err(EnqueueError::Refused(reason)) => {
+                        self.snapshot.outputs_refused += n as u64;
+                        warn!(%destination, %reason, outputs = n, "egress refused a batch (audited)");
+                        items.drain(..n);
+                    }
+                    Err(e) if e.is_backpressure() => {
+                        result = Err(full_message(items.len() as u64));
+                        break;
+                    }
+                    Err(e @ EnqueueError::UnknownDestination(_)) => {
+                        self.snapshot.outputs_refused += n as u64;
+                        error!(error = %e, outputs = n, "no such egress destination; outputs refused");
+                        items.drain(..n);
+                    }
+                    Err(e) => {
+                        error!(%destination, error = %e, "spooling failed; will retry");
+                        result = Err(format!("spooling for {destination} failed: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        self.pending.retain(|_, v| !v.is_empty());
+        self.snapshot.outputs_waiting = self.waiting();
+        result
+    }
+
+    fn shutdown(&mut self) {
+        self.drain(usize::MAX);
+        self.finish_engine();
+        let give_up = Instant::now() + SHUTDOWN_PATIENCE;
+        while self.spool_once().is_err() && Instant::now() < give_up {
+            std::thread::sleep(BACKPRESSURE_RETRY);
+        }
+        let lost = self.waiting();
+        if lost > 0 {
+            self.snapshot.outputs_lost_at_shutdown += lost;
+            error!(
+                outputs = lost,
+                "the egress spool stayed full through shutdown: these outputs were not spooled"
+            );
+            self.pending.clear();
+        }
+        self.publish_metrics();
+        info!("policy engine stopped");
+    }
+
+    fn publish_metrics(&mut self) {
+        let mut total = self.earlier.clone();
+        if let Some(e) = &self.engine {
+            add_stats(&mut total, &e.stats);
+        }
+        let s = &mut self.snapshot;
+        s.records_transformed = total.records_ok;
+        let no_engine = s.records_bad.get("no_engine").copied();
+        s.records_bad = total
+            .bad
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .collect();
+        if let Some(n) = no_engine {
+            s.records_bad.insert("no_engine".into(), n);
+        }
+        s.records_released = total.records_out;
+        s.records_on_site = total.records_on_site;
+        let r = total.releases.values();
+        s.cells_released = r.clone().map(|r| r.cells).sum();
+        s.groups_below_k = r.clone().map(|r| r.groups_below_k).sum();
+        s.groups_below_threshold = r.clone().map(|r| r.groups_below_threshold).sum();
+        s.rows_late = r.clone().map(|r| r.rows_late).sum();
+        s.windows = BTreeMap::from([
+            ("released", r.clone().map(|r| r.windows_released).sum()),
+            ("refused", r.clone().map(|r| r.windows_refused).sum()),
+            ("suppressed", r.clone().map(|r| r.windows_suppressed).sum()),
+            ("failed", r.map(|r| r.windows_failed).sum()),
+        ]);
+        if let Some(engine) = &self.engine {
+            s.open_windows = engine.open_windows() as u64;
+            let (e, d) = engine.budget_left(now_unix());
+            s.budget_epsilon_left = e;
+            s.budget_delta_left = d;
+        }
+        s.outputs_waiting = self.pending.values().map(|v| v.len() as u64).sum();
+        self.metrics.store(s.clone());
+    }
+}
+
+fn full_message(waiting: u64) -> String {
+    format!(
+        "the egress spool is full: {waiting} output(s) are held in memory until it drains, \
+         not yet durable"
+    )
+}
+
+/// Routes one engine output: every output to its destination's pending batch; released
+/// cells also to local subscribers.
+fn collect(
+    o: &Output<'_>,
+    pending: &mut BTreeMap<String, Vec<EgressItem>>,
+    releases: &broadcast::Sender<Arc<ReleasedOutput>>,
+    snapshot: &mut PrivacySnapshot,
+) -> std::io::Result<()> {
+    let value = o.to_value();
+    if let Output::Release { release, .. } = o {
+        // No subscriber is fine: the broadcast only feeds live streams.
+        let _ = releases.send(Arc::new(ReleasedOutput {
+            release: (*release).to_string(),
+            json: value.to_string(),
+        }));
+    }
+    match EgressItem::from_json(value) {
+        Ok(item) => pending
+            .entry(item.destination().to_string())
+            .or_default()
+            .push(item),
+        Err(e) => {
+            // The engine's outputs always carry the tags egress needs; if one did not, it
+            // is refused here rather than sent untagged.
+            snapshot.outputs_refused += 1;
+            error!(error = %e, "an engine output lacks egress tags; refused");
+        }
+    }
+    Ok(())
+}
+
+fn add_stats(into: &mut Stats, s: &Stats) {
+    into.records_in += s.records_in;
+    into.records_ok += s.records_ok;
+    for (k, v) in &s.bad {
+        *into.bad.entry(k).or_default() += v;
+    }
+    into.records_out += s.records_out;
+    into.records_on_site += s.records_on_site;
+    for (name, r) in &s.releases {
+        let t = into.releases.entry(name.clone()).or_default();
+        t.rows_added += r.rows_added;
+        t.rows_over_max_rows += r.rows_over_max_rows;
+        t.rows_over_max_groups += r.rows_over_max_groups;
+        t.rows_state_cap += r.rows_state_cap;
+        t.rows_late += r.rows_late;
+        t.windows_closed += r.windows_closed;
+        t.windows_released += r.windows_released;
+        t.windows_refused += r.windows_refused;
+        t.windows_suppressed += r.windows_suppressed;
+        t.windows_failed += r.windows_failed;
+        t.cells += r.cells;
+        t.groups_below_k += r.groups_below_k;
+        t.groups_below_threshold += r.groups_below_threshold;
+    }
+}
