@@ -1,0 +1,366 @@
+//! The privacy plane inside `mecgw run`, driven through the same interfaces a user has: an
+//! app publishes over mTLS gRPC, the policy engine in the daemon transforms and aggregates,
+//! egress spools and delivers to file sinks, Subscribe streams the released cells, Status
+//! and `/metrics` account for everything, and `mecgw audit verify` checks the audit chain.
+//! Canary identifiers must never appear in any byte that leaves (sink files) or in the log.
+//! Needs root (namespaces, XDP); CI runs as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use mecgw::api::proto::{
+    GetStatusRequest, PublishRequest, SubscribeRequest, status_service_client::StatusServiceClient,
+    telemetry_service_client::TelemetryServiceClient,
+};
+use mecgw_tests::{
+    api::{Site, connect},
+    bed::{Bed, sample},
+};
+
+const APP: &str = "maps-app";
+/// Identifiers that must never leave: subscriber identities and raw device ids.
+const CANARY_IMSI: &str = "00101777";
+const CANARY_DEVICE: &str = "CANARY-DEV-";
+
+const POLICY: &str = r#"version: 1
+name: daemon privacy test
+budget: {period: 1d, epsilon: 12.0, delta: 1e-4}
+keys:
+  app: {path: keys/app.key, rotation: 1d}
+kinds:
+  app_event:
+    privacy_unit: imsi
+    time: time
+    fields:
+      imsi: string
+      device_id: string
+      time: timestamp
+      location: geo
+      rtt_ms: decimal
+    transforms:
+      device_id: {pseudonymise: {key: app}}
+      time: {bucket: {width: 1h}}
+      location: {coarsen: {grid: 0.01}}
+      rtt_ms: {bucket: {width: 10}}
+releases:
+  users_per_area:
+    kind: app_event
+    window: 1h
+    group_by: [location]
+    contribution: {max_groups: 1, max_rows: 1}
+    k: 5
+    epsilon: 0.5
+    delta: 1e-6
+    noise: laplace
+    metrics: [count]
+destinations:
+  analytics: {region: EU-DE, kinds: [app_event]}
+  stats: {region: EU-DE, releases: [users_per_area]}
+  mirror: {region: EU-DE, kinds: [app_event]}
+"#;
+
+/// Writes the policy, its key, and the daemon config with `[policy]`, `[egress]` and `[api]`.
+fn configure(bed: &Bed, site: &Site) -> std::path::PathBuf {
+    let config = bed.write("");
+    let keys = bed.path("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(
+        keys.join("app.key"),
+        "6d656367772d6461656d6f6e2d746573742d6b65792d6e6f742d7265616c2121\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(keys.join("app.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(bed.path("policy.yaml"), POLICY).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        r#"
+[policy]
+file = "policy.yaml"
+window_grace_secs = 0
+
+[egress]
+[[egress.destinations]]
+name = "analytics"
+region = "EU-DE"
+sink = {{ type = "file", dir = "out" }}
+[[egress.destinations]]
+name = "stats"
+region = "EU-DE"
+sink = {{ type = "file", dir = "out" }}
+# The policy permits EU-DE only: everything for this sink must be refused.
+[[egress.destinations]]
+name = "mirror"
+region = "US-CA"
+sink = {{ type = "file", dir = "out" }}
+
+[api]
+listen = "127.0.0.1:50051"
+cert = "{d}/server.pem"
+key = "{d}/server.key"
+client_ca = "{d}/ca.pem"
+drain_ms = 100
+
+[api.apps.operator]
+role = "operator"
+sans = ["{op}"]
+
+[api.apps.{APP}]
+role = "app"
+publish = ["app_event"]
+releases = ["users_per_area"]
+"#,
+        d = site.dir().display(),
+        op = mecgw_tests::api::OPERATOR_URI,
+    ));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// 300 people in one grid cell, 3 in another (below k = 5), three hours ago: their window
+/// has ended, so the daemon closes it at its next tick.
+fn records() -> Vec<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t = (now / 3600 - 3) * 3600 + 60;
+    (0..303)
+        .map(|i| {
+            let (lat, lon) = if i < 300 {
+                (48.13712, 11.57543)
+            } else {
+                (52.52001, 13.40495)
+            };
+            format!(
+                r#"{{"imsi":"{CANARY_IMSI}{i:07}","device_id":"{CANARY_DEVICE}{i}","time":{},"location":{{"lat":{lat},"lon":{lon}}},"rtt_ms":{}}}"#,
+                t + i,
+                20 + i % 50
+            )
+        })
+        .collect()
+}
+
+/// All items of all batches in `dir/<destination>.jsonl`.
+fn delivered(dir: &Path, destination: &str) -> Vec<serde_json::Value> {
+    let Ok(text) = std::fs::read_to_string(dir.join(format!("{destination}.jsonl"))) else {
+        return Vec::new();
+    };
+    text.lines()
+        .flat_map(|l| {
+            let batch: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(batch["destination"], destination);
+            batch["items"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+fn all_bytes_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_bytes_under(&p));
+        } else {
+            out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn published_records_leave_only_as_policy_outputs_through_spool_sinks_and_subscribe() {
+    let bed = Bed::new();
+    let site = Site::new().unwrap();
+    let config = configure(&bed, &site);
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+
+    let app = site.app(APP).unwrap();
+    let operator = site.operator().unwrap();
+    let ca = site.ca.cert_pem();
+    let addr: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+    let (accepted, subscribed, status) = mecgw_tests::in_netns(&bed.mec, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let channel = connect(addr, &ca, Some(&app)).await.unwrap();
+            let mut sub = TelemetryServiceClient::new(channel.clone())
+                .subscribe(SubscribeRequest {
+                    releases: vec!["users_per_area".into()],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let batches: Vec<PublishRequest> = records()
+                .chunks(50)
+                .map(|c| PublishRequest {
+                    kind: "app_event".into(),
+                    records_json: c.to_vec(),
+                })
+                .collect();
+            let accepted = TelemetryServiceClient::new(channel.clone())
+                .publish(futures::stream::iter(batches))
+                .await
+                .unwrap()
+                .into_inner()
+                .accepted;
+            // The window ended hours ago: the engine's next tick (1 s) releases it.
+            let cell = tokio::time::timeout(Duration::from_secs(20), sub.message())
+                .await
+                .expect("no release reached Subscribe within 20 s")
+                .unwrap()
+                .expect("the Subscribe stream ended");
+            let operator = connect(addr, &ca, Some(&operator)).await.unwrap();
+            let status = StatusServiceClient::new(operator)
+                .get_status(GetStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            (accepted, cell, status)
+        })
+    })
+    .unwrap();
+    assert_eq!(accepted, 303);
+    assert_eq!(subscribed.release, "users_per_area");
+    let cell: serde_json::Value = serde_json::from_str(&subscribed.output_json).unwrap();
+    assert_eq!(
+        cell["group"]["location"],
+        serde_json::json!({"lat": 48.13, "lon": 11.57}),
+        "{cell}"
+    );
+    assert!(!status.policy_hash.is_empty());
+    assert_eq!(status.budgets.len(), 1, "{status:?}");
+    let destinations: Vec<&str> = status
+        .egress_backlog
+        .iter()
+        .map(|b| b.destination.as_str())
+        .collect();
+    assert_eq!(destinations, ["analytics", "mirror", "stats"]);
+
+    // Delivery is asynchronous (spool → forwarder → sink): wait for it.
+    let out = bed.path("out");
+    let start = Instant::now();
+    while delivered(&out, "analytics").len() < 303 || delivered(&out, "stats").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not delivered: analytics {} stats {}",
+            delivered(&out, "analytics").len(),
+            delivered(&out, "stats").len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let records = delivered(&out, "analytics");
+    assert_eq!(records.len(), 303, "every accepted record exactly once");
+    for r in &records {
+        assert_eq!(r["kind"], "app_event");
+        let device = r["record"]["device_id"].as_str().unwrap();
+        assert!(!device.contains("CANARY"), "raw device id left: {r}");
+        assert!(r["record"].get("imsi").is_none(), "imsi left: {r}");
+    }
+    let cells = delivered(&out, "stats");
+    assert_eq!(cells.len(), 1, "only the cell with ≥ k people: {cells:?}");
+    assert_eq!(cells[0]["release"], "users_per_area");
+    assert!(
+        delivered(&out, "mirror").is_empty(),
+        "a destination in a region the policy does not permit received data"
+    );
+
+    let m = bed.wait_for_sample("mecgw_records_in_total{source=\"api\"}", 303);
+    assert_eq!(sample(&m, "mecgw_records_transformed_total"), 303);
+    assert_eq!(
+        sample(&m, "mecgw_release_windows_total{outcome=\"released\"}"),
+        1
+    );
+    assert!(
+        sample(
+            &m,
+            "mecgw_release_groups_suppressed_total{reason=\"below_k\"}"
+        ) >= 1
+    );
+    assert!(
+        sample(
+            &m,
+            "mecgw_egress_refused_at_enqueue_total{destination=\"mirror\"}"
+        ) >= 1
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "mecgw_egress_sent_items_total{destination=\"analytics\"}"
+        ),
+        303
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "mecgw_egress_backlog_batches{destination=\"analytics\"}"
+        ),
+        0
+    );
+
+    assert!(d.stop().success());
+    let log = d.stderr();
+    // No identifier in any egress byte, in the spool, the audit log, or the log.
+    let mut places = all_bytes_under(&out);
+    places.extend(all_bytes_under(&bed.path("state")));
+    places.push(("stderr".into(), log.clone().into_bytes()));
+    for (place, bytes) in &places {
+        for canary in [CANARY_IMSI, CANARY_DEVICE] {
+            assert!(!contains(bytes, canary), "{canary} found in {place}");
+        }
+    }
+    let verify = std::process::Command::new(mecgw_tests::mecgw_bin().unwrap())
+        .args(["audit", "verify"])
+        .arg(bed.path("state").join("audit"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[test]
+fn a_policy_destination_without_a_sink_is_a_startup_error_that_names_it() {
+    let bed = Bed::new();
+    let site = Site::new().unwrap();
+    let config = configure(&bed, &site);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"stats\"", "name = \"statistics\"");
+    std::fs::write(&config, text).unwrap();
+    let mut d = bed.start(&config);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "mecgw started anyway"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = d.stderr();
+    assert!(
+        log.contains("destination \"stats\"") && log.contains("[[egress.destinations]]"),
+        "{log}"
+    );
+}
