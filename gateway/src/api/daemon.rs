@@ -79,14 +79,10 @@ impl ApiBackend for GatewayApi {
         base: &Arc<Tables>,
         next: Tables,
     ) -> Result<Arc<Tables>, ReplaceError> {
-        // The check and the install are two steps here: a SIGHUP reload between them would
-        // be overwritten. Gateway::replace_tables serialises installs, so the window is the
-        // time from this read to its lock.
-        if !Arc::ptr_eq(&self.gateway.tables(), base) {
-            return Err(ReplaceError::Conflict);
-        }
-        match self.gateway.replace_tables(next) {
-            Ok(()) => Ok(self.gateway.tables()),
+        // Compare and install under one lock: a SIGHUP reload in between is never lost.
+        match self.gateway.replace_tables_if(Some(base), next) {
+            Ok(true) => Ok(self.gateway.tables()),
+            Ok(false) => Err(ReplaceError::Conflict),
             Err(DatapathError::Tables(e)) => Err(ReplaceError::Invalid(vec![e.to_string()])),
             Err(e) => Err(ReplaceError::Install(e.to_string())),
         }

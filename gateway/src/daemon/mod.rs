@@ -150,17 +150,32 @@ impl Gateway {
     /// Installs `new` in place of the tables in force: the fast path judges every packet
     /// after this returns by `new`, none by a mixture. The interface indexes in `new` are
     /// replaced by the daemon's. On error the old tables stay in force.
-    pub fn replace_tables(&self, mut new: Tables) -> Result<(), DatapathError> {
+    pub fn replace_tables(&self, new: Tables) -> Result<(), DatapathError> {
+        self.replace_tables_if(None, new).map(drop)
+    }
+
+    /// Like [`replace_tables`](Self::replace_tables), but only if the tables in force are
+    /// still `base` (pointer-equal), checked under the same lock as the install: a SIGHUP
+    /// reload between a caller's read and its write cannot be overwritten. `Ok(false)`: the
+    /// tables changed meanwhile and nothing was installed.
+    pub fn replace_tables_if(
+        &self,
+        base: Option<&Arc<Tables>>,
+        mut new: Tables,
+    ) -> Result<bool, DatapathError> {
         new.n3.ifindex = self.n3_ifindex;
         new.local.ifindex = self.local_ifindex;
-        // Hold the lock across the install so concurrent replacements apply in order.
+        // Hold the lock across the check and the install so replacements apply in order.
         let mut current = match self.tables.write() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if base.is_some_and(|b| !Arc::ptr_eq(b, &current)) {
+            return Ok(false);
+        }
         self.datapath.install(&new)?;
         *current = Arc::new(new);
-        Ok(())
+        Ok(true)
     }
 
     /// The datapath in use, XDP or userspace (counters).
