@@ -467,6 +467,9 @@ mod tests {
         let api = c.api.expect("the example's [api] section");
         assert_eq!(api.apps.len(), 2);
         assert!(c.policy.is_some());
+        let egress = c.egress.expect("the example's [egress] section");
+        assert_eq!(egress.destinations.len(), 2);
+        assert!(c.flows.enabled);
     }
 
     #[test]
@@ -526,5 +529,29 @@ mod tests {
         assert_eq!(c.xdp.mode, AttachMode::Generic);
         assert_eq!(c.interfaces.n3, "n3x");
         assert_eq!(c.datapath.tables, dir.path().join("tables.toml"));
+    }
+
+    #[test]
+    fn egress_directories_default_under_the_state_dir_and_sink_paths_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mecgw.toml");
+        let text = format!(
+            "{MINIMAL}\n[state]\ndir = \"st\"\n\n[egress]\n[[egress.destinations]]\n\
+             name = \"a\"\nregion = \"EU-DE\"\nsink = {{ type = \"file\", dir = \"out\" }}\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path, &Overrides::default()).unwrap();
+        let e = c.egress.unwrap();
+        assert_eq!(e.spool_dir, dir.path().join("st/spool"));
+        assert_eq!(e.audit_dir, dir.path().join("st/audit"));
+        match &e.destinations[0].sink {
+            crate::egress::sink::SinkConfig::File(f) => assert_eq!(f.dir, dir.path().join("out")),
+            other => panic!("{other:?}"),
+        }
+        // A misspelt egress key is located like any other.
+        let bad = MINIMAL.to_string() + "\n[egress]\nspool_directory = \"x\"\ndestinations = []\n";
+        let err = Config::from_toml(&bad, "m.toml").unwrap_err().to_string();
+        assert!(err.starts_with("m.toml:9:1:"), "{err}");
+        assert!(err.contains("spool_directory"), "{err}");
     }
 }
