@@ -114,6 +114,7 @@ fn random_tables(r: &mut Rng) -> Tables {
                     ))
                 },
                 qfi: Qfi::new(r.below(64) as u8).unwrap(),
+                imsi: None,
             }
         })
         .collect::<Vec<_>>();
