@@ -49,6 +49,15 @@ pub mod names {
     pub const MAP_DST_V4: [&str; 2] = ["DST_V4_0", "DST_V4_1"];
     /// IPv6 destination prefix (LPM) → [`super::Candidates`], per generation.
     pub const MAP_DST_V6: [&str; 2] = ["DST_V6_0", "DST_V6_1"];
+    /// One `u32`: which generation (0 or 1) of the flow maps the programs count into.
+    pub const MAP_FLOW_GEN: &str = "FLOW_GEN";
+    /// Per-CPU LRU hash [`super::FlowKey`] → [`super::FlowValue`], per generation.
+    pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+    /// Per-CPU [`super::FlowGenStats`] indexed by flow generation.
+    pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
+    /// Read-only global (`u32`, 0 or 1) set at load time: whether the programs count flows.
+    /// The verifier sees its value and removes the flow code when it is 0.
+    pub const GLOBAL_FLOW_ACCOUNTING: &str = "FLOW_ACCOUNTING";
 }
 
 /// UDP port of GTP-U (TS 29.281).
@@ -86,6 +95,13 @@ pub const NONE: u32 = u32::MAX;
 pub const DIR_UPLINK: u32 = 0;
 /// Counter direction index: downlink.
 pub const DIR_DOWNLINK: u32 = 1;
+/// Entries of each flow-map generation (LRU: the least recently used flow is evicted when a
+/// new one does not fit). See docs/fastpath.md for the memory this takes.
+pub const MAX_FLOWS: u32 = 65_536;
+/// [`FlowKey::family`] of an IPv4 flow.
+pub const FLOW_FAMILY_V4: u8 = 4;
+/// [`FlowKey::family`] of an IPv6 flow.
+pub const FLOW_FAMILY_V6: u8 = 6;
 
 /// What the fast path decided for a frame. The discriminant indexes the verdict counters.
 #[repr(u32)]
@@ -412,6 +428,51 @@ pub struct Decision {
     pub session: u32,
 }
 
+/// A flow as the fast path counts it: one session, and the inner 5-tuple seen from the UE
+/// (uplink source = downlink destination is `ue`), so both directions land in one entry.
+///
+/// Addresses are in network order; an IPv4 address fills the first 4 bytes, the rest are 0.
+/// Ports are host-order and 0 when the packet has none (not TCP/UDP/SCTP, or a fragment).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Operator-visible session id.
+    pub session: u32,
+    pub ue: [u8; 16],
+    pub peer: [u8; 16],
+    pub ue_port: u16,
+    pub peer_port: u16,
+    pub protocol: u8,
+    /// [`FLOW_FAMILY_V4`] or [`FLOW_FAMILY_V6`].
+    pub family: u8,
+    /// Always zero (explicit padding: the kernel hashes every key byte).
+    pub pad: [u8; 2],
+}
+
+/// What the fast path counts for a flow, per CPU. Bytes are inner IP bytes (the IP total
+/// length of the UE's packet, without Ethernet, outer headers, GTP-U or padding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub uplink: Counter,
+    pub downlink: Counter,
+    /// Rule id of this CPU's last uplink decision for the flow, or [`NONE`].
+    pub rule: u32,
+    /// Always zero (explicit padding).
+    pub pad: u32,
+}
+
+/// Per-CPU bookkeeping of one flow-map generation, for the loss accounting of a harvest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowGenStats {
+    /// Entries this CPU created (successful `BPF_NOEXIST` inserts). Created minus harvested
+    /// entries is the number of flows the LRU evicted.
+    pub created: u64,
+    /// Packets whose flow could not be counted (the map refused both insert and lookup).
+    pub failed: u64,
+}
+
 /// Largest frame the benchmark wrapper can restore.
 pub const BENCH_FRAME_MAX: usize = 256;
 
@@ -446,6 +507,12 @@ mod pod {
     unsafe impl aya::Pod for super::Decision {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::BenchFrame {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FlowGenStats {}
 }
 
 // No implicit padding: each size is the sum of its fields.
@@ -458,3 +525,6 @@ const _: () = assert!(core::mem::size_of::<Candidates>() == 4 + 4 * MAX_CANDIDAT
 const _: () = assert!(core::mem::size_of::<Config>() == 7 * 4 + 4 * 6 + 4 + 16);
 const _: () = assert!(core::mem::size_of::<Decision>() == 5 * 4);
 const _: () = assert!(core::mem::size_of::<BenchFrame>() == 8 + BENCH_FRAME_MAX);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16 + 16 + 4 + 4);
+const _: () = assert!(core::mem::size_of::<FlowGenStats>() == 16);

@@ -1,6 +1,7 @@
 //! Differential test: random tables and random packets (valid, truncated, bit-flipped)
 //! through the kernel programs (BPF_PROG_TEST_RUN) and through the reference model; they must
-//! agree on verdict, reason, rule, session and every output byte.
+//! agree on verdict, reason, rule, session and every output byte, and, flow accounting being
+//! on, on the flow samples of each case.
 //!
 //! `MECGW_DIFF_CASES` sets the number of random table sets (default 150, each with 48 packets
 //! per direction: ~14,000 packets). `cargo xtask fuzz-fastpath` runs a long campaign.
@@ -12,7 +13,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use mecgw::datapath::{
-    Direction, FastPath, Judged, Tables,
+    Direction, FastPath, FastPathOptions, Judged, Tables,
+    flows::FlowTable,
     model::Model,
     tables::{
         Defaults, Disposition, IpPrefix, LocalInterface, Mac, N3Interface, PortRange, Protocol,
@@ -114,6 +116,7 @@ fn random_tables(r: &mut Rng) -> Tables {
                     ))
                 },
                 qfi: Qfi::new(r.below(64) as u8).unwrap(),
+                imsi: None,
             }
         })
         .collect::<Vec<_>>();
@@ -389,7 +392,12 @@ fn mutate(r: &mut Rng, mut frame: Vec<u8>) -> Vec<u8> {
 
 fn fast_path() -> &'static FastPath {
     static FP: std::sync::OnceLock<FastPath> = std::sync::OnceLock::new();
-    FP.get_or_init(|| FastPath::load().expect("load the XDP programs (are we root?)"))
+    FP.get_or_init(|| {
+        FastPath::load_with(FastPathOptions {
+            flow_accounting: true,
+        })
+        .expect("load the XDP programs (are we root?)")
+    })
 }
 
 const PACKETS_PER_DIRECTION: usize = 48;
@@ -404,6 +412,7 @@ fn run_case(seed: u64) -> Result<usize, TestCaseError> {
     let fp = fast_path();
     fp.install(&tables).unwrap();
     let model = Model::new(&tables);
+    let mut flows = FlowTable::default();
     let mut n = 0;
     for i in 0..2 * PACKETS_PER_DIRECTION {
         let (direction, frame) = if i % 2 == 0 {
@@ -412,10 +421,14 @@ fn run_case(seed: u64) -> Result<usize, TestCaseError> {
             (Direction::Downlink, downlink_packet(&mut r, &tables))
         };
         let kernel = fp.judge(direction, &frame).unwrap();
-        let model = Judged::from(match direction {
+        let outcome = match direction {
             Direction::Uplink => model.uplink(&frame),
             Direction::Downlink => model.downlink(&frame),
-        });
+        };
+        if let Some(hit) = &outcome.flow {
+            flows.record(hit);
+        }
+        let model = Judged::from(outcome);
         prop_assert_eq!(
             &kernel,
             &model,
@@ -428,6 +441,15 @@ fn run_case(seed: u64) -> Result<usize, TestCaseError> {
         );
         n += 1;
     }
+    // The harvest also empties the kernel's maps for the next case.
+    let kernel_flows = fp.harvest_flows().unwrap();
+    prop_assert_eq!(
+        kernel_flows,
+        flows.harvest(),
+        "seed {}: flow samples\ntables {:#?}",
+        seed,
+        tables
+    );
     Ok(n)
 }
 

@@ -13,14 +13,16 @@ use aya_ebpf::{
 };
 use mecgw_ebpf::{
     Config, DIR_DOWNLINK, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6, EXT_PDU_SESSION_CONTAINER,
-    GTP_TYPE_GPDU, GTPU_PORT, Reason, SESSION_GNB_V6, SessionEntry, Verdict,
+    FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, GTP_TYPE_GPDU, GTPU_PORT, NONE, Reason,
+    SESSION_GNB_V6, SessionEntry, Verdict,
 };
 
 use super::{
     checksum::{decrement_ttl, fold, sum_be, sum_packet},
     counters::{Outcome, record},
+    flows::{self, FlowHit},
     maps,
-    parse::{ETH_P_IPV4, ETH_P_IPV6, ethernet, frame_len, view, write_at},
+    parse::{ETH_P_IPV4, ETH_P_IPV6, ethernet, frame_len, has_ports, view, write_at},
 };
 
 /// GTP-U header with optional fields and a downlink PDU Session Container: 8 + 4 + 4 bytes.
@@ -68,6 +70,9 @@ fn classify(ctx: &XdpContext) -> Outcome {
         if ihl < 20 || total < ihl || l3 + total > avail {
             return for_session(Outcome::new(Verdict::Drop, Reason::MalformedInner), s);
         }
+        if flows::enabled() {
+            count_flow(ctx, s.id, l3, 0);
+        }
         let inner = Inner {
             l3_off: l3,
             len: total,
@@ -91,6 +96,9 @@ fn classify(ctx: &XdpContext) -> Outcome {
         if l3 + total > avail {
             return for_session(Outcome::new(Verdict::Drop, Reason::MalformedInner), s);
         }
+        if flows::enabled() {
+            count_flow(ctx, s.id, l3, 1);
+        }
         let inner = Inner {
             l3_off: l3,
             len: total,
@@ -107,6 +115,67 @@ fn classify(ctx: &XdpContext) -> Outcome {
         encapsulate(ctx, config, session, &inner)
     };
     for_session(out, session)
+}
+
+/// Counts a packet to the UE of session `session` in its flow, before encapsulation. `l3` is
+/// the offset of its (already checked) IP header, `v6` 1 for IPv6.
+///
+/// It reads the IP length from the packet again rather than taking the caller's: a
+/// comparison here on the caller's value would narrow the caller's idea of it too and
+/// multiply the states the verifier walks through the checksum loop.
+#[inline(always)]
+fn count_flow(ctx: &XdpContext, session: u32, l3: usize, v6: u32) {
+    let mut key = FlowKey {
+        session,
+        ue: [0; 16],
+        peer: [0; 16],
+        ue_port: 0,
+        peer_port: 0,
+        protocol: 0,
+        family: FLOW_FAMILY_V4,
+        pad: [0; 2],
+    };
+    let total;
+    let l4_off = if v6 == 0 {
+        let Some(h) = view::<20>(ctx, l3) else {
+            return;
+        };
+        key.ue[..4].copy_from_slice(&h[16..20]);
+        key.peer[..4].copy_from_slice(&h[12..16]);
+        key.protocol = h[9];
+        total = u16::from_be_bytes([h[2], h[3]]) as usize;
+        // No ports from any fragment, as uplink: all fragments of a datagram share a flow.
+        let fragment = (u16::from_be_bytes([h[6], h[7]]) & 0x3fff) != 0;
+        if fragment {
+            usize::MAX
+        } else {
+            ((h[0] & 0x0f) as usize) * 4
+        }
+    } else {
+        let Some(h) = view::<40>(ctx, l3) else {
+            return;
+        };
+        key.ue.copy_from_slice(&h[24..40]);
+        key.peer.copy_from_slice(&h[8..24]);
+        key.protocol = h[6];
+        key.family = FLOW_FAMILY_V6;
+        total = 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
+        40
+    };
+    if has_ports(key.protocol)
+        && l4_off <= 60
+        && l4_off + 4 <= total
+        && let Some(p) = view::<4>(ctx, l3 + l4_off)
+    {
+        key.peer_port = u16::from_be_bytes([p[0], p[1]]);
+        key.ue_port = u16::from_be_bytes([p[2], p[3]]);
+    }
+    let hit = FlowHit {
+        uplink: false,
+        bytes: total as u64,
+        rule: NONE,
+    };
+    flows::count(&key, &hit);
 }
 
 #[inline(always)]

@@ -1,13 +1,15 @@
 //! XDP programs and the maps they share.
 //!
 //! `parse` reads headers, `maps` holds the tables (two generations), `counters` counts,
-//! `uplink` and `downlink` are the programs of the two directions, `pass` the minimal one,
-//! `bench` the benchmark's baseline and restore wrapper.
+//! `flows` counts per flow (when switched on at load), `uplink` and `downlink` are the
+//! programs of the two directions, `pass` the minimal one, `bench` the benchmark's baseline
+//! and restore wrapper.
 
 mod bench;
 mod checksum;
 mod counters;
 mod downlink;
+mod flows;
 mod maps;
 mod parse;
 mod pass;

@@ -111,15 +111,16 @@ pub struct IpInfo {
     pub src: [u32; 4],
     pub dst: [u32; 4],
     pub proto: u8,
-    /// 1 when `dport` is valid (TCP/UDP/SCTP, not a fragment, header long enough).
+    /// 1 when `sport` and `dport` are valid (TCP/UDP/SCTP, not a fragment, header long enough).
     pub has_ports: u32,
+    pub sport: u16,
     pub dport: u16,
     /// TTL or hop limit.
     pub ttl: u8,
 }
 
 #[inline(always)]
-fn has_ports(proto: u8) -> bool {
+pub fn has_ports(proto: u8) -> bool {
     proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP
 }
 
@@ -139,6 +140,7 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
         dst: [0; 4],
         proto: 0,
         has_ports: 0,
+        sport: 0,
         dport: 0,
         ttl: 0,
     };
@@ -178,10 +180,11 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
     if !fragment
         && has_ports(info.proto)
         && l4_off + 4 <= len
-        && let Some(p) = be16_at(ctx, off + l4_off + 2)
+        && let Some(p) = view::<4>(ctx, off + l4_off)
     {
         info.has_ports = 1;
-        info.dport = p;
+        info.sport = u16::from_be_bytes([p[0], p[1]]);
+        info.dport = u16::from_be_bytes([p[2], p[3]]);
     }
     Ok(info)
 }

@@ -12,14 +12,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use mecgw_ebpf::{
-    Config, DIR_UPLINK, MATCH_PORTS, MATCH_PROTO, MATCH_QFI, MATCH_SRC, MATCH_TEID, MAX_CANDIDATES,
-    MAX_PORT_RANGES, MAX_SRC_PREFIXES, Reason, RuleEntry, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6,
-    SessionEntry, Verdict, action, disposition,
+    Config, DIR_UPLINK, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, MATCH_PORTS, MATCH_PROTO,
+    MATCH_QFI, MATCH_SRC, MATCH_TEID, MAX_CANDIDATES, MAX_PORT_RANGES, MAX_SRC_PREFIXES, Reason,
+    RuleEntry, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6, SessionEntry, Verdict, action, disposition,
 };
 
 use super::{
     checksum::decrement_ttl,
     counters::{Outcome, record},
+    flows::{self, FlowHit},
     maps,
     parse::{self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, frame_len, word, write_at},
 };
@@ -57,7 +58,37 @@ fn classify(ctx: &XdpContext) -> Outcome {
     let mut out = classify_session(ctx, generation, config, session, &pdu);
     out.session_id = session.id;
     out.session_slot = session.counter;
+    // Every G-PDU of the session whose source is its UE belongs to a flow, whatever the
+    // verdict; a spoofed source is not the UE's traffic (it is counted by reason only).
+    if flows::enabled() && out.reason != Reason::SpoofedSource {
+        count_flow(session, &pdu, out.rule_id);
+    }
     out
+}
+
+#[inline(always)]
+fn count_flow(session: &SessionEntry, pdu: &Gpdu, rule: u32) {
+    let ip = &pdu.inner;
+    let key = FlowKey {
+        session: session.id,
+        ue: bytes(&ip.src),
+        peer: bytes(&ip.dst),
+        ue_port: ip.sport,
+        peer_port: ip.dport,
+        protocol: ip.proto,
+        family: if ip.v6 == 0 {
+            FLOW_FAMILY_V4
+        } else {
+            FLOW_FAMILY_V6
+        },
+        pad: [0; 2],
+    };
+    let hit = FlowHit {
+        uplink: true,
+        bytes: pdu.inner_len as u64,
+        rule,
+    };
+    flows::count(&key, &hit);
 }
 
 #[inline(always)]

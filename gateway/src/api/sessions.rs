@@ -90,6 +90,8 @@ pub fn from_proto(p: &proto::Session) -> Result<Session, Status> {
             ue_ipv6,
             gnb,
             qfi,
+            // The Sessions API (protos unchanged) has no IMSI: a session made there has none.
+            imsi: None,
         }),
         _ => Err(Status::invalid_argument(errors.join("; "))),
     }

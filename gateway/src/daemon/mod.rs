@@ -91,6 +91,15 @@ impl Datapath {
         }
     }
 
+    /// Per-flow counters since the last harvest; each packet counted is in exactly one
+    /// harvest. Empty unless flow accounting is on.
+    pub fn harvest_flows(&self) -> Result<Vec<crate::datapath::FlowSample>, DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.harvest_flows(),
+            Datapath::Userspace(us) => Ok(us.harvest_flows()),
+        }
+    }
+
     /// "xdp" or "userspace".
     pub fn kind(&self) -> DatapathKind {
         match self {

@@ -56,7 +56,12 @@ use mecgw_ebpf::{Counter, GTPU_PORT, Reason, Verdict};
 use pnet_datalink::{self as datalink, Channel, DataLinkReceiver, DataLinkSender};
 use tracing::{info, warn};
 
-use crate::datapath::{Direction, model::Model, tables::Tables};
+use crate::datapath::{
+    Direction,
+    flows::{FlowLosses, FlowSample, FlowTable},
+    model::Model,
+    tables::Tables,
+};
 
 /// The TUN device through which PASS frames of the blackholed classes reach the kernel.
 pub const PASS_TUN: &str = "mgw-us-pass";
@@ -80,6 +85,9 @@ struct Counters {
     tx_errors: AtomicU64,
     /// PASS frames that could not be handed to the kernel through the TUN.
     pass_errors: AtomicU64,
+    /// Whether frames are counted per flow (off until [`UserspacePath::set_flow_accounting`]).
+    flow_accounting: AtomicBool,
+    flows: Mutex<FlowTable>,
 }
 
 fn add(slot: &(AtomicU64, AtomicU64), bytes: usize) {
@@ -289,6 +297,26 @@ impl UserspacePath {
         sessions.get(&(id, direction)).copied().unwrap_or_default()
     }
 
+    /// Switches per-flow counting on or off (off at start, as `FastPath::load`). Off, frames
+    /// are not counted per flow; what was counted stays until the next harvest.
+    pub fn set_flow_accounting(&self, on: bool) {
+        self.shared
+            .counters
+            .flow_accounting
+            .store(on, Ordering::Relaxed);
+    }
+
+    /// Everything counted per flow since the last harvest, sorted by key: the samples the XDP
+    /// programs give for the same frames ([`crate::datapath::FastPath::harvest_flows`]).
+    pub fn harvest_flows(&self) -> Vec<FlowSample> {
+        lock(&self.shared.counters.flows).harvest()
+    }
+
+    /// Flow records lost since the start (a full flow table).
+    pub fn flow_losses(&self) -> FlowLosses {
+        lock(&self.shared.counters.flows).losses()
+    }
+
     /// Redirected frames that could not be sent, and PASS frames the TUN refused.
     pub fn errors(&self) -> (u64, u64) {
         let c = &self.shared.counters;
@@ -355,6 +383,11 @@ fn forward(
         {
             bump(sessions.entry((id, direction)).or_default(), frame.len());
         }
+        if let Some(hit) = &outcome.flow
+            && c.flow_accounting.load(Ordering::Relaxed)
+        {
+            lock(&c.flows).record(hit);
+        }
         match outcome.verdict {
             Verdict::Redirect | Verdict::Tx => {
                 if !matches!(tx.send_to(&outcome.packet, None), Some(Ok(()))) {
@@ -370,6 +403,14 @@ fn forward(
                 }
             }
         }
+    }
+}
+
+/// The value behind `m`, also if a thread panicked holding it (counters stay usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 

@@ -5,11 +5,13 @@
 //! - [`tables`]: the tables file (sessions, rules, interfaces, defaults) and its validation;
 //! - [`compile`]: tables → map entries (rule precedence, candidate lists);
 //! - [`writer`](self): hot update through two generations of maps;
+//! - [`flows`]: per-flow counters and their lossless harvest (two generations as well);
 //! - [`model`]: the reference model with the programs' exact semantics (no kernel needed).
 //!
 //! This module never parses packets itself.
 
 pub mod compile;
+pub mod flows;
 pub mod model;
 pub mod tables;
 mod writer;
@@ -17,16 +19,18 @@ mod writer;
 use std::{sync::Mutex, time::Duration};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Decision, NONE, names};
 
+pub use self::flows::{FlowKey, FlowLosses, FlowSample};
+
 pub use mecgw_ebpf::{Counter, Reason, Verdict};
 
 pub use self::tables::{Tables, TablesError};
-use self::writer::TableWriter;
+use self::{flows::FlowMaps, writer::TableWriter};
 
 /// The eBPF object built by `build.rs` for `bpfel-unknown-none`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mecgw-xdp"));
@@ -193,13 +197,25 @@ impl From<model::Outcome> for Judged {
     }
 }
 
+/// Choices fixed when the programs are loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastPathOptions {
+    /// Count packets and bytes per flow ([`FastPath::harvest_flows`]). Off, the flow code is
+    /// removed from the programs by the verifier and costs nothing per packet, and the flow
+    /// maps are created with one entry. On, it costs a per-CPU hash lookup per G-PDU of a
+    /// session and per packet to a UE (docs/fastpath.md, "Flow accounting").
+    pub flow_accounting: bool,
+}
+
 /// The loaded fast path: the eBPF object with its programs loaded (not yet attached).
 ///
 /// `FastPath` is `Sync`: test runs and counter reads take `&self` and may run on many threads
 /// while another thread installs new tables.
 pub struct FastPath {
     ebpf: Ebpf,
+    options: FastPathOptions,
     writer: Mutex<TableWriter>,
+    flows: Mutex<FlowMaps>,
     last: Mutex<PerCpuArray<MapData, Decision>>,
     bench: Mutex<BenchMaps>,
 }
@@ -229,10 +245,27 @@ const PROGRAMS: [&str; 5] = [
 ];
 
 impl FastPath {
-    /// Loads the embedded object and its programs into the kernel. The tables start empty:
-    /// every G-PDU has an unknown TEID (passed) and no downlink packet is for a UE.
+    /// Loads the embedded object and its programs into the kernel, without flow accounting.
+    /// The tables start empty: every G-PDU has an unknown TEID (passed) and no downlink packet
+    /// is for a UE.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|source| DatapathError::Load { source })?;
+        Self::load_with(FastPathOptions::default())
+    }
+
+    /// [`FastPath::load`] with the choices in `options`.
+    pub fn load_with(options: FastPathOptions) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        let accounting = u32::from(options.flow_accounting);
+        loader.override_global(names::GLOBAL_FLOW_ACCOUNTING, &accounting, true);
+        if !options.flow_accounting {
+            // LRU maps are preallocated: do not hold memory for flows nobody counts.
+            for name in names::MAP_FLOWS {
+                loader.map_max_entries(name, 1);
+            }
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| DatapathError::Load { source })?;
         for name in PROGRAMS {
             let prog = xdp_program_mut(&mut ebpf, name)?;
             prog.load().map_err(|source| DatapathError::Program {
@@ -241,6 +274,7 @@ impl FastPath {
             })?;
         }
         let writer = TableWriter::new(&mut ebpf)?;
+        let flows = FlowMaps::new(&mut ebpf)?;
         let last = ebpf
             .take_map(names::MAP_LAST_DECISION)
             .ok_or(DatapathError::Missing {
@@ -257,7 +291,9 @@ impl FastPath {
         };
         Ok(FastPath {
             ebpf,
+            options,
             writer: Mutex::new(writer),
+            flows: Mutex::new(flows),
             last: Mutex::new(last),
             bench: Mutex::new(bench),
         })

@@ -16,7 +16,11 @@ use mecgw_ebpf::{
     MAX_EXT_HEADERS, Reason, Verdict,
 };
 
-use super::tables::{Disposition, RuleAction, RuleState, Session, Tables, TrafficRule};
+use super::{
+    Direction,
+    flows::{FlowHit, FlowKey},
+    tables::{Disposition, RuleAction, RuleState, Session, Tables, TrafficRule},
+};
 
 /// What the fast path does with one frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +33,10 @@ pub struct Outcome {
     pub session: Option<u32>,
     /// The frame as the program leaves it (unchanged unless redirected).
     pub packet: Vec<u8>,
+    /// What the frame adds to its flow's counters when flow accounting is on: every G-PDU of
+    /// a session whose source is the UE, and every well-formed packet to a UE, whatever the
+    /// verdict (see [`super::flows`]).
+    pub flow: Option<FlowHit>,
 }
 
 /// The model, built once per set of tables.
@@ -92,6 +100,7 @@ impl Model {
             rule: None,
             session: session.map(|s| s.id),
             packet: frame.to_vec(),
+            flow: None,
         };
         let pdu = match parse_gpdu(frame) {
             Ok(p) => p,
@@ -114,13 +123,28 @@ impl Model {
                 Some(session),
             );
         }
+        let mut flow = FlowHit {
+            key: FlowKey {
+                session: session.id,
+                ue: pdu.inner.src,
+                peer: pdu.inner.dst,
+                protocol: pdu.inner.proto,
+                ue_port: pdu.inner.ports.map_or(0, |p| p.0),
+                peer_port: pdu.inner.ports.map_or(0, |p| p.1),
+            },
+            direction: Direction::Uplink,
+            bytes: pdu.inner_len as u64,
+            rule: None,
+        };
         let Some(rule) = self
             .rules
             .iter()
             .map(|&i| &t.rules[i])
             .find(|r| rule_matches(r, &pdu))
         else {
-            return keep(Verdict::Pass, Reason::NoRule, Some(session));
+            let mut out = keep(Verdict::Pass, Reason::NoRule, Some(session));
+            out.flow = Some(flow);
+            return out;
         };
         let mut out = match rule.action {
             RuleAction::Drop => keep(Verdict::Drop, Reason::RuleDrop, Some(session)),
@@ -144,10 +168,13 @@ impl Model {
                     rule: None,
                     session: Some(session.id),
                     packet,
+                    flow: None,
                 }
             }
         };
         out.rule = Some(rule.id);
+        flow.rule = Some(rule.id);
+        out.flow = Some(flow);
         out
     }
 
@@ -160,6 +187,7 @@ impl Model {
             rule: None,
             session: session.map(|s| s.id),
             packet: frame.to_vec(),
+            flow: None,
         };
         let not_for_ue = keep(Verdict::Pass, Reason::NotForUe, None);
         let Some((l3, ethertype)) = parse_ethernet(frame) else {
@@ -204,8 +232,13 @@ impl Model {
             }
             _ => return not_for_ue,
         };
+        let flow = Some(downlink_flow(session.id, &frame[l3..l3 + total], v6));
+        let keep = |verdict, reason| Outcome {
+            flow,
+            ..keep(verdict, reason, Some(session))
+        };
         if ttl <= 1 {
-            return keep(Verdict::Pass, Reason::TtlExpired, Some(session));
+            return keep(Verdict::Pass, Reason::TtlExpired);
         }
         let gnb_v6 = session.gnb.is_ipv6();
         let overhead = if gnb_v6 {
@@ -214,7 +247,7 @@ impl Model {
             ENCAP_OVERHEAD_V4
         } as usize;
         if total + overhead > t.n3.mtu as usize {
-            return keep(Verdict::Drop, Reason::Oversize, Some(session));
+            return keep(Verdict::Drop, Reason::Oversize);
         }
         let mut inner = frame[l3..l3 + total].to_vec();
         decrement_ttl(&mut inner, v6);
@@ -224,6 +257,7 @@ impl Model {
             rule: None,
             session: Some(session.id),
             packet: encapsulate(t, session, &inner),
+            flow,
         }
     }
 
@@ -238,6 +272,51 @@ impl Model {
     }
 }
 
+/// The flow of a packet to a UE: `ip` is its IP packet (header checked, `total` bytes long).
+fn downlink_flow(session: u32, ip: &[u8], v6: bool) -> FlowHit {
+    let (ue, peer, protocol, l4) = if v6 {
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&ip[8..24]);
+        d.copy_from_slice(&ip[24..40]);
+        (IpAddr::from(d), IpAddr::from(s), ip[6], Some(40))
+    } else {
+        let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        (dst.into(), src.into(), ip[9], (!fragment).then_some(ihl))
+    };
+    // Downlink the peer is the source: its port comes first.
+    let (peer_port, ue_port) = l4.and_then(|l4| ports(ip, protocol, l4)).unwrap_or((0, 0));
+    FlowHit {
+        key: FlowKey {
+            session,
+            ue,
+            peer,
+            protocol,
+            ue_port,
+            peer_port,
+        },
+        direction: Direction::Downlink,
+        bytes: ip.len() as u64,
+        rule: None,
+    }
+}
+
+/// Source and destination port of the L4 header at `l4`, for TCP, UDP and SCTP when the
+/// packet holds their first 4 bytes.
+fn ports(ip: &[u8], protocol: u8, l4: usize) -> Option<(u16, u16)> {
+    if !matches!(protocol, 6 | 17 | 132) {
+        return None;
+    }
+    let p = ip.get(l4..l4 + 4)?;
+    Some((
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    ))
+}
+
 fn by(d: Disposition) -> Verdict {
     match d {
         Disposition::Pass => Verdict::Pass,
@@ -250,7 +329,8 @@ struct Inner {
     src: IpAddr,
     dst: IpAddr,
     proto: u8,
-    dport: Option<u16>,
+    /// Source and destination port.
+    ports: Option<(u16, u16)>,
     ttl: u8,
 }
 
@@ -395,13 +475,12 @@ fn parse_inner(p: &[u8]) -> Result<Inner, Reason> {
         }
         _ => return Err(Reason::MalformedInner),
     };
-    let dport = (!fragment && matches!(proto, 6 | 17 | 132) && l4 + 4 <= len)
-        .then(|| u16::from_be_bytes([p[l4 + 2], p[l4 + 3]]));
+    let ports = if fragment { None } else { ports(p, proto, l4) };
     Ok(Inner {
         src,
         dst,
         proto,
-        dport,
+        ports,
         ttl,
     })
 }
@@ -414,7 +493,8 @@ fn rule_matches(r: &TrafficRule, pdu: &Gpdu) -> bool {
         && (r.protocols.is_empty() || r.protocols.iter().any(|p| p.0 == ip.proto))
         && (r.dst_ports.is_empty()
             || ip
-                .dport
+                .ports
+                .map(|p| p.1)
                 .is_some_and(|d| r.dst_ports.iter().any(|p| p.lo <= d && d <= p.hi)))
         && (r.src.is_empty() || r.src.iter().any(|p| p.contains(ip.src)))
 }

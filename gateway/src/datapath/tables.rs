@@ -47,6 +47,45 @@ impl TryFrom<u8> for Qfi {
     }
 }
 
+/// An IMSI (TS 23.003): 5-15 decimal digits, written as a string (`"001010123456789"`) so
+/// that leading zeros survive.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Imsi(String);
+
+impl Imsi {
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Imsi {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if (5..=15).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Imsi(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?} is not an IMSI (expected 5-15 decimal digits, as a string)"
+            ))
+        }
+    }
+}
+
+impl TryFrom<String> for Imsi {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Imsi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An Ethernet MAC address, written `02:00:00:00:00:01`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(try_from = "String")]
@@ -377,6 +416,9 @@ pub struct Session {
     pub gnb: IpAddr,
     /// QFI written into downlink PDU Session Containers.
     pub qfi: Qfi,
+    /// The subscriber's IMSI, if known: carried into flow records (never into the fast path).
+    #[serde(default)]
+    pub imsi: Option<Imsi>,
 }
 
 /// A traffic rule (ETSI MEC 011 TrafficRule with TEID and QFI filters added).
@@ -779,6 +821,36 @@ next_hop_mac = "02:00:00:00:01:02"
     }
 
     #[test]
+    fn an_imsi_is_5_to_15_digits_and_a_bad_one_is_reported_where_it_is() {
+        let session = |imsi: &str| {
+            format!(
+                "{MINIMAL}\n[[sessions]]\nid = 1\nuplink_teid = 7\ndownlink_teid = 8\n\
+                 ue_ipv4 = \"10.0.0.1\"\ngnb = \"198.18.1.1\"\nqfi = 1\nimsi = {imsi}\n"
+            )
+        };
+        let t = Tables::from_toml(&session("\"001010123456789\""), "t.toml").unwrap();
+        assert_eq!(
+            t.sessions[0].imsi.as_ref().map(Imsi::as_str),
+            Some("001010123456789")
+        );
+        assert!(Tables::from_toml(&session("\"00101\""), "t.toml").is_ok());
+        for bad in ["\"0010\"", "\"0010101234567890\"", "\"00101a\"", "\"\""] {
+            let e = Tables::from_toml(&session(bad), "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("is not an IMSI (expected 5-15 decimal digits"),
+                "{bad}: {e}"
+            );
+            assert!(e.starts_with("t.toml:22:8: "), "{bad}: {e}");
+        }
+        let e = Tables::from_toml(&session("1010123456"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:22:8: "), "a number: {e}");
+    }
+
+    #[test]
     fn every_inconsistency_is_reported_at_its_entry() {
         let text = format!(
             r#"{MINIMAL}
@@ -840,6 +912,7 @@ dst_ports = [1, 2, 3, 4, 5]
             ue_ipv6: Some(p.parse().unwrap()),
             gnb: gnb.parse().unwrap(),
             qfi: Qfi::new(1).unwrap(),
+            imsi: None,
         };
         t.sessions = vec![
             s(1, "2001:db8:1::/48", "198.18.1.1"),

@@ -138,7 +138,7 @@ fn zeroes() -> Result<PerCpuValues<Counter>, DatapathError> {
 }
 
 /// Waits until every XDP program run that started before the call has finished.
-fn wait_for_readers() {
+pub(super) fn wait_for_readers() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: membarrier takes no pointers; it only blocks until an RCU grace period passed.
     let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };

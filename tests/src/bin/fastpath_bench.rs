@@ -82,6 +82,7 @@ fn tables(sessions: u32, rules: u32) -> Tables {
             ue_ipv6: None,
             gnb: IpAddr::V4(Ipv4Addr::new(198, 18, 1, (i % 250) as u8)),
             qfi: Qfi::new(9).unwrap_or(Qfi::new(0).unwrap_or_else(|| unreachable!())),
+            imsi: None,
         })
         .collect();
     let rule = |id: u32, priority: u8, action, dst: &str, protocols: Vec<Protocol>| TrafficRule {

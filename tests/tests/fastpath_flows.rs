@@ -1,0 +1,420 @@
+//! Flow accounting through BPF_PROG_TEST_RUN: exact per-flow packet and byte counts, the
+//! normalisation that puts both directions of a connection in one sample, the rule, harvests
+//! that never lose or double-count a packet while traffic flows, LRU evictions counted, the
+//! model giving the same samples, and nothing counted when accounting is off.
+//!
+//! Needs root (CAP_BPF). CI runs as root, so this is never skipped there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use mecgw::datapath::{
+    Counter, Direction, FastPath, FastPathOptions, FlowKey, FlowSample, Reason, Tables,
+    flows::FlowTable, model::Model,
+};
+use mecgw_ebpf::MAX_FLOWS;
+use mecgw_tests::{packets::*, tables_with};
+
+const TABLES: &str = r#"
+[[sessions]]
+id = 1
+uplink_teid = 0x1001
+downlink_teid = 0x2001
+ue_ipv4 = "10.45.0.1"
+ue_ipv6 = "2001:db8:45:1::/64"
+gnb = "198.18.1.1"
+qfi = 9
+imsi = "001010000000001"
+
+[[sessions]]
+id = 2
+uplink_teid = 0x1002
+downlink_teid = 0x2002
+ue_ipv4 = "10.45.0.2"
+gnb = "198.18.1.2"
+qfi = 5
+
+[[rules]]
+id = 10
+priority = 0
+action = "LOCAL"
+dst = ["192.0.2.0/24", "2001:db8:e::/48"]
+
+[[rules]]
+id = 20
+priority = 0
+action = "DROP"
+dst = ["198.51.100.0/24"]
+"#;
+
+fn tables() -> Tables {
+    Tables::from_toml(&tables_with(TABLES), "flows test").unwrap()
+}
+
+fn accounting() -> FastPath {
+    let fp = FastPath::load_with(FastPathOptions {
+        flow_accounting: true,
+    })
+    .expect("load (are we root?)");
+    fp.install(&tables()).unwrap();
+    fp
+}
+
+/// Keeps the calling thread (and so its test runs) on CPU `cpu` modulo the CPUs there are.
+fn pin_to_cpu(cpu: usize) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: `set` is a plain bitmask owned by this frame; the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % n, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A G-PDU of the session with uplink TEID `teid` carrying `inner`.
+fn up(teid: u32, inner: &[u8]) -> Vec<u8> {
+    n3_v4(
+        v4("198.18.1.1"),
+        v4("198.18.0.1"),
+        &gtp(255, teid, None, &[ul_container(9)], inner),
+    )
+}
+
+/// A packet from a local service to a UE.
+fn down(ip: &[u8]) -> Vec<u8> {
+    let ethertype = if ip[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+    let mut f = eth(MAC_A, MAC_B, ethertype);
+    f.extend_from_slice(ip);
+    f
+}
+
+fn udp4(src: &str, dst: &str, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    ipv4(
+        v4(src),
+        v4(dst),
+        17,
+        64,
+        0,
+        &udp(sport, dport, &vec![0x5a; payload]),
+    )
+}
+
+fn key(session: u32, ue: &str, peer: &str, protocol: u8, ports: (u16, u16)) -> FlowKey {
+    FlowKey {
+        session,
+        ue: ue.parse().unwrap(),
+        peer: peer.parse().unwrap(),
+        protocol,
+        ue_port: ports.0,
+        peer_port: ports.1,
+    }
+}
+
+fn counter(packets: u64, bytes: usize) -> Counter {
+    Counter {
+        packets,
+        bytes: bytes as u64,
+    }
+}
+
+/// The frames of the exact-count test, each with its direction and expected reason.
+fn traffic() -> Vec<(Direction, Vec<u8>, Reason)> {
+    let mut t = Vec::new();
+    // Session 1, UDP 40000 → 192.0.2.5:443 (LOCAL, rule 10): 3 up, 2 down.
+    for payload in [10, 200, 30] {
+        let ip = udp4("10.45.0.1", "192.0.2.5", 40000, 443, payload);
+        t.push((Direction::Uplink, up(0x1001, &ip), Reason::RuleLocal));
+    }
+    for payload in [100, 1000] {
+        let ip = udp4("192.0.2.5", "10.45.0.1", 443, 40000, payload);
+        t.push((Direction::Downlink, down(&ip), Reason::Encapsulated));
+    }
+    // Session 1, TCP 5555 → 198.51.100.7:80 (DROP, rule 20): 2 up.
+    for _ in 0..2 {
+        let ip = ipv4(
+            v4("10.45.0.1"),
+            v4("198.51.100.7"),
+            6,
+            64,
+            0,
+            &tcp(5555, 80),
+        );
+        t.push((Direction::Uplink, up(0x1001, &ip), Reason::RuleDrop));
+    }
+    // Session 2, ICMP → 203.0.113.9 (no rule): 1 up; the reply: 1 down. No ports.
+    let ip = ipv4(v4("10.45.0.2"), v4("203.0.113.9"), 1, 64, 0, &icmp_echo());
+    t.push((Direction::Uplink, up(0x1002, &ip), Reason::NoRule));
+    let ip = ipv4(v4("203.0.113.9"), v4("10.45.0.2"), 1, 64, 0, &icmp_echo());
+    t.push((Direction::Downlink, down(&ip), Reason::Encapsulated));
+    // Session 1 over IPv6, UDP 7000 ↔ [2001:db8:e::5]:53 (LOCAL): 1 up, 1 down.
+    let ue6 = v6("2001:db8:45:1::abcd");
+    let svc6 = v6("2001:db8:e::5");
+    let ip = ipv6(ue6, svc6, 17, 64, &udp(7000, 53, &[1; 40]));
+    t.push((Direction::Uplink, up(0x1001, &ip), Reason::RuleLocal));
+    let ip = ipv6(svc6, ue6, 17, 64, &udp(53, 7000, &[2; 80]));
+    t.push((Direction::Downlink, down(&ip), Reason::Encapsulated));
+    // Session 2 downlink whose TTL would expire: passed, but still the UE's flow.
+    let ip = ipv4(
+        v4("192.0.2.9"),
+        v4("10.45.0.2"),
+        17,
+        1,
+        0,
+        &udp(8080, 1234, &[0; 8]),
+    );
+    t.push((Direction::Downlink, down(&ip), Reason::TtlExpired));
+    // Not counted: a spoofed source, an unknown TEID, a packet for no UE.
+    let ip = udp4("10.45.0.99", "192.0.2.5", 40000, 443, 10);
+    t.push((Direction::Uplink, up(0x1001, &ip), Reason::SpoofedSource));
+    let ip = udp4("10.45.0.1", "192.0.2.5", 40000, 443, 10);
+    t.push((Direction::Uplink, up(0x7777, &ip), Reason::UnknownTeid));
+    let ip = udp4("192.0.2.5", "10.99.0.1", 443, 40000, 10);
+    t.push((Direction::Downlink, down(&ip), Reason::NotForUe));
+    t
+}
+
+/// What [`traffic`] must give, built from the inner packet lengths by hand.
+fn expected() -> Vec<FlowSample> {
+    let udp4_len = |payload: usize| 20 + 8 + payload;
+    let mut v = vec![
+        FlowSample {
+            key: key(1, "10.45.0.1", "192.0.2.5", 17, (40000, 443)),
+            uplink: counter(3, udp4_len(10) + udp4_len(200) + udp4_len(30)),
+            downlink: counter(2, udp4_len(100) + udp4_len(1000)),
+            rule: Some(10),
+        },
+        FlowSample {
+            key: key(1, "10.45.0.1", "198.51.100.7", 6, (5555, 80)),
+            uplink: counter(2, 2 * (20 + tcp(5555, 80).len())),
+            downlink: counter(0, 0),
+            rule: Some(20),
+        },
+        FlowSample {
+            key: key(2, "10.45.0.2", "203.0.113.9", 1, (0, 0)),
+            uplink: counter(1, 20 + icmp_echo().len()),
+            downlink: counter(1, 20 + icmp_echo().len()),
+            rule: None,
+        },
+        FlowSample {
+            key: key(1, "2001:db8:45:1::abcd", "2001:db8:e::5", 17, (7000, 53)),
+            uplink: counter(1, 40 + 8 + 40),
+            downlink: counter(1, 40 + 8 + 80),
+            rule: Some(10),
+        },
+        FlowSample {
+            key: key(2, "10.45.0.2", "192.0.2.9", 17, (1234, 8080)),
+            uplink: counter(0, 0),
+            downlink: counter(1, udp4_len(8)),
+            rule: None,
+        },
+    ];
+    v.sort_by_key(|s| s.key);
+    v
+}
+
+#[test]
+fn flows_are_counted_exactly_per_direction_with_the_rule_and_harvested_once() {
+    let fp = accounting();
+    assert!(fp.flow_accounting());
+    assert!(
+        fp.harvest_flows().unwrap().is_empty(),
+        "nothing before traffic"
+    );
+    let model = Model::new(&tables());
+    let mut table = FlowTable::default();
+    for (direction, frame, reason) in traffic() {
+        let judged = fp.judge(direction, &frame).unwrap();
+        assert_eq!(judged.reason, reason, "{direction:?} {frame:02x?}");
+        let m = match direction {
+            Direction::Uplink => model.uplink(&frame),
+            Direction::Downlink => model.downlink(&frame),
+        };
+        if let Some(hit) = &m.flow {
+            table.record(hit);
+        }
+    }
+    let harvested = fp.harvest_flows().unwrap();
+    assert_eq!(harvested, expected());
+    assert_eq!(
+        table.harvest(),
+        harvested,
+        "the model (and so the userspace datapath) counts exactly as the kernel"
+    );
+    assert!(
+        fp.harvest_flows().unwrap().is_empty(),
+        "a second harvest has nothing new"
+    );
+    assert_eq!(fp.flow_losses().unwrap().evicted_flows, 0);
+    assert_eq!(fp.flow_losses().unwrap().failed_packets, 0);
+
+    // Counting goes on after a harvest, into the other generation, and the harvest after
+    // that one finds it (and only it).
+    let (direction, frame, _) = traffic().remove(0);
+    fp.judge(direction, &frame).unwrap();
+    let again = fp.harvest_flows().unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].uplink, counter(1, 20 + 8 + 10));
+    assert_eq!(again[0].rule, Some(10));
+}
+
+#[test]
+fn the_rule_is_that_of_the_last_uplink_decision() {
+    // One CPU, so "last" is well defined (across CPUs the busiest CPU's rule is taken).
+    pin_to_cpu(0);
+    let fp = accounting();
+    let to = |dst: &str| up(0x1001, &udp4("10.45.0.1", dst, 1, 2, 0));
+    // Same 5-tuple, the tables change between packets: LOCAL (rule 10), then no rule.
+    fp.judge(Direction::Uplink, &to("192.0.2.1")).unwrap();
+    let mut t = tables();
+    t.rules.retain(|r| r.id != 10);
+    fp.install(&t).unwrap();
+    assert_eq!(
+        fp.judge(Direction::Uplink, &to("192.0.2.1"))
+            .unwrap()
+            .reason,
+        Reason::NoRule
+    );
+    let got = fp.harvest_flows().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].uplink.packets, 2);
+    assert_eq!(got[0].rule, None, "the last decision matched no rule");
+    fp.judge(Direction::Uplink, &to("198.51.100.3")).unwrap();
+    fp.install(&tables()).unwrap();
+    fp.judge(Direction::Uplink, &to("198.51.100.3")).unwrap();
+    let got = fp.harvest_flows().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rule, Some(20));
+}
+
+#[test]
+fn harvests_during_traffic_lose_and_double_count_nothing() {
+    let fp = accounting();
+    // Three flows of session 1: LOCAL (rewrites, one packet a run), DROP and downlink
+    // encapsulation (rewrites). The DROP frame is not rewritten, so a run may repeat it.
+    let local = up(0x1001, &udp4("10.45.0.1", "192.0.2.5", 1000, 443, 20));
+    let drop = up(0x1001, &udp4("10.45.0.1", "198.51.100.1", 1001, 80, 20));
+    let encap = down(&udp4("192.0.2.5", "10.45.0.1", 443, 1000, 50));
+    const ROUNDS: u64 = 300;
+    const DROP_REPEAT: u32 = 7;
+    let (fp, local, drop, encap) = (&fp, &local, &drop, &encap);
+    let done = AtomicBool::new(false);
+    let mut sums: HashMap<FlowKey, (Counter, Counter)> = HashMap::new();
+    let mut harvests = 0;
+    std::thread::scope(|s| {
+        let senders: Vec<_> = (0..2)
+            .map(|cpu| {
+                s.spawn(move || {
+                    // One sender per CPU: the harvest adds up both CPUs' values.
+                    pin_to_cpu(cpu);
+                    for _ in 0..ROUNDS {
+                        fp.test_run(Direction::Uplink, local, 1).unwrap();
+                        fp.test_run(Direction::Uplink, drop, DROP_REPEAT).unwrap();
+                        fp.test_run(Direction::Downlink, encap, 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let watcher = s.spawn(|| {
+            for t in senders {
+                t.join().unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        while !done.load(Ordering::SeqCst) {
+            for sample in fp.harvest_flows().unwrap() {
+                let e = sums.entry(sample.key).or_default();
+                e.0 = e.0.plus(sample.uplink);
+                e.1 = e.1.plus(sample.downlink);
+            }
+            harvests += 1;
+        }
+        watcher.join().unwrap();
+    });
+    for sample in fp.harvest_flows().unwrap() {
+        let e = sums.entry(sample.key).or_default();
+        e.0 = e.0.plus(sample.uplink);
+        e.1 = e.1.plus(sample.downlink);
+    }
+    assert!(
+        harvests >= 2,
+        "the harvests ran during the traffic ({harvests})"
+    );
+    let n = 2 * ROUNDS;
+    let l = |payload: usize| 20 + 8 + payload;
+    let want: HashMap<FlowKey, (Counter, Counter)> = [
+        (
+            key(1, "10.45.0.1", "192.0.2.5", 17, (1000, 443)),
+            (
+                counter(n, n as usize * l(20)),
+                counter(n, n as usize * l(50)),
+            ),
+        ),
+        (
+            key(1, "10.45.0.1", "198.51.100.1", 17, (1001, 80)),
+            (
+                counter(
+                    n * u64::from(DROP_REPEAT),
+                    (n * u64::from(DROP_REPEAT)) as usize * l(20),
+                ),
+                counter(0, 0),
+            ),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(sums, want, "after {harvests} harvests during the traffic");
+    assert_eq!(fp.flow_losses().unwrap().evicted_flows, 0);
+    assert_eq!(fp.flow_losses().unwrap().failed_packets, 0);
+}
+
+#[test]
+fn a_generation_that_overflows_evicts_and_says_how_many_flows() {
+    let fp = accounting();
+    let extra = 1_000u32;
+    let sent = MAX_FLOWS + extra;
+    for i in 0..sent {
+        // Distinct flows: UE port and peer address vary.
+        let peer = [192, 0, 2, (i % 200) as u8];
+        let ip = ipv4(
+            v4("10.45.0.1"),
+            peer,
+            17,
+            64,
+            0,
+            &udp((i / 200) as u16, 443, &[]),
+        );
+        fp.test_run(Direction::Uplink, &up(0x1001, &ip), 1).unwrap();
+    }
+    let got = fp.harvest_flows().unwrap();
+    let losses = fp.flow_losses().unwrap();
+    assert!(got.len() <= MAX_FLOWS as usize, "{}", got.len());
+    assert!(losses.evicted_flows >= u64::from(extra), "{losses:?}");
+    assert_eq!(
+        got.len() as u64 + losses.evicted_flows,
+        u64::from(sent),
+        "every flow is either harvested or counted as evicted"
+    );
+    assert!(got.iter().all(|s| s.uplink.packets == 1));
+    assert_eq!(losses.failed_packets, 0);
+}
+
+#[test]
+fn with_accounting_off_nothing_is_counted() {
+    let fp = FastPath::load().expect("load (are we root?)");
+    fp.install(&tables()).unwrap();
+    assert!(!fp.flow_accounting());
+    for (direction, frame, reason) in traffic() {
+        assert_eq!(fp.judge(direction, &frame).unwrap().reason, reason);
+    }
+    assert!(fp.harvest_flows().unwrap().is_empty());
+    assert!(fp.harvest_flows().unwrap().is_empty());
+    assert_eq!(fp.flow_losses().unwrap(), Default::default());
+}
