@@ -364,3 +364,136 @@ fn a_policy_destination_without_a_sink_is_a_startup_error_that_names_it() {
         "{log}"
     );
 }
+
+const FLOW_POLICY: &str = r#"version: 1
+name: daemon flow records test
+budget: {period: 1d, epsilon: 1.0, delta: 1e-6}
+keys:
+  subscriber: {path: keys/app.key, rotation: 1d}
+kinds:
+  flow:
+    privacy_unit: imsi
+    time: start
+    fields:
+      imsi: string
+      ue_ip: ip
+      dst_ip: ip
+      protocol: string
+      dst_port: integer
+      packets_up: integer
+      bytes_up: integer
+      rule: integer
+      start: timestamp
+    transforms:
+      imsi: {pseudonymise: {key: subscriber}}
+      ue_ip: {truncate: {ipv4: 24, ipv6: 48}}
+      dst_ip: keep
+      protocol: keep
+      dst_port: keep
+      packets_up: keep
+      bytes_up: keep
+      rule: keep
+      start: {bucket: {width: 1m}}
+destinations:
+  analytics: {region: EU-DE, kinds: [flow]}
+"#;
+
+#[test]
+fn fast_path_flow_records_reach_the_sink_only_through_the_policy() {
+    let bed = Bed::new();
+    let site = Site::new().unwrap();
+    let config = configure(&bed, &site);
+    std::fs::write(bed.path("policy.yaml"), FLOW_POLICY).unwrap();
+    // The session gets an IMSI (the canary), and flows are harvested every second.
+    let imsi = format!("{CANARY_IMSI}0000001");
+    let tables = std::fs::read_to_string(bed.path("tables.toml"))
+        .unwrap()
+        .replace(
+            "[[sessions]]\nid = 1\n",
+            &format!("[[sessions]]\nid = 1\nimsi = \"{imsi}\"\n"),
+        );
+    assert!(tables.contains(&imsi));
+    std::fs::write(bed.path("tables.toml"), tables).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "[egress]",
+        "[flows]\nenabled = true\ninterval_secs = 1\n\n[egress]",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+
+    // From the gNB: 5 G-PDUs of one UDP flow to the edge (LOCAL by rule 10), 3 of another.
+    let ue: std::net::IpAddr = "198.19.0.1".parse().unwrap();
+    let edge: std::net::IpAddr = "198.18.1.2".parse().unwrap();
+    mecgw_tests::in_netns(&bed.gnb, || {
+        let s = std::net::UdpSocket::bind("198.18.0.1:2152").unwrap();
+        for (dport, n) in [(7u16, 5), (9, 3)] {
+            let inner = mecgw_tests::packet::udp(ue, edge, 4000, dport, &[0xab; 100]);
+            let gpdu = mecgw_tests::packet::Gtpu::g_pdu(
+                0x1000,
+                Some((mecgw_tests::packet::PduType::Uplink, 9)),
+                &inner,
+            );
+            for _ in 0..n {
+                s.send_to(&gpdu, "198.18.0.2:2152").unwrap();
+            }
+        }
+    })
+    .unwrap();
+
+    let out = bed.path("out");
+    let per_port = |items: &[serde_json::Value], port: u64| -> (u64, u64) {
+        items
+            .iter()
+            .filter(|r| r["record"]["dst_port"] == port)
+            .fold((0, 0), |(p, b), r| {
+                (
+                    p + r["record"]["packets_up"].as_u64().unwrap(),
+                    b + r["record"]["bytes_up"].as_u64().unwrap(),
+                )
+            })
+    };
+    let start = Instant::now();
+    loop {
+        let items = delivered(&out, "analytics");
+        if per_port(&items, 7).0 >= 5 && per_port(&items, 9).0 >= 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "flow records not delivered: {items:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Give a further harvest the chance to (wrongly) count anything twice.
+    std::thread::sleep(Duration::from_millis(2500));
+    let items = delivered(&out, "analytics");
+    // Inner IP bytes: 20 (IPv4) + 8 (UDP) + 100.
+    assert_eq!(per_port(&items, 7), (5, 5 * 128), "{items:?}");
+    assert_eq!(per_port(&items, 9), (3, 3 * 128), "{items:?}");
+    for r in &items {
+        assert_eq!(r["kind"], "flow");
+        let rec = &r["record"];
+        assert_eq!(rec["ue_ip"], "198.19.0.0/24", "{r}");
+        assert_eq!(rec["dst_ip"], "198.18.1.2", "{r}");
+        assert_eq!(rec["protocol"], "udp", "{r}");
+        assert_eq!(rec["rule"], 10, "{r}");
+        assert!(
+            rec["imsi"].as_str().unwrap().contains(':'),
+            "not a pseudonym: {r}"
+        );
+    }
+    let m = bed.http("/metrics").1;
+    assert!(sample(&m, "mecgw_records_in_total{source=\"flow\"}") >= 2);
+    assert_eq!(sample(&m, "mecgw_flow_harvest_failures_total"), 0);
+
+    assert!(d.stop().success());
+    let log = d.stderr();
+    let mut places = all_bytes_under(&out);
+    places.extend(all_bytes_under(&bed.path("state")));
+    places.push(("stderr".into(), log.into_bytes()));
+    for (place, bytes) in &places {
+        assert!(!contains(bytes, &imsi), "the IMSI left in {place}");
+    }
+}

@@ -7,6 +7,7 @@
 //! SIGINT. [`Gateway`] is the state that the operations port and the APIs share.
 
 pub mod config;
+mod flows;
 mod gtpu;
 mod ops;
 pub mod privacy;
@@ -97,6 +98,14 @@ impl Datapath {
         match self {
             Datapath::Xdp(fp) => fp.harvest_flows(),
             Datapath::Userspace(us) => Ok(us.harvest_flows()),
+        }
+    }
+
+    /// Flow records lost since the start (a full flow map).
+    pub fn flow_losses(&self) -> Result<crate::datapath::FlowLosses, DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.flow_losses(),
+            Datapath::Userspace(us) => Ok(us.flow_losses()),
         }
     }
 
@@ -255,9 +264,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state.dir)
         .with_context(|| format!("state.dir {}", config.state.dir.display()))?;
 
+    // Flows are counted only for a policy that takes `flow` records: counting costs a map
+    // update per packet (docs/fastpath.md), and in XDP the choice is made at load.
+    let flow_accounting = config.flows.enabled
+        && policy
+            .as_ref()
+            .is_some_and(|p| p.policy.kinds.contains_key(FLOW_KIND));
+    if config.flows.enabled && !flow_accounting {
+        info!("flow accounting off: the policy declares no `flow` record kind");
+    }
     let datapath = match config.datapath.kind {
         DatapathKind::Xdp => {
-            let mut fast_path = FastPath::load()?;
+            let mut fast_path =
+                FastPath::load_with(crate::datapath::FastPathOptions { flow_accounting })?;
             attach(
                 &mut fast_path,
                 &config,
@@ -284,6 +303,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("starting the userspace datapath")?,
         ),
     };
+    if let Datapath::Userspace(us) = &datapath {
+        us.set_flow_accounting(flow_accounting);
+    }
     let gw = Arc::new(Gateway {
         datapath,
         tables: RwLock::new(Arc::new(tables)),
@@ -339,6 +361,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     ingest: ingest_rx,
                     releases: releases_tx.clone(),
                     egress: gw.egress().cloned(),
+                    flows: flow_accounting.then(|| {
+                        (
+                            Arc::clone(&gw),
+                            flows::FlowHarvest::new(
+                                config.flows.interval_secs,
+                                privacy::now_unix(),
+                            ),
+                        )
+                    }),
                 },
             )
             .context("starting the policy engine")?;
@@ -442,6 +473,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!("datapath stopped; mecgw stopped");
     Ok(())
 }
+
+/// The record kind the daemon makes from the fast path's flow counters.
+pub const FLOW_KIND: &str = "flow";
 
 /// Records an app may have queued for the policy engine before Publish waits.
 const INGEST_QUEUE: usize = 8192;

@@ -166,6 +166,23 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
             total.packets
         );
     }
+    let losses = fp.flow_losses()?;
+    family(
+        &mut out,
+        "mecgw_flow_accounting_lost_total",
+        "counter",
+        "Flow accounting lost in the fast path: flows evicted from a full flow map (with what they had counted), packets a map update refused.",
+    );
+    let _ = writeln!(
+        out,
+        "mecgw_flow_accounting_lost_total{{what=\"flows_evicted\"}} {}",
+        losses.evicted_flows
+    );
+    let _ = writeln!(
+        out,
+        "mecgw_flow_accounting_lost_total{{what=\"packets_uncounted\"}} {}",
+        losses.failed_packets
+    );
     gauge(
         &mut out,
         "mecgw_sessions",
@@ -266,6 +283,12 @@ fn render_privacy(out: &mut String, s: &super::privacy::PrivacySnapshot) {
         out,
         "mecgw_records_in_total{{source=\"flow\"}} {}",
         s.records_in_flow
+    );
+    counter(
+        out,
+        "mecgw_flow_harvest_failures_total",
+        "Flow harvests that failed (their counters are read at the next harvest).",
+        s.flow_harvest_failures,
     );
     counter(
         out,

@@ -1,0 +1,101 @@
+//! Flow records: the fast path's per-flow counters, harvested every `[flows] interval_secs`
+//! and turned into records of kind `flow` for the policy engine.
+//!
+//! One record per flow that carried traffic in the window, with the session's identity from
+//! the tables in force (IMSI if the session has one, TEID, QFI), the UE address, the peer
+//! (destination), protocol and ports, packets and inner IP bytes each way, the rule of the
+//! flow's last uplink decision, and the window (`start`, `end`, `duration_ms`). These records
+//! are raw regulated data: they go only into the engine, never to a log or an output.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use serde_json::{Map, Value, json};
+
+use super::Gateway;
+use crate::datapath::{flows::FlowSample, tables::Session};
+
+/// When flows are due and what the last harvest covered.
+pub struct FlowHarvest {
+    interval: i64,
+    /// Start of the window the next harvest closes (Unix seconds).
+    window_start: i64,
+}
+
+impl FlowHarvest {
+    /// Harvests every `interval_secs` (at least 1), the first window starting `now`.
+    pub fn new(interval_secs: u64, now: i64) -> FlowHarvest {
+        FlowHarvest {
+            interval: i64::try_from(interval_secs.max(1)).unwrap_or(i64::MAX),
+            window_start: now,
+        }
+    }
+
+    /// If a window has ended by `now`, harvests the datapath's flows and returns them as
+    /// `flow` records of the window [start, now). Blocking: the kernel harvest waits an RCU
+    /// grace period.
+    pub fn due(&mut self, gw: &Gateway, now: i64) -> Option<anyhow::Result<Vec<Value>>> {
+        if now < self.window_start.saturating_add(self.interval) {
+            return None;
+        }
+        let start = std::mem::replace(&mut self.window_start, now);
+        let samples = match gw.fast_path().harvest_flows() {
+            Ok(s) => s,
+            Err(e) => return Some(Err(anyhow::anyhow!("harvesting flow counters: {e}"))),
+        };
+        if samples.is_empty() {
+            return Some(Ok(Vec::new()));
+        }
+        let tables = gw.tables();
+        let sessions: HashMap<u32, &Session> = tables.sessions.iter().map(|s| (s.id, s)).collect();
+        Some(Ok(samples
+            .iter()
+            .map(|s| record(s, sessions.get(&s.key.session).copied(), start, now))
+            .collect()))
+    }
+}
+
+fn protocol_name(p: u8) -> Value {
+    match p {
+        1 => json!("icmp"),
+        6 => json!("tcp"),
+        17 => json!("udp"),
+        58 => json!("icmpv6"),
+        132 => json!("sctp"),
+        other => json!(other.to_string()),
+    }
+}
+
+fn ip(a: IpAddr) -> Value {
+    Value::String(a.to_string())
+}
+
+/// The `flow` record of one sample in the window [start, end).
+fn record(s: &FlowSample, session: Option<&Session>, start: i64, end: i64) -> Value {
+    let mut r = Map::new();
+    r.insert("kind".into(), json!("flow"));
+    if let Some(session) = session {
+        if let Some(imsi) = &session.imsi {
+            r.insert("imsi".into(), json!(imsi.as_str()));
+        }
+        r.insert("teid".into(), json!(session.uplink_teid.0));
+        r.insert("qfi".into(), json!(session.qfi.get()));
+    }
+    r.insert("session".into(), json!(s.key.session));
+    r.insert("ue_ip".into(), ip(s.key.ue));
+    r.insert("dst_ip".into(), ip(s.key.peer));
+    r.insert("protocol".into(), protocol_name(s.key.protocol));
+    r.insert("ue_port".into(), json!(s.key.ue_port));
+    r.insert("dst_port".into(), json!(s.key.peer_port));
+    r.insert("packets_up".into(), json!(s.uplink.packets));
+    r.insert("bytes_up".into(), json!(s.uplink.bytes));
+    r.insert("packets_down".into(), json!(s.downlink.packets));
+    r.insert("bytes_down".into(), json!(s.downlink.bytes));
+    r.insert("rule".into(), s.rule.map_or(Value::Null, |id| json!(id)));
+    r.insert("start".into(), json!(start));
+    r.insert("end".into(), json!(end));
+    r.insert(
+        "duration_ms".into(),
+        json!(end.saturating_sub(start).saturating_mul(1000)),
+    );
+    Value::Object(r)
+}
