@@ -2,7 +2,7 @@
 //!
 //! `parse` reads headers, `maps` holds the tables (two generations), `counters` counts,
 //! `uplink` and `downlink` are the programs of the two directions, `pass` the minimal one,
-//! `bench` the benchmark's baseline and restore wrapper.
+//! `bench` the benchmarks' baseline, restore wrapper, live-frames generator and sink.
 
 mod bench;
 mod checksum;
