@@ -19,6 +19,12 @@ pub mod names {
     pub const MAP_BENCH_FRAME: &str = "BENCH_FRAME";
     /// Program array with the program under test at index 0.
     pub const MAP_BENCH_TARGET: &str = "BENCH_TARGET";
+    /// Live-frames traffic generator: restores `MAP_BENCH_FRAME`, then XDP_TX.
+    pub const PROG_BENCH_TX: &str = "mecgw_bench_tx";
+    /// Benchmark sink: counts every frame in `MAP_BENCH_SINK[0]` and drops it.
+    pub const PROG_BENCH_SINK: &str = "mecgw_bench_sink";
+    /// Per-CPU [`super::Counter`] of what the sink received.
+    pub const MAP_BENCH_SINK: &str = "BENCH_SINK";
     /// The uplink classifier, attached to the N3 interface.
     pub const PROG_UPLINK: &str = "mecgw_uplink";
     /// The downlink encapsulator, attached to the local-services interface.

@@ -18,11 +18,15 @@
 //!
 //! A [`Testbed`] deletes every namespace it created when dropped, also when a step fails or
 //! the user presses Ctrl-C (see [`interrupted`]). Stale namespaces left by a killed run are
-//! removed before new ones are made. Used by `cargo xtask testbed|demo` (through the
+//! removed before new ones are made. The names are fixed, so [`up`] first takes a lock
+//! ([`TestbedLock`], an exclusive `flock` on [`LOCK_PATH`]) that it holds while the testbed
+//! exists: a second process (`cargo xtask demo` while the tests run) waits for the first
+//! one's testbed to go instead of deleting its namespaces as stale. Used by `cargo xtask testbed|demo` (through the
 //! `mecgw-testbed` and `mecgw-demo` binaries) and by the end-to-end tests.
 
 use std::{
     fmt::Write as _,
+    fs::{File, OpenOptions, TryLockError},
     path::Path,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -78,9 +82,52 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// A set of namespaces joined by veth pairs. Dropping it removes them all.
+/// The file whose `flock` says a process has the testbed's namespaces up.
+pub const LOCK_PATH: &str = "/run/mecgw-testbed.lock";
+
+/// An exclusive lock on [`LOCK_PATH`], held until dropped (or the process exits: the kernel
+/// releases a `flock` with the last descriptor, so a killed holder never leaves it taken).
+#[derive(Debug)]
+pub struct TestbedLock {
+    _file: File,
+}
+
+/// Takes the testbed lock, waiting (and saying so) while another process holds it.
+///
+/// `flock` locks belong to the open file, not the process: a second lock taken in the same
+/// process while the first is held would wait for ever. In-process users serialise
+/// themselves (the tests hold a mutex around each testbed), as they did before the lock.
+pub fn lock() -> anyhow::Result<TestbedLock> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_PATH)
+        .with_context(|| format!("opening the testbed lock {LOCK_PATH}"))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            println!(
+                "    waiting: another process has the testbed up (lock {LOCK_PATH}; its \
+                 namespaces are {})",
+                NAMESPACES.join(", ")
+            );
+            file.lock()
+                .with_context(|| format!("waiting for the testbed lock {LOCK_PATH}"))?;
+        }
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {LOCK_PATH}"));
+        }
+    }
+    Ok(TestbedLock { _file: file })
+}
+
+/// A set of namespaces joined by veth pairs. Dropping it removes them all (and then releases
+/// the testbed lock, if it holds one).
 pub struct Testbed {
     namespaces: Vec<String>,
+    // Declared after `namespaces` and released only after `Drop::drop` deleted them.
+    _lock: Option<TestbedLock>,
 }
 
 /// One end of a veth pair: the namespace it lives in, its name, its MAC (or the kernel's
@@ -107,6 +154,7 @@ impl Testbed {
         }
         let mut bed = Testbed {
             namespaces: Vec::new(),
+            _lock: None,
         };
         for ns in namespaces {
             run(&["ip", "netns", "add", ns]).with_context(|| format!("creating {ns}"))?;
@@ -250,7 +298,11 @@ pub const UE_POOL_V6: &str = "2001:db8:100::/48";
 /// Brings the testbed up. Dropping the result tears it down.
 pub fn up() -> anyhow::Result<Testbed> {
     println!("==> testbed: namespaces {}", NAMESPACES.join(", "));
-    let bed = Testbed::new(&NAMESPACES)?;
+    // Taken before the stale-namespace check: namespaces another live process holds the lock
+    // for are not stale.
+    let lock = lock()?;
+    let mut bed = Testbed::new(&NAMESPACES)?;
+    bed._lock = Some(lock);
     for (a, b) in [(&GNB, &N3), (&LOCAL, &EDGE), (&CORE, &UPF)] {
         let a_addrs = [format!("{}/24", a.v4), format!("{}/64", a.v6)];
         let b_addrs = [format!("{}/24", b.v4), format!("{}/64", b.v6)];

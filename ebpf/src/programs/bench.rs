@@ -6,15 +6,24 @@
 //! repetition after the first it moves the frame start back by the program's known shift and
 //! copies the original bytes back, then tail-calls the program under test. The benchmark
 //! subtracts the same wrapper tail-calling `mecgw_empty`.
+//!
+//! The end-to-end benchmark's traffic generator and sink (`cargo xtask bench e2e`):
+//! `mecgw_bench_tx` is run with BPF_PROG_TEST_RUN in live-frames mode
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`), where XDP_TX really transmits the frame on the interface the
+//! run names: the pktgen of XDP. The kernel recycles the frame's pages without copying the
+//! original bytes back, and the frames it sends are rewritten downstream (the gateway
+//! decapsulates them in place), so it restores the frame from `BENCH_FRAME` first, like the
+//! restore wrapper. `mecgw_bench_sink` counts every frame that reaches its interface in
+//! `BENCH_SINK` and drops it.
 
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{Array, ProgramArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame};
+use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Counter};
 
 use super::parse::{frame_len, write_at};
 
@@ -22,6 +31,8 @@ use super::parse::{frame_len, write_at};
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
 #[map(name = "BENCH_TARGET")]
 static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map(name = "BENCH_SINK")]
+static BENCH_SINK: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn mecgw_empty(_ctx: XdpContext) -> u32 {
@@ -35,6 +46,29 @@ pub fn mecgw_bench_restore(ctx: XdpContext) -> u32 {
     }
     // SAFETY: a tail call with the program's own context; on failure control returns here.
     unsafe { BENCH_TARGET.tail_call(&ctx, 0) };
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn mecgw_bench_tx(ctx: XdpContext) -> u32 {
+    match restore(&ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        // A frame we cannot restore is not sent: the sink's count shows the shortfall.
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[xdp]
+pub fn mecgw_bench_sink(ctx: XdpContext) -> u32 {
+    let len = frame_len(&ctx) as u64;
+    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot from the kernel's map lookup; no other program invocation
+        // touches it concurrently.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
     xdp_action::XDP_DROP
 }
 

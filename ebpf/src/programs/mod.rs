@@ -2,8 +2,8 @@
 //!
 //! `parse` reads headers, `maps` holds the tables (two generations), `counters` counts,
 //! `flows` counts per flow (when switched on at load), `uplink` and `downlink` are the
-//! programs of the two directions, `pass` the minimal one, `bench` the benchmark's baseline
-//! and restore wrapper.
+//! programs of the two directions, `pass` the minimal one, `bench` the benchmarks' baseline,
+//! restore wrapper, live-frames generator and sink.
 
 mod bench;
 mod checksum;

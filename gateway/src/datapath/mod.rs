@@ -6,12 +6,14 @@
 //! - [`compile`]: tables → map entries (rule precedence, candidate lists);
 //! - [`writer`](self): hot update through two generations of maps;
 //! - [`flows`]: per-flow counters and their lossless harvest (two generations as well);
-//! - [`model`]: the reference model with the programs' exact semantics (no kernel needed).
+//! - [`model`]: the reference model with the programs' exact semantics (no kernel needed);
+//! - [`live`]: benchmark support, a live-frames traffic generator and a counting sink.
 //!
 //! This module never parses packets itself.
 
 pub mod compile;
 pub mod flows;
+pub mod live;
 pub mod model;
 pub mod tables;
 mod writer;
@@ -236,10 +238,12 @@ fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
 }
 
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 7] = [
     names::PROG_PASS,
     names::PROG_EMPTY,
     names::PROG_BENCH_RESTORE,
+    names::PROG_BENCH_TX,
+    names::PROG_BENCH_SINK,
     names::PROG_UPLINK,
     names::PROG_DOWNLINK,
 ];
@@ -318,6 +322,22 @@ impl FastPath {
         mode: AttachMode,
     ) -> Result<XdpLinkId, DatapathError> {
         self.attach(names::PROG_PASS, iface, mode)
+    }
+
+    /// Benchmark support: attaches the sink (counts every frame, then drops it) to `iface` in
+    /// the calling thread's network namespace, until `self` is dropped.
+    pub fn attach_bench_sink(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<XdpLinkId, DatapathError> {
+        self.attach(names::PROG_BENCH_SINK, iface, mode)
+    }
+
+    /// What the benchmark sink has received so far (all CPUs).
+    pub fn bench_sink_counter(&self) -> Result<Counter, DatapathError> {
+        let map = self.counter_map(names::MAP_BENCH_SINK)?;
+        sum(&map, 0, names::MAP_BENCH_SINK)
     }
 
     /// Attaches the program for `direction` to `iface` until `self` is dropped.

@@ -10,6 +10,8 @@ fn main() -> anyhow::Result<()> {
             println!("testbed is up; remove it with `cargo xtask testbed down`");
         }
         Some("down") => {
+            // Not from under a process that has the testbed up (a demo, a test run).
+            let _lock = testbed::lock()?;
             testbed::delete_all(&testbed::NAMESPACES)?;
             println!("testbed is down");
         }

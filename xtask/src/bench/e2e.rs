@@ -1,6 +1,7 @@
-//! `cargo xtask bench e2e [--runs N] [--step-ms MS] [--loss FRACTION] [--blast PACKETS]`:
-//! packets per second and RTT p50/p99 through the testbed for native XDP, generic XDP and
-//! the userspace datapath, medians of several runs, ratios to the userspace datapath.
+//! `cargo xtask bench e2e [--runs N] [--flat-ms MS] [--no-echo] [--step-ms MS] [--loss F]
+//! [--blast PACKETS]`: packets per second at kernel speed (live-frames sender, XDP sink) and
+//! RTT p50/p99 through the echo, for native XDP, generic XDP and the userspace datapath,
+//! medians of several runs, ratios to the userspace datapath.
 //!
 //! Builds the gateway and the testbed tools in release mode and runs the `e2e_bench` binary
 //! of the tests crate (it needs root for the namespaces); see that binary for the method.
