@@ -7,6 +7,7 @@ pub mod egress;
 pub mod nats;
 
 pub mod packet;
+pub mod privacy;
 pub mod testbed;
 
 use std::path::PathBuf;

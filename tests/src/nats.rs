@@ -1,6 +1,7 @@
 //! A real `nats-server` with JetStream for the egress tests and benchmark: started on a free
 //! loopback port with its own store directory, stopped and restarted on demand (the outage
-//! tests), and killed when the guard drops.
+//! tests), and killed when the guard drops. The daemon tests run it inside the daemon's
+//! network namespace ([`NatsServer::start_in_netns`]), where its loopback is the daemon's.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     extra_args: Vec<std::ffi::OsString>,
+    /// The network namespace (from `ip netns add`) it runs in; `None`: the caller's.
+    netns: Option<String>,
 }
 
 fn server_binary() -> anyhow::Result<PathBuf> {
@@ -43,19 +46,64 @@ impl NatsServer {
 
     /// Starts a server with JetStream and extra command-line arguments (e.g. TLS settings).
     pub fn start_with_args(extra_args: Vec<std::ffi::OsString>) -> anyhow::Result<Self> {
-        let mut server = Self {
-            child: None,
-            port: free_port()?,
-            dir: tempfile::tempdir().context("creating the JetStream store directory")?,
-            extra_args,
-        };
+        let mut server = Self::new(None, extra_args)?;
         server.restart()?;
         Ok(server)
+    }
+
+    /// Starts a server with JetStream on a free loopback port of network namespace `netns`.
+    pub fn start_in_netns(netns: &str) -> anyhow::Result<Self> {
+        let mut server = Self::new(Some(netns.to_string()), Vec::new())?;
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// A server in `netns` that is not running yet: its URL is known, [`Self::restart`]
+    /// starts it (an outage from the start).
+    pub fn stopped_in_netns(netns: &str) -> anyhow::Result<Self> {
+        Self::new(Some(netns.to_string()), Vec::new())
+    }
+
+    fn new(netns: Option<String>, extra_args: Vec<std::ffi::OsString>) -> anyhow::Result<Self> {
+        let port = match &netns {
+            Some(ns) => crate::in_netns(ns, free_port)??,
+            None => free_port()?,
+        };
+        Ok(Self {
+            child: None,
+            port,
+            dir: tempfile::tempdir().context("creating the JetStream store directory")?,
+            extra_args,
+            netns,
+        })
+    }
+
+    fn listening(&self) -> bool {
+        let connect = || TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok();
+        match &self.netns {
+            Some(ns) => crate::in_netns(ns, connect).unwrap_or(false),
+            None => connect(),
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message in `stream`, read from inside the server's network namespace (blocking:
+    /// call it from a test thread, not from a runtime).
+    pub fn read(&self, stream: &str) -> anyhow::Result<Vec<StoredMessage>> {
+        let read = || -> anyhow::Result<Vec<StoredMessage>> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(read_stream(&self.url(), stream))
+        };
+        match &self.netns {
+            Some(ns) => crate::in_netns(ns, read)?,
+            None => read(),
+        }
     }
 
     /// The JetStream store directory: every byte the server stored is under it.
@@ -83,7 +131,16 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(self.log_file())?;
-        let child = Command::new(server_binary()?)
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the server: the child's pid is the server's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(server_binary()?);
+                c
+            }
+            None => Command::new(server_binary()?),
+        };
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -101,7 +158,7 @@ impl NatsServer {
             .context("starting nats-server")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+        while !self.listening() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 bail!(
                     "nats-server exited with {status}; log: {}",

@@ -10,9 +10,11 @@
 //! append, so that cutting entries off the end is detected too. Entries never hold payload:
 //! only names, counts and ε, so nothing the policy transforms away can leak through the log.
 //!
-//! Entries are written with one `write` each and no fsync: they survive a process crash. What a
-//! power loss might drop from the tail is rewritten at the next start for sent batches, because
-//! the forwarder reconciles against the sink (docs/egress.md).
+//! An append (one entry, or a forwarder's group of entries, which share one `time_ms`) is
+//! written with one `write` and no fsync, then the head: a process crash leaves at most that
+//! one append past the head, which the next open accepts. What a power loss might drop from
+//! the tail is rewritten at the next start for sent batches, because the forwarder reconciles
+//! against the sink (docs/egress.md).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -141,8 +143,13 @@ pub enum BrokenLink {
         /// Index in the head file.
         head_index: u64,
     },
-    /// More entries follow the head than a crash can leave (at most one).
-    #[error("{extra} entries follow the last one the head records (a crash leaves at most 1)")]
+    /// Entries of more than one append follow the head: a crash leaves at most one append
+    /// (one write of one or more entries, all with the same `time_ms`) before the head
+    /// names its last entry. The broken link is the first entry of the second append.
+    #[error(
+        "{extra} entries follow the last one the head records, from more than one append \
+         (a crash leaves at most one)"
+    )]
     PastHead {
         /// Entries past the head.
         extra: u64,
@@ -254,6 +261,10 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
     let mut complete_len = 0u64;
     let mut last_sent = HashMap::new();
     let mut head_seen = false;
+    // The `time_ms` of the first entry past the head, and the first entry past the head that
+    // is not from the same append (`(entry, line)`).
+    let mut past_head_time = None;
+    let mut second_append = None;
     if let Some(file) = file {
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
@@ -337,6 +348,13 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
                     ));
                 }
             }
+            if let Some((head_index, _)) = &head
+                && index > *head_index
+                && second_append.is_none()
+                && *past_head_time.get_or_insert(entry.time_ms) != entry.time_ms
+            {
+                second_append = Some((index, line_no));
+            }
             if entry.batch.outcome == Outcome::Sent
                 && let Some(id) = entry
                     .batch
@@ -363,13 +381,9 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
                 },
             ));
         }
-        let extra = report.entries - 1 - head_index;
-        if extra > 1 {
-            return Err(broken(
-                head_index + 2,
-                head_index + 3,
-                BrokenLink::PastHead { extra },
-            ));
+        if let Some((entry, line)) = second_append {
+            let extra = report.entries - 1 - head_index;
+            return Err(broken(entry, line, BrokenLink::PastHead { extra }));
         }
     }
     Ok(Scan {
@@ -671,6 +685,48 @@ mod tests {
         let report = verify(dir.path()).unwrap();
         assert_eq!(report.entries, 3);
         assert!(!report.incomplete_tail);
+    }
+
+    #[test]
+    fn a_crash_between_a_group_write_and_its_head_update_is_tolerated() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 2);
+        let head = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        // A forwarder's flusher audits a whole group in one write.
+        log.append_all((3..=5).map(|i| record(i, Outcome::Sent)).collect())
+            .unwrap();
+        drop(log);
+        // kill -9 after that write, before the head's: the head still names entry 1.
+        std::fs::write(dir.path().join(HEAD_FILE), head).unwrap();
+        assert_eq!(verify(dir.path()).unwrap().entries, 5);
+        let log = AuditLog::open(dir.path()).unwrap();
+        assert_eq!(log.last_sent("eu", 7), Some(5));
+        log.append(record(6, Outcome::Sent)).unwrap();
+        assert_eq!(verify(dir.path()).unwrap().entries, 6);
+    }
+
+    #[test]
+    fn entries_of_more_than_one_append_past_the_head_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 2);
+        let head = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.append_all(vec![record(3, Outcome::Sent), record(4, Outcome::Sent)])
+            .unwrap();
+        log.append(record(5, Outcome::Sent)).unwrap();
+        drop(log);
+        // The two appends may share a millisecond: give the second (the last entry) its own.
+        let mut l = lines(dir.path());
+        let mut entry: AuditEntry = serde_json::from_str(l[4].split_once(' ').unwrap().1).unwrap();
+        entry.time_ms += 1;
+        let body = serde_json::to_string(&entry).unwrap();
+        l[4] = format!("{} {body}", sha256_hex(body.as_bytes()));
+        write_lines(dir.path(), &l);
+        std::fs::write(dir.path().join(HEAD_FILE), head).unwrap();
+        let (entry, link) = broken_at(dir.path());
+        assert_eq!(entry, 4);
+        assert_eq!(link, BrokenLink::PastHead { extra: 3 });
     }
 
     #[test]

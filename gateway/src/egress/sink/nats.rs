@@ -96,6 +96,52 @@ impl NatsSinkConfig {
     }
 }
 
+/// What to change when a server that requires client certificates (mTLS) refused ours.
+///
+/// The server answers a missing or untrusted client certificate with a TLS alert
+/// (`BadCertificate`, `CertificateRequired`, `UnknownCA`, …), which alone does not tell the
+/// operator which side of the connection to fix. The server never judges its own
+/// certificate, so a certificate alert *received* is always about the client's.
+fn client_certificate_hint(
+    error: &(dyn std::error::Error + 'static),
+    tls: Option<&NatsTls>,
+) -> Option<String> {
+    use async_nats::rustls::{AlertDescription as A, Error as TlsError};
+    let mut next = Some(error);
+    while let Some(e) = next {
+        // tokio-rustls reports TLS failures as an io::Error wrapping the rustls error, and
+        // io::Error::source skips the wrapped error itself: look inside explicitly.
+        let tls_error = e.downcast_ref::<TlsError>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<TlsError>())
+        });
+        if let Some(TlsError::AlertReceived(
+            A::BadCertificate
+            | A::CertificateRequired
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate,
+        )) = tls_error
+        {
+            return Some(match tls.and_then(|t| t.cert.as_ref()) {
+                None => {
+                    "the server requires a client certificate: set tls.cert and tls.key".to_string()
+                }
+                Some(cert) => format!(
+                    "the server refused the client certificate {}: it must be issued by a CA \
+                     the server trusts for clients, and be valid now",
+                    cert.display()
+                ),
+            });
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// One destination's JetStream stream.
 pub struct NatsSink {
     config: NatsSinkConfig,
@@ -147,7 +193,12 @@ impl NatsSink {
         let client = options
             .connect(self.config.url.as_str())
             .await
-            .map_err(|e| SinkError::Connect(format!("{}: {e}", self.config.url)))?;
+            .map_err(|e| {
+                let hint = client_certificate_hint(&e, self.config.tls.as_ref())
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
+                SinkError::Connect(format!("{}: {e}{hint}", self.config.url))
+            })?;
         let mut context = jetstream::new(client);
         context.set_timeout(Duration::from_millis(self.config.ack_timeout_ms));
         Ok(context)
@@ -217,5 +268,42 @@ impl NatsSink {
         Ok(Delivered {
             duplicate: ack.duplicate,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use async_nats::rustls::{AlertDescription, Error as TlsError};
+
+    /// How tokio-rustls reports a TLS alert, inside async-nats' connect error.
+    fn alert(a: AlertDescription) -> async_nats::ConnectError {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, TlsError::AlertReceived(a));
+        async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, io)
+    }
+
+    #[test]
+    fn a_refused_client_certificate_says_which_setting_to_fix() {
+        let none = NatsTls {
+            ca: None,
+            cert: None,
+            key: None,
+        };
+        let hint = client_certificate_hint(&alert(AlertDescription::BadCertificate), Some(&none));
+        assert!(hint.unwrap().contains("set tls.cert and tls.key"));
+        let with = NatsTls {
+            cert: Some("/etc/mecgw/nats-client.pem".into()),
+            key: Some("/etc/mecgw/nats-client.key".into()),
+            ..none
+        };
+        let hint = client_certificate_hint(&alert(AlertDescription::UnknownCA), Some(&with));
+        assert!(hint.unwrap().contains("/etc/mecgw/nats-client.pem"));
+        // Not about our certificate: no hint.
+        assert_eq!(
+            client_certificate_hint(&alert(AlertDescription::HandshakeFailure), Some(&with)),
+            None
+        );
     }
 }
