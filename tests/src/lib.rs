@@ -7,6 +7,7 @@ pub mod egress;
 pub mod nats;
 
 pub mod packet;
+pub mod scale;
 pub mod testbed;
 
 use std::path::PathBuf;
