@@ -8,6 +8,8 @@ pub mod nats;
 
 pub mod packet;
 pub mod privacy;
+pub mod procmem;
+pub mod scale;
 pub mod testbed;
 
 use std::path::PathBuf;
@@ -19,12 +21,18 @@ pub mod packets;
 /// `cargo xtask test` builds it before running the tests. Tests drive the binary exactly as a
 /// user would, so they need it rather than the library.
 pub fn mecgw_bin() -> anyhow::Result<PathBuf> {
-    // The test executable lives in <target>/<profile>/deps/; the binary in <target>/<profile>/.
+    // A test executable lives in <target>/<profile>/deps/, a benchmark binary of this crate
+    // in <target>/<profile>/ itself; the gateway's binary in <target>/<profile>/.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
+    let dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
         .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory from {exe:?}"))?;
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent()
+            .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory from {exe:?}"))?
+    } else {
+        dir
+    };
     let bin = profile_dir.join("mecgw");
     if !bin.exists() {
         anyhow::bail!(

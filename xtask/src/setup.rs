@@ -35,6 +35,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "protobuf-compiler",
         "protoc for tonic-build (the gRPC API protos)",
     ),
+    (
+        "bpftool",
+        "names the daemon's BPF maps in the API benchmark's memory figures",
+    ),
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and our toolchains.

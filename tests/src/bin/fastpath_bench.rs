@@ -21,20 +21,14 @@
 //! number of runs: proof that every run took the path being measured. A final line shows the
 //! trap: LOCAL with `repeat = N` takes the LOCAL path once.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mecgw::datapath::{
-    Direction, FastPath, Reason, Tables,
-    tables::{
-        Defaults, Disposition, IpPrefix, LocalInterface, Mac, N3Interface, Protocol, Qfi,
-        RuleAction, RuleState, Session, Teid, TrafficRule,
-    },
+use mecgw::datapath::{Direction, FastPath, Reason};
+use mecgw_tests::{
+    packets::*,
+    scale::{UPLINK_TEID_BASE, tables, ue},
 };
-use mecgw_tests::packets::*;
 
 struct Args {
     repeat: u32,
@@ -64,90 +58,6 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn ue(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a00_0000 | (i + 1))
-}
-
-/// `sessions` sessions and `rules` rules. The measured packets use the last session; their
-/// destinations sit behind candidate lists that start with several rules that do not match
-/// (so the walk is not trivially short), and filler rules with their own prefixes make up
-/// the count.
-fn tables(sessions: u32, rules: u32) -> Tables {
-    let sessions = (0..sessions)
-        .map(|i| Session {
-            id: i,
-            uplink_teid: Teid(0x10_0000 + i),
-            downlink_teid: Teid(0x20_0000 + i),
-            ue_ipv4: Some(ue(i)),
-            ue_ipv6: None,
-            gnb: IpAddr::V4(Ipv4Addr::new(198, 18, 1, (i % 250) as u8)),
-            qfi: Qfi::new(9).unwrap_or(Qfi::new(0).unwrap_or_else(|| unreachable!())),
-            imsi: None,
-        })
-        .collect();
-    let rule = |id: u32, priority: u8, action, dst: &str, protocols: Vec<Protocol>| TrafficRule {
-        id,
-        priority,
-        state: RuleState::Active,
-        action,
-        dst: vec![dst.parse().unwrap_or_else(|e| panic!("{dst}: {e}"))],
-        src: vec![],
-        protocols,
-        dst_ports: vec![],
-        teid: None,
-        qfi: None,
-    };
-    let misses = if rules >= 1000 { 8 } else { 4 };
-    let mut list: Vec<TrafficRule> = (0..misses)
-        .map(|i| rule(i, 0, RuleAction::Drop, "0.0.0.0/0", vec![Protocol(1)]))
-        .collect();
-    list.push(rule(100, 10, RuleAction::Local, "192.0.2.0/24", vec![]));
-    list.push(rule(101, 10, RuleAction::Drop, "198.51.100.0/24", vec![]));
-    list.push(rule(
-        102,
-        10,
-        RuleAction::Passthrough,
-        "203.0.113.0/24",
-        vec![],
-    ));
-    let mut i = 0u32;
-    while (list.len() as u32) < rules {
-        let net = IpPrefix::new(IpAddr::V4(Ipv4Addr::from(0x6440_0000 + (i << 8))), 24);
-        let Some(net) = net else { break };
-        list.push(TrafficRule {
-            dst: vec![net],
-            ..rule(1000 + i, 20, RuleAction::Local, "0.0.0.0/0", vec![])
-        });
-        i += 1;
-    }
-    Tables {
-        n3: N3Interface {
-            ifindex: 1,
-            mac: Mac([2, 0, 0, 0, 3, 1]),
-            next_hop_mac: Mac([2, 0, 0, 0, 3, 2]),
-            ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            ipv6: Some(
-                "2001:db8:3::1"
-                    .parse()
-                    .unwrap_or(std::net::Ipv6Addr::LOCALHOST),
-            ),
-            mtu: 1500,
-        },
-        local: LocalInterface {
-            ifindex: 1,
-            mac: Mac([2, 0, 0, 0, 4, 1]),
-            next_hop_mac: Mac([2, 0, 0, 0, 4, 2]),
-        },
-        defaults: Defaults {
-            unknown_teid: Disposition::Pass,
-            spoofed_source: Disposition::Drop,
-            malformed: Disposition::Drop,
-        },
-        sessions,
-        rules: list,
-    }
-}
-
 struct Case {
     name: &'static str,
     direction: Direction,
@@ -158,7 +68,7 @@ struct Case {
 
 fn cases(sessions: u32) -> Vec<Case> {
     let last = sessions - 1;
-    let teid = 0x10_0000 + last;
+    let teid = UPLINK_TEID_BASE + last;
     let src = ue(last).octets();
     let gpdu = |dst: &str| {
         let inner = ipv4(src, v4(dst), 17, 64, 0, &udp(40000, 443, &[0x5a; 66]));

@@ -2,14 +2,34 @@
 //! over mTLS on loopback: unary p50/p99 and streaming Publish records/s on one connection,
 //! each as a ratio to a bare tonic service over the same mTLS measured in the same run.
 //!
-//! Builds and runs the `api_bench` binary of the tests crate in release mode; see that
-//! binary for the method.
+//! Then the memory of the real `mecgw run` with 100,000 sessions and 5,000 rules, idle and
+//! under Publish ingest, and the kernel memory of its BPF maps (needs root; `--memory-rounds 0`
+//! skips it, `--memory-only` runs only it).
+//!
+//! Builds the gateway and runs the `api_bench` binary of the tests crate in release mode; see
+//! that binary for the method.
 
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    // The memory phase starts the release `mecgw` beside the benchmark binary.
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "mecgw",
+            "--bin",
+            "mecgw",
+        ])
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("building the gateway failed ({status})");
+    }
     let status = Command::new(env!("CARGO"))
         .args([
             "run",
