@@ -230,6 +230,11 @@ fn read_head(dir: &Path) -> Result<Option<(u64, String)>, (u64, BrokenLink)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err((0, BrokenLink::BadHead(e.to_string()))),
     };
+    // `open` creates the head file before the first entry exists: empty means no head yet,
+    // as a missing file does.
+    if text.is_empty() {
+        return Ok(None);
+    }
     let bad = || (0, BrokenLink::BadHead(format!("{:?}", text.trim_end())));
     let (index, hash) = text.trim_end().split_once(' ').ok_or_else(bad)?;
     let index = index.parse::<u64>().map_err(|_| bad())?;
@@ -740,5 +745,13 @@ mod tests {
             AuditLog::open(dir.path()),
             Err(AuditError::Broken { entry: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_log_opened_and_closed_without_entries_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(AuditLog::open(dir.path()).unwrap());
+        drop(AuditLog::open(dir.path()).unwrap());
+        assert_eq!(verify(dir.path()).unwrap().entries, 0);
     }
 }
