@@ -59,7 +59,8 @@ fn classify(ctx: &XdpContext) -> Outcome {
     out.session_id = session.id;
     out.session_slot = session.counter;
     // Every G-PDU of the session whose source is its UE belongs to a flow, whatever the
-    // verdict; a spoofed source is not the UE's traffic (it is counted by reason only).
+    // verdict; a spoofed source is not the UE's traffic (the reason and session counters
+    // have it).
     if flows::enabled() && out.reason != Reason::SpoofedSource {
         count_flow(session, &pdu, out.rule_id);
     }

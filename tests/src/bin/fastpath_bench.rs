@@ -20,11 +20,17 @@
 //! After every measurement the program's own reason counter must have grown by exactly the
 //! number of runs: proof that every run took the path being measured. A final line shows the
 //! trap: LOCAL with `repeat = N` takes the LOCAL path once.
+//!
+//! The rewriting paths are measured a second time with flow accounting on (a second
+//! `FastPath` loaded with it, same tables, same restored method and baseline); there the
+//! proof is also that the harvested flow counters grew by exactly the number of runs. All
+//! repetitions are one flow, so this is the cost for a flow already in the map (a new flow
+//! adds an insert).
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mecgw::datapath::{Direction, FastPath, Reason};
+use mecgw::datapath::{Direction, FastPath, FastPathOptions, Reason};
 use mecgw_tests::{
     packets::*,
     scale::{UPLINK_TEID_BASE, tables, ue},
@@ -152,6 +158,57 @@ fn reason_count(fp: &FastPath, reason: Reason) -> anyhow::Result<u64> {
         .map_or(0, |(_, c)| c.packets))
 }
 
+/// Packets harvested from the flow counters in `direction`.
+fn flow_packets(fp: &FastPath, direction: Direction) -> anyhow::Result<u64> {
+    Ok(fp
+        .harvest_flows()?
+        .iter()
+        .map(|s| match direction {
+            Direction::Uplink => s.uplink.packets,
+            Direction::Downlink => s.downlink.packets,
+        })
+        .sum())
+}
+
+/// The restored measurement of a rewriting `case` on `fp`, with its proof: the reason
+/// counter (and, with flow accounting, the flow counters) grew by exactly the runs.
+fn restored(
+    a: &Args,
+    fp: &FastPath,
+    case: &Case,
+    empty_batch: f64,
+) -> anyhow::Result<(f64, String)> {
+    // How far the program moves the frame start: what the wrapper must undo.
+    let once = fp.test_run(case.direction, &case.frame, 1)?;
+    let shift = case.frame.len() as i32 - once.data_out.len() as i32;
+    let base = batch(a, |r| {
+        Ok(fp.bench_restored(None, &case.frame, 0, r)?.duration)
+    })?;
+    fp.harvest_flows()?;
+    let before = reason_count(fp, case.reason)?;
+    let wrapped = batch(a, |r| {
+        Ok(fp
+            .bench_restored(Some(case.direction), &case.frame, shift, r)?
+            .duration)
+    })?;
+    let runs = a.runs as u64 * u64::from(a.repeat);
+    let delta = reason_count(fp, case.reason)? - before;
+    let mut proof = if delta == runs {
+        "ok".to_string()
+    } else {
+        format!("MISMATCH: {delta} of {runs}")
+    };
+    if fp.flow_accounting() {
+        let flows = flow_packets(fp, case.direction)?;
+        proof += &if flows == runs {
+            ", flows ok".to_string()
+        } else {
+            format!(", flows MISMATCH: {flows} of {runs}")
+        };
+    }
+    Ok(((wrapped - base + empty_batch).max(0.0), proof))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -186,6 +243,9 @@ fn per_call(a: &Args, mut run: impl FnMut(u32) -> anyhow::Result<Duration>) -> a
 fn main() -> anyhow::Result<()> {
     let a = parse_args()?;
     let fp = FastPath::load()?;
+    let with_flows = FastPath::load_with(FastPathOptions {
+        flow_accounting: true,
+    })?;
     println!(
         "fast path: kernel ns per packet (BPF_PROG_TEST_RUN), median of {} runs",
         a.runs
@@ -202,6 +262,9 @@ fn main() -> anyhow::Result<()> {
     for (sessions, rules) in [(1u32, 10u32), (1, 5000), (100_000, 10), (100_000, 5000)] {
         let t = tables(sessions, rules);
         fp.install(&t)
+            .with_context(|| format!("installing {sessions} sessions / {rules} rules"))?;
+        with_flows
+            .install(&t)
             .with_context(|| format!("installing {sessions} sessions / {rules} rules"))?;
         let probe = cases(1).remove(0).frame;
         let empty_batch = batch(&a, |r| Ok(fp.test_run_empty(&probe, r)?.duration))?;
@@ -239,29 +302,19 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             if case.rewrites {
-                // How far the program moves the frame start: what the wrapper must undo.
-                let once = fp.test_run(case.direction, &case.frame, 1)?;
-                let shift = case.frame.len() as i32 - once.data_out.len() as i32;
-                let base = batch(&a, |r| {
-                    Ok(fp.bench_restored(None, &case.frame, 0, r)?.duration)
-                })?;
-                let before = reason_count(&fp, case.reason)?;
-                let wrapped = batch(&a, |r| {
-                    Ok(fp
-                        .bench_restored(Some(case.direction), &case.frame, shift, r)?
-                        .duration)
-                })?;
-                let runs = a.runs as u64 * u64::from(a.repeat);
-                let delta = reason_count(&fp, case.reason)? - before;
-                let proof = if delta == runs {
-                    "ok".to_string()
-                } else {
-                    format!("MISMATCH: {delta} of {runs}")
-                };
-                let net = (wrapped - base + empty_batch).max(0.0);
+                let (net, proof) = restored(&a, &fp, &case, empty_batch)?;
                 println!(
                     "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  {} {proof}",
                     case.name,
+                    "restored",
+                    net,
+                    net / empty_batch,
+                    case.reason.name()
+                );
+                let (net, proof) = restored(&a, &with_flows, &case, empty_batch)?;
+                println!(
+                    "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  {} {proof}",
+                    format!("{} +flows", case.name),
                     "restored",
                     net,
                     net / empty_batch,
