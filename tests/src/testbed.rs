@@ -452,8 +452,9 @@ pub fn write_tables(dir: &Path, ues: u32, rules: &str) -> anyhow::Result<()> {
     for i in 0..ues {
         let _ = write!(
             t,
-            "\n[[sessions]]\nid = {id}\nuplink_teid = {ul}\ndownlink_teid = {dl}\n\
+            "\n[[sessions]]\nid = {id}\nimsi = \"{imsi}\"\nuplink_teid = {ul}\ndownlink_teid = {dl}\n\
              ue_ipv4 = \"198.19.{hi}.{lo}\"\nue_ipv6 = \"2001:db8:100:{i:x}::/64\"\ngnb = \"{gnb}\"\nqfi = {QFI}\n",
+            imsi = imsi(i + 1),
             id = i + 1,
             ul = UL_TEID_BASE + i,
             dl = DL_TEID_BASE + i,
@@ -464,6 +465,11 @@ pub fn write_tables(dir: &Path, ues: u32, rules: &str) -> anyhow::Result<()> {
     }
     std::fs::write(dir.join("tables.toml"), t)?;
     Ok(())
+}
+
+/// The IMSI of simulated UE `n` (1-based), in the test network's MCC/MNC 001/01.
+pub fn imsi(n: u32) -> String {
+    format!("00101{n:010}")
 }
 
 /// `ip netns exec NS PROGRAM ARGS…`.
