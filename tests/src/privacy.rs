@@ -191,3 +191,130 @@ pub fn wait_for_metrics(bed: &Bed, timeout: Duration, done: impl Fn(&str) -> boo
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An app-telemetry policy: kind `app_event` (device id pseudonymised, time bucketed,
+/// location coarsened, IMSI dropped), release `users_per_area` (count per grid cell, k = 5),
+/// destinations `analytics` (records) and `stats` (the release), and, with `mirror`, a
+/// destination `mirror` for records whose sink [`configure_app_events`] puts in a region the
+/// policy does not permit.
+pub fn app_event_policy(mirror: bool) -> String {
+    let mirror = if mirror {
+        "  mirror: {region: EU-DE, kinds: [app_event]}\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"version: 1
+name: daemon privacy test
+budget: {{period: 1d, epsilon: 12.0, delta: 1e-4}}
+keys:
+  app: {{path: keys/app.key, rotation: 1d}}
+kinds:
+  app_event:
+    privacy_unit: imsi
+    time: time
+    fields:
+      imsi: string
+      device_id: string
+      time: timestamp
+      location: geo
+      rtt_ms: decimal
+    transforms:
+      device_id: {{pseudonymise: {{key: app}}}}
+      time: {{bucket: {{width: 1h}}}}
+      location: {{coarsen: {{grid: 0.01}}}}
+      rtt_ms: {{bucket: {{width: 10}}}}
+releases:
+  users_per_area:
+    kind: app_event
+    window: 1h
+    group_by: [location]
+    contribution: {{max_groups: 1, max_rows: 1}}
+    k: 5
+    epsilon: 0.5
+    delta: 1e-6
+    noise: laplace
+    metrics: [count]
+destinations:
+  analytics: {{region: EU-DE, kinds: [app_event]}}
+  stats: {{region: EU-DE, releases: [users_per_area]}}
+{mirror}"#
+    )
+}
+
+/// Writes [`app_event_policy`], its key, and the daemon config with `[policy]` (grace 0),
+/// `[egress]` (file sinks in `out/`; with `mirror`, a `mirror` sink in US-CA) and `[api]`
+/// (the operator, and `app` allowed to publish `app_event` and see `users_per_area`).
+pub fn configure_app_events(bed: &Bed, site: &Site, app: &str, mirror: bool) -> PathBuf {
+    let config = bed.write("");
+    let keys = bed.path("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(
+        keys.join("app.key"),
+        "6d656367772d6461656d6f6e2d746573742d6b65792d6e6f742d7265616c2121\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(keys.join("app.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(bed.path("policy.yaml"), app_event_policy(mirror)).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        r#"
+[policy]
+file = "policy.yaml"
+window_grace_secs = 0
+
+[egress]
+[[egress.destinations]]
+name = "analytics"
+region = "EU-DE"
+sink = {{ type = "file", dir = "out" }}
+[[egress.destinations]]
+name = "stats"
+region = "EU-DE"
+sink = {{ type = "file", dir = "out" }}
+{mirror_sink}
+[api]
+listen = "127.0.0.1:50051"
+cert = "{d}/server.pem"
+key = "{d}/server.key"
+client_ca = "{d}/ca.pem"
+drain_ms = 100
+
+[api.apps.operator]
+role = "operator"
+sans = ["{op}"]
+
+[api.apps.{app}]
+role = "app"
+publish = ["app_event"]
+releases = ["users_per_area"]
+"#,
+        d = site.dir().display(),
+        op = crate::api::OPERATOR_URI,
+        mirror_sink = if mirror {
+            "# The policy permits EU-DE only: everything for this sink must be refused.\n\
+             [[egress.destinations]]\nname = \"mirror\"\nregion = \"US-CA\"\n\
+             sink = { type = \"file\", dir = \"out\" }\n"
+        } else {
+            ""
+        },
+    ));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Runs `mecgw audit verify DIR` as an auditor does and asserts the chain is intact.
+pub fn audit_verify(dir: &std::path::Path) {
+    let verify = std::process::Command::new(crate::mecgw_bin().unwrap())
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -25,7 +25,7 @@ use mecgw_tests::{
     api::Site,
     bed::{Bed, Daemon},
     nats::NatsServer,
-    privacy::{self, APP, STREAM},
+    privacy::{self, APP, STREAM, audit_verify},
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
@@ -234,17 +234,7 @@ fn kill_9_during_ingest_and_upload_loses_no_acknowledged_record_and_duplicates_n
     // The audit chain is intact (the real binary, as an auditor runs it) and accounts for
     // every stored batch exactly once.
     let audit_dir = bed.path("state").join("audit");
-    let verify = std::process::Command::new(mecgw_tests::mecgw_bin().unwrap())
-        .args(["audit", "verify"])
-        .arg(&audit_dir)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    audit_verify(&audit_dir);
     let entries = std::fs::read_to_string(audit_dir.join(audit::LOG_FILE)).unwrap();
     let mut sent = Vec::new();
     let mut reasons = std::collections::BTreeMap::<String, usize>::new();

@@ -19,107 +19,13 @@ use mecgw::api::proto::{
 use mecgw_tests::{
     api::{Site, connect},
     bed::{Bed, sample},
+    privacy::{audit_verify, configure_app_events},
 };
 
 const APP: &str = "maps-app";
 /// Identifiers that must never leave: subscriber identities and raw device ids.
 const CANARY_IMSI: &str = "00101777";
 const CANARY_DEVICE: &str = "CANARY-DEV-";
-
-const POLICY: &str = r#"version: 1
-name: daemon privacy test
-budget: {period: 1d, epsilon: 12.0, delta: 1e-4}
-keys:
-  app: {path: keys/app.key, rotation: 1d}
-kinds:
-  app_event:
-    privacy_unit: imsi
-    time: time
-    fields:
-      imsi: string
-      device_id: string
-      time: timestamp
-      location: geo
-      rtt_ms: decimal
-    transforms:
-      device_id: {pseudonymise: {key: app}}
-      time: {bucket: {width: 1h}}
-      location: {coarsen: {grid: 0.01}}
-      rtt_ms: {bucket: {width: 10}}
-releases:
-  users_per_area:
-    kind: app_event
-    window: 1h
-    group_by: [location]
-    contribution: {max_groups: 1, max_rows: 1}
-    k: 5
-    epsilon: 0.5
-    delta: 1e-6
-    noise: laplace
-    metrics: [count]
-destinations:
-  analytics: {region: EU-DE, kinds: [app_event]}
-  stats: {region: EU-DE, releases: [users_per_area]}
-  mirror: {region: EU-DE, kinds: [app_event]}
-"#;
-
-/// Writes the policy, its key, and the daemon config with `[policy]`, `[egress]` and `[api]`.
-fn configure(bed: &Bed, site: &Site) -> std::path::PathBuf {
-    let config = bed.write("");
-    let keys = bed.path("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::write(
-        keys.join("app.key"),
-        "6d656367772d6461656d6f6e2d746573742d6b65792d6e6f742d7265616c2121\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(keys.join("app.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(bed.path("policy.yaml"), POLICY).unwrap();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        r#"
-[policy]
-file = "policy.yaml"
-window_grace_secs = 0
-
-[egress]
-[[egress.destinations]]
-name = "analytics"
-region = "EU-DE"
-sink = {{ type = "file", dir = "out" }}
-[[egress.destinations]]
-name = "stats"
-region = "EU-DE"
-sink = {{ type = "file", dir = "out" }}
-# The policy permits EU-DE only: everything for this sink must be refused.
-[[egress.destinations]]
-name = "mirror"
-region = "US-CA"
-sink = {{ type = "file", dir = "out" }}
-
-[api]
-listen = "127.0.0.1:50051"
-cert = "{d}/server.pem"
-key = "{d}/server.key"
-client_ca = "{d}/ca.pem"
-drain_ms = 100
-
-[api.apps.operator]
-role = "operator"
-sans = ["{op}"]
-
-[api.apps.{APP}]
-role = "app"
-publish = ["app_event"]
-releases = ["users_per_area"]
-"#,
-        d = site.dir().display(),
-        op = mecgw_tests::api::OPERATOR_URI,
-    ));
-    std::fs::write(&config, text).unwrap();
-    config
-}
 
 /// 300 people in one grid cell, 3 in another (below k = 5), three hours ago: their window
 /// has ended, so the daemon closes it at its next tick.
@@ -183,7 +89,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 fn published_records_leave_only_as_policy_outputs_through_spool_sinks_and_subscribe() {
     let bed = Bed::new();
     let site = Site::new().unwrap();
-    let config = configure(&bed, &site);
+    let config = configure_app_events(&bed, &site, APP, true);
     let mut d = bed.start(&config);
     bed.wait_ready(&mut d);
 
@@ -323,24 +229,14 @@ fn published_records_leave_only_as_policy_outputs_through_spool_sinks_and_subscr
             assert!(!contains(bytes, canary), "{canary} found in {place}");
         }
     }
-    let verify = std::process::Command::new(mecgw_tests::mecgw_bin().unwrap())
-        .args(["audit", "verify"])
-        .arg(bed.path("state").join("audit"))
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    audit_verify(&bed.path("state").join("audit"));
 }
 
 #[test]
 fn a_policy_destination_without_a_sink_is_a_startup_error_that_names_it() {
     let bed = Bed::new();
     let site = Site::new().unwrap();
-    let config = configure(&bed, &site);
+    let config = configure_app_events(&bed, &site, APP, true);
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("name = \"stats\"", "name = \"statistics\"");
@@ -402,7 +298,7 @@ destinations:
 fn fast_path_flow_records_reach_the_sink_only_through_the_policy() {
     let bed = Bed::new();
     let site = Site::new().unwrap();
-    let config = configure(&bed, &site);
+    let config = configure_app_events(&bed, &site, APP, true);
     std::fs::write(bed.path("policy.yaml"), FLOW_POLICY).unwrap();
     // The session gets an IMSI (the canary), and flows are harvested every second.
     let imsi = format!("{CANARY_IMSI}0000001");

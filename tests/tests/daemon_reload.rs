@@ -13,7 +13,7 @@ use mecgw_tests::{
     api::Site,
     bed::{Bed, sample},
     nats::NatsServer,
-    privacy::{self, APP, STREAM, destination_sample},
+    privacy::{self, APP, STREAM, audit_verify, destination_sample},
 };
 
 #[test]
@@ -86,17 +86,7 @@ fn a_reload_that_withdraws_a_kind_refuses_its_queued_batches_at_send_time() {
         "a withdrawn kind was delivered"
     );
     let audit_dir = bed.path("state").join("audit");
-    let verify = std::process::Command::new(mecgw_tests::mecgw_bin().unwrap())
-        .args(["audit", "verify"])
-        .arg(&audit_dir)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    audit_verify(&audit_dir);
     let entries: Vec<audit::AuditEntry> = std::fs::read_to_string(audit_dir.join(audit::LOG_FILE))
         .unwrap()
         .lines()

@@ -33,6 +33,7 @@ use mecgw::api::proto::{PublishRequest, telemetry_service_client::TelemetryServi
 use mecgw_tests::{
     api::{Site, connect},
     bed::{Bed, Daemon},
+    privacy::configure_app_events,
     procmem::{self, Resident},
     scale,
 };
@@ -58,88 +59,11 @@ const GOAL_BYTES: u64 = 256 * 1024 * 1024;
 const APP: &str = "bench-app";
 const API: &str = "127.0.0.1:50051";
 
-/// A realistic app policy: a subscriber-keyed kind whose records leave pseudonymised and
-/// generalised, and one aggregated release over them.
-const POLICY: &str = r#"version: 1
-name: api memory benchmark
-budget: {period: 1d, epsilon: 12.0, delta: 1e-4}
-keys:
-  app: {path: keys/app.key, rotation: 1d}
-kinds:
-  app_event:
-    privacy_unit: imsi
-    time: time
-    fields:
-      imsi: string
-      device_id: string
-      time: timestamp
-      location: geo
-      rtt_ms: decimal
-    transforms:
-      device_id: {pseudonymise: {key: app}}
-      time: {bucket: {width: 1h}}
-      location: {coarsen: {grid: 0.01}}
-      rtt_ms: {bucket: {width: 10}}
-releases:
-  rtt_per_area:
-    kind: app_event
-    window: 1h
-    group_by: [location]
-    contribution: {max_groups: 1, max_rows: 1}
-    k: 5
-    epsilon: 0.5
-    delta: 1e-6
-    noise: laplace
-    metrics: [count]
-destinations:
-  analytics: {region: EU-DE, kinds: [app_event]}
-  stats: {region: EU-DE, releases: [rtt_per_area]}
-"#;
-
-/// Writes the policy, its key and the daemon's configuration into the bed's directory.
+/// The daemon's configuration: [`configure_app_events`]'s realistic app policy (a
+/// subscriber-keyed kind whose records leave pseudonymised and generalised, and one
+/// aggregated release over them), two file-sink destinations and the API over mTLS.
 fn configure(bed: &Bed, site: &Site) -> anyhow::Result<PathBuf> {
-    let config = bed.write("");
-    let keys = bed.path("keys");
-    std::fs::create_dir_all(&keys)?;
-    std::fs::write(
-        keys.join("app.key"),
-        "6d656367772d6461656d6f6e2d746573742d6b65792d6e6f742d7265616c2121\n",
-    )?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(keys.join("app.key"), std::fs::Permissions::from_mode(0o600))?;
-    std::fs::write(bed.path("policy.yaml"), POLICY)?;
-    let mut text = std::fs::read_to_string(&config)?;
-    text.push_str(&format!(
-        r#"
-[policy]
-file = "policy.yaml"
-
-[egress]
-[[egress.destinations]]
-name = "analytics"
-region = "EU-DE"
-sink = {{ type = "file", dir = "out" }}
-[[egress.destinations]]
-name = "stats"
-region = "EU-DE"
-sink = {{ type = "file", dir = "out" }}
-
-[api]
-listen = "{API}"
-cert = "{d}/server.pem"
-key = "{d}/server.key"
-client_ca = "{d}/ca.pem"
-drain_ms = 100
-
-[api.apps.{APP}]
-role = "app"
-publish = ["app_event"]
-releases = ["rtt_per_area"]
-"#,
-        d = site.dir().display(),
-    ));
-    std::fs::write(&config, text)?;
-    Ok(config)
+    Ok(configure_app_events(bed, site, APP, false))
 }
 
 /// Starts the daemon with `sessions`/`rules` tables, waits for ready; its log is drained on a
