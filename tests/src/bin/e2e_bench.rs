@@ -86,7 +86,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         runs: 3,
         step_ms: 400,
         loss: 0.01,
-        start_rate: 10_000.0,
+        start_rate: 1_000.0,
         max_rate: 3_000_000.0,
         blast: 200_000,
         echo: true,
