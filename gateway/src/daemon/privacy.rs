@@ -618,15 +618,18 @@ fn collect(
     releases: &broadcast::Sender<Arc<ReleasedOutput>>,
     snapshot: &mut PrivacySnapshot,
 ) -> std::io::Result<()> {
-    let value = o.to_value();
+    let item = EgressItem::from_output(o);
     if let Output::Release { release, .. } = o {
         // No subscriber is fine: the broadcast only feeds live streams.
         let _ = releases.send(Arc::new(ReleasedOutput {
             release: (*release).to_string(),
-            json: value.to_string(),
+            json: match &item {
+                Ok(item) => item.json().to_string(),
+                Err(_) => o.to_value().to_string(),
+            },
         }));
     }
-    match EgressItem::from_json(value) {
+    match item {
         Ok(item) => pending
             .entry(item.destination().to_string())
             .or_default()

@@ -20,8 +20,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use mecgw_policy::engine::Output;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Longest destination, release or kind name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -94,7 +95,10 @@ pub struct EgressItem {
     destination: String,
     policy_hash: String,
     epsilon: Option<f64>,
-    object: Map<String, Value>,
+    /// The `window` member as compact JSON.
+    window: Option<String>,
+    /// The whole object as compact JSON with sorted keys, as a `serde_json::Value` writes it.
+    json: String,
 }
 
 impl EgressItem {
@@ -166,7 +170,51 @@ impl EgressItem {
             destination,
             policy_hash,
             epsilon,
-            object,
+            window: object.get("window").map(Value::to_string),
+            json: Value::Object(object).to_string(),
+        })
+    }
+
+    /// An output of the policy engine, as [`EgressItem::from_json`] of its value would make
+    /// it (same checks, same bytes), without building the value for a transformed record.
+    pub fn from_output(o: &Output<'_>) -> Result<Self, ItemError> {
+        let Output::Record {
+            kind,
+            window,
+            destination,
+            policy,
+            ..
+        } = o
+        else {
+            // Releases are few (cells of closed windows): the general path is fine.
+            return Self::from_json(o.to_value());
+        };
+        let output = OutputName {
+            kind: OutputKind::Record,
+            name: name_str("kind", kind)?,
+        };
+        let destination = name_str("destination", destination)?;
+        if policy.is_empty() || policy.len() > MAX_POLICY_HASH_LEN {
+            return Err(ItemError::Invalid {
+                field: "policy",
+                problem: format!("must be a string of 1 to {MAX_POLICY_HASH_LEN} characters"),
+            });
+        }
+        let mut json = Vec::with_capacity(256);
+        o.write_sorted_json(&mut json)
+            .map_err(|e| ItemError::NotJson(e.to_string()))?;
+        let json = String::from_utf8(json).map_err(|e| ItemError::NotJson(e.to_string()))?;
+        let window = serde_json::to_string(&serde_json::json!({
+            "end": window.end, "start": window.start
+        }))
+        .map_err(|e| ItemError::NotJson(e.to_string()))?;
+        Ok(Self {
+            output,
+            destination,
+            policy_hash: (*policy).to_string(),
+            epsilon: None,
+            window: Some(window),
+            json,
         })
     }
 
@@ -190,14 +238,14 @@ impl EgressItem {
         self.epsilon
     }
 
-    /// The `window` tag, if any.
-    pub fn window(&self) -> Option<&Value> {
-        self.object.get("window")
+    /// The `window` tag as compact JSON, if any.
+    pub fn window(&self) -> Option<&str> {
+        self.window.as_deref()
     }
 
-    /// The whole object as emitted, as it will be sent.
-    pub fn object(&self) -> &Map<String, Value> {
-        &self.object
+    /// The whole object as emitted, as it will be sent: compact JSON with sorted keys.
+    pub fn json(&self) -> &str {
+        &self.json
     }
 }
 
@@ -214,11 +262,23 @@ pub fn valid_name(name: &str) -> bool {
 
 fn name_field(field: &'static str, v: &Value) -> Result<String, ItemError> {
     match v {
-        Value::String(s) if valid_name(s) => Ok(s.clone()),
-        _ => Err(ItemError::Invalid {
-            field,
-            problem: format!("must be a string of 1 to {MAX_NAME_LEN} of [A-Za-z0-9_-]"),
-        }),
+        Value::String(s) => name_str(field, s),
+        _ => Err(invalid_name(field)),
+    }
+}
+
+fn name_str(field: &'static str, s: &str) -> Result<String, ItemError> {
+    if valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(invalid_name(field))
+    }
+}
+
+fn invalid_name(field: &'static str) -> ItemError {
+    ItemError::Invalid {
+        field,
+        problem: format!("must be a string of 1 to {MAX_NAME_LEN} of [A-Za-z0-9_-]"),
     }
 }
 
@@ -301,14 +361,14 @@ impl BatchHeader {
     }
 }
 
-/// The payload a sink receives for one batch: one compact JSON object, no newline inside.
+/// The payload a sink receives for one batch, up to its items: one compact JSON object, no
+/// newline inside.
 #[derive(Serialize)]
-struct WireBatch<'a> {
+struct WireBatchHead<'a> {
     batch_id: String,
     destination: &'a str,
     region: &'a str,
     policy_hash: &'a str,
-    items: Vec<&'a Map<String, Value>>,
 }
 
 /// Encodes a batch as its sinks receive it:
@@ -319,13 +379,24 @@ pub fn encode_batch(
     policy_hash: &str,
     items: &[EgressItem],
 ) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&WireBatch {
+    let mut out = serde_json::to_vec(&WireBatchHead {
         batch_id: id.to_string(),
         destination: &id.destination,
         region,
         policy_hash,
-        items: items.iter().map(EgressItem::object).collect(),
-    })
+    })?;
+    // A struct serialises as `{…}`: reopen it for the items, each already compact JSON.
+    out.pop();
+    out.reserve(items.iter().map(|i| i.json.len() + 1).sum::<usize>() + 12);
+    out.extend_from_slice(b",\"items\":[");
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item.json.as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -401,6 +472,87 @@ mod tests {
             EgressItem::from_json_line(&huge),
             Err(ItemError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn an_engine_record_becomes_the_item_its_value_would() {
+        use mecgw_policy::{engine::WindowTag, transform::Fields};
+        use std::sync::Arc;
+        let window = WindowTag {
+            start: "2026-11-26T10:00:00Z".into(),
+            end: "2026-11-26T11:00:00Z".into(),
+        };
+        let fields = Fields(vec![
+            (Arc::from("time"), json!(1_764_151_200)),
+            (Arc::from("device_id"), json!("p:\"x\"\u{e9}")),
+            (Arc::from("location"), json!({"lon": 11.01, "lat": 48.0})),
+            (Arc::from("rtt_ms"), json!(0.1)),
+        ]);
+        let o = Output::Record {
+            kind: "app_event",
+            window: &window,
+            destination: "analytics",
+            region: "EU-DE",
+            policy: "sha256:ab",
+            record: &fields,
+            prefix: "",
+        };
+        let fast = EgressItem::from_output(&o).unwrap();
+        assert_eq!(fast, EgressItem::from_json(o.to_value()).unwrap());
+        let bad = Output::Record {
+            kind: "app_event",
+            window: &window,
+            destination: "no/such",
+            region: "EU-DE",
+            policy: "sha256:ab",
+            record: &fields,
+            prefix: "",
+        };
+        assert!(matches!(
+            EgressItem::from_output(&bad),
+            Err(ItemError::Invalid {
+                field: "destination",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn encoded_batch_is_the_serde_serialisation_of_the_wire_batch() {
+        #[derive(Serialize)]
+        struct WireBatch<'a> {
+            batch_id: String,
+            destination: &'a str,
+            region: &'a str,
+            policy_hash: &'a str,
+            items: Vec<&'a Value>,
+        }
+        let values = [
+            json!({"kind": "k", "destination": "d", "policy_hash": "h", "z": [1, 2.5, null]}),
+            json!({"release": "r", "destination": "d", "policy": "h", "window": {"start": 0}}),
+        ];
+        let items: Vec<EgressItem> = values
+            .iter()
+            .map(|v| EgressItem::from_json(v.clone()).unwrap())
+            .collect();
+        let id = BatchId {
+            destination: "d".into(),
+            instance: 7,
+            seq: 3,
+        };
+        let want = serde_json::to_vec(&WireBatch {
+            batch_id: id.to_string(),
+            destination: "d",
+            region: "EU \"x\"",
+            policy_hash: "h",
+            items: values.iter().collect(),
+        })
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(encode_batch(&id, "EU \"x\"", "h", &items).unwrap()).unwrap(),
+            String::from_utf8(want).unwrap()
+        );
+        assert_eq!(items[1].window(), Some(r#"{"start":0}"#));
     }
 
     #[test]

@@ -198,7 +198,7 @@ fn batch_epsilon(items: &[EgressItem], permissions: &dyn jurisdiction::EgressPer
         match item.epsilon() {
             Some(e) => epsilon += e,
             None if item.output().kind == OutputKind::Release => {
-                let window = item.window().map(ToString::to_string).unwrap_or_default();
+                let window = item.window().unwrap_or_default();
                 if windows.insert((item.output().name.as_str(), window)) {
                     epsilon += permissions
                         .release_epsilon(&item.output().name)
