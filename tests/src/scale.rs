@@ -202,6 +202,9 @@ pub fn to_toml(tables: &Tables) -> String {
         if let Some(p) = &s.ue_ipv6 {
             let _ = writeln!(out, "ue_ipv6 = \"{p}\"");
         }
+        if let Some(imsi) = &s.imsi {
+            let _ = writeln!(out, "imsi = \"{}\"", imsi.as_str());
+        }
     }
     for r in rules {
         let state = match r.state {
