@@ -23,7 +23,7 @@ use std::{
 
 use mecgw_policy::{
     budget::Ledger,
-    engine::{Engine, KeySource, Output, Stats},
+    engine::{Engine, EngineFailure, KeySource, Output, Stats},
     noise::OsRandom,
 };
 use serde_json::Value;
@@ -361,22 +361,41 @@ impl Worker {
     /// Runs one record through the engine; its outputs join `pending`.
     fn process(&mut self, record: Value) {
         self.line += 1;
+        let line = self.line;
+        match self.with_engine(|engine, emit| engine.process_value(line, record, emit)) {
+            None => {
+                *self
+                    .snapshot
+                    .records_bad
+                    .entry("no_engine".into())
+                    .or_default() += 1
+            }
+            Some(Err(e)) => {
+                error!(error = %e, "the policy engine failed on a record; nothing of it was released")
+            }
+            Some(Ok(())) => {}
+        }
+    }
+
+    /// Runs `f` on the engine with an emitter that routes every output ([`collect`]);
+    /// `None` if no engine runs.
+    fn with_engine(
+        &mut self,
+        f: impl FnOnce(
+            &mut Engine,
+            &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
+        ) -> Result<(), EngineFailure>,
+    ) -> Option<Result<(), EngineFailure>> {
         let Worker {
             engine,
             pending,
             wiring,
             snapshot,
-            line,
             ..
         } = self;
-        let Some(engine) = engine.as_mut() else {
-            *snapshot.records_bad.entry("no_engine".into()).or_default() += 1;
-            return;
-        };
+        let engine = engine.as_mut()?;
         let mut emit = |o: &Output<'_>| collect(o, pending, &wiring.releases, snapshot);
-        if let Err(e) = engine.process_value(*line, record, &mut emit) {
-            error!(error = %e, "the policy engine failed on a record; nothing of it was released");
-        }
+        Some(f(engine, &mut emit))
     }
 
     /// Closes the windows whose grace has passed, and harvests flows when due.
@@ -401,36 +420,15 @@ impl Worker {
             }
         }
         let grace = i64::try_from(self.settings.window_grace_secs).unwrap_or(i64::MAX);
-        let Worker {
-            engine,
-            pending,
-            wiring,
-            snapshot,
-            ..
-        } = self;
-        let Some(engine) = engine.as_mut() else {
-            return;
-        };
-        let mut emit = |o: &Output<'_>| collect(o, pending, &wiring.releases, snapshot);
-        if let Err(e) = engine.close_ended(now, grace, &mut emit) {
+        if let Some(Err(e)) = self.with_engine(|engine, emit| engine.close_ended(now, grace, emit))
+        {
             error!(error = %e, "closing release windows failed");
         }
     }
 
     /// Closes every window of the current engine (releasing what they hold).
     fn finish_engine(&mut self) {
-        let Worker {
-            engine,
-            pending,
-            wiring,
-            snapshot,
-            ..
-        } = self;
-        let Some(engine) = engine.as_mut() else {
-            return;
-        };
-        let mut emit = |o: &Output<'_>| collect(o, pending, &wiring.releases, snapshot);
-        if let Err(e) = engine.finish(&mut emit) {
+        if let Some(Err(e)) = self.with_engine(|engine, emit| engine.finish(emit)) {
             error!(error = %e, "closing release windows failed");
         }
     }
