@@ -323,6 +323,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(hash = %p.hash, "policy loaded");
     }
     gw.set_policy(policy.clone());
+    return_freed_memory();
 
     // The privacy plane: egress first (the engine spools into it), then the engine.
     let forwarders = match &config.egress {
@@ -566,6 +567,20 @@ fn reload(gw: &Gateway, config: &Config) {
             gw.metrics.last_reload_failed.store(1, Ordering::Relaxed);
             error!(error = %format!("{e:#}"), "reload rejected; the previous tables and policy stay in force");
         }
+    }
+    return_freed_memory();
+}
+
+/// Hands the heap memory that loading tables (and a policy) freed back to the kernel.
+/// Parsing allocates several times what the result keeps, and glibc keeps freed memory
+/// resident for reuse: without this, `mecgw run` would hold tens of MiB it no longer uses
+/// after a load of 100,000 sessions, and more after each SIGHUP reload.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only releases free memory; glibc locks each
+    // arena while trimming it, so other threads may allocate meanwhile.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
