@@ -9,43 +9,8 @@
 //! Builds the gateway and runs the `api_bench` binary of the tests crate in release mode; see
 //! that binary for the method.
 
-use std::process::Command;
-
-use anyhow::{Context, bail};
-
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     // The memory phase starts the release `mecgw` beside the benchmark binary.
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "mecgw",
-            "--bin",
-            "mecgw",
-        ])
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("building the gateway failed ({status})");
-    }
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "mecgw-tests",
-            "--bin",
-            "api_bench",
-            "--",
-        ])
-        .args(args)
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("the API benchmark failed ({status})");
-    }
-    Ok(())
+    super::build_release(&["-p", "mecgw", "--bin", "mecgw"], "the gateway")?;
+    super::run_tests_bin("api_bench", args, "API benchmark")
 }

@@ -2,7 +2,9 @@
 //! measured in the same run, and never fails on a figure (these machines are shared and noisy).
 //! Each benchmark lives in its own module here and exposes `run(args)`.
 
-use anyhow::bail;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
 
 mod api;
 mod e2e;
@@ -25,4 +27,39 @@ pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
             NAMES.join(", ")
         ),
     }
+}
+
+/// `cargo build --release --quiet PACKAGES…`: the binaries a benchmark starts beside itself.
+fn build_release(packages: &[&str], what: &str) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet"])
+        .args(packages)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("building {what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs the release binary `bin` of the tests crate with `args`.
+fn run_tests_bin(bin: &str, args: &[String], what: &str) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "mecgw-tests",
+            "--bin",
+            bin,
+            "--",
+        ])
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("the {what} failed ({status})");
+    }
+    Ok(())
 }
