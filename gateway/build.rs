@@ -19,6 +19,9 @@ fn main() -> anyhow::Result<()> {
 /// `../proto/mecgw/v1`, plus a file descriptor set for the reflection service.
 fn api_protos(manifest_dir: &str) -> anyhow::Result<()> {
     let root = format!("{manifest_dir}/../proto");
+    // aya-build lists its own inputs; once any are listed cargo reruns only for those, so
+    // the protos must be listed too.
+    println!("cargo:rerun-if-changed={root}");
     let files: Vec<String> = [
         "traffic_rules",
         "sessions",

@@ -451,6 +451,7 @@ fn session(id: u32, teid: u32, ue: &str) -> Session {
         ue_ipv6: String::new(),
         gnb: "198.18.1.1".into(),
         qfi: 9,
+        imsi: format!("0010100000{id:05}"),
     }
 }
 

@@ -15,7 +15,7 @@ use super::{
     },
     traffic_rules::check_tables,
 };
-use crate::datapath::tables::{IpPrefix, Qfi, Session, Teid};
+use crate::datapath::tables::{Imsi, IpPrefix, Qfi, Session, Teid};
 
 /// Sessions in a page when the request does not say.
 const DEFAULT_PAGE: usize = 1000;
@@ -35,6 +35,11 @@ pub fn to_proto(s: &Session) -> proto::Session {
         ue_ipv6: s.ue_ipv6.map(|p| p.to_string()).unwrap_or_default(),
         gnb: s.gnb.to_string(),
         qfi: u32::from(s.qfi.get()),
+        imsi: s
+            .imsi
+            .as_ref()
+            .map(|i| i.as_str().to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -74,6 +79,12 @@ pub fn from_proto(p: &proto::Session) -> Result<Session, Status> {
             ))
         })
         .ok();
+    let imsi = match p.imsi.as_str() {
+        "" => None,
+        s => Imsi::from_str(s)
+            .map_err(|e| errors.push(format!("session.imsi: {e}")))
+            .ok(),
+    };
     let qfi = u8::try_from(p.qfi).ok().and_then(Qfi::new);
     if qfi.is_none() {
         errors.push(format!(
@@ -90,8 +101,7 @@ pub fn from_proto(p: &proto::Session) -> Result<Session, Status> {
             ue_ipv6,
             gnb,
             qfi,
-            // The Sessions API (protos unchanged) has no IMSI: a session made there has none.
-            imsi: None,
+            imsi,
         }),
         _ => Err(Status::invalid_argument(errors.join("; "))),
     }
@@ -193,5 +203,35 @@ impl<B: ApiBackend> SessionsService for Sessions<B> {
             sessions: page.into_iter().map(to_proto).collect(),
             next_page_token,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn session(imsi: &str) -> proto::Session {
+        proto::Session {
+            id: 7,
+            uplink_teid: 0x100,
+            downlink_teid: 0x200,
+            ue_ipv4: "10.45.0.7".into(),
+            ue_ipv6: String::new(),
+            gnb: "198.18.0.1".into(),
+            qfi: 9,
+            imsi: imsi.into(),
+        }
+    }
+
+    #[test]
+    fn the_imsi_round_trips_and_a_bad_one_is_named() {
+        let s = from_proto(&session("001010000000007")).unwrap();
+        assert_eq!(s.imsi.as_ref().map(Imsi::as_str), Some("001010000000007"));
+        assert_eq!(to_proto(&s), session("001010000000007"));
+        assert!(from_proto(&session("")).unwrap().imsi.is_none());
+        let e = from_proto(&session("00101-7")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("session.imsi: "), "{}", e.message());
     }
 }
