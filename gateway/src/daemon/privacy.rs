@@ -301,6 +301,15 @@ impl Worker {
         let mut ingest_open = true;
         let mut next_tick = Instant::now() + TICK;
         loop {
+            // Checked here as well as in the select: under a steady stream of records the
+            // biased select would never pick the timer, and windows would never close.
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + TICK;
+                self.tick();
+                if self.spool_until_room(rt) {
+                    break;
+                }
+            }
             let deadline = tokio::time::Instant::from_std(next_tick);
             let event = rt.block_on(async {
                 tokio::select! {
@@ -665,5 +674,101 @@ fn add_stats(into: &mut Stats, s: &Stats) {
         t.cells += r.cells;
         t.groups_below_k += r.groups_below_k;
         t.groups_below_threshold += r.groups_below_threshold;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const QUEUE: usize = 200_000;
+
+    const POLICY: &str = r#"version: 1
+name: worker test
+budget: {period: 1d, epsilon: 24.0, delta: 1e-4}
+kinds:
+  ev:
+    privacy_unit: imsi
+    time: time
+    fields: {imsi: string, time: timestamp, cell: string}
+    transforms: {cell: keep}
+releases:
+  per_cell:
+    kind: ev
+    window: 1h
+    group_by: [cell]
+    contribution: {max_groups: 1, max_rows: 1}
+    k: 2
+    epsilon: 1.0
+    delta: 1e-6
+    metrics: [count]
+destinations:
+  stats: {region: EU-DE, releases: [per_cell]}
+"#;
+
+    /// Windows must close while records keep arriving: the queue never runs dry here, so
+    /// a timer that only fires when nothing else is ready would never fire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn windows_close_while_the_ingest_queue_never_runs_dry() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Arc::new(LoadedPolicy {
+            policy: mecgw_policy::compile(POLICY).unwrap(),
+            hash: mecgw_policy::engine::policy_hash(POLICY),
+            source: POLICY.to_string(),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (releases, mut released) = broadcast::channel(16);
+        // Three hours ago: the window has ended, so the first tick must release it.
+        let t = now_unix() / 3600 * 3600 - 3 * 3600;
+        let record = move |i: u64| PublishedRecord {
+            app: Arc::from("app"),
+            kind: Arc::from("ev"),
+            record: serde_json::json!({
+                "kind": "ev", "imsi": format!("{i:015}"), "time": t + 60, "cell": "c"
+            }),
+        };
+        // A full queue before the engine looks at it, kept full by a producer.
+        for i in 0..QUEUE as u64 {
+            tx.try_send(record(i)).unwrap();
+        }
+        let plane = PrivacyPlane::start(
+            policy,
+            Settings {
+                keys_dir: dir.path().to_path_buf(),
+                ledger_dir: dir.path().join("budget"),
+                window_grace_secs: 0,
+            },
+            Wiring {
+                ingest: rx,
+                releases,
+                egress: None,
+                flows: None,
+            },
+        )
+        .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut i = QUEUE as u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if tx.blocking_send(record(i)).is_err() {
+                        break;
+                    }
+                    i += 1;
+                }
+            })
+        };
+        let cell = tokio::time::timeout(Duration::from_secs(30), released.recv()).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        producer.join().unwrap();
+        let cell = cell
+            .expect("no window closed while records kept arriving")
+            .unwrap();
+        assert_eq!(cell.release, "per_cell");
+        tokio::task::spawn_blocking(move || plane.stop())
+            .await
+            .unwrap();
     }
 }
