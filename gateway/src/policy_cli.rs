@@ -116,17 +116,8 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
 
 /// Reads and compiles a policy; prints every diagnostic and fails if there is any.
 fn load(file: &Path) -> anyhow::Result<(Policy, String)> {
-    let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
-    if meta.len() > mecgw_policy::yaml::MAX_SOURCE_BYTES as u64 {
-        bail!(
-            "{}: the policy is {} bytes; the limit is {}",
-            file.display(),
-            meta.len(),
-            mecgw_policy::yaml::MAX_SOURCE_BYTES
-        );
-    }
-    let src =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let src = mecgw_policy::yaml::read_source(file)
+        .with_context(|| format!("reading {}", file.display()))?;
     match mecgw_policy::compile(&src) {
         Ok(p) => Ok((p, src)),
         Err(diags) => {

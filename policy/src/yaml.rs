@@ -12,6 +12,19 @@ use crate::diag::{Code, Diagnostic, Pos};
 
 /// Largest policy file accepted, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 1 << 20;
+
+/// The text of the policy file at `path`; a file over [`MAX_SOURCE_BYTES`] is refused
+/// (`InvalidData`) before it is read.
+pub fn read_source(path: &std::path::Path) -> std::io::Result<String> {
+    let len = std::fs::metadata(path)?.len();
+    if len > MAX_SOURCE_BYTES as u64 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the policy is {len} bytes; the limit is {MAX_SOURCE_BYTES}"),
+        ));
+    }
+    std::fs::read_to_string(path)
+}
 /// Deepest nesting accepted.
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes accepted in one file.

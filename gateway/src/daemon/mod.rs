@@ -590,13 +590,8 @@ fn load_tables(path: &Path) -> anyhow::Result<Tables> {
 
 fn load_policy(path: &Path) -> anyhow::Result<LoadedPolicy> {
     let shown = path.display().to_string();
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("policy file {shown}"))?
-        .len();
-    if size > mecgw_policy::yaml::MAX_SOURCE_BYTES as u64 {
-        anyhow::bail!("{shown}: {size} bytes is more than a policy file may have");
-    }
-    let src = std::fs::read_to_string(path).with_context(|| format!("reading {shown}"))?;
+    let src = mecgw_policy::yaml::read_source(path)
+        .with_context(|| format!("reading the policy file {shown}"))?;
     match mecgw_policy::compile(&src) {
         Ok(policy) => Ok(LoadedPolicy {
             policy,
