@@ -206,6 +206,7 @@ impl PrivacyPlane {
             metrics: Arc::clone(&metrics),
             line: 0,
             deferred_reload: None,
+            no_engine: 0,
         };
         worker.publish_metrics();
         let thread = std::thread::Builder::new()
@@ -286,6 +287,8 @@ struct Worker {
     line: u64,
     /// A reload that arrived while the spool was full.
     deferred_reload: Option<Arc<LoadedPolicy>>,
+    /// Records that found no engine (see `engine`).
+    no_engine: u64,
 }
 
 /// Now, in Unix seconds.
@@ -372,13 +375,7 @@ impl Worker {
         self.line += 1;
         let line = self.line;
         match self.with_engine(|engine, emit| engine.process_value(line, record, emit)) {
-            None => {
-                *self
-                    .snapshot
-                    .records_bad
-                    .entry("no_engine".into())
-                    .or_default() += 1
-            }
+            None => self.no_engine += 1,
             Some(Err(e)) => {
                 error!(error = %e, "the policy engine failed on a record; nothing of it was released")
             }
@@ -546,7 +543,6 @@ impl Worker {
             }
         }
         self.pending.retain(|_, v| !v.is_empty());
-        self.snapshot.outputs_waiting = self.waiting();
         result
     }
 
@@ -575,16 +571,16 @@ impl Worker {
         if let Some(e) = &self.engine {
             add_stats(&mut total, &e.stats);
         }
+        let waiting = self.waiting();
         let s = &mut self.snapshot;
         s.records_transformed = total.records_ok;
-        let no_engine = s.records_bad.get("no_engine").copied();
         s.records_bad = total
             .bad
             .iter()
             .map(|(k, v)| ((*k).to_string(), *v))
             .collect();
-        if let Some(n) = no_engine {
-            s.records_bad.insert("no_engine".into(), n);
+        if self.no_engine > 0 {
+            s.records_bad.insert("no_engine".into(), self.no_engine);
         }
         s.records_released = total.records_out;
         s.records_on_site = total.records_on_site;
@@ -605,7 +601,7 @@ impl Worker {
             s.budget_epsilon_left = e;
             s.budget_delta_left = d;
         }
-        s.outputs_waiting = self.pending.values().map(|v| v.len() as u64).sum();
+        s.outputs_waiting = waiting;
         self.metrics.store(s.clone());
     }
 }
