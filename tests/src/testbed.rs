@@ -603,17 +603,8 @@ impl Gateway {
             "core stand-in",
             netns_cmd(NS_CORE, &bin.join("mecgw-core"), &args),
         )?;
-        let config = dir.join("mecgw.toml");
-        let mecgw = children.spawn(
-            "mecgw",
-            netns_cmd(
-                NS_MEC,
-                &bin.join("mecgw"),
-                &["run", "--config", &config.to_string_lossy()],
-            ),
-        )?;
-        let mut gw = Gateway { children, mecgw };
-        gw.wait_ready()?;
+        let mut gw = Gateway { children, mecgw: 0 };
+        gw.restart(bin, dir)?;
         Ok(gw)
     }
 
@@ -634,7 +625,8 @@ impl Gateway {
         bail!("mecgw was not ready within 30 s")
     }
 
-    /// Starts `mecgw run` again (after [`Gateway::stop`]) and waits until it is ready.
+    /// Starts `mecgw run` with the config in `dir` (again, after [`Gateway::stop`]) and waits
+    /// until it is ready.
     pub fn restart(&mut self, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         let config = dir.join("mecgw.toml");
         self.mecgw = self.children.spawn(
