@@ -422,46 +422,35 @@ async fn status_reflection_and_message_limits() {
     server.stop().await.unwrap();
 }
 
+/// The services a reflection client of the generated module `$pb` (v1 or v1alpha) lists.
+macro_rules! list_services {
+    ($channel:expr, $($pb:ident)::+) => {{
+        use $($pb)::+::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut out = ServerReflectionClient::new($channel)
+            .server_reflection_info(futures::stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        match out.next().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }};
+}
+
 async fn reflection_services(channel: Channel, version: &str) -> Vec<String> {
     if version == "v1" {
-        use tonic_reflection::pb::v1::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        };
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut out = ServerReflectionClient::new(channel)
-            .server_reflection_info(futures::stream::iter(vec![req]))
-            .await
-            .unwrap()
-            .into_inner();
-        match out.next().await.unwrap().unwrap().message_response {
-            Some(MessageResponse::ListServicesResponse(l)) => {
-                l.service.into_iter().map(|s| s.name).collect()
-            }
-            other => panic!("{other:?}"),
-        }
+        list_services!(channel, tonic_reflection::pb::v1)
     } else {
-        use tonic_reflection::pb::v1alpha::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        };
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut out = ServerReflectionClient::new(channel)
-            .server_reflection_info(futures::stream::iter(vec![req]))
-            .await
-            .unwrap()
-            .into_inner();
-        match out.next().await.unwrap().unwrap().message_response {
-            Some(MessageResponse::ListServicesResponse(l)) => {
-                l.service.into_iter().map(|s| s.name).collect()
-            }
-            other => panic!("{other:?}"),
-        }
+        list_services!(channel, tonic_reflection::pb::v1alpha)
     }
 }
