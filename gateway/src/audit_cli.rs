@@ -1,10 +1,10 @@
-//! `mecgw audit …`: operator checks of the egress audit log (`mecgw::egress::audit`).
+//! `mecgw audit …`: operator checks of the egress audit log (`mecgw::records::egress::audit`).
 
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Subcommand;
-use mecgw::egress::audit::{self, AuditError};
+use mecgw::records::egress::audit::{self, AuditError};
 
 #[derive(Subcommand)]
 pub enum AuditCommand {

@@ -5,11 +5,12 @@
 //! `replay` runs a capture through the real XDP program (`pcap` reads and writes captures).
 //! `api` owns the local gRPC APIs (mTLS, roles) that apps and the operator call.
 //! `daemon` owns `mecgw run`: configuration, lifecycle, reload and the operations port.
-//! `egress` owns what leaves the site: spool, jurisdiction checks, sinks and the audit log.
+//! `records` owns the record path: flow records harvested from the fast path and records apps
+//! publish, through the policy engine, to egress (spool, jurisdiction checks, sinks, audit log).
 
 pub mod api;
 pub mod daemon;
 pub mod datapath;
-pub mod egress;
 pub mod pcap;
+pub mod records;
 pub mod replay;

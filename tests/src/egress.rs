@@ -5,12 +5,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use mecgw::egress::forwarder::BackoffConfig;
-use mecgw::egress::item::EgressItem;
-use mecgw::egress::sink::SinkConfig;
-use mecgw::egress::sink::nats::NatsSinkConfig;
-use mecgw::egress::spool::{SpoolLimits, WhenFull};
-use mecgw::egress::{DestinationConfig, EgressConfig};
+use mecgw::records::egress::forwarder::BackoffConfig;
+use mecgw::records::egress::item::EgressItem;
+use mecgw::records::egress::sink::SinkConfig;
+use mecgw::records::egress::sink::nats::NatsSinkConfig;
+use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::records::egress::{DestinationConfig, EgressConfig};
 use serde_json::{Value, json};
 
 /// The policy hash the test items carry.

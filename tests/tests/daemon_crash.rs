@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mecgw::egress::audit::{self, Outcome};
+use mecgw::records::egress::audit::{self, Outcome};
 use mecgw_tests::{
     api::Site,
     bed::{Bed, Daemon},

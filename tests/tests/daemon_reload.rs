@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use mecgw::egress::audit::{self, Outcome};
+use mecgw::records::egress::audit::{self, Outcome};
 use mecgw_tests::{
     api::Site,
     bed::{Bed, sample},

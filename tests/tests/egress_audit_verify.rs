@@ -8,11 +8,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mecgw::egress::Egress;
-use mecgw::egress::jurisdiction::{PermissionTable, Permissions};
-use mecgw::egress::sink::SinkConfig;
-use mecgw::egress::sink::file::FileSinkConfig;
-use mecgw::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::records::egress::Egress;
+use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
+use mecgw::records::egress::sink::SinkConfig;
+use mecgw::records::egress::sink::file::FileSinkConfig;
+use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
 use mecgw_tests::egress::{config, release, wait_until};
 use serde_json::json;
 

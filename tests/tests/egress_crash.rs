@@ -9,7 +9,7 @@ use std::io::BufRead as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mecgw::egress::audit::{self, Outcome};
+use mecgw::records::egress::audit::{self, Outcome};
 use mecgw_tests::egress::parse_batch;
 use mecgw_tests::nats::{NatsServer, read_stream};
 use rand::Rng as _;

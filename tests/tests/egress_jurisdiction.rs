@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mecgw::egress::audit::{self, Outcome};
-use mecgw::egress::jurisdiction::{DenyReason, PermissionTable, Permissions};
-use mecgw::egress::sink::SinkConfig;
-use mecgw::egress::sink::file::FileSinkConfig;
-use mecgw::egress::spool::{SpoolLimits, WhenFull};
-use mecgw::egress::{Egress, EnqueueError};
+use mecgw::records::egress::audit::{self, Outcome};
+use mecgw::records::egress::jurisdiction::{DenyReason, PermissionTable, Permissions};
+use mecgw::records::egress::sink::SinkConfig;
+use mecgw::records::egress::sink::file::FileSinkConfig;
+use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::records::egress::{Egress, EnqueueError};
 use mecgw_tests::egress::{config, nats_sink, parse_batch, record, release, wait_until};
 use mecgw_tests::nats::{NatsServer, dir_contains, read_stream};
 use serde_json::json;

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mecgw::egress::Egress;
-use mecgw::egress::audit;
-use mecgw::egress::jurisdiction::{PermissionTable, Permissions};
-use mecgw::egress::sink::nats::{NatsSinkConfig, NatsTls};
-use mecgw::egress::sink::{Sink, SinkConfig};
-use mecgw::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::records::egress::Egress;
+use mecgw::records::egress::audit;
+use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
+use mecgw::records::egress::sink::nats::{NatsSinkConfig, NatsTls};
+use mecgw::records::egress::sink::{Sink, SinkConfig};
+use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
 use mecgw_tests::api::Ca;
 use mecgw_tests::egress::{config, parse_batch, release, wait_until};
 use mecgw_tests::nats::NatsServer;

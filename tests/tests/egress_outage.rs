@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mecgw::egress::Egress;
-use mecgw::egress::audit;
-use mecgw::egress::jurisdiction::{PermissionTable, Permissions};
-use mecgw::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::records::egress::Egress;
+use mecgw::records::egress::audit;
+use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
+use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
 use mecgw_tests::egress::{config, nats_sink, parse_batch, release, wait_until};
 use mecgw_tests::nats::{NatsServer, read_stream};
 use serde_json::json;
@@ -109,7 +109,7 @@ async fn outage_then_every_batch_exactly_once_in_order() {
     for m in &stored {
         let batch = parse_batch(&m.payload).unwrap();
         assert_eq!(m.msg_id.as_deref(), Some(batch.batch_id.as_str()));
-        let id: mecgw::egress::item::BatchId = batch.batch_id.parse().unwrap();
+        let id: mecgw::records::egress::item::BatchId = batch.batch_id.parse().unwrap();
         assert!(id.seq > last_seq, "batches in spool order");
         last_seq = id.seq;
         for item in &batch.items {

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mecgw::egress::audit::{self, Outcome};
-use mecgw::egress::jurisdiction::{PermissionTable, Permissions};
-use mecgw::egress::spool::{SpoolLimits, WhenFull};
-use mecgw::egress::{Egress, EnqueueError};
+use mecgw::records::egress::audit::{self, Outcome};
+use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
+use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::records::egress::{Egress, EnqueueError};
 use mecgw_tests::egress::{config, nats_sink, parse_batch, release, wait_until};
 use mecgw_tests::nats::{NatsServer, read_stream};
 use serde_json::json;
@@ -129,7 +129,7 @@ async fn shed_oldest_drops_audits_and_counts() {
                 .batch_id
                 .as_ref()
                 .unwrap()
-                .parse::<mecgw::egress::item::BatchId>()
+                .parse::<mecgw::records::egress::item::BatchId>()
                 .unwrap()
                 .seq
         })

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use mecgw::datapath::{
     Direction, FastPath, FastPathOptions, Judged, Tables,
-    flows::FlowTable,
+    flow_counters::FlowTable,
     model::Model,
     tables::{
         Defaults, Disposition, IpPrefix, LocalInterface, Mac, N3Interface, PortRange, Protocol,

@@ -13,7 +13,7 @@ use std::{
 
 use mecgw::datapath::{
     Counter, Direction, FastPath, FastPathOptions, FlowKey, FlowSample, Reason, Tables,
-    flows::FlowTable, model::Model,
+    flow_counters::FlowTable, model::Model,
 };
 use mecgw_ebpf::MAX_FLOWS;
 use mecgw_tests::{packets::*, tables_with};

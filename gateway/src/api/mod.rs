@@ -33,6 +33,7 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::datapath::Tables;
+pub use crate::records::{PublishedRecord, ReleasedOutput};
 
 pub use config::{ApiConfig, AppConfig, Role};
 pub use metrics::ApiMetrics;
@@ -82,27 +83,6 @@ pub struct StatusReport {
     pub budgets: Vec<(String, f64, f64)>,
     /// (destination, batches, bytes) waiting to leave the site.
     pub egress_backlog: Vec<(String, u64, u64)>,
-}
-
-/// A record an app published, on its way into the policy engine. `record` is a JSON object
-/// whose `kind` member equals `kind`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PublishedRecord {
-    /// The app that published it (its name in [`ApiConfig::apps`]).
-    pub app: Arc<str>,
-    /// The declared record kind.
-    pub kind: Arc<str>,
-    /// The record.
-    pub record: serde_json::Value,
-}
-
-/// An output the policy engine released on this site.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReleasedOutput {
-    /// The release (policy name) that produced it.
-    pub release: String,
-    /// The output, one JSON object.
-    pub json: String,
 }
 
 /// What the API needs from the running gateway. The daemon implements it over its fast

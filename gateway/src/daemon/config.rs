@@ -50,7 +50,7 @@ pub struct Config {
     /// when the policy names destinations. The spool and audit directories default to
     /// `spool/` and `audit/` under `[state] dir`.
     #[serde(default)]
-    pub egress: Option<crate::egress::EgressConfig>,
+    pub egress: Option<crate::records::egress::EgressConfig>,
 }
 
 /// Flow records.
@@ -408,8 +408,8 @@ impl Config {
             fix(&mut egress.audit_dir);
             for d in &mut egress.destinations {
                 match &mut d.sink {
-                    crate::egress::sink::SinkConfig::File(f) => fix(&mut f.dir),
-                    crate::egress::sink::SinkConfig::Nats(n) => {
+                    crate::records::egress::sink::SinkConfig::File(f) => fix(&mut f.dir),
+                    crate::records::egress::sink::SinkConfig::Nats(n) => {
                         if let Some(tls) = &mut n.tls {
                             for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
                                 .into_iter()
@@ -545,7 +545,9 @@ mod tests {
         assert_eq!(e.spool_dir, dir.path().join("st/spool"));
         assert_eq!(e.audit_dir, dir.path().join("st/audit"));
         match &e.destinations[0].sink {
-            crate::egress::sink::SinkConfig::File(f) => assert_eq!(f.dir, dir.path().join("out")),
+            crate::records::egress::sink::SinkConfig::File(f) => {
+                assert_eq!(f.dir, dir.path().join("out"))
+            }
             other => panic!("{other:?}"),
         }
         // A misspelt egress key is located like any other.

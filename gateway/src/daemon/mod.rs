@@ -7,10 +7,8 @@
 //! SIGINT. [`Gateway`] is the state that the operations port and the APIs share.
 
 pub mod config;
-mod flows;
 mod gtpu;
 mod ops;
-pub mod privacy;
 pub mod userspace;
 
 use std::{
@@ -30,9 +28,14 @@ use crate::datapath::{
     AttachMode, Counter, DatapathError, Direction, FastPath, Reason, Verdict,
     tables::{Tables, TablesError},
 };
-use crate::egress::{
-    Egress, EgressConfig,
-    jurisdiction::{PermissionTable, Permissions},
+use crate::records::{
+    LoadedPolicy,
+    egress::{
+        Egress, EgressConfig,
+        jurisdiction::{PermissionTable, Permissions},
+    },
+    engine,
+    harvest::{FlowHarvest, FlowSource, SessionIdentity},
 };
 pub use config::{Config, DatapathKind, Overrides};
 
@@ -128,16 +131,6 @@ pub struct DaemonMetrics {
     pub gtpu: gtpu::GtpuCounters,
 }
 
-/// A loaded, validated policy.
-#[derive(Debug)]
-pub struct LoadedPolicy {
-    pub policy: mecgw_policy::Policy,
-    /// SHA-256 of the policy source: tags every release and the audit log.
-    pub hash: String,
-    /// The policy text.
-    pub source: String,
-}
-
 /// What the daemon's tasks share.
 pub struct Gateway {
     datapath: Datapath,
@@ -151,7 +144,7 @@ pub struct Gateway {
     /// The gRPC API's per-method counters, once the API runs.
     api_metrics: std::sync::OnceLock<Arc<crate::api::ApiMetrics>>,
     /// The policy engine's thread, once it runs (a policy is configured).
-    privacy: std::sync::OnceLock<privacy::PrivacyHandle>,
+    privacy: std::sync::OnceLock<engine::PrivacyHandle>,
     /// Egress (spool, forwarders, audit), once it runs (`[egress]` is configured).
     egress: std::sync::OnceLock<Arc<Egress>>,
 }
@@ -228,7 +221,7 @@ impl Gateway {
     }
 
     /// The policy engine, if it runs.
-    pub fn privacy(&self) -> Option<&privacy::PrivacyHandle> {
+    pub fn privacy(&self) -> Option<&engine::PrivacyHandle> {
         self.privacy.get()
     }
 
@@ -240,6 +233,30 @@ impl Gateway {
     /// Draining: shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+}
+
+impl FlowSource for Gateway {
+    fn harvest(&self) -> Result<Vec<crate::datapath::FlowSample>, DatapathError> {
+        self.datapath.harvest_flows()
+    }
+
+    fn identities(&self, ids: &[u32]) -> std::collections::HashMap<u32, SessionIdentity> {
+        let tables = self.tables();
+        let wanted: std::collections::HashSet<u32> = ids.iter().copied().collect();
+        tables
+            .sessions
+            .iter()
+            .filter(|s| wanted.contains(&s.id))
+            .map(|s| {
+                let identity = SessionIdentity {
+                    imsi: s.imsi.as_ref().map(|i| i.as_str().to_string()),
+                    teid: s.uplink_teid.0,
+                    qfi: s.qfi.get(),
+                };
+                (s.id, identity)
+            })
+            .collect()
     }
 }
 
@@ -351,24 +368,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (releases_tx, _) = tokio::sync::broadcast::channel(RELEASE_BROADCAST);
     let privacy_plane = match (&policy, &config.policy) {
         (Some(p), Some(pc)) => {
-            let plane = privacy::PrivacyPlane::start(
+            let plane = engine::PrivacyPlane::start(
                 Arc::clone(p),
-                privacy::Settings {
+                engine::Settings {
                     keys_dir: keys_dir(pc),
                     ledger_dir: config.state.dir.join("budget"),
                     window_grace_secs: pc.window_grace_secs,
                 },
-                privacy::Wiring {
+                engine::Wiring {
                     ingest: ingest_rx,
                     releases: releases_tx.clone(),
                     egress: gw.egress().cloned(),
                     flows: flow_accounting.then(|| {
                         (
-                            Arc::clone(&gw),
-                            flows::FlowHarvest::new(
-                                config.flows.interval_secs,
-                                privacy::now_unix(),
-                            ),
+                            Arc::clone(&gw) as Arc<dyn FlowSource>,
+                            FlowHarvest::new(config.flows.interval_secs, engine::now_unix()),
                         )
                     }),
                 },
@@ -523,7 +537,7 @@ fn reload(gw: &Gateway, config: &Config) {
         Some(p) => load_policy(&p.file)
             .and_then(|loaded| {
                 check_destinations(&loaded, config.egress.as_ref())?;
-                privacy::check_engine(&loaded, &keys_dir(p))?;
+                engine::check_engine(&loaded, &keys_dir(p))?;
                 Ok(loaded)
             })
             .map(|l| Some(Arc::new(l))),

@@ -267,7 +267,7 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
 
 /// The policy engine's counters: records in, transformed, suppressed and released, and the
 /// budget left.
-fn render_privacy(out: &mut String, s: &super::privacy::PrivacySnapshot) {
+fn render_privacy(out: &mut String, s: &crate::records::engine::PrivacySnapshot) {
     family(
         out,
         "mecgw_records_in_total",
@@ -402,9 +402,9 @@ fn render_privacy(out: &mut String, s: &super::privacy::PrivacySnapshot) {
 /// Egress per destination: spooled, sent, refused, shed, backlog.
 fn render_egress(
     out: &mut String,
-    snapshot: &std::collections::BTreeMap<String, crate::egress::metrics::MetricsSnapshot>,
+    snapshot: &std::collections::BTreeMap<String, crate::records::egress::metrics::MetricsSnapshot>,
 ) {
-    type Field = fn(&crate::egress::metrics::MetricsSnapshot) -> u64;
+    type Field = fn(&crate::records::egress::metrics::MetricsSnapshot) -> u64;
     let families: [(&str, &str, &str, Field); 12] = [
         (
             "mecgw_egress_enqueued_batches_total",

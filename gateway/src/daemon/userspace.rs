@@ -58,7 +58,7 @@ use tracing::{info, warn};
 
 use crate::datapath::{
     Direction,
-    flows::{FlowLosses, FlowSample, FlowTable},
+    flow_counters::{FlowLosses, FlowSample, FlowTable},
     model::Model,
     tables::Tables,
 };

@@ -5,14 +5,15 @@
 //! - [`tables`]: the tables file (sessions, rules, interfaces, defaults) and its validation;
 //! - [`compile`]: tables → map entries (rule precedence, candidate lists);
 //! - [`writer`](self): hot update through two generations of maps;
-//! - [`flows`]: per-flow counters and their lossless harvest (two generations as well);
+//! - [`flow_counters`]: per-flow counters and their lossless harvest (two generations as well),
+//!   which the record path ([`crate::records::harvest`]) turns into `flow` records;
 //! - [`model`]: the reference model with the programs' exact semantics (no kernel needed);
 //! - [`live`]: benchmark support, a live-frames traffic generator and a counting sink.
 //!
 //! This module never parses packets itself.
 
 pub mod compile;
-pub mod flows;
+pub mod flow_counters;
 pub mod live;
 pub mod model;
 pub mod tables;
@@ -27,12 +28,12 @@ use aya::{
 };
 use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Decision, NONE, names};
 
-pub use self::flows::{FlowKey, FlowLosses, FlowSample};
+pub use self::flow_counters::{FlowKey, FlowLosses, FlowSample};
 
 pub use mecgw_ebpf::{Counter, Reason, Verdict};
 
 pub use self::tables::{Tables, TablesError};
-use self::{flows::FlowMaps, writer::TableWriter};
+use self::{flow_counters::FlowMaps, writer::TableWriter};
 
 /// The eBPF object built by `build.rs` for `bpfel-unknown-none`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mecgw-xdp"));

@@ -18,7 +18,7 @@ use mecgw_ebpf::{
 
 use super::{
     Direction,
-    flows::{FlowHit, FlowKey},
+    flow_counters::{FlowHit, FlowKey},
     tables::{Disposition, RuleAction, RuleState, Session, Tables, TrafficRule},
 };
 

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use mecgw::egress::Egress;
-use mecgw::egress::item::{BatchId, EgressItem, encode_batch};
-use mecgw::egress::jurisdiction::{PermissionTable, Permissions};
-use mecgw::egress::sink::SinkConfig;
-use mecgw::egress::sink::nats::NatsSinkConfig;
-use mecgw::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::records::egress::Egress;
+use mecgw::records::egress::item::{BatchId, EgressItem, encode_batch};
+use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
+use mecgw::records::egress::sink::SinkConfig;
+use mecgw::records::egress::sink::nats::NatsSinkConfig;
+use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
 use mecgw_tests::egress::{POLICY_HASH, config, release};
 use mecgw_tests::nats::NatsServer;
 use serde_json::json;

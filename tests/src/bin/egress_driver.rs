@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use mecgw::egress::Egress;
-use mecgw::egress::jurisdiction::{PermissionTable, Permissions};
-use mecgw::egress::spool::{SpoolLimits, WhenFull};
+use mecgw::records::egress::Egress;
+use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
+use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
 use mecgw_tests::egress::{config, nats_sink, release};
 use rand::Rng as _;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! and turned into records of kind `flow` for the policy engine.
 //!
 //! One record per flow that carried traffic in the window, with the session's identity from
-//! the tables in force (IMSI if the session has one, TEID, QFI), the UE address, the peer
+//! whoever owns the session ([`FlowSource::identities`]: IMSI if known, TEID, QFI), the UE address, the peer
 //! (destination), protocol and ports, packets and inner IP bytes each way, the rule of the
 //! flow's last uplink decision, and the window (`start`, `end`, `duration_ms`). These records
 //! are raw regulated data: they go only into the engine, never to a log or an output.
@@ -11,8 +11,28 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde_json::{Map, Value, json};
 
-use super::Gateway;
-use crate::datapath::{flows::FlowSample, tables::Session};
+use crate::datapath::{DatapathError, flow_counters::FlowSample};
+
+/// Who a session belongs to, as flow records carry it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionIdentity {
+    /// The subscriber's IMSI, if known.
+    pub imsi: Option<String>,
+    /// The uplink TEID.
+    pub teid: u32,
+    /// The session's QFI.
+    pub qfi: u8,
+}
+
+/// Where flow counters come from, and who their sessions belong to: the daemon implements it
+/// over its datapath and the owners of its sessions.
+pub trait FlowSource: Send + Sync {
+    /// Per-flow counters since the last harvest; each packet counted is in exactly one
+    /// harvest. Blocking (the kernel harvest waits an RCU grace period).
+    fn harvest(&self) -> Result<Vec<FlowSample>, DatapathError>;
+    /// The identities of the sessions among `ids` that are known now.
+    fn identities(&self, ids: &[u32]) -> HashMap<u32, SessionIdentity>;
+}
 
 /// When flows are due and what the last harvest covered.
 pub struct FlowHarvest {
@@ -33,23 +53,25 @@ impl FlowHarvest {
     /// If a window has ended by `now`, harvests the datapath's flows and returns them as
     /// `flow` records of the window [start, now). Blocking: the kernel harvest waits an RCU
     /// grace period.
-    pub fn due(&mut self, gw: &Gateway, now: i64) -> Option<anyhow::Result<Vec<Value>>> {
+    pub fn due(&mut self, source: &dyn FlowSource, now: i64) -> Option<anyhow::Result<Vec<Value>>> {
         if now < self.window_start.saturating_add(self.interval) {
             return None;
         }
         let start = std::mem::replace(&mut self.window_start, now);
-        let samples = match gw.fast_path().harvest_flows() {
+        let samples = match source.harvest() {
             Ok(s) => s,
             Err(e) => return Some(Err(anyhow::anyhow!("harvesting flow counters: {e}"))),
         };
         if samples.is_empty() {
             return Some(Ok(Vec::new()));
         }
-        let tables = gw.tables();
-        let sessions: HashMap<u32, &Session> = tables.sessions.iter().map(|s| (s.id, s)).collect();
+        let mut ids: Vec<u32> = samples.iter().map(|s| s.key.session).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let sessions = source.identities(&ids);
         Some(Ok(samples
             .iter()
-            .map(|s| record(s, sessions.get(&s.key.session).copied(), start, now))
+            .map(|s| record(s, sessions.get(&s.key.session), start, now))
             .collect()))
     }
 }
@@ -70,15 +92,15 @@ fn ip(a: IpAddr) -> Value {
 }
 
 /// The `flow` record of one sample in the window [start, end).
-fn record(s: &FlowSample, session: Option<&Session>, start: i64, end: i64) -> Value {
+fn record(s: &FlowSample, session: Option<&SessionIdentity>, start: i64, end: i64) -> Value {
     let mut r = Map::new();
     r.insert("kind".into(), json!("flow"));
     if let Some(session) = session {
         if let Some(imsi) = &session.imsi {
-            r.insert("imsi".into(), json!(imsi.as_str()));
+            r.insert("imsi".into(), json!(imsi));
         }
-        r.insert("teid".into(), json!(session.uplink_teid.0));
-        r.insert("qfi".into(), json!(session.qfi.get()));
+        r.insert("teid".into(), json!(session.teid));
+        r.insert("qfi".into(), json!(session.qfi));
     }
     r.insert("session".into(), json!(s.key.session));
     r.insert("ue_ip".into(), ip(s.key.ue));

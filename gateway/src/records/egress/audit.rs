@@ -544,7 +544,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::egress::item::OutputKind;
+    use crate::records::egress::item::OutputKind;
 
     fn record(n: u64, outcome: Outcome) -> AuditRecord {
         AuditRecord {

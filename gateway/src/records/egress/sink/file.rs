@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{Delivered, SinkError};
-use crate::egress::item::BatchId;
+use crate::records::egress::item::BatchId;
 
 /// Configuration of a file sink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! The privacy plane inside `mecgw run`: regulated records in, only what the policy allows out.
 //!
 //! One direction of flow: records arrive from apps (`Publish`, through the API's bounded
-//! ingest queue) and from the fast path (`flow` records, [`super::flows`]); the policy
+//! ingest queue) and from the fast path (`flow` records, [`super::harvest`]); the policy
 //! [`Engine`] transforms and aggregates them; what it emits for a destination is durably
 //! spooled by [`Egress::enqueue`] (which checks the jurisdiction) and released cells are also
 //! broadcast to local `Subscribe` streams. Nothing else leaves: raw records live only in this
@@ -30,10 +30,10 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use super::LoadedPolicy;
-use crate::{
-    api::{PublishedRecord, ReleasedOutput},
+use super::{
+    LoadedPolicy, PublishedRecord, ReleasedOutput,
     egress::{Egress, EnqueueError, item::EgressItem},
+    harvest::{FlowHarvest, FlowSource},
 };
 
 /// Records processed before their outputs are spooled (one fsync per destination).
@@ -57,7 +57,7 @@ pub struct Wiring {
     pub egress: Option<Arc<Egress>>,
     /// The gateway whose fast-path flow counters become `flow` records, and when; `None`:
     /// flow accounting is off.
-    pub flows: Option<(Arc<super::Gateway>, super::flows::FlowHarvest)>,
+    pub flows: Option<(Arc<dyn FlowSource>, FlowHarvest)>,
 }
 
 /// Settings of the privacy plane.
@@ -411,7 +411,7 @@ impl Worker {
             .wiring
             .flows
             .as_mut()
-            .and_then(|(gw, harvest)| harvest.due(gw, now));
+            .and_then(|(source, harvest)| harvest.due(source.as_ref(), now));
         match harvested {
             None => {}
             Some(Ok(records)) => {

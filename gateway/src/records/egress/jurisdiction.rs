@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn table_from_the_example_policy_follows_its_destinations() {
-        let src = include_str!("../../../examples/policies/flow-records.yaml");
+        let src = include_str!("../../../../examples/policies/flow-records.yaml");
         let policy = mecgw_policy::compile::compile(src).expect("the example policy compiles");
         let t = PermissionTable::from_policy(&policy);
         assert_eq!(

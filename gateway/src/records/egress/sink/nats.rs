@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use serde::{Deserialize, Serialize};
 
 use super::{Delivered, SinkError};
-use crate::egress::item::BatchId;
+use crate::records::egress::item::BatchId;
 
 /// Configuration of a NATS JetStream sink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
