@@ -15,7 +15,7 @@ use mecgw_ebpf::Verdict;
 use serde::Serialize;
 
 use crate::{
-    datapath::{DatapathError, Direction, FastPath, Tables, TablesError},
+    datapath::{DatapathError, Direction, FastPath, TablesError, compile},
     pcap::{self, PcapError},
 };
 
@@ -87,7 +87,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ReplayError + '_ {
 
 /// Replays `opts.input` through the program for `opts.direction` loaded with `opts.tables`.
 pub fn replay(opts: &ReplayOptions) -> Result<Summary, ReplayError> {
-    let tables = Tables::load(&opts.tables)?;
+    let tables = compile::load(&opts.tables)?;
     let capture = |source| ReplayError::Capture {
         path: opts.input.display().to_string(),
         source,

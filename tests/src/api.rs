@@ -17,7 +17,7 @@ use mecgw::{
         ApiBackend, ApiConfig, ApiMetrics, AppConfig, PublishedRecord, ReleasedOutput,
         ReplaceError, Role, StatusReport,
     },
-    datapath::{FastPath, Tables},
+    datapath::{CompiledTables, FastPath, Tables, compile::compile},
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -224,7 +224,7 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 /// The daemon's part, over a real loaded fast path.
 pub struct FastPathBackend {
     pub fast_path: Arc<FastPath>,
-    tables: RwLock<Arc<Tables>>,
+    tables: RwLock<Arc<CompiledTables>>,
     pub ready: watch::Sender<bool>,
     ingest: mpsc::Sender<PublishedRecord>,
     /// The engine's end of the ingest queue (the test reads it, or leaves it full).
@@ -239,7 +239,7 @@ impl FastPathBackend {
     /// Installs `tables` in `fast_path`; the ingest queue holds `queue` records.
     pub fn new(
         fast_path: Arc<FastPath>,
-        tables: Tables,
+        tables: CompiledTables,
         queue: usize,
     ) -> anyhow::Result<FastPathBackend> {
         fast_path.install(&tables)?;
@@ -264,7 +264,7 @@ impl FastPathBackend {
 }
 
 impl ApiBackend for FastPathBackend {
-    fn tables(&self) -> Arc<Tables> {
+    fn tables(&self) -> Arc<CompiledTables> {
         match self.tables.read() {
             Ok(t) => t.clone(),
             Err(p) => p.into_inner().clone(),
@@ -273,9 +273,9 @@ impl ApiBackend for FastPathBackend {
 
     fn replace_tables(
         &self,
-        base: &Arc<Tables>,
+        base: &Arc<CompiledTables>,
         next: Tables,
-    ) -> Result<Arc<Tables>, ReplaceError> {
+    ) -> Result<Arc<CompiledTables>, ReplaceError> {
         let mut current = match self.tables.write() {
             Ok(t) => t,
             Err(p) => p.into_inner(),
@@ -283,8 +283,7 @@ impl ApiBackend for FastPathBackend {
         if !Arc::ptr_eq(&current, base) {
             return Err(ReplaceError::Conflict);
         }
-        next.validate()
-            .map_err(|e| ReplaceError::Invalid(vec![e.to_string()]))?;
+        let next = compile(next).map_err(ReplaceError::Invalid)?;
         self.fast_path
             .install(&next)
             .map_err(|e| ReplaceError::Install(e.to_string()))?;

@@ -18,7 +18,7 @@ use mecgw::{
         sessions_service_client::SessionsServiceClient,
         traffic_rules_service_client::TrafficRulesServiceClient,
     },
-    datapath::{Direction, Tables},
+    datapath::Direction,
 };
 use mecgw_ebpf::{Reason, Verdict};
 use mecgw_tests::{
@@ -84,8 +84,11 @@ impl Bench {
     async fn new() -> Bench {
         let exclusive = exclusive().await;
         let site = Site::new().unwrap();
-        let tables =
-            Tables::from_toml(&mecgw_tests::tables_with(TABLE_ENTRIES), "api_rules.toml").unwrap();
+        let tables = mecgw::datapath::compile::from_toml(
+            &mecgw_tests::tables_with(TABLE_ENTRIES),
+            "api_rules.toml",
+        )
+        .unwrap();
         let fast_path = shared_fast_path().unwrap();
         let backend = Arc::new(FastPathBackend::new(fast_path, tables, 16).unwrap());
         backend.ready.send_replace(true);

@@ -9,21 +9,17 @@
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use mecgw::{
-    api::{
-        ApiBackend as _,
-        proto::{
-            DeregisterServiceRequest, DiscoverServicesRequest, EdgeService, EdgeServiceState,
-            GetStatusRequest, GetTrafficRuleRequest, ListTrafficRulesRequest,
-            RegisterServiceRequest, SubscribeRequest, TrafficRuleState,
-            UpdateTrafficRuleStateRequest, WatchServicesRequest,
-            edge_services_service_client::EdgeServicesServiceClient,
-            status_service_client::StatusServiceClient,
-            telemetry_service_client::TelemetryServiceClient,
-            traffic_rules_service_client::TrafficRulesServiceClient,
-        },
+use mecgw::api::{
+    ApiBackend as _,
+    proto::{
+        DeregisterServiceRequest, DiscoverServicesRequest, EdgeService, EdgeServiceState,
+        GetStatusRequest, GetTrafficRuleRequest, ListTrafficRulesRequest, RegisterServiceRequest,
+        SubscribeRequest, TrafficRuleState, UpdateTrafficRuleStateRequest, WatchServicesRequest,
+        edge_services_service_client::EdgeServicesServiceClient,
+        status_service_client::StatusServiceClient,
+        telemetry_service_client::TelemetryServiceClient,
+        traffic_rules_service_client::TrafficRulesServiceClient,
     },
-    datapath::Tables,
 };
 use mecgw_tests::api::{
     Ca, FastPathBackend, Pem, Running, Site, connect, exclusive, shared_fast_path,
@@ -46,7 +42,7 @@ dst = ["203.0.113.0/24"]
 "#;
 
 async fn backend() -> Arc<FastPathBackend> {
-    let tables = Tables::from_toml(
+    let tables = mecgw::datapath::compile::from_toml(
         &mecgw_tests::tables_with(TABLE_ENTRIES),
         "api_security.toml",
     )

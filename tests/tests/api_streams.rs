@@ -22,7 +22,7 @@ use mecgw::{
             telemetry_service_client::TelemetryServiceClient,
         },
     },
-    datapath::{Direction, Tables},
+    datapath::Direction,
 };
 use mecgw_tests::api::{FastPathBackend, Running, Site, connect, exclusive, shared_fast_path};
 use tonic::{Code, transport::Channel};
@@ -40,8 +40,11 @@ dst = ["192.0.2.0/24"]
 "#;
 
 fn backend(queue: usize) -> Arc<FastPathBackend> {
-    let tables =
-        Tables::from_toml(&mecgw_tests::tables_with(TABLE_ENTRIES), "api_streams.toml").unwrap();
+    let tables = mecgw::datapath::compile::from_toml(
+        &mecgw_tests::tables_with(TABLE_ENTRIES),
+        "api_streams.toml",
+    )
+    .unwrap();
     Arc::new(FastPathBackend::new(shared_fast_path().unwrap(), tables, queue).unwrap())
 }
 

@@ -11,7 +11,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use mecgw::datapath::{Direction, FastPath, Judged, Tables, model::Model};
+use mecgw::datapath::{CompiledTables, Direction, FastPath, Judged, model::Model};
 use mecgw_ebpf::{Counter, Verdict};
 use mecgw_tests::packets::*;
 
@@ -104,8 +104,8 @@ action = "LOCAL"
 dst = ["198.51.100.0/24"]
 "#;
 
-fn tables(which: &str) -> Tables {
-    Tables::from_toml(&format!("{COMMON}{which}"), "concurrency").unwrap()
+fn tables(which: &str) -> CompiledTables {
+    mecgw::datapath::compile::from_toml(&format!("{COMMON}{which}"), "concurrency").unwrap()
 }
 
 fn packets() -> Vec<(Direction, Vec<u8>)> {

@@ -405,9 +405,7 @@ const PACKETS_PER_DIRECTION: usize = 48;
 /// One case: random tables from `seed`, installed; packets through kernel and model.
 fn run_case(seed: u64) -> Result<usize, TestCaseError> {
     let mut r = Rng(seed);
-    let tables = random_tables(&mut r);
-    tables
-        .validate()
+    let tables = mecgw::datapath::compile::compile(random_tables(&mut r))
         .map_err(|e| TestCaseError::fail(format!("seed {seed}: generated invalid tables: {e}")))?;
     let fp = fast_path();
     fp.install(&tables).unwrap();
@@ -492,7 +490,7 @@ fn the_packet_generator_reaches_every_reason() {
     let mut seen = std::collections::HashSet::new();
     for seed in 0..300u64 {
         let mut r = Rng(seed);
-        let tables = random_tables(&mut r);
+        let tables = mecgw::datapath::compile::compile(random_tables(&mut r)).unwrap();
         let model = Model::new(&tables);
         for _ in 0..20 {
             seen.insert(model.uplink(&uplink_packet(&mut r, &tables)).reason);

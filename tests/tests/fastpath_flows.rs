@@ -12,7 +12,7 @@ use std::{
 };
 
 use mecgw::datapath::{
-    Counter, Direction, FastPath, FastPathOptions, FlowKey, FlowSample, Reason, Tables,
+    CompiledTables, Counter, Direction, FastPath, FastPathOptions, FlowKey, FlowSample, Reason,
     flow_counters::FlowTable, model::Model,
 };
 use mecgw_ebpf::MAX_FLOWS;
@@ -50,8 +50,8 @@ action = "DROP"
 dst = ["198.51.100.0/24"]
 "#;
 
-fn tables() -> Tables {
-    Tables::from_toml(&tables_with(TABLES), "flows test").unwrap()
+fn tables() -> CompiledTables {
+    mecgw::datapath::compile::from_toml(&tables_with(TABLES), "flows test").unwrap()
 }
 
 fn accounting() -> FastPath {
@@ -273,9 +273,10 @@ fn the_rule_is_that_of_the_last_uplink_decision() {
     let to = |dst: &str| up(0x1001, &udp4("10.45.0.1", dst, 1, 2, 0));
     // Same 5-tuple, the tables change between packets: LOCAL (rule 10), then no rule.
     fp.judge(Direction::Uplink, &to("192.0.2.1")).unwrap();
-    let mut t = tables();
+    let mut t = tables().into_tables();
     t.rules.retain(|r| r.id != 10);
-    fp.install(&t).unwrap();
+    fp.install(&mecgw::datapath::compile::compile(t).unwrap())
+        .unwrap();
     assert_eq!(
         fp.judge(Direction::Uplink, &to("192.0.2.1"))
             .unwrap()

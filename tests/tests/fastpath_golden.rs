@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use mecgw::datapath::{Direction, FastPath, Judged, Tables, model::Model};
+use mecgw::datapath::{CompiledTables, Direction, FastPath, Judged, model::Model};
 use mecgw_ebpf::{Reason, Verdict};
 use mecgw_tests::packets::*;
 
@@ -120,8 +120,8 @@ const UE1_V6: &str = "2001:db8:45:1::7";
 const UE2: &str = "10.45.0.2";
 const UE2_V6: &str = "2001:db8:45:2::9";
 
-fn tables() -> Tables {
-    Tables::from_toml(TABLES, "golden").unwrap()
+fn tables() -> CompiledTables {
+    mecgw::datapath::compile::from_toml(TABLES, "golden").unwrap()
 }
 
 /// One fast path for the whole file, loaded with the golden tables.
@@ -1040,7 +1040,7 @@ fn configured_defaults_are_obeyed() {
         .replace(r#"unknown_teid = "pass""#, r#"unknown_teid = "drop""#)
         .replace(r#"spoofed_source = "drop""#, r#"spoofed_source = "pass""#)
         .replace(r#"malformed = "drop""#, r#"malformed = "pass""#);
-    let t = Tables::from_toml(&text, "defaults").unwrap();
+    let t = mecgw::datapath::compile::from_toml(&text, "defaults").unwrap();
     let fp = FastPath::load().unwrap();
     fp.install(&t).unwrap();
     let m = Model::new(&t);

@@ -8,11 +8,10 @@
 //!
 //! This module never touches the kernel or the policy engine itself: it works against
 //! [`ApiBackend`], which the daemon implements over its fast path, tables, policy engine and
-//! egress ([`daemon::GatewayApi`] adapts the daemon's `Gateway`). A table change goes through [`ApiBackend::replace_tables`], which installs it in
+//! egress (the daemon adapts its `Gateway` to it; this module never imports the daemon). A table change goes through [`ApiBackend::replace_tables`], which installs it in
 //! the fast path before it returns, so a rule change is in force when the call answers.
 
 pub mod config;
-pub mod daemon;
 pub mod identity;
 pub mod metrics;
 pub mod services;
@@ -32,7 +31,7 @@ use tonic::{
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::datapath::Tables;
+use crate::datapath::{CompiledTables, Problems, Tables};
 pub use crate::records::{PublishedRecord, ReleasedOutput};
 
 pub use config::{ApiConfig, AppConfig, Role};
@@ -63,8 +62,8 @@ pub enum ReplaceError {
     #[error("the tables changed while this change was being made")]
     Conflict,
     /// The new tables are inconsistent (each problem names the entry and field).
-    #[error("{}", .0.join("; "))]
-    Invalid(Vec<String>),
+    #[error("{0}")]
+    Invalid(Problems),
     /// The kernel refused the update.
     #[error("installing in the fast path failed: {0}")]
     Install(String),
@@ -91,13 +90,16 @@ pub struct StatusReport {
 /// [`FastPath`]: crate::datapath::FastPath
 pub trait ApiBackend: Send + Sync + 'static {
     /// The tables in force.
-    fn tables(&self) -> Arc<Tables>;
+    fn tables(&self) -> Arc<CompiledTables>;
 
     /// Validates `next` and installs it in the fast path, if the tables in force are still
     /// `base` (pointer-equal); then `next` is in force. Blocking: it writes BPF maps.
     /// Returns the tables now in force. On any error the old tables stay in force.
-    fn replace_tables(&self, base: &Arc<Tables>, next: Tables)
-    -> Result<Arc<Tables>, ReplaceError>;
+    fn replace_tables(
+        &self,
+        base: &Arc<CompiledTables>,
+        next: Tables,
+    ) -> Result<Arc<CompiledTables>, ReplaceError>;
 
     /// Counters, policy hash, budget and egress backlog.
     fn status(&self) -> Result<StatusReport, String>;
@@ -159,7 +161,11 @@ impl<B: ApiBackend> Shared<B> {
     /// Reads the tables in force, lets `edit` derive new ones (and the answer to give), and
     /// installs them in the fast path before returning. A reload in between (a conflict)
     /// makes it read again and re-run `edit`, so checks such as etags see the latest tables.
-    pub(crate) async fn edit_tables<T, F>(&self, mut edit: F) -> Result<T, tonic::Status>
+    pub(crate) async fn edit_tables<T, F>(
+        &self,
+        field: &str,
+        mut edit: F,
+    ) -> Result<T, tonic::Status>
     where
         F: FnMut(&Tables) -> Result<(Tables, T), tonic::Status>,
     {
@@ -176,7 +182,12 @@ impl<B: ApiBackend> Shared<B> {
                 Ok(_) => return Ok(answer),
                 Err(ReplaceError::Conflict) => continue,
                 Err(ReplaceError::Invalid(problems)) => {
-                    return Err(tonic::Status::invalid_argument(problems.join("; ")));
+                    let text: Vec<String> = problems
+                        .0
+                        .iter()
+                        .map(|p| format!("{field}: {}", p.message))
+                        .collect();
+                    return Err(tonic::Status::invalid_argument(text.join("; ")));
                 }
                 Err(e @ ReplaceError::Install(_)) => {
                     warn!(error = %e, "api: table update refused by the fast path");

@@ -13,9 +13,8 @@ use super::{
         DeleteSessionResponse, ListSessionsRequest, ListSessionsResponse,
         sessions_service_server::SessionsService,
     },
-    traffic_rules::check_tables,
 };
-use crate::datapath::tables::{Imsi, IpPrefix, Qfi, Session, Teid};
+use crate::datapath::tables::{Imsi, IpPrefix, Qfi, Session, Tables, Teid};
 
 /// Sessions in a page when the request does not say.
 const DEFAULT_PAGE: usize = 1000;
@@ -122,16 +121,15 @@ impl<B: ApiBackend> SessionsService for Sessions<B> {
         let session = from_proto(&p)?;
         let shown = self
             .0
-            .edit_tables(|tables| {
+            .edit_tables("session", |tables| {
                 if tables.sessions.iter().any(|s| s.id == session.id) {
                     return Err(Status::already_exists(format!(
                         "session.id: session {} exists",
                         session.id
                     )));
                 }
-                let mut next = tables.clone();
+                let mut next = Tables::clone(tables);
                 next.sessions.push(session.clone());
-                check_tables(&next, "session")?;
                 Ok((next, to_proto(&session)))
             })
             .await?;
@@ -148,13 +146,13 @@ impl<B: ApiBackend> SessionsService for Sessions<B> {
         caller.require_operator("DeleteSession")?;
         let id = request.get_ref().id;
         self.0
-            .edit_tables(|tables| {
+            .edit_tables("id", |tables| {
                 let i = tables
                     .sessions
                     .iter()
                     .position(|s| s.id == id)
                     .ok_or_else(|| Status::not_found(format!("there is no session {id}")))?;
-                let mut next = tables.clone();
+                let mut next = Tables::clone(tables);
                 next.sessions.remove(i);
                 Ok((next, ()))
             })

@@ -212,20 +212,6 @@ pub fn from_proto(p: &proto::TrafficRule, field: &str) -> Result<TrafficRule, St
 /// Most prefixes in one filter list (the fast path's own limits are checked on the tables).
 const MAX_PREFIXES: usize = 64;
 
-/// INVALID_ARGUMENT with every problem of `next`; problems at rule index `at` are reported
-/// under `field` (the request field that carried the rule).
-pub(crate) fn check_tables(next: &Tables, field: &str) -> Result<(), Status> {
-    let problems = next.problems();
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let text: Vec<String> = problems
-        .into_iter()
-        .map(|p| format!("{field}: {}", p.message))
-        .collect();
-    Err(Status::invalid_argument(text.join("; ")))
-}
-
 fn find(tables: &Tables, id: u32) -> Result<(usize, &TrafficRule), Status> {
     tables
         .rules
@@ -301,12 +287,11 @@ impl<B: ApiBackend> TrafficRulesService for TrafficRules<B> {
         };
         let rule = self
             .0
-            .edit_tables(|tables| {
+            .edit_tables("state", |tables| {
                 let (i, current) = find(tables, req.id)?;
                 require_etag(&req.etag, current, req.id)?;
-                let mut next = tables.clone();
+                let mut next = Tables::clone(tables);
                 next.rules[i].state = state;
-                check_tables(&next, "state")?;
                 let shown = to_proto(&next.rules[i]);
                 Ok((next, shown))
             })
@@ -329,16 +314,15 @@ impl<B: ApiBackend> TrafficRulesService for TrafficRules<B> {
         let rule = from_proto(&p, "rule")?;
         let shown = self
             .0
-            .edit_tables(|tables| {
+            .edit_tables("rule", |tables| {
                 if tables.rules.iter().any(|r| r.id == rule.id) {
                     return Err(Status::already_exists(format!(
                         "rule.id: traffic rule {} exists; replace it instead",
                         rule.id
                     )));
                 }
-                let mut next = tables.clone();
+                let mut next = Tables::clone(tables);
                 next.rules.push(rule.clone());
-                check_tables(&next, "rule")?;
                 Ok((next, to_proto(&rule)))
             })
             .await?;
@@ -360,12 +344,11 @@ impl<B: ApiBackend> TrafficRulesService for TrafficRules<B> {
         let rule = from_proto(&p, "rule")?;
         let shown = self
             .0
-            .edit_tables(|tables| {
+            .edit_tables("rule", |tables| {
                 let (i, current) = find(tables, rule.id)?;
                 require_etag(&req.etag, current, rule.id)?;
-                let mut next = tables.clone();
+                let mut next = Tables::clone(tables);
                 next.rules[i] = rule.clone();
-                check_tables(&next, "rule")?;
                 Ok((next, to_proto(&rule)))
             })
             .await?;
@@ -382,10 +365,10 @@ impl<B: ApiBackend> TrafficRulesService for TrafficRules<B> {
         caller.require_operator("DeleteTrafficRule")?;
         let req = request.into_inner();
         self.0
-            .edit_tables(|tables| {
+            .edit_tables("id", |tables| {
                 let (i, current) = find(tables, req.id)?;
                 require_etag(&req.etag, current, req.id)?;
-                let mut next = tables.clone();
+                let mut next = Tables::clone(tables);
                 next.rules.remove(i);
                 Ok((next, ()))
             })

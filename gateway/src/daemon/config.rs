@@ -283,16 +283,9 @@ pub struct Overrides {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "{path}: {size} bytes is more than the {MAX_CONFIG_BYTES} bytes a configuration may have"
-    )]
-    TooLarge { path: String, size: u64 },
+    /// Not a regular file, over [`MAX_CONFIG_BYTES`], not UTF-8, or unreadable.
+    #[error(transparent)]
+    Read(#[from] mecgw_policy::files::ReadError),
     #[error("{path}:{line}:{column}: {message}")]
     Invalid {
         path: String,
@@ -307,15 +300,7 @@ impl Config {
     /// directory.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let io = |source| ConfigError::Io {
-            path: shown.clone(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(io)?.len();
-        if size > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge { path: shown, size });
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        let text = mecgw_policy::files::read_text_limited(path, MAX_CONFIG_BYTES)?;
         let mut config = Config::from_toml(&text, &shown)?;
         config.apply(overrides);
         let base = path.parent().unwrap_or(Path::new("."));
@@ -328,7 +313,7 @@ impl Config {
         toml::from_str(text).map_err(|e: toml::de::Error| {
             let (line, column) = e
                 .span()
-                .map(|s| crate::datapath::tables::line_col(text, s.start))
+                .map(|s| crate::datapath::tables::toml::LineIndex::new(text).line_col(s.start))
                 .unwrap_or((1, 1));
             ConfigError::Invalid {
                 path: origin.to_string(),

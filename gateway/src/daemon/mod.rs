@@ -6,6 +6,7 @@
 //! on SIGHUP (validate first, then swap; keep the old on failure) and detaches on SIGTERM or
 //! SIGINT. [`Gateway`] is the state that the operations port and the APIs share.
 
+mod api_backend;
 pub mod config;
 mod gtpu;
 mod ops;
@@ -25,8 +26,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::datapath::{
-    AttachMode, Counter, DatapathError, Direction, FastPath, Reason, Verdict,
-    tables::{Tables, TablesError},
+    AttachMode, CompiledTables, Counter, DatapathError, Direction, FastPath, Problems, Reason,
+    Tables, Verdict,
+    compile::{self, compile},
 };
 use crate::records::{
     LoadedPolicy,
@@ -47,15 +49,11 @@ pub enum Datapath {
 }
 
 impl Datapath {
-    /// Puts `tables` in force; invalid tables are refused and the old stay.
-    pub fn install(&self, tables: &Tables) -> Result<(), DatapathError> {
+    /// Puts `tables` in force; on error the old stay.
+    pub fn install(&self, tables: &CompiledTables) -> Result<(), DatapathError> {
         match self {
             Datapath::Xdp(fp) => fp.install(tables),
-            Datapath::Userspace(us) => {
-                tables.validate().map_err(DatapathError::Tables)?;
-                us.install(tables)
-                    .map_err(|e| DatapathError::Io(std::io::Error::other(format!("{e:#}"))))
-            }
+            Datapath::Userspace(us) => us.install(tables),
         }
     }
 
@@ -131,14 +129,30 @@ pub struct DaemonMetrics {
     pub gtpu: gtpu::GtpuCounters,
 }
 
+/// Why a change of the tables was not installed. The tables in force stay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TablesChangeError {
+    /// The tables changed since the caller read them (e.g. a SIGHUP reload): read again.
+    #[error("the tables changed while this change was being made")]
+    Conflict,
+    /// The new tables are inconsistent.
+    #[error("{0}")]
+    Invalid(#[from] Problems),
+    /// The datapath refused the update.
+    #[error("installing in the datapath failed: {0}")]
+    Install(#[from] DatapathError),
+}
+
 /// What the daemon's tasks share.
 pub struct Gateway {
     datapath: Datapath,
-    tables: RwLock<Arc<Tables>>,
+    tables: RwLock<Arc<CompiledTables>>,
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
     n3_ifindex: u32,
     local_ifindex: u32,
-    ready: AtomicBool,
+    /// Ready: every configured part serves; false again while draining.
+    ready: tokio::sync::watch::Sender<bool>,
     draining: AtomicBool,
     pub metrics: DaemonMetrics,
     /// The gRPC API's per-method counters, once the API runs.
@@ -151,42 +165,45 @@ pub struct Gateway {
 
 impl Gateway {
     /// The tables in force.
-    pub fn tables(&self) -> Arc<Tables> {
+    pub fn tables(&self) -> Arc<CompiledTables> {
         match self.tables.read() {
             Ok(t) => Arc::clone(&t),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
-    /// Installs `new` in place of the tables in force: the fast path judges every packet
-    /// after this returns by `new`, none by a mixture. The interface indexes in `new` are
-    /// replaced by the daemon's. On error the old tables stay in force.
-    pub fn replace_tables(&self, new: Tables) -> Result<(), DatapathError> {
-        self.replace_tables_if(None, new).map(drop)
-    }
-
-    /// Like [`replace_tables`](Self::replace_tables), but only if the tables in force are
-    /// still `base` (pointer-equal), checked under the same lock as the install: a SIGHUP
-    /// reload between a caller's read and its write cannot be overwritten. `Ok(false)`: the
-    /// tables changed meanwhile and nothing was installed.
+    /// Installs tables compiled from `new` in place of the tables in force, if those are
+    /// still `base` (pointer-equal; `None`: whatever is in force), checked under the same
+    /// lock as the install, so a SIGHUP reload between a caller's read and its write is never
+    /// overwritten. The interface indexes in `new` are replaced by the daemon's. From the
+    /// moment this returns the datapath judges every packet by the new tables, none by a
+    /// mixture. On error the old tables stay in force.
     pub fn replace_tables_if(
         &self,
-        base: Option<&Arc<Tables>>,
-        mut new: Tables,
-    ) -> Result<bool, DatapathError> {
-        new.n3.ifindex = self.n3_ifindex;
-        new.local.ifindex = self.local_ifindex;
+        base: Option<&Arc<CompiledTables>>,
+        new: Tables,
+    ) -> Result<Arc<CompiledTables>, TablesChangeError> {
+        self.install_compiled(base, compile(new)?)
+    }
+
+    /// [`Gateway::replace_tables_if`] for tables already compiled (a reload).
+    fn install_compiled(
+        &self,
+        base: Option<&Arc<CompiledTables>>,
+        compiled: CompiledTables,
+    ) -> Result<Arc<CompiledTables>, TablesChangeError> {
+        let compiled = compiled.on_interfaces(self.n3_ifindex, self.local_ifindex);
         // Hold the lock across the check and the install so replacements apply in order.
         let mut current = match self.tables.write() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
         if base.is_some_and(|b| !Arc::ptr_eq(b, &current)) {
-            return Ok(false);
+            return Err(TablesChangeError::Conflict);
         }
-        self.datapath.install(&new)?;
-        *current = Arc::new(new);
-        Ok(true)
+        self.datapath.install(&compiled)?;
+        *current = Arc::new(compiled);
+        Ok(Arc::clone(&current))
     }
 
     /// The datapath in use, XDP or userspace (counters).
@@ -210,9 +227,14 @@ impl Gateway {
         *slot = policy;
     }
 
-    /// Ready: programs attached, tables and policy loaded, not draining.
+    /// Ready: every configured part serves, not draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        *self.ready.borrow()
+    }
+
+    /// Readiness as it changes.
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// The gRPC API's counters, if the API runs.
@@ -264,9 +286,7 @@ impl FlowSource for Gateway {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let n3_ifindex = ifindex(&config.interfaces.n3).context("interfaces.n3")?;
     let local_ifindex = ifindex(&config.interfaces.local).context("interfaces.local")?;
-    let mut tables = load_tables(&config.datapath.tables)?;
-    tables.n3.ifindex = n3_ifindex;
-    tables.local.ifindex = local_ifindex;
+    let tables = load_tables(&config.datapath.tables)?.on_interfaces(n3_ifindex, local_ifindex);
     let policy = match &config.policy {
         Some(p) => {
             let loaded = load_policy(&p.file)?;
@@ -329,7 +349,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         policy: RwLock::new(None),
         n3_ifindex,
         local_ifindex,
-        ready: AtomicBool::new(false),
+        ready: tokio::sync::watch::channel(false).0,
         draining: AtomicBool::new(false),
         metrics: DaemonMetrics::default(),
         api_metrics: std::sync::OnceLock::new(),
@@ -431,7 +451,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    gw.ready.store(true, Ordering::SeqCst);
+    gw.ready.send_replace(true);
     info!(
         datapath = gw.datapath.kind().name(),
         n3 = %config.interfaces.n3,
@@ -451,6 +471,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     gw.draining.store(true, Ordering::SeqCst);
+    gw.ready.send_replace(false);
     let _ = stop_tx.send(true);
     if let Err(e) = ops.await {
         warn!(error = %e, "operations port task ended abnormally");
@@ -513,7 +534,7 @@ fn spawn_api(
     if config.insecure {
         warn!(listen = %config.listen, "the gRPC API is served in PLAINTEXT (insecure): no mTLS, no app identity from certificates");
     }
-    let api = Arc::new(crate::api::daemon::GatewayApi::new(
+    let api = Arc::new(api_backend::GatewayApi::new(
         Arc::clone(gw),
         ingest_tx,
         releases_tx,
@@ -545,8 +566,8 @@ fn reload(gw: &Gateway, config: &Config) {
     };
     let outcome = match (tables, policy) {
         (Ok(t), Ok(p)) => gw
-            .replace_tables(t)
-            .map(|()| {
+            .install_compiled(None, t)
+            .map(|_| {
                 if let Some(p) = &p {
                     // Egress checks batches already queued against the new permissions at
                     // send time; the engine switches after releasing the old one's windows.
@@ -598,8 +619,8 @@ fn return_freed_memory() {
     }
 }
 
-fn load_tables(path: &Path) -> anyhow::Result<Tables> {
-    Tables::load(path).map_err(|e: TablesError| anyhow::anyhow!("{e}"))
+fn load_tables(path: &Path) -> anyhow::Result<CompiledTables> {
+    compile::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn load_policy(path: &Path) -> anyhow::Result<LoadedPolicy> {

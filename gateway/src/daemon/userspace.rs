@@ -57,7 +57,7 @@ use pnet_datalink::{self as datalink, Channel, DataLinkReceiver, DataLinkSender}
 use tracing::{info, warn};
 
 use crate::datapath::{
-    Direction,
+    CompiledTables, DatapathError, Direction,
     flow_counters::{FlowLosses, FlowSample, FlowTable},
     model::Model,
     tables::Tables,
@@ -138,7 +138,7 @@ pub struct UserspacePath {
 impl UserspacePath {
     /// Opens AF_PACKET channels on `n3` and `local`, sets up the kernel arrangement, installs
     /// `tables` and starts the two packet threads.
-    pub fn start(n3: &str, local: &str, tables: &Tables) -> anyhow::Result<UserspacePath> {
+    pub fn start(n3: &str, local: &str, tables: &CompiledTables) -> anyhow::Result<UserspacePath> {
         let n3_if = interface(n3)?;
         let local_if = interface(local)?;
         remove_arrangement(n3, local);
@@ -180,7 +180,7 @@ impl UserspacePath {
         let shared = Arc::new(Shared {
             in_force: RwLock::new(Arc::new(InForce {
                 model: Model::new(tables),
-                tables: tables.clone(),
+                tables: Tables::clone(tables),
                 own: own_addresses(),
             })),
             counters: Counters::default(),
@@ -211,18 +211,22 @@ impl UserspacePath {
     }
 
     /// Puts `tables` in force: every frame judged after this returns is judged by them.
-    pub fn install(&self, tables: &Tables) -> anyhow::Result<()> {
-        self.route_ues(tables, false)?;
+    pub fn install(&self, tables: &CompiledTables) -> Result<(), DatapathError> {
+        let routes = |source: anyhow::Error| DatapathError::Userspace {
+            action: "updating the UE routes in table 2152",
+            source: source.into(),
+        };
+        self.route_ues(tables, false).map_err(routes)?;
         let next = Arc::new(InForce {
             model: Model::new(tables),
-            tables: tables.clone(),
+            tables: Tables::clone(tables),
             own: own_addresses(),
         });
         match self.shared.in_force.write() {
             Ok(mut slot) => *slot = next,
             Err(poisoned) => *poisoned.into_inner() = next,
         }
-        self.route_ues(tables, true)
+        self.route_ues(tables, true).map_err(routes)
     }
 
     /// Blackholes the UE addresses of `tables` in table 2152; with `prune`, also removes

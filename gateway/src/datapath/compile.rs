@@ -1,50 +1,314 @@
-//! Compiles [`Tables`] into the entries the kernel maps hold.
+//! Compiling tables: the only way to get tables a datapath installs.
 //!
-//! Rules become an array in precedence order (lowest priority value first, ties by lowest
-//! rule id; INACTIVE rules are left out) plus, per address family, a longest-prefix-match
-//! trie from destination prefix to the bounded list of rules that may apply there. A packet
-//! looks up its destination once and walks at most [`MAX_CANDIDATES`] rules.
+//! [`compile`] checks a [`Tables`] description as a whole (unique ids, TEIDs and UE
+//! addresses; UE prefixes that do not nest; the N3 address family of every gNB; the fast
+//! path's capacities; at most [`MAX_CANDIDATES`] rules examined per destination) and returns
+//! [`CompiledTables`], or every [`Problem`]. A tables file ([`load`], [`from_toml`]), an API
+//! change and a control-plane change all go through it; the XDP writer, the userspace
+//! datapath and the reference model take nothing else.
+//!
+//! Rules get their precedence here (lowest priority value first, ties by lowest rule id;
+//! INACTIVE rules are left out), and per address family a longest-prefix-match map from
+//! destination prefix to the bounded list of rules that may apply there: a packet looks up
+//! its destination once and walks at most [`MAX_CANDIDATES`] rules.
 //!
 //! Why the list of the longest matching prefix is enough: if rule prefix `q` contains address
 //! `a` and `p` is the longest rule prefix containing `a`, then `q` contains `p`; so the list
 //! of `p` holds every rule whose destination covers `p`, which is every rule that can match `a`.
 //!
-//! Pure code: no kernel access, so it is tested directly and shared with the loader.
+//! Pure code: no kernel access.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
     net::IpAddr,
+    path::Path,
 };
 
 use mecgw_ebpf::{
-    CONFIG_N3_V4, CONFIG_N3_V6, Candidates, Config, MATCH_PORTS, MATCH_PROTO, MATCH_QFI, MATCH_SRC,
-    MATCH_TEID, MAX_CANDIDATES, MAX_DST_PREFIXES, PortRange as PortEntry, PrefixV4, PrefixV6,
-    RuleEntry, SESSION_GNB_V6, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6, SessionEntry, action,
-    disposition,
+    MAX_CANDIDATES, MAX_DST_PREFIXES, MAX_N3_MTU, MAX_PORT_RANGES, MAX_RULES, MAX_SESSIONS,
+    MAX_SRC_PREFIXES, MIN_N3_MTU,
 };
 
 use super::tables::{
-    Disposition, IpPrefix, Place, Problem, RuleAction, RuleState, Tables, mask_v4, mask_v6,
+    IpPrefix, MAX_TABLES_FILE_BYTES, RuleState, Tables, TablesError, mask_v4, mask_v6,
+    toml::{self, LineIndex},
 };
 
-/// The contents of one generation of the kernel tables.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Most problems listed in one error; the rest are counted. A file with 20,000 problems is
+/// better answered by its first hundred than by a wall of text.
+pub const MAX_REPORTED_PROBLEMS: usize = 100;
+
+/// Where in the tables a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The tables as a whole (or the interface sections).
+    Global,
+    /// `sessions[i]`.
+    Session(usize),
+    /// `rules[i]`.
+    Rule(usize),
+}
+
+/// One thing wrong with the tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub place: Place,
+    pub message: String,
+}
+
+/// Everything wrong with a set of tables (never empty).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    /// One problem a line, each prefixed with where it is (`sessions[3]: …`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, p) in self.0.iter().take(MAX_REPORTED_PROBLEMS).enumerate() {
+            if n > 0 {
+                f.write_str("\n")?;
+            }
+            match p.place {
+                Place::Global => write!(f, "{}", p.message)?,
+                Place::Session(i) => write!(f, "sessions[{i}]: {}", p.message)?,
+                Place::Rule(i) => write!(f, "rules[{i}]: {}", p.message)?,
+            }
+        }
+        if self.0.len() > MAX_REPORTED_PROBLEMS {
+            write!(
+                f,
+                "\n… and {} more problem(s), not listed",
+                self.0.len() - MAX_REPORTED_PROBLEMS
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Tables that passed every check: what the datapaths install. Read-only (it derefs to the
+/// [`Tables`] it was compiled from); [`CompiledTables::into_tables`] gives the description
+/// back for editing, and editing means compiling again.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledTables {
-    pub config: Config,
-    /// Uplink TEID → session.
-    pub sessions: HashMap<u32, SessionEntry>,
-    /// UE IPv4 address → session.
-    pub ue_v4: HashMap<[u8; 4], SessionEntry>,
-    /// (UE IPv6 prefix, length) → session.
-    pub ue_v6: HashMap<([u8; 16], u32), SessionEntry>,
-    /// Active rules in precedence order.
-    pub rules: Vec<RuleEntry>,
-    /// (destination prefix, length) → candidate rule indices.
-    pub dst_v4: HashMap<([u8; 4], u32), Candidates>,
-    pub dst_v6: HashMap<([u8; 16], u32), Candidates>,
+    tables: Tables,
+    lists: CandidateLists,
+}
+
+impl std::ops::Deref for CompiledTables {
+    type Target = Tables;
+    fn deref(&self) -> &Tables {
+        &self.tables
+    }
+}
+
+impl CompiledTables {
+    /// The description these tables were compiled from.
+    pub fn into_tables(self) -> Tables {
+        self.tables
+    }
+
+    /// The rule precedence and the candidate lists of every destination prefix.
+    pub fn candidate_lists(&self) -> &CandidateLists {
+        &self.lists
+    }
+
+    /// The same tables on other interfaces. Interface indexes are facts of the host the
+    /// tables are installed on, not of their consistency, so no check is needed again.
+    pub fn on_interfaces(mut self, n3_ifindex: u32, local_ifindex: u32) -> CompiledTables {
+        self.tables.n3.ifindex = n3_ifindex;
+        self.tables.local.ifindex = local_ifindex;
+        self
+    }
+}
+
+/// Checks `tables` and compiles them, or returns every problem.
+pub fn compile(tables: Tables) -> Result<CompiledTables, Problems> {
+    let mut problems = Vec::new();
+    check(&tables, &mut problems);
+    match candidate_lists(&tables) {
+        Ok(lists) if problems.is_empty() => Ok(CompiledTables { tables, lists }),
+        Ok(_) => Err(Problems(problems)),
+        Err(more) => {
+            problems.extend(more);
+            Err(Problems(problems))
+        }
+    }
+}
+
+/// Reads and compiles a tables file. Only a regular file of at most
+/// [`MAX_TABLES_FILE_BYTES`] is read.
+pub fn load(path: &Path) -> Result<CompiledTables, TablesError> {
+    let text = mecgw_policy::files::read_text_limited(path, MAX_TABLES_FILE_BYTES)?;
+    from_toml(&text, &path.display().to_string())
+}
+
+/// Reads and compiles tables from TOML text; `origin` names it in errors, and each problem
+/// is reported at the line and column of its entry.
+pub fn from_toml(text: &str, origin: &str) -> Result<CompiledTables, TablesError> {
+    let read = toml::read(text, origin)?;
+    let (session_at, rule_at) = (read.session_at, read.rule_at);
+    let Problems(problems) = match compile(read.tables) {
+        Ok(compiled) => return Ok(compiled),
+        Err(p) => p,
+    };
+    let lines = LineIndex::new(text);
+    let more = problems.len().saturating_sub(MAX_REPORTED_PROBLEMS);
+    let problems = problems
+        .into_iter()
+        .take(MAX_REPORTED_PROBLEMS)
+        .map(|p| {
+            let at = match p.place {
+                Place::Global => None,
+                Place::Session(i) => session_at.get(i).copied(),
+                Place::Rule(i) => rule_at.get(i).copied(),
+            };
+            match at {
+                Some(at) => {
+                    let (l, c) = lines.line_col(at);
+                    format!("{origin}:{l}:{c}: {}", p.message)
+                }
+                None => format!("{origin}: {}", p.message),
+            }
+        })
+        .collect();
+    Err(TablesError::Invalid {
+        path: origin.to_string(),
+        problems,
+        more,
+    })
+}
+
+/// Every problem with `tables` except the candidate lists', added to `out`.
+fn check(tables: &Tables, out: &mut Vec<Problem>) {
+    let mut global = |message: String| {
+        out.push(Problem {
+            place: Place::Global,
+            message,
+        })
+    };
+    if !(MIN_N3_MTU..=MAX_N3_MTU).contains(&tables.n3.mtu) {
+        global(format!(
+            "n3.mtu = {} is out of range: it must be {MIN_N3_MTU}-{MAX_N3_MTU}",
+            tables.n3.mtu
+        ));
+    }
+    if tables.sessions.len() > MAX_SESSIONS as usize {
+        global(format!(
+            "{} sessions: the fast path holds at most {MAX_SESSIONS}",
+            tables.sessions.len()
+        ));
+    }
+    if tables.rules.len() > MAX_RULES as usize {
+        global(format!(
+            "{} rules: the fast path holds at most {MAX_RULES}",
+            tables.rules.len()
+        ));
+    }
+    session_problems(tables, out);
+    rule_problems(tables, out);
+}
+
+fn session_problems(tables: &Tables, out: &mut Vec<Problem>) {
+    let mut ids = HashMap::new();
+    let mut teids = HashMap::new();
+    let mut ue4 = HashMap::new();
+    let mut ue6: HashMap<(u8, IpAddr), usize> = HashMap::new();
+    for (i, s) in tables.sessions.iter().enumerate() {
+        let mut bad = |message: String| {
+            out.push(Problem {
+                place: Place::Session(i),
+                message: format!("session {}: {message}", s.id),
+            })
+        };
+        if let Some(j) = ids.insert(s.id, i) {
+            bad(format!("id {} is also used by sessions[{j}]", s.id));
+        }
+        if let Some(j) = teids.insert(s.uplink_teid, i) {
+            bad(format!(
+                "uplink_teid {} is also used by sessions[{j}]",
+                s.uplink_teid.0
+            ));
+        }
+        if s.ue_ipv4.is_none() && s.ue_ipv6.is_none() {
+            bad("has neither ue_ipv4 nor ue_ipv6".to_string());
+        }
+        if let Some(a) = s.ue_ipv4
+            && let Some(j) = ue4.insert(a, i)
+        {
+            bad(format!("ue_ipv4 {a} is also used by sessions[{j}]"));
+        }
+        if let Some(p) = s.ue_ipv6 {
+            if !p.is_ipv6() || p.len() == 0 {
+                bad(format!(
+                    "ue_ipv6 {p} must be an IPv6 prefix of length 1-128"
+                ));
+            } else if let Some(j) = ue6.insert((p.len(), p.addr()), i) {
+                bad(format!("ue_ipv6 {p} is also used by sessions[{j}]"));
+            }
+        }
+        match s.gnb {
+            IpAddr::V4(_) if tables.n3.ipv4.is_none() => {
+                bad(format!("gnb {} is IPv4 but n3 has no ipv4 address", s.gnb))
+            }
+            IpAddr::V6(_) if tables.n3.ipv6.is_none() => {
+                bad(format!("gnb {} is IPv6 but n3 has no ipv6 address", s.gnb))
+            }
+            _ => {}
+        }
+    }
+    // UE IPv6 prefixes must not nest: the downlink must find exactly one session.
+    let lens: HashSet<u8> = ue6.keys().map(|k| k.0).collect();
+    for (&(len, addr), &i) in &ue6 {
+        let Some(p) = IpPrefix::containing(addr, len) else {
+            continue;
+        };
+        for &l in lens.iter().filter(|&&l| l < len) {
+            let Some(outer) = IpPrefix::containing(addr, l) else {
+                continue;
+            };
+            if let Some(&j) = ue6.get(&(l, outer.addr())) {
+                out.push(Problem {
+                    place: Place::Session(i),
+                    message: format!(
+                        "session {}: ue_ipv6 {p} lies inside {outer} of sessions[{j}]",
+                        tables.sessions[i].id
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn rule_problems(tables: &Tables, out: &mut Vec<Problem>) {
+    let mut ids = HashMap::new();
+    for (i, r) in tables.rules.iter().enumerate() {
+        let mut bad = |message: String| {
+            out.push(Problem {
+                place: Place::Rule(i),
+                message: format!("rule {}: {message}", r.id),
+            })
+        };
+        if let Some(j) = ids.insert(r.id, i) {
+            bad(format!("id {} is also used by rules[{j}]", r.id));
+        }
+        let v4 = r.src.iter().filter(|p| !p.is_ipv6()).count();
+        let v6 = r.src.len() - v4;
+        if v4 > MAX_SRC_PREFIXES || v6 > MAX_SRC_PREFIXES {
+            bad(format!(
+                "{v4} IPv4 and {v6} IPv6 source prefixes: at most {MAX_SRC_PREFIXES} per family"
+            ));
+        }
+        if r.dst_ports.len() > MAX_PORT_RANGES {
+            bad(format!(
+                "{} destination port ranges: at most {MAX_PORT_RANGES}",
+                r.dst_ports.len()
+            ));
+        }
+    }
 }
 
 /// The rule precedence and the candidate lists of every destination prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CandidateLists {
     /// Indices into `tables.rules` of the active rules, in precedence order.
     pub order: Vec<usize>,
@@ -54,7 +318,7 @@ pub struct CandidateLists {
 
 /// Computes the rule order and candidate lists, or every destination where more than
 /// [`MAX_CANDIDATES`] rules would apply.
-pub fn candidate_lists(tables: &Tables) -> Result<CandidateLists, Vec<Problem>> {
+fn candidate_lists(tables: &Tables) -> Result<CandidateLists, Vec<Problem>> {
     let mut order: Vec<usize> = (0..tables.rules.len())
         .filter(|&i| tables.rules[i].state == RuleState::Active)
         .collect();
@@ -159,252 +423,13 @@ fn lists<A: Copy + Ord + std::hash::Hash>(
     out
 }
 
-/// Stable counter slots for ids (rules or sessions), so counters survive table updates.
-///
-/// A slot given up by an update becomes reusable only after the *next* update: by then the
-/// generation that still referenced it has been retired behind an RCU grace period.
-#[derive(Debug, Default)]
-pub struct Slots {
-    by_id: HashMap<u32, u32>,
-    free: Vec<u32>,
-    retired: Vec<u32>,
-    next: u32,
-}
-
-impl Slots {
-    /// Gives every id in `ids` a slot (keeping existing ones) and retires the rest.
-    /// Returns the slots handed out fresh from reuse, whose counters must be zeroed.
-    pub fn assign(&mut self, ids: &[u32]) -> Vec<u32> {
-        self.free.append(&mut self.retired);
-        let keep: std::collections::HashSet<u32> = ids.iter().copied().collect();
-        let gone: Vec<u32> = self
-            .by_id
-            .keys()
-            .filter(|id| !keep.contains(id))
-            .copied()
-            .collect();
-        for id in gone {
-            if let Some(slot) = self.by_id.remove(&id) {
-                self.retired.push(slot);
-            }
-        }
-        let mut reused = Vec::new();
-        for &id in ids {
-            if self.by_id.contains_key(&id) {
-                continue;
-            }
-            let slot = match self.free.pop() {
-                Some(s) => {
-                    reused.push(s);
-                    s
-                }
-                None => {
-                    self.next += 1;
-                    self.next - 1
-                }
-            };
-            self.by_id.insert(id, slot);
-        }
-        reused
-    }
-
-    /// The slot of `id`, if it has one.
-    pub fn get(&self, id: u32) -> Option<u32> {
-        self.by_id.get(&id).copied()
-    }
-}
-
-fn disposition(d: Disposition) -> u32 {
-    match d {
-        Disposition::Pass => disposition::PASS,
-        Disposition::Drop => disposition::DROP,
-    }
-}
-
-fn mask_bytes_v6(len: u8) -> [u8; 16] {
-    mask_v6(len).to_be_bytes()
-}
-
-/// The session entry of `s`, counting into `slot`.
-pub fn session_entry(s: &super::tables::Session, slot: u32) -> SessionEntry {
-    let mut e = SessionEntry {
-        id: s.id,
-        counter: slot,
-        uplink_teid: s.uplink_teid.0,
-        downlink_teid: s.downlink_teid.0,
-        qfi: u32::from(s.qfi.get()),
-        ..SessionEntry::default()
-    };
-    if let Some(a) = s.ue_ipv4 {
-        e.flags |= SESSION_HAS_UE_V4;
-        e.ue_v4 = a.octets();
-    }
-    if let Some(p) = s.ue_ipv6
-        && let IpAddr::V6(a) = p.addr()
-    {
-        e.flags |= SESSION_HAS_UE_V6;
-        e.ue_v6 = a.octets();
-        e.ue_v6_mask = mask_bytes_v6(p.len());
-    }
-    match s.gnb {
-        IpAddr::V4(a) => e.gnb[..4].copy_from_slice(&a.octets()),
-        IpAddr::V6(a) => {
-            e.flags |= SESSION_GNB_V6;
-            e.gnb = a.octets();
-        }
-    }
-    e
-}
-
-fn rule_entry(r: &super::tables::TrafficRule, slot: u32) -> RuleEntry {
-    let mut e = RuleEntry {
-        id: r.id,
-        counter: slot,
-        action: match r.action {
-            RuleAction::Passthrough => action::PASSTHROUGH,
-            RuleAction::Drop => action::DROP,
-            RuleAction::Local => action::LOCAL,
-        },
-        ..RuleEntry::default()
-    };
-    if let Some(t) = r.teid {
-        e.match_flags |= MATCH_TEID;
-        e.teid = t.0;
-    }
-    if let Some(q) = r.qfi {
-        e.match_flags |= MATCH_QFI;
-        e.qfi = u32::from(q.get());
-    }
-    if !r.protocols.is_empty() {
-        e.match_flags |= MATCH_PROTO;
-        for p in &r.protocols {
-            e.protocols[usize::from(p.0 >> 5)] |= 1 << (p.0 & 31);
-        }
-    }
-    if !r.dst_ports.is_empty() {
-        e.match_flags |= MATCH_PORTS;
-        for (slot, range) in e.ports.iter_mut().zip(&r.dst_ports) {
-            *slot = PortEntry {
-                lo: range.lo,
-                hi: range.hi,
-            };
-        }
-        e.port_count = r.dst_ports.len().min(e.ports.len()) as u32;
-    }
-    if !r.src.is_empty() {
-        e.match_flags |= MATCH_SRC;
-        for p in &r.src {
-            add_src(&mut e, p);
-        }
-    }
-    e
-}
-
-fn add_src(e: &mut RuleEntry, p: &IpPrefix) {
-    match p.addr() {
-        IpAddr::V4(a) => {
-            if let Some(slot) = e.src_v4.get_mut(e.src_v4_count as usize) {
-                *slot = PrefixV4 {
-                    addr: a.octets(),
-                    mask: mask_v4(p.len()).to_be_bytes(),
-                };
-                e.src_v4_count += 1;
-            }
-        }
-        IpAddr::V6(a) => {
-            if let Some(slot) = e.src_v6.get_mut(e.src_v6_count as usize) {
-                *slot = PrefixV6 {
-                    addr: a.octets(),
-                    mask: mask_bytes_v6(p.len()),
-                };
-                e.src_v6_count += 1;
-            }
-        }
-    }
-}
-
-fn candidates(list: &[u32]) -> Candidates {
-    let mut c = Candidates::default();
-    for (slot, &i) in c.rules.iter_mut().zip(list) {
-        *slot = i;
-    }
-    c.count = list.len().min(MAX_CANDIDATES) as u32;
-    c
-}
-
-/// Compiles validated tables. Counter slots come from `rule_slots` / `session_slots`, which
-/// must already hold every rule and session id (see [`Slots::assign`]).
-pub fn compile(
-    tables: &Tables,
-    rule_slots: &Slots,
-    session_slots: &Slots,
-) -> Result<CompiledTables, Vec<Problem>> {
-    let problems = tables.problems();
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let lists = candidate_lists(tables)?;
-    let mut config = Config {
-        local_ifindex: tables.local.ifindex,
-        n3_ifindex: tables.n3.ifindex,
-        n3_mtu: tables.n3.mtu,
-        unknown_teid: disposition(tables.defaults.unknown_teid),
-        spoofed_source: disposition(tables.defaults.spoofed_source),
-        malformed: disposition(tables.defaults.malformed),
-        local_mac: tables.local.mac.0,
-        local_next_hop_mac: tables.local.next_hop_mac.0,
-        n3_mac: tables.n3.mac.0,
-        n3_next_hop_mac: tables.n3.next_hop_mac.0,
-        ..Config::default()
-    };
-    if let Some(a) = tables.n3.ipv4 {
-        config.flags |= CONFIG_N3_V4;
-        config.n3_v4 = a.octets();
-    }
-    if let Some(a) = tables.n3.ipv6 {
-        config.flags |= CONFIG_N3_V6;
-        config.n3_v6 = a.octets();
-    }
-    let mut out = CompiledTables {
-        config,
-        ..CompiledTables::default()
-    };
-    for s in &tables.sessions {
-        let e = session_entry(s, session_slots.get(s.id).unwrap_or(0));
-        out.sessions.insert(e.uplink_teid, e);
-        if let Some(a) = s.ue_ipv4 {
-            out.ue_v4.insert(a.octets(), e);
-        }
-        if e.flags & SESSION_HAS_UE_V6 != 0 {
-            let len = s.ue_ipv6.map_or(128, |p| u32::from(p.len()));
-            out.ue_v6.insert((e.ue_v6, len), e);
-        }
-    }
-    out.rules = lists
-        .order
-        .iter()
-        .map(|&i| {
-            let r = &tables.rules[i];
-            rule_entry(r, rule_slots.get(r.id).unwrap_or(0))
-        })
-        .collect();
-    out.dst_v4 = lists
-        .v4
-        .iter()
-        .map(|(&(len, a), list)| ((a.to_be_bytes(), u32::from(len)), candidates(list)))
-        .collect();
-    out.dst_v6 = lists
-        .v6
-        .iter()
-        .map(|(&(len, a), list)| ((a.to_be_bytes(), u32::from(len)), candidates(list)))
-        .collect();
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::datapath::tables::{RuleAction, TrafficRule};
+    use crate::datapath::tables::{
+        Disposition, Imsi, Qfi, RuleAction, Session, Teid, TrafficRule, tests::MINIMAL,
+    };
 
     fn rule(id: u32, priority: u8, dst: &[&str]) -> TrafficRule {
         TrafficRule {
@@ -422,12 +447,9 @@ mod tests {
     }
 
     fn tables(rules: Vec<TrafficRule>) -> Tables {
-        Tables::from_toml(crate::datapath::tables::tests::MINIMAL, "t")
-            .map(|mut t| {
-                t.rules = rules;
-                t
-            })
-            .unwrap()
+        let mut t = from_toml(MINIMAL, "t").unwrap().into_tables();
+        t.rules = rules;
+        t
     }
 
     #[test]
@@ -464,15 +486,201 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_stable_and_reused_only_after_a_further_update() {
-        let mut s = Slots::default();
-        assert!(s.assign(&[1, 2, 3]).is_empty());
-        let two = s.get(2).unwrap();
-        s.assign(&[1, 3, 4]);
-        assert_ne!(s.get(4), Some(two), "a retired slot is not reused at once");
-        let reused = s.assign(&[1, 3, 4, 5]);
-        assert_eq!(s.get(5), Some(two));
-        assert_eq!(reused, vec![two]);
-        assert_eq!(s.get(1), Some(0));
+    fn minimal_file_loads_with_documented_defaults() {
+        let t = from_toml(MINIMAL, "t.toml").unwrap();
+        assert_eq!(t.defaults.unknown_teid, Disposition::Pass);
+        assert_eq!(t.defaults.spoofed_source, Disposition::Drop);
+        assert_eq!(t.defaults.malformed, Disposition::Drop);
+        assert!(t.sessions.is_empty() && t.rules.is_empty());
+    }
+
+    #[test]
+    fn the_commented_example_is_valid() {
+        let text = include_str!("../../../examples/tables.toml");
+        let t = from_toml(text, "examples/tables.toml").unwrap();
+        assert!(!t.sessions.is_empty() && !t.rules.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_reported_with_line_and_column() {
+        let text = format!(
+            "{MINIMAL}\n[[rules]]\nid = 1\npriority = 0\naction = \"DROP\"\ncolour = \"red\"\n"
+        );
+        let e = from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:19:1: "), "{e}");
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_what_is_wrong_and_where() {
+        let cases = [
+            (
+                "dst = [\"10.0.0.1/8\"]",
+                "host bits set: did you mean 10.0.0.0/8",
+            ),
+            ("dst = [\"10.0.0.0/33\"]", "prefix length must be 0-32"),
+            ("dst_ports = [\"90-80\"]", "is empty: 90 > 80"),
+            ("protocols = [\"gre\"]", "unknown protocol \"gre\""),
+            ("qfi = 64", "QFI 64 is out of range"),
+            ("priority = 256", "256"),
+        ];
+        for (line, want) in cases {
+            let text = format!(
+                "{MINIMAL}\n[[rules]]\nid = 1\naction = \"DROP\"\n{}{line}\n",
+                if line.starts_with("priority") {
+                    ""
+                } else {
+                    "priority = 0\n"
+                }
+            );
+            let e = from_toml(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{line}: {e}");
+            assert!(e.starts_with("t.toml:1"), "{line}: no line:column in {e}");
+        }
+    }
+
+    #[test]
+    fn an_imsi_is_5_to_15_digits_and_a_bad_one_is_reported_where_it_is() {
+        let session = |imsi: &str| {
+            format!(
+                "{MINIMAL}\n[[sessions]]\nid = 1\nuplink_teid = 7\ndownlink_teid = 8\n\
+                 ue_ipv4 = \"10.0.0.1\"\ngnb = \"198.18.1.1\"\nqfi = 1\nimsi = {imsi}\n"
+            )
+        };
+        let t = from_toml(&session("\"001010123456789\""), "t.toml").unwrap();
+        assert_eq!(
+            t.sessions[0].imsi.as_ref().map(Imsi::as_str),
+            Some("001010123456789")
+        );
+        assert!(from_toml(&session("\"00101\""), "t.toml").is_ok());
+        for bad in ["\"0010\"", "\"0010101234567890\"", "\"00101a\"", "\"\""] {
+            let e = from_toml(&session(bad), "t.toml").unwrap_err().to_string();
+            assert!(
+                e.contains("is not an IMSI (expected 5-15 decimal digits"),
+                "{bad}: {e}"
+            );
+            assert!(e.starts_with("t.toml:22:8: "), "{bad}: {e}");
+        }
+        let e = from_toml(&session("1010123456"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:22:8: "), "a number: {e}");
+    }
+
+    #[test]
+    fn every_inconsistency_is_reported_at_its_entry() {
+        let text = format!(
+            r#"{MINIMAL}
+[[sessions]]
+id = 1
+uplink_teid = 7
+downlink_teid = 8
+ue_ipv4 = "10.0.0.1"
+gnb = "198.18.1.1"
+qfi = 1
+
+[[sessions]]
+id = 1
+uplink_teid = 7
+downlink_teid = 9
+gnb = "198.18.1.2"
+qfi = 1
+
+[[rules]]
+id = 4
+priority = 0
+action = "LOCAL"
+dst_ports = [1, 2, 3, 4, 5]
+"#
+        );
+        let e = from_toml(&text, "t.toml").unwrap_err();
+        let TablesError::Invalid { problems, .. } = &e else {
+            panic!("{e}")
+        };
+        let joined = problems.join("\n");
+        assert_eq!(problems.len(), 4, "{joined}");
+        assert!(
+            joined.contains("t.toml:23:1: session 1: id 1 is also used by sessions[0]"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("t.toml:23:1: session 1: uplink_teid 7 is also used"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("has neither ue_ipv4 nor ue_ipv6"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("t.toml:30:1: rule 4: 5 destination port ranges"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn nested_ue_prefixes_and_missing_n3_family_are_refused() {
+        let mut t = from_toml(MINIMAL, "t").unwrap().into_tables();
+        t.n3.ipv6 = None;
+        let s = |id, p: &str, gnb: &str| Session {
+            id,
+            uplink_teid: Teid(id),
+            downlink_teid: Teid(id),
+            ue_ipv4: None,
+            ue_ipv6: Some(p.parse().unwrap()),
+            gnb: gnb.parse().unwrap(),
+            qfi: Qfi::new(1).unwrap(),
+            imsi: None,
+        };
+        t.sessions = vec![
+            s(1, "2001:db8:1::/48", "198.18.1.1"),
+            s(2, "2001:db8:1:2::/64", "2001:db8::9"),
+        ];
+        let e = compile(t).unwrap_err().to_string();
+        assert!(
+            e.contains("2001:db8:1:2::/64 lies inside 2001:db8:1::/48"),
+            "{e}"
+        );
+        assert!(
+            e.contains("gnb 2001:db8::9 is IPv6 but n3 has no ipv6 address"),
+            "{e}"
+        );
+    }
+
+    /// 20,000 sessions with one id: every one of them is a problem. The error lists the
+    /// first [`MAX_REPORTED_PROBLEMS`] with their positions and counts the rest (finding
+    /// positions used to rescan the text per problem: 41 s for this file).
+    #[test]
+    fn many_problems_are_capped_and_counted() {
+        let mut text = MINIMAL.to_string();
+        for i in 0..20_000u32 {
+            text.push_str(&format!(
+                "[[sessions]]\nid = 1\nuplink_teid = {i}\ndownlink_teid = 1\n\
+                 ue_ipv4 = \"10.{}.{}.{}\"\ngnb = \"198.18.1.1\"\nqfi = 9\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            ));
+        }
+        let e = from_toml(&text, "big.toml").unwrap_err();
+        let TablesError::Invalid { problems, more, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(problems.len(), MAX_REPORTED_PROBLEMS);
+        assert_eq!(*more, 19_999 - MAX_REPORTED_PROBLEMS);
+        // The second session starts after MINIMAL's lines and the first session's 7.
+        let first_line = MINIMAL.lines().count() + 7 + 1;
+        assert!(
+            problems[0].starts_with(&format!(
+                "big.toml:{first_line}:1: session 1: id 1 is also used"
+            )),
+            "{}",
+            problems[0]
+        );
+        let shown = e.to_string();
+        assert!(shown.contains("19999 problem(s)"), "{shown}");
+        assert!(
+            shown.contains("… and 19899 more problem(s), not listed"),
+            "{shown}"
+        );
     }
 }

@@ -280,7 +280,7 @@ impl FastPath {
     fn lock_flows(&self) -> Result<std::sync::MutexGuard<'_, FlowMaps>, DatapathError> {
         self.flows
             .lock()
-            .map_err(|_| DatapathError::Unexpected("a flow harvest panicked earlier".into()))
+            .map_err(|_| DatapathError::Poisoned("a flow harvest"))
     }
 }
 

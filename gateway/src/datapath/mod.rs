@@ -2,8 +2,11 @@
 //! kernel, attaching programs to interfaces, installing tables, running programs on test
 //! packets and reading their counters.
 //!
-//! - [`tables`]: the tables file (sessions, rules, interfaces, defaults) and its validation;
-//! - [`compile`]: tables → map entries (rule precedence, candidate lists);
+//! - [`tables`]: the tables as described (sessions, rules, interfaces, defaults) and the file
+//!   format;
+//! - [`compile`]: checks a description and compiles it ([`CompiledTables`]: the only thing
+//!   a datapath installs);
+//! - `entries`: compiled tables → the map entries of one kernel generation;
 //! - [`writer`](self): hot update through two generations of maps;
 //! - [`flow_counters`]: per-flow counters and their lossless harvest (two generations as well),
 //!   which the record path ([`crate::records::harvest`]) turns into `flow` records;
@@ -13,6 +16,7 @@
 //! This module never parses packets itself.
 
 pub mod compile;
+mod entries;
 pub mod flow_counters;
 pub mod live;
 pub mod model;
@@ -32,7 +36,10 @@ pub use self::flow_counters::{FlowKey, FlowLosses, FlowSample};
 
 pub use mecgw_ebpf::{Counter, Reason, Verdict};
 
-pub use self::tables::{Tables, TablesError};
+pub use self::{
+    compile::{CompiledTables, Problems},
+    tables::{Tables, TablesError},
+};
 use self::{flow_counters::FlowMaps, writer::TableWriter};
 
 /// The eBPF object built by `build.rs` for `bpfel-unknown-none`.
@@ -70,15 +77,25 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
-    /// The tables cannot be installed.
-    #[error(transparent)]
-    Tables(TablesError),
     /// A program returned an action or decision the fast path never produces.
     #[error("unexpected result from the kernel: {0}")]
     Unexpected(String),
+    /// A caller passed an argument the operation cannot take.
+    #[error("bad argument: {0}")]
+    BadArgument(String),
+    /// An earlier operation on the same state panicked; the state may be half-written.
+    #[error("{0} panicked earlier; restart mecgw")]
+    Poisoned(&'static str),
     /// A system call failed.
     #[error("{0}")]
     Io(#[source] std::io::Error),
+    /// The userspace datapath could not change its kernel arrangement (routes, rules, TUN).
+    #[error("{action}: {source}")]
+    Userspace {
+        action: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// How a program attaches to an interface.
@@ -304,16 +321,16 @@ impl FastPath {
         })
     }
 
-    /// Validates and installs `tables`; from the moment this returns, every packet is judged
-    /// by them, and none is ever judged by a mixture of old and new tables.
-    pub fn install(&self, tables: &Tables) -> Result<(), DatapathError> {
+    /// Installs `tables`; from the moment this returns, every packet is judged by them, and
+    /// none is ever judged by a mixture of old and new tables.
+    pub fn install(&self, tables: &CompiledTables) -> Result<(), DatapathError> {
         self.lock_writer()?.install(tables)
     }
 
     fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, TableWriter>, DatapathError> {
         self.writer
             .lock()
-            .map_err(|_| DatapathError::Unexpected("a table update panicked earlier".into()))
+            .map_err(|_| DatapathError::Poisoned("a table update"))
     }
 
     /// Attaches the pass program to `iface`. It stays attached until `self` is dropped.
@@ -392,7 +409,7 @@ impl FastPath {
         repeat: u32,
     ) -> Result<TestRunOutcome, DatapathError> {
         if !frame.len().is_multiple_of(8) || frame.len() > BENCH_FRAME_MAX {
-            return Err(DatapathError::Unexpected(format!(
+            return Err(DatapathError::BadArgument(format!(
                 "a benchmark frame must be a multiple of 8 bytes, at most {BENCH_FRAME_MAX}; got {}",
                 frame.len()
             )));
@@ -400,7 +417,7 @@ impl FastPath {
         let mut bench = self
             .bench
             .lock()
-            .map_err(|_| DatapathError::Unexpected("a benchmark run panicked earlier".into()))?;
+            .map_err(|_| DatapathError::Poisoned("a benchmark run"))?;
         let name = target.map_or(names::PROG_EMPTY, Direction::program);
         let fd = self
             .xdp_program(name)?
@@ -450,7 +467,7 @@ impl FastPath {
         let mut last = self
             .last
             .lock()
-            .map_err(|_| DatapathError::Unexpected("a test run panicked earlier".into()))?;
+            .map_err(|_| DatapathError::Poisoned("a test run"))?;
         let map_err = |source| DatapathError::Map {
             name: names::MAP_LAST_DECISION,
             source,

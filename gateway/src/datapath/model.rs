@@ -18,6 +18,7 @@ use mecgw_ebpf::{
 
 use super::{
     Direction,
+    compile::CompiledTables,
     flow_counters::{FlowHit, FlowKey},
     tables::{Disposition, RuleAction, RuleState, Session, Tables, TrafficRule},
 };
@@ -35,7 +36,7 @@ pub struct Outcome {
     pub packet: Vec<u8>,
     /// What the frame adds to its flow's counters when flow accounting is on: every G-PDU of
     /// a session whose source is the UE, and every well-formed packet to a UE, whatever the
-    /// verdict (see [`super::flows`]).
+    /// verdict (see [`super::flow_counters`]).
     pub flow: Option<FlowHit>,
 }
 
@@ -54,8 +55,8 @@ const OUTER_TTL: u8 = 64;
 const GTP_LEN: usize = 16;
 
 impl Model {
-    /// A model of the fast path loaded with `tables` (assumed valid, see [`Tables::validate`]).
-    pub fn new(tables: &Tables) -> Model {
+    /// A model of the fast path loaded with `tables`.
+    pub fn new(tables: &CompiledTables) -> Model {
         let mut by_ue_v6 = HashMap::new();
         for (i, s) in tables.sessions.iter().enumerate() {
             if let Some(p) = s.ue_ipv6
@@ -67,6 +68,8 @@ impl Model {
         let mut ue_v6_lens: Vec<u8> = by_ue_v6.keys().map(|k| k.0).collect();
         ue_v6_lens.sort_unstable_by(|a, b| b.cmp(a));
         ue_v6_lens.dedup();
+        // Precedence worked out here again, not taken from the compiled lists: the model is
+        // the independent statement of what the kernel must do.
         let mut rules: Vec<usize> = (0..tables.rules.len())
             .filter(|&i| tables.rules[i].state == RuleState::Active)
             .collect();
@@ -87,7 +90,7 @@ impl Model {
             by_ue_v6,
             ue_v6_lens,
             rules,
-            tables: tables.clone(),
+            tables: Tables::clone(tables),
         }
     }
 

@@ -22,8 +22,8 @@ use mecgw_ebpf::{Candidates, Config, Counter, RuleEntry, SessionEntry, names};
 
 use super::{
     DatapathError,
-    compile::{CompiledTables, Slots, compile},
-    tables::Tables,
+    compile::CompiledTables,
+    entries::{GenerationEntries, Slots},
 };
 
 /// One generation's maps.
@@ -35,7 +35,7 @@ pub(super) struct Generation {
     dst_v4: LpmTrie<MapData, [u8; 4], Candidates>,
     dst_v6: LpmTrie<MapData, [u8; 16], Candidates>,
     /// What the kernel holds, as far as we know; `None` after a failed write.
-    mirror: Option<CompiledTables>,
+    mirror: Option<GenerationEntries>,
 }
 
 /// Owns every map userspace writes, and the counters it reads.
@@ -74,7 +74,7 @@ impl TableWriter {
                 rules: take(ebpf, names::MAP_RULES[g])?,
                 dst_v4: take(ebpf, names::MAP_DST_V4[g])?,
                 dst_v6: take(ebpf, names::MAP_DST_V6[g])?,
-                mirror: Some(CompiledTables::default()),
+                mirror: Some(GenerationEntries::default()),
             })
         };
         let generations = [generation(0)?, generation(1)?];
@@ -91,18 +91,12 @@ impl TableWriter {
     }
 
     /// Makes `tables` the tables every packet from now on is judged by.
-    pub(super) fn install(&mut self, tables: &Tables) -> Result<(), DatapathError> {
-        tables.validate().map_err(DatapathError::Tables)?;
+    pub(super) fn install(&mut self, tables: &CompiledTables) -> Result<(), DatapathError> {
         let rule_ids: Vec<u32> = tables.rules.iter().map(|r| r.id).collect();
         let session_ids: Vec<u32> = tables.sessions.iter().map(|s| s.id).collect();
         let reused_rules = self.rule_slots.assign(&rule_ids);
         let reused_sessions = self.session_slots.assign(&session_ids);
-        let compiled = compile(tables, &self.rule_slots, &self.session_slots).map_err(|p| {
-            DatapathError::Tables(super::tables::TablesError::Invalid {
-                path: "<tables>".to_string(),
-                problems: p.into_iter().map(|p| p.message).collect(),
-            })
-        })?;
+        let compiled = GenerationEntries::build(tables, &self.rule_slots, &self.session_slots);
         for slot in reused_rules {
             self.rule_counters
                 .set(slot, zeroes()?, 0)
@@ -203,8 +197,8 @@ impl Generation {
     fn write(
         &mut self,
         g: usize,
-        old: Option<&CompiledTables>,
-        new: &CompiledTables,
+        old: Option<&GenerationEntries>,
+        new: &GenerationEntries,
     ) -> Result<(), DatapathError> {
         sync(
             names::MAP_SESSIONS[g],

@@ -30,7 +30,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mecgw::datapath::{Direction, FastPath, FastPathOptions, Reason};
+use mecgw::datapath::{Direction, FastPath, FastPathOptions, Reason, compile::compile};
 use mecgw_tests::{
     packets::*,
     scale::{UPLINK_TEID_BASE, tables, ue},
@@ -260,7 +260,7 @@ fn main() -> anyhow::Result<()> {
         "sessions", "rules", "case", "method", "ns/pkt", "x empty",
     );
     for (sessions, rules) in [(1u32, 10u32), (1, 5000), (100_000, 10), (100_000, 5000)] {
-        let t = tables(sessions, rules);
+        let t = compile(tables(sessions, rules)).map_err(|p| anyhow::anyhow!("{p}"))?;
         fp.install(&t)
             .with_context(|| format!("installing {sessions} sessions / {rules} rules"))?;
         with_flows
@@ -344,7 +344,7 @@ fn main() -> anyhow::Result<()> {
     }
     // The trap, shown with the program's own counters.
     let local = cases(1).remove(1);
-    fp.install(&tables(1, 10))?;
+    fp.install(&compile(tables(1, 10)).map_err(|p| anyhow::anyhow!("{p}"))?)?;
     let before = reason_count(&fp, Reason::RuleLocal)?;
     fp.test_run(Direction::Uplink, &local.frame, a.repeat)?;
     let delta = reason_count(&fp, Reason::RuleLocal)? - before;

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mecgw::datapath::tables::Tables;
 use mecgw_tests::{procmem, scale};
 
 #[derive(Parser)]
@@ -66,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             show("before")?;
             for i in 0..times {
                 let start = std::time::Instant::now();
-                let t = Tables::load(&path)?;
+                let t = mecgw::datapath::compile::load(&path)?;
                 let took = start.elapsed();
                 show(&format!("loaded #{i}"))?;
                 println!(

@@ -42,7 +42,7 @@ use mecgw::{
             traffic_rules_service_server::{TrafficRulesService, TrafficRulesServiceServer},
         },
     },
-    datapath::Tables,
+    datapath::{CompiledTables, Tables},
 };
 use mecgw_tests::api::{Running, Site, connect};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -91,14 +91,14 @@ dst_ports = [443, "8000-8100"]
 /// The daemon's part without a kernel: the benchmark reads tables and feeds a queue that a
 /// task drains, counting, as the policy engine would.
 struct Backend {
-    tables: RwLock<Arc<Tables>>,
+    tables: RwLock<Arc<CompiledTables>>,
     ready: watch::Sender<bool>,
     ingest: mpsc::Sender<PublishedRecord>,
     released: broadcast::Sender<Arc<ReleasedOutput>>,
 }
 
 impl ApiBackend for Backend {
-    fn tables(&self) -> Arc<Tables> {
+    fn tables(&self) -> Arc<CompiledTables> {
         match self.tables.read() {
             Ok(t) => t.clone(),
             Err(p) => p.into_inner().clone(),
@@ -106,9 +106,9 @@ impl ApiBackend for Backend {
     }
     fn replace_tables(
         &self,
-        _base: &Arc<Tables>,
+        _base: &Arc<CompiledTables>,
         _next: Tables,
-    ) -> Result<Arc<Tables>, ReplaceError> {
+    ) -> Result<Arc<CompiledTables>, ReplaceError> {
         Err(ReplaceError::Install(
             "the benchmark does not change tables".into(),
         ))
@@ -267,7 +267,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(args: &Args) -> anyhow::Result<()> {
     let site = Site::new()?;
-    let tables = Tables::from_toml(&mecgw_tests::tables_with(TABLE_ENTRIES), "bench.toml")?;
+    let tables = mecgw::datapath::compile::from_toml(
+        &mecgw_tests::tables_with(TABLE_ENTRIES),
+        "bench.toml",
+    )?;
     let (ingest, mut queue) = mpsc::channel::<PublishedRecord>(65_536);
     let drained = Arc::new(AtomicU64::new(0));
     let counter = drained.clone();

@@ -1,31 +1,23 @@
 //! [`ApiBackend`] over the running daemon's [`Gateway`]: what `mecgw run` hands to
-//! [`serve`](super::serve).
+//! [`crate::api::serve`]. The daemon is the composition root: it knows both sides, the API
+//! knows only its backend trait.
 //!
-//! The gateway owns the fast path, the tables in force and the policy; this adapter adds
-//! what the API needs on top: readiness as a watch (mirrored from [`Gateway::is_ready`]),
-//! and the ingest queue and release broadcast, whose other ends belong to whoever runs the
-//! policy engine in the daemon.
+//! The gateway owns the fast path, the tables in force and the policy; this adapter adds the
+//! ingest queue and release broadcast, whose other ends belong to the policy engine.
 
-use std::{
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{ApiBackend, ApiMetrics, PublishedRecord, ReleasedOutput, ReplaceError, StatusReport};
+use super::{Gateway, TablesChangeError};
 use crate::{
-    daemon::Gateway,
-    datapath::{DatapathError, Tables},
+    api::{ApiBackend, ApiMetrics, PublishedRecord, ReleasedOutput, ReplaceError, StatusReport},
+    datapath::{CompiledTables, Tables},
 };
-
-/// How often readiness is read from the gateway.
-const READINESS_POLL: Duration = Duration::from_millis(100);
 
 /// The daemon's [`Gateway`] as the API sees it.
 pub struct GatewayApi {
     gateway: Arc<Gateway>,
-    ready: watch::Sender<bool>,
     ingest: mpsc::Sender<PublishedRecord>,
     releases: broadcast::Sender<Arc<ReleasedOutput>>,
     metrics: Arc<ApiMetrics>,
@@ -33,35 +25,19 @@ pub struct GatewayApi {
 
 impl GatewayApi {
     /// The API's view of `gateway`. Publish feeds `ingest` (bounded: its capacity is the
-    /// backpressure point); Subscribe follows `releases`. Must be called inside a tokio
-    /// runtime: a task mirrors [`Gateway::is_ready`] into the health service until the
-    /// gateway is dropped.
+    /// backpressure point); Subscribe follows `releases`.
     pub fn new(
         gateway: Arc<Gateway>,
         ingest: mpsc::Sender<PublishedRecord>,
         releases: broadcast::Sender<Arc<ReleasedOutput>>,
     ) -> GatewayApi {
-        let ready = watch::channel(gateway.is_ready()).0;
-        let weak: Weak<Gateway> = Arc::downgrade(&gateway);
-        let tx = ready.clone();
-        tokio::spawn(async move {
-            while let Some(gw) = weak.upgrade() {
-                let now = gw.is_ready();
-                drop(gw);
-                tx.send_if_modified(|r| std::mem::replace(r, now) != now);
-                tokio::time::sleep(READINESS_POLL).await;
-            }
-            tx.send_replace(false);
-        });
         GatewayApi {
             gateway,
-            ready,
             ingest,
             releases,
             metrics: Arc::default(),
         }
     }
-
     /// Calls per method and code, for the operations port's `/metrics`
     /// ([`ApiMetrics::render`]).
     pub fn metrics(&self) -> Arc<ApiMetrics> {
@@ -70,20 +46,20 @@ impl GatewayApi {
 }
 
 impl ApiBackend for GatewayApi {
-    fn tables(&self) -> Arc<Tables> {
+    fn tables(&self) -> Arc<CompiledTables> {
         self.gateway.tables()
     }
 
     fn replace_tables(
         &self,
-        base: &Arc<Tables>,
+        base: &Arc<CompiledTables>,
         next: Tables,
-    ) -> Result<Arc<Tables>, ReplaceError> {
+    ) -> Result<Arc<CompiledTables>, ReplaceError> {
         // Compare and install under one lock: a SIGHUP reload in between is never lost.
         match self.gateway.replace_tables_if(Some(base), next) {
-            Ok(true) => Ok(self.gateway.tables()),
-            Ok(false) => Err(ReplaceError::Conflict),
-            Err(DatapathError::Tables(e)) => Err(ReplaceError::Invalid(vec![e.to_string()])),
+            Ok(installed) => Ok(installed),
+            Err(TablesChangeError::Conflict) => Err(ReplaceError::Conflict),
+            Err(TablesChangeError::Invalid(problems)) => Err(ReplaceError::Invalid(problems)),
             Err(e) => Err(ReplaceError::Install(e.to_string())),
         }
     }
@@ -135,7 +111,7 @@ impl ApiBackend for GatewayApi {
     }
 
     fn readiness(&self) -> watch::Receiver<bool> {
-        self.ready.subscribe()
+        self.gateway.readiness()
     }
 
     fn record_kinds(&self) -> Vec<String> {

@@ -1,0 +1,210 @@
+//! The fast-path tables as an operator writes them: sessions, traffic rules, interfaces and
+//! defaults (`examples/tables.toml` documents the file format).
+//!
+//! These types *describe* tables; they may be inconsistent (two sessions with one TEID, a
+//! rule with too many ports). Only [`super::compile`] turns a description into something a
+//! datapath installs, after checking everything. This module never touches the kernel.
+//! - [`values`]: identifiers, addresses, prefixes, ports, protocols (checked as read);
+//! - [`toml`]: reading a tables file, with the position of every entry.
+
+pub mod toml;
+pub mod values;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Deserialize;
+
+pub use values::*;
+
+/// Largest tables file accepted (bytes): untrusted input has a size limit.
+pub const MAX_TABLES_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The N3 interface (facing the gNBs).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct N3Interface {
+    /// Interface index the downlink program redirects encapsulated packets to.
+    pub ifindex: u32,
+    /// Our MAC on N3 (source of encapsulated frames).
+    pub mac: Mac,
+    /// MAC of the next hop towards the gNBs (destination of encapsulated frames).
+    pub next_hop_mac: Mac,
+    /// Our IPv4 address on N3: outer source towards IPv4 gNBs.
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    /// Our IPv6 address on N3: outer source towards IPv6 gNBs.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    /// Largest outer IP packet on N3, bytes (1280-9000).
+    pub mtu: u32,
+}
+
+/// The local-services interface (towards the edge applications).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalInterface {
+    /// Interface index LOCAL traffic is redirected to.
+    pub ifindex: u32,
+    /// Our MAC on the local network (source of decapsulated frames).
+    pub mac: Mac,
+    /// MAC of the next hop for decapsulated frames (the local router or service host).
+    pub next_hop_mac: Mac,
+}
+
+/// What happens to packets no rule speaks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// A G-PDU whose TEID belongs to no session (default: pass).
+    #[serde(default)]
+    pub unknown_teid: Disposition,
+    /// A G-PDU whose inner source address is not its session's UE (default: drop).
+    #[serde(default = "drop")]
+    pub spoofed_source: Disposition,
+    /// Malformed GTP-U: bad version or lengths, truncated, over-long chain, bad inner
+    /// packet (default: drop).
+    #[serde(default = "drop")]
+    pub malformed: Disposition,
+}
+
+fn drop() -> Disposition {
+    Disposition::Drop
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            unknown_teid: Disposition::Pass,
+            spoofed_source: Disposition::Drop,
+            malformed: Disposition::Drop,
+        }
+    }
+}
+
+/// A PDU session.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Session {
+    /// Unique session id (shown in counters and replay output).
+    pub id: u32,
+    /// TEID the gNB sends uplink G-PDUs with.
+    pub uplink_teid: Teid,
+    /// TEID we put on downlink G-PDUs towards the gNB.
+    pub downlink_teid: Teid,
+    /// The UE's IPv4 address.
+    #[serde(default)]
+    pub ue_ipv4: Option<Ipv4Addr>,
+    /// The UE's IPv6 prefix (e.g. a /64).
+    #[serde(default)]
+    pub ue_ipv6: Option<IpPrefix>,
+    /// The gNB's N3 address (IPv4 or IPv6): outer destination of downlink packets.
+    pub gnb: IpAddr,
+    /// QFI written into downlink PDU Session Containers.
+    pub qfi: Qfi,
+    /// The subscriber's IMSI, if known: carried into flow records (never into the fast path).
+    #[serde(default)]
+    pub imsi: Option<Imsi>,
+}
+
+/// A traffic rule (ETSI MEC 011 TrafficRule with TEID and QFI filters added).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficRule {
+    /// Unique rule id.
+    pub id: u32,
+    /// 0-255, 0 highest.
+    pub priority: u8,
+    #[serde(default)]
+    pub state: RuleState,
+    pub action: RuleAction,
+    /// Destination prefixes (IPv4 and/or IPv6). Empty: any destination of either family.
+    #[serde(default)]
+    pub dst: Vec<IpPrefix>,
+    /// Source (UE) prefixes, at most 4 per family. Empty: any source.
+    #[serde(default)]
+    pub src: Vec<IpPrefix>,
+    /// IP protocols. Empty: any.
+    #[serde(default)]
+    pub protocols: Vec<Protocol>,
+    /// Destination port ranges, at most 4. Empty: any (also packets without ports).
+    #[serde(default)]
+    pub dst_ports: Vec<PortRange>,
+    /// Only G-PDUs with this uplink TEID.
+    #[serde(default)]
+    pub teid: Option<Teid>,
+    /// Only G-PDUs whose PDU Session Container carries this QFI.
+    #[serde(default)]
+    pub qfi: Option<Qfi>,
+}
+
+/// Everything the fast path needs, as described (see [`super::compile`] for the checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    pub n3: N3Interface,
+    pub local: LocalInterface,
+    pub defaults: Defaults,
+    pub sessions: Vec<Session>,
+    pub rules: Vec<TrafficRule>,
+}
+
+/// Why tables could not be read or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TablesError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a regular file, is larger than [`MAX_TABLES_FILE_BYTES`], or is not
+    /// UTF-8.
+    #[error(transparent)]
+    Read(#[from] mecgw_policy::files::ReadError),
+    /// Not valid TOML, or not the tables format.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Well-formed but inconsistent: every problem, one per line (at most
+    /// [`super::compile::MAX_REPORTED_PROBLEMS`] of them; `more` were not listed).
+    #[error("{path}: {} problem(s) in the tables:\n{}{}", problems.len() + more, problems.join("\n"), more_line(*more))]
+    Invalid {
+        path: String,
+        problems: Vec<String>,
+        more: usize,
+    },
+}
+
+fn more_line(more: usize) -> String {
+    if more == 0 {
+        String::new()
+    } else {
+        format!("\n… and {more} more problem(s), not listed (fix these first)")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+
+    /// The smallest valid tables file.
+    /// The smallest valid tables file.
+    pub(crate) const MINIMAL: &str = r#"
+[n3]
+ifindex = 2
+mac = "02:00:00:00:00:01"
+next_hop_mac = "02:00:00:00:00:02"
+ipv4 = "198.18.0.1"
+ipv6 = "2001:db8::1"
+mtu = 1500
+
+[local]
+ifindex = 3
+mac = "02:00:00:00:01:01"
+next_hop_mac = "02:00:00:00:01:02"
+"#;
+}
