@@ -14,10 +14,12 @@ use std::{
 use anyhow::Context as _;
 use mecgw::{
     api::{
-        ApiBackend, ApiConfig, ApiMetrics, AppConfig, PublishedRecord, ReleasedOutput,
-        ReplaceError, Role, StatusReport,
+        ApiBackend, ApiConfig, ApiMetrics, AppConfig, BackendError, PublishedRecord,
+        ReleasedOutput, ReplaceError, Role, StatusReport,
     },
-    datapath::{CompiledTables, FastPath, Tables, compile::compile},
+    datapath::{
+        CompiledTables, FastPath, Problems, Tables, compile::compile, tables::overlay::Overlay,
+    },
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -221,9 +223,12 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// The daemon's part, over a real loaded fast path.
+/// The daemon's part, over a real loaded fast path. The sessions and rules it starts with
+/// are the API's own (its overlay), on top of a "file" with the interfaces and defaults.
 pub struct FastPathBackend {
     pub fast_path: Arc<FastPath>,
+    file: Tables,
+    overlay: RwLock<Arc<Overlay>>,
     tables: RwLock<Arc<CompiledTables>>,
     pub ready: watch::Sender<bool>,
     ingest: mpsc::Sender<PublishedRecord>,
@@ -243,9 +248,17 @@ impl FastPathBackend {
         queue: usize,
     ) -> anyhow::Result<FastPathBackend> {
         fast_path.install(&tables)?;
+        let mut file = Tables::clone(&tables);
+        let overlay = Overlay {
+            sessions: std::mem::take(&mut file.sessions),
+            rules: std::mem::take(&mut file.rules),
+            ..Overlay::default()
+        };
         let (ingest, rx) = mpsc::channel(queue);
         Ok(FastPathBackend {
             fast_path,
+            file,
+            overlay: RwLock::new(Arc::new(overlay)),
             tables: RwLock::new(Arc::new(tables)),
             ready: watch::channel(false).0,
             ingest,
@@ -271,38 +284,54 @@ impl ApiBackend for FastPathBackend {
         }
     }
 
-    fn replace_tables(
-        &self,
-        base: &Arc<CompiledTables>,
-        next: Tables,
-    ) -> Result<Arc<CompiledTables>, ReplaceError> {
-        let mut current = match self.tables.write() {
-            Ok(t) => t,
-            Err(p) => p.into_inner(),
-        };
-        if !Arc::ptr_eq(&current, base) {
-            return Err(ReplaceError::Conflict);
+    fn overlay(&self) -> Arc<Overlay> {
+        match self.overlay.read() {
+            Ok(o) => o.clone(),
+            Err(p) => p.into_inner().clone(),
         }
-        let next = compile(next).map_err(ReplaceError::Invalid)?;
-        self.fast_path
-            .install(&next)
-            .map_err(|e| ReplaceError::Install(e.to_string()))?;
-        *current = Arc::new(next);
-        Ok(current.clone())
     }
 
-    fn status(&self) -> Result<StatusReport, String> {
+    fn replace_overlay(
+        &self,
+        base: &Arc<Overlay>,
+        next: Overlay,
+    ) -> Result<Arc<CompiledTables>, ReplaceError> {
+        let mut overlay = match self.overlay.write() {
+            Ok(o) => o,
+            Err(p) => p.into_inner(),
+        };
+        if !Arc::ptr_eq(&overlay, base) {
+            return Err(ReplaceError::Conflict);
+        }
+        let merged = next
+            .apply(self.file.clone(), "the operator API")
+            .map_err(|p| ReplaceError::Invalid(Problems(p)))?;
+        let compiled = compile(merged).map_err(ReplaceError::Invalid)?;
+        self.fast_path
+            .install(&compiled)
+            .map_err(|e| ReplaceError::Internal(Box::new(e)))?;
+        let compiled = Arc::new(compiled);
+        match self.tables.write() {
+            Ok(mut t) => *t = compiled.clone(),
+            Err(p) => *p.into_inner() = compiled.clone(),
+        }
+        *overlay = Arc::new(next);
+        Ok(compiled)
+    }
+
+    fn status(&self) -> Result<StatusReport, BackendError> {
+        let internal = |e: mecgw::datapath::DatapathError| BackendError::Internal(Box::new(e));
         let verdicts = self
             .fast_path
             .verdict_counters()
-            .map_err(|e| e.to_string())?
+            .map_err(internal)?
             .into_iter()
             .map(|(v, c)| (v.name().to_string(), c.packets, c.bytes))
             .collect();
         let reasons = self
             .fast_path
             .reason_counters()
-            .map_err(|e| e.to_string())?
+            .map_err(internal)?
             .into_iter()
             .map(|(r, c)| (r.name().to_string(), c.packets, c.bytes))
             .collect();

@@ -12,6 +12,7 @@
 //! the fast path before it returns, so a rule change is in force when the call answers.
 
 pub mod config;
+pub mod errors;
 pub mod identity;
 pub mod metrics;
 pub mod services;
@@ -31,8 +32,9 @@ use tonic::{
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::datapath::{CompiledTables, Problems, Tables};
+use crate::datapath::{CompiledTables, tables::overlay::Overlay};
 pub use crate::records::{PublishedRecord, ReleasedOutput};
+pub use errors::{BackendError, ReplaceError};
 
 pub use config::{ApiConfig, AppConfig, Role};
 pub use metrics::ApiMetrics;
@@ -54,21 +56,6 @@ use proto::{
     traffic_rules_service_server::TrafficRulesServiceServer,
 };
 
-/// Why [`ApiBackend::replace_tables`] did not install the tables. The old ones stay in force.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReplaceError {
-    /// The tables changed since `base` was read (e.g. a SIGHUP reload): read them again.
-    #[error("the tables changed while this change was being made")]
-    Conflict,
-    /// The new tables are inconsistent (each problem names the entry and field).
-    #[error("{0}")]
-    Invalid(Problems),
-    /// The kernel refused the update.
-    #[error("installing in the fast path failed: {0}")]
-    Install(String),
-}
-
 /// A snapshot for the Status service.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusReport {
@@ -89,20 +76,25 @@ pub struct StatusReport {
 ///
 /// [`FastPath`]: crate::datapath::FastPath
 pub trait ApiBackend: Send + Sync + 'static {
-    /// The tables in force.
+    /// The tables in force: the tables file's entries and this API's, merged.
     fn tables(&self) -> Arc<CompiledTables>;
 
-    /// Validates `next` and installs it in the fast path, if the tables in force are still
-    /// `base` (pointer-equal); then `next` is in force. Blocking: it writes BPF maps.
-    /// Returns the tables now in force. On any error the old tables stay in force.
-    fn replace_tables(
+    /// What this API owns: the sessions and rules created through it and the states it set
+    /// on the tables file's rules ([`Overlay`]).
+    fn overlay(&self) -> Arc<Overlay>;
+
+    /// Makes `next` what this API owns, if that is still `base` (pointer-equal): merges it
+    /// with the tables file, compiles, stores it durably and installs the result in the
+    /// datapath. Blocking (it writes a file and BPF maps). Returns the tables now in force.
+    /// On any error the old tables and overlay stay in force.
+    fn replace_overlay(
         &self,
-        base: &Arc<CompiledTables>,
-        next: Tables,
+        base: &Arc<Overlay>,
+        next: Overlay,
     ) -> Result<Arc<CompiledTables>, ReplaceError>;
 
     /// Counters, policy hash, budget and egress backlog.
-    fn status(&self) -> Result<StatusReport, String>;
+    fn status(&self) -> Result<StatusReport, BackendError>;
 
     /// `true` once the programs are attached and the policy loaded; `false` again while the
     /// gateway drains. Health reports SERVING exactly while it is `true`.
@@ -122,7 +114,7 @@ pub trait ApiBackend: Send + Sync + 'static {
     /// processed and what the policy emitted for it is durably spooled. Publish awaits it
     /// before it acknowledges, so an acknowledged record survives `kill -9`. `Err` says why
     /// not (e.g. the spool is full); the default has nothing to wait for.
-    fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+    fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), BackendError>> {
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -158,46 +150,39 @@ impl<B> Shared<B> {
 }
 
 impl<B: ApiBackend> Shared<B> {
-    /// Reads the tables in force, lets `edit` derive new ones (and the answer to give), and
-    /// installs them in the fast path before returning. A reload in between (a conflict)
-    /// makes it read again and re-run `edit`, so checks such as etags see the latest tables.
+    /// Reads what this API owns and the tables in force, lets `edit` derive what the API
+    /// owns next (and the answer to give), and installs it before returning. A reload in
+    /// between (a conflict) makes it read again and re-run `edit`, so checks such as etags
+    /// see the latest tables. Problems of the result are filed under the request's `field`.
     pub(crate) async fn edit_tables<T, F>(
         &self,
         field: &str,
         mut edit: F,
     ) -> Result<T, tonic::Status>
     where
-        F: FnMut(&Tables) -> Result<(Tables, T), tonic::Status>,
+        F: FnMut(&Overlay, &crate::datapath::Tables) -> Result<(Overlay, T), tonic::Status>,
     {
         let _writer = self.table_writes.lock().await;
         for _ in 0..EDIT_ATTEMPTS {
-            let base = self.backend.tables();
-            let (next, answer) = edit(&base)?;
+            let base = self.backend.overlay();
+            let in_force = self.backend.tables();
+            let (next, answer) = edit(&base, &in_force)?;
             let backend = self.backend.clone();
             let installed =
-                tokio::task::spawn_blocking(move || backend.replace_tables(&base, next))
+                tokio::task::spawn_blocking(move || backend.replace_overlay(&base, next))
                     .await
                     .map_err(|e| tonic::Status::internal(format!("table update failed: {e}")))?;
             match installed {
                 Ok(_) => return Ok(answer),
                 Err(ReplaceError::Conflict) => continue,
-                Err(ReplaceError::Invalid(problems)) => {
-                    let text: Vec<String> = problems
-                        .0
-                        .iter()
-                        .map(|p| format!("{field}: {}", p.message))
-                        .collect();
-                    return Err(tonic::Status::invalid_argument(text.join("; ")));
+                Err(e @ ReplaceError::Internal(_)) => {
+                    warn!(error = %e, "api: table update not installed");
+                    return Err(errors::replace_status(e, field));
                 }
-                Err(e @ ReplaceError::Install(_)) => {
-                    warn!(error = %e, "api: table update refused by the fast path");
-                    return Err(tonic::Status::internal(e.to_string()));
-                }
+                Err(e) => return Err(errors::replace_status(e, field)),
             }
         }
-        Err(tonic::Status::aborted(
-            "the tables kept changing under this call (reloads); try again",
-        ))
+        Err(errors::replace_status(ReplaceError::Conflict, field))
     }
 }
 

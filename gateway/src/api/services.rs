@@ -115,7 +115,7 @@ impl<B: ApiBackend> EdgeServicesService for EdgeServices<B> {
             ));
         }
         if !errors.is_empty() {
-            return Err(Status::invalid_argument(errors.join("; ")));
+            return Err(super::errors::invalid_argument(&errors));
         }
         if !caller.owns_service(&s.name) {
             return Err(Status::permission_denied(format!(

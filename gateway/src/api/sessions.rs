@@ -14,7 +14,7 @@ use super::{
         sessions_service_server::SessionsService,
     },
 };
-use crate::datapath::tables::{Imsi, IpPrefix, Qfi, Session, Tables, Teid};
+use crate::datapath::tables::{Imsi, IpPrefix, Qfi, Session, Teid};
 
 /// Sessions in a page when the request does not say.
 const DEFAULT_PAGE: usize = 1000;
@@ -102,7 +102,7 @@ pub fn from_proto(p: &proto::Session) -> Result<Session, Status> {
             qfi,
             imsi,
         }),
-        _ => Err(Status::invalid_argument(errors.join("; "))),
+        _ => Err(super::errors::invalid_argument(&errors)),
     }
 }
 
@@ -121,14 +121,19 @@ impl<B: ApiBackend> SessionsService for Sessions<B> {
         let session = from_proto(&p)?;
         let shown = self
             .0
-            .edit_tables("session", |tables| {
+            .edit_tables("session", |owned, tables| {
                 if tables.sessions.iter().any(|s| s.id == session.id) {
+                    let owner = if owned.owns_session(session.id) {
+                        "created through this API"
+                    } else {
+                        "defined in the tables file"
+                    };
                     return Err(Status::already_exists(format!(
-                        "session.id: session {} exists",
+                        "session.id: session {} exists ({owner})",
                         session.id
                     )));
                 }
-                let mut next = Tables::clone(tables);
+                let mut next = owned.clone();
                 next.sessions.push(session.clone());
                 Ok((next, to_proto(&session)))
             })
@@ -146,15 +151,19 @@ impl<B: ApiBackend> SessionsService for Sessions<B> {
         caller.require_operator("DeleteSession")?;
         let id = request.get_ref().id;
         self.0
-            .edit_tables("id", |tables| {
-                let i = tables
-                    .sessions
-                    .iter()
-                    .position(|s| s.id == id)
-                    .ok_or_else(|| Status::not_found(format!("there is no session {id}")))?;
-                let mut next = Tables::clone(tables);
-                next.sessions.remove(i);
-                Ok((next, ()))
+            .edit_tables("id", |owned, tables| {
+                if let Some(i) = owned.sessions.iter().position(|s| s.id == id) {
+                    let mut next = owned.clone();
+                    next.sessions.remove(i);
+                    return Ok((next, ()));
+                }
+                if tables.sessions.iter().any(|s| s.id == id) {
+                    return Err(Status::failed_precondition(format!(
+                        "id: session {id} is defined in the tables file, which owns it: remove \
+                         it there and reload (SIGHUP)"
+                    )));
+                }
+                Err(Status::not_found(format!("there is no session {id}")))
             })
             .await?;
         Ok(Response::new(DeleteSessionResponse {}))

@@ -39,7 +39,7 @@ impl<B: ApiBackend> StatusService for Status<B> {
         let report = tokio::task::spawn_blocking(move || backend.status())
             .await
             .map_err(|e| GrpcStatus::internal(format!("status task failed: {e}")))?
-            .map_err(|e| GrpcStatus::internal(format!("status: {e}")))?;
+            .map_err(GrpcStatus::from)?;
         let tables = self.0.backend.tables();
         Ok(Response::new(GetStatusResponse {
             verdicts: counters(report.verdicts),

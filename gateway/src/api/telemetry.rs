@@ -121,12 +121,16 @@ impl<B: ApiBackend> TelemetryService for Telemetry<B> {
                             Ok(Ok(p)) => p,
                             Ok(Err(_)) => return Err(engine_gone(accepted)),
                             Err(_) => {
-                                return Err(Status::resource_exhausted(format!(
-                                    "the policy engine is behind (its queue stayed full for \
-                                     {} ms); {accepted} record(s) were accepted; retry later \
-                                     from records_json[{i}] of this batch",
-                                    wait.as_millis()
-                                )));
+                                return Err(super::errors::with_retry(
+                                    tonic::Code::ResourceExhausted,
+                                    format!(
+                                        "the policy engine is behind (its queue stayed full \
+                                         for {} ms); {accepted} record(s) were accepted; retry \
+                                         later from records_json[{i}] of this batch",
+                                        wait.as_millis()
+                                    ),
+                                    Some(wait),
+                                ));
                             }
                         }
                     }
@@ -141,9 +145,17 @@ impl<B: ApiBackend> TelemetryService for Telemetry<B> {
         if accepted > 0
             && let Err(e) = self.0.backend.flush().await
         {
-            return Err(Status::resource_exhausted(format!(
-                "{accepted} record(s) were accepted but are not yet durable: {e}"
-            )));
+            // The code says what to do (retry later, or find the engine gone); the message
+            // says how far the call got.
+            let status = Status::from(e);
+            return Err(Status::with_details(
+                status.code(),
+                format!(
+                    "{accepted} record(s) were accepted but are not yet durable: {}",
+                    status.message()
+                ),
+                status.details().to_vec().into(),
+            ));
         }
         Ok(Response::new(PublishResponse { accepted }))
     }

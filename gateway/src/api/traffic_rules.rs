@@ -26,6 +26,7 @@ use mecgw_ebpf::{MAX_PORT_RANGES, MAX_SRC_PREFIXES};
 
 use crate::datapath::tables::{
     IpPrefix, PortRange, Protocol, Qfi, RuleAction, RuleState, Tables, Teid, TrafficRule,
+    overlay::Overlay,
 };
 
 /// The TrafficRules service.
@@ -193,7 +194,7 @@ pub fn from_proto(p: &proto::TrafficRule, field: &str) -> Result<TrafficRule, St
         },
     };
     if !errors.is_empty() {
-        return Err(Status::invalid_argument(errors.join("; ")));
+        return Err(super::errors::invalid_argument(&errors));
     }
     Ok(TrafficRule {
         id: p.id,
@@ -211,6 +212,26 @@ pub fn from_proto(p: &proto::TrafficRule, field: &str) -> Result<TrafficRule, St
 
 /// Most prefixes in one filter list (the fast path's own limits are checked on the tables).
 const MAX_PREFIXES: usize = 64;
+
+/// Who owns rule `id`, for messages.
+fn owner_of(owned: &Overlay, id: u32) -> &'static str {
+    if owned.owns_rule(id) {
+        "created through this API"
+    } else {
+        "defined in the tables file"
+    }
+}
+
+/// The index of rule `id` among the API's own rules; FAILED_PRECONDITION for a rule of the
+/// tables file, which only the file (and a reload) changes.
+fn owned_index(owned: &Overlay, id: u32) -> Result<usize, Status> {
+    owned.rules.iter().position(|r| r.id == id).ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "id: traffic rule {id} is defined in the tables file, which owns it: change it \
+             there and reload (SIGHUP); through this API only its state can be switched"
+        ))
+    })
+}
 
 fn find(tables: &Tables, id: u32) -> Result<(usize, &TrafficRule), Status> {
     tables
@@ -287,13 +308,21 @@ impl<B: ApiBackend> TrafficRulesService for TrafficRules<B> {
         };
         let rule = self
             .0
-            .edit_tables("state", |tables| {
-                let (i, current) = find(tables, req.id)?;
+            .edit_tables("state", |owned, tables| {
+                let (_, current) = find(tables, req.id)?;
                 require_etag(&req.etag, current, req.id)?;
-                let mut next = Tables::clone(tables);
-                next.rules[i].state = state;
-                let shown = to_proto(&next.rules[i]);
-                Ok((next, shown))
+                let mut next = owned.clone();
+                // The API's own rule changes; a rule of the tables file keeps its definition
+                // there and gets the state set here on top (it survives reloads).
+                match next.rules.iter_mut().find(|r| r.id == req.id) {
+                    Some(r) => r.state = state,
+                    None => {
+                        next.rule_states.insert(req.id, state);
+                    }
+                }
+                let mut shown = current.clone();
+                shown.state = state;
+                Ok((next, to_proto(&shown)))
             })
             .await?;
         Ok(Response::new(UpdateTrafficRuleStateResponse {
@@ -314,14 +343,15 @@ impl<B: ApiBackend> TrafficRulesService for TrafficRules<B> {
         let rule = from_proto(&p, "rule")?;
         let shown = self
             .0
-            .edit_tables("rule", |tables| {
+            .edit_tables("rule", |owned, tables| {
                 if tables.rules.iter().any(|r| r.id == rule.id) {
                     return Err(Status::already_exists(format!(
-                        "rule.id: traffic rule {} exists; replace it instead",
-                        rule.id
+                        "rule.id: traffic rule {} exists ({}); replace it instead",
+                        rule.id,
+                        owner_of(owned, rule.id)
                     )));
                 }
-                let mut next = Tables::clone(tables);
+                let mut next = owned.clone();
                 next.rules.push(rule.clone());
                 Ok((next, to_proto(&rule)))
             })
@@ -344,10 +374,11 @@ impl<B: ApiBackend> TrafficRulesService for TrafficRules<B> {
         let rule = from_proto(&p, "rule")?;
         let shown = self
             .0
-            .edit_tables("rule", |tables| {
-                let (i, current) = find(tables, rule.id)?;
+            .edit_tables("rule", |owned, tables| {
+                let (_, current) = find(tables, rule.id)?;
                 require_etag(&req.etag, current, rule.id)?;
-                let mut next = Tables::clone(tables);
+                let i = owned_index(owned, rule.id)?;
+                let mut next = owned.clone();
                 next.rules[i] = rule.clone();
                 Ok((next, to_proto(&rule)))
             })
@@ -365,10 +396,11 @@ impl<B: ApiBackend> TrafficRulesService for TrafficRules<B> {
         caller.require_operator("DeleteTrafficRule")?;
         let req = request.into_inner();
         self.0
-            .edit_tables("id", |tables| {
-                let (i, current) = find(tables, req.id)?;
+            .edit_tables("id", |owned, tables| {
+                let (_, current) = find(tables, req.id)?;
                 require_etag(&req.etag, current, req.id)?;
-                let mut next = Tables::clone(tables);
+                let i = owned_index(owned, req.id)?;
+                let mut next = owned.clone();
                 next.rules.remove(i);
                 Ok((next, ()))
             })

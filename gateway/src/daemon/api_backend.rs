@@ -11,8 +11,12 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{Gateway, TablesChangeError};
 use crate::{
-    api::{ApiBackend, ApiMetrics, PublishedRecord, ReleasedOutput, ReplaceError, StatusReport},
-    datapath::{CompiledTables, Tables},
+    api::{
+        ApiBackend, ApiMetrics, BackendError, PublishedRecord, ReleasedOutput, ReplaceError,
+        StatusReport,
+    },
+    datapath::{CompiledTables, tables::overlay::Overlay},
+    records::engine::FlushError,
 };
 
 /// The daemon's [`Gateway`] as the API sees it.
@@ -50,31 +54,36 @@ impl ApiBackend for GatewayApi {
         self.gateway.tables()
     }
 
-    fn replace_tables(
+    fn overlay(&self) -> Arc<Overlay> {
+        self.gateway.api_overlay()
+    }
+
+    fn replace_overlay(
         &self,
-        base: &Arc<CompiledTables>,
-        next: Tables,
+        base: &Arc<Overlay>,
+        next: Overlay,
     ) -> Result<Arc<CompiledTables>, ReplaceError> {
-        // Compare and install under one lock: a SIGHUP reload in between is never lost.
-        match self.gateway.replace_tables_if(Some(base), next) {
+        // Compare, store and install under one lock: a SIGHUP reload in between is never lost.
+        match self.gateway.replace_api_overlay(base, next) {
             Ok(installed) => Ok(installed),
             Err(TablesChangeError::Conflict) => Err(ReplaceError::Conflict),
             Err(TablesChangeError::Invalid(problems)) => Err(ReplaceError::Invalid(problems)),
-            Err(e) => Err(ReplaceError::Install(e.to_string())),
+            Err(e) => Err(ReplaceError::Internal(Box::new(e))),
         }
     }
 
-    fn status(&self) -> Result<StatusReport, String> {
+    fn status(&self) -> Result<StatusReport, BackendError> {
+        let internal = |e: crate::datapath::DatapathError| BackendError::Internal(Box::new(e));
         let fp = self.gateway.fast_path();
         let verdicts = fp
             .verdict_counters()
-            .map_err(|e| e.to_string())?
+            .map_err(internal)?
             .into_iter()
             .map(|(v, c)| (v.name().to_string(), c.packets, c.bytes))
             .collect();
         let reasons = fp
             .reason_counters()
-            .map_err(|e| e.to_string())?
+            .map_err(internal)?
             .into_iter()
             .map(|(r, c)| (r.name().to_string(), c.packets, c.bytes))
             .collect();
@@ -133,13 +142,19 @@ impl ApiBackend for GatewayApi {
         Some(self.metrics.clone())
     }
 
-    fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+    fn flush(&self) -> futures::future::BoxFuture<'static, Result<(), BackendError>> {
         let plane = self.gateway.privacy().cloned();
         Box::pin(async move {
-            match plane {
-                Some(p) => p.flush().await,
-                None => Err("the policy engine is not running".into()),
-            }
+            let Some(plane) = plane else {
+                return Err(BackendError::Unavailable(FlushError::Stopped.to_string()));
+            };
+            plane.flush().await.map_err(|e| match e {
+                FlushError::SpoolFull { .. } => BackendError::Exhausted {
+                    retry_after: e.retry_after(),
+                    message: e.to_string(),
+                },
+                e => BackendError::Unavailable(e.to_string()),
+            })
         })
     }
 }

@@ -29,6 +29,7 @@ use crate::datapath::{
     AttachMode, CompiledTables, Counter, DatapathError, Direction, FastPath, Problems, Reason,
     Tables, Verdict,
     compile::{self, compile},
+    tables::overlay::{Overlay, OverlayError},
 };
 use crate::records::{
     LoadedPolicy,
@@ -139,14 +140,33 @@ pub enum TablesChangeError {
     /// The new tables are inconsistent.
     #[error("{0}")]
     Invalid(#[from] Problems),
+    /// The overlay could not be stored.
+    #[error("storing the change failed: {0}")]
+    Store(#[from] OverlayError),
     /// The datapath refused the update.
     #[error("installing in the datapath failed: {0}")]
     Install(#[from] DatapathError),
 }
 
+/// The owners of the tables in force: the tables file and the operator API's overlay.
+struct TableSources {
+    /// The tables file's path, as configured.
+    file: std::path::PathBuf,
+    /// The tables file's own tables, as last loaded (before the overlay).
+    file_tables: Arc<Tables>,
+    /// What the operator API owns, and where it is kept.
+    overlay: Arc<Overlay>,
+    overlay_path: std::path::PathBuf,
+}
+
+/// Who the overlay belongs to, in messages.
+const API_OWNER: &str = "the operator API";
+
 /// What the daemon's tasks share.
 pub struct Gateway {
     datapath: Datapath,
+    /// Held while the tables in force change (reload, API change), so changes apply in order.
+    sources: std::sync::Mutex<TableSources>,
     tables: RwLock<Arc<CompiledTables>>,
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
     n3_ifindex: u32,
@@ -172,38 +192,59 @@ impl Gateway {
         }
     }
 
-    /// Installs tables compiled from `new` in place of the tables in force, if those are
-    /// still `base` (pointer-equal; `None`: whatever is in force), checked under the same
-    /// lock as the install, so a SIGHUP reload between a caller's read and its write is never
-    /// overwritten. The interface indexes in `new` are replaced by the daemon's. From the
-    /// moment this returns the datapath judges every packet by the new tables, none by a
-    /// mixture. On error the old tables stay in force.
-    pub fn replace_tables_if(
-        &self,
-        base: Option<&Arc<CompiledTables>>,
-        new: Tables,
-    ) -> Result<Arc<CompiledTables>, TablesChangeError> {
-        self.install_compiled(base, compile(new)?)
+    /// What the operator API owns now.
+    pub fn api_overlay(&self) -> Arc<Overlay> {
+        Arc::clone(&self.lock_sources().overlay)
     }
 
-    /// [`Gateway::replace_tables_if`] for tables already compiled (a reload).
-    fn install_compiled(
+    fn lock_sources(&self) -> std::sync::MutexGuard<'_, TableSources> {
+        match self.sources.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Makes `next` what the operator API owns, if that is still `base` (pointer-equal):
+    /// merges it with the tables file's entries in force, compiles, stores it under the
+    /// state directory (so it survives SIGHUP and restarts) and installs the result. From
+    /// the moment this returns the datapath judges every packet by the new tables, none by a
+    /// mixture. On error nothing changes (the stored overlay is put back if the datapath
+    /// refuses).
+    pub fn replace_api_overlay(
         &self,
-        base: Option<&Arc<CompiledTables>>,
-        compiled: CompiledTables,
+        base: &Arc<Overlay>,
+        next: Overlay,
     ) -> Result<Arc<CompiledTables>, TablesChangeError> {
+        let mut sources = self.lock_sources();
+        if !Arc::ptr_eq(base, &sources.overlay) {
+            return Err(TablesChangeError::Conflict);
+        }
+        let merged = next
+            .apply(Tables::clone(&sources.file_tables), API_OWNER)
+            .map_err(|p| TablesChangeError::Invalid(Problems(p)))?;
+        let compiled = compile(merged)?;
+        next.store(&sources.overlay_path)?;
+        if let Err(e) = self.install(compiled) {
+            if let Err(undo) = sources.overlay.store(&sources.overlay_path) {
+                error!(error = %undo, "could not put the previous API overlay back after a failed install; the stored one may be ahead of the tables in force until the next change");
+            }
+            return Err(e);
+        }
+        sources.overlay = Arc::new(next);
+        Ok(self.tables())
+    }
+
+    /// Installs `compiled` (on this host's interfaces) in the datapath, then makes it the
+    /// tables in force. The caller holds `sources`.
+    fn install(&self, compiled: CompiledTables) -> Result<(), TablesChangeError> {
         let compiled = compiled.on_interfaces(self.n3_ifindex, self.local_ifindex);
-        // Hold the lock across the check and the install so replacements apply in order.
         let mut current = match self.tables.write() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if base.is_some_and(|b| !Arc::ptr_eq(b, &current)) {
-            return Err(TablesChangeError::Conflict);
-        }
         self.datapath.install(&compiled)?;
         *current = Arc::new(compiled);
-        Ok(Arc::clone(&current))
+        Ok(())
     }
 
     /// The datapath in use, XDP or userspace (counters).
@@ -286,7 +327,13 @@ impl FlowSource for Gateway {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let n3_ifindex = ifindex(&config.interfaces.n3).context("interfaces.n3")?;
     let local_ifindex = ifindex(&config.interfaces.local).context("interfaces.local")?;
-    let tables = load_tables(&config.datapath.tables)?.on_interfaces(n3_ifindex, local_ifindex);
+    std::fs::create_dir_all(&config.state.dir)
+        .with_context(|| format!("state.dir {}", config.state.dir.display()))?;
+    let overlay_path = config.state.dir.join(API_OVERLAY_FILE);
+    let overlay = Overlay::load(&overlay_path)
+        .context("reading what was created through the operator API")?;
+    let (file_tables, tables) = load_tables(&config.datapath.tables, &overlay)?;
+    let tables = tables.on_interfaces(n3_ifindex, local_ifindex);
     let policy = match &config.policy {
         Some(p) => {
             let loaded = load_policy(&p.file)?;
@@ -298,9 +345,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    std::fs::create_dir_all(&config.state.dir)
-        .with_context(|| format!("state.dir {}", config.state.dir.display()))?;
-
     // Flows are counted only for a policy that takes `flow` records: counting costs a map
     // update per packet (docs/fastpath.md), and in XDP the choice is made at load.
     let flow_accounting = config.flows.enabled
@@ -345,6 +389,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let gw = Arc::new(Gateway {
         datapath,
+        sources: std::sync::Mutex::new(TableSources {
+            file: config.datapath.tables.clone(),
+            file_tables: Arc::new(file_tables),
+            overlay: Arc::new(overlay),
+            overlay_path,
+        }),
         tables: RwLock::new(Arc::new(tables)),
         policy: RwLock::new(None),
         n3_ifindex,
@@ -553,7 +603,9 @@ fn spawn_api(
 /// SIGHUP: validate the tables and policy files again; swap only what is valid.
 fn reload(gw: &Gateway, config: &Config) {
     info!("SIGHUP: reloading tables and policy");
-    let tables = load_tables(&config.datapath.tables);
+    // Held from reading to installing: an API change in between would be lost.
+    let mut sources = gw.lock_sources();
+    let tables = load_tables(&sources.file, &sources.overlay);
     let policy = match &config.policy {
         Some(p) => load_policy(&p.file)
             .and_then(|loaded| {
@@ -565,9 +617,10 @@ fn reload(gw: &Gateway, config: &Config) {
         None => Ok(None),
     };
     let outcome = match (tables, policy) {
-        (Ok(t), Ok(p)) => gw
-            .install_compiled(None, t)
-            .map(|_| {
+        (Ok((own, t)), Ok(p)) => gw
+            .install(t)
+            .map(|()| {
+                sources.file_tables = Arc::new(own);
                 if let Some(p) = &p {
                     // Egress checks batches already queued against the new permissions at
                     // send time; the engine switches after releasing the old one's windows.
@@ -585,6 +638,7 @@ fn reload(gw: &Gateway, config: &Config) {
             .map_err(anyhow::Error::from),
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
+    drop(sources);
     match outcome {
         Ok(()) => {
             gw.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -619,9 +673,13 @@ fn return_freed_memory() {
     }
 }
 
-fn load_tables(path: &Path) -> anyhow::Result<CompiledTables> {
-    compile::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+/// The tables file at `path` (its own tables) and, compiled, with `overlay` applied.
+fn load_tables(path: &Path, overlay: &Overlay) -> anyhow::Result<(Tables, CompiledTables)> {
+    compile::load_with(path, overlay, API_OWNER).map_err(|e| anyhow::anyhow!("{e}"))
 }
+
+/// Where the operator API's overlay is kept, under the state directory.
+pub const API_OVERLAY_FILE: &str = "api/tables.json";
 
 fn load_policy(path: &Path) -> anyhow::Result<LoadedPolicy> {
     let shown = path.display().to_string();

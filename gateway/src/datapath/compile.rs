@@ -32,6 +32,7 @@ use mecgw_ebpf::{
 
 use super::tables::{
     IpPrefix, MAX_TABLES_FILE_BYTES, RuleState, Tables, TablesError, mask_v4, mask_v6,
+    overlay::Overlay,
     toml::{self, LineIndex},
 };
 
@@ -142,13 +143,44 @@ pub fn load(path: &Path) -> Result<CompiledTables, TablesError> {
     from_toml(&text, &path.display().to_string())
 }
 
+/// Reads a tables file, applies `overlay` (whose owner `owner` names in messages) and
+/// compiles the result; also returns the file's own tables, before the overlay. Problems of
+/// the file's entries are reported at their line and column; problems of the overlay's
+/// entries under `owner`.
+pub fn load_with(
+    path: &Path,
+    overlay: &Overlay,
+    owner: &str,
+) -> Result<(Tables, CompiledTables), TablesError> {
+    let text = mecgw_policy::files::read_text_limited(path, MAX_TABLES_FILE_BYTES)?;
+    let (own, compiled) = read(&text, &path.display().to_string(), overlay, owner, true)?;
+    let own = own.unwrap_or_else(|| Tables::clone(&compiled));
+    Ok((own, compiled))
+}
+
 /// Reads and compiles tables from TOML text; `origin` names it in errors, and each problem
 /// is reported at the line and column of its entry.
 pub fn from_toml(text: &str, origin: &str) -> Result<CompiledTables, TablesError> {
+    read(text, origin, &Overlay::default(), "", false).map(|(_, compiled)| compiled)
+}
+
+/// Reads `text`, applies `overlay`, compiles. With `keep_own`, also the file's own tables
+/// (`None` when the overlay changes nothing: then they are the compiled tables).
+fn read(
+    text: &str,
+    origin: &str,
+    overlay: &Overlay,
+    owner: &str,
+    keep_own: bool,
+) -> Result<(Option<Tables>, CompiledTables), TablesError> {
     let read = toml::read(text, origin)?;
     let (session_at, rule_at) = (read.session_at, read.rule_at);
-    let Problems(problems) = match compile(read.tables) {
-        Ok(compiled) => return Ok(compiled),
+    let own = (keep_own && overlay != &Overlay::default()).then(|| read.tables.clone());
+    let problems = match overlay.apply(read.tables, owner) {
+        Ok(tables) => match compile(tables) {
+            Ok(compiled) => return Ok((own, compiled)),
+            Err(Problems(p)) => p,
+        },
         Err(p) => p,
     };
     let lines = LineIndex::new(text);
@@ -157,17 +189,19 @@ pub fn from_toml(text: &str, origin: &str) -> Result<CompiledTables, TablesError
         .into_iter()
         .take(MAX_REPORTED_PROBLEMS)
         .map(|p| {
+            // Entries past the file's own are the overlay's (appended in order).
             let at = match p.place {
                 Place::Global => None,
-                Place::Session(i) => session_at.get(i).copied(),
-                Place::Rule(i) => rule_at.get(i).copied(),
+                Place::Session(i) => Some(session_at.get(i).copied().ok_or(())),
+                Place::Rule(i) => Some(rule_at.get(i).copied().ok_or(())),
             };
             match at {
-                Some(at) => {
+                None => format!("{origin}: {}", p.message),
+                Some(Ok(at)) => {
                     let (l, c) = lines.line_col(at);
                     format!("{origin}:{l}:{c}: {}", p.message)
                 }
-                None => format!("{origin}: {}", p.message),
+                Some(Err(())) => format!("{owner}: {}", p.message),
             }
         })
         .collect();

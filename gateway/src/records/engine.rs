@@ -134,9 +134,41 @@ impl PrivacyMetrics {
     }
 }
 
+/// Why records accepted by the engine are not (yet) durable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// The engine is not running (no policy, or shutting down).
+    #[error("the policy engine is not running")]
+    Stopped,
+    /// The egress spool is full under backpressure; the outputs wait in memory until it
+    /// drains (a sink catches up or the operator frees room).
+    #[error(
+        "the egress spool is full: {waiting} output(s) are held in memory until it drains, \
+         not yet durable"
+    )]
+    SpoolFull { waiting: u64 },
+    /// Spooling failed for another reason (e.g. an I/O error); it is retried.
+    #[error("spooling for {destination} failed: {message}")]
+    Spool {
+        destination: String,
+        message: String,
+    },
+}
+
+impl FlushError {
+    /// How long a publisher should wait before trying again, where that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FlushError::Stopped => None,
+            FlushError::SpoolFull { .. } | FlushError::Spool { .. } => Some(BACKPRESSURE_RETRY),
+        }
+    }
+}
+
 enum Control {
     /// Answer once everything queued before is processed and spooled.
-    Flush(oneshot::Sender<Result<(), String>>),
+    Flush(oneshot::Sender<Result<(), FlushError>>),
     /// Switch to this (validated) policy.
     Reload(Arc<LoadedPolicy>),
     /// Close every window, spool, and end.
@@ -154,13 +186,12 @@ impl PrivacyHandle {
     /// Waits until every record queued before this call is processed and its outputs are
     /// durably spooled. Fails if the spool is full (the outputs are held in memory) or the
     /// plane has stopped.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), FlushError> {
         let (tx, rx) = oneshot::channel();
         self.control
             .send(Control::Flush(tx))
-            .map_err(|_| "the policy engine is not running".to_string())?;
-        rx.await
-            .map_err(|_| "the policy engine stopped".to_string())?
+            .map_err(|_| FlushError::Stopped)?;
+        rx.await.map_err(|_| FlushError::Stopped)?
     }
 
     /// Switches to `policy` (already validated) after closing the old policy's windows.
@@ -482,7 +513,9 @@ impl Worker {
             match wait {
                 None => {}
                 Some(Some(Control::Flush(ack))) => {
-                    let _ = ack.send(Err(full_message(self.waiting())));
+                    let _ = ack.send(Err(FlushError::SpoolFull {
+                        waiting: self.waiting(),
+                    }));
                 }
                 Some(Some(Control::Reload(p))) => {
                     // The egress permissions changed already; the engine switches once
@@ -501,7 +534,7 @@ impl Worker {
 
     /// One attempt to spool everything pending. `Err` only for a full spool (backpressure)
     /// or a spool failure; refusals are counted (and audited by egress) and dropped.
-    fn spool_once(&mut self) -> Result<(), String> {
+    fn spool_once(&mut self) -> Result<(), FlushError> {
         let Some(egress) = self.wiring.egress.clone() else {
             self.pending.clear();
             return Ok(());
@@ -526,7 +559,9 @@ impl Worker {
                         items.drain(..n);
                     }
                     Err(e) if e.is_backpressure() => {
-                        result = Err(full_message(items.len() as u64));
+                        result = Err(FlushError::SpoolFull {
+                            waiting: items.len() as u64,
+                        });
                         break;
                     }
                     Err(e @ EnqueueError::UnknownDestination(_)) => {
@@ -536,7 +571,10 @@ impl Worker {
                     }
                     Err(e) => {
                         error!(%destination, error = %e, "spooling failed; will retry");
-                        result = Err(format!("spooling for {destination} failed: {e}"));
+                        result = Err(FlushError::Spool {
+                            destination: destination.clone(),
+                            message: e.to_string(),
+                        });
                         break;
                     }
                 }
@@ -604,13 +642,6 @@ impl Worker {
         s.outputs_waiting = waiting;
         self.metrics.store(s.clone());
     }
-}
-
-fn full_message(waiting: u64) -> String {
-    format!(
-        "the egress spool is full: {waiting} output(s) are held in memory until it drains, \
-         not yet durable"
-    )
 }
 
 /// Routes one engine output: every output to its destination's pending batch; released

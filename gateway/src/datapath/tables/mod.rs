@@ -5,14 +5,16 @@
 //! rule with too many ports). Only [`super::compile`] turns a description into something a
 //! datapath installs, after checking everything. This module never touches the kernel.
 //! - [`values`]: identifiers, addresses, prefixes, ports, protocols (checked as read);
-//! - [`toml`]: reading a tables file, with the position of every entry.
+//! - [`toml`]: reading a tables file, with the position of every entry;
+//! - [`overlay`]: what another owner (the operator API) adds on top of the file.
 
+pub mod overlay;
 pub mod toml;
 pub mod values;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use values::*;
 
@@ -82,7 +84,7 @@ impl Default for Defaults {
 }
 
 /// A PDU session.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Session {
     /// Unique session id (shown in counters and replay output).
@@ -92,22 +94,22 @@ pub struct Session {
     /// TEID we put on downlink G-PDUs towards the gNB.
     pub downlink_teid: Teid,
     /// The UE's IPv4 address.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ue_ipv4: Option<Ipv4Addr>,
     /// The UE's IPv6 prefix (e.g. a /64).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ue_ipv6: Option<IpPrefix>,
     /// The gNB's N3 address (IPv4 or IPv6): outer destination of downlink packets.
     pub gnb: IpAddr,
     /// QFI written into downlink PDU Session Containers.
     pub qfi: Qfi,
     /// The subscriber's IMSI, if known: carried into flow records (never into the fast path).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imsi: Option<Imsi>,
 }
 
 /// A traffic rule (ETSI MEC 011 TrafficRule with TEID and QFI filters added).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficRule {
     /// Unique rule id.
@@ -118,22 +120,22 @@ pub struct TrafficRule {
     pub state: RuleState,
     pub action: RuleAction,
     /// Destination prefixes (IPv4 and/or IPv6). Empty: any destination of either family.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dst: Vec<IpPrefix>,
     /// Source (UE) prefixes, at most 4 per family. Empty: any source.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub src: Vec<IpPrefix>,
     /// IP protocols. Empty: any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protocols: Vec<Protocol>,
     /// Destination port ranges, at most 4. Empty: any (also packets without ports).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dst_ports: Vec<PortRange>,
     /// Only G-PDUs with this uplink TEID.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teid: Option<Teid>,
     /// Only G-PDUs whose PDU Session Container carries this QFI.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qfi: Option<Qfi>,
 }
 

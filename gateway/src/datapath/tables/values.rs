@@ -7,17 +7,23 @@ use std::{
     str::FromStr,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A GTP-U tunnel endpoint identifier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Teid(pub u32);
 
 /// A QoS flow identifier (0-63).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "u8")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "u8", into = "u8")]
 pub struct Qfi(u8);
+
+impl From<Qfi> for u8 {
+    fn from(q: Qfi) -> u8 {
+        q.0
+    }
+}
 
 impl Qfi {
     /// The QFI, if `v` is at most 63.
@@ -38,9 +44,15 @@ impl TryFrom<u8> for Qfi {
 
 /// An IMSI (TS 23.003): 5-15 decimal digits, written as a string (`"001010123456789"`) so
 /// that leading zeros survive.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Imsi(String);
+
+impl From<Imsi> for String {
+    fn from(i: Imsi) -> String {
+        i.0
+    }
+}
 
 impl Imsi {
     /// The digits.
@@ -76,9 +88,22 @@ impl fmt::Display for Imsi {
 }
 
 /// An Ethernet MAC address, written `02:00:00:00:00:01`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl From<Mac> for String {
+    fn from(m: Mac) -> String {
+        m.to_string()
+    }
+}
 
 impl FromStr for Mac {
     type Err = String;
@@ -111,8 +136,8 @@ impl TryFrom<String> for Mac {
 
 /// An IPv4 or IPv6 prefix with its host bits zero, written `192.0.2.0/24` or `2001:db8::/32`
 /// (a bare address means a host prefix).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct IpPrefix {
     addr: IpAddr,
     len: u8,
@@ -227,6 +252,12 @@ impl FromStr for IpPrefix {
     }
 }
 
+impl From<IpPrefix> for String {
+    fn from(p: IpPrefix) -> String {
+        p.to_string()
+    }
+}
+
 impl TryFrom<String> for IpPrefix {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
@@ -240,6 +271,17 @@ impl TryFrom<String> for IpPrefix {
 pub struct PortRange {
     pub lo: u16,
     pub hi: u16,
+}
+
+impl Serialize for PortRange {
+    /// As read: a number for one port, `"lo-hi"` for a range.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.lo == self.hi {
+            s.serialize_u16(self.lo)
+        } else {
+            s.serialize_str(&format!("{}-{}", self.lo, self.hi))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -270,9 +312,15 @@ impl TryFrom<PortSpec> for PortRange {
 }
 
 /// An IP protocol number, written as a number or `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`, `"sctp"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "ProtoSpec")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "ProtoSpec", into = "u8")]
 pub struct Protocol(pub u8);
+
+impl From<Protocol> for u8 {
+    fn from(p: Protocol) -> u8 {
+        p.0
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -301,7 +349,7 @@ impl TryFrom<ProtoSpec> for Protocol {
 }
 
 /// What to do with a packet a default applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Disposition {
     /// Hand it to the kernel unchanged (towards the core).
@@ -312,7 +360,7 @@ pub enum Disposition {
 }
 
 /// MEC 011 rule state: only ACTIVE rules are compiled into the fast path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 pub enum RuleState {
     #[default]
     #[serde(rename = "ACTIVE")]
@@ -322,7 +370,7 @@ pub enum RuleState {
 }
 
 /// What a matching rule does with an uplink G-PDU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub enum RuleAction {
     /// Decapsulate and forward to the local-services interface (MEC 011 FORWARD_DECAPSULATED).
     #[serde(rename = "LOCAL")]

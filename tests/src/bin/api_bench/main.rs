@@ -29,7 +29,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use mecgw::{
     api::{
-        ApiBackend, PublishedRecord, ReleasedOutput, ReplaceError, StatusReport,
+        ApiBackend, BackendError, PublishedRecord, ReleasedOutput, ReplaceError, StatusReport,
         proto::{
             self, CreateTrafficRuleRequest, CreateTrafficRuleResponse, DeleteTrafficRuleRequest,
             DeleteTrafficRuleResponse, GetTrafficRuleRequest, GetTrafficRuleResponse,
@@ -42,7 +42,7 @@ use mecgw::{
             traffic_rules_service_server::{TrafficRulesService, TrafficRulesServiceServer},
         },
     },
-    datapath::{CompiledTables, Tables},
+    datapath::{CompiledTables, tables::overlay::Overlay},
 };
 use mecgw_tests::api::{Running, Site, connect};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -104,16 +104,19 @@ impl ApiBackend for Backend {
             Err(p) => p.into_inner().clone(),
         }
     }
-    fn replace_tables(
+    fn overlay(&self) -> Arc<Overlay> {
+        Arc::default()
+    }
+    fn replace_overlay(
         &self,
-        _base: &Arc<CompiledTables>,
-        _next: Tables,
+        _base: &Arc<Overlay>,
+        _next: Overlay,
     ) -> Result<Arc<CompiledTables>, ReplaceError> {
-        Err(ReplaceError::Install(
+        Err(ReplaceError::Internal(
             "the benchmark does not change tables".into(),
         ))
     }
-    fn status(&self) -> Result<StatusReport, String> {
+    fn status(&self) -> Result<StatusReport, BackendError> {
         Ok(StatusReport::default())
     }
     fn readiness(&self) -> watch::Receiver<bool> {
