@@ -29,13 +29,28 @@ pub mod names {
     pub const PROG_UPLINK: &str = "mecgw_uplink";
     /// The downlink encapsulator, attached to the local-services interface.
     pub const PROG_DOWNLINK: &str = "mecgw_downlink";
+    /// The uplink of PFCP sessions: `mecgw_uplink` tail-calls it for TEIDs of the PFCP range.
+    pub const PROG_UPLINK_PFCP: &str = "mecgw_uplink_pfcp";
+    /// Program array with [`PROG_UPLINK_PFCP`] at index 0.
+    pub const MAP_UPLINK_PFCP: &str = "UPLINK_PFCP";
+    /// The re-tunnel of PFCP sessions: `mecgw_uplink_pfcp` tail-calls it.
+    pub const PROG_RETUNNEL: &str = "mecgw_retunnel";
+    /// Program array with [`PROG_RETUNNEL`] at index 0.
+    pub const MAP_RETUNNEL: &str = "RETUNNEL";
+    /// The downlink of PFCP sessions' IPv4 UEs: `mecgw_downlink` tail-calls it.
+    pub const PROG_DOWNLINK_PFCP_V4: &str = "mecgw_downlink_pfcp_v4";
+    /// The downlink of PFCP sessions' IPv6 UEs: `mecgw_downlink` tail-calls it.
+    pub const PROG_DOWNLINK_PFCP_V6: &str = "mecgw_downlink_pfcp_v6";
+    /// Program array with [`PROG_DOWNLINK_PFCP_V4`] at index 0 and `_V6` at index 1.
+    pub const MAP_DOWNLINK_PFCP: &str = "DOWNLINK_PFCP";
     /// Per-CPU packet/byte counters indexed by [`super::Verdict`].
     pub const MAP_VERDICTS: &str = "VERDICTS";
     /// Per-CPU packet/byte counters indexed by [`super::Reason`].
     pub const MAP_REASONS: &str = "REASONS";
     /// Per-CPU packet/byte counters indexed by a rule's counter slot.
     pub const MAP_RULE_COUNTERS: &str = "RULE_COUNTERS";
-    /// Per-CPU packet/byte counters indexed by `2 * session counter slot + direction`.
+    /// Per-CPU packet/byte counters indexed by `2 * session counter slot + direction`; PFCP
+    /// sessions' slots start at [`super::MAX_SESSIONS`].
     pub const MAP_SESSION_COUNTERS: &str = "SESSION_COUNTERS";
     /// Per-CPU record of the last decision taken on that CPU ([`super::Decision`]).
     pub const MAP_LAST_DECISION: &str = "LAST_DECISION";
@@ -64,6 +79,15 @@ pub mod names {
     /// Read-only global (`u32`, 0 or 1) set at load time: whether the programs count flows.
     /// The verifier sees its value and removes the flow code when it is 0.
     pub const GLOBAL_FLOW_ACCOUNTING: &str = "FLOW_ACCOUNTING";
+    /// Local TEID → [`super::PfcpTunnel`]: the GTP-U tunnels of PFCP sessions (not
+    /// generational: each entry is replaced atomically).
+    pub const MAP_PFCP_TUNNELS: &str = "PFCP_TUNNELS";
+    /// UE IPv4 address → [`super::PfcpDownlink`] of PFCP sessions.
+    pub const MAP_PFCP_UE_V4: &str = "PFCP_UE_V4";
+    /// UE IPv6 prefix (LPM) → [`super::PfcpDownlink`] of PFCP sessions.
+    pub const MAP_PFCP_UE_V6: &str = "PFCP_UE_V6";
+    /// Per-CPU packet/byte counters indexed by a PDR's counter slot.
+    pub const MAP_PDR_COUNTERS: &str = "PDR_COUNTERS";
 }
 
 /// UDP port of GTP-U (TS 29.281).
@@ -104,6 +128,19 @@ pub const DIR_DOWNLINK: u32 = 1;
 /// Entries of each flow-map generation (LRU: the least recently used flow is evicted when a
 /// new one does not fit). See docs/fastpath.md for the memory this takes.
 pub const MAX_FLOWS: u32 = 65_536;
+/// PFCP sessions the fast path counts (their session counter slots follow the tables').
+pub const MAX_PFCP_SESSIONS: u32 = 131_072;
+/// Entries of the PFCP tunnel map (local TEIDs of PFCP sessions).
+pub const MAX_PFCP_TUNNELS: u32 = 262_144;
+/// Entries of each PFCP UE map (UE addresses of PFCP sessions, per family).
+pub const MAX_PFCP_UES: u32 = 131_072;
+/// Matches (a PDR's SDF filters, or the PDR itself) one PFCP tunnel holds, in precedence order.
+pub const MAX_TUNNEL_PDRS: usize = 8;
+/// Distinct forwarding targets (re-tunnel destinations) one PFCP tunnel holds.
+pub const MAX_TUNNEL_TARGETS: usize = 2;
+/// PDR counter slots: PDRs of all PFCP sessions.
+pub const MAX_PDR_COUNTERS: u32 = 524_288;
+
 /// [`FlowKey::family`] of an IPv4 flow.
 pub const FLOW_FAMILY_V4: u8 = 4;
 /// [`FlowKey::family`] of an IPv6 flow.
@@ -198,11 +235,25 @@ pub enum Reason {
     Oversize = 14,
     /// A kernel helper (adjust head/tail) refused: dropped. Never expected.
     Internal = 15,
+    /// A PFCP PDR whose FAR sends to the local services matched: decapsulated, redirected.
+    PdrLocal = 16,
+    /// A PFCP PDR whose FAR forwards towards the core unchanged matched: passed.
+    PdrForward = 17,
+    /// A PFCP PDR whose FAR creates a new outer header (to a PSA, or back to the gNB)
+    /// matched: the tunnel header rewritten and the frame redirected.
+    PdrRetunnel = 18,
+    /// A PFCP PDR whose FAR drops (or whose QER gate is closed) matched: dropped.
+    PdrDrop = 19,
+    /// A G-PDU of a PFCP tunnel that no PDR matched: dropped, as a UPF does.
+    NoPdr = 20,
+    /// A re-tunnel whose next hop the kernel has no neighbour entry for yet: passed to the
+    /// kernel unchanged (which resolves it; the daemon also probes every target).
+    NoNeighbour = 21,
 }
 
 impl Reason {
     /// Number of reasons: the size of the reason counter array.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 22;
     /// All reasons, in discriminant order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NotGtp,
@@ -221,6 +272,12 @@ impl Reason {
         Reason::Encapsulated,
         Reason::Oversize,
         Reason::Internal,
+        Reason::PdrLocal,
+        Reason::PdrForward,
+        Reason::PdrRetunnel,
+        Reason::PdrDrop,
+        Reason::NoPdr,
+        Reason::NoNeighbour,
     ];
 
     /// snake_case name used in logs, metrics and replay output.
@@ -242,6 +299,12 @@ impl Reason {
             Reason::Encapsulated => "encapsulated",
             Reason::Oversize => "oversize",
             Reason::Internal => "internal",
+            Reason::PdrLocal => "pdr_local",
+            Reason::PdrForward => "pdr_forward",
+            Reason::PdrRetunnel => "pdr_retunnel",
+            Reason::PdrDrop => "pdr_drop",
+            Reason::NoPdr => "no_pdr",
+            Reason::NoNeighbour => "no_neighbour",
         }
     }
 
@@ -321,20 +384,21 @@ pub struct SessionEntry {
     pub gnb: [u8; 16],
 }
 
-/// An IPv4 prefix as address and mask.
+/// An IPv4 prefix as address and mask, each the native-order word of its four bytes (so
+/// the programs compare it with a packet word in one instruction).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PrefixV4 {
-    pub addr: [u8; 4],
-    pub mask: [u8; 4],
+    pub addr: u32,
+    pub mask: u32,
 }
 
-/// An IPv6 prefix as address and mask.
+/// An IPv6 prefix as address and mask, each four native-order words of its bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PrefixV6 {
-    pub addr: [u8; 16],
-    pub mask: [u8; 16],
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
 }
 
 /// An inclusive port range.
@@ -394,6 +458,10 @@ pub struct Candidates {
 pub const CONFIG_N3_V4: u32 = 1;
 /// [`Config::flags`]: the N3 interface has an IPv6 address.
 pub const CONFIG_N3_V6: u32 = 2;
+/// [`Config::flags`]: PFCP sessions exist: G-PDUs with a TEID of at least
+/// [`Config::pfcp_teid_min`] are looked up in the PFCP tunnels, and packets to UEs in the
+/// PFCP UE maps first.
+pub const CONFIG_PFCP: u32 = 4;
 
 /// Interface facts and defaults, one per generation.
 #[repr(C)]
@@ -411,12 +479,144 @@ pub struct Config {
     pub malformed: u32,
     /// `CONFIG_*` flags.
     pub flags: u32,
+    /// The first TEID of the PFCP range (with [`CONFIG_PFCP`]): TEIDs from here up belong to
+    /// PFCP sessions, those below to the tables.
+    pub pfcp_teid_min: u32,
     pub local_mac: [u8; 6],
     pub local_next_hop_mac: [u8; 6],
     pub n3_mac: [u8; 6],
     pub n3_next_hop_mac: [u8; 6],
     pub n3_v4: [u8; 4],
     pub n3_v6: [u8; 16],
+}
+
+/// What a PFCP PDR's FAR does with a matching packet ([`PdrMatch::action`]).
+pub mod pdr_action {
+    /// Forward unchanged towards the core (`XDP_PASS`).
+    pub const FORWARD: u32 = 0;
+    /// Drop.
+    pub const DROP: u32 = 1;
+    /// Remove the outer header and redirect to the local-services interface.
+    pub const LOCAL: u32 = 2;
+    /// Rewrite the tunnel header towards [`super::TunnelTarget`] `target` and redirect by the
+    /// kernel's FIB.
+    pub const RETUNNEL: u32 = 3;
+    /// Downlink: encapsulate towards the gNB ([`super::PfcpDownlink`]).
+    pub const ENCAPSULATE: u32 = 4;
+}
+
+/// [`PdrMatch::flags`]: only packets whose PDU Session Container carries [`PdrMatch::qfi`].
+pub const PDR_MATCH_QFI: u32 = 1;
+/// [`PdrMatch::flags`]: only packets of IP protocol [`PdrMatch::protocol`].
+pub const PDR_MATCH_PROTO: u32 = 2;
+/// [`PdrMatch::flags`]: only packets whose remote address (uplink destination) lies in
+/// [`PdrMatch::remote`] / [`PdrMatch::remote_mask`] (of the family the `PDR_FAMILY_*` flag says).
+pub const PDR_MATCH_REMOTE: u32 = 4;
+/// [`PdrMatch::flags`]: only packets whose remote port is in [`PdrMatch::remote_ports`].
+pub const PDR_MATCH_REMOTE_PORTS: u32 = 8;
+/// [`PdrMatch::flags`]: only packets whose UE-side port is in [`PdrMatch::ue_ports`].
+pub const PDR_MATCH_UE_PORTS: u32 = 16;
+/// [`PdrMatch::flags`]: only IPv4 packets.
+pub const PDR_FAMILY_V4: u32 = 32;
+/// [`PdrMatch::flags`]: only IPv6 packets.
+pub const PDR_FAMILY_V6: u32 = 64;
+
+/// One way a PFCP tunnel's packets can match (a PDR, or one SDF filter of a PDR), with what
+/// its FAR does. Matches are tried in order (userspace sorts them by PDR precedence).
+///
+/// The SDF filter's "from" side is the remote (network) end and its "to" side the UE, in both
+/// directions (TS 29.244 §5.2.1A.2A, TS 29.212 §5.4.2): for an uplink packet the remote
+/// address is the inner destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PdrMatch {
+    /// The PDR ID (for decisions).
+    pub pdr_id: u32,
+    /// Slot in the PDR counters.
+    pub counter: u32,
+    /// One of [`pdr_action`].
+    pub action: u32,
+    /// `PDR_MATCH_*` and `PDR_FAMILY_*` flags.
+    pub flags: u32,
+    pub qfi: u32,
+    pub protocol: u32,
+    /// Index into [`PfcpTunnel::targets`] for [`pdr_action::RETUNNEL`].
+    pub target: u32,
+    pub remote_ports: PortRange,
+    pub ue_ports: PortRange,
+    /// Remote prefix, as the bytes of the address in native-order words (IPv4 in word 0):
+    /// compared with packet words read the same way.
+    pub remote: [u32; 4],
+    pub remote_mask: [u32; 4],
+}
+
+/// [`TunnelTarget::flags`]: the target address is IPv6.
+pub const TARGET_V6: u32 = 1;
+
+/// Where a re-tunnelled packet goes: the peer's TEID and address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TunnelTarget {
+    pub teid: u32,
+    /// `TARGET_*` flags.
+    pub flags: u32,
+    /// The address bytes as native-order words: IPv4 in word 0, or IPv6.
+    pub addr: [u32; 4],
+}
+
+/// [`PfcpTunnel::flags`]: the tunnel comes from the access side: an inner source must be the
+/// session's UE (a spoofed source is judged by the defaults).
+pub const TUNNEL_FROM_ACCESS: u32 = 1;
+/// [`PfcpTunnel::flags`]: the session has a UE IPv4 address.
+pub const TUNNEL_HAS_UE_V4: u32 = 2;
+/// [`PfcpTunnel::flags`]: the session has a UE IPv6 prefix.
+pub const TUNNEL_HAS_UE_V6: u32 = 4;
+
+/// A GTP-U tunnel of a PFCP session, keyed by its local TEID: every PDR whose PDI names that
+/// F-TEID, compiled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PfcpTunnel {
+    /// Operator-visible session id.
+    pub session: u32,
+    /// Slot in the session counters.
+    pub counter: u32,
+    /// `TUNNEL_*` flags.
+    pub flags: u32,
+    /// How many of `pdrs` are used.
+    pub pdr_count: u32,
+    /// The UE's addresses as native-order words of their bytes.
+    pub ue_v4: u32,
+    pub ue_v6: [u32; 4],
+    pub ue_v6_mask: [u32; 4],
+    pub targets: [TunnelTarget; MAX_TUNNEL_TARGETS],
+    pub pdrs: [PdrMatch; MAX_TUNNEL_PDRS],
+}
+
+/// [`PfcpDownlink::flags`]: the gNB address is IPv6.
+pub const DOWNLINK_GNB_V6: u32 = 1;
+
+/// Packets from the local services to a UE of a PFCP session: its downlink PDR (Source
+/// Interface SGi-LAN/N6-LAN) and what its FAR and QER say.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PfcpDownlink {
+    /// Operator-visible session id.
+    pub session: u32,
+    /// Slot in the session counters.
+    pub counter: u32,
+    pub pdr_id: u32,
+    /// Slot in the PDR counters.
+    pub pdr_counter: u32,
+    /// [`pdr_action::ENCAPSULATE`] or [`pdr_action::DROP`].
+    pub action: u32,
+    /// `DOWNLINK_*` flags.
+    pub flags: u32,
+    pub downlink_teid: u32,
+    /// QFI written into the PDU Session Container (0-63).
+    pub qfi: u32,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub gnb: [u8; 16],
 }
 
 /// The last decision a CPU took: lets tests and `mecgw replay` learn the reason, rule and
@@ -432,6 +632,8 @@ pub struct Decision {
     pub rule: u32,
     /// Session id, or [`NONE`].
     pub session: u32,
+    /// PFCP PDR id, or [`NONE`].
+    pub pdr: u32,
 }
 
 /// A flow as the fast path counts it: one session, and the inner 5-tuple seen from the UE
@@ -519,6 +721,14 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::FlowGenStats {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PdrMatch {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::TunnelTarget {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PfcpTunnel {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PfcpDownlink {}
 }
 
 // No implicit padding: each size is the sum of its fields.
@@ -528,8 +738,18 @@ const _: () = assert!(
         == 9 * 4 + 32 + 4 * MAX_PORT_RANGES + 8 * MAX_SRC_PREFIXES + 32 * MAX_SRC_PREFIXES
 );
 const _: () = assert!(core::mem::size_of::<Candidates>() == 4 + 4 * MAX_CANDIDATES);
-const _: () = assert!(core::mem::size_of::<Config>() == 7 * 4 + 4 * 6 + 4 + 16);
-const _: () = assert!(core::mem::size_of::<Decision>() == 5 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 8 * 4 + 4 * 6 + 4 + 16);
+// The programs read N3's addresses a word at a time (map values are 8-byte aligned).
+const _: () = assert!(core::mem::offset_of!(Config, n3_v4) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(Config, n3_v6) % 4 == 0);
+const _: () = assert!(core::mem::size_of::<Decision>() == 6 * 4);
+const _: () = assert!(core::mem::size_of::<PdrMatch>() == 7 * 4 + 8 + 32);
+const _: () = assert!(core::mem::size_of::<TunnelTarget>() == 8 + 16);
+const _: () = assert!(
+    core::mem::size_of::<PfcpTunnel>()
+        == 16 + 4 + 32 + 24 * MAX_TUNNEL_TARGETS + 68 * MAX_TUNNEL_PDRS
+);
+const _: () = assert!(core::mem::size_of::<PfcpDownlink>() == 8 * 4 + 16);
 const _: () = assert!(core::mem::size_of::<BenchFrame>() == 8 + BENCH_FRAME_MAX);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16 + 16 + 4 + 4);

@@ -57,6 +57,7 @@ fn tables() -> CompiledTables {
 fn accounting() -> FastPath {
     let fp = FastPath::load_with(FastPathOptions {
         flow_accounting: true,
+        ..FastPathOptions::default()
     })
     .expect("load (are we root?)");
     fp.install(&tables()).unwrap();

@@ -151,6 +151,7 @@ fn judged(
         reason,
         rule,
         session,
+        pdr: None,
         packet,
     }
 }

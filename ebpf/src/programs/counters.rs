@@ -2,7 +2,10 @@
 //! and never bounce cache lines between cores.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use mecgw_ebpf::{Counter, Decision, MAX_RULES, MAX_SESSIONS, NONE, Reason, Verdict};
+use mecgw_ebpf::{
+    Counter, Decision, MAX_PDR_COUNTERS, MAX_PFCP_SESSIONS, MAX_RULES, MAX_SESSIONS, NONE, Reason,
+    Verdict,
+};
 
 #[map(name = "VERDICTS")]
 static VERDICTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
@@ -11,7 +14,11 @@ static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason::COU
 #[map(name = "RULE_COUNTERS")]
 static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 #[map(name = "SESSION_COUNTERS")]
-static SESSION_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_SESSIONS * 2, 0);
+static SESSION_COUNTERS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries((MAX_SESSIONS + MAX_PFCP_SESSIONS) * 2, 0);
+/// Per PFCP PDR: packets and inner IP bytes (what usage reports measure). Sized at load.
+#[map(name = "PDR_COUNTERS")]
+static PDR_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_PDR_COUNTERS, 0);
 #[map(name = "LAST_DECISION")]
 static LAST_DECISION: PerCpuArray<Decision> = PerCpuArray::with_max_entries(1, 0);
 
@@ -45,6 +52,24 @@ pub struct Outcome {
     pub session_slot: u32,
 }
 
+/// The PFCP PDR that decided a frame: its id, counter slot and the inner IP bytes it counts.
+/// Kept out of [`Outcome`] so that the tables path carries nothing it never uses (its
+/// verification is near the kernel's limit).
+pub struct PdrHit {
+    pub id: u32,
+    pub slot: u32,
+    pub bytes: u64,
+}
+
+impl PdrHit {
+    /// No PDR decided.
+    pub const NONE: PdrHit = PdrHit {
+        id: NONE,
+        slot: NONE,
+        bytes: 0,
+    };
+}
+
 impl Outcome {
     #[inline(always)]
     pub const fn new(verdict: Verdict, reason: Reason) -> Self {
@@ -63,6 +88,18 @@ impl Outcome {
 /// as this CPU's last decision, and returns the XDP action.
 #[inline(always)]
 pub fn record(outcome: &Outcome, len: u64, dir: u32) -> u32 {
+    record_pdr(outcome, &PdrHit::NONE, len, dir)
+}
+
+/// Counts `bytes` of a packet a PFCP PDR matched against the PDR's counter slot `slot`.
+#[inline(always)]
+pub fn count_pdr(slot: u32, bytes: u64) {
+    add(&PDR_COUNTERS, slot, bytes);
+}
+
+/// [`record`] for a frame a PFCP PDR decided: also counts its inner bytes against the PDR.
+#[inline(always)]
+pub fn record_pdr(outcome: &Outcome, pdr: &PdrHit, len: u64, dir: u32) -> u32 {
     count_verdict(outcome.verdict, len);
     add(&REASONS, outcome.reason as u32, len);
     if outcome.rule_slot != NONE {
@@ -70,6 +107,9 @@ pub fn record(outcome: &Outcome, len: u64, dir: u32) -> u32 {
     }
     if outcome.session_slot != NONE {
         add(&SESSION_COUNTERS, outcome.session_slot * 2 + dir, len);
+    }
+    if pdr.slot != NONE {
+        add(&PDR_COUNTERS, pdr.slot, pdr.bytes);
     }
     if let Some(d) = LAST_DECISION.get_ptr_mut(0) {
         // SAFETY: this CPU's slot from the map lookup; nothing else runs on this CPU meanwhile.
@@ -80,6 +120,7 @@ pub fn record(outcome: &Outcome, len: u64, dir: u32) -> u32 {
                 reason: outcome.reason as u32,
                 rule: outcome.rule_id,
                 session: outcome.session_id,
+                pdr: pdr.id,
             };
         }
     }

@@ -4,22 +4,25 @@
 //! decremented, then an outer IPv4 or IPv6 header towards the session's gNB, UDP 2152 and a
 //! GTP-U header with the downlink TEID and a downlink PDU Session Container carrying the
 //! session's QFI; it is redirected to the N3 interface. Anything else passes to the kernel.
+//! With PFCP sessions, a UE of one of them is looked up first: its downlink PDR's FAR says
+//! encapsulate (TEID and gNB from the outer header creation, QFI from the QER) or drop.
 
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    macros::xdp,
+    macros::{map, xdp},
+    maps::ProgramArray,
     programs::XdpContext,
 };
 use mecgw_ebpf::{
-    Config, DIR_DOWNLINK, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6, EXT_PDU_SESSION_CONTAINER,
-    FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, GTP_TYPE_GPDU, GTPU_PORT, NONE, Reason,
-    SESSION_GNB_V6, SessionEntry, Verdict,
+    CONFIG_PFCP, Config, DIR_DOWNLINK, DOWNLINK_GNB_V6, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6,
+    EXT_PDU_SESSION_CONTAINER, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, GTP_TYPE_GPDU, GTPU_PORT,
+    NONE, PfcpDownlink, Reason, SESSION_GNB_V6, SessionEntry, Verdict, pdr_action,
 };
 
 use super::{
     checksum::{decrement_ttl, fold, sum_be, sum_packet},
-    counters::{Outcome, record},
+    counters::{Outcome, PdrHit, count_pdr, record, record_pdr},
     flows::{self, FlowHit},
     maps,
     parse::{ETH_P_IPV4, ETH_P_IPV6, ethernet, frame_len, has_ports, view, write_at},
@@ -32,8 +35,128 @@ const OUTER_TTL: u8 = 64;
 #[xdp]
 pub fn mecgw_downlink(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx) as u64;
+    if let Some(family) = to_pfcp_ue(&ctx) {
+        // SAFETY: a tail call with the program's own context; on failure control returns here.
+        unsafe { DOWNLINK_PFCP.tail_call(&ctx, family) };
+        return record(
+            &Outcome::new(Verdict::Drop, Reason::Internal),
+            len,
+            DIR_DOWNLINK,
+        );
+    }
     let outcome = classify(&ctx);
     record(&outcome, len, DIR_DOWNLINK)
+}
+
+/// `mecgw_downlink_pfcp_v4` at index 0 and `mecgw_downlink_pfcp_v6` at index 1, set by
+/// userspace at load.
+#[map(name = "DOWNLINK_PFCP")]
+static DOWNLINK_PFCP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// Whether the frame is an IP packet to a UE of a PFCP session, and which family (0 IPv4, 1
+/// IPv6): those are judged by `mecgw_downlink_pfcp_v4` or `_v6`, programs of their own (the
+/// verifier checks each apart from the tables path, all well inside its limits).
+#[inline(always)]
+fn to_pfcp_ue(ctx: &XdpContext) -> Option<u32> {
+    let (_, config) = maps::active()?;
+    if config.flags & CONFIG_PFCP == 0 {
+        return None;
+    }
+    let l2 = ethernet(ctx)?;
+    if l2.ethertype == ETH_P_IPV4 {
+        let h = view::<20>(ctx, l2.l3_off)?;
+        (h[0] >> 4 == 4 && maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]]).is_some()).then_some(0)
+    } else if l2.ethertype == ETH_P_IPV6 {
+        let h = view::<40>(ctx, l2.l3_off)?;
+        let mut dst = [0u8; 16];
+        dst.copy_from_slice(&h[24..40]);
+        (h[0] >> 4 == 6 && maps::pfcp_ue_v6(dst).is_some()).then_some(1)
+    } else {
+        None
+    }
+}
+
+/// The downlink of PFCP sessions' IPv4 UEs, as their downlink PDRs say.
+#[xdp]
+pub fn mecgw_downlink_pfcp_v4(ctx: XdpContext) -> u32 {
+    let len = frame_len(&ctx) as u64;
+    let mut pdr = PdrHit::NONE;
+    let outcome = classify_pfcp::<false>(&ctx, &mut pdr);
+    record_pdr(&outcome, &pdr, len, DIR_DOWNLINK)
+}
+
+/// The downlink of PFCP sessions' IPv6 UEs, as their downlink PDRs say.
+#[xdp]
+pub fn mecgw_downlink_pfcp_v6(ctx: XdpContext) -> u32 {
+    let len = frame_len(&ctx) as u64;
+    let mut pdr = PdrHit::NONE;
+    let outcome = classify_pfcp::<true>(&ctx, &mut pdr);
+    record_pdr(&outcome, &pdr, len, DIR_DOWNLINK)
+}
+
+/// The outcome of a packet to a UE of a PFCP session (of the family `V6` says), and the PDR
+/// that decided (in `pdr`).
+#[inline(always)]
+fn classify_pfcp<const V6: bool>(ctx: &XdpContext, pdr: &mut PdrHit) -> Outcome {
+    let not_for_ue = Outcome::new(Verdict::Pass, Reason::NotForUe);
+    let Some((_, config)) = maps::active() else {
+        return not_for_ue;
+    };
+    let Some(l2) = ethernet(ctx) else {
+        return not_for_ue;
+    };
+    let l3 = l2.l3_off;
+    let avail = frame_len(ctx);
+    let (p, inner) = if !V6 && l2.ethertype == ETH_P_IPV4 {
+        let Some(h) = view::<20>(ctx, l3) else {
+            return not_for_ue;
+        };
+        let Some(p) = maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]]) else {
+            return not_for_ue;
+        };
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+        if h[0] >> 4 != 4 || ihl < 20 || total < ihl || l3 + total > avail {
+            return for_pfcp(Outcome::new(Verdict::Drop, Reason::MalformedInner), p, pdr);
+        }
+        let inner = Inner {
+            l3_off: l3,
+            len: total,
+            v6: 0,
+            ttl: h[8],
+        };
+        (p, inner)
+    } else if V6 && l2.ethertype == ETH_P_IPV6 {
+        let Some(h) = view::<40>(ctx, l3) else {
+            return not_for_ue;
+        };
+        let mut dst = [0u8; 16];
+        dst.copy_from_slice(&h[24..40]);
+        let Some(p) = maps::pfcp_ue_v6(dst) else {
+            return not_for_ue;
+        };
+        let total = 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
+        if h[0] >> 4 != 6 || l3 + total > avail {
+            return for_pfcp(Outcome::new(Verdict::Drop, Reason::MalformedInner), p, pdr);
+        }
+        let inner = Inner {
+            l3_off: l3,
+            len: total,
+            v6: 1,
+            ttl: h[7],
+        };
+        (p, inner)
+    } else {
+        return not_for_ue;
+    };
+    if flows::enabled() {
+        count_flow(ctx, p.session, l3, inner.v6);
+    }
+    // Counted here, not through `pdr` when recording: a copy of the length kept until then
+    // would share the verifier's bounds with the one the checksum loop narrows, and multiply
+    // the states it walks.
+    count_pdr(p.pdr_counter, inner.len as u64);
+    pfcp_downlink(ctx, config, p, &inner, pdr)
 }
 
 /// The inner packet as found in the frame.
@@ -44,6 +167,7 @@ struct Inner {
     ttl: u8,
 }
 
+/// The outcome for a frame that is not to a UE of a PFCP session.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Outcome {
     let not_for_ue = Outcome::new(Verdict::Pass, Reason::NotForUe);
@@ -62,7 +186,8 @@ fn classify(ctx: &XdpContext) -> Outcome {
         if h[0] >> 4 != 4 {
             return not_for_ue;
         }
-        let Some(s) = maps::session_by_ue_v4(generation, [h[16], h[17], h[18], h[19]]) else {
+        let ue = [h[16], h[17], h[18], h[19]];
+        let Some(s) = maps::session_by_ue_v4(generation, ue) else {
             return not_for_ue;
         };
         let ihl = ((h[0] & 0x0f) as usize) * 4;
@@ -112,9 +237,61 @@ fn classify(ctx: &XdpContext) -> Outcome {
     let out = if inner.ttl <= 1 {
         Outcome::new(Verdict::Pass, Reason::TtlExpired)
     } else {
-        encapsulate(ctx, config, session, &inner)
+        let to = Encap {
+            teid: session.downlink_teid,
+            qfi: session.qfi,
+            gnb: &session.gnb,
+            gnb_v6: session.flags & SESSION_GNB_V6 != 0,
+        };
+        encapsulate(ctx, config, &to, &inner, Reason::Encapsulated)
     };
     for_session(out, session)
+}
+
+/// A packet to a UE of a PFCP session: its downlink PDR's FAR decides.
+#[inline(always)]
+fn pfcp_downlink(
+    ctx: &XdpContext,
+    config: &Config,
+    p: &PfcpDownlink,
+    inner: &Inner,
+    pdr: &mut PdrHit,
+) -> Outcome {
+    let out = if p.action != pdr_action::ENCAPSULATE {
+        Outcome::new(Verdict::Drop, Reason::PdrDrop)
+    } else if inner.ttl <= 1 {
+        Outcome::new(Verdict::Pass, Reason::TtlExpired)
+    } else {
+        let to = Encap {
+            teid: p.downlink_teid,
+            qfi: p.qfi,
+            gnb: &p.gnb,
+            gnb_v6: p.flags & DOWNLINK_GNB_V6 != 0,
+        };
+        encapsulate(ctx, config, &to, inner, Reason::Encapsulated)
+    };
+    for_pfcp(out, p, pdr)
+}
+
+/// `out` for session `p`; `pdr` names its PDR (whose counter the caller has counted).
+#[inline(always)]
+fn for_pfcp(mut out: Outcome, p: &PfcpDownlink, pdr: &mut PdrHit) -> Outcome {
+    out.session_id = p.session;
+    out.session_slot = p.counter;
+    *pdr = PdrHit {
+        id: p.pdr_id,
+        slot: NONE,
+        bytes: 0,
+    };
+    out
+}
+
+/// Where an encapsulated packet goes.
+struct Encap<'a> {
+    teid: u32,
+    qfi: u32,
+    gnb: &'a [u8; 16],
+    gnb_v6: bool,
 }
 
 /// Counts a packet to the UE of session `session` in its flow, before encapsulation. `l3` is
@@ -186,9 +363,15 @@ fn for_session(mut out: Outcome, s: &SessionEntry) -> Outcome {
 }
 
 #[inline(always)]
-fn encapsulate(ctx: &XdpContext, config: &Config, s: &SessionEntry, inner: &Inner) -> Outcome {
+fn encapsulate(
+    ctx: &XdpContext,
+    config: &Config,
+    s: &Encap<'_>,
+    inner: &Inner,
+    reason: Reason,
+) -> Outcome {
     let internal = Outcome::new(Verdict::Drop, Reason::Internal);
-    let gnb_v6 = s.flags & SESSION_GNB_V6 != 0;
+    let gnb_v6 = s.gnb_v6;
     let overhead = if gnb_v6 {
         ENCAP_OVERHEAD_V6
     } else {
@@ -230,14 +413,14 @@ fn encapsulate(ctx: &XdpContext, config: &Config, s: &SessionEntry, inner: &Inne
     if action != xdp_action::XDP_REDIRECT {
         return internal;
     }
-    Outcome::new(Verdict::Redirect, Reason::Encapsulated)
+    Outcome::new(Verdict::Redirect, reason)
 }
 
 #[inline(always)]
-fn gtp_header(s: &SessionEntry, inner_len: usize) -> [u8; GTP_LEN] {
+fn gtp_header(s: &Encap<'_>, inner_len: usize) -> [u8; GTP_LEN] {
     let len = ((GTP_LEN - 8) + inner_len) as u16;
     let l = len.to_be_bytes();
-    let t = s.downlink_teid.to_be_bytes();
+    let t = s.teid.to_be_bytes();
     [
         0x34, // version 1, PT 1, E 1
         GTP_TYPE_GPDU,
@@ -280,7 +463,7 @@ fn udp_header(udp_len: u16, check: u16) -> [u8; 8] {
 fn write_v4(
     ctx: &XdpContext,
     config: &Config,
-    s: &SessionEntry,
+    s: &Encap<'_>,
     udp_len: u16,
     gtp: &[u8; GTP_LEN],
 ) -> Option<()> {
@@ -304,7 +487,7 @@ fn write_v4(
 fn write_v6(
     ctx: &XdpContext,
     config: &Config,
-    s: &SessionEntry,
+    s: &Encap<'_>,
     udp_len: u16,
     gtp: &[u8; GTP_LEN],
     inner_off: usize,
@@ -318,7 +501,7 @@ fn write_v6(
     ip[6] = 17;
     ip[7] = OUTER_TTL;
     ip[8..24].copy_from_slice(&config.n3_v6);
-    ip[24..40].copy_from_slice(&s.gnb);
+    ip[24..40].copy_from_slice(s.gnb);
     // Pseudo-header: addresses, UDP length, next header; then UDP header (checksum 0) and GTP.
     let mut addrs = [0u8; 32];
     addrs.copy_from_slice(&ip[8..40]);

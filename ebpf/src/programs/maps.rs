@@ -10,7 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
 };
 use mecgw_ebpf::{
-    Candidates, Config, MAX_DST_PREFIXES, MAX_RULES, MAX_SESSIONS, RuleEntry, SessionEntry,
+    Candidates, Config, MAX_DST_PREFIXES, MAX_PFCP_TUNNELS, MAX_PFCP_UES, MAX_RULES, MAX_SESSIONS,
+    PfcpDownlink, PfcpTunnel, RuleEntry, SessionEntry,
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert rather than all at load.
@@ -123,4 +124,33 @@ pub fn rule(generation: u32, index: u32) -> Option<&'static RuleEntry> {
     } else {
         RULES_1.get(index)
     }
+}
+
+// PFCP sessions: one generation, each entry replaced whole (see `pfcp.rs`). Userspace sizes
+// them at load (one entry each when PFCP is off).
+#[map(name = "PFCP_TUNNELS")]
+static PFCP_TUNNELS: HashMap<u32, PfcpTunnel> =
+    HashMap::with_max_entries(MAX_PFCP_TUNNELS, NO_PREALLOC);
+#[map(name = "PFCP_UE_V4")]
+static PFCP_UE_V4: HashMap<[u8; 4], PfcpDownlink> =
+    HashMap::with_max_entries(MAX_PFCP_UES, NO_PREALLOC);
+#[map(name = "PFCP_UE_V6")]
+static PFCP_UE_V6: LpmTrie<[u8; 16], PfcpDownlink> = LpmTrie::with_max_entries(MAX_PFCP_UES, 0);
+
+#[inline(always)]
+pub fn pfcp_tunnel(teid: u32) -> Option<&'static PfcpTunnel> {
+    // SAFETY: hash map elements are RCU-freed (no preallocation): an element replaced or
+    // deleted by userspace stays valid and unchanged until this program run ends.
+    unsafe { PFCP_TUNNELS.get(teid) }
+}
+
+#[inline(always)]
+pub fn pfcp_ue_v4(addr: [u8; 4]) -> Option<&'static PfcpDownlink> {
+    // SAFETY: as in `pfcp_tunnel`.
+    unsafe { PFCP_UE_V4.get(addr) }
+}
+
+#[inline(always)]
+pub fn pfcp_ue_v6(addr: [u8; 16]) -> Option<&'static PfcpDownlink> {
+    PFCP_UE_V6.get(Key::new(128, addr))
 }

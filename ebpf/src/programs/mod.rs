@@ -1,7 +1,8 @@
 //! XDP programs and the maps they share.
 //!
 //! `parse` reads headers, `maps` holds the tables (two generations), `counters` counts,
-//! `flows` counts per flow (when switched on at load), `uplink` and `downlink` are the
+//! `flows` counts per flow (when switched on at load), `pfcp` judges packets of PFCP
+//! sessions by their PDRs and FARs, `uplink` and `downlink` are the
 //! programs of the two directions, `pass` the minimal one, `bench` the benchmarks' baseline,
 //! restore wrapper, live-frames generator and sink.
 
@@ -13,6 +14,7 @@ mod flows;
 mod maps;
 mod parse;
 mod pass;
+mod pfcp;
 mod uplink;
 
 #[cfg(not(test))]

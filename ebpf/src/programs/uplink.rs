@@ -12,9 +12,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use mecgw_ebpf::{
-    Config, DIR_UPLINK, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, MATCH_PORTS, MATCH_PROTO,
-    MATCH_QFI, MATCH_SRC, MATCH_TEID, MAX_CANDIDATES, MAX_PORT_RANGES, MAX_SRC_PREFIXES, Reason,
-    RuleEntry, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6, SessionEntry, Verdict, action, disposition,
+    CONFIG_PFCP, Config, DIR_UPLINK, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, MATCH_PORTS,
+    MATCH_PROTO, MATCH_QFI, MATCH_SRC, MATCH_TEID, MAX_CANDIDATES, MAX_PORT_RANGES,
+    MAX_SRC_PREFIXES, Reason, RuleEntry, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6, SessionEntry,
+    Verdict, action, disposition,
 };
 
 use super::{
@@ -23,6 +24,7 @@ use super::{
     flows::{self, FlowHit},
     maps,
     parse::{self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, frame_len, word, write_at},
+    pfcp,
 };
 
 #[xdp]
@@ -33,7 +35,7 @@ pub fn mecgw_uplink(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn by_default(d: u32, reason: Reason) -> Outcome {
+pub(super) fn by_default(d: u32, reason: Reason) -> Outcome {
     let verdict = if d == disposition::DROP {
         Verdict::Drop
     } else {
@@ -52,6 +54,11 @@ fn classify(ctx: &XdpContext) -> Outcome {
         Err(r @ (Reason::NotGtp | Reason::GtpSignalling)) => return Outcome::new(Verdict::Pass, r),
         Err(r) => return by_default(config.malformed, r),
     };
+    if config.flags & CONFIG_PFCP != 0 && pdu.teid >= config.pfcp_teid_min {
+        pfcp::hand_over(ctx);
+        // Only if the PFCP program is missing (never after a complete load).
+        return Outcome::new(Verdict::Drop, Reason::Internal);
+    }
     let Some(session) = maps::session_by_teid(generation, pdu.teid) else {
         return by_default(config.unknown_teid, Reason::UnknownTeid);
     };
@@ -62,16 +69,16 @@ fn classify(ctx: &XdpContext) -> Outcome {
     // verdict; a spoofed source is not the UE's traffic (the reason and session counters
     // have it).
     if flows::enabled() && out.reason != Reason::SpoofedSource {
-        count_flow(session, &pdu, out.rule_id);
+        count_flow(session.id, &pdu, out.rule_id);
     }
     out
 }
 
 #[inline(always)]
-fn count_flow(session: &SessionEntry, pdu: &Gpdu, rule: u32) {
+pub(super) fn count_flow(session: u32, pdu: &Gpdu, rule: u32) {
     let ip = &pdu.inner;
     let key = FlowKey {
-        session: session.id,
+        session,
         ue: bytes(&ip.src),
         peer: bytes(&ip.dst),
         ue_port: ip.sport,
@@ -112,7 +119,7 @@ fn classify_session(
             if pdu.inner.ttl <= 1 {
                 Outcome::new(Verdict::Pass, Reason::TtlExpired)
             } else {
-                decapsulate(ctx, config, pdu)
+                decapsulate(ctx, config, pdu, Reason::RuleLocal)
             }
         }
         _ => Outcome::new(Verdict::Pass, Reason::RulePassthrough),
@@ -139,6 +146,14 @@ fn bytes(w: &[u32; 4]) -> [u8; 16] {
         a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
         d[3],
     ]
+}
+
+#[inline(always)]
+fn in_prefix_words(addr: &[u32; 4], prefix: &[u32; 4], mask: &[u32; 4]) -> bool {
+    (addr[0] & mask[0]) == prefix[0]
+        && (addr[1] & mask[1]) == prefix[1]
+        && (addr[2] & mask[2]) == prefix[2]
+        && (addr[3] & mask[3]) == prefix[3]
 }
 
 #[inline(always)]
@@ -233,7 +248,7 @@ fn rule_matches(r: &RuleEntry, pdu: &Gpdu, src: &[u32; 4]) -> bool {
                     break;
                 }
                 let p = &r.src_v4[i];
-                if src[0] & v4_word(&p.mask) == v4_word(&p.addr) {
+                if src[0] & p.mask == p.addr {
                     hit = true;
                     break;
                 }
@@ -244,7 +259,7 @@ fn rule_matches(r: &RuleEntry, pdu: &Gpdu, src: &[u32; 4]) -> bool {
                     break;
                 }
                 let p = &r.src_v6[i];
-                if in_prefix_v6(src, &p.addr, &p.mask) {
+                if in_prefix_words(src, &p.addr, &p.mask) {
                     hit = true;
                     break;
                 }
@@ -260,7 +275,12 @@ fn rule_matches(r: &RuleEntry, pdu: &Gpdu, src: &[u32; 4]) -> bool {
 /// Strips everything before the inner packet (and any bytes after it), writes the next-hop
 /// Ethernet header, decrements the TTL or hop limit, and redirects to the local interface.
 #[inline(always)]
-fn decapsulate(ctx: &XdpContext, config: &Config, pdu: &Gpdu) -> Outcome {
+pub(super) fn decapsulate(
+    ctx: &XdpContext,
+    config: &Config,
+    pdu: &Gpdu,
+    reason: Reason,
+) -> Outcome {
     let internal = Outcome::new(Verdict::Drop, Reason::Internal);
     let wanted = pdu.inner_off + pdu.inner_len;
     let excess = frame_len(ctx).saturating_sub(wanted);
@@ -292,5 +312,5 @@ fn decapsulate(ctx: &XdpContext, config: &Config, pdu: &Gpdu) -> Outcome {
     if action != xdp_action::XDP_REDIRECT {
         return internal;
     }
-    Outcome::new(Verdict::Redirect, Reason::RuleLocal)
+    Outcome::new(Verdict::Redirect, reason)
 }

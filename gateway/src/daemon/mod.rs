@@ -356,8 +356,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let datapath = match config.datapath.kind {
         DatapathKind::Xdp => {
-            let mut fast_path =
-                FastPath::load_with(crate::datapath::FastPathOptions { flow_accounting })?;
+            let mut fast_path = FastPath::load_with(crate::datapath::FastPathOptions {
+                flow_accounting,
+                pfcp: None,
+            })?;
             attach(
                 &mut fast_path,
                 &config,

@@ -177,8 +177,8 @@ fn add_src(e: &mut RuleEntry, p: &IpPrefix) {
         IpAddr::V4(a) => {
             if let Some(slot) = e.src_v4.get_mut(e.src_v4_count as usize) {
                 *slot = PrefixV4 {
-                    addr: a.octets(),
-                    mask: mask_v4(p.len()).to_be_bytes(),
+                    addr: u32::from_ne_bytes(a.octets()),
+                    mask: u32::from_ne_bytes(mask_v4(p.len()).to_be_bytes()),
                 };
                 e.src_v4_count += 1;
             }
@@ -186,13 +186,23 @@ fn add_src(e: &mut RuleEntry, p: &IpPrefix) {
         IpAddr::V6(a) => {
             if let Some(slot) = e.src_v6.get_mut(e.src_v6_count as usize) {
                 *slot = PrefixV6 {
-                    addr: a.octets(),
-                    mask: mask_bytes_v6(p.len()),
+                    addr: words(a.octets()),
+                    mask: words(mask_bytes_v6(p.len())),
                 };
                 e.src_v6_count += 1;
             }
         }
     }
+}
+
+/// Sixteen address bytes as the four native-order words the programs compare.
+pub fn words(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
 }
 
 fn candidates(list: &[u32]) -> Candidates {

@@ -11,6 +11,8 @@
 //! - [`flow_counters`]: per-flow counters and their lossless harvest (two generations as well),
 //!   which the record path ([`crate::records::harvest`]) turns into `flow` records;
 //! - [`model`]: the reference model with the programs' exact semantics (no kernel needed);
+//! - [`pfcp_maps`]: PFCP sessions' tunnels, downlinks and PDR counters (one generation,
+//!   written entry by entry);
 //! - [`live`]: benchmark support, a live-frames traffic generator and a counting sink.
 //!
 //! This module never parses packets itself.
@@ -20,6 +22,7 @@ mod entries;
 pub mod flow_counters;
 pub mod live;
 pub mod model;
+pub mod pfcp_maps;
 pub mod tables;
 mod writer;
 
@@ -201,6 +204,8 @@ pub struct Judged {
     pub reason: Reason,
     pub rule: Option<u32>,
     pub session: Option<u32>,
+    /// The PFCP PDR that decided, if one did.
+    pub pdr: Option<u32>,
     /// The packet as the program left it.
     pub packet: Vec<u8>,
 }
@@ -212,6 +217,7 @@ impl From<model::Outcome> for Judged {
             reason: o.reason,
             rule: o.rule,
             session: o.session,
+            pdr: o.pdr,
             packet: o.packet,
         }
     }
@@ -225,6 +231,9 @@ pub struct FastPathOptions {
     /// maps are created with one entry. On, it costs a per-CPU hash lookup per G-PDU of a
     /// session and per packet to a UE (docs/fastpath.md, "Flow accounting").
     pub flow_accounting: bool,
+    /// PFCP sessions: their maps and TEID range (`None`: the PFCP maps hold one entry and no
+    /// TEID is looked up in them).
+    pub pfcp: Option<pfcp_maps::PfcpOptions>,
 }
 
 /// The loaded fast path: the eBPF object with its programs loaded (not yet attached).
@@ -236,6 +245,9 @@ pub struct FastPath {
     options: FastPathOptions,
     writer: Mutex<TableWriter>,
     flows: Mutex<FlowMaps>,
+    pfcp: Mutex<pfcp_maps::PfcpMaps>,
+    /// The program arrays of the tail calls between programs (see `load_with`).
+    _tail_calls: Vec<aya::maps::ProgramArray<MapData>>,
     last: Mutex<PerCpuArray<MapData, Decision>>,
     bench: Mutex<BenchMaps>,
 }
@@ -246,7 +258,7 @@ struct BenchMaps {
     target: aya::maps::ProgramArray<MapData>,
 }
 
-fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DatapathError> {
@@ -256,14 +268,28 @@ fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
 }
 
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 11] = [
     names::PROG_PASS,
     names::PROG_EMPTY,
     names::PROG_BENCH_RESTORE,
     names::PROG_BENCH_TX,
     names::PROG_BENCH_SINK,
     names::PROG_UPLINK,
+    names::PROG_UPLINK_PFCP,
+    names::PROG_RETUNNEL,
     names::PROG_DOWNLINK,
+    names::PROG_DOWNLINK_PFCP_V4,
+    names::PROG_DOWNLINK_PFCP_V6,
+];
+
+/// Tail calls between the programs: program arrays and the programs at their indexes.
+const TAIL_CALLS: [(&str, &[&str]); 3] = [
+    (names::MAP_UPLINK_PFCP, &[names::PROG_UPLINK_PFCP]),
+    (names::MAP_RETUNNEL, &[names::PROG_RETUNNEL]),
+    (
+        names::MAP_DOWNLINK_PFCP,
+        &[names::PROG_DOWNLINK_PFCP_V4, names::PROG_DOWNLINK_PFCP_V6],
+    ),
 ];
 
 impl FastPath {
@@ -285,6 +311,30 @@ impl FastPath {
                 loader.map_max_entries(name, 1);
             }
         }
+        match options.pfcp {
+            // Per-CPU counters are preallocated on every CPU: size them to what is promised.
+            Some(p) => {
+                loader.map_max_entries(names::MAP_PFCP_TUNNELS, p.tunnels);
+                loader.map_max_entries(names::MAP_PFCP_UE_V4, p.ues);
+                loader.map_max_entries(names::MAP_PFCP_UE_V6, p.ues);
+                loader.map_max_entries(names::MAP_PDR_COUNTERS, p.pdrs);
+                loader.map_max_entries(
+                    names::MAP_SESSION_COUNTERS,
+                    (mecgw_ebpf::MAX_SESSIONS + p.sessions) * 2,
+                );
+            }
+            None => {
+                for name in [
+                    names::MAP_PFCP_TUNNELS,
+                    names::MAP_PFCP_UE_V4,
+                    names::MAP_PFCP_UE_V6,
+                    names::MAP_PDR_COUNTERS,
+                ] {
+                    loader.map_max_entries(name, 1);
+                }
+                loader.map_max_entries(names::MAP_SESSION_COUNTERS, mecgw_ebpf::MAX_SESSIONS * 2);
+            }
+        }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|source| DatapathError::Load { source })?;
@@ -295,8 +345,30 @@ impl FastPath {
                 source,
             })?;
         }
-        let writer = TableWriter::new(&mut ebpf)?;
+        // The uplink hands G-PDUs of the PFCP range to the PFCP program, which hands
+        // re-tunnels on, by tail calls. The kernel empties a program array when its last
+        // file descriptor closes: keep them.
+        let mut tail_calls = Vec::new();
+        for (map, programs) in TAIL_CALLS {
+            let mut array: aya::maps::ProgramArray<MapData> = take_map(&mut ebpf, map)?;
+            for (index, &program) in programs.iter().enumerate() {
+                let fd = xdp_program_mut(&mut ebpf, program)?
+                    .fd()
+                    .map_err(|source| DatapathError::Program {
+                        action: format!("program {program}"),
+                        source,
+                    })?
+                    .try_clone()
+                    .map_err(DatapathError::Io)?;
+                array
+                    .set(index as u32, &fd, 0)
+                    .map_err(|source| DatapathError::Map { name: map, source })?;
+            }
+            tail_calls.push(array);
+        }
+        let writer = TableWriter::new(&mut ebpf, options.pfcp.map(|p| p.teid_min))?;
         let flows = FlowMaps::new(&mut ebpf)?;
+        let pfcp = pfcp_maps::PfcpMaps::new(&mut ebpf, options.pfcp)?;
         let last = ebpf
             .take_map(names::MAP_LAST_DECISION)
             .ok_or(DatapathError::Missing {
@@ -316,6 +388,8 @@ impl FastPath {
             options,
             writer: Mutex::new(writer),
             flows: Mutex::new(flows),
+            pfcp: Mutex::new(pfcp),
+            _tail_calls: tail_calls,
             last: Mutex::new(last),
             bench: Mutex::new(bench),
         })
@@ -501,6 +575,7 @@ impl FastPath {
             reason,
             rule: some(d.rule),
             session: some(d.session),
+            pdr: some(d.pdr),
             packet: out.data_out,
         })
     }
@@ -573,7 +648,7 @@ impl FastPath {
     }
 }
 
-fn sum<T: std::borrow::Borrow<MapData>>(
+pub(crate) fn sum<T: std::borrow::Borrow<MapData>>(
     map: &PerCpuArray<T, Counter>,
     index: u32,
     name: &'static str,

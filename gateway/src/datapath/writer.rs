@@ -48,6 +48,8 @@ pub(super) struct TableWriter {
     pub(super) session_counters: PerCpuArray<MapData, Counter>,
     pub(super) rule_slots: Slots,
     pub(super) session_slots: Slots,
+    /// With PFCP: the first TEID of its range (written into every generation's config).
+    pfcp_teid_min: Option<u32>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -65,7 +67,10 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
 }
 
 impl TableWriter {
-    pub(super) fn new(ebpf: &mut aya::Ebpf) -> Result<TableWriter, DatapathError> {
+    pub(super) fn new(
+        ebpf: &mut aya::Ebpf,
+        pfcp_teid_min: Option<u32>,
+    ) -> Result<TableWriter, DatapathError> {
         let mut generation = |g: usize| -> Result<Generation, DatapathError> {
             Ok(Generation {
                 sessions: take(ebpf, names::MAP_SESSIONS[g])?,
@@ -87,6 +92,7 @@ impl TableWriter {
             session_counters: take(ebpf, names::MAP_SESSION_COUNTERS)?,
             rule_slots: Slots::default(),
             session_slots: Slots::default(),
+            pfcp_teid_min,
         })
     }
 
@@ -96,7 +102,11 @@ impl TableWriter {
         let session_ids: Vec<u32> = tables.sessions.iter().map(|s| s.id).collect();
         let reused_rules = self.rule_slots.assign(&rule_ids);
         let reused_sessions = self.session_slots.assign(&session_ids);
-        let compiled = GenerationEntries::build(tables, &self.rule_slots, &self.session_slots);
+        let mut compiled = GenerationEntries::build(tables, &self.rule_slots, &self.session_slots);
+        if let Some(min) = self.pfcp_teid_min {
+            compiled.config.flags |= mecgw_ebpf::CONFIG_PFCP;
+            compiled.config.pfcp_teid_min = min;
+        }
         for slot in reused_rules {
             self.rule_counters
                 .set(slot, zeroes()?, 0)

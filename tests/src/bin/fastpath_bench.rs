@@ -245,6 +245,7 @@ fn main() -> anyhow::Result<()> {
     let fp = FastPath::load()?;
     let with_flows = FastPath::load_with(FastPathOptions {
         flow_accounting: true,
+        ..FastPathOptions::default()
     })?;
     println!(
         "fast path: kernel ns per packet (BPF_PROG_TEST_RUN), median of {} runs",

@@ -16,6 +16,8 @@ use mecgw_ebpf::{
     MAX_EXT_HEADERS, Reason, Verdict,
 };
 
+pub mod pfcp;
+
 use super::{
     Direction,
     compile::CompiledTables,
@@ -32,6 +34,8 @@ pub struct Outcome {
     pub rule: Option<u32>,
     /// Id of the session the frame belongs to, if known.
     pub session: Option<u32>,
+    /// Id of the PFCP PDR that decided, if one did.
+    pub pdr: Option<u32>,
     /// The frame as the program leaves it (unchanged unless redirected).
     pub packet: Vec<u8>,
     /// What the frame adds to its flow's counters when flow accounting is on: every G-PDU of
@@ -49,6 +53,8 @@ pub struct Model {
     ue_v6_lens: Vec<u8>,
     /// Indices of active rules in precedence order.
     rules: Vec<usize>,
+    /// PFCP sessions' entries, if any are in force ([`Model::with_pfcp`]).
+    pfcp: Option<pfcp::PfcpEntries>,
 }
 
 const OUTER_TTL: u8 = 64;
@@ -91,6 +97,7 @@ impl Model {
             ue_v6_lens,
             rules,
             tables: Tables::clone(tables),
+            pfcp: None,
         }
     }
 
@@ -102,6 +109,7 @@ impl Model {
             reason,
             rule: None,
             session: session.map(|s| s.id),
+            pdr: None,
             packet: frame.to_vec(),
             flow: None,
         };
@@ -112,6 +120,11 @@ impl Model {
             }
             Err(r) => return keep(by(t.defaults.malformed), r, None),
         };
+        if let Some(p) = &self.pfcp
+            && pdu.teid >= p.teid_min
+        {
+            return self.uplink_pfcp(p, frame, &pdu);
+        }
         let Some(session) = self.by_teid.get(&pdu.teid).map(|&i| &t.sessions[i]) else {
             return keep(by(t.defaults.unknown_teid), Reason::UnknownTeid, None);
         };
@@ -155,30 +168,36 @@ impl Model {
             RuleAction::Local if pdu.inner.ttl <= 1 => {
                 keep(Verdict::Pass, Reason::TtlExpired, Some(session))
             }
-            RuleAction::Local => {
-                let inner = &frame[pdu.inner_off..pdu.inner_off + pdu.inner_len];
-                let mut packet = ethernet(
-                    t.local.next_hop_mac.0,
-                    t.local.mac.0,
-                    pdu.inner.src.is_ipv6(),
-                );
-                let at = packet.len();
-                packet.extend_from_slice(inner);
-                decrement_ttl(&mut packet[at..], pdu.inner.src.is_ipv6());
-                Outcome {
-                    verdict: Verdict::Redirect,
-                    reason: Reason::RuleLocal,
-                    rule: None,
-                    session: Some(session.id),
-                    packet,
-                    flow: None,
-                }
-            }
+            RuleAction::Local => self.decapsulated(frame, &pdu, Some(session.id)),
         };
         out.rule = Some(rule.id);
         flow.rule = Some(rule.id);
         out.flow = Some(flow);
         out
+    }
+
+    /// The inner packet of `pdu` with a new Ethernet header and its TTL or hop limit
+    /// decremented, redirected to the local services (reason `rule_local`).
+    fn decapsulated(&self, frame: &[u8], pdu: &Gpdu, session: Option<u32>) -> Outcome {
+        let t = &self.tables;
+        let inner = &frame[pdu.inner_off..pdu.inner_off + pdu.inner_len];
+        let mut packet = ethernet(
+            t.local.next_hop_mac.0,
+            t.local.mac.0,
+            pdu.inner.src.is_ipv6(),
+        );
+        let at = packet.len();
+        packet.extend_from_slice(inner);
+        decrement_ttl(&mut packet[at..], pdu.inner.src.is_ipv6());
+        Outcome {
+            verdict: Verdict::Redirect,
+            reason: Reason::RuleLocal,
+            rule: None,
+            session,
+            pdr: None,
+            packet,
+            flow: None,
+        }
     }
 
     /// The downlink program (`mecgw_downlink`) on one frame from the local-services side.
@@ -189,6 +208,7 @@ impl Model {
             reason,
             rule: None,
             session: session.map(|s| s.id),
+            pdr: None,
             packet: frame.to_vec(),
             flow: None,
         };
@@ -205,6 +225,17 @@ impl Model {
                     return not_for_ue;
                 }
                 let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+                if let Some(d) = self.pfcp.as_ref().and_then(|p| p.downlink(dst.into())) {
+                    let ihl = usize::from(h[0] & 0x0f) * 4;
+                    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+                    if ihl < 20 || total < ihl || l3 + total > frame.len() {
+                        let mut out = keep(Verdict::Drop, Reason::MalformedInner, None);
+                        out.session = Some(d.session);
+                        out.pdr = Some(d.pdr_id);
+                        return out;
+                    }
+                    return self.downlink_pfcp(d, frame, l3, total, false, h[8]);
+                }
                 let Some(s) = self.by_ue_v4.get(&dst).map(|&i| &t.sessions[i]) else {
                     return not_for_ue;
                 };
@@ -224,7 +255,18 @@ impl Model {
                 }
                 let mut dst = [0u8; 16];
                 dst.copy_from_slice(&h[24..40]);
-                let Some(s) = self.session_by_ue_v6(Ipv6Addr::from(dst)) else {
+                let dst = Ipv6Addr::from(dst);
+                if let Some(d) = self.pfcp.as_ref().and_then(|p| p.downlink(dst.into())) {
+                    let total = 40 + usize::from(u16::from_be_bytes([h[4], h[5]]));
+                    if l3 + total > frame.len() {
+                        let mut out = keep(Verdict::Drop, Reason::MalformedInner, None);
+                        out.session = Some(d.session);
+                        out.pdr = Some(d.pdr_id);
+                        return out;
+                    }
+                    return self.downlink_pfcp(d, frame, l3, total, true, h[7]);
+                }
+                let Some(s) = self.session_by_ue_v6(dst) else {
                     return not_for_ue;
                 };
                 let total = 40 + usize::from(u16::from_be_bytes([h[4], h[5]]));
@@ -259,7 +301,14 @@ impl Model {
             reason: Reason::Encapsulated,
             rule: None,
             session: Some(session.id),
-            packet: encapsulate(t, session, &inner),
+            pdr: None,
+            packet: encapsulate(
+                t,
+                session.downlink_teid.0,
+                session.qfi.get(),
+                session.gnb,
+                &inner,
+            ),
             flow,
         }
     }
@@ -542,18 +591,20 @@ fn decrement_ttl(ip: &mut [u8], v6: bool) {
     ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
-fn encapsulate(t: &Tables, s: &Session, inner: &[u8]) -> Vec<u8> {
+/// `inner` in a GTP-U G-PDU with TEID `teid` and a downlink PDU Session Container with
+/// `qfi`, from our N3 address to `gnb`.
+fn encapsulate(t: &Tables, teid: u32, qfi: u8, gnb: IpAddr, inner: &[u8]) -> Vec<u8> {
     let udp_len = (8 + GTP_LEN + inner.len()) as u16;
     let mut gtp = vec![0x34, GTP_TYPE_GPDU];
     gtp.extend_from_slice(&((GTP_LEN - 8 + inner.len()) as u16).to_be_bytes());
-    gtp.extend_from_slice(&s.downlink_teid.0.to_be_bytes());
-    gtp.extend_from_slice(&[0, 0, 0, EXT_PDU_SESSION_CONTAINER, 1, 0x00, s.qfi.get(), 0]);
+    gtp.extend_from_slice(&teid.to_be_bytes());
+    gtp.extend_from_slice(&[0, 0, 0, EXT_PDU_SESSION_CONTAINER, 1, 0x00, qfi, 0]);
     let port = GTPU_PORT.to_be_bytes();
     let mut udp = vec![port[0], port[1], port[0], port[1]];
     udp.extend_from_slice(&udp_len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
-    let mut out = ethernet(t.n3.next_hop_mac.0, t.n3.mac.0, s.gnb.is_ipv6());
-    match s.gnb {
+    let mut out = ethernet(t.n3.next_hop_mac.0, t.n3.mac.0, gnb.is_ipv6());
+    match gnb {
         IpAddr::V4(gnb) => {
             let src = t.n3.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED);
             let mut ip = vec![0x45, 0];
