@@ -597,16 +597,18 @@ const UEIP_CHV4: u8 = 0x10;
 const UEIP_CHV6: u8 = 0x20;
 const UEIP_IP6PL: u8 = 0x40;
 
-/// CHV4 (CHV6) sets V4 (V6) too and leaves the address out, as §8.2.62 asks; an address
-/// given together with `choose_ipv4` (`choose_ipv6`) is therefore not written.
+/// CHV4 (CHV6) asks the UP function for an address, so the address is left out and V4 (V6),
+/// which §8.2.62 ties to the address field being present, is left clear; an address given
+/// together with `choose_ipv4` (`choose_ipv6`) is therefore not written. (Wireshark reads
+/// an IPv4 address whenever V4 is set, so CHV4 with V4 would be malformed there.)
 pub(crate) fn put_ue_ip_address(w: &mut Writer, v: &UeIpAddress) {
     w.ie(t::UE_IP_ADDRESS, |w| {
         let ipv4 = v.ipv4.filter(|_| !v.choose_ipv4);
         let ipv6 = v.ipv6.filter(|_| !v.choose_ipv6);
         let mut flags = 0;
         for (on, bit) in [
-            (ipv6.is_some() || v.choose_ipv6, UEIP_V6),
-            (ipv4.is_some() || v.choose_ipv4, UEIP_V4),
+            (ipv6.is_some(), UEIP_V6),
+            (ipv4.is_some(), UEIP_V4),
             (v.is_destination, UEIP_SD),
             (v.ipv6_prefix_delegation_bits.is_some(), UEIP_IPV6D),
             (v.choose_ipv4, UEIP_CHV4),
@@ -627,22 +629,20 @@ pub(crate) fn put_ue_ip_address(w: &mut Writer, v: &UeIpAddress) {
     });
 }
 
+/// CHV4 together with V4 (CHV6 with V6) is refused: whether an address follows is then
+/// ambiguous (some implementations write none, Wireshark reads one).
 pub(crate) fn ue_ip_address(value: &[u8]) -> Result<UeIpAddress> {
     let mut c = Cursor::new(t::UE_IP_ADDRESS, value);
     let flags = c.u8()?;
     let on = |bit| flags & bit != 0;
-    if on(UEIP_CHV4) && !on(UEIP_V4) {
-        return Err(c.incorrect("CHV4 is set without V4"));
+    if on(UEIP_CHV4) && on(UEIP_V4) {
+        return Err(c.incorrect("CHV4 and V4 are both set"));
     }
-    if on(UEIP_CHV6) && !on(UEIP_V6) {
-        return Err(c.incorrect("CHV6 is set without V6"));
+    if on(UEIP_CHV6) && on(UEIP_V6) {
+        return Err(c.incorrect("CHV6 and V6 are both set"));
     }
-    let ipv4 = (on(UEIP_V4) && !on(UEIP_CHV4))
-        .then(|| c.ipv4())
-        .transpose()?;
-    let ipv6 = (on(UEIP_V6) && !on(UEIP_CHV6))
-        .then(|| c.ipv6())
-        .transpose()?;
+    let ipv4 = on(UEIP_V4).then(|| c.ipv4()).transpose()?;
+    let ipv6 = on(UEIP_V6).then(|| c.ipv6()).transpose()?;
     let ipv6_prefix_delegation_bits = on(UEIP_IPV6D).then(|| c.u8()).transpose()?;
     let ipv6_prefix_length = on(UEIP_IP6PL).then(|| c.u8()).transpose()?;
     Ok(UeIpAddress {

@@ -150,3 +150,6 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Message), DecodeError> {
         Err(kind) => Err(fail(h, kind)),
     }
 }
+
+#[cfg(test)]
+mod golden;
