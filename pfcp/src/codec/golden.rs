@@ -64,24 +64,19 @@ const V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 #[test]
 fn node_id_ipv4_ipv6_fqdn() {
     // scapy: IE_NodeId(id_type=0, ipv4="192.0.2.1")
-    golden(
-        "003c000500c0000201",
-        NodeId::Ipv4(V4),
-        |w, v| put_node_id(w, v),
-        node_id,
-    );
+    golden("003c000500c0000201", NodeId::Ipv4(V4), put_node_id, node_id);
     // scapy: IE_NodeId(id_type=1, ipv6="2001:db8::1")
     golden(
         "003c00110120010db8000000000000000000000001",
         NodeId::Ipv6("2001:db8::1".parse().expect("test address")),
-        |w, v| put_node_id(w, v),
+        put_node_id,
         node_id,
     );
     // scapy: IE_NodeId(id_type=2, id=b"smf.example.org") — DNS labels, no root label
     golden(
         "003c00110203736d66076578616d706c65036f7267",
         NodeId::Fqdn("smf.example.org".into()),
-        |w, v| put_node_id(w, v),
+        put_node_id,
         node_id,
     );
 }
@@ -96,7 +91,7 @@ fn f_seid() {
             ipv4: Some(Ipv4Addr::new(198, 51, 100, 7)),
             ipv6: None,
         },
-        |w, v| put_f_seid(w, v),
+        put_f_seid,
         super::leaf::f_seid,
     );
     // scapy: IE_FSEID(v4=1, v6=1, seid=42, ipv4="198.51.100.7", ipv6="2001:db8::7")
@@ -107,7 +102,7 @@ fn f_seid() {
             ipv4: Some(Ipv4Addr::new(198, 51, 100, 7)),
             ipv6: Some("2001:db8::7".parse().expect("test address")),
         },
-        |w, v| put_f_seid(w, v),
+        put_f_seid,
         super::leaf::f_seid,
     );
 }
@@ -273,7 +268,7 @@ fn outer_header_removal_and_creation() {
             ipv4: Some(Ipv4Addr::new(192, 0, 2, 10)),
             ..Default::default()
         },
-        |w, v| put_outer_header_creation(w, v),
+        put_outer_header_creation,
         outer_header_creation,
     );
     // scapy: IE_OuterHeaderCreation(UDPIPV6=1, ipv6="2001:db8::10", port=2152)
@@ -285,7 +280,7 @@ fn outer_header_removal_and_creation() {
             port: Some(2152),
             ..Default::default()
         },
-        |w, v| put_outer_header_creation(w, v),
+        put_outer_header_creation,
         outer_header_creation,
     );
     // tshark: description octets 01 02 (GTP-U/UDP/IPv4, N6 indication), TEID 0x1234,
@@ -298,7 +293,7 @@ fn outer_header_removal_and_creation() {
             ipv4: Some(Ipv4Addr::new(192, 0, 2, 10)),
             ..Default::default()
         },
-        |w, v| put_outer_header_creation(w, v),
+        put_outer_header_creation,
         outer_header_creation,
     );
 }
@@ -534,7 +529,7 @@ fn user_id_tbcd_and_nai() {
             msisdn: Some("49170123456789".into()),
             nai: Some("user@example.org".into()),
         },
-        |w, v| put_user_id(w, v),
+        put_user_id,
         user_id,
     );
 }
