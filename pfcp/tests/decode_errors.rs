@@ -233,7 +233,7 @@ fn unknown_and_vendor_ies_are_skipped_and_the_first_repeat_wins() {
 
 #[test]
 fn too_many_ies() {
-    let body = vec![0x00, 0xff, 0x00, 0x00].repeat(MAX_IES_PER_MESSAGE + 1);
+    let body = [0x00, 0xff, 0x00, 0x00].repeat(MAX_IES_PER_MESSAGE + 1);
     let e = err(&node(1, &body));
     assert_eq!(e.kind, K::TooManyIes);
     assert_eq!(e.cause(), Cause::REJECTED);
