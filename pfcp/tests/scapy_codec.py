@@ -24,7 +24,7 @@ import sys
 try:
     import scapy
     from scapy.contrib import pfcp
-    from scapy.packet import Raw
+    from scapy.packet import NoPayload, Raw
 except ImportError as e:  # the Rust test turns this into a failure with this text
     print(json.dumps({"error": f"scapy is not importable ({e}); run: cargo xtask setup"}))
     sys.exit(3)
@@ -100,6 +100,8 @@ def decode(hexstr):
         if f.name in p.fields and p.fields[f.name] is not None:
             header[f.name] = value_out(p.fields[f.name])
     body = p.payload
+    if isinstance(body, NoPayload):  # a message without IEs
+        return {"header": header, "ies": []}
     if isinstance(body, Raw) or not hasattr(body, "IE_list"):
         raise ValueError("scapy did not dissect a PFCP message body")
     return {"header": header, "ies": [ie_out(x) for x in (body.IE_list or [])]}
