@@ -575,6 +575,21 @@ fn features(up: &Option<UpFunctionFeatures>, cp: &Option<CpFunctionFeatures>) ->
         .collect()
 }
 
+/// Create PDR, FAR, URR and QER, as the establishment and the modification carry them.
+fn creations(pdrs: &[CreatePdr], fars: &[CreateFar], urrs: &[Urr], qers: &[Qer]) -> Vec<Value> {
+    let mut v: Vec<Value> = pdrs.iter().map(create_pdr).collect();
+    v.extend(fars.iter().map(|f| {
+        let fp = f
+            .forwarding_parameters
+            .as_ref()
+            .map(|p| forwarding("IE_ForwardingParameters", p));
+        far("IE_CreateFAR", f.far_id, Some(f.apply_action), fp, f.bar_id)
+    }));
+    v.extend(urrs.iter().map(|u| urr("IE_CreateURR", u)));
+    v.extend(qers.iter().map(|q| qer("IE_CreateQER", q)));
+    v
+}
+
 /// The whole message in scapy's terms.
 fn describe(h: &Header, m: &Message) -> Value {
     let t = m.message_type();
@@ -631,16 +646,12 @@ fn describe(h: &Header, m: &Message) -> Value {
         Message::VersionNotSupportedResponse | Message::SessionDeletionRequest => vec![],
         Message::SessionEstablishmentRequest(x) => {
             let mut v = vec![node_id(&x.node_id), f_seid(&x.cp_f_seid)];
-            v.extend(x.create_pdr.iter().map(create_pdr));
-            v.extend(x.create_far.iter().map(|f| {
-                let fp = f
-                    .forwarding_parameters
-                    .as_ref()
-                    .map(|p| forwarding("IE_ForwardingParameters", p));
-                far("IE_CreateFAR", f.far_id, Some(f.apply_action), fp, f.bar_id)
-            }));
-            v.extend(x.create_urr.iter().map(|u| urr("IE_CreateURR", u)));
-            v.extend(x.create_qer.iter().map(|q| qer("IE_CreateQER", q)));
+            v.extend(creations(
+                &x.create_pdr,
+                &x.create_far,
+                &x.create_urr,
+                &x.create_qer,
+            ));
             v.extend(x.pdn_type.map(|p| ie("IE_PDNType", json!({"pdn_type": p}))));
             v.extend(x.user_id.iter().map(user_id));
             v
@@ -665,16 +676,12 @@ fn describe(h: &Header, m: &Message) -> Value {
                         .map(|i| group(cls, vec![u32_ie(id_cls, "id", *i)])),
                 );
             }
-            v.extend(x.create_pdr.iter().map(create_pdr));
-            v.extend(x.create_far.iter().map(|f| {
-                let fp = f
-                    .forwarding_parameters
-                    .as_ref()
-                    .map(|p| forwarding("IE_ForwardingParameters", p));
-                far("IE_CreateFAR", f.far_id, Some(f.apply_action), fp, f.bar_id)
-            }));
-            v.extend(x.create_urr.iter().map(|u| urr("IE_CreateURR", u)));
-            v.extend(x.create_qer.iter().map(|q| qer("IE_CreateQER", q)));
+            v.extend(creations(
+                &x.create_pdr,
+                &x.create_far,
+                &x.create_urr,
+                &x.create_qer,
+            ));
             v.extend(x.update_pdr.iter().map(update_pdr));
             v.extend(x.update_far.iter().map(|f| {
                 let fp = f

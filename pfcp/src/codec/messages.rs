@@ -51,14 +51,13 @@ pub(crate) fn put_body(w: &mut Writer, message: &Message) {
         Message::SessionEstablishmentRequest(m) => {
             put_node_id(w, &m.node_id);
             put_f_seid(w, &m.cp_f_seid);
-            m.create_pdr.iter().for_each(|x| put_create_pdr(w, x));
-            m.create_far.iter().for_each(|x| put_create_far(w, x));
-            m.create_urr
-                .iter()
-                .for_each(|x| put_urr(w, t::CREATE_URR, x));
-            m.create_qer
-                .iter()
-                .for_each(|x| put_qer(w, t::CREATE_QER, x));
+            put_creations(
+                w,
+                &m.create_pdr,
+                &m.create_far,
+                &m.create_urr,
+                &m.create_qer,
+            );
             m.pdn_type.iter().for_each(|x| put_pdn_type(w, *x));
             m.user_id.iter().for_each(|x| put_user_id(w, x));
         }
@@ -109,6 +108,20 @@ fn put_features(
         .for_each(|x| put_octets(w, t::CP_FUNCTION_FEATURES, &x.0));
 }
 
+/// Create PDR, FAR, URR, QER: in this order in both the establishment and the modification.
+fn put_creations(
+    w: &mut Writer,
+    pdrs: &[crate::ie::CreatePdr],
+    fars: &[crate::ie::CreateFar],
+    urrs: &[crate::ie::Urr],
+    qers: &[crate::ie::Qer],
+) {
+    pdrs.iter().for_each(|x| put_create_pdr(w, x));
+    fars.iter().for_each(|x| put_create_far(w, x));
+    urrs.iter().for_each(|x| put_urr(w, t::CREATE_URR, x));
+    qers.iter().for_each(|x| put_qer(w, t::CREATE_QER, x));
+}
+
 /// Table 7.5.4.1-1: removals, then creations, then updates, then Query URR; User ID last.
 fn put_modification_request(w: &mut Writer, m: &SessionModificationRequest) {
     m.cp_f_seid.iter().for_each(|x| put_f_seid(w, x));
@@ -122,14 +135,13 @@ fn put_modification_request(w: &mut Writer, m: &SessionModificationRequest) {
     ] {
         ids.iter().for_each(|x| put_one_id_group(w, ie, id_ie, *x));
     }
-    m.create_pdr.iter().for_each(|x| put_create_pdr(w, x));
-    m.create_far.iter().for_each(|x| put_create_far(w, x));
-    m.create_urr
-        .iter()
-        .for_each(|x| put_urr(w, t::CREATE_URR, x));
-    m.create_qer
-        .iter()
-        .for_each(|x| put_qer(w, t::CREATE_QER, x));
+    put_creations(
+        w,
+        &m.create_pdr,
+        &m.create_far,
+        &m.create_urr,
+        &m.create_qer,
+    );
     m.update_pdr.iter().for_each(|x| put_update_pdr(w, x));
     m.update_far.iter().for_each(|x| put_update_far(w, x));
     m.update_urr
