@@ -58,6 +58,7 @@ pub mod ie_type {
     pub const USAGE_REPORT_REPORT: u16 = 80;
     pub const URR_ID: u16 = 81;
     pub const OUTER_HEADER_CREATION: u16 = 84;
+    pub const BAR_ID: u16 = 88;
     pub const CP_FUNCTION_FEATURES: u16 = 89;
     pub const UE_IP_ADDRESS: u16 = 93;
     pub const OUTER_HEADER_REMOVAL: u16 = 95;

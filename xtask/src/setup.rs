@@ -47,6 +47,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_DENY_VERSION: &str = "0.20.2";
 /// The buf CLI (PyPI buf-bin) that lints proto/ in the tests.
 const BUF_VERSION: &str = "1.75.0";
+/// scapy from PyPI: its PFCP layers are the independent encoder pfcp/tests/scapy_agrees.rs
+/// checks the codec against. pip puts it under the `python3` the tests run (Debian's
+/// python3-scapy 2.5 goes to /usr/bin/python3, which need not be that one), and the tests
+/// are written against 2.8's field layout.
+const SCAPY_VERSION: &str = "2.8.0";
 
 pub fn run() -> anyhow::Result<()> {
     println!("==> setup: checking what this machine lacks");
@@ -146,6 +151,19 @@ pub fn run() -> anyhow::Result<()> {
         let spec = format!("buf-bin=={BUF_VERSION}");
         shell::step(
             "buf (proto lint)",
+            &["python3", "-m", "pip", "install", "--quiet", &spec],
+        )?;
+        installed.push(format!("pip {spec}"));
+    }
+
+    if shell::capture(&["python3", "-c", "import scapy; print(scapy.__version__)"]).is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == SCAPY_VERSION
+    }) {
+        println!("    pip scapy {SCAPY_VERSION}         ok");
+    } else {
+        let spec = format!("scapy=={SCAPY_VERSION}");
+        shell::step(
+            "scapy (PFCP codec tests)",
             &["python3", "-m", "pip", "install", "--quiet", &spec],
         )?;
         installed.push(format!("pip {spec}"));
