@@ -308,9 +308,7 @@ impl serde::Serialize for SortedFields<'_> {
 
 /// `sha256:<hex>` of the policy text: the tag that says which policy produced an output.
 pub fn policy_hash(src: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, src.as_bytes());
-    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::hex::sha256(src.as_bytes()))
 }
 
 impl Engine {

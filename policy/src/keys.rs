@@ -119,13 +119,10 @@ pub fn read_key_file(name: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
 /// Hex-decodes `raw` if it is hex text with optional trailing whitespace.
 pub fn decode_key_text(raw: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(raw).ok()?.trim_end();
-    if text.is_empty() || text.len() % 2 != 0 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if text.is_empty() {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+    crate::hex::decode(text)
 }
 
 fn derive_prk(secret: &[u8]) -> hkdf::Prk {
@@ -230,11 +227,7 @@ impl EpochKeys {
         let tag = hmac::sign(key, value);
         let mut out = String::with_capacity(prefix.len() + 32);
         out.push_str(prefix);
-        for b in &tag.as_ref()[..16] {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
-        }
+        crate::hex::encode_into(&mut out, &tag.as_ref()[..16]);
         Ok(out)
     }
 }
@@ -262,9 +255,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
+    use crate::hex::encode as hex;
 
     /// RFC 4231 HMAC-SHA-256 test vectors, computed with the same ring API the pseudonymiser uses.
     #[test]

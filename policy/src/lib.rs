@@ -17,6 +17,7 @@ pub mod compile;
 pub mod diag;
 pub mod engine;
 pub mod explain;
+pub mod hex;
 pub mod keys;
 pub mod model;
 pub mod noise;
