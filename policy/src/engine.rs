@@ -12,13 +12,13 @@ use std::hash::{BuildHasher as _, RandomState};
 use std::path::Path;
 use std::sync::Arc;
 
-use rand::RngCore;
 use serde_json::{Map, Value};
 
 use crate::aggregate::{Layout, RowOutcome, WindowState};
 use crate::budget::{Charge, Ledger, LedgerError};
 use crate::keys::{EpochKeys, KeyError, KeyRing};
 use crate::model::{DEFAULT_MAX_STATE, Policy, Release};
+use crate::noise::Randomness;
 use crate::record::{FieldTable, LineRecord, Raw, Record};
 use crate::release::{Mechanism, MechanismError};
 use crate::transform::{KindPlan, RecordError};
@@ -139,7 +139,7 @@ pub struct Engine {
     runs: Vec<ReleaseRun>,
     keys: KeyRing,
     ledger: Ledger,
-    rng: Box<dyn RngCore + Send>,
+    rng: Box<dyn Randomness>,
     unit_hasher: RandomState,
     /// What happened so far.
     pub stats: Stats,
@@ -319,7 +319,7 @@ impl Engine {
         src: &str,
         keys: KeySource<'_>,
         ledger: Ledger,
-        rng: Box<dyn RngCore + Send>,
+        rng: Box<dyn Randomness>,
     ) -> Result<Self, EngineError> {
         let mut ring = KeyRing::default();
         for (name, spec) in &policy.keys {
