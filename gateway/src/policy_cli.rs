@@ -138,8 +138,7 @@ fn base_dir(file: &Path) -> PathBuf {
 }
 
 fn explain_record(policy: &Policy, src: &str, file: &Path, record: &str) -> anyhow::Result<()> {
-    let value =
-        mecgw_policy::engine::parse_record(record).context("--record must be one JSON object")?;
+    let value = explain::parse_record(record).context("--record must be one JSON object")?;
     let base = base_dir(file);
     let ledger = Ledger::in_memory(
         policy.budget.epsilon,
@@ -155,10 +154,7 @@ fn explain_record(policy: &Policy, src: &str, file: &Path, record: &str) -> anyh
     )
     .context("loading the policy's keys")?;
     let preview = engine.preview(&value);
-    print!(
-        "{}",
-        mecgw_policy::engine::describe_preview(policy, &value, &preview)
-    );
+    print!("{}", explain::describe_preview(policy, &value, &preview));
     Ok(())
 }
 
