@@ -42,6 +42,11 @@ pub enum RecordError {
         field: String,
         expected: &'static str,
     },
+    /// A timestamp field outside the accepted time range.
+    #[error(
+        "field `{0}` is outside the accepted time range, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+    )]
+    TimeOutOfRange(String),
     /// No key for the record's epoch.
     #[error("no pseudonymisation key: {0}")]
     Key(String),
@@ -57,6 +62,7 @@ impl RecordError {
             RecordError::UnknownKind => "unknown_kind",
             RecordError::Missing(_) => "missing_field",
             RecordError::WrongType { .. } => "wrong_type",
+            RecordError::TimeOutOfRange(_) => "time_out_of_range",
             RecordError::Key(_) => "key_unavailable",
         }
     }
@@ -68,11 +74,26 @@ impl From<KeyError> for RecordError {
     }
 }
 
-/// Reads a timestamp field value.
-pub fn timestamp_of(v: Raw<'_>) -> Option<UnixSeconds> {
+/// Reads a timestamp field value: an RFC 3339 string or integer Unix seconds, within the
+/// accepted range ([`units::MIN_TIMESTAMP`]..=[`units::MAX_TIMESTAMP`]).
+pub fn timestamp_of(v: Raw<'_>) -> Result<UnixSeconds, units::UnitError> {
     match v {
-        Raw::Str(s) => units::parse_rfc3339(s).ok(),
-        n => n.as_i64(),
+        Raw::Str(s) => units::parse_rfc3339(s),
+        n => n
+            .as_i64()
+            .ok_or(units::UnitError::NotATimestamp)
+            .and_then(units::check_timestamp),
+    }
+}
+
+/// The bad-record reason for timestamp field `field` that [`timestamp_of`] refused.
+fn timestamp_error(field: &str, e: &units::UnitError) -> RecordError {
+    match e {
+        units::UnitError::TimestampOutOfRange => RecordError::TimeOutOfRange(field.to_owned()),
+        _ => RecordError::WrongType {
+            field: field.to_owned(),
+            expected: "timestamp",
+        },
     }
 }
 
@@ -151,7 +172,7 @@ fn type_ok(ty: FieldType, v: Raw<'_>) -> bool {
         FieldType::Ipv4 => matches!(address_of(v), Some((IpAddr::V4(_), _))),
         FieldType::Ipv6 => matches!(address_of(v), Some((IpAddr::V6(_), _))),
         FieldType::Ip => address_of(v).is_some(),
-        FieldType::Timestamp => timestamp_of(v).is_some(),
+        FieldType::Timestamp => timestamp_of(v).is_ok(),
         FieldType::Geo => geo_of(v).is_some(),
     }
 }
@@ -293,10 +314,7 @@ impl KindPlan {
             .get(&self.time)
             .filter(|v| !v.is_null())
             .ok_or_else(|| RecordError::Missing(self.time.clone()))?;
-        let time = timestamp_of(time).ok_or_else(|| RecordError::WrongType {
-            field: self.time.clone(),
-            expected: "timestamp",
-        })?;
+        let time = timestamp_of(time).map_err(|e| timestamp_error(&self.time, &e))?;
         let unit_value = record
             .get(&self.privacy_unit)
             .filter(|v| !v.is_null())
@@ -320,7 +338,9 @@ impl KindPlan {
             let Some(v) = record.get(name).filter(|v| !v.is_null()) else {
                 continue;
             };
-            if !type_ok(*ty, v) {
+            if *ty == FieldType::Timestamp {
+                timestamp_of(v).map_err(|e| timestamp_error(name, &e))?;
+            } else if !type_ok(*ty, v) {
                 return Err(RecordError::WrongType {
                     field: name.to_string(),
                     expected: ty.name(),
@@ -373,10 +393,7 @@ impl KindPlan {
                 }
                 Transform::Bucket { width } => match (width, ty) {
                     (BucketWidth::Duration(d), FieldType::Timestamp) => {
-                        let t = timestamp_of(v).ok_or_else(|| RecordError::WrongType {
-                            field: name.to_string(),
-                            expected: "timestamp",
-                        })?;
+                        let t = timestamp_of(v).map_err(|e| timestamp_error(name, &e))?;
                         let w = i64::try_from(d.0).unwrap_or(i64::MAX);
                         let b = floor_to(t, w);
                         // Records arrive roughly in time order: remember the last bucket's text.

@@ -1,0 +1,119 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! What `mecgw policy apply` does with the values inside records, driven as a compliance
+//! team runs it: IPv6 addresses that embed an IPv4 address are generalised with the IPv4
+//! prefix (issue #12.13), and timestamps are real dates inside the accepted range or the
+//! record is counted bad with a reason, never written with an absurd year (issue #12.14).
+
+use std::process::Command;
+
+use mecgw_tests::mecgw_bin;
+use serde_json::Value;
+
+const POLICY: &str = r#"version: 1
+name: record values
+budget: {period: 1d, epsilon: 1, delta: 1e-6}
+kinds:
+  flow:
+    privacy_unit: imsi
+    time: start
+    window: 1h
+    fields: {imsi: string, ue_ip: ip, start: timestamp, end: timestamp}
+    transforms:
+      ue_ip: {truncate: {ipv4: 24, ipv6: 48}}
+      start: {bucket: {width: 15m}}
+      end: {bucket: {width: 1h}}
+destinations:
+  analytics: {region: EU-DE, kinds: [flow]}
+"#;
+
+/// Runs `policy apply` on `records`; returns (success, output objects, stderr).
+fn apply(records: &str) -> (bool, Vec<Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), records).unwrap();
+    let out = Command::new(mecgw_bin().unwrap())
+        .args(["policy", "apply"])
+        .arg(dir.path().join("policy.yaml"))
+        .arg("--in")
+        .arg(dir.path().join("in.jsonl"))
+        .arg("--out")
+        .arg(dir.path().join("out.jsonl"))
+        .output()
+        .unwrap();
+    let lines = std::fs::read_to_string(dir.path().join("out.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn record(ue_ip: &str, start: &str) -> String {
+    format!("{{\"imsi\":\"001010000000001\",\"ue_ip\":\"{ue_ip}\",\"start\":{start}}}\n")
+}
+
+#[test]
+fn impossible_or_out_of_range_timestamps_make_a_record_bad_with_a_reason() {
+    let records = [
+        record("10.0.0.1", "\"2026-11-26T10:20:00Z\""), // good
+        record("10.0.0.1", "\"2026-02-31T10:00:00Z\""), // 31 February
+        record("10.0.0.1", "\"2026-11-26T10:20:00.5+24:00\""), // offset beyond 23:59
+        record("10.0.0.1", "99999999999999"),           // year 3170843
+        record("10.0.0.1", "-86400"),                   // 1969-12-31
+        record("10.0.0.1", "\"0001-01-01T00:00:00Z\""),
+        record("10.0.0.1", "\"9999-12-31T23:59:59Z\""), // the last accepted second
+    ];
+    let mut input: String = records.concat();
+    // A timestamp field that is not the record's time is checked the same way.
+    input.push_str(
+        "{\"imsi\":\"1\",\"ue_ip\":\"10.0.0.1\",\"start\":\"2026-11-26T10:20:00Z\",\"end\":\"2026-11-26T10:20:00Z\"}\n",
+    );
+    input.push_str(
+        "{\"imsi\":\"1\",\"ue_ip\":\"10.0.0.1\",\"start\":\"2026-11-26T10:20:00Z\",\"end\":1e300}\n",
+    );
+    input.push_str(
+        "{\"imsi\":\"1\",\"ue_ip\":\"10.0.0.1\",\"start\":\"2026-11-26T10:20:00Z\",\"end\":253402300800}\n",
+    );
+    let (ok, lines, stderr) = apply(&input);
+    assert!(ok, "bad records do not fail the run: {stderr}");
+    assert!(stderr.contains("10 read, 3 transformed, 7 bad"), "{stderr}");
+    assert!(
+        stderr.contains("bad records by reason: time_out_of_range: 4, wrong_type: 3"),
+        "{stderr}"
+    );
+    for (line, why) in [
+        (2, "field `start` is not a valid timestamp"),
+        (3, "field `start` is not a valid timestamp"),
+        (
+            4,
+            "field `start` is outside the accepted time range, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+        ),
+        (5, "field `start` is outside the accepted time range"),
+        (6, "field `start` is outside the accepted time range"),
+        (9, "field `end` is not a valid timestamp"),
+        (10, "field `end` is outside the accepted time range"),
+    ] {
+        assert!(
+            stderr.contains(&format!("line {line}: {why}")),
+            "line {line}: {stderr}"
+        );
+    }
+    // What is written carries real, four-digit-year dates only.
+    let starts: Vec<&str> = lines
+        .iter()
+        .map(|v| v["record"]["start"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            "2026-11-26T10:15:00Z",
+            "9999-12-31T23:45:00Z",
+            "2026-11-26T10:15:00Z",
+        ]
+    );
+    assert_eq!(lines[2]["record"]["end"], "2026-11-26T10:00:00Z");
+}
