@@ -30,12 +30,20 @@ fn transform_text(t: &Transform, policy: &Policy) -> String {
                 "pseudonymised: HMAC-SHA-256 under key `{key}`, new key every {rot}; output `e<epoch>:<128-bit hex>`"
             )
         }
-        Transform::Truncate { ipv4, ipv6 } => format!(
-            "truncated to a network prefix: IPv4 /{}, IPv6 /{}, IPv4-mapped IPv6 /{}",
-            ipv4.unwrap_or(24),
-            ipv6.unwrap_or(48),
-            96 + ipv4.unwrap_or(24)
-        ),
+        Transform::Truncate { ipv4, ipv6 } => {
+            let (p4, p6) = (ipv4.unwrap_or(24), ipv6.unwrap_or(48));
+            format!(
+                "truncated to a network prefix: IPv4 /{p4}, IPv6 /{p6}, IPv4-mapped IPv6 /{}; \
+                 IPv6 that embeds an IPv4 address keeps at most its /{p4}: \
+                 IPv4-compatible, -translated and NAT64 64:ff9b::/96 /{}, 6to4 /{}, \
+                 Teredo /{} (server only), NAT64 64:ff9b:1::/48 /{}",
+                96 + p4,
+                96 + p4,
+                p6.min(16 + p4),
+                p6.min(32 + p4),
+                p6.min(48)
+            )
+        }
         Transform::Coarsen { grid } => format!(
             "coarsened to a {}° grid (south-west corner of the cell)",
             f64::from(grid.0) / 1e6

@@ -57,6 +57,48 @@ fn record(ue_ip: &str, start: &str) -> String {
 }
 
 #[test]
+fn ipv6_that_embeds_an_ipv4_address_keeps_no_more_of_it_than_the_ipv4_prefix() {
+    let cases = [
+        // 6to4 of 192.0.2.4: a /48 would be 2002:c000:204::/48, the whole IPv4 address.
+        ("2002:c000:204:1::1", "2002:c000:200::/40"),
+        // Teredo, RFC 4380 §4: server 65.54.227.120, client 192.0.2.45 (inverted) at the end.
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:4136::/48"),
+        // NAT64 well-known prefix and IPv4-compatible: like the IPv4-mapped form, /96 + 24.
+        ("64:ff9b::192.0.2.33", "64:ff9b::c000:200/120"),
+        ("::192.0.2.33", "::c000:200/120"),
+        ("::ffff:192.0.2.33", "::ffff:192.0.2.0/120"),
+        // NAT64 local-use prefix: the operator's prefix length is unknown, nothing past /48.
+        ("64:ff9b:1:c000:2:2100::", "64:ff9b:1::/48"),
+        // Native IPv6 and IPv4, unchanged behaviour.
+        ("2001:db8:1234:5678::1", "2001:db8:1234::/48"),
+        ("192.0.2.33", "192.0.2.0/24"),
+        // Already a network: a shorter input prefix is kept, never lengthened.
+        ("::ffff:192.0.2.0/100", "::ffff:192.0.0.0/100"),
+    ];
+    let input: String = cases
+        .iter()
+        .map(|(ip, _)| record(ip, "\"2026-11-26T10:00:00Z\""))
+        .collect();
+    let (ok, lines, stderr) = apply(&input);
+    assert!(ok, "{stderr}");
+    let got: Vec<&str> = lines
+        .iter()
+        .map(|v| v["record"]["ue_ip"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = cases.iter().map(|(_, w)| *w).collect();
+    assert_eq!(got, want);
+    // Neither the 6to4 site's last octet, nor anything of the Teredo client, leaves.
+    let text = lines
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for leak in ["c000:204", "3fff:fdd2", "63bf", "c000:221", "e378"] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+}
+
+#[test]
 fn impossible_or_out_of_range_timestamps_make_a_record_bad_with_a_reason() {
     let records = [
         record("10.0.0.1", "\"2026-11-26T10:20:00Z\""), // good
