@@ -237,7 +237,10 @@ impl PrivacyPlane {
     }
 }
 
-/// The engine for `policy`, with its keys and the durable ledger.
+/// The engine for `policy`, with its keys and the durable ledger. A ledger that does not match
+/// its hash chain and head is refused (the error names the file and `mecgw budget reset`):
+/// at start the daemon then does not start; at a reload no engine runs and nothing is
+/// released until the ledger is restored or reset and the daemon reloaded.
 fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<Engine> {
     let b = &policy.policy.budget;
     let ledger = Ledger::open(&settings.ledger_dir, b.epsilon, b.delta, b.period.0)?;
@@ -440,7 +443,9 @@ impl Worker {
     }
 
     fn reload(&mut self, policy: Arc<LoadedPolicy>) {
-        if policy.hash == self.policy.hash {
+        // The same policy again is a no-op, unless no engine runs (its ledger was refused, say):
+        // then the reload is the operator's way to start it again, after `mecgw budget reset`.
+        if policy.hash == self.policy.hash && self.engine.is_some() {
             return;
         }
         self.finish_engine();
