@@ -46,6 +46,14 @@ fn configure(bed: &Bed, files: &[(&str, &str, u32)]) -> PathBuf {
     config
 }
 
+/// The daemon started on a key directory holding one good key file (mode `mode`), ready.
+fn running(bed: &Bed, mode: u32) -> (PathBuf, Daemon) {
+    let config = configure(bed, &[("20000.key", KEY, mode)]);
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+    (config, d)
+}
+
 fn write_key(path: &Path, text: &str, mode: u32) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -96,9 +104,7 @@ fn an_unsafe_epoch_key_file_stops_the_start_naming_it() {
 fn an_epoch_key_file_made_unsafe_is_refused_at_reload_naming_it() {
     let bed = Bed::new();
     // 0440: a Kubernetes Secret mounted with an fsGroup starts.
-    let config = configure(&bed, &[("20000.key", KEY, 0o440)]);
-    let mut d = bed.start(&config);
-    bed.wait_ready(&mut d);
+    let (_, mut d) = running(&bed, 0o440);
     let ok = "mecgw_reloads_total{result=\"ok\"}";
     let before = sample(&bed.http("/metrics").1, ok);
     write_key(&bed.path("keys").join("20001.key"), KEY, 0o604);
@@ -135,9 +141,7 @@ fn reset_ledger(bed: &Bed) -> std::process::Output {
 #[test]
 fn a_refused_budget_ledger_stops_the_start_until_it_is_reset() {
     let bed = Bed::new();
-    let config = configure(&bed, &[("20000.key", KEY, 0o600)]);
-    let mut d = bed.start(&config);
-    bed.wait_ready(&mut d);
+    let (config, mut d) = running(&bed, 0o600);
     assert!(d.stop().success());
     let ledger = bed.path("state").join("budget").join("budget-ledger.jsonl");
     std::fs::remove_file(&ledger).unwrap();
@@ -166,9 +170,7 @@ fn a_refused_budget_ledger_stops_the_start_until_it_is_reset() {
 #[test]
 fn a_ledger_refused_at_reload_stops_the_engine_until_reset_and_reload() {
     let bed = Bed::new();
-    let config = configure(&bed, &[("20000.key", KEY, 0o600)]);
-    let mut d = bed.start(&config);
-    bed.wait_ready(&mut d);
+    let (_, mut d) = running(&bed, 0o600);
     let ledger = bed.path("state").join("budget").join("budget-ledger.jsonl");
     std::fs::remove_file(&ledger).unwrap();
     // A new policy: the engine is rebuilt and the ledger opened again, and refused.

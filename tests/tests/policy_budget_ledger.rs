@@ -6,10 +6,11 @@
 //! what differs, until an operator restores the files or runs an audited reset. A torn last
 //! line from a crash is still recovered.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use mecgw_tests::mecgw_bin;
+use mecgw_tests::policy_site::{PolicySite, stderr, stdout};
 use serde_json::Value;
 
 /// One release whose ε (8) is the whole day's budget: a second run over the same day must be
@@ -37,27 +38,26 @@ destinations:
   stats: {region: EU-FR, releases: [per_cell]}
 "#;
 
-struct Site {
-    dir: tempfile::TempDir,
+struct Site(PolicySite);
+
+/// 60 people in cell A on 2026-11-26: one release of per_cell.
+fn records() -> String {
+    (0..60)
+        .map(|i| {
+            format!(
+                "{{\"imsi\":\"00101{i:010}\",\"start\":\"2026-11-26T10:{i:02}:00Z\",\"cell\":\"A\"}}\n"
+            )
+        })
+        .collect()
 }
 
 impl Site {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-        let mut records = String::new();
-        for i in 0..60 {
-            records.push_str(&format!(
-                "{{\"imsi\":\"00101{i:010}\",\"start\":\"2026-11-26T10:{:02}:00Z\",\"cell\":\"A\"}}\n",
-                i % 60
-            ));
-        }
-        std::fs::write(dir.path().join("in.jsonl"), records).unwrap();
-        Self { dir }
+        Self(PolicySite::new(POLICY))
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.0.path(name)
     }
 
     fn state(&self) -> PathBuf {
@@ -70,43 +70,26 @@ impl Site {
 
     /// `policy apply --state`: (output, releases written).
     fn apply(&self) -> (Output, usize) {
-        let _ = std::fs::remove_file(self.path("out.jsonl"));
-        let out = Command::new(mecgw_bin().unwrap())
-            .args(["policy", "apply"])
-            .arg(self.path("policy.yaml"))
-            .arg("--in")
-            .arg(self.path("in.jsonl"))
-            .arg("--out")
-            .arg(self.path("out.jsonl"))
-            .arg("--state")
-            .arg(self.state())
-            .output()
-            .unwrap();
-        let releases = std::fs::read_to_string(self.path("out.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("\"kind\":\"release\""))
-            .count();
+        let (out, lines) = self.0.apply(&records(), Some(&self.state()));
+        let releases = lines.iter().filter(|v| v["kind"] == "release").count();
         (out, releases)
     }
 
+    /// `mecgw budget ARGS --state DIR`.
     fn budget(&self, args: &[&str]) -> Output {
-        Command::new(mecgw_bin().unwrap())
-            .arg("budget")
-            .args(args)
-            .arg("--state")
-            .arg(self.state())
-            .output()
-            .unwrap()
+        let mut argv: Vec<OsString> = vec!["budget".into()];
+        argv.extend(args.iter().map(OsString::from));
+        argv.extend(["--state".into(), self.state().into_os_string()]);
+        self.0.mecgw(argv)
     }
 
     /// The day's budget is spent: one release written, then one refusal recorded.
     fn spend_the_day(&self) {
         let (out, releases) = self.apply();
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(releases, 1);
         let (out, releases) = self.apply();
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(releases, 0, "the day's budget is spent");
     }
 
@@ -130,7 +113,7 @@ impl Site {
     /// what differs (`want`) and how to resolve it.
     fn assert_refused(&self, want: &str) {
         let (out, releases) = self.apply();
-        let err = text(&out.stderr);
+        let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert_eq!(releases, 0);
         assert!(!self.path("out.jsonl").exists(), "nothing is written");
@@ -148,12 +131,8 @@ impl Site {
         );
         let v = self.budget(&["verify"]);
         assert_eq!(v.status.code(), Some(1));
-        assert!(text(&v.stderr).contains(want), "{}", text(&v.stderr));
+        assert!(stderr(&v).contains(want), "{}", stderr(&v));
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
@@ -161,11 +140,11 @@ fn an_intact_ledger_verifies_and_holds_the_budget() {
     let site = Site::new();
     site.spend_the_day();
     let v = site.budget(&["verify"]);
-    assert!(v.status.success(), "{}", text(&v.stderr));
+    assert!(v.status.success(), "{}", stderr(&v));
     assert!(
-        text(&v.stdout).contains("chain intact: 2 entries (0 reset(s)), last hash "),
+        stdout(&v).contains("chain intact: 2 entries (0 reset(s)), last hash "),
         "{}",
-        text(&v.stdout)
+        stdout(&v)
     );
     let head = std::fs::read_to_string(site.state().join("budget-ledger.head")).unwrap();
     assert!(head.starts_with("2 "), "{head}");
@@ -228,7 +207,7 @@ fn a_torn_line_after_the_head_is_a_crash_and_is_recovered() {
     // A write the crash interrupted: never granted, and not counted by the head.
     std::fs::write(site.ledger(), format!("{whole}{{\"index\":2,\"prev\":\"00")).unwrap();
     let (out, releases) = site.apply();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(releases, 0, "the day's budget is still spent");
     let lines = site.ledger_lines();
     assert_eq!(lines.len(), 3, "the torn line was cut, one refusal added");
@@ -260,20 +239,20 @@ fn an_audited_reset_keeps_the_damaged_files_and_carries_what_it_can_read() {
     let out = site.budget(&["reset", "--reason", "  "]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("--reason is empty"),
+        stderr(&out).contains("--reason is empty"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
 
     let out = site.budget(&["reset", "--reason", "INC-4711: ledger edited by hand"]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(stdout.contains("found:    budget ledger"), "{stdout}");
+    let printed = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(printed.contains("found:    budget ledger"), "{printed}");
     assert!(
-        stdout.contains(
+        printed.contains(
             "new chain: 2 entries: the reset, then 1 carried over; 1 unreadable line(s) lost"
         ),
-        "{stdout}"
+        "{printed}"
     );
     // The damaged ledger and its head are kept, byte for byte.
     let kept: Vec<PathBuf> = std::fs::read_dir(site.state())
@@ -300,13 +279,13 @@ fn an_audited_reset_keeps_the_damaged_files_and_carries_what_it_can_read() {
     assert!(first["reset"]["found"].as_str().unwrap().contains("line 2"));
     let v = site.budget(&["verify"]);
     assert!(
-        text(&v.stdout).contains("chain intact: 2 entries (1 reset(s))"),
+        stdout(&v).contains("chain intact: 2 entries (1 reset(s))"),
         "{}",
-        text(&v.stdout)
+        stdout(&v)
     );
     // The readable spending was carried over: the day's budget is still spent.
     let (out, releases) = site.apply();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(releases, 0);
 }
 
@@ -322,8 +301,8 @@ fn a_ledger_from_before_the_chain_is_refused_until_reset_adopts_it() {
     .unwrap();
     site.assert_refused("line 1: the line is not a ledger entry");
     let out = site.budget(&["reset", "--reason", "upgrade to the chained ledger"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", stderr(&out));
     let (out, releases) = site.apply();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(releases, 0, "what the old ledger spent still counts");
 }

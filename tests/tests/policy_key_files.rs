@@ -4,11 +4,9 @@
 //! that is too short stops the run with an error naming the file, as a single key file does;
 //! group read (a Kubernetes Secret mounted 0440 with an fsGroup) is accepted.
 
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use mecgw_tests::mecgw_bin;
+use mecgw_tests::policy_site::{PolicySite, stderr};
 
 const POLICY: &str = r#"version: 1
 name: key directory
@@ -31,55 +29,25 @@ const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccdde
 /// 2026-11-26 is day 20783: the record's epoch.
 const RECORD: &str = "{\"imsi\":\"001010000000001\",\"start\":\"2026-11-26T10:00:00Z\"}\n";
 
-struct Site {
-    dir: tempfile::TempDir,
+/// A site whose key directory `keys/` holds `files` (name, text, mode).
+fn site(files: &[(&str, &str, u32)]) -> PolicySite {
+    let site = PolicySite::new(POLICY);
+    std::fs::create_dir(site.path("keys")).unwrap();
+    for (name, text, mode) in files {
+        site.write_key(&format!("keys/{name}"), text.as_bytes(), *mode);
+    }
+    site
 }
 
-impl Site {
-    /// A policy with a key directory holding `files` (name, text, mode).
-    fn new(files: &[(&str, &str, u32)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-        std::fs::write(dir.path().join("in.jsonl"), RECORD).unwrap();
-        let keys = dir.path().join("keys");
-        std::fs::create_dir(&keys).unwrap();
-        for (name, text, mode) in files {
-            let p = keys.join(name);
-            std::fs::write(&p, text).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
-        }
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(mecgw_bin().unwrap())
-            .arg("policy")
-            .arg(args[0])
-            .arg(self.path("policy.yaml"))
-            .args(&args[1..])
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
-    }
-
-    fn apply(&self) -> Output {
-        self.run(&["apply", "--in", "in.jsonl", "--out", "out.jsonl"])
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+fn apply(site: &PolicySite) -> Output {
+    site.apply(RECORD, None).0
 }
 
 #[test]
 fn a_good_key_directory_pseudonymises_and_accepts_group_read() {
     for mode in [0o600, 0o400, 0o640, 0o440] {
-        let site = Site::new(&[("20783.key", KEY, mode), ("README", "notes", 0o644)]);
-        let out = site.apply();
+        let site = site(&[("20783.key", KEY, mode), ("README", "notes", 0o644)]);
+        let out = apply(&site);
         assert!(out.status.success(), "mode {mode:o}: {}", stderr(&out));
         let text = std::fs::read_to_string(site.path("out.jsonl")).unwrap();
         assert!(text.contains("\"imsi\":\"e20783:"), "{text}");
@@ -94,8 +62,8 @@ fn an_epoch_file_open_to_others_or_writable_by_its_group_stops_apply_naming_it()
         (0o660, "writable or executable by its group (mode 660)"),
     ] {
         // The bad file is another epoch's: the run stops although this record does not need it.
-        let site = Site::new(&[("20783.key", KEY, 0o600), ("20784.key", KEY, mode)]);
-        let out = site.apply();
+        let site = site(&[("20783.key", KEY, 0o600), ("20784.key", KEY, mode)]);
+        let out = apply(&site);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "mode {mode:o}: {err}");
         let file = site.path("keys").join("20784.key");
@@ -111,17 +79,24 @@ fn an_epoch_file_open_to_others_or_writable_by_its_group_stops_apply_naming_it()
 
 #[test]
 fn a_short_epoch_file_stops_apply_and_explain_naming_it() {
-    let site = Site::new(&[("20783.key", "0011223344556677\n", 0o600)]);
+    let site = site(&[("20783.key", "0011223344556677\n", 0o600)]);
     let file = site.path("keys").join("20783.key");
     let want = format!(
         "{} holds 8 bytes; keys must be at least 32 bytes",
         file.display()
     );
-    let out = site.apply();
+    let out = apply(&site);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains(&want), "{}", stderr(&out));
     assert!(!site.path("out.jsonl").exists());
-    let out = site.run(&["explain", "--record", RECORD.trim_end()]);
+    let policy = site.path("policy.yaml");
+    let out = site.mecgw([
+        "policy".as_ref(),
+        "explain".as_ref(),
+        policy.as_os_str(),
+        "--record".as_ref(),
+        RECORD.trim_end().as_ref(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains(&want), "{}", stderr(&out));
 }
@@ -129,13 +104,13 @@ fn a_short_epoch_file_stops_apply_and_explain_naming_it() {
 #[test]
 fn a_missing_epoch_file_is_still_a_bad_record_not_a_stop() {
     // Destroying an epoch's key is how its pseudonyms are made unlinkable: not an error.
-    let site = Site::new(&[("20782.key", KEY, 0o600)]);
-    let out = site.apply();
+    let site = site(&[("20782.key", KEY, 0o600)]);
+    let out = apply(&site);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("key_unavailable: 1"),
         "{}",
         stderr(&out)
     );
-    assert!(Path::new(&site.path("out.jsonl")).exists());
+    assert!(site.path("out.jsonl").exists());
 }

@@ -4,9 +4,7 @@
 //! prefix (issue #12.13), and timestamps are real dates inside the accepted range or the
 //! record is counted bad with a reason, never written with an absurd year (issue #12.14).
 
-use std::process::Command;
-
-use mecgw_tests::mecgw_bin;
+use mecgw_tests::policy_site::{PolicySite, stderr};
 use serde_json::Value;
 
 const POLICY: &str = r#"version: 1
@@ -28,28 +26,8 @@ destinations:
 
 /// Runs `policy apply` on `records`; returns (success, output objects, stderr).
 fn apply(records: &str) -> (bool, Vec<Value>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    std::fs::write(dir.path().join("in.jsonl"), records).unwrap();
-    let out = Command::new(mecgw_bin().unwrap())
-        .args(["policy", "apply"])
-        .arg(dir.path().join("policy.yaml"))
-        .arg("--in")
-        .arg(dir.path().join("in.jsonl"))
-        .arg("--out")
-        .arg(dir.path().join("out.jsonl"))
-        .output()
-        .unwrap();
-    let lines = std::fs::read_to_string(dir.path().join("out.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (
-        out.status.success(),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (out, lines) = PolicySite::new(POLICY).apply(records, None);
+    (out.status.success(), lines, stderr(&out))
 }
 
 fn record(ue_ip: &str, start: &str) -> String {
