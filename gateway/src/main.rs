@@ -76,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         command: policy_cli::PolicyCommand,
     },
+    /// The privacy budget ledger: verify its hash chain, or reset it after damage (audited).
+    Budget {
+        #[command(subcommand)]
+        command: policy_cli::BudgetCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -154,6 +159,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Audit { command } => audit_cli::run(command),
         Command::Policy { command } => policy_cli::run(command),
+        Command::Budget { command } => policy_cli::run_budget(command),
     }
 }
 

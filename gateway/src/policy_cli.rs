@@ -1,16 +1,17 @@
-//! `mecgw policy …`: the compliance team's tools — check, explain, test, apply.
+//! `mecgw policy …`: the compliance team's tools — check, explain, test, apply; and
+//! `mecgw budget …`: the operator's tools for the budget ledger — verify, reset.
 //!
 //! This module owns the command-line surface of the policy engine: reading files, printing
 //! diagnostics and reports, exit statuses, and atomic output files. Every decision about
-//! records is the `mecgw-policy` library's. Nothing here prints a record value: diagnostics
-//! name positions, reports name reasons and counts.
+//! records and the ledger is the `mecgw-policy` library's. Nothing here prints a record value:
+//! diagnostics name positions, reports name reasons and counts.
 
 use std::io::{BufReader, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use mecgw_policy::budget::Ledger;
+use mecgw_policy::budget::{self, Ledger};
 use mecgw_policy::engine::{Engine, KeySource};
 use mecgw_policy::noise::OsRandom;
 use mecgw_policy::{Policy, batch, explain, testcases};
@@ -53,6 +54,105 @@ pub enum PolicyCommand {
         #[arg(long)]
         state: Option<PathBuf>,
     },
+}
+
+/// Subcommands of `mecgw budget`.
+#[derive(Subcommand)]
+pub enum BudgetCommand {
+    /// Check the budget ledger's hash chain against its head; report what differs.
+    ///
+    /// Exits with status 1 if the ledger would be refused (releases withheld).
+    Verify {
+        /// The ledger's directory: `policy apply --state DIR`, or `<state dir>/budget` of
+        /// `mecgw run`.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Start a new ledger chain after damage or tampering, as an audited decision.
+    ///
+    /// Keeps the old ledger and head beside them (`*.reset-<unix time>`), and writes a new
+    /// chain whose first entry records the reset (time, reason, what the check found, the
+    /// old head) followed by every old entry that can still be read. Charges that cannot be
+    /// read are lost: restore the ledger from a backup instead if you can. Refused while
+    /// `mecgw run` or `policy apply` has the ledger open.
+    Reset {
+        /// The ledger's directory: `policy apply --state DIR`, or `<state dir>/budget` of
+        /// `mecgw run`.
+        #[arg(long)]
+        state: PathBuf,
+        /// Why, for the audit trail (e.g. a ticket number and what happened).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Runs a `mecgw budget` subcommand.
+pub fn run_budget(command: BudgetCommand) -> anyhow::Result<()> {
+    match command {
+        BudgetCommand::Verify { state } => {
+            let ledger = state.join(budget::LEDGER_FILE);
+            let v = budget::verify(&state)?;
+            if v.fresh && !ledger.exists() {
+                println!(
+                    "{}: no ledger yet (a new one starts here)",
+                    ledger.display()
+                );
+                return Ok(());
+            }
+            println!(
+                "{}: chain intact: {} entries ({} reset(s)), last hash {}",
+                ledger.display(),
+                v.entries,
+                v.resets,
+                v.last_hash
+            );
+            if v.torn_tail {
+                println!(
+                    "  a torn last line (a write a crash interrupted) is cut off at the next open"
+                );
+            }
+            if v.past_head {
+                println!(
+                    "  the head counts one entry less (a crash between the two writes); it is brought up to date at the next open"
+                );
+            }
+            Ok(())
+        }
+        BudgetCommand::Reset { state, reason } => {
+            let reason = reason.trim();
+            if reason.is_empty() {
+                bail!(
+                    "--reason is empty; say why the ledger is reset (it goes into the audit trail)"
+                );
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let r = budget::reset(&state, reason, now)?;
+            let rec = &r.record;
+            println!(
+                "{}: reset at {}",
+                state.join(budget::LEDGER_FILE).display(),
+                rec.time
+            );
+            println!("  found:    {}", rec.found);
+            if rec.archived.is_empty() {
+                println!("  kept:     nothing (there were no ledger files)");
+            } else {
+                let kept: Vec<String> = rec
+                    .archived
+                    .iter()
+                    .map(|a| state.join(a).display().to_string())
+                    .collect();
+                println!("  kept:     {}", kept.join(", "));
+            }
+            println!(
+                "  new chain: {} entries: the reset, then {} carried over; {} unreadable line(s) lost; last hash {}",
+                r.entries, rec.carried, rec.unreadable, r.last_hash
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Runs a `mecgw policy` subcommand.
@@ -138,8 +238,7 @@ fn base_dir(file: &Path) -> PathBuf {
 }
 
 fn explain_record(policy: &Policy, src: &str, file: &Path, record: &str) -> anyhow::Result<()> {
-    let value =
-        mecgw_policy::engine::parse_record(record).context("--record must be one JSON object")?;
+    let value = explain::parse_record(record).context("--record must be one JSON object")?;
     let base = base_dir(file);
     let ledger = Ledger::in_memory(
         policy.budget.epsilon,
@@ -155,10 +254,7 @@ fn explain_record(policy: &Policy, src: &str, file: &Path, record: &str) -> anyh
     )
     .context("loading the policy's keys")?;
     let preview = engine.preview(&value);
-    print!(
-        "{}",
-        mecgw_policy::engine::describe_preview(policy, &value, &preview)
-    );
+    print!("{}", explain::describe_preview(policy, &value, &preview));
     Ok(())
 }
 

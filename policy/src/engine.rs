@@ -12,13 +12,13 @@ use std::hash::{BuildHasher as _, RandomState};
 use std::path::Path;
 use std::sync::Arc;
 
-use rand::RngCore;
 use serde_json::{Map, Value};
 
 use crate::aggregate::{Layout, RowOutcome, WindowState};
 use crate::budget::{Charge, Ledger, LedgerError};
 use crate::keys::{EpochKeys, KeyError, KeyRing};
 use crate::model::{DEFAULT_MAX_STATE, Policy, Release};
+use crate::noise::Randomness;
 use crate::record::{FieldTable, LineRecord, Raw, Record};
 use crate::release::{Mechanism, MechanismError};
 use crate::transform::{KindPlan, RecordError};
@@ -112,6 +112,84 @@ impl Stats {
     pub fn bad_total(&self) -> u64 {
         self.bad.values().sum()
     }
+
+    /// The counters of every release added together.
+    pub fn release_totals(&self) -> ReleaseStats {
+        let mut total = ReleaseStats::default();
+        for r in self.releases.values() {
+            total += r;
+        }
+        total
+    }
+}
+
+/// Adds another run's counters (an engine replaced by a reload, say). Both sides are
+/// destructured, so a counter added to the struct cannot be left out: it would not compile.
+impl std::ops::AddAssign<&ReleaseStats> for ReleaseStats {
+    fn add_assign(&mut self, rhs: &ReleaseStats) {
+        let ReleaseStats {
+            rows_added,
+            rows_over_max_rows,
+            rows_over_max_groups,
+            rows_state_cap,
+            rows_late,
+            windows_closed,
+            windows_released,
+            windows_refused,
+            windows_suppressed,
+            windows_failed,
+            cells,
+            groups_below_k,
+            groups_below_threshold,
+        } = self;
+        for (into, add) in [
+            (rows_added, rhs.rows_added),
+            (rows_over_max_rows, rhs.rows_over_max_rows),
+            (rows_over_max_groups, rhs.rows_over_max_groups),
+            (rows_state_cap, rhs.rows_state_cap),
+            (rows_late, rhs.rows_late),
+            (windows_closed, rhs.windows_closed),
+            (windows_released, rhs.windows_released),
+            (windows_refused, rhs.windows_refused),
+            (windows_suppressed, rhs.windows_suppressed),
+            (windows_failed, rhs.windows_failed),
+            (cells, rhs.cells),
+            (groups_below_k, rhs.groups_below_k),
+            (groups_below_threshold, rhs.groups_below_threshold),
+        ] {
+            *into = into.saturating_add(add);
+        }
+    }
+}
+
+/// Adds another run's counters: every count, bad records per reason, each release's
+/// counters, and bad-record samples up to [`MAX_BAD_SAMPLES`] in all.
+impl std::ops::AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, rhs: &Stats) {
+        let Stats {
+            records_in,
+            records_ok,
+            bad,
+            bad_samples,
+            records_out,
+            records_on_site,
+            releases,
+        } = rhs;
+        self.records_in = self.records_in.saturating_add(*records_in);
+        self.records_ok = self.records_ok.saturating_add(*records_ok);
+        for (reason, n) in bad {
+            let into = self.bad.entry(reason).or_default();
+            *into = into.saturating_add(*n);
+        }
+        let room = MAX_BAD_SAMPLES.saturating_sub(self.bad_samples.len());
+        self.bad_samples
+            .extend(bad_samples.iter().take(room).cloned());
+        self.records_out = self.records_out.saturating_add(*records_out);
+        self.records_on_site = self.records_on_site.saturating_add(*records_on_site);
+        for (name, r) in releases {
+            *self.releases.entry(name.clone()).or_default() += r;
+        }
+    }
 }
 
 struct ReleaseRun {
@@ -139,7 +217,7 @@ pub struct Engine {
     runs: Vec<ReleaseRun>,
     keys: KeyRing,
     ledger: Ledger,
-    rng: Box<dyn RngCore + Send>,
+    rng: Box<dyn Randomness>,
     unit_hasher: RandomState,
     /// What happened so far.
     pub stats: Stats,
@@ -308,9 +386,7 @@ impl serde::Serialize for SortedFields<'_> {
 
 /// `sha256:<hex>` of the policy text: the tag that says which policy produced an output.
 pub fn policy_hash(src: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, src.as_bytes());
-    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::hex::sha256(src.as_bytes()))
 }
 
 impl Engine {
@@ -321,7 +397,7 @@ impl Engine {
         src: &str,
         keys: KeySource<'_>,
         ledger: Ledger,
-        rng: Box<dyn RngCore + Send>,
+        rng: Box<dyn Randomness>,
     ) -> Result<Self, EngineError> {
         let mut ring = KeyRing::default();
         for (name, spec) in &policy.keys {
@@ -788,88 +864,6 @@ impl Engine {
     }
 }
 
-/// Parses one record given on a command line.
-pub fn parse_record(text: &str) -> Result<Value, RecordError> {
-    if text.len() > MAX_RECORD_BYTES {
-        return Err(RecordError::TooLong(MAX_RECORD_BYTES));
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(RecordError::NotAnObject),
-        Err(_) => Err(RecordError::InvalidJson),
-    }
-}
-
-/// Describes what happens to one record (for `policy explain --record`): each input field's
-/// fate and the output value. Input values are not repeated; only outputs are shown.
-pub fn describe_preview(
-    policy: &Policy,
-    input: &Value,
-    preview: &Result<(String, Map<String, Value>), RecordError>,
-) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::from("\nrecord:\n");
-    let (kind_name, fields) = match preview {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = writeln!(s, "  rejected: {e} (it would be counted as a bad record)");
-            return s;
-        }
-    };
-    let Some(kind) = policy.kinds.get(kind_name) else {
-        return s;
-    };
-    let _ = writeln!(s, "  kind `{kind_name}`");
-    if let Value::Object(input) = input {
-        for name in input.keys() {
-            if name == "kind" {
-                continue;
-            }
-            match (
-                kind.fields.get(name),
-                kind.transforms.get(name),
-                fields.get(name),
-            ) {
-                (None, _, _) => {
-                    let _ = writeln!(
-                        s,
-                        "  {name}: dropped — not declared in kinds.{kind_name}.fields"
-                    );
-                }
-                (Some(_), None, _) => {
-                    let _ = writeln!(
-                        s,
-                        "  {name}: dropped — no rule in kinds.{kind_name}.transforms"
-                    );
-                }
-                (Some(_), Some(t), Some(out)) => {
-                    let pos = kind.transform_pos.get(name).copied().unwrap_or_default();
-                    let _ = writeln!(s, "  {name}: {} (rule at {pos}) → {out}", t.name());
-                }
-                (Some(_), Some(t), None) => {
-                    let _ = writeln!(s, "  {name}: {} → (absent)", t.name());
-                }
-            }
-        }
-    }
-    let dests: Vec<String> = policy
-        .destinations
-        .iter()
-        .filter(|(_, d)| d.kinds.contains(kind_name))
-        .map(|(n, d)| format!("{n} ({})", d.region))
-        .collect();
-    let _ = writeln!(
-        s,
-        "  the transformed record goes to: {}",
-        if dests.is_empty() {
-            "nowhere — it stays on site".to_owned()
-        } else {
-            dests.join(", ")
-        }
-    );
-    s
-}
-
 /// A failure that stops a run (bad records never do).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1085,6 +1079,74 @@ mod tests {
         }
         e.finish(&mut emit).unwrap();
         assert_eq!(n, 100);
+    }
+
+    #[test]
+    fn stats_add_up_every_counter() {
+        let r = ReleaseStats {
+            rows_added: 1,
+            rows_over_max_rows: 2,
+            rows_over_max_groups: 3,
+            rows_state_cap: 4,
+            rows_late: 5,
+            windows_closed: 6,
+            windows_released: 7,
+            windows_refused: 8,
+            windows_suppressed: 9,
+            windows_failed: 10,
+            cells: 11,
+            groups_below_k: 12,
+            groups_below_threshold: 13,
+        };
+        let doubled = ReleaseStats {
+            rows_added: 2,
+            rows_over_max_rows: 4,
+            rows_over_max_groups: 6,
+            rows_state_cap: 8,
+            rows_late: 10,
+            windows_closed: 12,
+            windows_released: 14,
+            windows_refused: 16,
+            windows_suppressed: 18,
+            windows_failed: 20,
+            cells: 22,
+            groups_below_k: 24,
+            groups_below_threshold: 26,
+        };
+        let mut a = Stats {
+            records_in: 1,
+            records_ok: 2,
+            bad: BTreeMap::from([("invalid_json", 3)]),
+            bad_samples: vec![(1, "not valid JSON".into())],
+            records_out: 4,
+            records_on_site: 5,
+            releases: BTreeMap::from([("r".to_owned(), r.clone())]),
+        };
+        let mut b = a.clone();
+        b.bad.insert("wrong_type", 1);
+        b.releases.insert("s".to_owned(), r.clone());
+        a += &b;
+        assert_eq!(
+            (a.records_in, a.records_ok, a.records_out, a.records_on_site),
+            (2, 4, 8, 10)
+        );
+        assert_eq!(
+            a.bad,
+            BTreeMap::from([("invalid_json", 6), ("wrong_type", 1)])
+        );
+        assert_eq!(a.bad_samples.len(), 2);
+        assert_eq!(a.releases["r"], doubled);
+        assert_eq!(a.releases["s"], r);
+        let mut tripled = doubled.clone();
+        tripled += &r;
+        assert_eq!(a.release_totals(), tripled);
+        // Samples stop at the cap.
+        let many = Stats {
+            bad_samples: vec![(1, String::new()); MAX_BAD_SAMPLES],
+            ..Stats::default()
+        };
+        a += &many;
+        assert_eq!(a.bad_samples.len(), MAX_BAD_SAMPLES);
     }
 
     #[test]

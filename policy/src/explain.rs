@@ -2,12 +2,18 @@
 //!
 //! This module owns the explanation: for each field, its treatment and the rule that says so;
 //! for each release, its privacy parameters, noise scales, the 95% error bound at the cohort
-//! floor, and how many releases the budget allows per period. It only reads the policy.
+//! floor, and how many releases the budget allows per period; and, for `--record`, what happens
+//! to one record (the engine transforms it, [`describe_preview`] puts it in words). It only
+//! reads the policy and that record, and never repeats an input value.
 
 use std::fmt::Write as _;
 
+use serde_json::{Map, Value};
+
+use crate::engine::MAX_RECORD_BYTES;
 use crate::model::{BucketWidth, Policy, Transform};
 use crate::release::Mechanism;
+use crate::transform::RecordError;
 use crate::units::{Delta, Epsilon};
 
 fn transform_text(t: &Transform, policy: &Policy) -> String {
@@ -24,12 +30,20 @@ fn transform_text(t: &Transform, policy: &Policy) -> String {
                 "pseudonymised: HMAC-SHA-256 under key `{key}`, new key every {rot}; output `e<epoch>:<128-bit hex>`"
             )
         }
-        Transform::Truncate { ipv4, ipv6 } => format!(
-            "truncated to a network prefix: IPv4 /{}, IPv6 /{}, IPv4-mapped IPv6 /{}",
-            ipv4.unwrap_or(24),
-            ipv6.unwrap_or(48),
-            96 + ipv4.unwrap_or(24)
-        ),
+        Transform::Truncate { ipv4, ipv6 } => {
+            let (p4, p6) = (ipv4.unwrap_or(24), ipv6.unwrap_or(48));
+            format!(
+                "truncated to a network prefix: IPv4 /{p4}, IPv6 /{p6}, IPv4-mapped IPv6 /{}; \
+                 IPv6 that embeds an IPv4 address keeps at most its /{p4}: \
+                 IPv4-compatible, -translated and NAT64 64:ff9b::/96 /{}, 6to4 /{}, \
+                 Teredo /{} (server only), NAT64 64:ff9b:1::/48 /{}",
+                96 + p4,
+                96 + p4,
+                p6.min(16 + p4),
+                p6.min(32 + p4),
+                p6.min(48)
+            )
+        }
         Transform::Coarsen { grid } => format!(
             "coarsened to a {}° grid (south-west corner of the cell)",
             f64::from(grid.0) / 1e6
@@ -185,6 +199,87 @@ pub fn explain(policy: &Policy, file: &str) -> String {
         let _ = writeln!(s);
     }
     let _ = writeln!(s, "everything not listed above stays on site.");
+    s
+}
+
+/// Parses one record given on a command line.
+pub fn parse_record(text: &str) -> Result<Value, RecordError> {
+    if text.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLong(MAX_RECORD_BYTES));
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(RecordError::NotAnObject),
+        Err(_) => Err(RecordError::InvalidJson),
+    }
+}
+
+/// Describes what happens to one record (for `policy explain --record`): each input field's
+/// fate and the output value. Input values are not repeated; only outputs are shown.
+pub fn describe_preview(
+    policy: &Policy,
+    input: &Value,
+    preview: &Result<(String, Map<String, Value>), RecordError>,
+) -> String {
+    let mut s = String::from("\nrecord:\n");
+    let (kind_name, fields) = match preview {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(s, "  rejected: {e} (it would be counted as a bad record)");
+            return s;
+        }
+    };
+    let Some(kind) = policy.kinds.get(kind_name) else {
+        return s;
+    };
+    let _ = writeln!(s, "  kind `{kind_name}`");
+    if let Value::Object(input) = input {
+        for name in input.keys() {
+            if name == "kind" {
+                continue;
+            }
+            match (
+                kind.fields.get(name),
+                kind.transforms.get(name),
+                fields.get(name),
+            ) {
+                (None, _, _) => {
+                    let _ = writeln!(
+                        s,
+                        "  {name}: dropped — not declared in kinds.{kind_name}.fields"
+                    );
+                }
+                (Some(_), None, _) => {
+                    let _ = writeln!(
+                        s,
+                        "  {name}: dropped — no rule in kinds.{kind_name}.transforms"
+                    );
+                }
+                (Some(_), Some(t), Some(out)) => {
+                    let pos = kind.transform_pos.get(name).copied().unwrap_or_default();
+                    let _ = writeln!(s, "  {name}: {} (rule at {pos}) → {out}", t.name());
+                }
+                (Some(_), Some(t), None) => {
+                    let _ = writeln!(s, "  {name}: {} → (absent)", t.name());
+                }
+            }
+        }
+    }
+    let dests: Vec<String> = policy
+        .destinations
+        .iter()
+        .filter(|(_, d)| d.kinds.contains(kind_name))
+        .map(|(n, d)| format!("{n} ({})", d.region))
+        .collect();
+    let _ = writeln!(
+        s,
+        "  the transformed record goes to: {}",
+        if dests.is_empty() {
+            "nowhere — it stays on site".to_owned()
+        } else {
+            dests.join(", ")
+        }
+    );
     s
 }
 

@@ -3,8 +3,12 @@
 //! This module owns key material. A key is read from a file (epoch keys are derived from it
 //! with HKDF-SHA-256, so one secret covers every epoch) or from a directory holding one file per
 //! epoch, `<epoch>.key` (so an operator can destroy old epochs and make old pseudonyms
-//! unlinkable for good). Keys shorter than 32 bytes and key files that group or other users can
-//! read are refused. Key bytes never leave this module and are never logged.
+//! unlinkable for good). Keys shorter than 32 bytes are refused, and so are key files that other
+//! users can access at all or that the group can do more than read (a Kubernetes Secret
+//! mounted 0400, or 0440 with an `fsGroup`, passes). Every `<epoch>.key` of a directory is
+//! checked when the key is loaded, not when a record first needs it, so a bad file stops the
+//! engine from starting instead of turning records into bad records. Key bytes never leave
+//! this module and are never logged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
@@ -30,9 +34,10 @@ pub enum KeyError {
         path: PathBuf,
         error: std::io::Error,
     },
-    /// Group or other users can read the key.
+    /// Other users can access the key file, or its group can do more than read it.
     #[error(
-        "key `{name}`: {path} is readable by other users (mode {mode:03o}); run `chmod 600 {path}`"
+        "key `{name}`: {path} is {} (mode {mode:03o}); run `chmod 600 {path}` (or 640 if a group must read it)",
+        access_problem(*mode)
     )]
     Readable {
         name: String,
@@ -81,6 +86,22 @@ pub struct EpochKeys {
     last: Option<(i64, hmac::Key, String)>,
 }
 
+/// Permission bits a key file must not have: any access for other users, and group write or
+/// execute. Group read is allowed: it is how a Kubernetes Secret mounted with an `fsGroup`
+/// (0440) reaches a non-root process, and the group is the operator's to choose.
+pub const FORBIDDEN_MODE_BITS: u32 = 0o037;
+
+/// What is wrong with `mode`, in words (for [`KeyError::Readable`]).
+fn access_problem(mode: u32) -> &'static str {
+    if mode & 0o004 != 0 {
+        "readable by other users"
+    } else if mode & 0o007 != 0 {
+        "accessible by other users"
+    } else {
+        "writable or executable by its group"
+    }
+}
+
 /// Reads a key file, checking permissions and length. Hex text (with optional trailing
 /// whitespace) is decoded; anything else is taken as raw bytes.
 pub fn read_key_file(name: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
@@ -91,7 +112,7 @@ pub fn read_key_file(name: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o044 != 0 {
+    if mode & FORBIDDEN_MODE_BITS != 0 {
         return Err(KeyError::Readable {
             name: name.to_owned(),
             path: path.to_owned(),
@@ -116,16 +137,42 @@ pub fn read_key_file(name: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
     Ok(key)
 }
 
+/// Checks every `<epoch>.key` in a key directory as [`read_key_file`] does (permissions,
+/// length, size), so that a bad epoch file is an error naming it when the key is loaded.
+/// Other files in the directory are not keys and are left alone.
+fn check_directory(name: &str, dir: &Path) -> Result<(), KeyError> {
+    let io = |error| KeyError::Io {
+        name: name.to_owned(),
+        path: dir.to_owned(),
+        error,
+    };
+    let mut epochs = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let file = entry.file_name();
+        let is_epoch = file
+            .to_str()
+            .and_then(|f| f.strip_suffix(".key"))
+            .is_some_and(|e| e.parse::<i64>().is_ok());
+        if is_epoch {
+            epochs.push(entry.path());
+        }
+    }
+    // In order, so that the error names the same file every time.
+    epochs.sort();
+    for path in epochs {
+        read_key_file(name, &path)?;
+    }
+    Ok(())
+}
+
 /// Hex-decodes `raw` if it is hex text with optional trailing whitespace.
 pub fn decode_key_text(raw: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(raw).ok()?.trim_end();
-    if text.is_empty() || text.len() % 2 != 0 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if text.is_empty() {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+    crate::hex::decode(text)
 }
 
 fn derive_prk(secret: &[u8]) -> hkdf::Prk {
@@ -142,6 +189,7 @@ impl EpochKeys {
             error,
         })?;
         let source = if meta.is_dir() {
+            check_directory(name, &path)?;
             Source::Directory(path)
         } else {
             Source::Derived(derive_prk(&read_key_file(name, &path)?))
@@ -230,11 +278,7 @@ impl EpochKeys {
         let tag = hmac::sign(key, value);
         let mut out = String::with_capacity(prefix.len() + 32);
         out.push_str(prefix);
-        for b in &tag.as_ref()[..16] {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
-        }
+        crate::hex::encode_into(&mut out, &tag.as_ref()[..16]);
         Ok(out)
     }
 }
@@ -262,9 +306,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
+    use crate::hex::encode as hex;
 
     /// RFC 4231 HMAC-SHA-256 test vectors, computed with the same ring API the pseudonymiser uses.
     #[test]
@@ -371,6 +413,43 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A key directory's epoch files are all checked when the key is loaded: a bad one is an
+    /// error naming it, not a bad record later. Files that are not `<epoch>.key` are ignored.
+    #[test]
+    fn every_epoch_file_of_a_key_directory_is_checked_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mecgw-keydir-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str, mode: u32| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        write("20783.key", TEST_KEY, 0o600);
+        write("README", "not a key", 0o644);
+        write("20783.key.bak", "short", 0o644);
+        let spec = KeySpec {
+            path: dir.display().to_string(),
+            rotation: crate::units::Duration(86_400),
+            pos: crate::diag::Pos::default(),
+        };
+        assert!(EpochKeys::load("subscriber", &spec, Path::new("/")).is_ok());
+        let open = write("20784.key", TEST_KEY, 0o604);
+        match EpochKeys::load("subscriber", &spec, Path::new("/")) {
+            Err(KeyError::Readable { path, mode, .. }) => assert_eq!((path, mode), (open, 0o604)),
+            other => panic!("{:?}", other.err()),
+        }
+        std::fs::remove_file(dir.join("20784.key")).unwrap();
+        let short = write("-1.key", "00112233", 0o400);
+        match EpochKeys::load("subscriber", &spec, Path::new("/")) {
+            Err(KeyError::TooShort { path, len, .. }) => assert_eq!((path, len), (short, 4)),
+            other => panic!("{:?}", other.err()),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn short_and_readable_keys_are_refused() {
         use std::os::unix::fs::PermissionsExt;
@@ -388,6 +467,29 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = read_key_file("o", &open).unwrap_err();
         assert!(e.to_string().contains("chmod 600"), "{e}");
+        // Other users get nothing; the group may read (a Kubernetes Secret with an fsGroup),
+        // never write or execute.
+        for (mode, problem) in [
+            (0o604, Some("readable by other users")),
+            (0o602, Some("accessible by other users")),
+            (0o601, Some("accessible by other users")),
+            (0o660, Some("writable or executable by its group")),
+            (0o650, Some("writable or executable by its group")),
+            (0o600, None),
+            (0o400, None),
+            (0o640, None),
+            (0o440, None),
+        ] {
+            std::fs::set_permissions(&open, std::fs::Permissions::from_mode(mode)).unwrap();
+            match (read_key_file("o", &open), problem) {
+                (Ok(k), None) => assert_eq!(k.len(), 32),
+                (Err(e), Some(p)) => {
+                    let text = e.to_string();
+                    assert!(text.contains(&format!("{p} (mode {mode:03o})")), "{text}");
+                }
+                (r, p) => panic!("mode {mode:03o}: {r:?}, expected {p:?}"),
+            }
+        }
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_key_file("o", &open).unwrap().len(), 32);
         let raw = dir.join("raw.key");

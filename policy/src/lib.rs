@@ -5,7 +5,7 @@
 //! k-anonymity floors, differential-privacy noise and the privacy budget. It never performs
 //! I/O towards a destination; the gateway's egress stage does that with what this crate emits.
 //!
-//! The flow is one direction: [`yaml`] → [`compile`] → [`model::Policy`]; records →
+//! The flow is one direction: [`yaml`] → [`compile`](mod@compile) → [`model::Policy`]; records →
 //! [`transform`] → [`aggregate`] → [`release`] (noise from [`noise`], charged to [`budget`]) →
 //! [`engine`] output objects.
 #![forbid(unsafe_code)]
@@ -18,6 +18,7 @@ pub mod diag;
 pub mod engine;
 pub mod explain;
 pub mod files;
+pub mod hex;
 pub mod keys;
 pub mod model;
 pub mod noise;

@@ -4,7 +4,9 @@
 //! Gaussian for Differential Privacy" (NeurIPS 2020), Algorithms 1-3, with integer and rational
 //! arithmetic only: no float ever touches a sample, so the low bits of a released value carry
 //! no information about the true value (Mironov 2012). Randomness comes from a caller-supplied
-//! [`rand::RngCore`]; production code passes [`os_rng`] (the kernel CSPRNG), tests a seeded RNG.
+//! [`Randomness`]; production code passes [`OsRandom`] (the kernel CSPRNG), tests a seeded
+//! [`rand::RngCore`]. A source that fails makes the draw fail with [`NoiseError::Randomness`]:
+//! no value is ever released without the randomness it needs.
 //!
 //! Arithmetic is in `u128` with checked operations (the Gaussian's acceptance test, whose
 //! numbers grow with σ⁴, in arbitrary precision); parameters are bounded at construction so
@@ -29,9 +31,36 @@ pub enum NoiseError {
     /// An intermediate value overflowed 128 bits; no sample was produced.
     #[error("noise arithmetic overflowed; no value was released")]
     Overflow,
+    /// The source of randomness failed; no sample was produced.
+    #[error("the kernel CSPRNG failed ({0}); no value was released")]
+    Randomness(String),
 }
 
-/// A [`RngCore`] that reads every byte from the kernel CSPRNG.
+/// Where noise gets its random bits. Every read can fail; a failed read fails the draw.
+pub trait Randomness: Send {
+    /// 64 random bits.
+    fn try_next_u64(&mut self) -> Result<u64, NoiseError>;
+    /// Fills `dst` with random bytes.
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), NoiseError>;
+}
+
+/// Generators that cannot fail (the seeded ones of tests and `mecgw policy test`) read
+/// exactly as they always did, so seeded outputs stay the same.
+impl<R: RngCore + Send> Randomness for R {
+    fn try_next_u64(&mut self) -> Result<u64, NoiseError> {
+        Ok(self.next_u64())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), NoiseError> {
+        self.fill_bytes(dst);
+        Ok(())
+    }
+}
+
+/// The kernel CSPRNG (getrandom). Its failure is an error, as in OpenDP's `fill_bytes`:
+/// getrandom(2) fails only before the kernel pool is initialised, and without randomness no
+/// release may proceed.
+#[derive(Debug, Default)]
 pub struct OsRandom(rand::rngs::OsRng);
 
 impl OsRandom {
@@ -41,42 +70,25 @@ impl OsRandom {
     }
 }
 
-impl Default for OsRandom {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl RngCore for OsRandom {
-    fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn next_u64(&mut self) -> u64 {
+impl Randomness for OsRandom {
+    fn try_next_u64(&mut self) -> Result<u64, NoiseError> {
         let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
     }
 
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), NoiseError> {
         use rand::TryRngCore as _;
-        if let Err(e) = self.0.try_fill_bytes(dst) {
-            // getrandom(2) fails only before the kernel pool is initialised. Without
-            // randomness no release may proceed, and there is no value we could return.
-            #[allow(clippy::panic)]
-            {
-                panic!("the kernel CSPRNG failed: {e}");
-            }
-        }
+        self.0
+            .try_fill_bytes(dst)
+            .map_err(|e| NoiseError::Randomness(e.to_string()))
     }
 }
 
-fn uniform_below(rng: &mut impl RngCore, n: u128) -> u128 {
+fn uniform_below<R: Randomness + ?Sized>(rng: &mut R, n: u128) -> Result<u128, NoiseError> {
     debug_assert!(n > 0);
     if n.is_power_of_two() {
-        return random_u128(rng) & (n - 1);
+        return Ok(random_u128(rng)? & (n - 1));
     }
     // Rejection sampling on the smallest power-of-two range covering n: exact uniformity.
     let bits = 128 - (n - 1).leading_zeros();
@@ -86,28 +98,37 @@ fn uniform_below(rng: &mut impl RngCore, n: u128) -> u128 {
         (1u128 << bits) - 1
     };
     loop {
-        let v = random_u128(rng) & mask;
+        let v = random_u128(rng)? & mask;
         if v < n {
-            return v;
+            return Ok(v);
         }
     }
 }
 
-fn random_u128(rng: &mut impl RngCore) -> u128 {
-    (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64())
+fn random_u128<R: Randomness + ?Sized>(rng: &mut R) -> Result<u128, NoiseError> {
+    let high = rng.try_next_u64()?;
+    Ok((u128::from(high) << 64) | u128::from(rng.try_next_u64()?))
 }
 
 /// Bernoulli(num/den), exactly. Requires 0 ≤ num ≤ den, den > 0.
-fn bernoulli(rng: &mut impl RngCore, num: u128, den: u128) -> bool {
-    uniform_below(rng, den) < num
+fn bernoulli<R: Randomness + ?Sized>(
+    rng: &mut R,
+    num: u128,
+    den: u128,
+) -> Result<bool, NoiseError> {
+    Ok(uniform_below(rng, den)? < num)
 }
 
 /// Bernoulli(exp(-num/den)) for 0 ≤ num/den ≤ 1 (CKS Algorithm 1, first case).
-fn bernoulli_exp_small(rng: &mut impl RngCore, num: u128, den: u128) -> Result<bool, NoiseError> {
+fn bernoulli_exp_small<R: Randomness + ?Sized>(
+    rng: &mut R,
+    num: u128,
+    den: u128,
+) -> Result<bool, NoiseError> {
     let mut k: u128 = 1;
     loop {
         let d = den.checked_mul(k).ok_or(NoiseError::Overflow)?;
-        if !bernoulli(rng, num, d) {
+        if !bernoulli(rng, num, d)? {
             return Ok(k % 2 == 1);
         }
         k += 1;
@@ -115,7 +136,11 @@ fn bernoulli_exp_small(rng: &mut impl RngCore, num: u128, den: u128) -> Result<b
 }
 
 /// Bernoulli(exp(-num/den)) for any num/den ≥ 0 (CKS Algorithm 1).
-pub fn bernoulli_exp(rng: &mut impl RngCore, num: u128, den: u128) -> Result<bool, NoiseError> {
+pub fn bernoulli_exp<R: Randomness + ?Sized>(
+    rng: &mut R,
+    num: u128,
+    den: u128,
+) -> Result<bool, NoiseError> {
     if den == 0 {
         return Err(NoiseError::Parameter("zero denominator"));
     }
@@ -158,10 +183,10 @@ impl DiscreteLaplace {
     }
 
     /// One draw (CKS Algorithm 2).
-    pub fn sample(&self, rng: &mut impl RngCore) -> Result<i64, NoiseError> {
+    pub fn sample<R: Randomness + ?Sized>(&self, rng: &mut R) -> Result<i64, NoiseError> {
         let (s, t) = (self.s, self.t);
         loop {
-            let u = uniform_below(rng, t);
+            let u = uniform_below(rng, t)?;
             if !bernoulli_exp(rng, u, t)? {
                 continue;
             }
@@ -173,7 +198,7 @@ impl DiscreteLaplace {
                 .checked_add(t.checked_mul(v).ok_or(NoiseError::Overflow)?)
                 .ok_or(NoiseError::Overflow)?;
             let y = x / s;
-            let negative = bernoulli(rng, 1, 2);
+            let negative = bernoulli(rng, 1, 2)?;
             if negative && y == 0 {
                 continue;
             }
@@ -210,7 +235,7 @@ impl DiscreteGaussian {
     }
 
     /// One draw (CKS Algorithm 3).
-    pub fn sample(&self, rng: &mut impl RngCore) -> Result<i64, NoiseError> {
+    pub fn sample<R: Randomness + ?Sized>(&self, rng: &mut R) -> Result<i64, NoiseError> {
         let (s2, t) = (self.sigma2, self.t);
         let lap = DiscreteLaplace { s: 1, t };
         // γ = (|Y| − σ²/t)² / (2σ²) = (|Y|·t − σ²)² / (2·σ²·t²)
@@ -230,7 +255,10 @@ impl DiscreteGaussian {
     }
 }
 
-fn uniform_below_big(rng: &mut impl RngCore, n: &BigUint) -> BigUint {
+fn uniform_below_big<R: Randomness + ?Sized>(
+    rng: &mut R,
+    n: &BigUint,
+) -> Result<BigUint, NoiseError> {
     let bits = n.bits();
     let bytes = bits.div_ceil(8) as usize;
     let top_mask = if bits.is_multiple_of(8) {
@@ -240,21 +268,21 @@ fn uniform_below_big(rng: &mut impl RngCore, n: &BigUint) -> BigUint {
     };
     let mut buf = vec![0u8; bytes.max(1)];
     loop {
-        rng.fill_bytes(&mut buf);
+        rng.try_fill_bytes(&mut buf)?;
         // Little-endian: the last byte is the most significant.
         if let Some(last) = buf.last_mut() {
             *last &= top_mask;
         }
         let v = BigUint::from_bytes_le(&buf);
         if &v < n {
-            return v;
+            return Ok(v);
         }
     }
 }
 
 /// Bernoulli(exp(-num/den)) in arbitrary precision (CKS Algorithm 1).
-fn bernoulli_exp_big(
-    rng: &mut impl RngCore,
+fn bernoulli_exp_big<R: Randomness + ?Sized>(
+    rng: &mut R,
     num: &BigUint,
     den: &BigUint,
 ) -> Result<bool, NoiseError> {
@@ -273,7 +301,7 @@ fn bernoulli_exp_big(
     let mut k: u32 = 1;
     loop {
         let d = den * k;
-        if uniform_below_big(rng, &d) >= rem {
+        if uniform_below_big(rng, &d)? >= rem {
             return Ok(k % 2 == 1);
         }
         k += 1;
@@ -448,6 +476,37 @@ mod tests {
             let se = (p * (1.0 - p) / DRAWS as f64).sqrt();
             assert!((hits / DRAWS as f64 - p).abs() < 4.0 * se, "{num}/{den}");
         }
+    }
+
+    /// A source that cannot produce randomness (getrandom before the pool is initialised).
+    struct Failing;
+
+    impl Randomness for Failing {
+        fn try_next_u64(&mut self) -> Result<u64, NoiseError> {
+            Err(NoiseError::Randomness("not initialised".into()))
+        }
+        fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), NoiseError> {
+            Err(NoiseError::Randomness("not initialised".into()))
+        }
+    }
+
+    #[test]
+    fn a_failing_source_fails_the_draw_without_a_value() {
+        let want = Err(NoiseError::Randomness("not initialised".into()));
+        assert_eq!(
+            DiscreteLaplace::new(2, 1).unwrap().sample(&mut Failing),
+            want
+        );
+        assert_eq!(DiscreteGaussian::new(9).unwrap().sample(&mut Failing), want);
+        assert_eq!(
+            DiscreteGaussian::new(MAX_GAUSSIAN_SIGMA2)
+                .unwrap()
+                .sample(&mut Failing),
+            want
+        );
+        // The kernel CSPRNG itself works here, through the same interface.
+        let mut os = OsRandom::new();
+        assert!(DiscreteLaplace::new(2, 1).unwrap().sample(&mut os).is_ok());
     }
 
     #[test]

@@ -21,12 +21,13 @@
 //!
 //! By basic composition a window's release costs exactly the release's (ε, δ).
 
-use rand::RngCore;
 use serde_json::{Map, Value};
 
 use crate::aggregate::{GroupAcc, Layout};
 use crate::model::{Metric, NoiseKind, Release};
-use crate::noise::{DiscreteGaussian, DiscreteLaplace, MAX_GAUSSIAN_SIGMA2, NoiseError};
+use crate::noise::{
+    DiscreteGaussian, DiscreteLaplace, MAX_GAUSSIAN_SIGMA2, NoiseError, Randomness,
+};
 use crate::units::EPSILON_SCALE;
 
 /// A noise sampler for one noisy quantity.
@@ -39,11 +40,10 @@ pub enum Sampler {
 }
 
 impl Sampler {
-    fn sample(&self, rng: &mut dyn RngCore) -> Result<i64, NoiseError> {
-        let mut rng = rng;
+    fn sample(&self, rng: &mut dyn Randomness) -> Result<i64, NoiseError> {
         match self {
-            Sampler::Laplace(l) => l.sample(&mut rng),
-            Sampler::Gaussian(g) => g.sample(&mut rng),
+            Sampler::Laplace(l) => l.sample(rng),
+            Sampler::Gaussian(g) => g.sample(rng),
         }
     }
 
@@ -255,11 +255,11 @@ impl Mechanism {
         layout: &Layout,
         group_by: &[String],
         groups: Vec<GroupAcc>,
-        rng: &mut dyn RngCore,
+        rng: &mut dyn Randomness,
     ) -> Result<ReleasedWindow, NoiseError> {
         let mut out = ReleasedWindow::default();
         for acc in groups {
-            let z = self.selection.sample(&mut &mut *rng)?;
+            let z = self.selection.sample(rng)?;
             let noisy_units = i128::from(acc.units) + i128::from(z);
             if acc.units < u64::from(self.k) {
                 out.below_k += 1;

@@ -42,6 +42,11 @@ pub enum RecordError {
         field: String,
         expected: &'static str,
     },
+    /// A timestamp field outside the accepted time range.
+    #[error(
+        "field `{0}` is outside the accepted time range, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+    )]
+    TimeOutOfRange(String),
     /// No key for the record's epoch.
     #[error("no pseudonymisation key: {0}")]
     Key(String),
@@ -57,6 +62,7 @@ impl RecordError {
             RecordError::UnknownKind => "unknown_kind",
             RecordError::Missing(_) => "missing_field",
             RecordError::WrongType { .. } => "wrong_type",
+            RecordError::TimeOutOfRange(_) => "time_out_of_range",
             RecordError::Key(_) => "key_unavailable",
         }
     }
@@ -68,11 +74,26 @@ impl From<KeyError> for RecordError {
     }
 }
 
-/// Reads a timestamp field value.
-pub fn timestamp_of(v: Raw<'_>) -> Option<UnixSeconds> {
+/// Reads a timestamp field value: an RFC 3339 string or integer Unix seconds, within the
+/// accepted range ([`units::MIN_TIMESTAMP`]..=[`units::MAX_TIMESTAMP`]).
+pub fn timestamp_of(v: Raw<'_>) -> Result<UnixSeconds, units::UnitError> {
     match v {
-        Raw::Str(s) => units::parse_rfc3339(s).ok(),
-        n => n.as_i64(),
+        Raw::Str(s) => units::parse_rfc3339(s),
+        n => n
+            .as_i64()
+            .ok_or(units::UnitError::NotATimestamp)
+            .and_then(units::check_timestamp),
+    }
+}
+
+/// The bad-record reason for timestamp field `field` that [`timestamp_of`] refused.
+fn timestamp_error(field: &str, e: &units::UnitError) -> RecordError {
+    match e {
+        units::UnitError::TimestampOutOfRange => RecordError::TimeOutOfRange(field.to_owned()),
+        _ => RecordError::WrongType {
+            field: field.to_owned(),
+            expected: "timestamp",
+        },
     }
 }
 
@@ -85,24 +106,93 @@ pub fn address_of(v: Raw<'_>) -> Option<(IpAddr, Option<u8>)> {
     }
 }
 
-/// Truncates an address to a prefix. IPv4-mapped IPv6 addresses are truncated on their IPv4
-/// part with the IPv4 prefix (as `96 + ipv4`), so that a v4 subscriber seen through a v6
-/// socket is generalised exactly like a native v4 one. Returns the network and its length.
+/// Where an IPv6 address carries an IPv4 address, which tells how far it may be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Embedded {
+    /// The IPv4 address is the last 32 bits, after a fixed 96-bit prefix: IPv4-mapped
+    /// (`::ffff:0:0/96`, RFC 4291 §2.5.5.2), IPv4-compatible (`::/96`, RFC 4291 §2.5.5.1),
+    /// IPv4-translated (`::ffff:0:0:0/96`, RFC 2765 §2.1) and the NAT64 well-known prefix
+    /// (`64:ff9b::/96`, RFC 6052 §2.1). Kept to `96 + P4` bits: exactly the IPv4 truncation.
+    Suffix,
+    /// 6to4 (`2002::/16`, RFC 3056 §2): bits 16-47 are the site's IPv4 address. Kept to at
+    /// most `16 + P4` bits.
+    SixToFour,
+    /// Teredo (`2001::/32`, RFC 4380 §4): bits 32-63 are the Teredo server's IPv4 address and
+    /// bits 96-127 the client's (every bit inverted), after its port. A prefix cannot keep
+    /// any of the client's bits without the server's and the port: kept to at most
+    /// `32 + P4` bits, the server's address truncated like any IPv4 address, none of the
+    /// client's.
+    Teredo,
+    /// The NAT64 local-use prefix (`64:ff9b:1::/48`, RFC 8215): the IPv4 address follows a
+    /// network-specific prefix of /48 to /96 (RFC 6052 §2.2) that only the operator knows,
+    /// so no bit after the /48 is kept.
+    LocalNat64,
+}
+
+/// The IPv4 address an IPv6 address embeds, if any (by its prefix).
+pub fn embedded_ipv4(a: Ipv6Addr) -> Option<Embedded> {
+    let bits = u128::from(a);
+    let within = |prefix: u128, len: u32| bits >> (128 - len) == prefix >> (128 - len);
+    if within(0, 96)
+        || within(0xffff << 32, 96)
+        || within(0xffff << 48, 96)
+        || within(0x64_ff9b << 96, 96)
+    {
+        Some(Embedded::Suffix)
+    } else if within(0x2002 << 112, 16) {
+        Some(Embedded::SixToFour)
+    } else if within(0x2001 << 112, 32) {
+        Some(Embedded::Teredo)
+    } else if within((0x64_ff9b << 96) | (1 << 80), 48) {
+        Some(Embedded::LocalNat64)
+    } else {
+        None
+    }
+}
+
+/// Truncates an address to a prefix: IPv4 to `ipv4` bits, IPv6 to `ipv6` bits, except that
+/// an IPv6 address embedding an IPv4 address ([`Embedded`]) keeps no more of it than the
+/// IPv4 prefix allows, so that a v4 subscriber seen through a v6 socket, a NAT64 or a
+/// transition tunnel is generalised like a native v4 one. Returns the network and its length.
 pub fn truncate_ip(ip: IpAddr, ipv4: u8, ipv6: u8) -> (IpAddr, u8) {
+    let (p4, p6) = (ipv4.min(32), ipv6.min(128));
+    let p = match ip {
+        IpAddr::V4(_) => p4,
+        IpAddr::V6(a) => match embedded_ipv4(a) {
+            None => p6,
+            Some(Embedded::Suffix) => 96 + p4,
+            Some(Embedded::SixToFour) => p6.min(16 + p4),
+            Some(Embedded::Teredo) => p6.min(32 + p4),
+            Some(Embedded::LocalNat64) => p6.min(48),
+        },
+    };
+    (mask(ip, p), p)
+}
+
+/// `ip` with every bit from `p` on cleared.
+fn mask(ip: IpAddr, p: u8) -> IpAddr {
     match ip {
         IpAddr::V4(a) => {
-            let p = ipv4.min(32);
-            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-            (IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), p)
+            let m = u32::MAX.checked_shl(32 - u32::from(p.min(32))).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
         }
         IpAddr::V6(a) => {
-            let p = match a.to_ipv4_mapped() {
-                Some(_) => 96 + ipv4.min(32),
-                None => ipv6.min(128),
-            };
-            let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-            (IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), p)
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(p.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
         }
+    }
+}
+
+/// What `truncate` writes for `ip` given with prefix length `given` (CIDR input): the
+/// truncation, or the input's own network if it is already shorter. Idempotent: generalising
+/// the output again gives the same network and length.
+pub fn generalise(ip: IpAddr, given: Option<u8>, ipv4: u8, ipv6: u8) -> (IpAddr, u8) {
+    let (net, p) = truncate_ip(ip, ipv4, ipv6);
+    match given {
+        Some(g) if g < p => (mask(net, g), g),
+        _ => (net, p),
     }
 }
 
@@ -151,7 +241,7 @@ fn type_ok(ty: FieldType, v: Raw<'_>) -> bool {
         FieldType::Ipv4 => matches!(address_of(v), Some((IpAddr::V4(_), _))),
         FieldType::Ipv6 => matches!(address_of(v), Some((IpAddr::V6(_), _))),
         FieldType::Ip => address_of(v).is_some(),
-        FieldType::Timestamp => timestamp_of(v).is_some(),
+        FieldType::Timestamp => timestamp_of(v).is_ok(),
         FieldType::Geo => geo_of(v).is_some(),
     }
 }
@@ -293,10 +383,7 @@ impl KindPlan {
             .get(&self.time)
             .filter(|v| !v.is_null())
             .ok_or_else(|| RecordError::Missing(self.time.clone()))?;
-        let time = timestamp_of(time).ok_or_else(|| RecordError::WrongType {
-            field: self.time.clone(),
-            expected: "timestamp",
-        })?;
+        let time = timestamp_of(time).map_err(|e| timestamp_error(&self.time, &e))?;
         let unit_value = record
             .get(&self.privacy_unit)
             .filter(|v| !v.is_null())
@@ -320,7 +407,9 @@ impl KindPlan {
             let Some(v) = record.get(name).filter(|v| !v.is_null()) else {
                 continue;
             };
-            if !type_ok(*ty, v) {
+            if *ty == FieldType::Timestamp {
+                timestamp_of(v).map_err(|e| timestamp_error(name, &e))?;
+            } else if !type_ok(*ty, v) {
                 return Err(RecordError::WrongType {
                     field: name.to_string(),
                     expected: ty.name(),
@@ -354,12 +443,7 @@ impl KindPlan {
                         field: name.to_string(),
                         expected: ty.name(),
                     })?;
-                    let (net, p) = truncate_ip(ip, ipv4.unwrap_or(24), ipv6.unwrap_or(48));
-                    let (net, p) = match given {
-                        // Input already a prefix shorter than ours: keep the shorter one.
-                        Some(g) if g < p => truncate_ip(net, g.min(32), g),
-                        _ => (net, p),
-                    };
+                    let (net, p) = generalise(ip, given, ipv4.unwrap_or(24), ipv6.unwrap_or(48));
                     Value::String(network_text(net, p))
                 }
                 Transform::Coarsen { grid } => {
@@ -373,10 +457,7 @@ impl KindPlan {
                 }
                 Transform::Bucket { width } => match (width, ty) {
                     (BucketWidth::Duration(d), FieldType::Timestamp) => {
-                        let t = timestamp_of(v).ok_or_else(|| RecordError::WrongType {
-                            field: name.to_string(),
-                            expected: "timestamp",
-                        })?;
+                        let t = timestamp_of(v).map_err(|e| timestamp_error(name, &e))?;
                         let w = i64::try_from(d.0).unwrap_or(i64::MAX);
                         let b = floor_to(t, w);
                         // Records arrive roughly in time order: remember the last bucket's text.
@@ -474,6 +555,69 @@ mod tests {
         assert_eq!((c.to_string(), pc), ("2001:db8:1234::".into(), 48));
     }
 
+    /// Each IPv6 form that embeds an IPv4 address keeps no more of it than the IPv4 prefix.
+    #[test]
+    fn embedded_ipv4_is_truncated_with_the_ipv4_prefix() {
+        let cases = [
+            // 6to4 of 192.0.2.4 (RFC 3056): /48 would keep the whole IPv4 address.
+            ("2002:c000:204:1::1", 24, 48, "2002:c000:200::/40"),
+            ("2002:c000:204:1::1", 24, 32, "2002:c000::/32"),
+            ("2002:c000:204:1::1", 32, 128, "2002:c000:204::/48"),
+            // Teredo (RFC 4380 §4 example): server 65.54.227.120, client 192.0.2.45:40000.
+            (
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                24,
+                48,
+                "2001:0:4136::/48",
+            ),
+            (
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                16,
+                64,
+                "2001:0:4136::/48",
+            ),
+            (
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                24,
+                128,
+                "2001:0:4136:e300::/56",
+            ),
+            // NAT64 well-known prefix (RFC 6052) and IPv4-compatible, -translated, -mapped.
+            ("64:ff9b::192.0.2.33", 24, 48, "64:ff9b::c000:200/120"),
+            ("::192.0.2.33", 24, 48, "::c000:200/120"),
+            ("::ffff:0:192.0.2.33", 24, 48, "::ffff:0:c000:200/120"),
+            ("::ffff:192.0.2.33", 24, 48, "::ffff:192.0.2.0/120"),
+            // NAT64 local-use prefix (RFC 8215): nothing past the /48.
+            ("64:ff9b:1:c000:2:2100::", 24, 64, "64:ff9b:1::/48"),
+            ("64:ff9b:1:c000:2:2100::", 24, 40, "64:ff9b::/40"),
+            // Native addresses near those prefixes are not embedded forms.
+            ("2001:db8::1", 8, 48, "2001:db8::/48"),
+            ("2003::1", 8, 48, "2003::/48"),
+            ("64:ff9b:2::1", 8, 48, "64:ff9b:2::/48"),
+        ];
+        for (input, v4, v6, want) in cases {
+            let (net, p) = truncate_ip(input.parse().unwrap(), v4, v6);
+            assert_eq!(format!("{net}/{p}"), want, "{input} with /{v4} /{v6}");
+        }
+    }
+
+    /// Builds an IPv6 address of embedded form `form` carrying `v4`, with `rest` in every bit
+    /// that is neither the form's fixed prefix nor the (first) IPv4 address.
+    fn embedding(form: u8, v4: u32, rest: u128) -> Ipv6Addr {
+        let v4 = u128::from(v4);
+        Ipv6Addr::from(match form {
+            0 => (0xffff << 32) | v4,
+            1 => v4,
+            2 => (0xffff << 48) | v4,
+            3 => (0x64_ff9b << 96) | v4,
+            4 => (0x2002 << 112) | (v4 << 80) | (rest & ((1 << 80) - 1)),
+            // Teredo: the server's address; `rest` fills flags, port and the client's address.
+            5 => (0x2001 << 112) | (v4 << 64) | (rest & ((1 << 64) - 1)),
+            // 64:ff9b:1::/48: the IPv4 address is somewhere after the /48.
+            _ => (0x64_ff9b << 96) | (1 << 80) | (v4 << 48) | (rest & ((1 << 48) - 1)),
+        })
+    }
+
     proptest! {
         #[test]
         fn network_text_is_the_display_text(bits in any::<u32>(), p in any::<u8>()) {
@@ -481,17 +625,33 @@ mod tests {
             prop_assert_eq!(network_text(net, p), format!("{net}/{p}"));
         }
 
+        /// The output depends on an embedded IPv4 address only through its first P4 bits
+        /// (and on a Teredo client not at all): two addresses of one form whose IPv4
+        /// addresses agree there, whatever their other bits, truncate alike.
         #[test]
-        fn truncation_is_idempotent(bits in any::<u128>(), v4 in 0u8..=32, v6 in 0u8..=128, mapped in any::<bool>(), is_v4 in any::<bool>()) {
+        fn embedded_ipv4_keeps_no_more_than_its_prefix(
+            form in 0u8..7, a in any::<u32>(), below in any::<u32>(),
+            rest_a in any::<u128>(), rest_b in any::<u128>(), v4 in 0u8..=32, v6 in 0u8..=128,
+        ) {
+            let b = a ^ (below & u32::MAX.checked_shr(u32::from(v4)).unwrap_or(0));
+            let x = truncate_ip(IpAddr::V6(embedding(form, a, rest_a)), v4, v6);
+            let y = truncate_ip(IpAddr::V6(embedding(form, b, rest_b)), v4, v6);
+            prop_assert_eq!(x, y);
+        }
+
+        #[test]
+        fn truncation_is_idempotent(bits in any::<u128>(), v4 in 0u8..=32, v6 in 0u8..=128, mapped in any::<bool>(), is_v4 in any::<bool>(), form in 0u8..10) {
             let ip = if is_v4 {
                 IpAddr::V4(Ipv4Addr::from(bits as u32))
             } else if mapped {
                 IpAddr::V6(Ipv4Addr::from(bits as u32).to_ipv6_mapped())
+            } else if form < 7 {
+                IpAddr::V6(embedding(form, bits as u32, bits >> 32))
             } else {
                 IpAddr::V6(Ipv6Addr::from(bits))
             };
-            let (once, p) = truncate_ip(ip, v4, v6);
-            prop_assert_eq!(truncate_ip(once, v4, v6), (once, p));
+            let (once, p) = generalise(ip, None, v4, v6);
+            prop_assert_eq!(generalise(once, Some(p), v4, v6), (once, p));
             if mapped && !is_v4 {
                 // Exactly the IPv4 truncation, embedded.
                 let (n4, _) = truncate_ip(IpAddr::V4(Ipv4Addr::from(bits as u32)), v4, v6);

@@ -79,9 +79,12 @@ pub enum UnitError {
     /// Not a duration like `15m`.
     #[error("`{0}` is not a duration: write a whole number followed by s, m, h, d or w (e.g. 15m)")]
     NotADuration(String),
-    /// Not a timestamp.
+    /// Not a timestamp (an impossible date such as 2026-02-31 included).
     #[error("not an RFC 3339 timestamp or integer Unix seconds")]
     NotATimestamp,
+    /// A timestamp outside [`MIN_TIMESTAMP`]..=[`MAX_TIMESTAMP`].
+    #[error("outside the accepted time range, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z")]
+    TimestampOutOfRange,
 }
 
 /// Parses a non-negative decimal (`0.5`, `2`, `1e-6`, `1.5E-7`) into an integer count of
@@ -190,17 +193,6 @@ impl fmt::Display for Duration {
 /// Seconds since the Unix epoch.
 pub type UnixSeconds = i64;
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -214,64 +206,41 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Parses an RFC 3339 timestamp (`2026-11-26T11:00:00Z`, fractions and offsets allowed;
-/// fractions are truncated to the second).
+/// Earliest timestamp a record may carry: 1970-01-01T00:00:00Z.
+pub const MIN_TIMESTAMP: UnixSeconds = 0;
+/// Latest timestamp a record may carry: 9999-12-31T23:59:59Z, the last second RFC 3339 writes
+/// with its four-digit year.
+pub const MAX_TIMESTAMP: UnixSeconds = 253_402_300_799;
+
+/// `t` if it is in the accepted range ([`MIN_TIMESTAMP`]..=[`MAX_TIMESTAMP`]).
+pub fn check_timestamp(t: UnixSeconds) -> Result<UnixSeconds, UnitError> {
+    if (MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&t) {
+        Ok(t)
+    } else {
+        Err(UnitError::TimestampOutOfRange)
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2026-11-26T11:00:00Z`; fractions, which are truncated to
+/// the second, and offsets allowed; `t`/`z` in lower case and a space instead of `T`, which
+/// RFC 3339 §5.6 allows, too) with the `time` crate, so impossible dates (2026-02-31, a
+/// 29 February outside a leap year) are refused. The result must be in the accepted range.
 pub fn parse_rfc3339(s: &str) -> Result<UnixSeconds, UnitError> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b.len() > 40 {
+    use time::format_description::well_known::Rfc3339;
+    // Longest valid form: 4+1+2+1+2 date, T, 8 time, 9 fraction digits and a dot, 6 offset.
+    if s.len() > 40 {
         return Err(UnitError::NotATimestamp);
     }
-    let num = |r: std::ops::Range<usize>| -> Result<i64, UnitError> {
-        let part = s.get(r).ok_or(UnitError::NotATimestamp)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(UnitError::NotATimestamp);
+    let spaced;
+    let text = match s.as_bytes().get(10) {
+        Some(b' ') => {
+            spaced = format!("{}T{}", &s[..10], &s[11..]);
+            spaced.as_str()
         }
-        part.parse().map_err(|_| UnitError::NotATimestamp)
+        _ => s,
     };
-    if b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return Err(UnitError::NotATimestamp);
-    }
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return Err(UnitError::NotATimestamp);
-    }
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return Err(UnitError::NotATimestamp);
-        }
-    }
-    let offset = match b.get(i) {
-        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            if oh > 23 || om > 59 {
-                return Err(UnitError::NotATimestamp);
-            }
-            let o = oh * 3600 + om * 60;
-            if *sign == b'+' { o } else { -o }
-        }
-        _ => return Err(UnitError::NotATimestamp),
-    };
-    Ok(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
+    let t = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|_| UnitError::NotATimestamp)?;
+    check_timestamp(t.unix_timestamp())
 }
 
 /// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -334,5 +303,67 @@ mod tests {
         assert!(parse_rfc3339("2026-13-26T11:20:47Z").is_err());
         assert!(parse_rfc3339("2026-11-26").is_err());
         assert!(parse_rfc3339("2026-11-26T11:20:47").is_err());
+        // Forms the earlier parser accepted stay accepted.
+        assert_eq!(parse_rfc3339("2026-11-26 11:20:47Z").unwrap(), t);
+        assert_eq!(parse_rfc3339("2026-11-26t11:20:47z").unwrap(), t);
+        assert_eq!(parse_rfc3339("2026-11-26T11:20:47.999999999Z").unwrap(), t);
+        assert_eq!(parse_rfc3339("2026-11-26T08:50:47-02:30").unwrap(), t);
+    }
+
+    #[test]
+    fn impossible_dates_are_not_timestamps() {
+        for s in [
+            "2026-02-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-11-26T24:00:00Z",
+            "2026-11-26T11:60:00Z",
+            "2026-11-26T11:20:47+24:00",
+            "2026-11-26T11:20:47.Z",
+            "+2026-11-26T11:20:47Z",
+            "2026-11-26T11:20:47Z ",
+        ] {
+            assert_eq!(parse_rfc3339(s), Err(UnitError::NotATimestamp), "{s}");
+        }
+        assert_eq!(
+            parse_rfc3339("2028-02-29T00:00:00Z").unwrap(),
+            1_835_395_200
+        );
+    }
+
+    #[test]
+    fn timestamps_outside_the_range_are_refused_not_wrapped() {
+        assert_eq!(
+            parse_rfc3339("1969-12-31T23:59:59Z"),
+            Err(UnitError::TimestampOutOfRange)
+        );
+        assert_eq!(
+            parse_rfc3339("0001-01-01T00:00:00Z"),
+            Err(UnitError::TimestampOutOfRange)
+        );
+        assert_eq!(
+            parse_rfc3339("9999-12-31T23:59:59Z").unwrap(),
+            MAX_TIMESTAMP
+        );
+        // An offset that moves the instant past the last second.
+        assert_eq!(
+            parse_rfc3339("9999-12-31T23:59:59-01:00"),
+            Err(UnitError::TimestampOutOfRange)
+        );
+        assert_eq!(format_rfc3339(MAX_TIMESTAMP), "9999-12-31T23:59:59Z");
+        assert_eq!(format_rfc3339(MIN_TIMESTAMP), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            check_timestamp(MAX_TIMESTAMP + 1),
+            Err(UnitError::TimestampOutOfRange)
+        );
+        assert_eq!(check_timestamp(-1), Err(UnitError::TimestampOutOfRange));
+    }
+
+    proptest::proptest! {
+        /// Every second of the accepted range formats and parses back to itself.
+        #[test]
+        fn format_and_parse_round_trip(t in MIN_TIMESTAMP..=MAX_TIMESTAMP) {
+            proptest::prop_assert_eq!(parse_rfc3339(&format_rfc3339(t)), Ok(t));
+        }
     }
 }

@@ -14,16 +14,72 @@ use crate::diag::{Code, Diagnostic, Pos};
 pub const MAX_SOURCE_BYTES: usize = 1 << 20;
 
 /// The text of the policy file at `path`; a file over [`MAX_SOURCE_BYTES`] is refused
-/// (`InvalidData`) before it is read.
+/// (`InvalidData`) before it is read, and so is one that is not UTF-8 (the error says where,
+/// or that the file is UTF-16).
 pub fn read_source(path: &std::path::Path) -> std::io::Result<String> {
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
     let len = std::fs::metadata(path)?.len();
     if len > MAX_SOURCE_BYTES as u64 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("the policy is {len} bytes; the limit is {MAX_SOURCE_BYTES}"),
+        return Err(invalid(format!(
+            "the policy is {len} bytes; the limit is {MAX_SOURCE_BYTES}"
+        )));
+    }
+    let bytes = std::fs::read(path)?;
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err(invalid(
+            "the file is UTF-16 text; save the policy as UTF-8".to_owned(),
         ));
     }
-    std::fs::read_to_string(path)
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        // Only the valid prefix is decoded to find the position.
+        let pos = position_at(&String::from_utf8_lossy(valid), valid.len());
+        invalid(format!(
+            "the file is not UTF-8 text: invalid byte at {pos}; save the policy as UTF-8"
+        ))
+    })
+}
+
+/// The line and column (in characters, from 1) of byte offset `at` of `text`.
+fn position_at(text: &str, at: usize) -> Pos {
+    let before = &text[..at.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Pos {
+        line: before.matches('\n').count() + 1,
+        col: before[line_start..].chars().count() + 1,
+    }
+}
+
+/// The first character YAML does not allow in a stream (YAML 1.2, c-printable: C0 controls
+/// other than tab, LF and CR, DEL, C1 controls other than NEL, U+FFFE and U+FFFF), as a P001
+/// at its position. The parser would otherwise stop silently at a NUL and report what is
+/// missing after it, or misread other controls as part of a key.
+fn forbidden_character(src: &str) -> Option<Diagnostic> {
+    fn forbidden(c: char) -> bool {
+        matches!(c, '\0'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}'
+            | '\u{7f}'..='\u{84}' | '\u{86}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}')
+    }
+    let (at, c) = src.char_indices().find(|(_, c)| forbidden(*c))?;
+    let more = src[at..]
+        .chars()
+        .filter(|c| forbidden(*c))
+        .count()
+        .saturating_sub(1);
+    let what = if c == '\0' {
+        "a NUL byte".to_owned()
+    } else {
+        format!("the control character U+{:04X}", u32::from(c))
+    };
+    let more = match more {
+        0 => String::new(),
+        n => format!(" (and {n} more)"),
+    };
+    Some(Diagnostic::new(
+        position_at(src, at),
+        Code::Syntax,
+        format!("the file contains {what}{more}, which YAML does not allow"),
+        "remove it; a policy is UTF-8 text (a NUL often means a binary or UTF-16 file)",
+    ))
 }
 /// Deepest nesting accepted.
 pub const MAX_DEPTH: usize = 64;
@@ -130,7 +186,8 @@ fn pos_of(m: &Marker) -> Pos {
 
 /// Parses `src` into a tree. An empty document is an empty mapping at 1:1.
 ///
-/// Errors: P001 for YAML syntax (with the parser's position), P023 for size, depth or node
+/// Errors: P001 for YAML syntax (with the parser's position) and for characters YAML does not
+/// allow (a NUL, other control characters), P023 for size, depth or node
 /// count limits, P016 for a duplicate key, P004 for a non-scalar key, P005 for aliases (the
 /// policy language does not use anchors, and they would allow exponential expansion).
 pub fn parse(src: &str) -> Result<Node, Diagnostic> {
@@ -144,6 +201,12 @@ pub fn parse(src: &str) -> Result<Node, Diagnostic> {
             ),
             "split the policy or remove unused parts",
         ));
+    }
+    // YAML allows a byte order mark at the start of a stream; positions are counted after
+    // it, as editors show them.
+    let src = src.strip_prefix('\u{feff}').unwrap_or(src);
+    if let Some(d) = forbidden_character(src) {
+        return Err(d);
     }
     let mut builder = Builder {
         parser: Parser::new_from_str(src),

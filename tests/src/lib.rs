@@ -7,6 +7,7 @@ pub mod egress;
 pub mod nats;
 
 pub mod packet;
+pub mod policy_site;
 pub mod privacy;
 pub mod procmem;
 pub mod scale;

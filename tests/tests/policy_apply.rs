@@ -4,11 +4,11 @@
 //! counted and reported, the budget ledger surviving restarts and refusing when spent, and
 //! key files refused when short or readable by others.
 
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use mecgw_tests::mecgw_bin;
+use mecgw_tests::policy_site::PolicySite;
 use serde_json::Value;
 
 const POLICY: &str = r#"version: 1
@@ -42,45 +42,11 @@ destinations:
   stats: {region: EU-FR, releases: [per_cell]}
 "#;
 
-struct Site {
-    dir: tempfile::TempDir,
-}
-
-impl Site {
-    fn new(policy: &str, key: &[u8], key_mode: u32) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-        let key_path = dir.path().join("subscriber.key");
-        std::fs::write(&key_path, key).unwrap();
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(key_mode)).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn apply(&self, records: &str, state: Option<&Path>) -> (Output, Vec<Value>) {
-        std::fs::write(self.path("in.jsonl"), records).unwrap();
-        let _ = std::fs::remove_file(self.path("out.jsonl"));
-        let mut cmd = Command::new(mecgw_bin().unwrap());
-        cmd.args(["policy", "apply"])
-            .arg(self.path("policy.yaml"))
-            .arg("--in")
-            .arg(self.path("in.jsonl"))
-            .arg("--out")
-            .arg(self.path("out.jsonl"));
-        if let Some(s) = state {
-            cmd.arg("--state").arg(s);
-        }
-        let out = cmd.output().unwrap();
-        let lines = std::fs::read_to_string(self.path("out.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        (out, lines)
-    }
+/// A site with `policy` and its key file `subscriber.key` (permission bits `key_mode`).
+fn site_with_key(policy: &str, key: &[u8], key_mode: u32) -> PolicySite {
+    let site = PolicySite::new(policy);
+    site.write_key("subscriber.key", key, key_mode);
+    site
 }
 
 const KEY_HEX: &[u8] = b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
@@ -104,7 +70,7 @@ fn records() -> String {
 
 #[test]
 fn apply_tags_every_object_and_closes_windows_at_end_of_input() {
-    let site = Site::new(POLICY, KEY_HEX, 0o600);
+    let site = site_with_key(POLICY, KEY_HEX, 0o600);
     let mut input = records();
     input.push_str("not json\n{\"imsi\": 12, \"start\": 0}\n[1,2]\n\n");
     let (out, lines) = site.apply(&input, Some(&site.path("state")));
@@ -161,7 +127,7 @@ fn apply_tags_every_object_and_closes_windows_at_end_of_input() {
 
 #[test]
 fn the_budget_survives_restarts_and_refuses_when_spent() {
-    let site = Site::new(POLICY, KEY_HEX, 0o600);
+    let site = site_with_key(POLICY, KEY_HEX, 0o600);
     let state = site.path("state");
     // The budget (ε 8 per day) allows exactly one release of per_cell (ε 8) per day.
     let (out, lines) = site.apply(&records(), Some(&state));
@@ -196,7 +162,7 @@ fn the_budget_survives_restarts_and_refuses_when_spent() {
 
 #[test]
 fn keys_readable_by_others_or_short_are_refused() {
-    let site = Site::new(POLICY, KEY_HEX, 0o644);
+    let site = site_with_key(POLICY, KEY_HEX, 0o644);
     let (out, _) = site.apply(&records(), None);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
@@ -206,7 +172,7 @@ fn keys_readable_by_others_or_short_are_refused() {
     );
     assert!(!site.path("out.jsonl").exists(), "nothing is written");
 
-    let site = Site::new(POLICY, b"0011223344556677", 0o600);
+    let site = site_with_key(POLICY, b"0011223344556677", 0o600);
     let (out, _) = site.apply(&records(), None);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
@@ -241,7 +207,7 @@ fn policy_test_runs_the_compliance_teams_cases() {
       - {record: {ue_ip: "10.1.2.3"}}
 "#,
     );
-    let site = Site::new(&policy, KEY_HEX, 0o600);
+    let site = site_with_key(&policy, KEY_HEX, 0o600);
     let out = Command::new(mecgw_bin().unwrap())
         .args(["policy", "test"])
         .arg(site.path("policy.yaml"))
@@ -258,7 +224,7 @@ fn policy_test_runs_the_compliance_teams_cases() {
 
 #[test]
 fn explain_tells_each_fields_fate_and_each_releases_numbers() {
-    let site = Site::new(POLICY, KEY_HEX, 0o600);
+    let site = site_with_key(POLICY, KEY_HEX, 0o600);
     let out = Command::new(mecgw_bin().unwrap())
         .args(["policy", "explain"])
         .arg(site.path("policy.yaml"))

@@ -268,7 +268,10 @@ impl PrivacyPlane {
     }
 }
 
-/// The engine for `policy`, with its keys and the durable ledger.
+/// The engine for `policy`, with its keys and the durable ledger. A ledger that does not match
+/// its hash chain and head is refused (the error names the file and `mecgw budget reset`):
+/// at start the daemon then does not start; at a reload no engine runs and nothing is
+/// released until the ledger is restored or reset and the daemon reloaded.
 fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<Engine> {
     let b = &policy.policy.budget;
     let ledger = Ledger::open(&settings.ledger_dir, b.epsilon, b.delta, b.period.0)?;
@@ -471,13 +474,15 @@ impl Worker {
     }
 
     fn reload(&mut self, policy: Arc<LoadedPolicy>) {
-        if policy.hash == self.policy.hash {
+        // The same policy again is a no-op, unless no engine runs (its ledger was refused, say):
+        // then the reload is the operator's way to start it again, after `mecgw budget reset`.
+        if policy.hash == self.policy.hash && self.engine.is_some() {
             return;
         }
         self.finish_engine();
         // Dropping the old engine closes its ledger file before the new one replays it.
         if let Some(old) = self.engine.take() {
-            add_stats(&mut self.earlier, &old.stats);
+            self.earlier += &old.stats;
         }
         match build_engine(&policy, &self.settings) {
             Ok(engine) => {
@@ -607,7 +612,7 @@ impl Worker {
     fn publish_metrics(&mut self) {
         let mut total = self.earlier.clone();
         if let Some(e) = &self.engine {
-            add_stats(&mut total, &e.stats);
+            total += &e.stats;
         }
         let waiting = self.waiting();
         let s = &mut self.snapshot;
@@ -622,16 +627,16 @@ impl Worker {
         }
         s.records_released = total.records_out;
         s.records_on_site = total.records_on_site;
-        let r = total.releases.values();
-        s.cells_released = r.clone().map(|r| r.cells).sum();
-        s.groups_below_k = r.clone().map(|r| r.groups_below_k).sum();
-        s.groups_below_threshold = r.clone().map(|r| r.groups_below_threshold).sum();
-        s.rows_late = r.clone().map(|r| r.rows_late).sum();
+        let r = total.release_totals();
+        s.cells_released = r.cells;
+        s.groups_below_k = r.groups_below_k;
+        s.groups_below_threshold = r.groups_below_threshold;
+        s.rows_late = r.rows_late;
         s.windows = BTreeMap::from([
-            ("released", r.clone().map(|r| r.windows_released).sum()),
-            ("refused", r.clone().map(|r| r.windows_refused).sum()),
-            ("suppressed", r.clone().map(|r| r.windows_suppressed).sum()),
-            ("failed", r.map(|r| r.windows_failed).sum()),
+            ("released", r.windows_released),
+            ("refused", r.windows_refused),
+            ("suppressed", r.windows_suppressed),
+            ("failed", r.windows_failed),
         ]);
         if let Some(engine) = &self.engine {
             s.open_windows = engine.open_windows() as u64;
@@ -676,32 +681,6 @@ fn collect(
         }
     }
     Ok(())
-}
-
-fn add_stats(into: &mut Stats, s: &Stats) {
-    into.records_in += s.records_in;
-    into.records_ok += s.records_ok;
-    for (k, v) in &s.bad {
-        *into.bad.entry(k).or_default() += v;
-    }
-    into.records_out += s.records_out;
-    into.records_on_site += s.records_on_site;
-    for (name, r) in &s.releases {
-        let t = into.releases.entry(name.clone()).or_default();
-        t.rows_added += r.rows_added;
-        t.rows_over_max_rows += r.rows_over_max_rows;
-        t.rows_over_max_groups += r.rows_over_max_groups;
-        t.rows_state_cap += r.rows_state_cap;
-        t.rows_late += r.rows_late;
-        t.windows_closed += r.windows_closed;
-        t.windows_released += r.windows_released;
-        t.windows_refused += r.windows_refused;
-        t.windows_suppressed += r.windows_suppressed;
-        t.windows_failed += r.windows_failed;
-        t.cells += r.cells;
-        t.groups_below_k += r.groups_below_k;
-        t.groups_below_threshold += r.groups_below_threshold;
-    }
 }
 
 #[cfg(test)]
