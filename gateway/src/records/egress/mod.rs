@@ -15,6 +15,7 @@ pub mod jurisdiction;
 pub mod metrics;
 pub mod sink;
 pub mod spool;
+pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
