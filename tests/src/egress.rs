@@ -82,6 +82,7 @@ pub fn config(
     EgressConfig {
         spool_dir: dir.join("spool"),
         audit_dir: dir.join("audit"),
+        state_dir: None,
         limits,
         when_full,
         backoff: test_backoff(),

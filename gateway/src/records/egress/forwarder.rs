@@ -4,9 +4,12 @@
 //! Owns retry and reconnection (exponential backoff with jitter, [`BackoffConfig`]) and the
 //! reconciliation at every (re)connect: batches the sink already holds are removed from the
 //! spool without being sent again. A batch leaves the spool only after its sink acknowledged it
-//! or the send-time check refused it, and only after that outcome is in the audit log. Sends
+//! or the send-time check refused it, and only after that outcome is in the audit log; a batch
+//! whose stored bytes fail their digest is never sent but audited and quarantined. Sends
 //! are sequential: batch n+1 is published only after batch n is acknowledged, which is what
-//! keeps the sink's order equal to the spool's across outages and crashes.
+//! keeps the sink's order equal to the spool's across outages and crashes. A forwarder never
+//! stops on a failure: sink, spool and audit-log failures (a full disk) are all retried with
+//! backoff, and logged the first time and then at most once a minute.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +17,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::audit::{AuditError, AuditRecord, Outcome};
+use super::health::Throttle;
 use super::item::BatchId;
 use super::jurisdiction::{Verdict, check_batch};
 use super::metrics::DestinationMetrics;
@@ -26,6 +30,10 @@ use super::{Shared, audit_record};
 
 /// Most payload bytes a forwarder holds in memory at a time (besides `read_ahead` batches).
 pub const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Longest wait between retries after a spool or audit-log failure: space can come back at
+/// any time, and the retry is what notices (the spool reopens at most once a second anyway).
+pub const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Reconnect backoff: attempt n (from 0) waits `min(max, initial · multiplier^n)`, scaled by a
 /// random factor in `[1 - jitter, 1]` so that many gateways do not retry in lockstep.
@@ -151,14 +159,20 @@ impl Forwarder {
         }
     }
 
-    /// Runs until `shutdown` becomes true (or its sender is dropped).
+    /// Runs until `shutdown` becomes true (or its sender is dropped). Failures are retried,
+    /// never returned: `Err` only if the task itself fails.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ForwarderError> {
         let mut attempt: u32 = 0;
         let mut failed = false;
+        // Spool and audit-log failures (a full disk): retried with their own backoff, and
+        // logged once, then at most once a minute.
+        let mut storage_attempt: u32 = 0;
+        let mut storage_log = Throttle::default();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            let mut storage_failed = false;
             match self.sink.ready().await {
                 Ok(last) => {
                     if failed {
@@ -166,10 +180,21 @@ impl Forwarder {
                         info!(destination = %self.destination, attempt, "sink reachable again");
                     }
                     attempt = 0;
-                    self.reconcile(last)?;
-                    match self.drain(&mut shutdown).await? {
-                        Step::Stop => return Ok(()),
-                        Step::SinkDown => failed = true,
+                    let step = match self.reconcile(last) {
+                        Ok(()) => self.drain(&mut shutdown).await,
+                        Err(e) => Err(e),
+                    };
+                    match step {
+                        Ok(Step::Stop) => return Ok(()),
+                        Ok(Step::SinkDown) => failed = true,
+                        Err(e) => {
+                            storage_failed = true;
+                            if let Some(held_back) =
+                                storage_log.occurrence(std::time::Instant::now())
+                            {
+                                error!(destination = %self.destination, error = %e, failures_since_last_report = held_back, "forwarding paused: the spool or the audit log cannot be written; retrying");
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -178,8 +203,20 @@ impl Forwarder {
                     warn!(destination = %self.destination, error = %e, attempt, "sink not ready");
                 }
             }
-            let delay = self.backoff.delay(attempt, &mut rand::rng());
-            attempt = attempt.saturating_add(1);
+            let delay = if storage_failed {
+                storage_attempt = storage_attempt.saturating_add(1);
+                self.backoff
+                    .delay(storage_attempt - 1, &mut rand::rng())
+                    .min(STORAGE_RETRY_MAX)
+            } else {
+                if storage_log.recovered() {
+                    info!(destination = %self.destination, "forwarding resumed");
+                }
+                storage_attempt = 0;
+                let d = self.backoff.delay(attempt, &mut rand::rng());
+                attempt = attempt.saturating_add(1);
+                d
+            };
             debug!(destination = %self.destination, ?delay, "backing off");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -297,12 +334,27 @@ impl Forwarder {
                     .unwrap_or(0),
                 outcomes: Vec::with_capacity(batches.len()),
                 done: Vec::with_capacity(batches.len()),
+                quarantined: Vec::new(),
                 sent: 0,
                 sent_items: 0,
                 refused: 0,
             };
             let mut sink_down = false;
+            let mut last_seq = None;
             for batch in batches {
+                if let Some(problem) = batch.damage {
+                    // Never sent: the sink would get bytes the policy engine did not emit.
+                    error!(destination = %self.destination, batch = %batch.id, %problem, "a spooled batch is damaged: not sent, quarantined");
+                    group.outcomes.push(audit_record(
+                        &batch.header,
+                        &self.region,
+                        Outcome::Quarantined,
+                        Some(problem),
+                    ));
+                    group.quarantined.push(batch.id.seq);
+                    last_seq = Some(batch.id.seq);
+                    continue;
+                }
                 let permissions = self.shared.permissions.current();
                 let verdict = check_batch(
                     permissions.as_ref(),
@@ -320,6 +372,7 @@ impl Forwarder {
                     ));
                     group.refused += 1;
                     group.done.push(batch.id.seq);
+                    last_seq = Some(batch.id.seq);
                     continue;
                 }
                 match self.sink.deliver(&batch.id, batch.payload).await {
@@ -338,6 +391,7 @@ impl Forwarder {
                             group.sent_items += batch.header.items();
                         }
                         group.done.push(batch.id.seq);
+                        last_seq = Some(batch.id.seq);
                     }
                     Err(e) => {
                         warn!(destination = %self.destination, batch = %batch.id, error = %e, "delivery failed; will retry");
@@ -347,7 +401,7 @@ impl Forwarder {
                     }
                 }
             }
-            if let Some(&last) = group.done.last() {
+            if let Some(last) = last_seq {
                 next_seq = last + 1;
             }
             flusher.push(group).await?;
@@ -367,7 +421,10 @@ struct Flush {
     /// Highest sequence number audited as sent when the group started.
     audited: u64,
     outcomes: Vec<AuditRecord>,
+    /// Sent or refused: removed from the spool.
     done: Vec<u64>,
+    /// Damaged: moved to the quarantine.
+    quarantined: Vec<u64>,
     sent: u64,
     sent_items: u64,
     refused: u64,
@@ -385,9 +442,13 @@ impl Flush {
         DestinationMetrics::add(&self.metrics.sent_batches, self.sent);
         DestinationMetrics::add(&self.metrics.sent_items, self.sent_items);
         DestinationMetrics::add(&self.metrics.refused_at_send, self.refused);
+        DestinationMetrics::add(
+            &self.metrics.quarantined_batches,
+            self.quarantined.len() as u64,
+        );
         self.shared
             .spool
-            .remove(&self.destination, &self.done)
+            .settle(&self.destination, &self.done, &self.quarantined)
             .map_err(|source| ForwarderError::Spool {
                 destination: self.destination.clone(),
                 source,

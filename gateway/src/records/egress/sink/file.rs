@@ -138,9 +138,7 @@ impl FileSink {
             .open(&cut_path)
             .map_err(io)?;
         let mut reader = file.try_clone().map_err(self.io())?;
-        reader
-            .seek(SeekFrom::Start(start))
-            .map_err(self.io())?;
+        reader.seek(SeekFrom::Start(start)).map_err(self.io())?;
         std::io::copy(&mut reader.take(len), &mut cut).map_err(io)?;
         cut.write_all(b"\n")
             .and_then(|()| cut.sync_data())
