@@ -126,6 +126,9 @@ pub(super) struct Forwarder {
 enum Step {
     /// The sink failed; back off and reconnect.
     SinkDown,
+    /// The spool was reopened after an I/O failure: removals committed without fsync may be
+    /// undone, so batches already sent can be back. Reconcile again (no backoff).
+    Resync,
     /// Shutdown was requested.
     Stop,
 }
@@ -187,6 +190,7 @@ impl Forwarder {
                     match step {
                         Ok(Step::Stop) => return Ok(()),
                         Ok(Step::SinkDown) => failed = true,
+                        Ok(Step::Resync) => continue,
                         Err(e) => {
                             storage_failed = true;
                             if let Some(held_back) =
@@ -298,9 +302,16 @@ impl Forwarder {
     ) -> Result<Step, ForwarderError> {
         // Sequence numbers below this were sent (or refused) and are being flushed.
         let mut next_seq = 0;
+        let reopens = &self.shared.spool.counters().reopens;
+        let generation = reopens.load(std::sync::atomic::Ordering::Relaxed);
         loop {
             if *shutdown.borrow() {
                 return Ok(Step::Stop);
+            }
+            if reopens.load(std::sync::atomic::Ordering::Relaxed) != generation {
+                flusher.barrier().await?;
+                info!(destination = %self.destination, "the spool was reopened: reconciling with the sink again");
+                return Ok(Step::Resync);
             }
             let batches = self
                 .shared

@@ -940,17 +940,25 @@ mod tests {
         .unwrap()
     }
 
-    /// Flips one byte of the first occurrence of `needle` in the spool file (the spool must be
-    /// closed).
-    fn flip(dir: &Path, needle: &[u8]) {
-        let path = dir.join("spool.redb");
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .expect("the bytes are in the file");
-        bytes[at + needle.len() / 2] ^= 0x01;
-        std::fs::write(&path, bytes).unwrap();
+    /// Flips one bit of the stored value of `a`/`seq` at byte `at` (from the end if
+    /// negative), as damage on disk would, and returns the damaged value.
+    fn damage(s: &Spool, seq: u64, at: isize) -> Vec<u8> {
+        let db = s.db.read().unwrap();
+        let txn = db.as_ref().unwrap().begin_write().unwrap();
+        let value = {
+            let mut t = txn.open_table(BATCHES).unwrap();
+            let mut v = t.get(("a", seq)).unwrap().unwrap().value().to_vec();
+            let i = if at < 0 {
+                v.len() - at.unsigned_abs()
+            } else {
+                at as usize
+            };
+            v[i] ^= 0x01;
+            t.insert(("a", seq), v.as_slice()).unwrap();
+            v
+        };
+        txn.commit().unwrap();
+        value
     }
 
     #[test]
@@ -1006,20 +1014,11 @@ mod tests {
     #[test]
     fn a_flipped_payload_byte_is_damage_and_the_batch_is_quarantined_as_found() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let s = open(dir.path(), SpoolLimits::default(), WhenFull::Backpressure);
-            push(&s, "a", "first-batch-payload").unwrap();
-            push(&s, "a", "second-batch-payload").unwrap();
-            push(&s, "a", "third-batch-payload").unwrap();
-        }
-        flip(dir.path(), b"second-batch-payload");
-        let damaged_value = {
-            let db = Database::create(dir.path().join("spool.redb")).unwrap();
-            let txn = db.begin_read().unwrap();
-            let t = txn.open_table(BATCHES).unwrap();
-            t.get(("a", 2)).unwrap().unwrap().value().to_vec()
-        };
         let s = open(dir.path(), SpoolLimits::default(), WhenFull::Backpressure);
+        push(&s, "a", "first-batch-payload").unwrap();
+        push(&s, "a", "second-batch-payload").unwrap();
+        push(&s, "a", "third-batch-payload").unwrap();
+        let damaged_value = damage(&s, 2, -3);
         let batches = s.peek("a", 10, u64::MAX).unwrap();
         let damage: Vec<_> = batches.iter().map(|b| b.damage.is_some()).collect();
         assert_eq!(damage, [false, true, false]);
@@ -1041,26 +1040,30 @@ mod tests {
         assert_eq!(
             kept.get(("a", 2)).unwrap().unwrap().value(),
             damaged_value.as_slice(),
-            "kept byte for byte"
+            "kept byte for byte, across a reopen"
         );
     }
 
     #[test]
-    fn a_damaged_header_is_damage_too() {
+    fn a_damaged_header_or_digest_is_damage_too() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let s = open(dir.path(), SpoolLimits::default(), WhenFull::Backpressure);
+        let s = open(dir.path(), SpoolLimits::default(), WhenFull::Backpressure);
+        for _ in 0..4 {
             push(&s, "a", "x").unwrap();
         }
-        // The header's policy hash "h" sits in `"policy_hash":"h"`.
-        flip(dir.path(), b"\"policy_hash\":\"h\"");
-        let s = open(dir.path(), SpoolLimits::default(), WhenFull::Backpressure);
+        let header_at = (MAGIC.len() + DIGEST_LEN + 4 + 8) as isize;
+        damage(&s, 1, 0);
+        damage(&s, 2, MAGIC.len() as isize);
+        damage(&s, 3, header_at);
         let b = s.peek("a", 10, u64::MAX).unwrap();
-        assert!(
-            b[0].damage.as_deref().unwrap().contains("header"),
-            "{:?}",
-            b[0].damage
-        );
+        for batch in &b[..3] {
+            assert!(
+                batch.damage.as_deref().unwrap().contains("header"),
+                "{:?}",
+                batch.damage
+            );
+        }
+        assert_eq!(b[3].damage, None);
     }
 
     #[test]
@@ -1239,13 +1242,10 @@ mod tests {
             max_batches: 2,
             max_bytes: 1000,
         };
-        {
-            let s = open(dir.path(), limits, WhenFull::ShedOldest);
-            push(&s, "a", "oldest-payload").unwrap();
-            push(&s, "a", "second-payload").unwrap();
-        }
-        flip(dir.path(), b"oldest-payload");
         let s = open(dir.path(), limits, WhenFull::ShedOldest);
+        push(&s, "a", "oldest-payload").unwrap();
+        push(&s, "a", "second-payload").unwrap();
+        damage(&s, 1, -1);
         let mut seen = Vec::new();
         let r = s
             .push(
