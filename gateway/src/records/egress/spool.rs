@@ -197,8 +197,8 @@ pub fn is_no_space(e: &std::io::Error) -> bool {
 pub struct SpooledBatch {
     /// Its id.
     pub id: BatchId,
-    /// What egress knows about it (for a damaged batch whose header is unreadable: the id and
-    /// size only).
+    /// What egress knows about it (for a damaged batch whose header is damaged too: the id
+    /// and size only).
     pub header: BatchHeader,
     /// The bytes the sink receives.
     pub payload: Vec<u8>,
@@ -597,7 +597,10 @@ impl Spool {
                     let old_id = BatchId { seq, ..id.clone() };
                     let (old, damage) = match check(&stored, &old_id) {
                         Ok((h, _)) => (h, None),
-                        Err(problem) => (placeholder(&old_id, stored.len()), Some(problem)),
+                        Err(damage) => {
+                            let (h, problem) = damage.header_or(&old_id, stored.len());
+                            (h, Some(problem))
+                        }
                     };
                     if let Err(e) = on_shed(&old_id, &old, damage.as_deref()) {
                         shed_failure = Some(e);
@@ -689,12 +692,15 @@ impl Spool {
                         payload: payload.to_vec(),
                         damage: None,
                     },
-                    Err(problem) => SpooledBatch {
-                        header: placeholder(&id, value.len()),
-                        id,
-                        payload: Vec::new(),
-                        damage: Some(problem),
-                    },
+                    Err(damage) => {
+                        let (header, problem) = damage.header_or(&id, value.len());
+                        SpooledBatch {
+                            header,
+                            id,
+                            payload: Vec::new(),
+                            damage: Some(problem),
+                        }
+                    }
                 };
                 bytes += batch.header.bytes;
                 out.push(batch);
@@ -837,13 +843,39 @@ fn decode(value: &[u8]) -> Result<(BatchHeader, &[u8]), String> {
     Ok((parsed, &rest[4 + len..]))
 }
 
+/// Why a stored value fails its check, with its header if that is intact itself (only the
+/// payload changed): its facts are then still right for the audit entry.
+struct Damage {
+    header: Option<Box<BatchHeader>>,
+    problem: String,
+}
+
+impl Damage {
+    fn header_or(self, id: &BatchId, stored_len: usize) -> (BatchHeader, String) {
+        let header = self
+            .header
+            .map_or_else(|| placeholder(id, stored_len), |h| *h);
+        (header, self.problem)
+    }
+}
+
 /// Decodes a stored value and checks all of it: header digest, payload digest and size, and
 /// that it is stored under its own id.
-fn check<'v>(value: &'v [u8], id: &BatchId) -> Result<(BatchHeader, &'v [u8]), String> {
-    let (header, payload) = decode(value)?;
-    check_payload(&header, payload)?;
-    check_identity(&header, id)?;
-    Ok((header, payload))
+fn check<'v>(value: &'v [u8], id: &BatchId) -> Result<(BatchHeader, &'v [u8]), Damage> {
+    let (header, payload) = decode(value).map_err(|problem| Damage {
+        header: None,
+        problem,
+    })?;
+    match check_identity(&header, id).and_then(|()| check_payload(&header, payload)) {
+        Ok(()) => Ok((header, payload)),
+        Err(problem) => {
+            let trusted = header.digest.is_some() && header.id == id.to_string();
+            Err(Damage {
+                header: trusted.then(|| Box::new(header)),
+                problem,
+            })
+        }
+    }
 }
 
 /// Checks a payload against the digest and size in its header.
@@ -1029,6 +1061,12 @@ mod tests {
             "damaged bytes are never handed out"
         );
         assert_eq!(batches[1].header.id, batches[1].id.to_string());
+        // Its header is intact (its own digest holds): its facts go into the audit entry.
+        assert_eq!(batches[1].header.releases, 1);
+        assert_eq!(
+            batches[1].header.digest.as_deref(),
+            Some(payload_digest(b"second-batch-payload").as_str())
+        );
 
         s.settle("a", &[1], &[2]).unwrap();
         assert_eq!(s.backlog("a").unwrap().0, 1);
