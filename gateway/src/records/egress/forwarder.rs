@@ -12,6 +12,7 @@
 //! backoff, and logged the first time and then at most once a minute.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +29,8 @@ use super::sink::Sink;
 use super::spool::{SpoolError, SpooledBatch};
 use super::{Shared, audit_record};
 
-/// Most payload bytes a forwarder holds in memory at a time (besides `read_ahead` batches).
+/// Most payload bytes in one group a forwarder reads from the spool (besides `read_ahead`
+/// batches). It holds at most two groups: the one it sends and the next one, read meanwhile.
 pub const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Longest wait between retries after a spool or audit-log failure: space can come back at
@@ -295,6 +297,18 @@ impl Forwarder {
         Ok(step)
     }
 
+    /// Reads (and checks) the group of batches from `from_seq` on a blocking thread.
+    fn read_group(&self, from_seq: u64) -> JoinHandle<Result<Vec<SpooledBatch>, SpoolError>> {
+        let shared = Arc::clone(&self.shared);
+        let destination = self.destination.clone();
+        let read_ahead = self.read_ahead;
+        tokio::task::spawn_blocking(move || {
+            shared
+                .spool
+                .peek_from(&destination, from_seq, read_ahead, READ_AHEAD_BYTES)
+        })
+    }
+
     async fn drain_groups(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
@@ -302,27 +316,30 @@ impl Forwarder {
     ) -> Result<Step, ForwarderError> {
         // Sequence numbers below this were sent (or refused) and are being flushed.
         let mut next_seq = 0;
-        let reopens = &self.shared.spool.counters().reopens;
-        let generation = reopens.load(std::sync::atomic::Ordering::Relaxed);
+        let shared = Arc::clone(&self.shared);
+        let generation = shared.spool.counters().reopens.load(Ordering::Relaxed);
+        // The next group, read and checked against its digests on a blocking thread while
+        // the current one is sent: neither the spool read nor the hashing is on the path
+        // from one acknowledgement to the next publish.
+        let mut next_group = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(Step::Stop);
             }
-            if reopens.load(std::sync::atomic::Ordering::Relaxed) != generation {
+            if shared.spool.counters().reopens.load(Ordering::Relaxed) != generation {
                 flusher.barrier().await?;
                 info!(destination = %self.destination, "the spool was reopened: reconciling with the sink again");
                 return Ok(Step::Resync);
             }
-            let batches = self
-                .shared
-                .spool
-                .peek_from(
-                    &self.destination,
-                    next_seq,
-                    self.read_ahead,
-                    READ_AHEAD_BYTES,
-                )
+            let batches = next_group
+                .take()
+                .unwrap_or_else(|| self.read_group(next_seq))
+                .await
+                .map_err(|_| ForwarderError::Task(self.destination.clone()))?
                 .map_err(self.spool_err())?;
+            if let Some(last) = batches.last() {
+                next_group = Some(self.read_group(last.id.seq + 1));
+            }
             if batches.is_empty() {
                 flusher.barrier().await?;
                 tokio::select! {

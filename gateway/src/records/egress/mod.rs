@@ -633,7 +633,8 @@ impl Forwarders {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// True if some forwarder has stopped (only a spool or audit failure stops one).
+    /// True if some forwarder has stopped: only a panic stops one (sink, spool and audit-log
+    /// failures are retried).
     pub fn any_stopped(&self) -> bool {
         self.tasks.iter().any(|(_, t)| t.is_finished())
     }

@@ -580,7 +580,6 @@ impl Spool {
             txn.set_durability(Durability::Immediate)?;
             {
                 let mut table = txn.open_table(BATCHES)?;
-                let mut quarantine = txn.open_table(QUARANTINE)?;
                 while !fits(batches, bytes) {
                     let oldest = {
                         let mut range =
@@ -608,7 +607,9 @@ impl Spool {
                     }
                     table.remove((destination, seq))?;
                     if damage.is_some() {
-                        quarantine.insert((destination, seq), stored.as_slice())?;
+                        // Opened only when needed: most pushes never shed a damaged batch.
+                        txn.open_table(QUARANTINE)?
+                            .insert((destination, seq), stored.as_slice())?;
                         quarantined.push(old_id);
                     } else {
                         shed.push(old_id);
@@ -736,21 +737,23 @@ impl Spool {
             let mut gone_bytes = 0;
             {
                 let mut table = txn.open_table(BATCHES)?;
-                let mut quarantine = txn.open_table(QUARANTINE)?;
                 for &seq in removed {
                     if let Some(v) = table.remove((destination, seq))? {
                         gone += 1;
                         gone_bytes += stored_bytes(v.value());
                     }
                 }
-                for &seq in quarantined {
-                    let stored = table
-                        .remove((destination, seq))?
-                        .map(|v| v.value().to_vec());
-                    if let Some(v) = stored {
-                        gone += 1;
-                        gone_bytes += stored_bytes(&v);
-                        quarantine.insert((destination, seq), v.as_slice())?;
+                if !quarantined.is_empty() {
+                    let mut quarantine = txn.open_table(QUARANTINE)?;
+                    for &seq in quarantined {
+                        let stored = table
+                            .remove((destination, seq))?
+                            .map(|v| v.value().to_vec());
+                        if let Some(v) = stored {
+                            gone += 1;
+                            gone_bytes += stored_bytes(&v);
+                            quarantine.insert((destination, seq), v.as_slice())?;
+                        }
                     }
                 }
             }
