@@ -222,3 +222,41 @@ pub fn flip_all(file: &Path, needle: &[u8]) -> anyhow::Result<usize> {
     std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))?;
     Ok(at.len())
 }
+
+/// The permissions most egress tests use: destination `eu`, in `EU-DE`, may receive release
+/// `cells`.
+pub fn eu_cells() -> std::sync::Arc<mecgw::records::egress::jurisdiction::Permissions> {
+    use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
+    std::sync::Arc::new(Permissions::new(std::sync::Arc::new(
+        PermissionTable::new().allow("eu", "EU-DE", &["cells"], &[]),
+    )))
+}
+
+/// Every entry of the audit log in `audit_dir`, in order.
+pub fn audit_entries(
+    audit_dir: &Path,
+) -> anyhow::Result<Vec<mecgw::records::egress::audit::AuditEntry>> {
+    let path = audit_dir.join(mecgw::records::egress::audit::LOG_FILE);
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .lines()
+        .map(|l| {
+            let body = l.split_once(' ').map_or(l, |(_, body)| body);
+            serde_json::from_str(body).with_context(|| format!("an entry of {}", path.display()))
+        })
+        .collect()
+}
+
+/// `mecgw audit verify` on `audit_dir`, as an operator runs it: its exit code, and its
+/// stdout followed by its stderr.
+pub fn verify_cli(audit_dir: &Path) -> anyhow::Result<(i32, String)> {
+    let out = std::process::Command::new(crate::mecgw_bin()?)
+        .args(["audit", "verify"])
+        .arg(audit_dir)
+        .output()
+        .context("running mecgw audit verify")?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    ))
+}

@@ -14,7 +14,6 @@
 //! Needs root (namespaces, XDP).
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use mecgw::records::egress::SPOOL_FILE;
@@ -23,7 +22,7 @@ use mecgw_tests::chaos::{Scenario, daemon};
 use mecgw_tests::{
     api::Site,
     bed::Bed,
-    egress::flip_all,
+    egress::{audit_entries, flip_all, verify_cli},
     nats::NatsServer,
     privacy::{self, STREAM},
 };
@@ -91,25 +90,12 @@ impl Stopped {
     }
 
     fn audit_entries(&self) -> Vec<AuditEntry> {
-        std::fs::read_to_string(self.state("audit").join(audit::LOG_FILE))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l.split_once(' ').unwrap().1).unwrap())
-            .collect()
+        audit_entries(&self.state("audit")).unwrap()
     }
 
     /// `mecgw audit verify` on the daemon's audit directory: (exit code, output).
     fn verify(&self) -> (i32, String) {
-        let out = Command::new(mecgw_tests::mecgw_bin().unwrap())
-            .args(["audit", "verify"])
-            .arg(self.state("audit"))
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        verify_cli(&self.state("audit")).unwrap()
     }
 }
 

@@ -12,17 +12,16 @@
 //!   in the sink, and the next batches follow it, each exactly once.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mecgw::records::egress::audit::{self, AuditEntry, Outcome};
+use mecgw::records::egress::audit::{AuditEntry, Outcome};
 use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
 use mecgw::records::egress::sink::SinkConfig;
 use mecgw::records::egress::sink::file::FileSinkConfig;
 use mecgw::records::egress::spool::{SpoolLimits, WhenFull, payload_digest};
 use mecgw::records::egress::{Egress, SPOOL_FILE};
-use mecgw_tests::egress::{config, flip_all, parse_batch, release, wait_until};
+use mecgw_tests::egress::{audit_entries, config, flip_all, parse_batch, release, wait_until};
 use serde_json::json;
 
 fn open(root: &Path) -> Egress {
@@ -79,11 +78,7 @@ async fn drain(egress: &Egress) {
 }
 
 fn entries(root: &Path) -> Vec<AuditEntry> {
-    std::fs::read_to_string(root.join("audit").join(audit::LOG_FILE))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l.split_once(' ').unwrap().1).unwrap())
-        .collect()
+    audit_entries(&root.join("audit")).unwrap()
 }
 
 fn sink_lines(root: &Path) -> Vec<String> {
@@ -96,15 +91,19 @@ fn sink_lines(root: &Path) -> Vec<String> {
 
 /// `mecgw audit verify` on the audit directory: (exit code, stdout + stderr).
 fn verify_cli(root: &Path) -> (i32, String) {
-    let out = Command::new(mecgw_tests::mecgw_bin().unwrap())
-        .args(["audit", "verify"])
-        .arg(root.join("audit"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    mecgw_tests::egress::verify_cli(&root.join("audit")).unwrap()
+}
+
+/// The `n` of each batch in `eu`'s sink file, in file order.
+fn delivered(root: &Path) -> Vec<u64> {
+    sink_lines(root)
+        .iter()
+        .map(|l| {
+            parse_batch(l.as_bytes()).unwrap().items[0]["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,15 +130,11 @@ async fn a_flipped_byte_in_a_spooled_payload_is_quarantined_not_sent() {
     assert_eq!((m.sent_batches, m.quarantined_batches), (5, 1), "{m:?}");
 
     let lines = sink_lines(root);
-    let delivered: Vec<u64> = lines
-        .iter()
-        .map(|l| {
-            parse_batch(l.as_bytes()).unwrap().items[0]["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(delivered, [0, 1, 2, 4, 5], "damaged bytes must never leave");
+    assert_eq!(
+        delivered(root),
+        [0, 1, 2, 4, 5],
+        "damaged bytes must never leave"
+    );
     assert!(
         !lines
             .iter()
@@ -282,16 +277,8 @@ async fn a_sink_file_whose_last_newline_was_damaged_keeps_its_last_batch() {
     let egress = open(root);
     enqueue(&egress, 4..6);
     drain(&egress).await;
-    let delivered: Vec<u64> = sink_lines(root)
-        .iter()
-        .map(|l| {
-            parse_batch(l.as_bytes()).unwrap().items[0]["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
     assert_eq!(
-        delivered,
+        delivered(root),
         [0, 1, 2, 3, 4, 5],
         "every batch exactly once, in order"
     );

@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use mecgw::records::egress::Egress;
 use mecgw::records::egress::audit::{self, Outcome};
-use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
 use mecgw::records::egress::sink::SinkConfig;
 use mecgw::records::egress::sink::file::FileSinkConfig;
 use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
-use mecgw_tests::egress::{Tmpfs, config, parse_batch, release, wait_until};
+use mecgw_tests::egress::{
+    Tmpfs, audit_entries, config, eu_cells, parse_batch, release, wait_until,
+};
 use serde_json::json;
 
 const FILLER: &str = "filler";
@@ -36,12 +37,6 @@ fn batch(n: u64) -> Vec<mecgw::records::egress::item::EgressItem> {
 async fn a_full_disk_is_reported_and_egress_recovers_when_space_returns() {
     let state = Tmpfs::mount(8 * 1024).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let permissions = Arc::new(Permissions::new(Arc::new(PermissionTable::new().allow(
-        "eu",
-        "EU-DE",
-        &["cells"],
-        &[],
-    ))));
     let egress = Arc::new(
         Egress::open(
             config(
@@ -56,7 +51,7 @@ async fn a_full_disk_is_reported_and_egress_recovers_when_space_returns() {
                 SpoolLimits::default(),
                 WhenFull::Backpressure,
             ),
-            permissions,
+            eu_cells(),
         )
         .unwrap(),
     );
@@ -157,10 +152,9 @@ async fn a_full_disk_is_reported_and_egress_recovers_when_space_returns() {
         .collect();
     assert_eq!(ids.len() as u64, accepted);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order or twice");
-    let log = std::fs::read_to_string(state.path().join("audit").join(audit::LOG_FILE)).unwrap();
-    let mut sent: Vec<String> = log
-        .lines()
-        .map(|l| serde_json::from_str::<audit::AuditEntry>(l.split_once(' ').unwrap().1).unwrap())
+    let mut sent: Vec<String> = audit_entries(&state.path().join("audit"))
+        .unwrap()
+        .into_iter()
         .filter(|e| e.batch.outcome == Outcome::Sent)
         .map(|e| e.batch.batch_id.unwrap())
         .collect();
