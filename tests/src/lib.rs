@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bed;
+pub mod chaos;
 pub mod egress;
 pub mod nats;
 

@@ -1,7 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Tampering with the egress audit log is detected by `mecgw audit verify DIR`, driven as an
 //! operator runs it: a changed entry, a deleted entry and entries cut off the end each give
-//! exit status 1 and name the first broken entry; the untouched log gives 0.
+//! exit status 1 and name the first broken entry; the untouched log gives 0. So do (issue
+//! #12, item 7) the head deleted or emptied together with the last entry cut, both files
+//! emptied or deleted in a state directory that has had a log, and an entry appended past
+//! the head, chained correctly and with the time of the last real write.
 
 use std::path::Path;
 use std::process::Command;
@@ -144,4 +147,79 @@ async fn tampering_is_detected_by_the_cli() {
     // Nothing to verify is an error too, not a silent success.
     let (code, _, stderr) = verify(&root.path().join("out"));
     assert_eq!(code, 1, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_head_a_vanished_log_and_a_forged_append_are_detected_by_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let audit = audited_dir(root.path()).await;
+    // The copies below sit beside `audit`, in the state directory whose marker records
+    // that it has had an audit log.
+
+    // The last entry cut, and the head that would show it deleted, or emptied.
+    for empty_head in [false, true] {
+        let dir = root.path().join(format!("headless-{empty_head}"));
+        copy_dir(&audit, &dir);
+        edit_log(&dir, |lines| {
+            lines.pop();
+        });
+        if empty_head {
+            std::fs::write(dir.join("audit.head"), "").unwrap();
+        } else {
+            std::fs::remove_file(dir.join("audit.head")).unwrap();
+        }
+        let (code, stdout, stderr) = verify(&dir);
+        assert_eq!(code, 1, "{stdout}{stderr}");
+        assert!(
+            stderr.contains("audit.head is missing or empty"),
+            "{stderr}"
+        );
+    }
+
+    // Both files emptied, or deleted.
+    for delete in [false, true] {
+        let dir = root.path().join(format!("vanished-{delete}"));
+        copy_dir(&audit, &dir);
+        for f in ["audit.log", "audit.head"] {
+            if delete {
+                std::fs::remove_file(dir.join(f)).unwrap();
+            } else {
+                std::fs::write(dir.join(f), "").unwrap();
+            }
+        }
+        let (code, stdout, stderr) = verify(&dir);
+        assert_eq!(code, 1, "{stdout}{stderr}");
+        assert!(
+            stderr.contains("the log is missing or empty but the state marker"),
+            "{stderr}"
+        );
+    }
+
+    // An entry appended past the head with the time of the last real write.
+    let forged = root.path().join("forged");
+    copy_dir(&audit, &forged);
+    edit_log(&forged, |lines| {
+        let last = lines.last().unwrap().clone();
+        let (hash, body) = last.split_once(' ').unwrap();
+        let mut entry: serde_json::Value = serde_json::from_str(body).unwrap();
+        entry["index"] = json!(entry["index"].as_u64().unwrap() + 1);
+        entry["prev"] = json!(hash);
+        entry["batch"]["epsilon"] = json!(0.0);
+        let body = entry.to_string();
+        let hash = hex_sha256(body.as_bytes());
+        lines.push(format!("{hash} {body}"));
+    });
+    let (code, stdout, stderr) = verify(&forged);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("entry {}", BATCHES + 1))
+            && stderr.contains("not written by mecgw"),
+        "{stderr}"
+    );
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    mecgw::records::egress::spool::payload_digest(bytes)
+        .trim_start_matches("sha256:")
+        .to_string()
 }

@@ -5,6 +5,7 @@
 //! what is missing and says what it does.
 
 mod bench;
+mod chaos;
 mod demo;
 mod fuzz;
 mod setup;
@@ -40,6 +41,19 @@ enum Task {
         /// `up` or `down`.
         action: String,
     },
+    /// Run the slower fault scenarios (full disk, damaged state, …) and report what each did
+    /// and what mecgw did (needs root). CI runs each once through `cargo test`.
+    Chaos {
+        /// How many times larger than the CI run (e.g. fill/free cycles of the full disk).
+        #[arg(long, default_value_t = 5)]
+        scale: u64,
+        /// Run only this suite (a `chaos_*` test target).
+        #[arg(long)]
+        only: Option<String>,
+        /// List the suites and exit.
+        #[arg(long)]
+        list: bool,
+    },
     /// Run a benchmark: `cargo xtask bench NAME [ARGS…]`.
     Bench {
         /// Which benchmark.
@@ -59,6 +73,11 @@ fn main() -> std::process::ExitCode {
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Testbed { action } => testbed::command(&action),
         Task::Bench { name, args } => bench::run(&name, &args),
+        Task::Chaos { list: true, .. } => {
+            chaos::list();
+            Ok(())
+        }
+        Task::Chaos { scale, only, .. } => chaos::run(scale, only.as_deref()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

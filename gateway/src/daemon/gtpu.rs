@@ -76,20 +76,70 @@ pub fn handle(datagram: &[u8], restart_counter: u8) -> Signal {
     }
 }
 
+/// The file in the state directory that keeps the Recovery restart counter.
+pub const RESTART_COUNTER_FILE: &str = "gtpu-restart-counter";
+/// Its name in the state marker.
+const MARKER_COMPONENT: &str = "gtpu-restart-counter";
+
 /// The Recovery restart counter: one more than at the previous start, kept in the state
 /// directory so a peer can tell that we restarted.
+///
+/// Fails closed: a counter file that is not a number from 0 to 255 (garbage, a damaged
+/// file), or a file that the state marker says existed but that is now missing or empty, is
+/// an error naming the file. Starting at 1 instead could repeat a value a peer saw before,
+/// and a Recovery counter that goes backwards tells peers we did not restart when we did.
 pub fn next_restart_counter(state_dir: &Path) -> anyhow::Result<u8> {
-    let path = state_dir.join("gtpu-restart-counter");
-    let previous = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse::<u8>().unwrap_or(0),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    use crate::records::egress::state::{Presence, StateMarker, has_content};
+
+    let path = state_dir.join(RESTART_COUNTER_FILE);
+    let marker = StateMarker::open(state_dir)?;
+    let present = has_content(&path).with_context(|| format!("reading {}", path.display()))?;
+    let previous = match marker.presence(MARKER_COMPONENT, present) {
+        Presence::Fresh => 0,
+        Presence::Vanished => anyhow::bail!(
+            "{} is missing or empty, but {} records that this state directory had one: the \
+             GTP-U restart counter would go back to 1, which peers take for no restart. Write \
+             the last counter you know (from the peers' logs, or 0 if none) into the file and \
+             start again",
+            path.display(),
+            marker.path().display()
+        ),
+        Presence::Present => {
+            // A counter is at most three digits and a newline: read no more than that.
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(
+                    std::fs::File::open(&path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                    16,
+                ),
+                &mut text,
+            )
+            .with_context(|| format!("reading {}", path.display()))?;
+            text.trim().parse::<u8>().map_err(|_| {
+                anyhow::anyhow!(
+                    "{} holds {:?}, not a restart counter (a number from 0 to 255): the file was \
+                     damaged or edited. Write the last counter you know (from the peers' logs) \
+                     into it and start again; mecgw does not reset it, since a Recovery counter \
+                     that goes backwards confuses peers",
+                    path.display(),
+                    text.trim_end()
+                )
+            })?
+        }
     };
     let next = previous.wrapping_add(1);
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{next}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{next}\n").as_bytes())?;
+        // Durable before it replaces the old value: a power loss must not leave an empty file.
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))?;
+    marker.record(MARKER_COMPONENT)?;
     Ok(next)
 }
 
@@ -176,5 +226,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(next_restart_counter(dir.path()).unwrap(), 1);
         assert_eq!(next_restart_counter(dir.path()).unwrap(), 2);
+        std::fs::write(dir.path().join(RESTART_COUNTER_FILE), "255\n").unwrap();
+        assert_eq!(next_restart_counter(dir.path()).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_damaged_or_vanished_restart_counter_is_refused_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESTART_COUNTER_FILE);
+        assert_eq!(next_restart_counter(dir.path()).unwrap(), 1);
+        for garbage in ["garbage\n", "256\n", "-1\n", "\u{0}\u{0}7"] {
+            std::fs::write(&path, garbage).unwrap();
+            let err = next_restart_counter(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains(RESTART_COUNTER_FILE) && err.contains("not a restart counter"),
+                "{err}"
+            );
+            // Left as found.
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), garbage);
+        }
+        for vanish in [true, false] {
+            if vanish {
+                std::fs::remove_file(&path).unwrap();
+            } else {
+                std::fs::write(&path, "").unwrap();
+            }
+            let err = next_restart_counter(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("missing or empty"), "{err}");
+        }
+        std::fs::write(&path, "41\n").unwrap();
+        assert_eq!(next_restart_counter(dir.path()).unwrap(), 42);
     }
 }

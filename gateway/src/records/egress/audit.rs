@@ -1,33 +1,44 @@
 //! The egress audit log: an append-only, SHA-256 hash-chained record of every batch that was
-//! sent, refused or shed, and its verifier (`mecgw audit verify DIR`).
+//! sent, refused, shed, quarantined or lost, and its verifier (`mecgw audit verify DIR`).
 //!
 //! Owns the files `DIR/audit.log` and `DIR/audit.head`. Each line of `audit.log` is
 //! `<hash> <entry>\n`: `<entry>` is one compact JSON object carrying its `index` (from 0), the
 //! time, the batch facts and `prev`, the hash of the entry before it (64 zeros for the first);
 //! `<hash>` is the lowercase hex SHA-256 of exactly the `<entry>` bytes. Changing an entry
 //! breaks its own hash; deleting or reordering one breaks the next entry's `prev` and index.
-//! `audit.head` holds the index and hash of the last entry, rewritten in place after every
-//! append, so that cutting entries off the end is detected too. Entries never hold payload:
-//! only names, counts and ε, so nothing the policy transforms away can leak through the log.
+//! Entries never hold payload: only names, counts, ε and the payload's digest, so nothing the
+//! policy transforms away can leak through the log.
 //!
-//! An append (one entry, or a forwarder's group of entries, which share one `time_ms`) is
-//! written with one `write` and no fsync, then the head: a process crash leaves at most that
-//! one append past the head, which the next open accepts. What a power loss might drop from
-//! the tail is rewritten at the next start for sent batches, because the forwarder reconciles
-//! against the sink (docs/egress.md).
+//! `audit.head` records how many entries the log has and the hash of the last, so cutting
+//! entries off the end is detected too, and it is the per-write marker: before each append
+//! (one entry, or a forwarder's group of entries, in one `write`) it announces the write
+//! (the entry count and last hash the log will have after it), and after the write it
+//! records them as done. A crash between the two leaves entries past the head that must be
+//! exactly a prefix of the announced write, which the next open adopts; any other entry past
+//! the head (an append that did not go through the writer) breaks the chain. Nothing is
+//! fsynced: what a power loss drops from the tail is rewritten at the next start for sent
+//! batches, because the forwarder reconciles against the sink (docs/egress.md).
+//!
+//! With a [`StateMarker`], the log knows whether this state directory has had an audit log:
+//! once it has, a missing or emptied log (with or without its head) is a broken chain, not a
+//! fresh start, and so is a log with entries but no head.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
 
+use super::health::{Problem, ProblemKind};
 use super::item::{BatchId, OutputName};
+use super::state::{self, StateMarker};
 
 /// The log file inside the audit directory.
 pub const LOG_FILE: &str = "audit.log";
@@ -37,6 +48,10 @@ pub const HEAD_FILE: &str = "audit.head";
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Longest line the verifier reads; longer is reported, not buffered without bound.
 pub const MAX_LINE: usize = 1 << 20;
+/// Most incidents a [`VerifyReport`] lists (all are counted).
+pub const MAX_LISTED_INCIDENTS: usize = 1000;
+/// Longest head file read; a head is one short line.
+const MAX_HEAD: u64 = 1024;
 
 /// What happened to a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +65,20 @@ pub enum Outcome {
     RefusedAtSend,
     /// It was dropped from a full spool (`shed-oldest`).
     Shed,
+    /// Its stored bytes no longer match their digest: it was not sent, and was moved to the
+    /// spool's quarantine, where it is kept.
+    Quarantined,
+    /// The spool that held the destination's batches vanished (its file is missing or
+    /// empty though the state directory had one): whatever it held is lost. No batch id.
+    Lost,
+}
+
+impl Outcome {
+    /// True for outcomes that record damage or loss rather than a decision: what an operator
+    /// must look into.
+    pub fn is_incident(self) -> bool {
+        matches!(self, Self::Quarantined | Self::Lost)
+    }
 }
 
 /// The facts about one batch that the log keeps.
@@ -74,8 +103,11 @@ pub struct AuditRecord {
     pub epsilon: f64,
     /// What happened.
     pub outcome: Outcome,
-    /// Why, for refusals and sheds.
+    /// Why, for refusals, sheds, quarantines and losses.
     pub reason: Option<String>,
+    /// `sha256:<hex>` of the payload as spooled (what the sink receives), for spooled batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One line's JSON part.
@@ -143,18 +175,49 @@ pub enum BrokenLink {
         /// Index in the head file.
         head_index: u64,
     },
-    /// Entries of more than one append follow the head: a crash leaves at most one append
-    /// (one write of one or more entries, all with the same `time_ms`) before the head
-    /// names its last entry. The broken link is the first entry of the second append.
+    /// Entries follow the last one the head records that are not the write the head
+    /// announced: they were appended by something other than the log's writer (a crash
+    /// leaves at most a prefix of the one announced write). The broken link is the first
+    /// entry past what the head allows.
     #[error(
-        "{extra} entries follow the last one the head records, from more than one append \
-         (a crash leaves at most one)"
+        "{extra} entries follow the last one the head records, beyond the write it announced \
+         (a crash leaves at most that write): they were not written by mecgw"
     )]
     PastHead {
         /// Entries past the head.
         extra: u64,
     },
-    /// The head file is not `<20 digits> <64 hex>`.
+    /// The entries past the head end where the announced write ends but are not that write.
+    #[error("the head announced a write ending in hash {announced} but the log ends in {actual}")]
+    NotAnnounced {
+        /// Hash the head announced.
+        announced: String,
+        /// Hash of the last entry.
+        actual: String,
+    },
+    /// The log has entries but the head file is missing or empty: it was deleted or emptied,
+    /// which also hides entries cut off the end.
+    #[error(
+        "the log has {entries} entries but {HEAD_FILE} is missing or empty: it was deleted or \
+         emptied, and entries cut off the end can no longer be seen"
+    )]
+    HeadMissing {
+        /// Entries in the log.
+        entries: u64,
+    },
+    /// The log is missing or empty but the state marker records that this state directory
+    /// has had an audit log: it was deleted or emptied.
+    #[error(
+        "the log is missing or empty but the state marker {} records an audit log here: it was \
+         deleted or emptied; restore it, or, to start a new chain and accept the loss, delete \
+         the line `audit` from that file",
+        marker.display()
+    )]
+    Vanished {
+        /// The state marker file.
+        marker: PathBuf,
+    },
+    /// The head file is not one of the formats the writer writes.
     #[error("unreadable head file: {0}")]
     BadHead(String),
 }
@@ -183,6 +246,34 @@ pub enum AuditError {
         /// What is wrong.
         link: BrokenLink,
     },
+    /// The state marker cannot be read or written.
+    #[error(transparent)]
+    Marker(#[from] state::StateMarkerError),
+}
+
+impl AuditError {
+    /// True when the disk (or quota) is full: writing may work again once space returns.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => super::spool::is_no_space(source),
+            Self::Broken { .. } | Self::Marker(_) => false,
+        }
+    }
+}
+
+/// An entry that records damage or loss ([`Outcome::is_incident`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    /// Index of the entry.
+    pub index: u64,
+    /// Quarantined or lost.
+    pub outcome: Outcome,
+    /// The batch, for a quarantined one.
+    pub batch_id: Option<String>,
+    /// The destination.
+    pub destination: String,
+    /// What was found.
+    pub reason: Option<String>,
 }
 
 /// What a successful verification saw.
@@ -194,6 +285,12 @@ pub struct VerifyReport {
     pub last_hash: String,
     /// The log ended in an incomplete line (a crash during a write); it is not part of the chain.
     pub incomplete_tail: bool,
+    /// Entries past the head from a write that a crash interrupted (adopted at the next start).
+    pub unfinished_write: u64,
+    /// Entries recording damage or loss: the first [`MAX_LISTED_INCIDENTS`].
+    pub incidents: Vec<Incident>,
+    /// How many such entries there are.
+    pub incident_count: u64,
 }
 
 struct Scan {
@@ -212,7 +309,7 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(digest(&SHA256, bytes).as_ref())
 }
 
@@ -223,28 +320,82 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     }
 }
 
-fn read_head(dir: &Path) -> Result<Option<(u64, String)>, (u64, BrokenLink)> {
+/// What `audit.head` says: the log's entry count and last hash, and the write in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    entries: u64,
+    hash: String,
+    /// Entry count and last hash the log will have once the announced write is done; equal
+    /// to the above when no write is in progress.
+    intent_entries: u64,
+    intent_hash: String,
+}
+
+fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Head {
+    /// `v2 <entries:020> <hash> <announced entries:020> <announced hash>`, or the first
+    /// version's `<index of the last entry:020> <hash>` (read, never written).
+    fn parse(text: &str) -> Option<Self> {
+        let fields: Vec<&str> = text.trim_end_matches('\n').split(' ').collect();
+        match fields[..] {
+            ["v2", entries, hash, intent_entries, intent_hash] => {
+                let head = Self {
+                    entries: entries.parse().ok()?,
+                    hash: hash.to_string(),
+                    intent_entries: intent_entries.parse().ok()?,
+                    intent_hash: intent_hash.to_string(),
+                };
+                (is_hash(hash) && is_hash(intent_hash) && head.intent_entries >= head.entries)
+                    .then_some(head)
+            }
+            [index, hash] if is_hash(hash) => {
+                let entries = index.parse::<u64>().ok()?.checked_add(1)?;
+                Some(Self {
+                    entries,
+                    hash: hash.to_string(),
+                    intent_entries: entries,
+                    intent_hash: hash.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn render(&self) -> String {
+        // Fixed width, rewritten in place with one pwrite: never a torn or stale-tailed head.
+        format!(
+            "v2 {:020} {} {:020} {}\n",
+            self.entries, self.hash, self.intent_entries, self.intent_hash
+        )
+    }
+}
+
+fn read_head(dir: &Path) -> Result<Option<Head>, BrokenLink> {
     let path = dir.join(HEAD_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let mut text = String::new();
+    match File::open(&path) {
+        Ok(f) => {
+            f.take(MAX_HEAD)
+                .read_to_string(&mut text)
+                .map_err(|e| BrokenLink::BadHead(e.to_string()))?;
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err((0, BrokenLink::BadHead(e.to_string()))),
-    };
+        Err(e) => return Err(BrokenLink::BadHead(e.to_string())),
+    }
     // `open` creates the head file before the first entry exists: empty means no head yet,
     // as a missing file does.
     if text.is_empty() {
         return Ok(None);
     }
-    let bad = || (0, BrokenLink::BadHead(format!("{:?}", text.trim_end())));
-    let (index, hash) = text.trim_end().split_once(' ').ok_or_else(bad)?;
-    let index = index.parse::<u64>().map_err(|_| bad())?;
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    Ok(Some((index, hash.to_string())))
+    Head::parse(&text)
+        .map(Some)
+        .ok_or_else(|| BrokenLink::BadHead(format!("{:?}", text.trim_end())))
 }
 
-fn scan(dir: &Path) -> Result<Scan, AuditError> {
+fn scan(dir: &Path, marker: Option<&StateMarker>) -> Result<Scan, AuditError> {
     let path = dir.join(LOG_FILE);
     let broken = |entry: u64, line: u64, link: BrokenLink| AuditError::Broken {
         path: path.clone(),
@@ -252,7 +403,7 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
         line,
         link,
     };
-    let head = read_head(dir).map_err(|(e, link)| broken(e, 0, link))?;
+    let head = read_head(dir).map_err(|link| broken(0, 0, link))?;
     let file = match File::open(&path) {
         Ok(f) => Some(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -262,14 +413,12 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
         entries: 0,
         last_hash: GENESIS.to_string(),
         incomplete_tail: false,
+        unfinished_write: 0,
+        incidents: Vec::new(),
+        incident_count: 0,
     };
     let mut complete_len = 0u64;
     let mut last_sent = HashMap::new();
-    let mut head_seen = false;
-    // The `time_ms` of the first entry past the head, and the first entry past the head that
-    // is not from the same append (`(entry, line)`).
-    let mut past_head_time = None;
-    let mut second_append = None;
     if let Some(file) = file {
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
@@ -338,27 +487,18 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
                     },
                 ));
             }
-            if let Some((head_index, head_hash)) = &head
-                && *head_index == index
+            if let Some(h) = &head
+                && h.entries == index + 1
+                && h.hash != computed
             {
-                head_seen = true;
-                if *head_hash != computed {
-                    return Err(broken(
-                        index,
-                        line_no,
-                        BrokenLink::HeadMismatch {
-                            head: head_hash.clone(),
-                            actual: computed,
-                        },
-                    ));
-                }
-            }
-            if let Some((head_index, _)) = &head
-                && index > *head_index
-                && second_append.is_none()
-                && *past_head_time.get_or_insert(entry.time_ms) != entry.time_ms
-            {
-                second_append = Some((index, line_no));
+                return Err(broken(
+                    index,
+                    line_no,
+                    BrokenLink::HeadMismatch {
+                        head: h.hash.clone(),
+                        actual: computed,
+                    },
+                ));
             }
             if entry.batch.outcome == Outcome::Sent
                 && let Some(id) = entry
@@ -370,25 +510,79 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
                 let e = last_sent.entry((id.destination, id.instance)).or_insert(0);
                 *e = (*e).max(id.seq);
             }
+            if entry.batch.outcome.is_incident() {
+                report.incident_count += 1;
+                if report.incidents.len() < MAX_LISTED_INCIDENTS {
+                    report.incidents.push(Incident {
+                        index,
+                        outcome: entry.batch.outcome,
+                        batch_id: entry.batch.batch_id,
+                        destination: entry.batch.destination,
+                        reason: entry.batch.reason,
+                    });
+                }
+            }
             report.entries += 1;
             report.last_hash = computed;
             complete_len += n as u64;
         }
     }
-    if let Some((head_index, _)) = head {
-        if !head_seen {
+    let entries = report.entries;
+    if entries == 0
+        && let Some(marker) = marker
+        && marker.had_state(state::AUDIT)
+    {
+        return Err(broken(
+            0,
+            1,
+            BrokenLink::Vanished {
+                marker: marker.path().to_path_buf(),
+            },
+        ));
+    }
+    match head {
+        None if entries > 0 => {
             return Err(broken(
-                report.entries,
-                report.entries + 1,
-                BrokenLink::Truncated {
-                    entries: report.entries,
-                    head_index,
-                },
+                entries - 1,
+                entries,
+                BrokenLink::HeadMissing { entries },
             ));
         }
-        if let Some((entry, line)) = second_append {
-            let extra = report.entries - 1 - head_index;
-            return Err(broken(entry, line, BrokenLink::PastHead { extra }));
+        None => {}
+        Some(h) => {
+            if entries < h.entries {
+                return Err(broken(
+                    entries,
+                    entries + 1,
+                    BrokenLink::Truncated {
+                        entries,
+                        head_index: h.entries - 1,
+                    },
+                ));
+            }
+            if entries > h.intent_entries {
+                return Err(broken(
+                    h.intent_entries,
+                    h.intent_entries + 1,
+                    BrokenLink::PastHead {
+                        extra: entries - h.entries,
+                    },
+                ));
+            }
+            if entries > h.entries
+                && entries == h.intent_entries
+                && report.last_hash != h.intent_hash
+            {
+                return Err(broken(
+                    entries - 1,
+                    entries,
+                    BrokenLink::NotAnnounced {
+                        announced: h.intent_hash,
+                        actual: report.last_hash,
+                    },
+                ));
+            }
+            report.unfinished_write = entries - h.entries;
         }
     }
     Ok(Scan {
@@ -398,9 +592,16 @@ fn scan(dir: &Path) -> Result<Scan, AuditError> {
     })
 }
 
-/// Checks the chain in `dir` and reports the first broken link.
+/// Checks the chain in `dir` and reports the first broken link. Without the state marker it
+/// cannot tell a vanished log from one that never existed: use [`verify_with_marker`] where
+/// the state directory is known.
 pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
-    scan(dir).map(|s| s.report)
+    scan(dir, None).map(|s| s.report)
+}
+
+/// Like [`verify`], and a log that the state marker says existed must still have entries.
+pub fn verify_with_marker(dir: &Path, marker: &StateMarker) -> Result<VerifyReport, AuditError> {
+    scan(dir, Some(marker)).map(|s| s.report)
 }
 
 struct Writer {
@@ -417,14 +618,22 @@ struct Writer {
 pub struct AuditLog {
     dir: PathBuf,
     writer: Mutex<Writer>,
+    marker: Arc<StateMarker>,
+    /// The marker records this log (it has had an entry).
+    recorded: AtomicBool,
+    /// Why the last append failed, until one succeeds.
+    failing: Mutex<Option<Problem>>,
+    write_failures: AtomicU64,
 }
 
 impl AuditLog {
     /// Opens (or creates) the log in `dir`. A log whose chain is broken is not appended to:
-    /// the error says where it broke. An incomplete last line (a crash mid-write) is cut off.
-    pub fn open(dir: &Path) -> Result<Self, AuditError> {
+    /// the error says where it broke; neither is a log that `marker` says existed but that is
+    /// now missing or empty. An incomplete last line (a crash mid-write) is cut off, and the
+    /// entries of a write a crash interrupted are adopted.
+    pub fn open(dir: &Path, marker: Arc<StateMarker>) -> Result<Self, AuditError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let scan = scan(dir)?;
+        let scan = scan(dir, Some(&marker))?;
         let path = dir.join(LOG_FILE);
         let log = OpenOptions::new()
             .create(true)
@@ -449,13 +658,21 @@ impl AuditLog {
             last_hash: scan.report.last_hash,
             last_sent: scan.last_sent,
         };
-        if writer.next_index > 0 {
-            write_head(&writer.head, writer.next_index - 1, &writer.last_hash)
+        let has_entries = writer.next_index > 0;
+        if has_entries {
+            writer
+                .write_head(writer.next_index, &writer.last_hash)
                 .map_err(io(&head_path))?;
+            // A log from before the marker existed: remember it now.
+            marker.record(state::AUDIT)?;
         }
         Ok(Self {
             dir: dir.to_path_buf(),
             writer: Mutex::new(writer),
+            marker,
+            recorded: AtomicBool::new(has_entries),
+            failing: Mutex::new(None),
+            write_failures: AtomicU64::new(0),
         })
     }
 
@@ -464,12 +681,55 @@ impl AuditLog {
         self.append_all(vec![batch]).map(|index| index.unwrap_or(0))
     }
 
-    /// Appends entries in one write (and one head update); returns the index of the last.
-    /// If the write fails, the log is cut back to where it was: no partial entry stays.
+    /// Appends entries in one write, announced in the head before and recorded there after;
+    /// returns the index of the last. If the write fails, the log is cut back to where it
+    /// was: no partial entry stays.
     pub fn append_all(&self, batches: Vec<AuditRecord>) -> Result<Option<u64>, AuditError> {
         if batches.is_empty() {
             return Ok(None);
         }
+        let result = self.write(batches);
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(_) => {
+                if failing.take().is_some() {
+                    info!(log = %self.dir.join(LOG_FILE).display(), "the audit log is writable again");
+                }
+            }
+            Err(e) => {
+                self.write_failures.fetch_add(1, Ordering::Relaxed);
+                if failing.is_none() {
+                    error!(error = %e, "cannot append to the audit log; nothing is sent, refused or shed unaudited meanwhile");
+                }
+                *failing = Some(Problem {
+                    component: "audit",
+                    kind: if e.is_no_space() {
+                        ProblemKind::NoSpace
+                    } else {
+                        ProblemKind::Io
+                    },
+                    message: e.to_string(),
+                });
+            }
+        }
+        result
+    }
+
+    /// What keeps the log from being written now: the failure of the last append, if it
+    /// failed.
+    pub fn problem(&self) -> Option<Problem> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Appends that failed since the log was opened.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.load(Ordering::Relaxed)
+    }
+
+    fn write(&self, batches: Vec<AuditRecord>) -> Result<Option<u64>, AuditError> {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -499,13 +759,17 @@ impl AuditLog {
             text.push('\n');
             index += 1;
         }
-        let log_path = self.dir.join(LOG_FILE);
+        let head_path = self.dir.join(HEAD_FILE);
+        w.announce(index, &last_hash).map_err(io(&head_path))?;
         if let Err(e) = w.log.write_all(text.as_bytes()) {
             let _ = w.log.set_len(w.len);
-            return Err(io(&log_path)(e));
+            // Withdraw the announcement; if that fails too, the next open still accepts the
+            // head (the log ends where it did, inside the announced write).
+            let _ = w.write_head(w.next_index, &w.last_hash);
+            return Err(io(&self.dir.join(LOG_FILE))(e));
         }
         w.len += text.len() as u64;
-        write_head(&w.head, index - 1, &last_hash).map_err(io(&self.dir.join(HEAD_FILE)))?;
+        w.write_head(index, &last_hash).map_err(io(&head_path))?;
         w.next_index = index;
         w.last_hash = last_hash;
         for id in sent {
@@ -514,6 +778,14 @@ impl AuditLog {
                 .entry((id.destination, id.instance))
                 .or_insert(0);
             *e = (*e).max(id.seq);
+        }
+        drop(w);
+        if !self.recorded.load(Ordering::Acquire) {
+            match self.marker.record(state::AUDIT) {
+                Ok(()) => self.recorded.store(true, Ordering::Release),
+                // The entries are written; the marker is retried at the next append.
+                Err(e) => warn!(error = %e, "cannot record the audit log in the state marker"),
+            }
         }
         Ok(Some(index - 1))
     }
@@ -534,9 +806,29 @@ impl AuditLog {
     }
 }
 
-fn write_head(head: &File, index: u64, hash: &str) -> std::io::Result<()> {
-    // Fixed width, rewritten in place with one pwrite: never a torn or stale-tailed head.
-    head.write_all_at(format!("{index:020} {hash}\n").as_bytes(), 0)
+impl Writer {
+    /// Records that the log has `entries` entries, the last with hash `hash`, and no write in
+    /// progress.
+    fn write_head(&self, entries: u64, hash: &str) -> std::io::Result<()> {
+        let head = Head {
+            entries,
+            hash: hash.to_string(),
+            intent_entries: entries,
+            intent_hash: hash.to_string(),
+        };
+        self.head.write_all_at(head.render().as_bytes(), 0)
+    }
+
+    /// Announces a write that will leave `entries` entries ending in `hash`.
+    fn announce(&self, entries: u64, hash: &str) -> std::io::Result<()> {
+        let head = Head {
+            entries: self.next_index,
+            hash: self.last_hash.clone(),
+            intent_entries: entries,
+            intent_hash: hash.to_string(),
+        };
+        self.head.write_all_at(head.render().as_bytes(), 0)
+    }
 }
 
 #[cfg(test)]
@@ -568,11 +860,17 @@ mod tests {
             epsilon: 0.25,
             outcome,
             reason: None,
+            digest: Some(format!("sha256:{}", sha256_hex(&n.to_le_bytes()))),
         }
     }
 
+    /// The log in `dir`, with the state marker in `dir` too.
+    fn open(dir: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open(dir, Arc::new(StateMarker::open(dir).unwrap()))
+    }
+
     fn write_log(dir: &Path, n: u64) {
-        let log = AuditLog::open(dir).unwrap();
+        let log = open(dir).unwrap();
         for i in 1..=n {
             log.append(record(i, Outcome::Sent)).unwrap();
         }
@@ -588,12 +886,33 @@ mod tests {
 
     fn write_lines(dir: &Path, lines: &[String]) {
         let mut text = lines.join("\n");
-        text.push('\n');
+        if !lines.is_empty() {
+            text.push('\n');
+        }
         std::fs::write(dir.join(LOG_FILE), text).unwrap();
     }
 
+    fn hash_of(line: &str) -> String {
+        line.split_once(' ').unwrap().0.to_string()
+    }
+
+    /// The head as a crash between announcing a write and recording it leaves it.
+    fn announced_head(committed: &[String], after: &[String]) -> String {
+        Head {
+            entries: committed.len() as u64,
+            hash: committed.last().map_or(GENESIS.into(), |l| hash_of(l)),
+            intent_entries: after.len() as u64,
+            intent_hash: hash_of(after.last().unwrap()),
+        }
+        .render()
+    }
+
     fn broken_at(dir: &Path) -> (u64, BrokenLink) {
-        match verify(dir) {
+        broken(verify(dir))
+    }
+
+    fn broken(result: Result<VerifyReport, AuditError>) -> (u64, BrokenLink) {
+        match result {
             Err(AuditError::Broken { entry, link, .. }) => (entry, link),
             other => panic!("expected a broken chain, got {other:?}"),
         }
@@ -603,15 +922,34 @@ mod tests {
     fn chain_verifies_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         write_log(dir.path(), 3);
-        let log = AuditLog::open(dir.path()).unwrap();
+        let log = open(dir.path()).unwrap();
         assert_eq!(log.append(record(4, Outcome::Shed)).unwrap(), 3);
         assert_eq!(log.last_sent("eu", 7), Some(3));
         let report = verify(dir.path()).unwrap();
         assert_eq!(report.entries, 4);
         assert!(!report.incomplete_tail);
+        assert_eq!(report.unfinished_write, 0);
         assert_eq!(
             verify(tempfile::tempdir().unwrap().path()).unwrap().entries,
             0
+        );
+    }
+
+    #[test]
+    fn incidents_are_listed_by_the_verifier() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).unwrap();
+        log.append(record(1, Outcome::Sent)).unwrap();
+        let mut q = record(2, Outcome::Quarantined);
+        q.reason = Some("payload digest mismatch".into());
+        log.append(q).unwrap();
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(report.incident_count, 1);
+        assert_eq!(report.incidents[0].index, 1);
+        assert_eq!(report.incidents[0].outcome, Outcome::Quarantined);
+        assert_eq!(
+            report.incidents[0].reason.as_deref(),
+            Some("payload digest mismatch")
         );
     }
 
@@ -676,6 +1014,56 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_or_emptied_head_with_the_last_entry_cut_is_found() {
+        for empty_it in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            write_log(dir.path(), 5);
+            let mut l = lines(dir.path());
+            l.truncate(4);
+            write_lines(dir.path(), &l);
+            if empty_it {
+                std::fs::write(dir.path().join(HEAD_FILE), "").unwrap();
+            } else {
+                std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
+            }
+            let (entry, link) = broken_at(dir.path());
+            assert_eq!(entry, 3);
+            assert_eq!(link, BrokenLink::HeadMissing { entries: 4 });
+            assert!(open(dir.path()).is_err());
+        }
+    }
+
+    #[test]
+    fn a_log_that_had_entries_and_vanished_is_found_with_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 2);
+        let marker = StateMarker::open(dir.path()).unwrap();
+        assert!(marker.had_state(state::AUDIT));
+        for remove in [false, true] {
+            if remove {
+                std::fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
+                std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
+            } else {
+                std::fs::write(dir.path().join(LOG_FILE), "").unwrap();
+                std::fs::write(dir.path().join(HEAD_FILE), "").unwrap();
+            }
+            // Without the marker, nothing tells an emptied log from a new one.
+            assert_eq!(verify(dir.path()).unwrap().entries, 0);
+            let (entry, link) = broken(verify_with_marker(dir.path(), &marker));
+            assert_eq!(entry, 0);
+            assert!(matches!(link, BrokenLink::Vanished { .. }), "{link}");
+            assert!(link.to_string().contains("delete the line `audit`"));
+            assert!(matches!(
+                open(dir.path()),
+                Err(AuditError::Broken {
+                    link: BrokenLink::Vanished { .. },
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
     fn a_crash_mid_write_is_tolerated_and_repaired() {
         let dir = tempfile::tempdir().unwrap();
         write_log(dir.path(), 2);
@@ -685,7 +1073,7 @@ mod tests {
             .unwrap();
         f.write_all(b"0123 {\"index\":2").unwrap();
         assert!(verify(dir.path()).unwrap().incomplete_tail);
-        let log = AuditLog::open(dir.path()).unwrap();
+        let log = open(dir.path()).unwrap();
         log.append(record(3, Outcome::Sent)).unwrap();
         let report = verify(dir.path()).unwrap();
         assert_eq!(report.entries, 3);
@@ -696,42 +1084,89 @@ mod tests {
     fn a_crash_between_a_group_write_and_its_head_update_is_tolerated() {
         let dir = tempfile::tempdir().unwrap();
         write_log(dir.path(), 2);
-        let head = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
-        let log = AuditLog::open(dir.path()).unwrap();
+        let before = lines(dir.path());
+        let log = open(dir.path()).unwrap();
         // A forwarder's flusher audits a whole group in one write.
         log.append_all((3..=5).map(|i| record(i, Outcome::Sent)).collect())
             .unwrap();
         drop(log);
-        // kill -9 after that write, before the head's: the head still names entry 1.
-        std::fs::write(dir.path().join(HEAD_FILE), head).unwrap();
-        assert_eq!(verify(dir.path()).unwrap().entries, 5);
-        let log = AuditLog::open(dir.path()).unwrap();
+        let after = lines(dir.path());
+        // kill -9 after that write, before the head records it: the head still announces it.
+        std::fs::write(dir.path().join(HEAD_FILE), announced_head(&before, &after)).unwrap();
+        let report = verify(dir.path()).unwrap();
+        assert_eq!((report.entries, report.unfinished_write), (5, 3));
+        // A prefix of the announced write (a write cut short) is tolerated as well.
+        write_lines(dir.path(), &after[..4]);
+        assert_eq!(verify(dir.path()).unwrap().unfinished_write, 2);
+        write_lines(dir.path(), &after);
+        let log = open(dir.path()).unwrap();
         assert_eq!(log.last_sent("eu", 7), Some(5));
         log.append(record(6, Outcome::Sent)).unwrap();
-        assert_eq!(verify(dir.path()).unwrap().entries, 6);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!((report.entries, report.unfinished_write), (6, 0));
+    }
+
+    /// An entry appended by something other than the writer, chained correctly and with the
+    /// time of the last real write (which the first version's rule accepted).
+    fn forge(dir: &Path) {
+        let mut l = lines(dir);
+        let last: AuditEntry =
+            serde_json::from_str(l.last().unwrap().split_once(' ').unwrap().1).unwrap();
+        let entry = AuditEntry {
+            index: last.index + 1,
+            time_ms: last.time_ms,
+            prev: hash_of(l.last().unwrap()),
+            batch: record(99, Outcome::Sent),
+        };
+        let body = serde_json::to_string(&entry).unwrap();
+        l.push(format!("{} {body}", sha256_hex(body.as_bytes())));
+        write_lines(dir, &l);
     }
 
     #[test]
-    fn entries_of_more_than_one_append_past_the_head_are_found() {
+    fn a_forged_append_past_the_head_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 3);
+        forge(dir.path());
+        let (entry, link) = broken_at(dir.path());
+        assert_eq!(entry, 3);
+        assert_eq!(link, BrokenLink::PastHead { extra: 1 });
+        assert!(open(dir.path()).is_err());
+
+        // Also behind the residue of a write a crash interrupted.
         let dir = tempfile::tempdir().unwrap();
         write_log(dir.path(), 2);
-        let head = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
-        let log = AuditLog::open(dir.path()).unwrap();
+        let before = lines(dir.path());
+        let log = open(dir.path()).unwrap();
         log.append_all(vec![record(3, Outcome::Sent), record(4, Outcome::Sent)])
             .unwrap();
-        log.append(record(5, Outcome::Sent)).unwrap();
         drop(log);
-        // The two appends may share a millisecond: give the second (the last entry) its own.
-        let mut l = lines(dir.path());
-        let mut entry: AuditEntry = serde_json::from_str(l[4].split_once(' ').unwrap().1).unwrap();
-        entry.time_ms += 1;
-        let body = serde_json::to_string(&entry).unwrap();
-        l[4] = format!("{} {body}", sha256_hex(body.as_bytes()));
-        write_lines(dir.path(), &l);
-        std::fs::write(dir.path().join(HEAD_FILE), head).unwrap();
+        let after = lines(dir.path());
+        std::fs::write(dir.path().join(HEAD_FILE), announced_head(&before, &after)).unwrap();
+        forge(dir.path());
         let (entry, link) = broken_at(dir.path());
         assert_eq!(entry, 4);
         assert_eq!(link, BrokenLink::PastHead { extra: 3 });
+    }
+
+    #[test]
+    fn a_log_with_a_first_version_head_verifies_and_is_continued() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 3);
+        let l = lines(dir.path());
+        std::fs::write(
+            dir.path().join(HEAD_FILE),
+            format!("{:020} {}\n", 2, hash_of(&l[2])),
+        )
+        .unwrap();
+        assert_eq!(verify(dir.path()).unwrap().entries, 3);
+        open(dir.path())
+            .unwrap()
+            .append(record(4, Outcome::Sent))
+            .unwrap();
+        assert_eq!(verify(dir.path()).unwrap().entries, 4);
+        std::fs::write(dir.path().join(HEAD_FILE), "garbage\n").unwrap();
+        assert!(matches!(broken_at(dir.path()).1, BrokenLink::BadHead(_)));
     }
 
     #[test]
@@ -742,7 +1177,7 @@ mod tests {
         l[0] = l[0].replace("EU-DE", "US-VA");
         write_lines(dir.path(), &l);
         assert!(matches!(
-            AuditLog::open(dir.path()),
+            open(dir.path()),
             Err(AuditError::Broken { entry: 0, .. })
         ));
     }
@@ -750,8 +1185,13 @@ mod tests {
     #[test]
     fn a_log_opened_and_closed_without_entries_opens_again() {
         let dir = tempfile::tempdir().unwrap();
-        drop(AuditLog::open(dir.path()).unwrap());
-        drop(AuditLog::open(dir.path()).unwrap());
+        drop(open(dir.path()).unwrap());
+        drop(open(dir.path()).unwrap());
         assert_eq!(verify(dir.path()).unwrap().entries, 0);
+        assert!(
+            !StateMarker::open(dir.path())
+                .unwrap()
+                .had_state(state::AUDIT)
+        );
     }
 }

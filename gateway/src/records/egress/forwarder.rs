@@ -4,19 +4,24 @@
 //! Owns retry and reconnection (exponential backoff with jitter, [`BackoffConfig`]) and the
 //! reconciliation at every (re)connect: batches the sink already holds are removed from the
 //! spool without being sent again. A batch leaves the spool only after its sink acknowledged it
-//! or the send-time check refused it, and only after that outcome is in the audit log. Sends
+//! or the send-time check refused it, and only after that outcome is in the audit log; a batch
+//! whose stored bytes fail their digest is never sent but audited and quarantined. Sends
 //! are sequential: batch n+1 is published only after batch n is acknowledged, which is what
-//! keeps the sink's order equal to the spool's across outages and crashes.
+//! keeps the sink's order equal to the spool's across outages and crashes. A forwarder never
+//! stops on a failure: sink, spool and audit-log failures (a full disk) are all retried with
+//! backoff, and logged the first time and then at most once a minute.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::audit::{AuditError, AuditRecord, Outcome};
+use super::health::Throttle;
 use super::item::BatchId;
 use super::jurisdiction::{Verdict, check_batch};
 use super::metrics::DestinationMetrics;
@@ -24,8 +29,13 @@ use super::sink::Sink;
 use super::spool::{SpoolError, SpooledBatch};
 use super::{Shared, audit_record};
 
-/// Most payload bytes a forwarder holds in memory at a time (besides `read_ahead` batches).
+/// Most payload bytes in one group a forwarder reads from the spool (besides `read_ahead`
+/// batches). It holds at most two groups: the one it sends and the next one, read meanwhile.
 pub const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Longest wait between retries after a spool or audit-log failure: space can come back at
+/// any time, and the retry is what notices (the spool reopens at most once a second anyway).
+pub const STORAGE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Reconnect backoff: attempt n (from 0) waits `min(max, initial · multiplier^n)`, scaled by a
 /// random factor in `[1 - jitter, 1]` so that many gateways do not retry in lockstep.
@@ -118,6 +128,9 @@ pub(super) struct Forwarder {
 enum Step {
     /// The sink failed; back off and reconnect.
     SinkDown,
+    /// The spool was reopened after an I/O failure: removals committed without fsync may be
+    /// undone, so batches already sent can be back. Reconcile again (no backoff).
+    Resync,
     /// Shutdown was requested.
     Stop,
 }
@@ -151,14 +164,20 @@ impl Forwarder {
         }
     }
 
-    /// Runs until `shutdown` becomes true (or its sender is dropped).
+    /// Runs until `shutdown` becomes true (or its sender is dropped). Failures are retried,
+    /// never returned: `Err` only if the task itself fails.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ForwarderError> {
         let mut attempt: u32 = 0;
         let mut failed = false;
+        // Spool and audit-log failures (a full disk): retried with their own backoff, and
+        // logged once, then at most once a minute.
+        let mut storage_attempt: u32 = 0;
+        let mut storage_log = Throttle::default();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            let mut storage_failed = false;
             match self.sink.ready().await {
                 Ok(last) => {
                     if failed {
@@ -166,10 +185,22 @@ impl Forwarder {
                         info!(destination = %self.destination, attempt, "sink reachable again");
                     }
                     attempt = 0;
-                    self.reconcile(last)?;
-                    match self.drain(&mut shutdown).await? {
-                        Step::Stop => return Ok(()),
-                        Step::SinkDown => failed = true,
+                    let step = match self.reconcile(last) {
+                        Ok(()) => self.drain(&mut shutdown).await,
+                        Err(e) => Err(e),
+                    };
+                    match step {
+                        Ok(Step::Stop) => return Ok(()),
+                        Ok(Step::SinkDown) => failed = true,
+                        Ok(Step::Resync) => continue,
+                        Err(e) => {
+                            storage_failed = true;
+                            if let Some(held_back) =
+                                storage_log.occurrence(std::time::Instant::now())
+                            {
+                                error!(destination = %self.destination, error = %e, failures_since_last_report = held_back, "forwarding paused: the spool or the audit log cannot be written; retrying");
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -178,8 +209,20 @@ impl Forwarder {
                     warn!(destination = %self.destination, error = %e, attempt, "sink not ready");
                 }
             }
-            let delay = self.backoff.delay(attempt, &mut rand::rng());
-            attempt = attempt.saturating_add(1);
+            let delay = if storage_failed {
+                storage_attempt = storage_attempt.saturating_add(1);
+                self.backoff
+                    .delay(storage_attempt - 1, &mut rand::rng())
+                    .min(STORAGE_RETRY_MAX)
+            } else {
+                if storage_log.recovered() {
+                    info!(destination = %self.destination, "forwarding resumed");
+                }
+                storage_attempt = 0;
+                let d = self.backoff.delay(attempt, &mut rand::rng());
+                attempt = attempt.saturating_add(1);
+                d
+            };
             debug!(destination = %self.destination, ?delay, "backing off");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -254,6 +297,18 @@ impl Forwarder {
         Ok(step)
     }
 
+    /// Reads (and checks) the group of batches from `from_seq` on a blocking thread.
+    fn read_group(&self, from_seq: u64) -> JoinHandle<Result<Vec<SpooledBatch>, SpoolError>> {
+        let shared = Arc::clone(&self.shared);
+        let destination = self.destination.clone();
+        let read_ahead = self.read_ahead;
+        tokio::task::spawn_blocking(move || {
+            shared
+                .spool
+                .peek_from(&destination, from_seq, read_ahead, READ_AHEAD_BYTES)
+        })
+    }
+
     async fn drain_groups(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
@@ -261,20 +316,30 @@ impl Forwarder {
     ) -> Result<Step, ForwarderError> {
         // Sequence numbers below this were sent (or refused) and are being flushed.
         let mut next_seq = 0;
+        let shared = Arc::clone(&self.shared);
+        let generation = shared.spool.counters().reopens.load(Ordering::Relaxed);
+        // The next group, read and checked against its digests on a blocking thread while
+        // the current one is sent: neither the spool read nor the hashing is on the path
+        // from one acknowledgement to the next publish.
+        let mut next_group = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(Step::Stop);
             }
-            let batches = self
-                .shared
-                .spool
-                .peek_from(
-                    &self.destination,
-                    next_seq,
-                    self.read_ahead,
-                    READ_AHEAD_BYTES,
-                )
+            if shared.spool.counters().reopens.load(Ordering::Relaxed) != generation {
+                flusher.barrier().await?;
+                info!(destination = %self.destination, "the spool was reopened: reconciling with the sink again");
+                return Ok(Step::Resync);
+            }
+            let batches = next_group
+                .take()
+                .unwrap_or_else(|| self.read_group(next_seq))
+                .await
+                .map_err(|_| ForwarderError::Task(self.destination.clone()))?
                 .map_err(self.spool_err())?;
+            if let Some(last) = batches.last() {
+                next_group = Some(self.read_group(last.id.seq + 1));
+            }
             if batches.is_empty() {
                 flusher.barrier().await?;
                 tokio::select! {
@@ -297,12 +362,27 @@ impl Forwarder {
                     .unwrap_or(0),
                 outcomes: Vec::with_capacity(batches.len()),
                 done: Vec::with_capacity(batches.len()),
+                quarantined: Vec::new(),
                 sent: 0,
                 sent_items: 0,
                 refused: 0,
             };
             let mut sink_down = false;
+            let mut last_seq = None;
             for batch in batches {
+                if let Some(problem) = batch.damage {
+                    // Never sent: the sink would get bytes the policy engine did not emit.
+                    error!(destination = %self.destination, batch = %batch.id, %problem, "a spooled batch is damaged: not sent, quarantined");
+                    group.outcomes.push(audit_record(
+                        &batch.header,
+                        &self.region,
+                        Outcome::Quarantined,
+                        Some(problem),
+                    ));
+                    group.quarantined.push(batch.id.seq);
+                    last_seq = Some(batch.id.seq);
+                    continue;
+                }
                 let permissions = self.shared.permissions.current();
                 let verdict = check_batch(
                     permissions.as_ref(),
@@ -320,6 +400,7 @@ impl Forwarder {
                     ));
                     group.refused += 1;
                     group.done.push(batch.id.seq);
+                    last_seq = Some(batch.id.seq);
                     continue;
                 }
                 match self.sink.deliver(&batch.id, batch.payload).await {
@@ -338,6 +419,7 @@ impl Forwarder {
                             group.sent_items += batch.header.items();
                         }
                         group.done.push(batch.id.seq);
+                        last_seq = Some(batch.id.seq);
                     }
                     Err(e) => {
                         warn!(destination = %self.destination, batch = %batch.id, error = %e, "delivery failed; will retry");
@@ -347,7 +429,7 @@ impl Forwarder {
                     }
                 }
             }
-            if let Some(&last) = group.done.last() {
+            if let Some(last) = last_seq {
                 next_seq = last + 1;
             }
             flusher.push(group).await?;
@@ -367,7 +449,10 @@ struct Flush {
     /// Highest sequence number audited as sent when the group started.
     audited: u64,
     outcomes: Vec<AuditRecord>,
+    /// Sent or refused: removed from the spool.
     done: Vec<u64>,
+    /// Damaged: moved to the quarantine.
+    quarantined: Vec<u64>,
     sent: u64,
     sent_items: u64,
     refused: u64,
@@ -385,9 +470,13 @@ impl Flush {
         DestinationMetrics::add(&self.metrics.sent_batches, self.sent);
         DestinationMetrics::add(&self.metrics.sent_items, self.sent_items);
         DestinationMetrics::add(&self.metrics.refused_at_send, self.refused);
+        DestinationMetrics::add(
+            &self.metrics.quarantined_batches,
+            self.quarantined.len() as u64,
+        );
         self.shared
             .spool
-            .remove(&self.destination, &self.done)
+            .settle(&self.destination, &self.done, &self.quarantined)
             .map_err(|source| ForwarderError::Spool {
                 destination: self.destination.clone(),
                 source,

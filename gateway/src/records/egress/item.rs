@@ -352,6 +352,10 @@ pub struct BatchHeader {
     pub epsilon: f64,
     /// Size of the payload in bytes.
     pub bytes: u64,
+    /// `sha256:<hex>` of the payload, set by the spool; checked before every send and carried
+    /// into the audit log. Absent in batches spooled by a version without digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl BatchHeader {

@@ -1,8 +1,12 @@
 //! Egress counters, per destination, as plain atomics the daemon exposes (issue 6 serves them
 //! as Prometheus text). Every way a batch can leave the spool or be kept out of it has a
-//! counter here: sent, refused (at enqueue or at send), shed, rejected because the spool is full.
+//! counter here: sent, refused (at enqueue or at send), shed, quarantined, lost, rejected
+//! because the spool is full or cannot be written. [`render`] writes the families that the
+//! daemon's own exposition does not (yet) render; the storage state ([`StorageSnapshot`])
+//! comes from [`super::Egress::storage`].
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +33,14 @@ pub struct DestinationMetrics {
     pub send_failures: AtomicU64,
     /// Times the sink became reachable again after a failure.
     pub reconnects: AtomicU64,
+    /// Batches whose stored bytes failed their check: not sent, moved to the quarantine
+    /// (audited).
+    pub quarantined_batches: AtomicU64,
+    /// Spools found vanished at start: what they held for this destination is lost (audited).
+    pub lost_spools: AtomicU64,
+    /// Enqueues rejected because the spool or the audit log could not be written (a full
+    /// disk, an I/O error).
+    pub rejected_unavailable: AtomicU64,
     /// Batches in the spool now (gauge).
     pub backlog_batches: AtomicU64,
     /// Payload bytes in the spool now (gauge).
@@ -49,6 +61,9 @@ pub struct MetricsSnapshot {
     pub rejected_full: u64,
     pub send_failures: u64,
     pub reconnects: u64,
+    pub quarantined_batches: u64,
+    pub lost_spools: u64,
+    pub rejected_unavailable: u64,
     pub backlog_batches: u64,
     pub backlog_bytes: u64,
 }
@@ -68,6 +83,9 @@ impl DestinationMetrics {
             rejected_full: r(&self.rejected_full),
             send_failures: r(&self.send_failures),
             reconnects: r(&self.reconnects),
+            quarantined_batches: r(&self.quarantined_batches),
+            lost_spools: r(&self.lost_spools),
+            rejected_unavailable: r(&self.rejected_unavailable),
             backlog_batches: r(&self.backlog_batches),
             backlog_bytes: r(&self.backlog_bytes),
         }
@@ -109,5 +127,121 @@ impl EgressMetrics {
             .iter()
             .map(|(n, m)| (n.clone(), m.snapshot()))
             .collect()
+    }
+}
+
+/// The state of egress's storage (spool and audit log), for readiness and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageSnapshot {
+    /// The spool and the audit log can be written (what `/readyz` should follow).
+    pub ready: bool,
+    /// Their file system (or quota) is full.
+    pub no_space: bool,
+    /// Spool operations that failed with an I/O error (a full disk included).
+    pub spool_io_errors: u64,
+    /// Times the spool was reopened after such a failure.
+    pub spool_reopens: u64,
+    /// Audit appends that failed.
+    pub audit_write_failures: u64,
+}
+
+/// Writes, as Prometheus text, the egress families the daemon's exposition does not render
+/// itself: quarantined, lost and unavailable per destination, and the storage state.
+pub fn render(
+    out: &mut String,
+    destinations: &BTreeMap<String, MetricsSnapshot>,
+    storage: &StorageSnapshot,
+) {
+    type Field = fn(&MetricsSnapshot) -> u64;
+    let families: [(&str, &str, Field); 3] = [
+        (
+            "mecgw_egress_quarantined_batches_total",
+            "Batches whose stored bytes failed their digest check: not sent, kept in the spool's quarantine (audited).",
+            |m| m.quarantined_batches,
+        ),
+        (
+            "mecgw_egress_lost_spools_total",
+            "Spools found missing or emptied at start: what they held for the destination is lost (audited).",
+            |m| m.lost_spools,
+        ),
+        (
+            "mecgw_egress_rejected_unavailable_total",
+            "Batches rejected because the spool or the audit log could not be written (full disk, I/O error).",
+            |m| m.rejected_unavailable,
+        ),
+    ];
+    for (name, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (destination, m) in destinations {
+            let _ = writeln!(out, "{name}{{destination=\"{destination}\"}} {}", field(m));
+        }
+    }
+    let scalars: [(&str, &str, &str, u64); 5] = [
+        (
+            "mecgw_egress_storage_ready",
+            "gauge",
+            "1 when the spool and the audit log can be written; 0 while they cannot (see the log).",
+            u64::from(storage.ready),
+        ),
+        (
+            "mecgw_egress_storage_no_space",
+            "gauge",
+            "1 while the file system of the spool or the audit log is full.",
+            u64::from(storage.no_space),
+        ),
+        (
+            "mecgw_egress_spool_io_errors_total",
+            "counter",
+            "Spool operations that failed with an I/O error (a full disk included).",
+            storage.spool_io_errors,
+        ),
+        (
+            "mecgw_egress_spool_reopens_total",
+            "counter",
+            "Times the spool was reopened after an I/O error.",
+            storage.spool_reopens,
+        ),
+        (
+            "mecgw_egress_audit_write_failures_total",
+            "counter",
+            "Audit log appends that failed (retried; nothing is sent or dropped unaudited).",
+            storage.audit_write_failures,
+        ),
+    ];
+    for (name, kind, help, value) in scalars {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_new_families_render_per_destination_and_for_storage() {
+        let m = EgressMetrics::new(["eu"]);
+        DestinationMetrics::add(&m.destination("eu").unwrap().quarantined_batches, 2);
+        let mut out = String::new();
+        render(
+            &mut out,
+            &m.snapshot(),
+            &StorageSnapshot {
+                ready: false,
+                no_space: true,
+                spool_io_errors: 7,
+                ..StorageSnapshot::default()
+            },
+        );
+        assert!(out.contains("mecgw_egress_quarantined_batches_total{destination=\"eu\"} 2\n"));
+        assert!(out.contains("mecgw_egress_lost_spools_total{destination=\"eu\"} 0\n"));
+        assert!(out.contains("mecgw_egress_storage_ready 0\n"));
+        assert!(out.contains("mecgw_egress_storage_no_space 1\n"));
+        assert!(out.contains("mecgw_egress_spool_io_errors_total 7\n"));
+        assert!(out.contains("# TYPE mecgw_egress_spool_reopens_total counter\n"));
     }
 }

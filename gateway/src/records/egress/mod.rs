@@ -6,15 +6,20 @@
 //! JSON-lines files), with an [`audit`] entry for every batch sent, refused or shed and
 //! [`metrics`] for each of those outcomes. The input is what the policy engine emits
 //! ([`item::EgressItem`]: releases and transformed records); raw records have no way in.
-//! The design and the exactly-once argument are in `docs/egress.md`.
+//! The spool and the audit log check what they stored and remember, through the [`state`]
+//! marker, that they existed; [`health`] says whether egress can work now. The design and
+//! the exactly-once argument are in `docs/egress.md`, the failure model in
+//! `docs/reliability.md`.
 
 pub mod audit;
 pub mod forwarder;
+pub mod health;
 pub mod item;
 pub mod jurisdiction;
 pub mod metrics;
 pub mod sink;
 pub mod spool;
+pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,11 +31,14 @@ use tokio::task::JoinHandle;
 
 use audit::{AuditError, AuditLog, AuditRecord, Outcome};
 use forwarder::{BackoffConfig, Forwarder, ForwarderError};
+use health::Health;
 use item::{BatchHeader, BatchId, EgressItem, OutputKind, encode_batch, valid_name};
 use jurisdiction::{DenyReason, Permissions, Verdict, check_batch};
-use metrics::{DestinationMetrics, EgressMetrics};
+use metrics::{DestinationMetrics, EgressMetrics, StorageSnapshot};
 use sink::{Sink, SinkConfig, SinkError};
 use spool::{Spool, SpoolError, SpoolLimits, WhenFull};
+use state::{Presence, StateMarker, StateMarkerError};
+use tracing::error;
 
 /// The spool database file inside `spool_dir`.
 pub const SPOOL_FILE: &str = "spool.redb";
@@ -45,6 +53,12 @@ pub struct EgressConfig {
     /// Directory of the audit log (the daemon defaults it to `<state dir>/audit`).
     #[serde(default)]
     pub audit_dir: PathBuf,
+    /// Directory of the state marker (`state.marker`) that remembers that this site has had a
+    /// spool and an audit log, so that a vanished one is reported, not started afresh.
+    /// Defaults to the directory that holds `spool_dir` (the daemon's state directory when
+    /// `spool_dir` is left to its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
     /// Bound of each destination's spool.
     #[serde(default)]
     pub limits: SpoolLimits,
@@ -63,6 +77,19 @@ pub struct EgressConfig {
 
 fn default_read_ahead() -> usize {
     64
+}
+
+impl EgressConfig {
+    /// Where the state marker lives: `state_dir`, or the directory that holds `spool_dir`.
+    pub fn marker_dir(&self) -> PathBuf {
+        match &self.state_dir {
+            Some(d) => d.clone(),
+            None => match self.spool_dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            },
+        }
+    }
 }
 
 /// One destination: a name the policy routes to, the region its sink is in, and the sink.
@@ -90,6 +117,9 @@ pub enum EgressError {
     /// The audit log cannot be opened (or its chain is broken).
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The state marker cannot be read.
+    #[error(transparent)]
+    Marker(#[from] StateMarkerError),
     /// A sink is misconfigured.
     #[error("destination {destination}: {source}")]
     Sink {
@@ -144,6 +174,28 @@ impl EnqueueError {
     pub fn is_backpressure(&self) -> bool {
         matches!(self, Self::Spool(SpoolError::Full { .. }))
     }
+
+    /// True when the spool or the audit log cannot be written now (a full disk, an I/O
+    /// error): the producer keeps its items and retries later. Egress itself logs the failure
+    /// and its end (the first time, then at most once a minute) and reports it in
+    /// [`Egress::health`]: callers should not log every retry. The message says what is wrong
+    /// (e.g. no space left for the spool, and where).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Spool(e) => e.is_unavailable(),
+            Self::Audit(AuditError::Io { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// True when the file system of the spool or the audit log is full.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Self::Spool(e) => matches!(e, SpoolError::NoSpace { .. }),
+            Self::Audit(e) => e.is_no_space(),
+            _ => false,
+        }
+    }
 }
 
 /// What the forwarders share with the enqueue path.
@@ -186,6 +238,28 @@ pub(crate) fn audit_record(
         epsilon: header.epsilon,
         outcome,
         reason,
+        digest: header.digest.clone(),
+    }
+}
+
+/// The audit record of a vanished spool, for one destination.
+fn lost_record(d: &DestinationConfig, spool: &std::path::Path) -> AuditRecord {
+    AuditRecord {
+        batch_id: None,
+        destination: d.name.clone(),
+        region: d.region.clone(),
+        policy_hash: String::new(),
+        outputs: Vec::new(),
+        releases: 0,
+        records: 0,
+        epsilon: 0.0,
+        outcome: Outcome::Lost,
+        reason: Some(format!(
+            "the spool {} vanished (missing or empty, though this state directory had one): \
+             the batches it held for this destination are lost",
+            spool.display()
+        )),
+        digest: None,
     }
 }
 
@@ -258,17 +332,42 @@ impl Egress {
             EgressError::Config(format!("spool_dir {}: {e}", config.spool_dir.display()))
         })?;
         let names: Vec<String> = names.into_iter().collect();
+        let marker = Arc::new(StateMarker::open(&config.marker_dir())?);
+        let audit = AuditLog::open(&config.audit_dir, Arc::clone(&marker))?;
+        let spool_path = config.spool_dir.join(SPOOL_FILE);
+        // A spool the marker remembers but whose file is missing or empty took its batches
+        // with it: audit the loss before a new spool is created in its place (if this start
+        // fails after the audit, the next one audits it again rather than not at all).
+        let vanished = Spool::presence(&spool_path, &marker)? == Presence::Vanished;
+        if vanished {
+            error!(
+                spool = %spool_path.display(),
+                marker = %marker.path().display(),
+                "the spool vanished (its file is missing or empty though this state directory \
+                 had one): the batches it held are lost; audited, and a new spool is started"
+            );
+            audit.append_all(
+                config
+                    .destinations
+                    .iter()
+                    .map(|d| lost_record(d, &spool_path))
+                    .collect(),
+            )?;
+        }
         let spool = Spool::open(
-            &config.spool_dir.join(SPOOL_FILE),
+            &spool_path,
             &names,
             config.limits,
             config.when_full,
+            &marker,
         )?;
-        let audit = AuditLog::open(&config.audit_dir)?;
         let metrics = EgressMetrics::new(names.iter().map(String::as_str));
         let mut destinations = BTreeMap::new();
         for d in config.destinations {
             let m = metrics.destination(&d.name).cloned().unwrap_or_default();
+            if vanished {
+                DestinationMetrics::add(&m.lost_spools, 1);
+            }
             if let Some((batches, bytes)) = spool.backlog(&d.name) {
                 DestinationMetrics::set(&m.backlog_batches, batches);
                 DestinationMetrics::set(&m.backlog_bytes, bytes);
@@ -309,6 +408,33 @@ impl Egress {
     /// Batches and bytes waiting for `destination`.
     pub fn backlog(&self, destination: &str) -> Option<(u64, u64)> {
         self.shared.spool.backlog(destination)
+    }
+
+    /// Whether egress can accept and forward batches now: not while the spool or the audit
+    /// log cannot be written (a full disk, an I/O error). The daemon's `/readyz` should answer
+    /// 503 with this text while [`Health::is_ready`] is false.
+    pub fn health(&self) -> Health {
+        Health {
+            problems: [self.shared.spool.problem(), self.shared.audit.problem()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        }
+    }
+
+    /// The storage state and failure counters, for [`metrics::render`].
+    pub fn storage(&self) -> StorageSnapshot {
+        let health = self.health();
+        let counters = self.shared.spool.counters();
+        StorageSnapshot {
+            ready: health.is_ready(),
+            no_space: health.no_space(),
+            spool_io_errors: counters
+                .io_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            spool_reopens: counters.reopens.load(std::sync::atomic::Ordering::Relaxed),
+            audit_write_failures: self.shared.audit.write_failures(),
+        }
     }
 
     /// Waits until `destination`'s spool is empty (returns at once if it is, or if there is
@@ -355,6 +481,7 @@ impl Egress {
             records: 0,
             epsilon: 0.0,
             bytes: 0,
+            digest: None,
         };
         for (index, item) in items.iter().enumerate() {
             if item.destination() != destination {
@@ -389,7 +516,10 @@ impl Egress {
                 Some(reason.to_string()),
             );
             record.batch_id = None;
-            self.shared.audit.append(record)?;
+            if let Err(e) = self.shared.audit.append(record) {
+                DestinationMetrics::add(&dest.metrics.rejected_unavailable, 1);
+                return Err(e.into());
+            }
             DestinationMetrics::add(&dest.metrics.refused_at_enqueue, 1);
             return Err(EnqueueError::Refused(reason));
         }
@@ -398,26 +528,30 @@ impl Egress {
             destination,
             |id| {
                 let payload = encode_batch(id, region, &policy_hash, items).map_err(|e| {
-                    SpoolError::Corrupt {
+                    SpoolError::Encode {
                         destination: destination.to_string(),
                         seq: id.seq,
-                        problem: format!("cannot encode: {e}"),
+                        problem: e.to_string(),
                     }
                 })?;
                 header.id = id.to_string();
                 header.bytes = payload.len() as u64;
                 Ok((header, payload))
             },
-            |_, old| {
-                audit
-                    .append(audit_record(
+            |_, old, damage| {
+                let record = match damage {
+                    None => audit_record(
                         old,
                         region,
                         Outcome::Shed,
                         Some("spool full (shed-oldest)".into()),
-                    ))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                    ),
+                    Some(problem) => {
+                        error!(%destination, batch = %old.id, %problem, "a spooled batch is damaged: quarantined, not shed");
+                        audit_record(old, region, Outcome::Quarantined, Some(problem.into()))
+                    }
+                };
+                audit.append(record).map(drop).map_err(|e| e.to_string())
             },
         );
         let receipt = match pushed {
@@ -426,10 +560,17 @@ impl Egress {
                 if matches!(e, SpoolError::Full { .. }) {
                     DestinationMetrics::add(&dest.metrics.rejected_full, 1);
                 }
+                if e.is_unavailable() {
+                    DestinationMetrics::add(&dest.metrics.rejected_unavailable, 1);
+                }
                 return Err(e.into());
             }
         };
         DestinationMetrics::add(&dest.metrics.shed_batches, receipt.shed.len() as u64);
+        DestinationMetrics::add(
+            &dest.metrics.quarantined_batches,
+            receipt.quarantined.len() as u64,
+        );
         DestinationMetrics::add(&dest.metrics.enqueued_batches, 1);
         DestinationMetrics::add(&dest.metrics.enqueued_items, items.len() as u64);
         if let Some((batches, bytes)) = self.shared.spool.backlog(destination) {
@@ -492,7 +633,8 @@ impl Forwarders {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// True if some forwarder has stopped (only a spool or audit failure stops one).
+    /// True if some forwarder has stopped: only a panic stops one (sink, spool and audit-log
+    /// failures are retried).
     pub fn any_stopped(&self) -> bool {
         self.tasks.iter().any(|(_, t)| t.is_finished())
     }
@@ -558,6 +700,7 @@ sink = { type = "file", dir = "/var/lib/mecgw/out" }
         let config = EgressConfig {
             spool_dir: dir.path().join("spool"),
             audit_dir: dir.path().join("audit"),
+            state_dir: None,
             limits: SpoolLimits::default(),
             when_full: WhenFull::Backpressure,
             backoff: BackoffConfig::default(),

@@ -4,14 +4,18 @@
 //! A batch counts as delivered only once its whole line, newline included, is written and
 //! fsynced. A crash mid-write leaves an incomplete last line; [`FileSink::ready`] cuts it off
 //! before anything else is written, so a reader never sees it as a batch, and the batch is
-//! still in the spool to be written again.
+//! still in the spool to be written again. A last line that is a whole batch and lacks only
+//! its newline (a short write, or the newline damaged later) is a delivered batch: its newline
+//! is restored, never the batch cut off (it may be audited as sent and gone from the spool).
+//! Bytes cut off the end are not destroyed but appended to `DIR/<destination>.jsonl.cut`.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use super::{Delivered, SinkError};
 use crate::records::egress::item::BatchId;
@@ -52,12 +56,23 @@ impl FileSink {
         }
     }
 
-    /// Opens the file, cuts off an incomplete last line, and returns the last batch id in it.
+    /// The file where bytes cut off the end of the sink file are kept.
+    pub fn cut_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".cut");
+        PathBuf::from(p)
+    }
+
+    /// Opens the file, repairs its end, and returns the last batch id in it.
+    ///
+    /// Bytes after the last newline are either a whole batch whose newline is missing (it is
+    /// kept and the newline restored) or an unfinished write (it is cut off). Either way what
+    /// does not stay in the file is appended to [`FileSink::cut_path`] first.
     pub fn ready(&mut self) -> Result<Option<BatchId>, SinkError> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(self.io())?;
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
@@ -65,26 +80,69 @@ impl FileSink {
             .map_err(self.io())?;
         let len = file.metadata().map_err(self.io())?.len();
         // End of the last complete line.
-        let complete = match rfind_newline(&file, len).map_err(self.io())? {
+        let mut complete = match rfind_newline(&file, len).map_err(self.io())? {
             Some(pos) => pos + 1,
             None => 0,
         };
+        let mut restored = None;
         if complete != len {
-            file.set_len(complete).map_err(self.io())?;
+            let batch = whole_batch_at(&file, complete, len - complete).map_err(self.io())?;
+            let keep_to = match &batch {
+                Some((_, end)) => complete + end,
+                None => complete,
+            };
+            if keep_to < len {
+                self.keep_aside(&file, keep_to, len - keep_to)?;
+                warn!(
+                    sink = %self.path.display(),
+                    bytes = len - keep_to,
+                    kept_in = %self.cut_path().display(),
+                    "cut an unfinished write off the end of the sink file"
+                );
+            }
+            file.set_len(keep_to).map_err(self.io())?;
+            if let Some((id, _)) = batch {
+                file.write_all(b"\n").map_err(self.io())?;
+                warn!(sink = %self.path.display(), batch = %id, "the last batch in the sink file had lost its newline; restored");
+                complete = keep_to + 1;
+                restored = Some(id);
+            }
             file.sync_data().map_err(self.io())?;
         }
-        let last = if complete == 0 {
-            None
-        } else {
-            let start = rfind_newline(&file, complete - 1)
-                .map_err(self.io())?
-                .map_or(0, |p| p + 1);
-            let mut line = vec![0; (complete - 1 - start) as usize];
-            file.read_exact_at(&mut line, start).map_err(self.io())?;
-            last_batch_id(&line)
+        let last = match restored {
+            Some(id) => Some(id),
+            None if complete == 0 => None,
+            None => {
+                let start = rfind_newline(&file, complete - 1)
+                    .map_err(self.io())?
+                    .map_or(0, |p| p + 1);
+                let mut line = vec![0; (complete - 1 - start) as usize];
+                file.read_exact_at(&mut line, start).map_err(self.io())?;
+                last_batch_id(&line)
+            }
         };
         self.file = Some(file);
         Ok(last)
+    }
+
+    /// Appends `len` bytes of `file` from `start` to the cut file, and a newline, durably.
+    fn keep_aside(&self, file: &File, start: u64, len: u64) -> Result<(), SinkError> {
+        let cut_path = self.cut_path();
+        let io = |source| SinkError::Io {
+            path: cut_path.clone(),
+            source,
+        };
+        let mut cut = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cut_path)
+            .map_err(io)?;
+        let mut reader = file.try_clone().map_err(self.io())?;
+        reader.seek(SeekFrom::Start(start)).map_err(self.io())?;
+        std::io::copy(&mut reader.take(len), &mut cut).map_err(io)?;
+        cut.write_all(b"\n")
+            .and_then(|()| cut.sync_data())
+            .map_err(io)
     }
 
     /// Appends the batch as one line and fsyncs before acknowledging.
@@ -127,6 +185,28 @@ fn rfind_newline(file: &File, end: u64) -> std::io::Result<Option<u64>> {
         hi = lo;
     }
     Ok(None)
+}
+
+/// If the `len` bytes of `file` at `start` begin with one whole JSON object with a valid
+/// `batch_id`, that id and the object's length. Streams the bytes: nothing is held in memory
+/// but the id.
+fn whole_batch_at(file: &File, start: u64, len: u64) -> std::io::Result<Option<(BatchId, u64)>> {
+    #[derive(Deserialize)]
+    struct Head {
+        batch_id: String,
+    }
+    let mut reader = file.try_clone()?;
+    reader.seek(SeekFrom::Start(start))?;
+    let reader = std::io::BufReader::new(reader.take(len));
+    let mut stream = serde_json::Deserializer::from_reader(reader).into_iter::<Head>();
+    Ok(match stream.next() {
+        Some(Ok(head)) => head
+            .batch_id
+            .parse()
+            .ok()
+            .map(|id| (id, stream.byte_offset() as u64)),
+        _ => None,
+    })
 }
 
 fn last_batch_id(line: &[u8]) -> Option<BatchId> {
@@ -194,5 +274,42 @@ mod tests {
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1].as_bytes(), batch(2).1.as_slice());
+        // The cut bytes are kept aside, not destroyed.
+        let cut = std::fs::read(again.cut_path()).unwrap();
+        assert_eq!(cut, [half, b"\n"].concat());
+    }
+
+    #[test]
+    fn a_last_batch_that_lost_its_newline_is_kept_and_the_newline_restored() {
+        for damage in [None, Some(b' '), Some(b'x'), Some(0u8)] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = FileSinkConfig {
+                dir: dir.path().to_path_buf(),
+            };
+            let mut sink = FileSink::new(&config, "d");
+            sink.ready().unwrap();
+            for seq in 1..=2 {
+                sink.deliver(&batch(seq).1).unwrap();
+            }
+            let path = dir.path().join("d.jsonl");
+            let mut bytes = std::fs::read(&path).unwrap();
+            match damage {
+                None => {
+                    bytes.pop();
+                }
+                Some(b) => *bytes.last_mut().unwrap() = b,
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let mut again = FileSink::new(&config, "d");
+            assert_eq!(again.ready().unwrap(), Some(batch(2).0), "{damage:?}");
+            again.deliver(&batch(3).1).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<_> = text.lines().map(str::as_bytes).collect();
+            assert_eq!(
+                lines,
+                [&batch(1).1[..], &batch(2).1[..], &batch(3).1[..]],
+                "{damage:?}"
+            );
+        }
     }
 }
