@@ -14,8 +14,6 @@ pub mod testbed;
 
 use std::path::PathBuf;
 
-pub mod packets;
-
 /// Path of the `mecgw` binary built in the same target directory as the running test.
 ///
 /// `cargo xtask test` builds it before running the tests. Tests drive the binary exactly as a

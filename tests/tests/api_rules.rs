@@ -23,7 +23,7 @@ use mecgw::{
 use mecgw_ebpf::{Reason, Verdict};
 use mecgw_tests::{
     api::{FastPathBackend, Running, Site, connect, exclusive, shared_fast_path},
-    packets::*,
+    packet::*,
 };
 use tonic::{Code, transport::Channel};
 

@@ -58,7 +58,7 @@ use anyhow::Context as _;
 use mecgw::datapath::{AttachMode, FastPath};
 use mecgw_tests::{
     in_netns,
-    packet::{Gtpu, PduType, udp},
+    packet::{Gtpu, PduType, inner::udp},
     testbed::{self, DatapathChoice, EDGE, GNB, Gateway, LOCAL, N3, Port},
 };
 

@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use mecgw::datapath::{Direction, FastPath, FastPathOptions, Reason, compile::compile};
 use mecgw_tests::{
-    packets::*,
+    packet::*,
     scale::{UPLINK_TEID_BASE, tables, ue},
 };
 

@@ -112,11 +112,17 @@ fn answer_inner(inner: &[u8]) -> Option<Vec<u8>> {
         proto::ICMP | proto::ICMPV6 => {
             let (kind, id, seq) = p.icmp_echo()?;
             (kind == 8 || kind == 128)
-                .then(|| packet::icmp_echo(p.dst, p.src, true, id, seq, p.l4_payload()))
+                .then(|| packet::inner::icmp_echo(p.dst, p.src, true, id, seq, p.l4_payload()))
         }
         proto::UDP => {
             let (sport, dport) = p.ports()?;
-            Some(packet::udp(p.dst, p.src, dport, sport, p.l4_payload()))
+            Some(packet::inner::udp(
+                p.dst,
+                p.src,
+                dport,
+                sport,
+                p.l4_payload(),
+            ))
         }
         _ => None,
     }

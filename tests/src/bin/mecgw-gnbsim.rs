@@ -246,8 +246,8 @@ impl Sim {
         let seq = round as u16;
         let id = ue.index as u16;
         let inner = match probe.kind {
-            Kind::Udp => packet::udp(src, probe.target, sport, probe.port, token.as_bytes()),
-            _ => packet::icmp_echo(src, probe.target, false, id, seq, token.as_bytes()),
+            Kind::Udp => packet::inner::udp(src, probe.target, sport, probe.port, token.as_bytes()),
+            _ => packet::inner::icmp_echo(src, probe.target, false, id, seq, token.as_bytes()),
         };
         let start = Instant::now();
         self.send(ue, &inner).map_err(|e| e.to_string())?;
@@ -291,8 +291,11 @@ impl Sim {
         };
         let start = Instant::now();
         let deadline = start + self.timeout;
-        self.send(ue, &packet::tcp(src, dst, hdr(isn, 0, tcp_flags::SYN), b""))
-            .map_err(|e| e.to_string())?;
+        self.send(
+            ue,
+            &packet::inner::tcp(src, dst, hdr(isn, 0, tcp_flags::SYN), b""),
+        )
+        .map_err(|e| e.to_string())?;
         let synack = match self.receive(ue, deadline, &mut |p| from_server(p)) {
             None => return Ok(None),
             Some(r) => r?,
@@ -313,7 +316,7 @@ impl Sim {
         let mut ack = server_isn.wrapping_add(1);
         self.send(
             ue,
-            &packet::tcp(
+            &packet::inner::tcp(
                 src,
                 dst,
                 hdr(seq, ack, tcp_flags::ACK | tcp_flags::PSH),
@@ -342,7 +345,7 @@ impl Sim {
         }
         self.send(
             ue,
-            &packet::tcp(
+            &packet::inner::tcp(
                 src,
                 dst,
                 hdr(seq, ack, tcp_flags::FIN | tcp_flags::ACK),
@@ -360,7 +363,7 @@ impl Sim {
                 let fin_ack = h.seq.wrapping_add(1);
                 self.send(
                     ue,
-                    &packet::tcp(
+                    &packet::inner::tcp(
                         src,
                         dst,
                         hdr(seq.wrapping_add(1), fin_ack, tcp_flags::ACK),
@@ -508,7 +511,7 @@ fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()>
             payload[8..16].copy_from_slice(&at.to_be_bytes());
             let src = ue.addr_for(target);
             let sport = 30000 + (ue.index % 30000) as u16;
-            let inner = packet::udp(src, target, sport, port, &payload);
+            let inner = packet::inner::udp(src, target, sport, port, &payload);
             let msg = Gtpu::g_pdu(ue.ul_teid, Some((PduType::Uplink, qfi)), &inner);
             // A full socket buffer is loss at this rate, as on a wire: count it as sent.
             let _ = tx.send_to(&msg, upf);
