@@ -22,41 +22,13 @@ use mecgw::{
 };
 use mecgw_ebpf::{Reason, Verdict};
 use mecgw_tests::{
-    api::{FastPathBackend, Running, Site, connect, exclusive, shared_fast_path},
+    api::{FastPathBackend, Running, Site, exclusive},
     packet::*,
 };
 use tonic::{Code, transport::Channel};
 
-/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
-const TABLE_ENTRIES: &str = r#"
-[[sessions]]
-id = 1
-uplink_teid = 0x100
-downlink_teid = 0x200
-ue_ipv4 = "10.45.0.1"
-gnb = "198.18.1.1"
-qfi = 9
-
-[[rules]]
-id = 10
-priority = 10
-action = "LOCAL"
-dst = ["192.0.2.0/24"]
-
-[[rules]]
-id = 20
-priority = 20
-action = "PASSTHROUGH"
-dst = ["192.0.2.128/25"]
-
-[[rules]]
-id = 30
-priority = 30
-action = "DROP"
-dst = ["203.0.113.0/24"]
-"#;
-
-/// An uplink G-PDU of session 1 (TEID 0x100, UE 10.45.0.1) to `dst`, UDP port 443.
+/// An uplink G-PDU of session 1 of [`mecgw_tests::api::TABLE_ENTRIES`] (TEID 0x100, UE 10.45.0.1) to `dst`,
+/// UDP port 443.
 fn uplink(dst: &str) -> Vec<u8> {
     let inner = ipv4(
         v4("10.45.0.1"),
@@ -84,13 +56,7 @@ impl Bench {
     async fn new() -> Bench {
         let exclusive = exclusive().await;
         let site = Site::new().unwrap();
-        let tables = mecgw::datapath::compile::from_toml(
-            &mecgw_tests::tables_with(TABLE_ENTRIES),
-            "api_rules.toml",
-        )
-        .unwrap();
-        let fast_path = shared_fast_path().unwrap();
-        let backend = Arc::new(FastPathBackend::new(fast_path, tables, 16).unwrap());
+        let backend = FastPathBackend::with_test_tables(16).unwrap();
         backend.ready.send_replace(true);
         let server = Running::start(backend.clone(), site.config())
             .await
@@ -104,14 +70,7 @@ impl Bench {
     }
 
     async fn channel_of(&self, app: &str) -> Channel {
-        let id = if app == "operator" {
-            self.site.operator().unwrap()
-        } else {
-            self.site.app(app).unwrap()
-        };
-        connect(self.server.addr, &self.site.ca.cert_pem(), Some(&id))
-            .await
-            .unwrap()
+        self.site.channel(self.server.addr, app).await.unwrap()
     }
 
     async fn rules(&self, app: &str) -> TrafficRulesServiceClient<Channel> {

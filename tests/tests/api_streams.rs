@@ -14,9 +14,8 @@ use mecgw::{
     api::{
         ReleasedOutput,
         proto::{
-            DeregisterServiceRequest, DiscoverServicesRequest, EdgeService, EdgeServiceState,
-            GetStatusRequest, PublishRequest, RegisterServiceRequest, ServiceChangeKind,
-            SubscribeRequest, WatchServicesRequest,
+            DeregisterServiceRequest, DiscoverServicesRequest, GetStatusRequest, PublishRequest,
+            RegisterServiceRequest, ServiceChangeKind, SubscribeRequest, WatchServicesRequest,
             edge_services_service_client::EdgeServicesServiceClient,
             status_service_client::StatusServiceClient,
             telemetry_service_client::TelemetryServiceClient,
@@ -24,50 +23,11 @@ use mecgw::{
     },
     datapath::Direction,
 };
-use mecgw_tests::api::{FastPathBackend, Running, Site, connect, exclusive, shared_fast_path};
+use mecgw_tests::api::{FastPathBackend, Running, Site, edge_service, exclusive};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
-const TABLE_ENTRIES: &str = r#"
-[[rules]]
-id = 10
-priority = 10
-action = "LOCAL"
-dst = ["192.0.2.0/24"]
-"#;
-
-fn backend(queue: usize) -> Arc<FastPathBackend> {
-    let tables = mecgw::datapath::compile::from_toml(
-        &mecgw_tests::tables_with(TABLE_ENTRIES),
-        "api_streams.toml",
-    )
-    .unwrap();
-    Arc::new(FastPathBackend::new(shared_fast_path().unwrap(), tables, queue).unwrap())
-}
-
-async fn client_of(server: &Running, site: &Site, app: &str) -> Channel {
-    let id = if app == "operator" {
-        site.operator().unwrap()
-    } else {
-        site.app(app).unwrap()
-    };
-    connect(server.addr, &site.ca.cert_pem(), Some(&id))
-        .await
-        .unwrap()
-}
-
-fn service(name: &str, version: &str) -> EdgeService {
-    EdgeService {
-        name: name.into(),
-        version: version.into(),
-        endpoint: "https://198.51.100.7:8443".into(),
-        state: EdgeServiceState::Active as i32,
-        owner: String::new(),
-    }
-}
 
 async fn next_within<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     tokio::time::timeout(Duration::from_secs(10), s.next())
@@ -79,15 +39,17 @@ async fn next_within<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
 async fn services_register_update_deregister_discover_and_watch() {
     let _x = exclusive().await;
     let site = Site::new().unwrap();
-    let b = backend(16);
+    let b = FastPathBackend::with_test_tables(16).unwrap();
     b.ready.send_replace(true);
     let server = Running::start(b, site.config()).await.unwrap();
-    let mut video = EdgeServicesServiceClient::new(client_of(&server, &site, "video").await);
-    let mut op = EdgeServicesServiceClient::new(client_of(&server, &site, "operator").await);
+    let mut video =
+        EdgeServicesServiceClient::new(site.channel(server.addr, "video").await.unwrap());
+    let mut op =
+        EdgeServicesServiceClient::new(site.channel(server.addr, "operator").await.unwrap());
 
     let registered = video
         .register_service(RegisterServiceRequest {
-            service: Some(service("video", "1.0")),
+            service: Some(edge_service("video", "1.0")),
         })
         .await
         .unwrap()
@@ -108,7 +70,7 @@ async fn services_register_update_deregister_discover_and_watch() {
 
     video
         .register_service(RegisterServiceRequest {
-            service: Some(service("video", "1.1")),
+            service: Some(edge_service("video", "1.1")),
         })
         .await
         .unwrap();
@@ -129,7 +91,7 @@ async fn services_register_update_deregister_discover_and_watch() {
     assert_eq!(found[0].version, "1.1");
 
     // Bad registrations name the field.
-    let mut bad = service("Video Analytics", "");
+    let mut bad = edge_service("Video Analytics", "");
     bad.state = 0;
     let e = op
         .register_service(RegisterServiceRequest { service: Some(bad) })
@@ -169,10 +131,10 @@ async fn services_register_update_deregister_discover_and_watch() {
 async fn publish_feeds_the_engine_queue_and_refuses_with_resource_exhausted_when_it_stays_full() {
     let _x = exclusive().await;
     let site = Site::new().unwrap();
-    let b = backend(8);
+    let b = FastPathBackend::with_test_tables(8).unwrap();
     b.ready.send_replace(true);
     let server = Running::start(b.clone(), site.config()).await.unwrap();
-    let mut video = TelemetryServiceClient::new(client_of(&server, &site, "video").await);
+    let mut video = TelemetryServiceClient::new(site.channel(server.addr, "video").await.unwrap());
     let mut queue = b.take_ingested().unwrap();
 
     // Five records fit: accepted, with the app's name and the declared kind.
@@ -242,11 +204,11 @@ async fn publish_feeds_the_engine_queue_and_refuses_with_resource_exhausted_when
 async fn subscribe_streams_only_the_releases_the_caller_may_see() {
     let _x = exclusive().await;
     let site = Site::new().unwrap();
-    let b = backend(8);
+    let b = FastPathBackend::with_test_tables(8).unwrap();
     b.ready.send_replace(true);
     let server = Running::start(b.clone(), site.config()).await.unwrap();
-    let mut video = TelemetryServiceClient::new(client_of(&server, &site, "video").await);
-    let mut op = TelemetryServiceClient::new(client_of(&server, &site, "operator").await);
+    let mut video = TelemetryServiceClient::new(site.channel(server.addr, "video").await.unwrap());
+    let mut op = TelemetryServiceClient::new(site.channel(server.addr, "operator").await.unwrap());
     let mut video_stream = video
         .subscribe(SubscribeRequest::default())
         .await
@@ -286,9 +248,9 @@ async fn subscribe_streams_only_the_releases_the_caller_may_see() {
 async fn health_is_serving_only_while_ready_and_not_draining() {
     let _x = exclusive().await;
     let site = Site::new().unwrap();
-    let b = backend(8);
+    let b = FastPathBackend::with_test_tables(8).unwrap();
     let mut server = Running::start(b.clone(), site.config()).await.unwrap();
-    let channel = client_of(&server, &site, "video").await;
+    let channel = site.channel(server.addr, "video").await.unwrap();
     let mut health = HealthClient::new(channel.clone());
     let status = |service: &str| HealthCheckRequest {
         service: service.into(),
@@ -341,12 +303,12 @@ async fn health_is_serving_only_while_ready_and_not_draining() {
 async fn status_reflection_and_message_limits() {
     let _x = exclusive().await;
     let site = Site::new().unwrap();
-    let b = backend(8);
+    let b = FastPathBackend::with_test_tables(8).unwrap();
     b.ready.send_replace(true);
     let mut config = site.config();
     config.max_message_bytes = 4096;
     let server = Running::start(b.clone(), config).await.unwrap();
-    let op = client_of(&server, &site, "operator").await;
+    let op = site.channel(server.addr, "operator").await.unwrap();
 
     // A packet through the fast path moves the counters the status reports.
     let before = StatusServiceClient::new(op.clone())
@@ -370,8 +332,9 @@ async fn status_reflection_and_message_limits() {
             .unwrap()
     };
     assert_eq!(pass(&after), pass(&before) + 1);
-    assert_eq!(after.rules, 1);
-    assert_eq!(after.sessions, 0);
+    // The shared tables: three rules, one session.
+    assert_eq!(after.rules, 3);
+    assert_eq!(after.sessions, 1);
     assert_eq!(after.policy_hash, "sha256:test");
     assert_eq!(after.budgets[0].scope, "cell_load");
     assert_eq!(after.egress_backlog[0].destination, "central");
