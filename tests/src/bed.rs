@@ -25,14 +25,9 @@ pub struct Bed {
     dir: tempfile::TempDir,
 }
 
+/// Runs `argv` quietly; panics, with its stderr, if it fails.
 pub fn sh(argv: &[&str]) -> Output {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{argv:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    mecgw_cmd::run_quiet(argv).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl Default for Bed {

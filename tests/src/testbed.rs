@@ -28,38 +28,16 @@ use std::{
     fmt::Write as _,
     fs::{File, OpenOptions, TryLockError},
     path::Path,
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-/// Runs `argv` with inherited stdio; fails if it exits non-zero.
-pub fn run(argv: &[&str]) -> anyhow::Result<()> {
-    let (program, args) = argv.split_first().context("empty command")?;
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .with_context(|| format!("cannot start {program}"))?;
-    if !status.success() {
-        bail!("`{}` exited with {status}", argv.join(" "));
-    }
-    Ok(())
-}
-
-/// Runs `argv` quietly and returns its output, whatever its exit status.
-pub fn capture(argv: &[&str]) -> anyhow::Result<Output> {
-    let (program, args) = argv.split_first().context("empty command")?;
-    Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot start {program}"))
-}
-
-fn succeeds(argv: &[&str]) -> bool {
-    capture(argv).map(|o| o.status.success()).unwrap_or(false)
-}
+// Tests and tools run their own commands through these too.
+pub use mecgw_cmd::{capture, run};
+use mecgw_cmd::{run_quiet, succeeds};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -192,16 +170,7 @@ impl Testbed {
     pub fn exec(&self, netns: &str, argv: &[&str]) -> anyhow::Result<()> {
         let mut full = vec!["ip", "netns", "exec", netns];
         full.extend_from_slice(argv);
-        let out = capture(&full)?;
-        if !out.status.success() {
-            bail!(
-                "`{}` exited with {}: {}",
-                full.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        run_quiet(&full).map(drop)
     }
 }
 
