@@ -1,16 +1,27 @@
-//! Helpers shared by the integration tests: locating the `mecgw` binary, and (later)
-//! network-namespace guards and process runners.
+//! What the integration tests (`tests/tests/`) share: the fixtures that drive the gateway
+//! through the interfaces a user has, and the `mecgw` binary they drive.
+//!
+//! - [`api`]: certificates, the API site and the tables its tests serve, a backend over a
+//!   real fast path, mTLS clients;
+//! - [`bed`]: two namespaces for `mecgw run` as an operator drives it (config, signals,
+//!   the operations port);
+//! - [`egress`], [`nats`]: egress items and configurations, a real JetStream server;
+//! - [`privacy`]: the privacy plane of `mecgw run` end to end;
+//! - [`testbed`] and [`packet`]: the four-namespace testbed and the independent packet code,
+//!   from `mecgw-testbed` (re-exported here, so tests have one crate to import from).
+//!
+//! The benchmarks (`bench/`) use these fixtures too.
 
 pub mod api;
 pub mod bed;
 pub mod egress;
 pub mod nats;
-
-pub mod packet;
 pub mod privacy;
 pub mod procmem;
 pub mod scale;
-pub mod testbed;
+
+pub use mecgw_testbed as testbed;
+pub use mecgw_testbed::{in_netns, packet};
 
 use std::path::PathBuf;
 
@@ -39,37 +50,6 @@ pub fn mecgw_bin() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(bin)
-}
-
-/// Runs `f` on a thread that has entered network namespace `name` (from `ip netns add`).
-/// Sockets that `f` creates stay in that namespace; the calling thread's namespace is
-/// untouched.
-pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    use std::os::fd::AsRawFd as _;
-    let ns = std::fs::File::open(format!("/run/netns/{name}"))
-        .map_err(|e| anyhow::anyhow!("network namespace {name}: {e}"))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                // SAFETY: setns(2) on a namespace fd we own, for this thread only; no memory
-                // is shared with the kernel.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    anyhow::bail!("setns {name}: {}", std::io::Error::last_os_error());
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread in {name} panicked"))?
-    })
-}
-
-/// Parses a decimal or `0x`-prefixed hexadecimal u32 (TEIDs on the tools' command lines).
-pub fn parse_u32(s: &str) -> Result<u32, String> {
-    match s.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => s.parse(),
-    }
-    .map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// The `[n3]` and `[local]` sections the table-driven tests share (BPF_PROG_TEST_RUN needs no

@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: the README's main job. Setup has run; this builds mecgw (with its eBPF
-//! object) and the testbed tools in release mode and runs `mecgw-demo` (tests/src/bin), which
+//! object) and the testbed tools in release mode and runs `mecgw-demo` (testbed/src/bin), which
 //! brings the testbed up, runs the gateway, drives traffic, prints the summary and always
 //! tears the testbed down.
 
@@ -15,7 +15,7 @@ pub fn run() -> anyhow::Result<()> {
             "--package",
             "mecgw",
             "--package",
-            "mecgw-tests",
+            "mecgw-testbed",
             "--bins",
         ],
     )?;

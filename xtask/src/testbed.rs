@@ -1,5 +1,5 @@
-//! `cargo xtask testbed up|down`: builds and runs `mecgw-testbed` (tests/src/bin), which owns
-//! the four-namespace testbed's topology (`mecgw_tests::testbed`).
+//! `cargo xtask testbed up|down`: builds and runs `mecgw-testbed` (testbed/src/bin), which owns
+//! the four-namespace testbed's topology (the `mecgw-testbed` crate).
 
 use crate::shell;
 
@@ -14,7 +14,7 @@ pub fn command(action: &str) -> anyhow::Result<()> {
             "cargo",
             "build",
             "--package",
-            "mecgw-tests",
+            "mecgw-testbed",
             "--bin",
             "mecgw-testbed",
         ],

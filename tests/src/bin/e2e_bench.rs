@@ -538,7 +538,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     for tool in ["mecgw", "mecgw-gnbsim", "mecgw-edge", "mecgw-core"] {
         anyhow::ensure!(
             bin.join(tool).exists(),
-            "{} is missing: build with `cargo build --release -p mecgw -p mecgw-tests --bins`",
+            "{} is missing: build with `cargo build --release -p mecgw -p mecgw-testbed --bins`",
             bin.join(tool).display()
         );
     }

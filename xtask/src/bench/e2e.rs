@@ -8,7 +8,7 @@
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     super::build_release(
-        &["-p", "mecgw", "-p", "mecgw-tests", "--bins"],
+        &["-p", "mecgw", "-p", "mecgw-testbed", "--bins"],
         "the gateway and the testbed tools",
     )?;
     super::run_tests_bin("e2e_bench", args, "end-to-end benchmark")

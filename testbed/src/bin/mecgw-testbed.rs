@@ -1,7 +1,7 @@
 //! `mecgw-testbed up|down`: brings the four-namespace testbed up and leaves it, or removes it.
 //! `cargo xtask testbed up|down` runs this.
 
-use mecgw_tests::testbed;
+use mecgw_testbed as testbed;
 
 fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {

@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use mecgw_tests::packet::{self, Gtpu, IpPacket, PduType, TcpHeader, gtp_type, tcp_flags};
+use mecgw_testbed::packet::{self, Gtpu, IpPacket, PduType, TcpHeader, gtp_type, tcp_flags};
 
 #[derive(Parser)]
 #[command(about = "testbed gNB/UE simulator over GTP-U")]
@@ -44,9 +44,9 @@ struct Args {
     /// First 48 bits of the UEs' IPv6 /64 prefixes.
     #[arg(long, default_value = "2001:db8:100::")]
     ue_v6_prefix: Ipv6Addr,
-    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_tests::parse_u32)]
+    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_testbed::parse_u32)]
     ul_teid_base: u32,
-    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_tests::parse_u32)]
+    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_testbed::parse_u32)]
     dl_teid_base: u32,
     /// QFI in uplink containers, and expected in downlink ones.
     #[arg(long, default_value_t = 9)]

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use mecgw_tests::packet::{self, Gtpu, IpPacket, PduType, gtp_type, proto};
+use mecgw_testbed::packet::{self, Gtpu, IpPacket, PduType, gtp_type, proto};
 
 #[derive(Parser)]
 #[command(about = "testbed core: a delayed GTP-U responder standing in for the central UPF")]
@@ -26,10 +26,10 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     delay_ms: u64,
     /// Uplink TEID of the first session (the simulator's convention).
-    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_tests::parse_u32)]
+    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_testbed::parse_u32)]
     ul_teid_base: u32,
     /// Downlink TEID of the first session.
-    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_tests::parse_u32)]
+    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_testbed::parse_u32)]
     dl_teid_base: u32,
     /// QFI to put in downlink containers.
     #[arg(long, default_value_t = 9)]
