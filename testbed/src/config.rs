@@ -8,8 +8,8 @@ use anyhow::bail;
 
 use crate::{DL_TEID_BASE, EDGE, GNB, LOCAL, METRICS, N3, QFI, UL_TEID_BASE};
 
-/// The datapath a testbed gateway runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The datapath a testbed gateway runs (on command lines: `native`, `generic`, `userspace`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DatapathChoice {
     /// XDP attached in the driver (veth supports it).
     Native,

@@ -17,8 +17,6 @@ pub mod bed;
 pub mod egress;
 pub mod nats;
 pub mod privacy;
-pub mod procmem;
-pub mod scale;
 
 pub use mecgw_testbed as testbed;
 pub use mecgw_testbed::{in_netns, packet};

@@ -42,15 +42,15 @@ fn build_release(packages: &[&str], what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the release binary `bin` of the tests crate with `args`.
-fn run_tests_bin(bin: &str, args: &[String], what: &str) -> anyhow::Result<()> {
+/// Runs the release binary `bin` of the bench crate (mecgw-bench) with `args`.
+fn run_bench_bin(bin: &str, args: &[String], what: &str) -> anyhow::Result<()> {
     let status = Command::new(env!("CARGO"))
         .args([
             "run",
             "--release",
             "--quiet",
             "-p",
-            "mecgw-tests",
+            "mecgw-bench",
             "--bin",
             bin,
             "--",
