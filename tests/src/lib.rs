@@ -1,5 +1,6 @@
 //! What the integration tests (`tests/tests/`) share: the fixtures that drive the gateway
-//! through the interfaces a user has, and the `mecgw` binary they drive.
+//! through the interfaces a user has, and the binaries they drive ([`mecgw_bin`],
+//! [`bin_dir`]: built fresh by the first call in a test process).
 //!
 //! - [`api`]: certificates, the API site and the tables its tests serve, a backend over a
 //!   real fast path, mTLS clients;
@@ -14,41 +15,14 @@
 
 pub mod api;
 pub mod bed;
+mod binaries;
 pub mod egress;
 pub mod nats;
 pub mod privacy;
 
+pub use binaries::{bin_dir, mecgw_bin};
 pub use mecgw_testbed as testbed;
 pub use mecgw_testbed::{in_netns, packet};
-
-use std::path::PathBuf;
-
-/// Path of the `mecgw` binary built in the same target directory as the running test.
-///
-/// `cargo xtask test` builds it before running the tests. Tests drive the binary exactly as a
-/// user would, so they need it rather than the library.
-pub fn mecgw_bin() -> anyhow::Result<PathBuf> {
-    // A test executable lives in <target>/<profile>/deps/, a benchmark binary of this crate
-    // in <target>/<profile>/ itself; the gateway's binary in <target>/<profile>/.
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory from {exe:?}"))?;
-    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent()
-            .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory from {exe:?}"))?
-    } else {
-        dir
-    };
-    let bin = profile_dir.join("mecgw");
-    if !bin.exists() {
-        anyhow::bail!(
-            "{} does not exist: build it first with `cargo build -p mecgw` (cargo xtask test does)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
 
 /// The `[n3]` and `[local]` sections the table-driven tests share (BPF_PROG_TEST_RUN needs no
 /// real interfaces, so the indexes and MACs are arbitrary).
