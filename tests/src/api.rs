@@ -439,6 +439,50 @@ impl ApiBackend for FastPathBackend {
     }
 }
 
+/// One API test's world: exclusive use of the [`shared_fast_path`] (until it drops), a
+/// [`Site`], a [`FastPathBackend`] with [`TABLE_ENTRIES`], and the API serving it on loopback.
+pub struct ApiTest {
+    pub site: Site,
+    pub backend: Arc<FastPathBackend>,
+    pub server: Running,
+    // Last, so it is released after the server and the backend are gone.
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl ApiTest {
+    /// A ready backend whose ingest queue holds `queue` records, served with the site's
+    /// configuration.
+    pub async fn start(queue: usize) -> anyhow::Result<ApiTest> {
+        Self::start_with(queue, true, |_| {}).await
+    }
+
+    /// The same, ready or not, with the site's configuration as `configure` changes it.
+    pub async fn start_with(
+        queue: usize,
+        ready: bool,
+        configure: impl FnOnce(&mut ApiConfig),
+    ) -> anyhow::Result<ApiTest> {
+        let exclusive = exclusive().await;
+        let site = Site::new()?;
+        let backend = FastPathBackend::with_test_tables(queue)?;
+        backend.ready.send_replace(ready);
+        let mut config = site.config();
+        configure(&mut config);
+        let server = Running::start(backend.clone(), config).await?;
+        Ok(ApiTest {
+            site,
+            backend,
+            server,
+            _exclusive: exclusive,
+        })
+    }
+
+    /// An mTLS channel to the server as `who`: `"operator"` or an app's name.
+    pub async fn channel(&self, who: &str) -> anyhow::Result<Channel> {
+        self.site.channel(self.server.addr, who).await
+    }
+}
+
 /// A running API server on loopback.
 pub struct Running {
     pub addr: SocketAddr,

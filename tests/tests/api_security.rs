@@ -21,7 +21,9 @@ use mecgw::api::{
         traffic_rules_service_client::TrafficRulesServiceClient,
     },
 };
-use mecgw_tests::api::{Ca, FastPathBackend, Pem, Running, Site, connect, edge_service, exclusive};
+use mecgw_tests::api::{
+    ApiTest, Ca, FastPathBackend, Pem, Running, Site, connect, edge_service, exclusive,
+};
 use tonic::Code;
 
 async fn backend() -> Arc<FastPathBackend> {
@@ -48,23 +50,19 @@ async fn list_rules(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_certificate_from_the_client_ca_are_refused() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let server = Running::start(backend().await, site.config())
-        .await
-        .unwrap();
-    let ca = site.ca.cert_pem();
+    let t = ApiTest::start(16).await.unwrap();
+    let ca = t.site.ca.cert_pem();
 
     // The operator with its certificate gets through: the refusals below are not an accident
     // of the set-up.
-    let op = site.operator().unwrap();
+    let op = t.site.operator().unwrap();
     assert_eq!(
-        list_rules(&server, &ca, Some(&op)).await,
+        list_rules(&t.server, &ca, Some(&op)).await,
         Ok(vec![10, 20, 30])
     );
 
     // No client certificate.
-    let e = list_rules(&server, &ca, None).await.unwrap_err();
+    let e = list_rules(&t.server, &ca, None).await.unwrap_err();
     assert!(
         !e.contains("PermissionDenied"),
         "refused at TLS, not later: {e}"
@@ -75,34 +73,29 @@ async fn clients_without_a_certificate_from_the_client_ca_are_refused() {
     let forged = rogue
         .client(&[], &[mecgw_tests::api::OPERATOR_URI])
         .unwrap();
-    let e = list_rules(&server, &ca, Some(&forged)).await.unwrap_err();
+    let e = list_rules(&t.server, &ca, Some(&forged)).await.unwrap_err();
     assert!(
         !e.contains("PermissionDenied"),
         "refused at TLS, not later: {e}"
     );
 
     // The right CA, but the SAN names no configured app; and one naming two apps.
-    let nobody = site.ca.client(&["nobody.example"], &[]).unwrap();
-    let e = list_rules(&server, &ca, Some(&nobody)).await.unwrap_err();
+    let nobody = t.site.ca.client(&["nobody.example"], &[]).unwrap();
+    let e = list_rules(&t.server, &ca, Some(&nobody)).await.unwrap_err();
     assert!(e.starts_with("PermissionDenied"), "{e}");
     assert!(e.contains("nobody.example"), "{e}");
-    let both = site.ca.client(&["video", "maps"], &[]).unwrap();
-    let e = list_rules(&server, &ca, Some(&both)).await.unwrap_err();
+    let both = t.site.ca.client(&["video", "maps"], &[]).unwrap();
+    let e = list_rules(&t.server, &ca, Some(&both)).await.unwrap_err();
     assert!(e.starts_with("PermissionDenied"), "{e}");
     assert!(e.contains("more than one app"), "{e}");
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_cannot_touch_another_apps_rules_services_or_streams() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let backend = backend().await;
-    let server = Running::start(backend.clone(), site.config())
-        .await
-        .unwrap();
-    let video = site.channel(server.addr, "video").await.unwrap();
-    let maps = site.channel(server.addr, "maps").await.unwrap();
+    let t = ApiTest::start(16).await.unwrap();
+    let video = t.channel("video").await.unwrap();
+    let maps = t.channel("maps").await.unwrap();
 
     // Rules: rule 10 is video's; maps (which owns rule 20) can neither read nor switch it.
     let mut video_rules = TrafficRulesServiceClient::new(video.clone());
@@ -140,7 +133,7 @@ async fn an_app_cannot_touch_another_apps_rules_services_or_streams() {
         .collect();
     assert_eq!(listed, vec![20]);
     assert_eq!(
-        backend.tables().rules[0].state,
+        t.backend.tables().rules[0].state,
         mecgw::datapath::tables::RuleState::Active
     );
 
@@ -222,7 +215,7 @@ async fn an_app_cannot_touch_another_apps_rules_services_or_streams() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     drop(watch);
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

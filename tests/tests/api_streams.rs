@@ -23,7 +23,7 @@ use mecgw::{
     },
     datapath::Direction,
 };
-use mecgw_tests::api::{FastPathBackend, Running, Site, edge_service, exclusive};
+use mecgw_tests::api::{ApiTest, edge_service};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -37,15 +37,9 @@ async fn next_within<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_register_update_deregister_discover_and_watch() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = FastPathBackend::with_test_tables(16).unwrap();
-    b.ready.send_replace(true);
-    let server = Running::start(b, site.config()).await.unwrap();
-    let mut video =
-        EdgeServicesServiceClient::new(site.channel(server.addr, "video").await.unwrap());
-    let mut op =
-        EdgeServicesServiceClient::new(site.channel(server.addr, "operator").await.unwrap());
+    let t = ApiTest::start(16).await.unwrap();
+    let mut video = EdgeServicesServiceClient::new(t.channel("video").await.unwrap());
+    let mut op = EdgeServicesServiceClient::new(t.channel("operator").await.unwrap());
 
     let registered = video
         .register_service(RegisterServiceRequest {
@@ -119,7 +113,7 @@ async fn services_register_update_deregister_discover_and_watch() {
     assert_eq!(e.code(), Code::NotFound);
 
     // Shutdown ends the watch instead of holding the server open.
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
     let end = next_within(&mut watch).await;
     assert!(
         !matches!(end, Some(Ok(_))),
@@ -129,13 +123,9 @@ async fn services_register_update_deregister_discover_and_watch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_feeds_the_engine_queue_and_refuses_with_resource_exhausted_when_it_stays_full() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = FastPathBackend::with_test_tables(8).unwrap();
-    b.ready.send_replace(true);
-    let server = Running::start(b.clone(), site.config()).await.unwrap();
-    let mut video = TelemetryServiceClient::new(site.channel(server.addr, "video").await.unwrap());
-    let mut queue = b.take_ingested().unwrap();
+    let t = ApiTest::start(8).await.unwrap();
+    let mut video = TelemetryServiceClient::new(t.channel("video").await.unwrap());
+    let mut queue = t.backend.take_ingested().unwrap();
 
     // Five records fit: accepted, with the app's name and the declared kind.
     let batch = PublishRequest {
@@ -197,18 +187,14 @@ async fn publish_feeds_the_engine_queue_and_refuses_with_resource_exhausted_when
         assert!(e.message().contains(want), "{kind}: {}", e.message());
     }
     assert!(queue.try_recv().is_err(), "refused records were queued");
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_streams_only_the_releases_the_caller_may_see() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = FastPathBackend::with_test_tables(8).unwrap();
-    b.ready.send_replace(true);
-    let server = Running::start(b.clone(), site.config()).await.unwrap();
-    let mut video = TelemetryServiceClient::new(site.channel(server.addr, "video").await.unwrap());
-    let mut op = TelemetryServiceClient::new(site.channel(server.addr, "operator").await.unwrap());
+    let t = ApiTest::start(8).await.unwrap();
+    let mut video = TelemetryServiceClient::new(t.channel("video").await.unwrap());
+    let mut op = TelemetryServiceClient::new(t.channel("operator").await.unwrap());
     let mut video_stream = video
         .subscribe(SubscribeRequest::default())
         .await
@@ -226,7 +212,8 @@ async fn subscribe_streams_only_the_releases_the_caller_may_see() {
         ("dwell_time", r#"{"p50":12}"#),
         ("cell_load", r#"{"cell":"c1","load":0.4}"#),
     ] {
-        b.released
+        t.backend
+            .released
             .send(Arc::new(ReleasedOutput {
                 release: release.into(),
                 json: json.into(),
@@ -241,16 +228,13 @@ async fn subscribe_streams_only_the_releases_the_caller_may_see() {
         o.release, "dwell_time",
         "the operator asked for dwell_time only"
     );
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_serving_only_while_ready_and_not_draining() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = FastPathBackend::with_test_tables(8).unwrap();
-    let mut server = Running::start(b.clone(), site.config()).await.unwrap();
-    let channel = site.channel(server.addr, "video").await.unwrap();
+    let mut t = ApiTest::start_with(8, false, |_| {}).await.unwrap();
+    let channel = t.channel("video").await.unwrap();
     let mut health = HealthClient::new(channel.clone());
     let status = |service: &str| HealthCheckRequest {
         service: service.into(),
@@ -274,7 +258,7 @@ async fn health_is_serving_only_while_ready_and_not_draining() {
         next_within(&mut watch).await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
     );
-    b.ready.send_replace(true);
+    t.backend.ready.send_replace(true);
     assert_eq!(
         next_within(&mut watch).await.unwrap().unwrap().status,
         ServingStatus::Serving as i32
@@ -290,25 +274,21 @@ async fn health_is_serving_only_while_ready_and_not_draining() {
     );
 
     // Shutdown: NOT_SERVING while the server drains (drain_ms = 200 in the test config).
-    server.begin_shutdown();
+    t.server.begin_shutdown();
     assert_eq!(
         next_within(&mut watch).await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
     );
     drop(watch);
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reflection_and_message_limits() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = FastPathBackend::with_test_tables(8).unwrap();
-    b.ready.send_replace(true);
-    let mut config = site.config();
-    config.max_message_bytes = 4096;
-    let server = Running::start(b.clone(), config).await.unwrap();
-    let op = site.channel(server.addr, "operator").await.unwrap();
+    let t = ApiTest::start_with(8, true, |c| c.max_message_bytes = 4096)
+        .await
+        .unwrap();
+    let op = t.channel("operator").await.unwrap();
 
     // A packet through the fast path moves the counters the status reports.
     let before = StatusServiceClient::new(op.clone())
@@ -316,7 +296,8 @@ async fn status_reflection_and_message_limits() {
         .await
         .unwrap()
         .into_inner();
-    b.fast_path
+    t.backend
+        .fast_path
         .test_run(Direction::Uplink, &[0u8; 64], 1)
         .unwrap();
     let after = StatusServiceClient::new(op.clone())
@@ -375,8 +356,8 @@ async fn status_reflection_and_message_limits() {
 
     // Every call was counted by method and code, and renders for /metrics.
     let get = "/mecgw.v1.StatusService/GetStatus";
-    assert_eq!(b.metrics.calls(get, Code::Ok), 3);
-    let text = b.metrics.render();
+    assert_eq!(t.backend.metrics.calls(get, Code::Ok), 3);
+    let text = t.backend.metrics.render();
     let line = format!("mecgw_api_requests_total{{method=\"{get}\",code=\"Ok\"}} 3");
     assert!(text.lines().any(|l| l == line), "{text}");
     assert!(
@@ -385,7 +366,7 @@ async fn status_reflection_and_message_limits() {
         ),
         "{text}"
     );
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 /// The services a reflection client of the generated module `$pb` (v1 or v1alpha) lists.
