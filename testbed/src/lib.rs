@@ -188,8 +188,25 @@ pub const QFI: u8 = 9;
 /// The operations port of `mecgw run` inside the `mec` namespace.
 pub const METRICS: &str = "127.0.0.1:9464";
 
+/// The sessions' numbering on a tool's command line (`#[command(flatten)]`): UE `i` (from
+/// 0) has uplink TEID `ul_teid_base + i` and downlink TEID `dl_teid_base + i`; by default the
+/// simulator's convention ([`UL_TEID_BASE`], [`DL_TEID_BASE`], [`QFI`]).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct SessionNumbering {
+    /// Uplink TEID of the first session (decimal or 0x-hex).
+    #[arg(long, default_value_t = UL_TEID_BASE, value_parser = parse_u32)]
+    pub ul_teid_base: u32,
+    /// Downlink TEID of the first session (decimal or 0x-hex).
+    #[arg(long, default_value_t = DL_TEID_BASE, value_parser = parse_u32)]
+    pub dl_teid_base: u32,
+    /// QFI of the sessions: put in uplink containers by the gNB and in downlink ones by the
+    /// core, and expected in downlink ones by the gNB.
+    #[arg(long, default_value_t = QFI)]
+    pub qfi: u8,
+}
+
 /// Parses a decimal or `0x`-prefixed hexadecimal u32 (TEIDs on the tools' command lines).
-pub fn parse_u32(s: &str) -> Result<u32, String> {
+fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16),
         None => s.parse(),

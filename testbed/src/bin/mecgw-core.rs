@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use mecgw_testbed::packet::{self, Gtpu, IpPacket, PduType, gtp_type, proto};
+use mecgw_testbed::{
+    SessionNumbering,
+    packet::{self, Gtpu, IpPacket, PduType, gtp_type, proto},
+};
 
 #[derive(Parser)]
 #[command(about = "testbed core: a delayed GTP-U responder standing in for the central UPF")]
@@ -25,15 +28,8 @@ struct Args {
     /// Delay before each answer, in milliseconds.
     #[arg(long, default_value_t = 20)]
     delay_ms: u64,
-    /// Uplink TEID of the first session (the simulator's convention).
-    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_testbed::parse_u32)]
-    ul_teid_base: u32,
-    /// Downlink TEID of the first session.
-    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_testbed::parse_u32)]
-    dl_teid_base: u32,
-    /// QFI to put in downlink containers.
-    #[arg(long, default_value_t = 9)]
-    qfi: u8,
+    #[command(flatten)]
+    sessions: SessionNumbering,
     /// Append every datagram received, as hex, one per line, to this file.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
@@ -92,9 +88,9 @@ fn main() -> anyhow::Result<()> {
             gtp_type::G_PDU => answer_inner(&msg.payload).map(|inner| {
                 let dl = msg
                     .teid
-                    .wrapping_sub(args.ul_teid_base)
-                    .wrapping_add(args.dl_teid_base);
-                Gtpu::g_pdu(dl, Some((PduType::Downlink, args.qfi)), &inner)
+                    .wrapping_sub(args.sessions.ul_teid_base)
+                    .wrapping_add(args.sessions.dl_teid_base);
+                Gtpu::g_pdu(dl, Some((PduType::Downlink, args.sessions.qfi)), &inner)
             }),
             _ => None,
         };

@@ -25,7 +25,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use mecgw_testbed::packet::{self, Gtpu, IpPacket, PduType, TcpHeader, gtp_type, tcp_flags};
+use mecgw_testbed::{
+    SessionNumbering,
+    packet::{self, Gtpu, IpPacket, PduType, TcpHeader, gtp_type, tcp_flags},
+};
 
 #[derive(Parser)]
 #[command(about = "testbed gNB/UE simulator over GTP-U")]
@@ -44,13 +47,8 @@ struct Args {
     /// First 48 bits of the UEs' IPv6 /64 prefixes.
     #[arg(long, default_value = "2001:db8:100::")]
     ue_v6_prefix: Ipv6Addr,
-    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_testbed::parse_u32)]
-    ul_teid_base: u32,
-    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_testbed::parse_u32)]
-    dl_teid_base: u32,
-    /// QFI in uplink containers, and expected in downlink ones.
-    #[arg(long, default_value_t = 9)]
-    qfi: u8,
+    #[command(flatten)]
+    sessions: SessionNumbering,
     /// Probes, `NAME=KIND:ADDR[:PORT]`; repeatable.
     #[arg(long = "probe", required = true)]
     probes: Vec<String>,
@@ -135,8 +133,8 @@ impl Ue {
             index,
             v4: Ipv4Addr::from(u32::from(args.ue_v4_base).wrapping_add(index)),
             v6: Ipv6Addr::from(seg),
-            ul_teid: args.ul_teid_base.wrapping_add(index),
-            dl_teid: args.dl_teid_base.wrapping_add(index),
+            ul_teid: args.sessions.ul_teid_base.wrapping_add(index),
+            dl_teid: args.sessions.dl_teid_base.wrapping_add(index),
         }
     }
 
@@ -415,7 +413,7 @@ fn main() -> anyhow::Result<()> {
         sock,
         record,
         upf: SocketAddr::new(args.upf, packet::GTPU_PORT),
-        qfi: args.qfi,
+        qfi: args.sessions.qfi,
         timeout: Duration::from_millis(args.timeout_ms),
         stray: 0,
         buf: vec![0u8; 65536],
@@ -485,7 +483,13 @@ fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()>
     let rx = sim.sock;
     rx.set_read_timeout(Some(Duration::from_millis(20)))?;
     let start = Instant::now();
-    let (upf, qfi, rate, target, port) = (sim.upf, args.qfi, args.rate, probe.target, probe.port);
+    let (upf, qfi, rate, target, port) = (
+        sim.upf,
+        args.sessions.qfi,
+        args.rate,
+        probe.target,
+        probe.port,
+    );
     let ues_tx = ues.to_vec();
     let sender = std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
         let mut sent = 0u64;
