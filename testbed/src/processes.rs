@@ -63,11 +63,15 @@ pub fn ops_get(path: &str) -> anyhow::Result<Option<String>> {
 
 /// The value of `name{labels}` in Prometheus text, or 0.
 pub fn metric(text: &str, name: &str, labels: &str) -> u64 {
-    let prefix = format!("{name}{{{labels}}} ");
+    sample_value(text, &format!("{name}{{{labels}}}")).unwrap_or(0)
+}
+
+/// The value of the sample line `series` (`name{labels}`, or `name` without labels) in
+/// Prometheus text, if it is there and a whole number.
+pub fn sample_value(text: &str, series: &str) -> Option<u64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Background processes; every one still running is killed on drop.
