@@ -11,7 +11,7 @@
 use std::{
     io::BufRead as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::OnceLock,
 };
 
@@ -52,27 +52,9 @@ fn build() -> anyhow::Result<PathBuf> {
     let profile = profile()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let mut command = Command::new(&cargo);
-    // Cargo gives the running test its package's variables. Build scripts that watch one
-    // (ring watches CARGO_MANIFEST_DIR) would see a change, rebuild, and the next `cargo
-    // test` would rebuild again: the nested build gets the environment a shell has.
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(|n| {
-            n.starts_with("CARGO_PKG_")
-                || [
-                    "CARGO_MANIFEST_DIR",
-                    "CARGO_MANIFEST_PATH",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_BIN_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                ]
-                .contains(&n)
-        }) {
-            command.env_remove(name);
-        }
-    }
+    // The environment a shell has (mecgw-cmd): with the variables cargo sets for this test,
+    // this build and the next `cargo test` would each rebuild what the other built.
+    let mut command = mecgw_cmd::command(&cargo);
     let mut child = command
         .args(["build", "--profile", &profile, "--bins"])
         .args(["--package", "mecgw", "--package", "mecgw-testbed"])

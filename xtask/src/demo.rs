@@ -6,20 +6,7 @@
 use crate::shell;
 
 pub fn run() -> anyhow::Result<()> {
-    shell::step(
-        "build mecgw and the testbed tools (release)",
-        &[
-            "cargo",
-            "build",
-            "--release",
-            "--package",
-            "mecgw",
-            "--package",
-            "mecgw-testbed",
-            "--bins",
-        ],
-    )?;
-    let bin = shell::target_dir().join("release");
+    let bin = shell::build_gateway_and_tools_release()?;
     let demo = bin.join("mecgw-demo");
     shell::step("demo", &[&demo.to_string_lossy(), &bin.to_string_lossy()])
 }

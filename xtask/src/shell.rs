@@ -18,3 +18,24 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
+
+/// Builds `mecgw` and the testbed tools in release mode and returns the directory they are
+/// in. Every task that runs the gateway builds exactly this set: the tests' own build of
+/// the binaries they drive (tests/src/binaries.rs) asks for the same packages, so cargo
+/// resolves the same features and never builds a second copy of the gateway.
+pub fn build_gateway_and_tools_release() -> anyhow::Result<PathBuf> {
+    step(
+        "build mecgw and the testbed tools (release)",
+        &[
+            "cargo",
+            "build",
+            "--release",
+            "--package",
+            "mecgw",
+            "--package",
+            "mecgw-testbed",
+            "--bins",
+        ],
+    )?;
+    Ok(target_dir().join("release"))
+}

@@ -11,6 +11,6 @@
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     // The memory phase starts the release `mecgw` beside the benchmark binary.
-    super::build_release(&["-p", "mecgw", "--bin", "mecgw"], "the gateway")?;
+    crate::shell::build_gateway_and_tools_release()?;
     super::run_bench_bin("api_bench", args, "API benchmark")
 }

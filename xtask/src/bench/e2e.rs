@@ -7,9 +7,6 @@
 //! of the bench crate (it needs root for the namespaces); see that binary for the method.
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    super::build_release(
-        &["-p", "mecgw", "-p", "mecgw-testbed", "--bins"],
-        "the gateway and the testbed tools",
-    )?;
+    crate::shell::build_gateway_and_tools_release()?;
     super::run_bench_bin("e2e_bench", args, "end-to-end benchmark")
 }

@@ -1,8 +1,6 @@
 //! `cargo xtask bench NAME`: benchmarks. Each reports medians and ratios against a baseline
 //! measured in the same run, and never fails on a figure (these machines are shared and noisy).
 
-use std::process::Command;
-
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
@@ -53,22 +51,9 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     }
 }
 
-/// `cargo build --release --quiet PACKAGES…`: the binaries a benchmark starts beside itself.
-fn build_release(packages: &[&str], what: &str) -> anyhow::Result<()> {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet"])
-        .args(packages)
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("building {what} failed ({status})");
-    }
-    Ok(())
-}
-
 /// Runs the release binary `bin` of the bench crate (mecgw-bench) with `args`.
 fn run_bench_bin(bin: &str, args: &[String], what: &str) -> anyhow::Result<()> {
-    let status = Command::new(env!("CARGO"))
+    let status = mecgw_cmd::command(env!("CARGO"))
         .args([
             "run",
             "--release",
