@@ -1,5 +1,6 @@
 //! Support for the gRPC API tests and benchmark: certificates made on the fly (rcgen), an
-//! [`ApiBackend`] over a real loaded [`FastPath`], and mTLS clients.
+//! [`ApiBackend`] over a real loaded [`FastPath`] with the tables the tests share
+//! ([`TABLE_ENTRIES`]), and mTLS clients.
 //!
 //! The backend here plays the daemon's part and nothing more: it holds the tables in force,
 //! installs replacements in the fast path under compare-and-swap, and exposes the readiness,
@@ -16,6 +17,7 @@ use mecgw::{
     api::{
         ApiBackend, ApiConfig, ApiMetrics, AppConfig, BackendError, PublishedRecord,
         ReleasedOutput, ReplaceError, Role, StatusReport,
+        proto::{EdgeService, EdgeServiceState},
     },
     datapath::{
         CompiledTables, FastPath, Problems, Tables, compile::compile, tables::overlay::Overlay,
@@ -183,6 +185,27 @@ impl Site {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// An mTLS channel to the server at `addr` as `who`: `"operator"` or an app's name.
+    pub async fn channel(&self, addr: SocketAddr, who: &str) -> anyhow::Result<Channel> {
+        let identity = if who == "operator" {
+            self.operator()?
+        } else {
+            self.app(who)?
+        };
+        connect(addr, &self.ca.cert_pem(), Some(&identity)).await
+    }
+}
+
+/// An active edge service `name` at `version` (owner left for the API to fill in).
+pub fn edge_service(name: &str, version: &str) -> EdgeService {
+    EdgeService {
+        name: name.into(),
+        version: version.into(),
+        endpoint: "https://198.51.100.7:8443".into(),
+        state: EdgeServiceState::Active as i32,
+        owner: String::new(),
+    }
 }
 
 /// A channel to `addr` over TLS trusting `ca_pem`, presenting `identity` if given.
@@ -222,6 +245,42 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }
+
+/// The sessions and rules the API tests serve, after the shared test interfaces
+/// ([`crate::tables_with`]). The rules' owners are [`Site::config`]'s: video owns 10 and 30,
+/// maps owns 20.
+///
+/// - session 1: uplink TEID 0x100, downlink 0x200, UE 10.45.0.1, gNB 198.18.1.1, QFI 9;
+/// - rule 10: LOCAL to 192.0.2.0/24;
+/// - rule 20: PASSTHROUGH to 192.0.2.128/25 (a longer prefix, lower priority);
+/// - rule 30: DROP to 203.0.113.0/24.
+pub const TABLE_ENTRIES: &str = r#"
+[[sessions]]
+id = 1
+uplink_teid = 0x100
+downlink_teid = 0x200
+ue_ipv4 = "10.45.0.1"
+gnb = "198.18.1.1"
+qfi = 9
+
+[[rules]]
+id = 10
+priority = 10
+action = "LOCAL"
+dst = ["192.0.2.0/24"]
+
+[[rules]]
+id = 20
+priority = 20
+action = "PASSTHROUGH"
+dst = ["192.0.2.128/25"]
+
+[[rules]]
+id = 30
+priority = 30
+action = "DROP"
+dst = ["203.0.113.0/24"]
+"#;
 
 /// The daemon's part, over a real loaded fast path. The sessions and rules it starts with
 /// are the API's own (its overlay), on top of a "file" with the interfaces and defaults.
@@ -268,6 +327,21 @@ impl FastPathBackend {
             policy_hash: Some("sha256:test".into()),
             metrics: Arc::default(),
         })
+    }
+
+    /// [`TABLE_ENTRIES`] installed in the [`shared_fast_path`], not ready yet (send `true` on
+    /// [`Self::ready`] to make it so); the ingest queue holds `queue` records. The caller
+    /// holds [`exclusive`].
+    pub fn with_test_tables(queue: usize) -> anyhow::Result<Arc<FastPathBackend>> {
+        let tables = mecgw::datapath::compile::from_toml(
+            &crate::tables_with(TABLE_ENTRIES),
+            "api_tests.toml",
+        )?;
+        Ok(Arc::new(FastPathBackend::new(
+            shared_fast_path()?,
+            tables,
+            queue,
+        )?))
     }
 
     /// The engine's end of the ingest queue (once).
@@ -362,6 +436,50 @@ impl ApiBackend for FastPathBackend {
 
     fn api_metrics(&self) -> Option<Arc<ApiMetrics>> {
         Some(self.metrics.clone())
+    }
+}
+
+/// One API test's world: exclusive use of the [`shared_fast_path`] (until it drops), a
+/// [`Site`], a [`FastPathBackend`] with [`TABLE_ENTRIES`], and the API serving it on loopback.
+pub struct ApiTest {
+    pub site: Site,
+    pub backend: Arc<FastPathBackend>,
+    pub server: Running,
+    // Last, so it is released after the server and the backend are gone.
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl ApiTest {
+    /// A ready backend whose ingest queue holds `queue` records, served with the site's
+    /// configuration.
+    pub async fn start(queue: usize) -> anyhow::Result<ApiTest> {
+        Self::start_with(queue, true, |_| {}).await
+    }
+
+    /// The same, ready or not, with the site's configuration as `configure` changes it.
+    pub async fn start_with(
+        queue: usize,
+        ready: bool,
+        configure: impl FnOnce(&mut ApiConfig),
+    ) -> anyhow::Result<ApiTest> {
+        let exclusive = exclusive().await;
+        let site = Site::new()?;
+        let backend = FastPathBackend::with_test_tables(queue)?;
+        backend.ready.send_replace(ready);
+        let mut config = site.config();
+        configure(&mut config);
+        let server = Running::start(backend.clone(), config).await?;
+        Ok(ApiTest {
+            site,
+            backend,
+            server,
+            _exclusive: exclusive,
+        })
+    }
+
+    /// An mTLS channel to the server as `who`: `"operator"` or an app's name.
+    pub async fn channel(&self, who: &str) -> anyhow::Result<Channel> {
+        self.site.channel(self.server.addr, who).await
     }
 }
 

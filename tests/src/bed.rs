@@ -25,14 +25,9 @@ pub struct Bed {
     dir: tempfile::TempDir,
 }
 
+/// Runs `argv` quietly; panics, with its stderr, if it fails.
 pub fn sh(argv: &[&str]) -> Output {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{argv:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    mecgw_cmd::run_quiet(argv).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl Default for Bed {
@@ -252,13 +247,9 @@ dst = ["198.18.1.0/24"]
     )
 }
 
-/// The value of a Prometheus sample line `name{labels}` (or `name` without labels).
+/// The value of a Prometheus sample line `name{labels}` (or `name` without labels); panics
+/// if there is none.
 pub fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    mecgw_testbed::sample_value(metrics, series)
         .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-        .trim()
-        .parse()
-        .unwrap()
 }

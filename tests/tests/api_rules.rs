@@ -7,8 +7,6 @@
 //! Needs root (CAP_BPF). CI runs as root, so this is never skipped there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
 use mecgw::{
     api::proto::{
         CreateSessionRequest, CreateTrafficRuleRequest, DeleteSessionRequest,
@@ -22,41 +20,13 @@ use mecgw::{
 };
 use mecgw_ebpf::{Reason, Verdict};
 use mecgw_tests::{
-    api::{FastPathBackend, Running, Site, connect, exclusive, shared_fast_path},
-    packets::*,
+    api::{ApiTest, FastPathBackend},
+    packet::*,
 };
 use tonic::{Code, transport::Channel};
 
-/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
-const TABLE_ENTRIES: &str = r#"
-[[sessions]]
-id = 1
-uplink_teid = 0x100
-downlink_teid = 0x200
-ue_ipv4 = "10.45.0.1"
-gnb = "198.18.1.1"
-qfi = 9
-
-[[rules]]
-id = 10
-priority = 10
-action = "LOCAL"
-dst = ["192.0.2.0/24"]
-
-[[rules]]
-id = 20
-priority = 20
-action = "PASSTHROUGH"
-dst = ["192.0.2.128/25"]
-
-[[rules]]
-id = 30
-priority = 30
-action = "DROP"
-dst = ["203.0.113.0/24"]
-"#;
-
-/// An uplink G-PDU of session 1 (TEID 0x100, UE 10.45.0.1) to `dst`, UDP port 443.
+/// An uplink G-PDU of session 1 of [`mecgw_tests::api::TABLE_ENTRIES`] (TEID 0x100, UE 10.45.0.1) to `dst`,
+/// UDP port 443.
 fn uplink(dst: &str) -> Vec<u8> {
     let inner = ipv4(
         v4("10.45.0.1"),
@@ -73,49 +43,17 @@ fn uplink(dst: &str) -> Vec<u8> {
     )
 }
 
-struct Bench {
-    _exclusive: tokio::sync::MutexGuard<'static, ()>,
-    site: Site,
-    backend: Arc<FastPathBackend>,
-    server: Running,
+/// What these tests ask of the API test world beyond [`ApiTest`].
+trait RulesTest {
+    /// A TrafficRules client as `who`.
+    async fn rules(&self, who: &str) -> TrafficRulesServiceClient<Channel>;
+    /// What the XDP program does with [`uplink`]`(dst)`: verdict, reason, rule.
+    fn judge(&self, dst: &str) -> (Verdict, Reason, Option<u32>);
 }
 
-impl Bench {
-    async fn new() -> Bench {
-        let exclusive = exclusive().await;
-        let site = Site::new().unwrap();
-        let tables = mecgw::datapath::compile::from_toml(
-            &mecgw_tests::tables_with(TABLE_ENTRIES),
-            "api_rules.toml",
-        )
-        .unwrap();
-        let fast_path = shared_fast_path().unwrap();
-        let backend = Arc::new(FastPathBackend::new(fast_path, tables, 16).unwrap());
-        backend.ready.send_replace(true);
-        let server = Running::start(backend.clone(), site.config())
-            .await
-            .unwrap();
-        Bench {
-            _exclusive: exclusive,
-            site,
-            backend,
-            server,
-        }
-    }
-
-    async fn channel_of(&self, app: &str) -> Channel {
-        let id = if app == "operator" {
-            self.site.operator().unwrap()
-        } else {
-            self.site.app(app).unwrap()
-        };
-        connect(self.server.addr, &self.site.ca.cert_pem(), Some(&id))
-            .await
-            .unwrap()
-    }
-
-    async fn rules(&self, app: &str) -> TrafficRulesServiceClient<Channel> {
-        TrafficRulesServiceClient::new(self.channel_of(app).await)
+impl RulesTest for ApiTest {
+    async fn rules(&self, who: &str) -> TrafficRulesServiceClient<Channel> {
+        TrafficRulesServiceClient::new(self.channel(who).await.unwrap())
     }
 
     fn judge(&self, dst: &str) -> (Verdict, Reason, Option<u32>) {
@@ -146,7 +84,7 @@ fn drop_rule(id: u32, dst: &str) -> TrafficRule {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_creates_replaces_and_deletes_a_rule_and_each_change_is_in_the_fast_path() {
-    let bench = Bench::new().await;
+    let bench = ApiTest::start(16).await.unwrap();
     let mut op = bench.rules("operator").await;
 
     // Before: no rule speaks for 198.51.100.7.
@@ -262,7 +200,7 @@ async fn operator_creates_replaces_and_deletes_a_rule_and_each_change_is_in_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_rules_get_invalid_argument_naming_the_field_and_change_nothing() {
-    let bench = Bench::new().await;
+    let bench = ApiTest::start(16).await.unwrap();
     let mut op = bench.rules("operator").await;
     let cases: Vec<(TrafficRule, &str)> = vec![
         (
@@ -338,7 +276,7 @@ impl Ids for FastPathBackend {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_sees_and_switches_only_its_own_rules() {
-    let bench = Bench::new().await;
+    let bench = ApiTest::start(16).await.unwrap();
     let mut video = bench.rules("video").await;
 
     let mine = video
@@ -460,8 +398,8 @@ fn session(id: u32, teid: u32, ue: &str) -> Session {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_manages_sessions_and_the_fast_path_follows() {
-    let bench = Bench::new().await;
-    let mut op = SessionsServiceClient::new(bench.channel_of("operator").await);
+    let bench = ApiTest::start(16).await.unwrap();
+    let mut op = SessionsServiceClient::new(bench.channel("operator").await.unwrap());
 
     // TEID 0x101 is unknown: passed as unknown_teid.
     let inner = ipv4(
@@ -584,7 +522,7 @@ async fn operator_manages_sessions_and_the_fast_path_follows() {
     assert_eq!(e.code(), Code::NotFound);
 
     // Sessions are the operator's alone.
-    let mut video = SessionsServiceClient::new(bench.channel_of("video").await);
+    let mut video = SessionsServiceClient::new(bench.channel("video").await.unwrap());
     let e = video
         .list_sessions(ListSessionsRequest::default())
         .await

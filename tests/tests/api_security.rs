@@ -12,9 +12,9 @@ use futures::StreamExt as _;
 use mecgw::api::{
     ApiBackend as _,
     proto::{
-        DeregisterServiceRequest, DiscoverServicesRequest, EdgeService, EdgeServiceState,
-        GetStatusRequest, GetTrafficRuleRequest, ListTrafficRulesRequest, RegisterServiceRequest,
-        SubscribeRequest, TrafficRuleState, UpdateTrafficRuleStateRequest, WatchServicesRequest,
+        DeregisterServiceRequest, DiscoverServicesRequest, GetStatusRequest, GetTrafficRuleRequest,
+        ListTrafficRulesRequest, RegisterServiceRequest, SubscribeRequest, TrafficRuleState,
+        UpdateTrafficRuleStateRequest, WatchServicesRequest,
         edge_services_service_client::EdgeServicesServiceClient,
         status_service_client::StatusServiceClient,
         telemetry_service_client::TelemetryServiceClient,
@@ -22,34 +22,14 @@ use mecgw::api::{
     },
 };
 use mecgw_tests::api::{
-    Ca, FastPathBackend, Pem, Running, Site, connect, exclusive, shared_fast_path,
+    ApiTest, Ca, FastPathBackend, Pem, Running, Site, connect, edge_service, exclusive,
 };
-use tonic::{Code, transport::Channel};
-
-/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
-const TABLE_ENTRIES: &str = r#"
-[[rules]]
-id = 10
-priority = 10
-action = "LOCAL"
-dst = ["192.0.2.0/24"]
-
-[[rules]]
-id = 20
-priority = 20
-action = "DROP"
-dst = ["203.0.113.0/24"]
-"#;
+use tonic::Code;
 
 async fn backend() -> Arc<FastPathBackend> {
-    let tables = mecgw::datapath::compile::from_toml(
-        &mecgw_tests::tables_with(TABLE_ENTRIES),
-        "api_security.toml",
-    )
-    .unwrap();
-    let b = FastPathBackend::new(shared_fast_path().unwrap(), tables, 16).unwrap();
+    let b = FastPathBackend::with_test_tables(16).unwrap();
     b.ready.send_replace(true);
-    Arc::new(b)
+    b
 }
 
 /// Connects with `identity` and lists rules: the whole path a client takes.
@@ -70,20 +50,19 @@ async fn list_rules(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_certificate_from_the_client_ca_are_refused() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let server = Running::start(backend().await, site.config())
-        .await
-        .unwrap();
-    let ca = site.ca.cert_pem();
+    let t = ApiTest::start(16).await.unwrap();
+    let ca = t.site.ca.cert_pem();
 
     // The operator with its certificate gets through: the refusals below are not an accident
     // of the set-up.
-    let op = site.operator().unwrap();
-    assert_eq!(list_rules(&server, &ca, Some(&op)).await, Ok(vec![10, 20]));
+    let op = t.site.operator().unwrap();
+    assert_eq!(
+        list_rules(&t.server, &ca, Some(&op)).await,
+        Ok(vec![10, 20, 30])
+    );
 
     // No client certificate.
-    let e = list_rules(&server, &ca, None).await.unwrap_err();
+    let e = list_rules(&t.server, &ca, None).await.unwrap_err();
     assert!(
         !e.contains("PermissionDenied"),
         "refused at TLS, not later: {e}"
@@ -94,55 +73,29 @@ async fn clients_without_a_certificate_from_the_client_ca_are_refused() {
     let forged = rogue
         .client(&[], &[mecgw_tests::api::OPERATOR_URI])
         .unwrap();
-    let e = list_rules(&server, &ca, Some(&forged)).await.unwrap_err();
+    let e = list_rules(&t.server, &ca, Some(&forged)).await.unwrap_err();
     assert!(
         !e.contains("PermissionDenied"),
         "refused at TLS, not later: {e}"
     );
 
     // The right CA, but the SAN names no configured app; and one naming two apps.
-    let nobody = site.ca.client(&["nobody.example"], &[]).unwrap();
-    let e = list_rules(&server, &ca, Some(&nobody)).await.unwrap_err();
+    let nobody = t.site.ca.client(&["nobody.example"], &[]).unwrap();
+    let e = list_rules(&t.server, &ca, Some(&nobody)).await.unwrap_err();
     assert!(e.starts_with("PermissionDenied"), "{e}");
     assert!(e.contains("nobody.example"), "{e}");
-    let both = site.ca.client(&["video", "maps"], &[]).unwrap();
-    let e = list_rules(&server, &ca, Some(&both)).await.unwrap_err();
+    let both = t.site.ca.client(&["video", "maps"], &[]).unwrap();
+    let e = list_rules(&t.server, &ca, Some(&both)).await.unwrap_err();
     assert!(e.starts_with("PermissionDenied"), "{e}");
     assert!(e.contains("more than one app"), "{e}");
-    server.stop().await.unwrap();
-}
-
-async fn client_of(server: &Running, site: &Site, app: &str) -> Channel {
-    let id = if app == "operator" {
-        site.operator().unwrap()
-    } else {
-        site.app(app).unwrap()
-    };
-    connect(server.addr, &site.ca.cert_pem(), Some(&id))
-        .await
-        .unwrap()
-}
-
-fn service(name: &str) -> EdgeService {
-    EdgeService {
-        name: name.into(),
-        version: "1.0".into(),
-        endpoint: "https://198.51.100.7:8443".into(),
-        state: EdgeServiceState::Active as i32,
-        owner: String::new(),
-    }
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_cannot_touch_another_apps_rules_services_or_streams() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let backend = backend().await;
-    let server = Running::start(backend.clone(), site.config())
-        .await
-        .unwrap();
-    let video = client_of(&server, &site, "video").await;
-    let maps = client_of(&server, &site, "maps").await;
+    let t = ApiTest::start(16).await.unwrap();
+    let video = t.channel("video").await.unwrap();
+    let maps = t.channel("maps").await.unwrap();
 
     // Rules: rule 10 is video's; maps (which owns rule 20) can neither read nor switch it.
     let mut video_rules = TrafficRulesServiceClient::new(video.clone());
@@ -180,7 +133,7 @@ async fn an_app_cannot_touch_another_apps_rules_services_or_streams() {
         .collect();
     assert_eq!(listed, vec![20]);
     assert_eq!(
-        backend.tables().rules[0].state,
+        t.backend.tables().rules[0].state,
         mecgw::datapath::tables::RuleState::Active
     );
 
@@ -195,13 +148,13 @@ async fn an_app_cannot_touch_another_apps_rules_services_or_streams() {
     let mut video_services = EdgeServicesServiceClient::new(video.clone());
     video_services
         .register_service(RegisterServiceRequest {
-            service: Some(service("video")),
+            service: Some(edge_service("video", "1.0")),
         })
         .await
         .unwrap();
     let e = maps_services
         .register_service(RegisterServiceRequest {
-            service: Some(service("video")),
+            service: Some(edge_service("video", "1.0")),
         })
         .await
         .unwrap_err();
@@ -230,7 +183,7 @@ async fn an_app_cannot_touch_another_apps_rules_services_or_streams() {
     // maps registers its own: the watch shows that one, and only that one.
     maps_services
         .register_service(RegisterServiceRequest {
-            service: Some(service("maps")),
+            service: Some(edge_service("maps", "1.0")),
         })
         .await
         .unwrap();
@@ -262,7 +215,7 @@ async fn an_app_cannot_touch_another_apps_rules_services_or_streams() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     drop(watch);
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

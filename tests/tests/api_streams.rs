@@ -14,9 +14,8 @@ use mecgw::{
     api::{
         ReleasedOutput,
         proto::{
-            DeregisterServiceRequest, DiscoverServicesRequest, EdgeService, EdgeServiceState,
-            GetStatusRequest, PublishRequest, RegisterServiceRequest, ServiceChangeKind,
-            SubscribeRequest, WatchServicesRequest,
+            DeregisterServiceRequest, DiscoverServicesRequest, GetStatusRequest, PublishRequest,
+            RegisterServiceRequest, ServiceChangeKind, SubscribeRequest, WatchServicesRequest,
             edge_services_service_client::EdgeServicesServiceClient,
             status_service_client::StatusServiceClient,
             telemetry_service_client::TelemetryServiceClient,
@@ -24,50 +23,11 @@ use mecgw::{
     },
     datapath::Direction,
 };
-use mecgw_tests::api::{FastPathBackend, Running, Site, connect, exclusive, shared_fast_path};
+use mecgw_tests::api::{ApiTest, edge_service};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-/// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
-const TABLE_ENTRIES: &str = r#"
-[[rules]]
-id = 10
-priority = 10
-action = "LOCAL"
-dst = ["192.0.2.0/24"]
-"#;
-
-fn backend(queue: usize) -> Arc<FastPathBackend> {
-    let tables = mecgw::datapath::compile::from_toml(
-        &mecgw_tests::tables_with(TABLE_ENTRIES),
-        "api_streams.toml",
-    )
-    .unwrap();
-    Arc::new(FastPathBackend::new(shared_fast_path().unwrap(), tables, queue).unwrap())
-}
-
-async fn client_of(server: &Running, site: &Site, app: &str) -> Channel {
-    let id = if app == "operator" {
-        site.operator().unwrap()
-    } else {
-        site.app(app).unwrap()
-    };
-    connect(server.addr, &site.ca.cert_pem(), Some(&id))
-        .await
-        .unwrap()
-}
-
-fn service(name: &str, version: &str) -> EdgeService {
-    EdgeService {
-        name: name.into(),
-        version: version.into(),
-        endpoint: "https://198.51.100.7:8443".into(),
-        state: EdgeServiceState::Active as i32,
-        owner: String::new(),
-    }
-}
 
 async fn next_within<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
     tokio::time::timeout(Duration::from_secs(10), s.next())
@@ -77,17 +37,13 @@ async fn next_within<S: futures::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_register_update_deregister_discover_and_watch() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = backend(16);
-    b.ready.send_replace(true);
-    let server = Running::start(b, site.config()).await.unwrap();
-    let mut video = EdgeServicesServiceClient::new(client_of(&server, &site, "video").await);
-    let mut op = EdgeServicesServiceClient::new(client_of(&server, &site, "operator").await);
+    let t = ApiTest::start(16).await.unwrap();
+    let mut video = EdgeServicesServiceClient::new(t.channel("video").await.unwrap());
+    let mut op = EdgeServicesServiceClient::new(t.channel("operator").await.unwrap());
 
     let registered = video
         .register_service(RegisterServiceRequest {
-            service: Some(service("video", "1.0")),
+            service: Some(edge_service("video", "1.0")),
         })
         .await
         .unwrap()
@@ -108,7 +64,7 @@ async fn services_register_update_deregister_discover_and_watch() {
 
     video
         .register_service(RegisterServiceRequest {
-            service: Some(service("video", "1.1")),
+            service: Some(edge_service("video", "1.1")),
         })
         .await
         .unwrap();
@@ -129,7 +85,7 @@ async fn services_register_update_deregister_discover_and_watch() {
     assert_eq!(found[0].version, "1.1");
 
     // Bad registrations name the field.
-    let mut bad = service("Video Analytics", "");
+    let mut bad = edge_service("Video Analytics", "");
     bad.state = 0;
     let e = op
         .register_service(RegisterServiceRequest { service: Some(bad) })
@@ -157,7 +113,7 @@ async fn services_register_update_deregister_discover_and_watch() {
     assert_eq!(e.code(), Code::NotFound);
 
     // Shutdown ends the watch instead of holding the server open.
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
     let end = next_within(&mut watch).await;
     assert!(
         !matches!(end, Some(Ok(_))),
@@ -167,13 +123,9 @@ async fn services_register_update_deregister_discover_and_watch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_feeds_the_engine_queue_and_refuses_with_resource_exhausted_when_it_stays_full() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = backend(8);
-    b.ready.send_replace(true);
-    let server = Running::start(b.clone(), site.config()).await.unwrap();
-    let mut video = TelemetryServiceClient::new(client_of(&server, &site, "video").await);
-    let mut queue = b.take_ingested().unwrap();
+    let t = ApiTest::start(8).await.unwrap();
+    let mut video = TelemetryServiceClient::new(t.channel("video").await.unwrap());
+    let mut queue = t.backend.take_ingested().unwrap();
 
     // Five records fit: accepted, with the app's name and the declared kind.
     let batch = PublishRequest {
@@ -235,18 +187,14 @@ async fn publish_feeds_the_engine_queue_and_refuses_with_resource_exhausted_when
         assert!(e.message().contains(want), "{kind}: {}", e.message());
     }
     assert!(queue.try_recv().is_err(), "refused records were queued");
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_streams_only_the_releases_the_caller_may_see() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = backend(8);
-    b.ready.send_replace(true);
-    let server = Running::start(b.clone(), site.config()).await.unwrap();
-    let mut video = TelemetryServiceClient::new(client_of(&server, &site, "video").await);
-    let mut op = TelemetryServiceClient::new(client_of(&server, &site, "operator").await);
+    let t = ApiTest::start(8).await.unwrap();
+    let mut video = TelemetryServiceClient::new(t.channel("video").await.unwrap());
+    let mut op = TelemetryServiceClient::new(t.channel("operator").await.unwrap());
     let mut video_stream = video
         .subscribe(SubscribeRequest::default())
         .await
@@ -264,7 +212,8 @@ async fn subscribe_streams_only_the_releases_the_caller_may_see() {
         ("dwell_time", r#"{"p50":12}"#),
         ("cell_load", r#"{"cell":"c1","load":0.4}"#),
     ] {
-        b.released
+        t.backend
+            .released
             .send(Arc::new(ReleasedOutput {
                 release: release.into(),
                 json: json.into(),
@@ -279,16 +228,13 @@ async fn subscribe_streams_only_the_releases_the_caller_may_see() {
         o.release, "dwell_time",
         "the operator asked for dwell_time only"
     );
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_serving_only_while_ready_and_not_draining() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = backend(8);
-    let mut server = Running::start(b.clone(), site.config()).await.unwrap();
-    let channel = client_of(&server, &site, "video").await;
+    let mut t = ApiTest::start_with(8, false, |_| {}).await.unwrap();
+    let channel = t.channel("video").await.unwrap();
     let mut health = HealthClient::new(channel.clone());
     let status = |service: &str| HealthCheckRequest {
         service: service.into(),
@@ -312,7 +258,7 @@ async fn health_is_serving_only_while_ready_and_not_draining() {
         next_within(&mut watch).await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
     );
-    b.ready.send_replace(true);
+    t.backend.ready.send_replace(true);
     assert_eq!(
         next_within(&mut watch).await.unwrap().unwrap().status,
         ServingStatus::Serving as i32
@@ -328,25 +274,21 @@ async fn health_is_serving_only_while_ready_and_not_draining() {
     );
 
     // Shutdown: NOT_SERVING while the server drains (drain_ms = 200 in the test config).
-    server.begin_shutdown();
+    t.server.begin_shutdown();
     assert_eq!(
         next_within(&mut watch).await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
     );
     drop(watch);
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reflection_and_message_limits() {
-    let _x = exclusive().await;
-    let site = Site::new().unwrap();
-    let b = backend(8);
-    b.ready.send_replace(true);
-    let mut config = site.config();
-    config.max_message_bytes = 4096;
-    let server = Running::start(b.clone(), config).await.unwrap();
-    let op = client_of(&server, &site, "operator").await;
+    let t = ApiTest::start_with(8, true, |c| c.max_message_bytes = 4096)
+        .await
+        .unwrap();
+    let op = t.channel("operator").await.unwrap();
 
     // A packet through the fast path moves the counters the status reports.
     let before = StatusServiceClient::new(op.clone())
@@ -354,7 +296,8 @@ async fn status_reflection_and_message_limits() {
         .await
         .unwrap()
         .into_inner();
-    b.fast_path
+    t.backend
+        .fast_path
         .test_run(Direction::Uplink, &[0u8; 64], 1)
         .unwrap();
     let after = StatusServiceClient::new(op.clone())
@@ -370,8 +313,9 @@ async fn status_reflection_and_message_limits() {
             .unwrap()
     };
     assert_eq!(pass(&after), pass(&before) + 1);
-    assert_eq!(after.rules, 1);
-    assert_eq!(after.sessions, 0);
+    // The shared tables: three rules, one session.
+    assert_eq!(after.rules, 3);
+    assert_eq!(after.sessions, 1);
     assert_eq!(after.policy_hash, "sha256:test");
     assert_eq!(after.budgets[0].scope, "cell_load");
     assert_eq!(after.egress_backlog[0].destination, "central");
@@ -412,8 +356,8 @@ async fn status_reflection_and_message_limits() {
 
     // Every call was counted by method and code, and renders for /metrics.
     let get = "/mecgw.v1.StatusService/GetStatus";
-    assert_eq!(b.metrics.calls(get, Code::Ok), 3);
-    let text = b.metrics.render();
+    assert_eq!(t.backend.metrics.calls(get, Code::Ok), 3);
+    let text = t.backend.metrics.render();
     let line = format!("mecgw_api_requests_total{{method=\"{get}\",code=\"Ok\"}} 3");
     assert!(text.lines().any(|l| l == line), "{text}");
     assert!(
@@ -422,7 +366,7 @@ async fn status_reflection_and_message_limits() {
         ),
         "{text}"
     );
-    server.stop().await.unwrap();
+    t.server.stop().await.unwrap();
 }
 
 /// The services a reflection client of the generated module `$pb` (v1 or v1alpha) lists.

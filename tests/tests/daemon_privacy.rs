@@ -325,7 +325,7 @@ fn fast_path_flow_records_reach_the_sink_only_through_the_policy() {
     mecgw_tests::in_netns(&bed.gnb, || {
         let s = std::net::UdpSocket::bind("198.18.0.1:2152").unwrap();
         for (dport, n) in [(7u16, 5), (9, 3)] {
-            let inner = mecgw_tests::packet::udp(ue, edge, 4000, dport, &[0xab; 100]);
+            let inner = mecgw_tests::packet::inner::udp(ue, edge, 4000, dport, &[0xab; 100]);
             let gpdu = mecgw_tests::packet::Gtpu::g_pdu(
                 0x1000,
                 Some((mecgw_tests::packet::PduType::Uplink, 9)),

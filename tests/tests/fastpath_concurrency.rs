@@ -13,7 +13,7 @@ use std::{
 
 use mecgw::datapath::{CompiledTables, Direction, FastPath, Judged, model::Model};
 use mecgw_ebpf::{Counter, Verdict};
-use mecgw_tests::packets::*;
+use mecgw_tests::packet::*;
 
 const COMMON: &str = r#"
 [n3]

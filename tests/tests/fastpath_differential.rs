@@ -21,7 +21,7 @@ use mecgw::datapath::{
         Qfi, RuleAction, RuleState, Session, Teid, TrafficRule,
     },
 };
-use mecgw_tests::packets::*;
+use mecgw_tests::packet::*;
 use proptest::prelude::*;
 
 /// SplitMix64: the generator behind every random choice of one case, seeded by proptest.

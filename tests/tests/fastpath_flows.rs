@@ -16,7 +16,7 @@ use mecgw::datapath::{
     flow_counters::FlowTable, model::Model,
 };
 use mecgw_ebpf::MAX_FLOWS;
-use mecgw_tests::{packets::*, tables_with};
+use mecgw_tests::{packet::*, tables_with};
 
 const TABLES: &str = r#"
 [[sessions]]

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use mecgw::datapath::{CompiledTables, Direction, FastPath, Judged, model::Model};
 use mecgw_ebpf::{Reason, Verdict};
-use mecgw_tests::packets::*;
+use mecgw_tests::packet::*;
 
 const TABLES: &str = r#"
 [n3]

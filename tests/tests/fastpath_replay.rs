@@ -6,7 +6,7 @@
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use mecgw::pcap;
-use mecgw_tests::{mecgw_bin, packets::*};
+use mecgw_tests::{mecgw_bin, packet::*};
 
 /// Sessions and rules after the shared test interfaces ([`mecgw_tests::tables_with`]).
 const TABLE_ENTRIES: &str = r#"

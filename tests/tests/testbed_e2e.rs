@@ -18,14 +18,6 @@ static TESTBED: Mutex<()> = Mutex::new(());
 
 const UES: u32 = 4;
 
-fn bin_dir() -> PathBuf {
-    mecgw_tests::mecgw_bin()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// Lines of a hex file, as a multiset.
 fn hex_lines(path: &Path) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -51,7 +43,7 @@ struct Run {
 }
 
 fn start_with(ues: u32, rules: &str, datapath: DatapathChoice) -> Run {
-    let bin = bin_dir();
+    let bin = mecgw_tests::bin_dir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bed = testbed::up().unwrap();
     testbed::write_gateway_config_for(dir.path(), ues, rules, datapath).unwrap();
@@ -355,7 +347,7 @@ fn a_rule_switched_from_passthrough_to_local_mid_stream_loses_no_packet_with_the
 }
 
 fn rule_switch(datapath: DatapathChoice) {
-    let bin = bin_dir();
+    let bin = mecgw_tests::bin_dir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _bed = testbed::up().unwrap();
     // Rule 20 (priority 5) passes the edge host to the core; rule 10 would steer it locally.
@@ -420,7 +412,7 @@ fn rule_switch(datapath: DatapathChoice) {
 #[test]
 fn restarting_or_killing_the_gateway_leaves_no_program_behind() {
     let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
-    let bin = bin_dir();
+    let bin = mecgw_tests::bin_dir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bed = testbed::up().unwrap();
     testbed::write_gateway_config(dir.path(), 1, LOCAL_EDGE_RULE, "native").unwrap();

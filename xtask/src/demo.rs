@@ -1,25 +1,12 @@
 //! `cargo xtask demo`: the README's main job. Setup has run; this builds mecgw (with its eBPF
-//! object) and the testbed tools in release mode and runs `mecgw-demo` (tests/src/bin), which
+//! object) and the testbed tools in release mode and runs `mecgw-demo` (testbed/src/bin), which
 //! brings the testbed up, runs the gateway, drives traffic, prints the summary and always
 //! tears the testbed down.
 
 use crate::shell;
 
 pub fn run() -> anyhow::Result<()> {
-    shell::step(
-        "build mecgw and the testbed tools (release)",
-        &[
-            "cargo",
-            "build",
-            "--release",
-            "--package",
-            "mecgw",
-            "--package",
-            "mecgw-tests",
-            "--bins",
-        ],
-    )?;
-    let bin = shell::target_dir().join("release");
+    let bin = shell::build_gateway_and_tools_release()?;
     let demo = bin.join("mecgw-demo");
     shell::step("demo", &[&demo.to_string_lossy(), &bin.to_string_lossy()])
 }

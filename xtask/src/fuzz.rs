@@ -1,13 +1,11 @@
 //! `cargo xtask fuzz-fastpath [--cases N]`: a long differential run of the XDP fast path
 //! against its reference model (the same test CI runs with fewer cases), in release mode.
 
-use std::process::Command;
-
 use anyhow::{Context, ensure};
 
 pub fn fastpath(cases: u32) -> anyhow::Result<()> {
     println!("xtask: {cases} random table sets x 96 packets through kernel and model");
-    let status = Command::new(env!("CARGO"))
+    let status = mecgw_cmd::command(env!("CARGO"))
         .args([
             "test",
             "--release",

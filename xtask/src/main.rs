@@ -36,10 +36,10 @@ enum Task {
     Test,
     /// Set up, build, and run the demo on a network-namespace testbed.
     Demo,
-    /// Bring the four-namespace testbed up or down: `cargo xtask testbed up|down`.
+    /// Bring the four-namespace testbed up (and leave it) or remove it.
     Testbed {
-        /// `up` or `down`.
-        action: String,
+        #[arg(value_enum)]
+        action: testbed::Action,
     },
     /// Run the slower fault scenarios (full disk, damaged state, …) and report what each did
     /// and what mecgw did (needs root). CI runs each once through `cargo test`.
@@ -54,13 +54,11 @@ enum Task {
         #[arg(long)]
         list: bool,
     },
-    /// Run a benchmark: `cargo xtask bench NAME [ARGS…]`.
+    /// Run a benchmark. Each reports medians and ratios against a baseline measured in the
+    /// same run, and never fails on a figure.
     Bench {
-        /// Which benchmark.
-        name: String,
-        /// Arguments passed to the benchmark.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        bench: bench::Bench,
     },
 }
 
@@ -71,8 +69,8 @@ fn main() -> std::process::ExitCode {
         Task::Setup => setup::run(),
         Task::Test => test(),
         Task::Demo => setup::run().and_then(|()| demo::run()),
-        Task::Testbed { action } => testbed::command(&action),
-        Task::Bench { name, args } => bench::run(&name, &args),
+        Task::Testbed { action } => testbed::command(action),
+        Task::Bench { bench } => bench::run(bench),
         Task::Chaos { list: true, .. } => {
             chaos::list();
             Ok(())

@@ -82,7 +82,7 @@ pub fn run() -> anyhow::Result<()> {
         let mut argv = vec!["apt-get", "install", "-y", "--no-install-recommends"];
         argv.extend(&missing);
         // DEBIAN_FRONTEND keeps apt from prompting: CI has no standard input.
-        let status = std::process::Command::new(argv[0])
+        let status = mecgw_cmd::command(argv[0])
             .args(&argv[1..])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
@@ -122,7 +122,7 @@ pub fn run() -> anyhow::Result<()> {
         let spec = format!("bpf-linker@{BPF_LINKER_VERSION}");
         println!("==> bpf-linker: cargo install {spec} against LLVM 22");
         // Without LLVM_PREFIX the build finds /usr/bin/llvm-config (LLVM 14) and fails.
-        let status = std::process::Command::new("cargo")
+        let status = mecgw_cmd::command("cargo")
             .args(["install", "--locked", &spec, "--no-default-features"])
             .args(["--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")

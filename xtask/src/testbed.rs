@@ -1,24 +1,35 @@
-//! `cargo xtask testbed up|down`: builds and runs `mecgw-testbed` (tests/src/bin), which owns
-//! the four-namespace testbed's topology (`mecgw_tests::testbed`).
+//! `cargo xtask testbed up|down`: builds and runs the `mecgw-testbed` tool
+//! (testbed/src/bin/mecgw-testbed.rs); the topology is the mecgw-testbed crate's.
+
+use clap::ValueEnum;
 
 use crate::shell;
 
-pub fn command(action: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        matches!(action, "up" | "down"),
-        "unknown testbed action {action:?}: expected up or down"
-    );
+/// What to do with the testbed.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Action {
+    /// Bring it up and leave it (until `down`).
+    Up,
+    /// Remove its namespaces (waiting while another process has it up).
+    Down,
+}
+
+pub fn command(action: Action) -> anyhow::Result<()> {
     shell::step(
         "build the testbed tool",
         &[
             "cargo",
             "build",
             "--package",
-            "mecgw-tests",
+            "mecgw-testbed",
             "--bin",
             "mecgw-testbed",
         ],
     )?;
     let tool = shell::target_dir().join("debug").join("mecgw-testbed");
+    let action = match action {
+        Action::Up => "up",
+        Action::Down => "down",
+    };
     shell::run(&[&tool.to_string_lossy(), action])
 }

@@ -6,11 +6,11 @@
 //! under Publish ingest, and the kernel memory of its BPF maps (needs root; `--memory-rounds 0`
 //! skips it, `--memory-only` runs only it).
 //!
-//! Builds the gateway and runs the `api_bench` binary of the tests crate in release mode; see
+//! Builds the gateway and runs the `api_bench` binary of the bench crate in release mode; see
 //! that binary for the method.
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     // The memory phase starts the release `mecgw` beside the benchmark binary.
-    super::build_release(&["-p", "mecgw", "--bin", "mecgw"], "the gateway")?;
-    super::run_tests_bin("api_bench", args, "API benchmark")
+    crate::shell::build_gateway_and_tools_release()?;
+    super::run_bench_bin("api_bench", args, "API benchmark")
 }

@@ -4,12 +4,9 @@
 //! medians of several runs, ratios to the userspace datapath.
 //!
 //! Builds the gateway and the testbed tools in release mode and runs the `e2e_bench` binary
-//! of the tests crate (it needs root for the namespaces); see that binary for the method.
+//! of the bench crate (it needs root for the namespaces); see that binary for the method.
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    super::build_release(
-        &["-p", "mecgw", "-p", "mecgw-tests", "--bins"],
-        "the gateway and the testbed tools",
-    )?;
-    super::run_tests_bin("e2e_bench", args, "end-to-end benchmark")
+    crate::shell::build_gateway_and_tools_release()?;
+    super::run_bench_bin("e2e_bench", args, "end-to-end benchmark")
 }

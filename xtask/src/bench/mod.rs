@@ -1,10 +1,8 @@
 //! `cargo xtask bench NAME`: benchmarks. Each reports medians and ratios against a baseline
 //! measured in the same run, and never fails on a figure (these machines are shared and noisy).
-//! Each benchmark lives in its own module here and exposes `run(args)`.
-
-use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
 
 mod api;
 mod e2e;
@@ -12,45 +10,56 @@ mod egress;
 mod fastpath;
 mod policy;
 
-/// Names of the benchmarks, for `--help` and errors.
-pub const NAMES: &[&str] = &["fastpath", "egress", "policy", "api", "e2e"];
+/// The benchmarks. Each lives in its own module here and exposes `run`; except for
+/// `policy`, the options are the benchmark binary's own (`cargo xtask bench NAME --help`
+/// lists them).
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Fast path: kernel ns per packet, as ratios to an empty XDP program (needs root).
+    #[command(disable_help_flag = true)]
+    Fastpath(Passed),
+    /// End to end: packet rates and RTTs through the testbed for native XDP, generic XDP and
+    /// the userspace datapath (needs root).
+    #[command(disable_help_flag = true)]
+    E2e(Passed),
+    /// gRPC API: mTLS unary latency and Publish ingest against bare tonic, then the daemon's
+    /// memory (that part needs root).
+    #[command(disable_help_flag = true)]
+    Api(Passed),
+    /// Egress: spool → JetStream against a bare async-nats loop (needs nats-server).
+    #[command(disable_help_flag = true)]
+    Egress(Passed),
+    /// Policy engine: records/s against bare serde_json, and window memory.
+    Policy(policy::Options),
+}
 
-pub fn run(name: &str, args: &[String]) -> anyhow::Result<()> {
-    match name {
-        "fastpath" => fastpath::run(args),
-        "egress" => egress::run(args),
-        "policy" => policy::run(args),
-        "api" => api::run(args),
-        "e2e" => e2e::run(args),
-        other => bail!(
-            "unknown benchmark {other:?}; available: {}",
-            NAMES.join(", ")
-        ),
+/// Options handed to the benchmark binary as they are.
+#[derive(Args)]
+pub struct Passed {
+    /// The benchmark's options (`--help`: its own help).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Fastpath(p) => fastpath::run(&p.args),
+        Bench::E2e(p) => e2e::run(&p.args),
+        Bench::Api(p) => api::run(&p.args),
+        Bench::Egress(p) => egress::run(&p.args),
+        Bench::Policy(o) => policy::run(&o),
     }
 }
 
-/// `cargo build --release --quiet PACKAGES…`: the binaries a benchmark starts beside itself.
-fn build_release(packages: &[&str], what: &str) -> anyhow::Result<()> {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet"])
-        .args(packages)
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("building {what} failed ({status})");
-    }
-    Ok(())
-}
-
-/// Runs the release binary `bin` of the tests crate with `args`.
-fn run_tests_bin(bin: &str, args: &[String], what: &str) -> anyhow::Result<()> {
-    let status = Command::new(env!("CARGO"))
+/// Runs the release binary `bin` of the bench crate (mecgw-bench) with `args`.
+fn run_bench_bin(bin: &str, args: &[String], what: &str) -> anyhow::Result<()> {
+    let status = mecgw_cmd::command(env!("CARGO"))
         .args([
             "run",
             "--release",
             "--quiet",
             "-p",
-            "mecgw-tests",
+            "mecgw-bench",
             "--bin",
             bin,
             "--",

@@ -9,7 +9,18 @@
 
 use crate::shell;
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+/// The throughput run's options (the example reads only these two).
+#[derive(clap::Args)]
+pub struct Options {
+    /// Flow records per run (the example's default: 200,000).
+    #[arg(long)]
+    records: Option<u64>,
+    /// Runs; the median is reported (the example's default: 5).
+    #[arg(long)]
+    runs: Option<u64>,
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
     let bench = |extra: &[&str]| -> anyhow::Result<()> {
         let mut argv = vec![
             "cargo",
@@ -25,9 +36,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         argv.extend_from_slice(extra);
         shell::step("bench policy", &argv)
     };
-    let mut throughput = vec!["throughput"];
-    throughput.extend(args.iter().map(String::as_str));
-    bench(&throughput)?;
+    let mut throughput = vec!["throughput".to_string()];
+    for (flag, value) in [("--records", options.records), ("--runs", options.runs)] {
+        if let Some(v) = value {
+            throughput.extend([flag.to_string(), v.to_string()]);
+        }
+    }
+    bench(&throughput.iter().map(String::as_str).collect::<Vec<_>>())?;
     bench(&["memory", "--units", "1000000", "--groups", "10000"])?;
     bench(&[
         "memory",

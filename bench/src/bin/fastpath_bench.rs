@@ -29,39 +29,29 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use clap::{Parser, builder::RangedU64ValueParser};
 use mecgw::datapath::{Direction, FastPath, FastPathOptions, Reason, compile::compile};
-use mecgw_tests::{
-    packets::*,
+use mecgw_bench::{
+    median,
     scale::{UPLINK_TEID_BASE, tables, ue},
 };
+use mecgw_testbed::packet::*;
 
+#[derive(Parser)]
+#[command(
+    about = "mecgw fast-path benchmark: kernel ns per packet, as ratios to an empty XDP program"
+)]
 struct Args {
+    /// Repetitions per BPF_PROG_TEST_RUN call (the batch and restored methods).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
+    /// Runs of each measurement; the median is reported.
+    #[arg(long, default_value_t = 5, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
+    /// Calls of the per-call method (repeat = 1, a fresh frame each).
+    #[arg(long, default_value_t = 20_000, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     calls: usize,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        repeat: 1_000_000,
-        runs: 5,
-        calls: 20_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--repeat" => a.repeat = value.parse()?,
-            "--runs" => a.runs = value.parse()?,
-            "--calls" => a.calls = value.parse()?,
-            other => bail!("unknown option {other}: use --repeat N, --runs N, --calls N"),
-        }
-    }
-    if a.runs == 0 || a.calls == 0 || a.repeat == 0 {
-        bail!("--repeat, --runs and --calls must be at least 1");
-    }
-    Ok(a)
 }
 
 struct Case {
@@ -209,11 +199,6 @@ fn restored(
     Ok(((wrapped - base + empty_batch).max(0.0), proof))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn ns(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
@@ -241,7 +226,7 @@ fn per_call(a: &Args, mut run: impl FnMut(u32) -> anyhow::Result<Duration>) -> a
 }
 
 fn main() -> anyhow::Result<()> {
-    let a = parse_args()?;
+    let a = Args::parse();
     let fp = FastPath::load()?;
     let with_flows = FastPath::load_with(FastPathOptions {
         flow_accounting: true,

@@ -1,7 +1,7 @@
 //! The memory phase: the real `mecgw run`, at the scale of the goal, idle and under ingest.
 //!
 //! The daemon runs in the `mec` namespace of a [`Bed`] (XDP attached, native mode) with
-//! 100,000 sessions and 5,000 rules ([`mecgw_tests::scale`]), a policy with one kind and one
+//! 100,000 sessions and 5,000 rules ([`mecgw_bench::scale`]), a policy with one kind and one
 //! release, egress to file sinks, and the API over mTLS. Measured:
 //!
 //! - baseline: resident memory after ready with 1 session and 10 rules, same configuration;
@@ -16,7 +16,7 @@
 //!   and counted. The rate is records accepted / time until the last PublishResponse (which
 //!   comes once the outputs are spooled);
 //! - the kernel memory of the daemon's BPF maps: the sum of the `memlock` of each map it
-//!   holds ([`mecgw_tests::procmem`]).
+//!   holds ([`mecgw_bench::procmem`]).
 
 use std::{
     net::SocketAddr,
@@ -30,16 +30,17 @@ use std::{
 
 use anyhow::Context as _;
 use mecgw::api::proto::{PublishRequest, telemetry_service_client::TelemetryServiceClient};
+use mecgw_bench::{
+    median,
+    procmem::{self, Resident},
+    scale,
+};
 use mecgw_tests::{
     api::{Site, connect},
     bed::{Bed, Daemon},
     privacy::configure_app_events,
-    procmem::{self, Resident},
-    scale,
 };
 use tonic::{Code, transport::Channel};
-
-use crate::median;
 
 pub struct Options {
     pub rounds: usize,

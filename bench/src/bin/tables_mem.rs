@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mecgw_tests::{procmem, scale};
+use mecgw_bench::{procmem, scale};
 
 #[derive(Parser)]
 struct Args {

@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use mecgw_tests::packet::{self, Gtpu, IpPacket, PduType, gtp_type, proto};
+use mecgw_testbed::{
+    SessionNumbering,
+    packet::{self, Gtpu, IpPacket, PduType, gtp_type, proto},
+};
 
 #[derive(Parser)]
 #[command(about = "testbed core: a delayed GTP-U responder standing in for the central UPF")]
@@ -25,15 +28,8 @@ struct Args {
     /// Delay before each answer, in milliseconds.
     #[arg(long, default_value_t = 20)]
     delay_ms: u64,
-    /// Uplink TEID of the first session (the simulator's convention).
-    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_tests::parse_u32)]
-    ul_teid_base: u32,
-    /// Downlink TEID of the first session.
-    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_tests::parse_u32)]
-    dl_teid_base: u32,
-    /// QFI to put in downlink containers.
-    #[arg(long, default_value_t = 9)]
-    qfi: u8,
+    #[command(flatten)]
+    sessions: SessionNumbering,
     /// Append every datagram received, as hex, one per line, to this file.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
@@ -92,9 +88,9 @@ fn main() -> anyhow::Result<()> {
             gtp_type::G_PDU => answer_inner(&msg.payload).map(|inner| {
                 let dl = msg
                     .teid
-                    .wrapping_sub(args.ul_teid_base)
-                    .wrapping_add(args.dl_teid_base);
-                Gtpu::g_pdu(dl, Some((PduType::Downlink, args.qfi)), &inner)
+                    .wrapping_sub(args.sessions.ul_teid_base)
+                    .wrapping_add(args.sessions.dl_teid_base);
+                Gtpu::g_pdu(dl, Some((PduType::Downlink, args.sessions.qfi)), &inner)
             }),
             _ => None,
         };
@@ -112,11 +108,17 @@ fn answer_inner(inner: &[u8]) -> Option<Vec<u8>> {
         proto::ICMP | proto::ICMPV6 => {
             let (kind, id, seq) = p.icmp_echo()?;
             (kind == 8 || kind == 128)
-                .then(|| packet::icmp_echo(p.dst, p.src, true, id, seq, p.l4_payload()))
+                .then(|| packet::inner::icmp_echo(p.dst, p.src, true, id, seq, p.l4_payload()))
         }
         proto::UDP => {
             let (sport, dport) = p.ports()?;
-            Some(packet::udp(p.dst, p.src, dport, sport, p.l4_payload()))
+            Some(packet::inner::udp(
+                p.dst,
+                p.src,
+                dport,
+                sport,
+                p.l4_payload(),
+            ))
         }
         _ => None,
     }

@@ -55,93 +55,71 @@ use std::{
 };
 
 use anyhow::Context as _;
+use clap::{Parser, builder::RangedU64ValueParser};
 use mecgw::datapath::{AttachMode, FastPath};
-use mecgw_tests::{
-    in_netns,
-    packet::{Gtpu, PduType, udp},
-    testbed::{self, DatapathChoice, EDGE, GNB, Gateway, LOCAL, N3, Port},
+use mecgw_bench::median;
+use mecgw_testbed::{
+    self as testbed, DatapathChoice, EDGE, GNB, Gateway, LOCAL, N3, Port, in_netns,
+    packet::{Gtpu, PduType, inner::udp},
 };
 
 const UES: u32 = 16;
 const RULES: &str = "[[rules]]\nid = 10\npriority = 10\naction = \"LOCAL\"\n\
                      dst = [\"198.18.1.0/24\", \"2001:db8:0:1::/64\"]\n";
 
+#[derive(Parser)]
+#[command(
+    about = "mecgw end-to-end benchmark: packet rates and RTTs through the testbed for native XDP, generic XDP and the userspace datapath"
+)]
 struct Opts {
+    /// Runs; each measures every datapath in turn. Medians over runs are reported.
+    #[arg(long, default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
+    /// Milliseconds per step of the echo ladder.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(50..))]
     step_ms: u64,
+    /// The highest loss (a fraction, below 1) at which a rate counts as sustained.
+    #[arg(long, default_value_t = 0.01, value_parser = fraction)]
     loss: f64,
+    /// First offered rate of the echo ladder, packets/s (at least 100).
+    #[arg(long, default_value_t = 1_000.0, value_parser = rate)]
     start_rate: f64,
+    /// Highest offered rate of the echo ladder, packets/s.
+    #[arg(long, default_value_t = 3_000_000.0)]
     max_rate: f64,
+    /// Packets in the echo blast (as fast as the sender goes).
+    #[arg(long, default_value_t = 200_000)]
     blast: u64,
+    /// Skip the measurements through the echo.
+    #[arg(long = "no-echo", action = clap::ArgAction::SetFalse)]
     echo: bool,
+    /// Milliseconds the live-frames sender runs flat out.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     flat_ms: u64,
     /// Print every ladder step and the gateway's reason counters.
+    #[arg(long)]
     verbose: bool,
-    /// The datapaths to measure (all by default; the ratios need userspace).
+    /// The datapaths to measure, comma-separated (the ratios need userspace).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = DatapathChoice::ALL)]
     datapaths: Vec<DatapathChoice>,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Opts> {
-    let mut o = Opts {
-        runs: 3,
-        step_ms: 400,
-        loss: 0.01,
-        start_rate: 1_000.0,
-        max_rate: 3_000_000.0,
-        blast: 200_000,
-        echo: true,
-        flat_ms: 1000,
-        verbose: false,
-        datapaths: DatapathChoice::ALL.to_vec(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--no-echo" => {
-                o.echo = false;
-                continue;
-            }
-            "--verbose" => {
-                o.verbose = true;
-                continue;
-            }
-            _ => {}
-        }
-        let mut v = || it.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--runs" => o.runs = v()?.parse().context("--runs")?,
-            "--step-ms" => o.step_ms = v()?.parse().context("--step-ms")?,
-            "--loss" => o.loss = v()?.parse().context("--loss")?,
-            "--start-rate" => o.start_rate = v()?.parse().context("--start-rate")?,
-            "--max-rate" => o.max_rate = v()?.parse().context("--max-rate")?,
-            "--blast" => o.blast = v()?.parse().context("--blast")?,
-            "--flat-ms" => o.flat_ms = v()?.parse().context("--flat-ms")?,
-            "--datapaths" => {
-                o.datapaths = v()?
-                    .split(',')
-                    .map(|d| match d {
-                        "native" => Ok(DatapathChoice::Native),
-                        "generic" => Ok(DatapathChoice::Generic),
-                        "userspace" => Ok(DatapathChoice::Userspace),
-                        other => anyhow::bail!(
-                            "--datapaths: {other:?}; expected native, generic, userspace"
-                        ),
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-            }
-            other => anyhow::bail!(
-                "unknown option {other:?}; options: --runs N --flat-ms MS \
-                 --loss FRACTION
-                 --step-ms MS --start-rate PPS --max-rate PPS --blast PACKETS --no-echo --verbose --datapaths native,generic,userspace"
-            ),
-        }
+/// A loss fraction in [0, 1).
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
+        Ok(_) => Err("must be in [0, 1)".into()),
+        Err(e) => Err(e.to_string()),
     }
-    anyhow::ensure!(o.runs > 0, "--runs must be at least 1");
-    anyhow::ensure!(o.step_ms >= 50, "--step-ms must be at least 50");
-    anyhow::ensure!(o.flat_ms >= 50, "--flat-ms must be at least 50");
-    anyhow::ensure!((0.0..1.0).contains(&o.loss), "--loss must be in [0, 1)");
-    anyhow::ensure!(o.start_rate >= 100.0, "--start-rate must be at least 100");
-    Ok(o)
+}
+
+/// A start rate of at least 100 packets/s.
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r >= 100.0 => Ok(r),
+        Ok(_) => Err("must be at least 100".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -510,19 +488,10 @@ struct Sample {
     echo: Echo,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn main() -> ExitCode {
+    let opts = Opts::parse();
     testbed::catch_interrupts();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    match run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("e2e_bench: {e:#}");
@@ -531,14 +500,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> anyhow::Result<()> {
-    let o = parse(args)?;
+fn run(o: &Opts) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let bin = exe.parent().context("no directory for this binary")?;
     for tool in ["mecgw", "mecgw-gnbsim", "mecgw-edge", "mecgw-core"] {
         anyhow::ensure!(
             bin.join(tool).exists(),
-            "{} is missing: build with `cargo build --release -p mecgw -p mecgw-tests --bins`",
+            "{} is missing: build with `cargo build --release -p mecgw -p mecgw-testbed --bins`",
             bin.join(tool).display()
         );
     }
@@ -556,7 +524,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let dir = tempfile::tempdir()?;
             testbed::write_gateway_config_for(dir.path(), UES, RULES, dp)?;
             let mut gw = Gateway::start(bin, dir.path(), 1, &[])?;
-            let s = measure(bin, &o).with_context(|| dp.name());
+            let s = measure(bin, o).with_context(|| dp.name());
             let _ = gw.stop();
             let s = s?;
             for (w, way) in Way::ALL.iter().enumerate() {
@@ -592,7 +560,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             samples[i].push(s);
         }
     }
-    report(&o, &samples)
+    report(o, &samples)
 }
 
 fn measure(bin: &Path, o: &Opts) -> anyhow::Result<Sample> {

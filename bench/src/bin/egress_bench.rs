@@ -4,53 +4,35 @@
 //! async-nats loop that publishes the same payloads with the same header and waits for each
 //! ack, in the same run against the same server. Runs alternate which goes first; medians are
 //! reported with their ratio. It never fails on a figure.
-//!
-//! Usage: `egress_bench [--batches N] [--items K] [--runs R]`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use clap::Parser;
 use mecgw::records::egress::Egress;
 use mecgw::records::egress::item::{BatchId, EgressItem, encode_batch};
 use mecgw::records::egress::jurisdiction::{PermissionTable, Permissions};
 use mecgw::records::egress::sink::SinkConfig;
 use mecgw::records::egress::sink::nats::NatsSinkConfig;
 use mecgw::records::egress::spool::{SpoolLimits, WhenFull};
+use mecgw_bench::median;
 use mecgw_tests::egress::{POLICY_HASH, config, release};
 use mecgw_tests::nats::NatsServer;
 use serde_json::json;
 
+#[derive(Parser)]
+#[command(about = "mecgw egress benchmark: spool → JetStream against a bare async-nats loop")]
 struct Args {
+    /// Batches per run.
+    #[arg(long, default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..))]
     batches: u64,
+    /// Records per batch.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     items: u64,
+    /// Runs (each measures both, alternating which goes first); medians are reported.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..))]
     runs: u64,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        batches: 3_000,
-        items: 32,
-        runs: 7,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value: u64 = it
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?
-            .parse()
-            .with_context(|| format!("{flag} needs a number"))?;
-        match flag.as_str() {
-            "--batches" => a.batches = value,
-            "--items" => a.items = value,
-            "--runs" => a.runs = value,
-            other => bail!("unknown argument {other}; usage: [--batches N] [--items K] [--runs R]"),
-        }
-    }
-    if a.batches == 0 || a.items == 0 || a.runs == 0 {
-        bail!("--batches, --items and --runs must be > 0");
-    }
-    Ok(a)
 }
 
 fn batch_items(b: u64, items: u64) -> Vec<EgressItem> {
@@ -146,19 +128,9 @@ async fn egress(url: &str, run: u64, batches: &[Vec<EgressItem>]) -> anyhow::Res
     Ok(elapsed)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let args = Args::parse();
     let server = NatsServer::start()?;
     let url = server.url();
     let batches: Vec<Vec<EgressItem>> = (0..args.batches)

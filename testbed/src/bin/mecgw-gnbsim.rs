@@ -25,7 +25,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use mecgw_tests::packet::{self, Gtpu, IpPacket, PduType, TcpHeader, gtp_type, tcp_flags};
+use mecgw_testbed::{
+    SessionNumbering,
+    packet::{self, Gtpu, IpPacket, PduType, TcpHeader, gtp_type, tcp_flags},
+};
 
 #[derive(Parser)]
 #[command(about = "testbed gNB/UE simulator over GTP-U")]
@@ -44,13 +47,8 @@ struct Args {
     /// First 48 bits of the UEs' IPv6 /64 prefixes.
     #[arg(long, default_value = "2001:db8:100::")]
     ue_v6_prefix: Ipv6Addr,
-    #[arg(long, default_value_t = 0x1000, value_parser = mecgw_tests::parse_u32)]
-    ul_teid_base: u32,
-    #[arg(long, default_value_t = 0x2000, value_parser = mecgw_tests::parse_u32)]
-    dl_teid_base: u32,
-    /// QFI in uplink containers, and expected in downlink ones.
-    #[arg(long, default_value_t = 9)]
-    qfi: u8,
+    #[command(flatten)]
+    sessions: SessionNumbering,
     /// Probes, `NAME=KIND:ADDR[:PORT]`; repeatable.
     #[arg(long = "probe", required = true)]
     probes: Vec<String>,
@@ -135,8 +133,8 @@ impl Ue {
             index,
             v4: Ipv4Addr::from(u32::from(args.ue_v4_base).wrapping_add(index)),
             v6: Ipv6Addr::from(seg),
-            ul_teid: args.ul_teid_base.wrapping_add(index),
-            dl_teid: args.dl_teid_base.wrapping_add(index),
+            ul_teid: args.sessions.ul_teid_base.wrapping_add(index),
+            dl_teid: args.sessions.dl_teid_base.wrapping_add(index),
         }
     }
 
@@ -246,8 +244,8 @@ impl Sim {
         let seq = round as u16;
         let id = ue.index as u16;
         let inner = match probe.kind {
-            Kind::Udp => packet::udp(src, probe.target, sport, probe.port, token.as_bytes()),
-            _ => packet::icmp_echo(src, probe.target, false, id, seq, token.as_bytes()),
+            Kind::Udp => packet::inner::udp(src, probe.target, sport, probe.port, token.as_bytes()),
+            _ => packet::inner::icmp_echo(src, probe.target, false, id, seq, token.as_bytes()),
         };
         let start = Instant::now();
         self.send(ue, &inner).map_err(|e| e.to_string())?;
@@ -291,8 +289,11 @@ impl Sim {
         };
         let start = Instant::now();
         let deadline = start + self.timeout;
-        self.send(ue, &packet::tcp(src, dst, hdr(isn, 0, tcp_flags::SYN), b""))
-            .map_err(|e| e.to_string())?;
+        self.send(
+            ue,
+            &packet::inner::tcp(src, dst, hdr(isn, 0, tcp_flags::SYN), b""),
+        )
+        .map_err(|e| e.to_string())?;
         let synack = match self.receive(ue, deadline, &mut |p| from_server(p)) {
             None => return Ok(None),
             Some(r) => r?,
@@ -313,7 +314,7 @@ impl Sim {
         let mut ack = server_isn.wrapping_add(1);
         self.send(
             ue,
-            &packet::tcp(
+            &packet::inner::tcp(
                 src,
                 dst,
                 hdr(seq, ack, tcp_flags::ACK | tcp_flags::PSH),
@@ -342,7 +343,7 @@ impl Sim {
         }
         self.send(
             ue,
-            &packet::tcp(
+            &packet::inner::tcp(
                 src,
                 dst,
                 hdr(seq, ack, tcp_flags::FIN | tcp_flags::ACK),
@@ -360,7 +361,7 @@ impl Sim {
                 let fin_ack = h.seq.wrapping_add(1);
                 self.send(
                     ue,
-                    &packet::tcp(
+                    &packet::inner::tcp(
                         src,
                         dst,
                         hdr(seq.wrapping_add(1), fin_ack, tcp_flags::ACK),
@@ -412,7 +413,7 @@ fn main() -> anyhow::Result<()> {
         sock,
         record,
         upf: SocketAddr::new(args.upf, packet::GTPU_PORT),
-        qfi: args.qfi,
+        qfi: args.sessions.qfi,
         timeout: Duration::from_millis(args.timeout_ms),
         stray: 0,
         buf: vec![0u8; 65536],
@@ -482,7 +483,13 @@ fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()>
     let rx = sim.sock;
     rx.set_read_timeout(Some(Duration::from_millis(20)))?;
     let start = Instant::now();
-    let (upf, qfi, rate, target, port) = (sim.upf, args.qfi, args.rate, probe.target, probe.port);
+    let (upf, qfi, rate, target, port) = (
+        sim.upf,
+        args.sessions.qfi,
+        args.rate,
+        probe.target,
+        probe.port,
+    );
     let ues_tx = ues.to_vec();
     let sender = std::thread::spawn(move || -> anyhow::Result<(u64, Duration)> {
         let mut sent = 0u64;
@@ -508,7 +515,7 @@ fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()>
             payload[8..16].copy_from_slice(&at.to_be_bytes());
             let src = ue.addr_for(target);
             let sport = 30000 + (ue.index % 30000) as u16;
-            let inner = packet::udp(src, target, sport, port, &payload);
+            let inner = packet::inner::udp(src, target, sport, port, &payload);
             let msg = Gtpu::g_pdu(ue.ul_teid, Some((PduType::Uplink, qfi)), &inner);
             // A full socket buffer is loss at this rate, as on a wire: count it as sent.
             let _ = tx.send_to(&msg, upf);

@@ -1,7 +1,7 @@
 //! `mecgw-demo`: the README's main job, run by `cargo xtask demo` after it has set up and
 //! built everything.
 //!
-//! 1. Brings the four-namespace testbed up (see `mecgw_tests::testbed`).
+//! 1. Brings the four-namespace testbed up (see `mecgw_testbed`).
 //! 2. Writes an example configuration and tables — UE sessions and a LOCAL rule steering the
 //!    edge subnet to the local services — and starts `mecgw run` in the `mec` namespace, with
 //!    the edge services and a core that answers after a delay.
@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use mecgw_tests::testbed::{self, EDGE, Gateway, LOCAL, N3, UPF, metric};
+use mecgw_testbed::{self as testbed, EDGE, Gateway, LOCAL, N3, UPF, metric};
 
 /// UEs the simulator runs.
 const UES: u32 = 8;

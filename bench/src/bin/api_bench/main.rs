@@ -44,6 +44,7 @@ use mecgw::{
     },
     datapath::{CompiledTables, tables::overlay::Overlay},
 };
+use mecgw_bench::median;
 use mecgw_tests::api::{Running, Site, connect};
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{
@@ -215,11 +216,6 @@ impl TelemetryService for BareService {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 async fn unary_round(

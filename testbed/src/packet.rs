@@ -1,11 +1,20 @@
-//! Packets for the testbed tools and tests, built and parsed here, independently of the
-//! gateway's own code, so that what the gateway emits is checked against a second
-//! implementation.
+//! Packets for the tests and the testbed tools, built and parsed here from the RFCs and
+//! TS 29.281 / TS 38.415, independently of the gateway's own code (with their own checksum
+//! routine), so that what the gateway emits is checked against a second implementation.
 //!
-//! Inner packets are whole IP packets (no Ethernet): the tools carry them inside GTP-U over
-//! ordinary UDP sockets, and the kernel builds the outer headers.
+//! - Layer by layer (this module): Ethernet, IPv4/IPv6, UDP, TCP, ICMP, GTP-U with any chain
+//!   of extension headers, and whole N3 frames. The fast-path tests build exact frames from
+//!   these; fields are as given, and L4 checksums the fast path does not check are left 0.
+//! - [`inner`]: whole IP packets from addresses with every checksum computed: what the
+//!   testbed tools carry inside GTP-U over ordinary UDP sockets (the kernel builds the outer
+//!   headers).
+//! - Parsers for what comes back: [`IpPacket`] and [`Gtpu`].
+//!
+//! Nothing here may use the gateway's crates: a shared mistake would pass unseen.
 
 use std::net::IpAddr;
+
+pub mod inner;
 
 /// IP protocol numbers used here.
 pub mod proto {
@@ -36,6 +45,12 @@ pub mod gtp_type {
 /// The GTP-U port.
 pub const GTPU_PORT: u16 = 2152;
 
+/// The PDU Session Container extension header type (TS 29.281 5.2.1).
+const PDU_SESSION_CONTAINER: u8 = 0x85;
+
+// ---------------------------------------------------------------------------------------
+// Checksums (RFC 1071).
+
 /// Folds a 32-bit one's-complement accumulator to 16 bits.
 fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
@@ -44,7 +59,8 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// Adds `data` to a one's-complement accumulator, as 16-bit big-endian words.
+/// Adds `data` to a one's-complement accumulator, as 16-bit big-endian words (an odd last
+/// byte is padded with a zero byte).
 fn add_words(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for w in &mut chunks {
@@ -57,8 +73,8 @@ fn add_words(mut sum: u32, data: &[u8]) -> u32 {
     sum
 }
 
-/// The Internet checksum (RFC 1071) of `data`.
-pub fn checksum(data: &[u8]) -> u16 {
+/// RFC 1071 Internet checksum of `data` (the one's complement of the one's-complement sum).
+pub fn internet_checksum(data: &[u8]) -> u16 {
     !fold(add_words(0, data))
 }
 
@@ -89,78 +105,90 @@ fn ip_octets(a: IpAddr) -> Vec<u8> {
     }
 }
 
-/// An IP header around `payload`: IPv4 (with DF, id 0) or IPv6, by the family of `src`.
-/// `src` and `dst` must be of the same family.
-pub fn ip(src: IpAddr, dst: IpAddr, protocol: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let total = (20 + payload.len()) as u16;
-            let mut h = vec![0x45, 0];
-            h.extend_from_slice(&total.to_be_bytes());
-            h.extend_from_slice(&[0, 0, 0x40, 0, ttl, protocol, 0, 0]);
-            h.extend_from_slice(&s.octets());
-            h.extend_from_slice(&d.octets());
-            let c = checksum(&h);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            h.extend_from_slice(payload);
-            h
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut h = vec![0x60, 0, 0, 0];
-            h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-            h.extend_from_slice(&[protocol, ttl]);
-            h.extend_from_slice(&s.octets());
-            h.extend_from_slice(&d.octets());
-            h.extend_from_slice(payload);
-            h
-        }
-        _ => Vec::new(),
+/// The UDP checksum over IPv6 of `udp` (whose checksum field is taken as zero).
+pub fn udp6_checksum(src: &[u8; 16], dst: &[u8; 16], udp: &[u8]) -> u16 {
+    let mut u = udp.to_vec();
+    u[6] = 0;
+    u[7] = 0;
+    match l4_checksum(IpAddr::from(*src), IpAddr::from(*dst), proto::UDP, &u) {
+        0 => 0xffff,
+        c => c,
     }
 }
 
-/// A UDP datagram in an IP packet.
-pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut seg = Vec::with_capacity(8 + payload.len());
-    seg.extend_from_slice(&sport.to_be_bytes());
-    seg.extend_from_slice(&dport.to_be_bytes());
-    seg.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    seg.extend_from_slice(&[0, 0]);
-    seg.extend_from_slice(payload);
-    let mut c = l4_checksum(src, dst, proto::UDP, &seg);
-    if c == 0 {
-        c = 0xffff;
-    }
-    seg[6..8].copy_from_slice(&c.to_be_bytes());
-    ip(src, dst, proto::UDP, 64, &seg)
+// ---------------------------------------------------------------------------------------
+// Layer by layer.
+
+pub const MAC_A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+pub const MAC_B: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
+
+/// An Ethernet header.
+pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
 }
 
-/// An ICMP (IPv4) or ICMPv6 echo request or reply in an IP packet.
-pub fn icmp_echo(
-    src: IpAddr,
-    dst: IpAddr,
-    reply: bool,
+/// An Ethernet header with one 802.1Q tag.
+pub fn eth_vlan(dst: [u8; 6], src: [u8; 6], vid: u16, ethertype: u16) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x81, 0x00]);
+    f.extend_from_slice(&vid.to_be_bytes());
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// An IPv4 packet (no options, identification 0x1234) with a correct header checksum. `frag`
+/// is the flags + fragment offset field.
+pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, ttl: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+    ipv4_with_id(0x1234, src, dst, proto, ttl, frag, payload)
+}
+
+fn ipv4_with_id(
     id: u16,
-    seq: u16,
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    ttl: u8,
+    frag: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let v6 = src.is_ipv6();
-    let kind = match (v6, reply) {
-        (false, false) => 8,
-        (false, true) => 0,
-        (true, false) => 128,
-        (true, true) => 129,
-    };
-    let mut m = vec![kind, 0, 0, 0];
-    m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(&seq.to_be_bytes());
-    m.extend_from_slice(payload);
-    let (protocol, c) = if v6 {
-        (proto::ICMPV6, l4_checksum(src, dst, proto::ICMPV6, &m))
-    } else {
-        (proto::ICMP, checksum(&m))
-    };
-    m[2..4].copy_from_slice(&c.to_be_bytes());
-    ip(src, dst, protocol, 64, &m)
+    let total = (20 + payload.len()) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[ttl, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let c = internet_checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An IPv6 packet with no extension headers.
+pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, hop]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A UDP header + payload with checksum 0 (legal over IPv4; used for inner packets and
+/// uplink outer headers, which the fast path does not check).
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = sport.to_be_bytes().to_vec();
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
 }
 
 /// The fields of a TCP segment that the tools set.
@@ -174,8 +202,8 @@ pub struct TcpHeader {
     pub window: u16,
 }
 
-/// A TCP segment (no options) in an IP packet.
-pub fn tcp(src: IpAddr, dst: IpAddr, h: TcpHeader, payload: &[u8]) -> Vec<u8> {
+/// A TCP segment (no options) with checksum 0.
+fn tcp_segment(h: TcpHeader, payload: &[u8]) -> Vec<u8> {
     let mut seg = Vec::with_capacity(20 + payload.len());
     seg.extend_from_slice(&h.sport.to_be_bytes());
     seg.extend_from_slice(&h.dport.to_be_bytes());
@@ -185,10 +213,169 @@ pub fn tcp(src: IpAddr, dst: IpAddr, h: TcpHeader, payload: &[u8]) -> Vec<u8> {
     seg.extend_from_slice(&h.window.to_be_bytes());
     seg.extend_from_slice(&[0, 0, 0, 0]);
     seg.extend_from_slice(payload);
-    let c = l4_checksum(src, dst, proto::TCP, &seg);
-    seg[16..18].copy_from_slice(&c.to_be_bytes());
-    ip(src, dst, proto::TCP, 64, &seg)
+    seg
 }
+
+/// A minimal TCP header (SYN, sequence number 1) to `dport`, checksum left 0.
+pub fn tcp(sport: u16, dport: u16) -> Vec<u8> {
+    tcp_segment(
+        TcpHeader {
+            sport,
+            dport,
+            seq: 1,
+            ack: 0,
+            flags: tcp_flags::SYN,
+            window: 0xffff,
+        },
+        &[],
+    )
+}
+
+/// An ICMP (type `kind`: 8/0 or 128/129) echo message with checksum 0.
+fn echo_message(kind: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+/// An ICMP echo request (id 1, sequence 1, "ping").
+pub fn icmp_echo() -> Vec<u8> {
+    let mut m = echo_message(8, 1, 1, b"ping");
+    let c = internet_checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// A GTP-U extension header: type, and content (length byte and next type are added).
+#[derive(Clone, Debug)]
+pub struct Ext {
+    pub kind: u8,
+    pub content: Vec<u8>,
+}
+
+/// PDU Session Container direction (TS 38.415 PDU type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PduType {
+    Downlink = 0,
+    Uplink = 1,
+}
+
+/// PDU Session Container of `pdu_type` with `qfi`.
+pub fn pdu_session_container(pdu_type: PduType, qfi: u8) -> Ext {
+    Ext {
+        kind: PDU_SESSION_CONTAINER,
+        content: vec![(pdu_type as u8) << 4, qfi],
+    }
+}
+
+/// PDU Session Container, uplink (PDU type 1), with `qfi`.
+pub fn ul_container(qfi: u8) -> Ext {
+    pdu_session_container(PduType::Uplink, qfi)
+}
+
+/// PDU Session Container, downlink (PDU type 0), with `qfi`.
+pub fn dl_container(qfi: u8) -> Ext {
+    pdu_session_container(PduType::Downlink, qfi)
+}
+
+/// GTP-U v1 header (+ optional fields when `seq` is given or `exts` is not empty) and payload.
+/// `seq = Some(n)` sets S; a non-empty `exts` sets E.
+pub fn gtp(msg_type: u8, teid: u32, seq: Option<u16>, exts: &[Ext], payload: &[u8]) -> Vec<u8> {
+    let mut flags = 0x30u8;
+    if seq.is_some() {
+        flags |= 0x02;
+    }
+    if !exts.is_empty() {
+        flags |= 0x04;
+    }
+    let mut body = Vec::new();
+    if flags & 0x07 != 0 {
+        body.extend_from_slice(&seq.unwrap_or(0).to_be_bytes());
+        body.push(0); // N-PDU number
+        body.push(exts.first().map_or(0, |e| e.kind));
+    }
+    for (i, e) in exts.iter().enumerate() {
+        let len = e.content.len() + 2;
+        assert_eq!(
+            len % 4,
+            0,
+            "extension header content must make a multiple of 4"
+        );
+        body.push((len / 4) as u8);
+        body.extend_from_slice(&e.content);
+        body.push(exts.get(i + 1).map_or(0, |n| n.kind));
+    }
+    body.extend_from_slice(payload);
+    let mut g = vec![flags, msg_type];
+    g.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    g.extend_from_slice(&teid.to_be_bytes());
+    g.extend_from_slice(&body);
+    g
+}
+
+/// Ethernet / IPv4 / UDP 2152 / `gtp`.
+pub fn n3_v4(src: [u8; 4], dst: [u8; 4], gtp: &[u8]) -> Vec<u8> {
+    let mut f = eth(MAC_A, MAC_B, 0x0800);
+    f.extend_from_slice(&ipv4(
+        src,
+        dst,
+        proto::UDP,
+        64,
+        0,
+        &udp(GTPU_PORT, GTPU_PORT, gtp),
+    ));
+    f
+}
+
+/// Ethernet / IPv6 / UDP 2152 / `gtp`.
+pub fn n3_v6(src: [u8; 16], dst: [u8; 16], gtp: &[u8]) -> Vec<u8> {
+    let mut f = eth(MAC_A, MAC_B, 0x86dd);
+    f.extend_from_slice(&ipv6(
+        src,
+        dst,
+        proto::UDP,
+        64,
+        &udp(GTPU_PORT, GTPU_PORT, gtp),
+    ));
+    f
+}
+
+/// `ip` with its TTL (IPv4, header checksum recomputed from scratch) or hop limit lowered by 1.
+pub fn ttl_minus_one(ip: &[u8]) -> Vec<u8> {
+    let mut p = ip.to_vec();
+    if p[0] >> 4 == 4 {
+        p[8] -= 1;
+        p[10] = 0;
+        p[11] = 0;
+        let ihl = usize::from(p[0] & 0x0f) * 4;
+        let c = internet_checksum(&p[..ihl]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        p[7] -= 1;
+    }
+    p
+}
+
+/// The bytes of an IPv4 address literal written in a test.
+#[allow(clippy::expect_used)] // a test's own literal: a typo should stop the test at once
+pub fn v4(a: &str) -> [u8; 4] {
+    a.parse::<std::net::Ipv4Addr>()
+        .expect("IPv4 literal")
+        .octets()
+}
+
+/// The bytes of an IPv6 address literal written in a test.
+#[allow(clippy::expect_used)] // a test's own literal: a typo should stop the test at once
+pub fn v6(a: &str) -> [u8; 16] {
+    a.parse::<std::net::Ipv6Addr>()
+        .expect("IPv6 literal")
+        .octets()
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsers.
 
 /// An IP packet, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,7 +419,7 @@ impl IpPacket {
                     protocol: p[9],
                     ttl: p[8],
                     l4: p[ihl..total].to_vec(),
-                    header_ok: checksum(&p[..ihl]) == 0,
+                    header_ok: internet_checksum(&p[..ihl]) == 0,
                 })
             }
             6 => {
@@ -266,7 +453,7 @@ impl IpPacket {
     /// Whether the L4 checksum (UDP, TCP, ICMP, ICMPv6) verifies.
     pub fn l4_checksum_ok(&self) -> bool {
         match self.protocol {
-            proto::ICMP => checksum(&self.l4) == 0,
+            proto::ICMP => internet_checksum(&self.l4) == 0,
             proto::UDP if self.src.is_ipv4() && self.l4.get(6..8) == Some(&[0, 0]) => true,
             proto::UDP | proto::TCP | proto::ICMPV6 => {
                 l4_checksum(self.src, self.dst, self.protocol, &self.l4) == 0
@@ -325,13 +512,6 @@ impl IpPacket {
     }
 }
 
-/// PDU Session Container direction (TS 38.415 PDU type).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PduType {
-    Downlink = 0,
-    Uplink = 1,
-}
-
 /// A GTP-U v1 message, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gtpu {
@@ -350,7 +530,8 @@ impl Gtpu {
         Self::encode(gtp_type::G_PDU, teid, None, container, inner)
     }
 
-    /// Encodes a GTP-U message (version 1, PT=1).
+    /// Encodes a GTP-U message (version 1, PT=1) with at most one extension header, a PDU
+    /// Session Container (its QFI masked to 6 bits).
     pub fn encode(
         msg_type: u8,
         teid: u32,
@@ -358,29 +539,11 @@ impl Gtpu {
         container: Option<(PduType, u8)>,
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut flags = 0x30u8;
-        if sequence.is_some() {
-            flags |= 0x02;
-        }
-        if container.is_some() {
-            flags |= 0x04;
-        }
-        let mut body = Vec::new();
-        if sequence.is_some() || container.is_some() {
-            body.extend_from_slice(&sequence.unwrap_or(0).to_be_bytes());
-            body.push(0); // N-PDU number
-            body.push(if container.is_some() { 0x85 } else { 0 });
-        }
-        if let Some((pdu_type, qfi)) = container {
-            // length 1 (4 octets): PDU type/spare, QFI, next extension header type = 0.
-            body.extend_from_slice(&[1, (pdu_type as u8) << 4, qfi & 0x3f, 0]);
-        }
-        body.extend_from_slice(payload);
-        let mut m = vec![flags, msg_type];
-        m.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        m.extend_from_slice(&teid.to_be_bytes());
-        m.extend_from_slice(&body);
-        m
+        let exts: Vec<Ext> = container
+            .map(|(pdu_type, qfi)| pdu_session_container(pdu_type, qfi & 0x3f))
+            .into_iter()
+            .collect();
+        gtp(msg_type, teid, sequence, &exts, payload)
     }
 
     /// Parses a GTP-U v1 message: optional fields and a bounded extension-header walk.
@@ -419,7 +582,7 @@ impl Gtpu {
                     return Err("zero-length extension header".into());
                 }
                 let ext = m.get(at..at + len).ok_or("truncated extension header")?;
-                if next == 0x85 && len >= 4 {
+                if next == PDU_SESSION_CONTAINER && len >= 4 {
                     container = Some((ext[1] >> 4, ext[2] & 0x3f));
                 }
                 next = ext[len - 1];
@@ -441,13 +604,15 @@ impl Gtpu {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
     fn checksum_matches_rfc1071_example() {
         // RFC 1071 section 3: the sum of these words is 0xddf2, so the checksum is !0xddf2.
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
-        assert_eq!(checksum(&data), !0xddf2);
+        assert_eq!(internet_checksum(&data), !0xddf2);
     }
 
     #[test]
@@ -458,9 +623,9 @@ mod tests {
         let e6: IpAddr = "2001:db8:0:1::2".parse().unwrap();
         for (s, d) in [(v4, e4), (v6, e6)] {
             for p in [
-                udp(s, d, 1000, 7, b"hello"),
-                icmp_echo(s, d, false, 7, 1, b"abc"),
-                tcp(
+                inner::udp(s, d, 1000, 7, b"hello"),
+                inner::icmp_echo(s, d, false, 7, 1, b"abc"),
+                inner::tcp(
                     s,
                     d,
                     TcpHeader {
@@ -485,7 +650,7 @@ mod tests {
     fn a_flipped_bit_fails_the_l4_checksum() {
         let s: IpAddr = "198.19.0.1".parse().unwrap();
         let d: IpAddr = "198.18.1.2".parse().unwrap();
-        let mut p = udp(s, d, 1000, 7, b"hello");
+        let mut p = inner::udp(s, d, 1000, 7, b"hello");
         let last = p.len() - 1;
         p[last] ^= 1;
         assert!(!IpPacket::parse(&p).unwrap().l4_checksum_ok());
@@ -499,5 +664,33 @@ mod tests {
         assert_eq!(g.teid, 0x1234);
         assert_eq!(g.container, Some((1, 9)));
         assert_eq!(g.payload, b"inner");
+    }
+
+    #[test]
+    fn the_parser_walks_a_chain_of_extension_headers_to_the_container() {
+        let other = Ext {
+            kind: 0x40,
+            content: vec![0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff],
+        };
+        let m = gtp(gtp_type::G_PDU, 7, Some(3), &[other, dl_container(5)], b"x");
+        let g = Gtpu::parse(&m).unwrap();
+        assert_eq!(g.sequence, Some(3));
+        assert_eq!(g.container, Some((PduType::Downlink as u8, 5)));
+        assert_eq!(g.payload, b"x");
+    }
+
+    #[test]
+    fn a_lowered_ttl_keeps_the_header_checksum_valid() {
+        let p = ipv4(
+            v4("10.0.0.1"),
+            v4("10.0.0.2"),
+            proto::UDP,
+            64,
+            0,
+            &udp(1, 2, b""),
+        );
+        let q = IpPacket::parse(&ttl_minus_one(&p)).unwrap();
+        assert_eq!(q.ttl, 63);
+        assert!(q.header_ok);
     }
 }
