@@ -110,7 +110,10 @@ pub fn read_key_file(name: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
         path: path.to_owned(),
         error,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
+    // Only a regular file (a device or a FIFO is refused before anything is read), its mode
+    // checked on the open descriptor, read through the limit.
+    let file = crate::files::open_regular(path).map_err(|e| io(e.into_io()))?;
+    let meta = file.metadata().map_err(io)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & FORBIDDEN_MODE_BITS != 0 {
         return Err(KeyError::Readable {
@@ -119,13 +122,18 @@ pub fn read_key_file(name: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
             mode,
         });
     }
-    if meta.len() > MAX_KEY_FILE_BYTES {
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_KEY_FILE_BYTES + 1),
+        &mut raw,
+    )
+    .map_err(io)?;
+    if raw.len() as u64 > MAX_KEY_FILE_BYTES {
         return Err(KeyError::TooLarge {
             name: name.to_owned(),
             path: path.to_owned(),
         });
     }
-    let raw = std::fs::read(path).map_err(io)?;
     let key = decode_key_text(&raw).unwrap_or(raw);
     if key.len() < MIN_KEY_BYTES {
         return Err(KeyError::TooShort {

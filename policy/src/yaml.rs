@@ -18,13 +18,9 @@ pub const MAX_SOURCE_BYTES: usize = 1 << 20;
 /// or that the file is UTF-16).
 pub fn read_source(path: &std::path::Path) -> std::io::Result<String> {
     let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
-    let len = std::fs::metadata(path)?.len();
-    if len > MAX_SOURCE_BYTES as u64 {
-        return Err(invalid(format!(
-            "the policy is {len} bytes; the limit is {MAX_SOURCE_BYTES}"
-        )));
-    }
-    let bytes = std::fs::read(path)?;
+    // Only a regular file, read through the limit (a device or a FIFO is refused).
+    let bytes = crate::files::read_limited(path, MAX_SOURCE_BYTES as u64)
+        .map_err(crate::files::ReadError::into_io)?;
     if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
         return Err(invalid(
             "the file is UTF-16 text; save the policy as UTF-8".to_owned(),

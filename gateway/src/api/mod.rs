@@ -380,6 +380,8 @@ pub async fn serve_on<B: ApiBackend>(
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Size limit for health and reflection requests.
 const SMALL_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest certificate, key or CA bundle file read (PEM).
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// How long a graceful stop may wait for calls still open.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -388,7 +390,8 @@ fn tls_config(config: &ApiConfig) -> anyhow::Result<ServerTlsConfig> {
         let path = path
             .as_ref()
             .with_context(|| format!("api.{what} is required unless api.insecure = true"))?;
-        std::fs::read(path).with_context(|| format!("api.{what}: cannot read {}", path.display()))
+        mecgw_policy::files::read_limited(path, MAX_PEM_BYTES)
+            .with_context(|| format!("api.{what}: cannot read {}", path.display()))
     };
     let cert = read("cert", &config.cert)?;
     let key = read("key", &config.key)?;

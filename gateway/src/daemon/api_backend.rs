@@ -149,10 +149,13 @@ impl ApiBackend for GatewayApi {
                 return Err(BackendError::Unavailable(FlushError::Stopped.to_string()));
             };
             plane.flush().await.map_err(|e| match e {
-                FlushError::SpoolFull { .. } => BackendError::Exhausted {
-                    retry_after: e.retry_after(),
-                    message: e.to_string(),
-                },
+                // A full disk is an exhausted resource too (the gRPC spec names it).
+                FlushError::SpoolFull { .. } | FlushError::NoSpace { .. } => {
+                    BackendError::Exhausted {
+                        retry_after: e.retry_after(),
+                        message: e.to_string(),
+                    }
+                }
                 e => BackendError::Unavailable(e.to_string()),
             })
         })

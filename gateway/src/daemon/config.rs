@@ -391,6 +391,10 @@ impl Config {
             }
             fix(&mut egress.spool_dir);
             fix(&mut egress.audit_dir);
+            // The state directory's marker knows which components have had state.
+            if egress.state_dir.is_none() {
+                egress.state_dir = Some(self.state.dir.clone());
+            }
             for d in &mut egress.destinations {
                 match &mut d.sink {
                     crate::records::egress::sink::SinkConfig::File(f) => fix(&mut f.dir),

@@ -109,7 +109,7 @@ pub fn next_restart_counter(state_dir: &Path) -> anyhow::Result<u8> {
             let mut text = String::new();
             std::io::Read::read_to_string(
                 &mut std::io::Read::take(
-                    std::fs::File::open(&path)
+                    mecgw_policy::files::open_regular(&path)
                         .with_context(|| format!("reading {}", path.display()))?,
                     16,
                 ),

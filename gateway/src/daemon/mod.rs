@@ -445,6 +445,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 engine::Settings {
                     keys_dir: keys_dir(pc),
                     ledger_dir: config.state.dir.join("budget"),
+                    state_dir: Some(config.state.dir.clone()),
                     window_grace_secs: pc.window_grace_secs,
                 },
                 engine::Wiring {
@@ -612,7 +613,12 @@ fn reload(gw: &Gateway, config: &Config) {
         Some(p) => load_policy(&p.file)
             .and_then(|loaded| {
                 check_destinations(&loaded, config.egress.as_ref())?;
-                engine::check_engine(&loaded, &keys_dir(p))?;
+                let ledger = config.state.dir.join("budget");
+                engine::check_engine(
+                    &loaded,
+                    &keys_dir(p),
+                    Some((&ledger, Some(&config.state.dir))),
+                )?;
                 Ok(loaded)
             })
             .map(|l| Some(Arc::new(l))),

@@ -50,10 +50,13 @@ async fn healthz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    if gw.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    if !gw.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string());
+    }
+    // Ready means every configured part serves: egress must be able to spool and audit.
+    match gw.egress().map(|e| e.health()) {
+        Some(h) if !h.is_ready() => (StatusCode::SERVICE_UNAVAILABLE, format!("{h}\n")),
+        _ => (StatusCode::OK, "ready\n".to_string()),
     }
 }
 
@@ -241,8 +244,8 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
     gauge(
         &mut out,
         "mecgw_ready",
-        "1 when programs are attached and tables and policy loaded.",
-        u64::from(gw.is_ready()),
+        "1 when every configured part serves: programs attached, tables and policy loaded, egress able to spool and audit.",
+        u64::from(gw.is_ready() && gw.egress().is_none_or(|e| e.health().is_ready())),
     );
     if let Some(api) = gw.api_metrics() {
         out.push_str(&api.render());
@@ -260,7 +263,9 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
         render_privacy(&mut out, &p.metrics().snapshot());
     }
     if let Some(e) = gw.egress() {
-        render_egress(&mut out, &e.metrics().snapshot());
+        let snapshot = e.metrics().snapshot();
+        render_egress(&mut out, &snapshot);
+        crate::records::egress::metrics::render(&mut out, &snapshot, &e.storage());
     }
     Ok(out)
 }

@@ -16,13 +16,13 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use mecgw_policy::{
-    budget::Ledger,
+    budget::{self, Ledger},
     engine::{Engine, EngineFailure, KeySource, Output, Stats},
     noise::OsRandom,
 };
@@ -32,7 +32,11 @@ use tracing::{error, info, warn};
 
 use super::{
     LoadedPolicy, PublishedRecord, ReleasedOutput,
-    egress::{Egress, EnqueueError, item::EgressItem},
+    egress::{
+        Egress, EnqueueError,
+        item::EgressItem,
+        state::{Presence, StateMarker, has_content},
+    },
     harvest::{FlowHarvest, FlowSource},
 };
 
@@ -66,9 +70,15 @@ pub struct Settings {
     pub keys_dir: PathBuf,
     /// The budget ledger's directory.
     pub ledger_dir: PathBuf,
+    /// The state directory whose marker records that the ledger has had state (so a ledger
+    /// deleted whole, head and all, is found missing, not started afresh); `None`: no marker.
+    pub state_dir: Option<PathBuf>,
     /// Seconds after a window's end before it closes.
     pub window_grace_secs: u64,
 }
+
+/// The ledger's name in the state directory's marker.
+const LEDGER_COMPONENT: &str = "budget-ledger";
 
 /// What the privacy plane did, for `/metrics` and Status. Counters add up over reloads.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -148,6 +158,13 @@ pub enum FlushError {
          not yet durable"
     )]
     SpoolFull { waiting: u64 },
+    /// The file system of the spool or the audit log is full; spooling resumes by itself
+    /// once there is room (the outputs wait in memory meanwhile).
+    #[error("spooling for {destination} failed: {message}")]
+    NoSpace {
+        destination: String,
+        message: String,
+    },
     /// Spooling failed for another reason (e.g. an I/O error); it is retried.
     #[error("spooling for {destination} failed: {message}")]
     Spool {
@@ -161,7 +178,9 @@ impl FlushError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             FlushError::Stopped => None,
-            FlushError::SpoolFull { .. } | FlushError::Spool { .. } => Some(BACKPRESSURE_RETRY),
+            FlushError::SpoolFull { .. }
+            | FlushError::NoSpace { .. }
+            | FlushError::Spool { .. } => Some(BACKPRESSURE_RETRY),
         }
     }
 }
@@ -274,7 +293,16 @@ impl PrivacyPlane {
 /// released until the ledger is restored or reset and the daemon reloaded.
 fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<Engine> {
     let b = &policy.policy.budget;
+    let marker = match &settings.state_dir {
+        Some(dir) => Some(ledger_not_vanished(dir, &settings.ledger_dir)?),
+        None => None,
+    };
     let ledger = Ledger::open(&settings.ledger_dir, b.epsilon, b.delta, b.period.0)?;
+    // The ledger exists now (its head is written with it): from here on, its vanishing is a
+    // finding.
+    if let Some(marker) = marker {
+        marker.record(LEDGER_COMPONENT)?;
+    }
     Ok(Engine::new(
         &policy.policy,
         &policy.source,
@@ -284,9 +312,43 @@ fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<En
     )?)
 }
 
-/// Checks that the engine for `policy` can start (keys load, mechanisms are in range)
-/// without touching the ledger: what a reload verifies before it swaps anything.
-pub fn check_engine(policy: &LoadedPolicy, keys_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Refuses a ledger the state directory's marker says existed and that is now gone or empty:
+/// opening it would start the budget afresh, giving back what was spent.
+fn ledger_not_vanished(state_dir: &Path, ledger_dir: &Path) -> anyhow::Result<StateMarker> {
+    let marker = StateMarker::open(state_dir)?;
+    let file = ledger_dir.join(budget::LEDGER_FILE);
+    if marker.presence(LEDGER_COMPONENT, has_content(&file)?) == Presence::Vanished {
+        anyhow::bail!(
+            "the budget ledger {} is missing or empty, but {} says it had entries: nothing \
+             will be released, since starting afresh would give back the budget already spent. \
+             Restore the ledger, or record the loss with `mecgw budget reset --state {} \
+             --reason TEXT` (audited)",
+            file.display(),
+            state_dir.join(super::egress::state::MARKER_FILE).display(),
+            ledger_dir.display()
+        );
+    }
+    Ok(marker)
+}
+
+/// Checks that the engine for `policy` can start (keys load, mechanisms are in range) and,
+/// with `ledger`, that the ledger's chain and head agree (and it has not vanished), without
+/// changing anything: what a reload verifies before it swaps anything.
+pub fn check_engine(
+    policy: &LoadedPolicy,
+    keys_dir: &Path,
+    ledger: Option<(&Path, Option<&Path>)>,
+) -> anyhow::Result<()> {
+    if let Some((ledger_dir, state_dir)) = ledger {
+        if let Some(state_dir) = state_dir {
+            ledger_not_vanished(state_dir, ledger_dir)?;
+        }
+        if ledger_dir.join(budget::HEAD_FILE).exists()
+            || has_content(&ledger_dir.join(budget::LEDGER_FILE))?
+        {
+            budget::verify(ledger_dir)?;
+        }
+    }
     let b = &policy.policy.budget;
     Engine::new(
         &policy.policy,
@@ -507,7 +569,7 @@ impl Worker {
     /// Spools `pending`; while the spool is full (backpressure), waits and retries, still
     /// answering flushes (with an error). Returns `true` if a Stop arrived meanwhile.
     fn spool_until_room(&mut self, rt: &tokio::runtime::Handle) -> bool {
-        while self.spool_once().is_err() {
+        while let Err(why) = self.spool_once() {
             self.publish_metrics();
             let wait = rt.block_on(async {
                 tokio::select! {
@@ -518,9 +580,9 @@ impl Worker {
             match wait {
                 None => {}
                 Some(Some(Control::Flush(ack))) => {
-                    let _ = ack.send(Err(FlushError::SpoolFull {
-                        waiting: self.waiting(),
-                    }));
+                    // Answered with what keeps the outputs from the spool (full, disk full,
+                    // I/O error), so the publisher gets the right reason.
+                    let _ = ack.send(Err(why));
                 }
                 Some(Some(Control::Reload(p))) => {
                     // The egress permissions changed already; the engine switches once
@@ -574,8 +636,18 @@ impl Worker {
                         error!(error = %e, outputs = n, "no such egress destination; outputs refused");
                         items.drain(..n);
                     }
+                    Err(e) if e.is_no_space() => {
+                        // Egress logs the failure and its end itself, throttled.
+                        result = Err(FlushError::NoSpace {
+                            destination: destination.clone(),
+                            message: e.to_string(),
+                        });
+                        break;
+                    }
                     Err(e) => {
-                        error!(%destination, error = %e, "spooling failed; will retry");
+                        if !e.is_unavailable() {
+                            error!(%destination, error = %e, "spooling failed; will retry");
+                        }
                         result = Err(FlushError::Spool {
                             destination: destination.clone(),
                             message: e.to_string(),
@@ -743,6 +815,7 @@ destinations:
             Settings {
                 keys_dir: dir.path().to_path_buf(),
                 ledger_dir: dir.path().join("budget"),
+                state_dir: None,
                 window_grace_secs: 0,
             },
             Wiring {

@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
@@ -301,17 +300,7 @@ struct Scan {
     last_sent: HashMap<(String, u64), u64>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex(digest(&SHA256, bytes).as_ref())
-}
+pub(crate) use mecgw_policy::hex::sha256 as sha256_hex;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     move |source| AuditError::Io {
@@ -376,13 +365,18 @@ impl Head {
 fn read_head(dir: &Path) -> Result<Option<Head>, BrokenLink> {
     let path = dir.join(HEAD_FILE);
     let mut text = String::new();
-    match File::open(&path) {
+    // Only a regular file (a device or a FIFO is refused, never read or waited on).
+    match mecgw_policy::files::open_regular(&path) {
         Ok(f) => {
             f.take(MAX_HEAD)
                 .read_to_string(&mut text)
                 .map_err(|e| BrokenLink::BadHead(e.to_string()))?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(mecgw_policy::files::ReadError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(None);
+        }
         Err(e) => return Err(BrokenLink::BadHead(e.to_string())),
     }
     // `open` creates the head file before the first entry exists: empty means no head yet,
