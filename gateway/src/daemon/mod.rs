@@ -314,6 +314,8 @@ impl FlowSource for Gateway {
             .map(|s| {
                 let identity = SessionIdentity {
                     imsi: s.imsi.as_ref().map(|i| i.as_str().to_string()),
+                    msisdn: None,
+                    imei: None,
                     teid: s.uplink_teid.0,
                     qfi: s.qfi.get(),
                 };
@@ -613,12 +615,10 @@ fn reload(gw: &Gateway, config: &Config) {
         Some(p) => load_policy(&p.file)
             .and_then(|loaded| {
                 check_destinations(&loaded, config.egress.as_ref())?;
-                let ledger = config.state.dir.join("budget");
-                engine::check_engine(
-                    &loaded,
-                    &keys_dir(p),
-                    Some((&ledger, Some(&config.state.dir))),
-                )?;
+                // The ledger is not checked here: a reload that changes the policy rebuilds
+                // the engine, which refuses a damaged or vanished ledger and stops releasing
+                // until it is reset, so the operator's `mecgw budget reset` can take its lock.
+                engine::check_engine(&loaded, &keys_dir(p))?;
                 Ok(loaded)
             })
             .map(|l| Some(Arc::new(l))),
