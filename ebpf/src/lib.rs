@@ -231,7 +231,8 @@ pub enum Reason {
     NotForUe = 12,
     /// Downlink: encapsulated and redirected to the N3 interface.
     Encapsulated = 13,
-    /// Downlink: the encapsulated packet would exceed the N3 MTU: dropped.
+    /// Downlink: the encapsulated packet would exceed the N3 MTU; or a re-tunnelled packet
+    /// exceeds its route's MTU: dropped.
     Oversize = 14,
     /// A kernel helper (adjust head/tail) refused: dropped. Never expected.
     Internal = 15,
@@ -246,14 +247,17 @@ pub enum Reason {
     PdrDrop = 19,
     /// A G-PDU of a PFCP tunnel that no PDR matched: dropped, as a UPF does.
     NoPdr = 20,
-    /// A re-tunnel whose next hop the kernel has no neighbour entry for yet: passed to the
-    /// kernel unchanged (which resolves it; the daemon also probes every target).
+    /// A re-tunnel whose next hop the kernel has no neighbour entry for yet: dropped (the
+    /// PFCP endpoint probes every target, so the kernel resolves it).
     NoNeighbour = 21,
+    /// A re-tunnel the kernel's FIB has no route for (or forwarding is off on N3, or the
+    /// target is of another IP family than the packet): dropped.
+    NoRoute = 22,
 }
 
 impl Reason {
     /// Number of reasons: the size of the reason counter array.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     /// All reasons, in discriminant order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NotGtp,
@@ -278,6 +282,7 @@ impl Reason {
         Reason::PdrDrop,
         Reason::NoPdr,
         Reason::NoNeighbour,
+        Reason::NoRoute,
     ];
 
     /// snake_case name used in logs, metrics and replay output.
@@ -305,6 +310,7 @@ impl Reason {
             Reason::PdrDrop => "pdr_drop",
             Reason::NoPdr => "no_pdr",
             Reason::NoNeighbour => "no_neighbour",
+            Reason::NoRoute => "no_route",
         }
     }
 

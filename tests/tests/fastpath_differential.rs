@@ -503,7 +503,7 @@ fn the_packet_generator_reaches_every_reason() {
     for reason in mecgw_ebpf::Reason::ALL {
         let pfcp_only = matches!(
             reason,
-            PdrLocal | PdrForward | PdrRetunnel | PdrDrop | NoPdr | NoNeighbour
+            PdrLocal | PdrForward | PdrRetunnel | PdrDrop | NoPdr | NoNeighbour | NoRoute
         );
         if reason != Internal && !pfcp_only {
             assert!(

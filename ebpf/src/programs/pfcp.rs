@@ -16,7 +16,10 @@
 //! packet sees a session entirely before or entirely after a change.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, xdp_action,
+    },
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     macros::{map, xdp},
     maps::{PerCpuArray, ProgramArray},
@@ -325,8 +328,12 @@ fn retunnel(ctx: &XdpContext, config: &Config, target: &TunnelTarget) -> Outcome
     };
     let l3 = l2.l3_off;
     let v6 = l2.ethertype == ETH_P_IPV6;
-    if v6 != (target.flags & TARGET_V6 != 0) || (!v6 && l2.ethertype != ETH_P_IPV4) {
+    if !v6 && l2.ethertype != ETH_P_IPV4 {
         return internal;
+    }
+    // The outer header is rewritten in place: the target must be of the packet's family.
+    if v6 != (target.flags & TARGET_V6 != 0) {
+        return Outcome::new(Verdict::Drop, Reason::NoRoute);
     }
     let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
         return internal;
@@ -366,11 +373,15 @@ fn retunnel(ctx: &XdpContext, config: &Config, target: &TunnelTarget) -> Outcome
             0,
         )
     };
+    // Larger than the route's MTU: not fragmented here (GTP-U peers agree on MTUs).
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        return Outcome::new(Verdict::Drop, Reason::Oversize);
+    }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return Outcome::new(Verdict::Drop, Reason::NoNeighbour);
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return internal;
+        return Outcome::new(Verdict::Drop, Reason::NoRoute);
     }
     let written = if v6 {
         rewrite_v6(ctx, config, target, l3, udp_off)
@@ -495,10 +506,16 @@ fn rewrite_v6(
     let new_teid = u32::from_ne_bytes(target.teid.to_be_bytes());
     let new_sum = sum_words(&src) + sum_words(&target.addr) + sum_words(&[new_teid]);
     let check = be16_at(ctx, udp_off + 6)?;
-    let mut check = update_check(check, old_sum, new_sum);
-    if check == 0 {
-        check = 0xffff;
-    }
+    // A zero checksum (a tunnel sender that does not compute one, RFC 6936) stays zero:
+    // there is nothing to update, and computing one would mean reading the whole payload.
+    let check = if check == 0 {
+        0
+    } else {
+        match update_check(check, old_sum, new_sum) {
+            0 => 0xffff,
+            c => c,
+        }
+    };
     write_words(ctx, l3 + 8, &src)?;
     write_words(ctx, l3 + 24, &target.addr)?;
     let next_header = view::<2>(ctx, l3 + 6)?[0];

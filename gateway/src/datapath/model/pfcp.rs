@@ -23,17 +23,19 @@ use crate::datapath::Direction;
 /// What the kernel's FIB says about a re-tunnel target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// Routed out of `ifindex`, with these MACs.
+    /// Routed out of `ifindex`, with these MACs, over a path of this MTU.
     Forward {
         ifindex: u32,
         smac: [u8; 6],
         dmac: [u8; 6],
+        mtu: u32,
     },
     /// Routed, but no neighbour entry yet.
     NoNeighbour,
 }
 
-/// Targets the FIB knows; any other is unroutable.
+/// Targets the FIB knows; any other is unroutable (as is every target when forwarding is off
+/// on N3).
 pub type Fib = HashMap<IpAddr, Route>;
 
 /// The PFCP entries in force, as the kernel holds them.
@@ -212,7 +214,7 @@ impl super::Model {
         };
         let v6 = ethertype == 0x86dd;
         if v6 != (target.flags & TARGET_V6 != 0) {
-            return keep(Verdict::Drop, Reason::Internal);
+            return keep(Verdict::Drop, Reason::NoRoute);
         }
         let addr = bytes(&target.addr);
         let dst: IpAddr = if v6 {
@@ -220,10 +222,19 @@ impl super::Model {
         } else {
             Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()
         };
+        // The outer packet's length, as the FIB compares it with the route's MTU.
+        let outer_len = if v6 {
+            usize::from(u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]])) + 40
+        } else {
+            usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]))
+        };
         let (smac, dmac) = match p.fib.get(&dst) {
+            Some(Route::Forward { mtu, .. }) if outer_len > *mtu as usize => {
+                return keep(Verdict::Drop, Reason::Oversize);
+            }
             Some(Route::Forward { smac, dmac, .. }) => (*smac, *dmac),
             Some(Route::NoNeighbour) => return keep(Verdict::Drop, Reason::NoNeighbour),
-            None => return keep(Verdict::Drop, Reason::Internal),
+            None => return keep(Verdict::Drop, Reason::NoRoute),
         };
         let mut out = frame.to_vec();
         out[..6].copy_from_slice(&dmac);
@@ -235,18 +246,22 @@ impl super::Model {
             out[l3 + 24..l3 + 40].copy_from_slice(&addr);
             let udp = l3 + 40;
             out[udp + 12..udp + 16].copy_from_slice(&target.teid.to_be_bytes());
-            // The UDP checksum over pseudo-header, UDP header and payload, from scratch.
+            // The UDP checksum over pseudo-header, UDP header and payload, from scratch
+            // (a zero one, from a sender that computes none, stays zero). The kernel updates
+            // it incrementally: the two agree for every packet whose checksum was right.
             let udp_len = usize::from(u16::from_be_bytes([out[udp + 4], out[udp + 5]]));
+            let unchecked = out[udp + 6..udp + 8] == [0, 0];
             out[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
             let mut pseudo = Vec::new();
             pseudo.extend_from_slice(&out[l3 + 8..l3 + 40]);
             pseudo.extend_from_slice(&(udp_len as u32).to_be_bytes());
             pseudo.extend_from_slice(&[0, 0, 0, 17]);
             let sum = super::fold32(super::sum16(&pseudo) + super::sum16(&out[udp..udp + udp_len]));
-            let mut check = !(sum as u16);
-            if check == 0 {
-                check = 0xffff;
-            }
+            let check = match !(sum as u16) {
+                _ if unchecked => 0,
+                0 => 0xffff,
+                c => c,
+            };
             out[udp + 6..udp + 8].copy_from_slice(&check.to_be_bytes());
         } else {
             let src = t.n3.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets();
