@@ -510,6 +510,35 @@ mod tests {
         let egress = c.egress.expect("the example's [egress] section");
         assert_eq!(egress.destinations.len(), 2);
         assert!(c.flows.enabled);
+        let pfcp = c.pfcp.expect("the example's [pfcp] section");
+        assert!(pfcp.problems().is_empty(), "{:?}", pfcp.problems());
+        assert_eq!(pfcp.teid_min, 0x8000_0000);
+    }
+
+    #[test]
+    fn a_bad_pfcp_value_is_reported_at_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        let text = format!(
+            "{MINIMAL}\n[pfcp]\nnode_id = \"198.18.0.2\"\npeers = [\"198.18.2.2/32\"]\nretries = 0\n"
+        );
+        std::fs::write(&path, &text).unwrap();
+        let err = Config::load(&path, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        let line = text.lines().position(|l| l.starts_with("retries")).unwrap() + 1;
+        assert!(
+            err.contains(&format!("m.toml:{line}:1: pfcp.retries: must be 1-20")),
+            "{err}"
+        );
+        let minimal = Config::from_toml(
+            &format!("{MINIMAL}\n[pfcp]\nnode_id = \"a\"\npeers = [\"10.0.0.1\"]\n"),
+            "m.toml",
+        )
+        .unwrap();
+        let p = minimal.pfcp.unwrap();
+        assert_eq!(p.listen, "0.0.0.0:8805".parse().unwrap());
+        assert_eq!((p.heartbeat_interval_secs, p.retries), (10, 3));
     }
 
     #[test]

@@ -801,12 +801,49 @@ fn pfcp_map_sizes(p: &crate::pfcp::PfcpConfig) -> crate::datapath::pfcp_maps::Pf
     }
 }
 
+/// Re-tunnelled packets (FARs with Outer Header Creation) need the kernel's FIB, which
+/// answers XDP only where forwarding is on: say so at start rather than as `no_route` drops.
+fn warn_if_not_forwarding(tables: &CompiledTables) {
+    let n3 = tables.n3.ifindex;
+    let name = interface_name(n3).unwrap_or_else(|| format!("ifindex {n3}"));
+    let off = |path: String| {
+        std::fs::read_to_string(&path)
+            .map(|v| v.trim() == "0")
+            .unwrap_or(false)
+    };
+    if tables.n3.ipv4.is_some() && off(format!("/proc/sys/net/ipv4/conf/{name}/forwarding")) {
+        warn!(
+            n3 = %name,
+            "IPv4 forwarding is off on N3: PFCP re-tunnels (to a PSA, or back to a gNB) will be dropped as no_route; set net.ipv4.conf.{name}.forwarding=1"
+        );
+    }
+    if tables.n3.ipv6.is_some() && off("/proc/sys/net/ipv6/conf/all/forwarding".into()) {
+        warn!(
+            "IPv6 forwarding is off: PFCP re-tunnels over IPv6 will be dropped as no_route; set net.ipv6.conf.all.forwarding=1"
+        );
+    }
+}
+
+/// The name of interface `ifindex`, if it exists.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` is IF_NAMESIZE bytes, what if_indextoname writes at most (NUL included).
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Starts the PFCP endpoint on `gw`'s fast path; N3's addresses are the tables'.
 fn start_pfcp(
     gw: &Arc<Gateway>,
     config: &crate::pfcp::PfcpConfig,
 ) -> anyhow::Result<crate::pfcp::server::PfcpEndpoint> {
     let tables = gw.tables();
+    warn_if_not_forwarding(&tables);
     let metrics = Arc::new(crate::pfcp::PfcpMetrics::default());
     let identities = crate::pfcp::sessions::Identities::default();
     let endpoint = crate::pfcp::server::PfcpEndpoint::start(

@@ -630,6 +630,32 @@ mod tests {
     }
 
     #[test]
+    fn with_pfcp_on_a_session_in_its_range_is_refused_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let text = format!(
+            "{MINIMAL}\n[[sessions]]\nid = 1\nuplink_teid = 0x80000001\ndownlink_teid = 8\n\
+             ue_ipv4 = \"10.0.0.1\"\ngnb = \"198.18.1.1\"\nqfi = 1\n"
+        );
+        std::fs::write(&path, &text).unwrap();
+        let reserved = Reserved {
+            pfcp_from: Some(0x8000_0000),
+        };
+        let e = load_with(&path, &Overlay::default(), "api", reserved)
+            .unwrap_err()
+            .to_string();
+        let line = text.lines().position(|l| l == "[[sessions]]").unwrap() + 1;
+        assert!(
+            e.contains(&format!(
+                "t.toml:{line}:1: session 1: uplink_teid 0x80000001 is in PFCP's range"
+            )),
+            "{e}"
+        );
+        // Without PFCP the same tables are fine.
+        load_with(&path, &Overlay::default(), "api", Reserved::default()).unwrap();
+    }
+
+    #[test]
     fn an_imsi_is_5_to_15_digits_and_a_bad_one_is_reported_where_it_is() {
         let session = |imsi: &str| {
             format!(

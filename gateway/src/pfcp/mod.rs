@@ -12,6 +12,7 @@
 //! The wire format is the `mecgw-pfcp` crate's. This module never parses bytes itself and
 //! never touches the kernel except through [`sessions::Datapath`].
 
+pub mod neighbours;
 pub mod rules;
 pub mod sdf;
 pub mod server;
