@@ -891,3 +891,394 @@ fn add_ue(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use mecgw_pfcp::ie::{
+        GateStatus, OuterHeaderRemoval, Pdi, SdfFilter, UeIpAddress, Urr, ie_type,
+    };
+
+    use super::*;
+
+    const N3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const UE: Ipv4Addr = Ipv4Addr::new(10, 45, 0, 7);
+    const TEID: u32 = 0x8000_0001;
+
+    /// A PDR on `source` with FAR `far`: from Access or Core with the local TEID, from
+    /// SGi-LAN with the UE's address.
+    fn pdr(id: u16, precedence: u32, source: Interface, far: u32, ohr: bool) -> CreatePdr {
+        let access_or_core = source != Interface::SgiLan;
+        CreatePdr {
+            pdr_id: id,
+            precedence,
+            pdi: Pdi {
+                source_interface: source,
+                local_f_teid: access_or_core.then_some(mecgw_pfcp::ie::FTeid::Assigned {
+                    teid: TEID,
+                    ipv4: Some(N3),
+                    ipv6: None,
+                }),
+                network_instance: None,
+                ue_ip_address: vec![UeIpAddress {
+                    ipv4: Some(UE),
+                    is_destination: !access_or_core,
+                    ..UeIpAddress::default()
+                }],
+                sdf_filters: Vec::new(),
+                qfis: Vec::new(),
+            },
+            outer_header_removal: ohr.then_some(OuterHeaderRemoval {
+                description: 0,
+                extension_header_deletion: None,
+            }),
+            far_id: Some(far),
+            urr_ids: Vec::new(),
+            qer_ids: Vec::new(),
+        }
+    }
+
+    fn far(id: u32, action: u16, dest: Interface, ohc: Option<(u32, Ipv4Addr)>) -> CreateFar {
+        CreateFar {
+            far_id: id,
+            apply_action: ApplyAction(action),
+            forwarding_parameters: Some(ForwardingParameters {
+                destination_interface: Some(dest),
+                network_instance: None,
+                outer_header_creation: ohc.map(|(teid, a)| OuterHeaderCreation {
+                    description: OuterHeaderCreation::GTPU_UDP_IPV4,
+                    teid: Some(teid),
+                    ipv4: Some(a),
+                    ipv6: None,
+                    port: None,
+                }),
+            }),
+            bar_id: None,
+        }
+    }
+
+    /// `pdrs` and `fars` compiled as the store would: access/core PDRs on [`TEID`], PDR n in
+    /// counter slot 100 + n.
+    fn build(
+        pdrs: Vec<CreatePdr>,
+        fars: Vec<CreateFar>,
+        qers: Vec<Qer>,
+    ) -> Result<Compiled, Reject> {
+        let mut rules = Rules::create(&pdrs, &fars, &qers, &[])?;
+        for p in rules.pdrs.values_mut() {
+            if p.def.pdi.local_f_teid.is_some() {
+                p.local_teid = Some(TEID);
+            }
+        }
+        let slots: BTreeMap<u16, u32> = rules
+            .pdrs
+            .keys()
+            .map(|&id| (id, 100 + u32::from(id)))
+            .collect();
+        compile(
+            &rules,
+            &Ctx {
+                session: 0x8000_0007,
+                counter: 7,
+                pdr_slots: &slots,
+                n3_v4: Some(N3),
+                n3_v6: None,
+            },
+        )
+    }
+
+    fn tunnel(c: &Compiled) -> PfcpTunnel {
+        assert_eq!(c.tunnels.len(), 1, "{c:?}");
+        c.tunnels[&TEID]
+    }
+
+    fn refusal(r: Result<Compiled, Reject>) -> (u8, Option<u16>) {
+        let e = r.unwrap_err();
+        (e.cause.0, e.offending_ie)
+    }
+
+    #[test]
+    fn each_path_compiles_to_its_action() {
+        let forw = ApplyAction::FORW;
+        let psa = Ipv4Addr::new(198, 51, 100, 9);
+        let gnb = Ipv4Addr::new(198, 18, 0, 1);
+
+        // Access → SGi-LAN, outer header removed: local breakout.
+        let t = tunnel(
+            &build(
+                vec![pdr(1, 10, Interface::Access, 1, true)],
+                vec![far(1, forw, Interface::SgiLan, None)],
+                vec![],
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            (t.pdrs[0].action, t.pdrs[0].counter),
+            (pdr_action::LOCAL, 101)
+        );
+        assert_eq!(t.flags & TUNNEL_FROM_ACCESS, TUNNEL_FROM_ACCESS);
+        assert_eq!(t.flags & TUNNEL_CHECK_UE, TUNNEL_CHECK_UE);
+        assert_eq!((t.session, t.counter), (0x8000_0007, 7));
+
+        // Access → Core, unchanged: forward.
+        let t = tunnel(
+            &build(
+                vec![pdr(1, 10, Interface::Access, 1, false)],
+                vec![far(1, forw, Interface::Core, None)],
+                vec![],
+            )
+            .unwrap(),
+        );
+        assert_eq!(t.pdrs[0].action, pdr_action::FORWARD);
+
+        // Access → Core with Outer Header Creation GTP-U (and removal): re-tunnel to the PSA.
+        let t = tunnel(
+            &build(
+                vec![pdr(1, 10, Interface::Access, 1, true)],
+                vec![far(1, forw, Interface::Core, Some((0x99, psa)))],
+                vec![],
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            (t.pdrs[0].action, t.pdrs[0].target),
+            (pdr_action::RETUNNEL, 0)
+        );
+        assert_eq!(t.targets[0], target(0x99, psa.into()));
+
+        // Core → Access likewise (a tunnel from the PSA towards the gNB).
+        let t = tunnel(
+            &build(
+                vec![pdr(1, 10, Interface::Core, 1, true)],
+                vec![far(1, forw, Interface::Access, Some((0x77, gnb)))],
+                vec![],
+            )
+            .unwrap(),
+        );
+        assert_eq!(t.pdrs[0].action, pdr_action::RETUNNEL);
+        assert_eq!(t.flags & TUNNEL_FROM_ACCESS, 0);
+
+        // SGi-LAN → Access with Outer Header Creation: the UE's downlink.
+        let c = build(
+            vec![pdr(2, 10, Interface::SgiLan, 2, false)],
+            vec![far(2, forw, Interface::Access, Some((0x2001, gnb)))],
+            vec![],
+        )
+        .unwrap();
+        assert!(c.tunnels.is_empty());
+        let d = c.downlinks[&UeKey::V4(UE.octets())];
+        assert_eq!(
+            (d.action, d.downlink_teid, d.pdr_id, d.pdr_counter),
+            (pdr_action::ENCAPSULATE, 0x2001, 2, 102)
+        );
+        assert_eq!(d.gnb[..4], gnb.octets());
+
+        // A DROP FAR, and a FORW FAR behind a closed gate, drop.
+        for (action, gate) in [(ApplyAction::DROP, true), (forw, false)] {
+            let qer = Qer {
+                qer_id: 1,
+                gate_status: Some(GateStatus {
+                    uplink_open: gate,
+                    downlink_open: true,
+                }),
+                mbr: None,
+                gbr: None,
+                qfi: None,
+            };
+            let mut p = pdr(1, 10, Interface::Access, 1, true);
+            p.qer_ids = vec![1];
+            let t = tunnel(
+                &build(
+                    vec![p],
+                    vec![far(1, action, Interface::SgiLan, None)],
+                    vec![qer],
+                )
+                .unwrap(),
+            );
+            assert_eq!(t.pdrs[0].action, pdr_action::DROP);
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_done_is_refused_with_its_cause_and_ie() {
+        let forw = ApplyAction::FORW;
+        let gnb = Ipv4Addr::new(198, 18, 0, 1);
+        // To SGi-LAN without removing the outer header: 73, Outer Header Removal.
+        assert_eq!(
+            refusal(build(
+                vec![pdr(1, 10, Interface::Access, 1, false)],
+                vec![far(1, forw, Interface::SgiLan, None)],
+                vec![],
+            )),
+            (73, Some(ie_type::OUTER_HEADER_REMOVAL))
+        );
+        // Decapsulated towards the core: 76.
+        assert_eq!(
+            refusal(build(
+                vec![pdr(1, 10, Interface::Access, 1, true)],
+                vec![far(1, forw, Interface::Core, None)],
+                vec![],
+            )),
+            (76, Some(ie_type::OUTER_HEADER_REMOVAL))
+        );
+        // Buffering: 76, Apply Action.
+        assert_eq!(
+            refusal(build(
+                vec![pdr(2, 10, Interface::SgiLan, 2, false)],
+                vec![far(2, ApplyAction::BUFF, Interface::Access, None)],
+                vec![],
+            )),
+            (76, Some(ie_type::APPLY_ACTION))
+        );
+        // Neither forwarding nor dropping: 69, Apply Action.
+        assert_eq!(
+            refusal(build(
+                vec![pdr(1, 10, Interface::Access, 1, true)],
+                vec![far(1, ApplyAction::IPMA, Interface::SgiLan, None)],
+                vec![],
+            )),
+            (69, Some(ie_type::APPLY_ACTION))
+        );
+        // To the access side without Outer Header Creation: 67.
+        assert_eq!(
+            refusal(build(
+                vec![pdr(2, 10, Interface::SgiLan, 2, false)],
+                vec![far(2, forw, Interface::Access, None)],
+                vec![],
+            )),
+            (67, Some(ie_type::OUTER_HEADER_CREATION))
+        );
+        // A downlink PDR naming no UE: 67, UE IP Address.
+        let mut p = pdr(2, 10, Interface::SgiLan, 2, false);
+        p.pdi.ue_ip_address.clear();
+        assert_eq!(
+            refusal(build(
+                vec![p],
+                vec![far(2, forw, Interface::Access, Some((1, gnb)))],
+                vec![],
+            )),
+            (67, Some(ie_type::UE_IP_ADDRESS))
+        );
+        // A PDR naming a FAR that does not exist: 73, Create PDR.
+        assert_eq!(
+            refusal(build(
+                vec![pdr(1, 10, Interface::Access, 9, true)],
+                vec![far(1, forw, Interface::SgiLan, None)],
+                vec![],
+            )),
+            (73, Some(ie_type::CREATE_PDR))
+        );
+    }
+
+    #[test]
+    fn matches_go_in_precedence_order_then_pdr_id() {
+        let mut p1 = pdr(1, 300, Interface::Access, 1, true);
+        let mut p2 = pdr(2, 100, Interface::Access, 2, false);
+        let mut p3 = pdr(3, 300, Interface::Access, 1, true);
+        for (p, port) in [(&mut p1, 80), (&mut p2, 443), (&mut p3, 8080)] {
+            p.pdi.sdf_filters = vec![SdfFilter {
+                flow_description: Some(format!("permit out 6 from any {port} to assigned")),
+                ..SdfFilter::default()
+            }];
+        }
+        let t = tunnel(
+            &build(
+                vec![p3, p1, p2],
+                vec![
+                    far(1, ApplyAction::FORW, Interface::SgiLan, None),
+                    far(2, ApplyAction::FORW, Interface::Core, None),
+                ],
+                vec![],
+            )
+            .unwrap(),
+        );
+        assert_eq!(t.pdr_count, 3);
+        let order: Vec<(u32, u32, u16)> = t.pdrs[..3]
+            .iter()
+            .map(|m| (m.pdr_id, m.action, m.remote_ports.lo))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (2, pdr_action::FORWARD, 443),
+                (1, pdr_action::LOCAL, 80),
+                (3, pdr_action::LOCAL, 8080),
+            ]
+        );
+        assert!(t.pdrs[..3].iter().all(|m| m.flags & PDR_MATCH_PROTO != 0));
+    }
+
+    fn filters(n: usize) -> Vec<SdfFilter> {
+        (0..n)
+            .map(|i| SdfFilter {
+                flow_description: Some(format!("permit out ip from 198.18.{i}.0/24 to assigned")),
+                ..SdfFilter::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_sdf_filter_is_matched_with_each_qfi() {
+        let mut p = pdr(1, 10, Interface::Access, 1, true);
+        p.pdi.sdf_filters = filters(2);
+        p.pdi.qfis = vec![5, 9];
+        let t = tunnel(
+            &build(
+                vec![p],
+                vec![far(1, ApplyAction::FORW, Interface::SgiLan, None)],
+                vec![],
+            )
+            .unwrap(),
+        );
+        assert_eq!(t.pdr_count, 4);
+        let got: Vec<(u32, u32)> = t.pdrs[..4]
+            .iter()
+            .map(|m| {
+                assert_eq!(m.flags & PDR_MATCH_QFI, PDR_MATCH_QFI);
+                assert_eq!(m.flags & PDR_MATCH_REMOTE, PDR_MATCH_REMOTE);
+                assert_eq!(m.flags & PDR_FAMILY_V4, PDR_FAMILY_V4);
+                (m.remote[0].to_ne_bytes()[2].into(), m.qfi)
+            })
+            .collect();
+        assert_eq!(got, vec![(0, 5), (0, 9), (1, 5), (1, 9)]);
+        assert!(t.pdrs[4..].iter().all(|m| *m == PdrMatch::default()));
+    }
+
+    #[test]
+    fn more_matches_than_a_tunnel_holds_is_no_resources() {
+        // 3 filters × 3 QFIs = 9 matches; a tunnel holds MAX_TUNNEL_PDRS (8).
+        assert_eq!(MAX_TUNNEL_PDRS, 8);
+        let mut p = pdr(1, 10, Interface::Access, 1, true);
+        p.pdi.sdf_filters = filters(3);
+        p.pdi.qfis = vec![1, 2, 3];
+        let fars = vec![far(1, ApplyAction::FORW, Interface::SgiLan, None)];
+        assert_eq!(
+            refusal(build(vec![p.clone()], fars.clone(), vec![])),
+            (75, Some(ie_type::SDF_FILTER))
+        );
+        // Exactly full is fine: 4 filters × 2 QFIs.
+        p.pdi.sdf_filters = filters(4);
+        p.pdi.qfis = vec![1, 2];
+        assert_eq!(tunnel(&build(vec![p], fars, vec![]).unwrap()).pdr_count, 8);
+    }
+
+    #[test]
+    fn a_urr_without_its_mandatory_ies_is_refused() {
+        let urr = Urr {
+            urr_id: 1,
+            measurement_method: None,
+            reporting_triggers: None,
+            measurement_period: None,
+            volume_threshold: None,
+            time_threshold: None,
+        };
+        let e = Rules::create(&[], &[], &[], &[urr]).unwrap_err();
+        assert_eq!(
+            (e.cause, e.offending_ie),
+            (
+                Cause::MANDATORY_IE_MISSING,
+                Some(ie_type::MEASUREMENT_METHOD)
+            )
+        );
+    }
+}

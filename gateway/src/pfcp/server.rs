@@ -98,7 +98,7 @@ impl PfcpEndpoint {
                     let node = Node {
                         recovery: ntp_now(),
                         tick: tick_for(&config),
-                        cache: ResponseCache::new(cache_ttl(&config)),
+                        cache: ResponseCache::new(cache_ttl(&config), MAX_CACHED_RESPONSES),
                         config,
                         socket,
                         dp,
@@ -286,8 +286,11 @@ struct Grace {
 enum Answer {
     /// With this message, whose header carries this SEID (session messages).
     Now(Option<u64>, Box<Message>),
-    /// After a grace period (a deletion).
+    /// After a grace period (a deletion): retransmissions meanwhile are not applied again.
     Later,
+    /// Not at all (a request mecgw does not take, counted): nothing is cached, so that
+    /// nothing waits for an answer that never comes.
+    Never,
 }
 
 enum Cached {
@@ -301,14 +304,16 @@ struct ResponseCache {
     entries: HashMap<(SocketAddr, u32), Cached>,
     order: VecDeque<(Instant, (SocketAddr, u32))>,
     ttl: Duration,
+    capacity: usize,
 }
 
 impl ResponseCache {
-    fn new(ttl: Duration) -> ResponseCache {
+    fn new(ttl: Duration, capacity: usize) -> ResponseCache {
         ResponseCache {
             entries: HashMap::new(),
             order: VecDeque::new(),
             ttl,
+            capacity,
         }
     }
 
@@ -320,8 +325,13 @@ impl ResponseCache {
         if self.entries.insert(key, value).is_none() {
             self.order.push_back((Instant::now(), key));
         }
-        while self.order.len() > MAX_CACHED_RESPONSES {
+        // Entries still in progress are kept (each is one deletion waiting for its grace
+        // period, so there are few): one pass over the queue at most, never a spin when
+        // they alone fill it.
+        let mut budget = self.order.len();
+        while self.order.len() > self.capacity && budget > 0 {
             self.evict_one();
+            budget -= 1;
         }
     }
 
@@ -524,6 +534,7 @@ impl Node {
         let key = (to, request.sequence);
         match answer {
             Answer::Later => self.cache.put(key, Cached::InProgress),
+            Answer::Never => {}
             Answer::Now(seid, message) => {
                 let bytes = self.response_bytes(request.sequence, seid, &message);
                 self.cache.put(key, Cached::Done(bytes.clone()));
@@ -653,7 +664,7 @@ impl Node {
         match self.refusal(t, reject.cause, reject.offending_ie) {
             Some(m) => Answer::Now(seid, Box::new(m)),
             // Only requests with a Cause reach here.
-            None => Answer::Later,
+            None => Answer::Never,
         }
     }
 
@@ -699,6 +710,9 @@ impl Node {
                     Some(_) => true,
                     None => false,
                 };
+                // A heartbeat of the association this one replaces must not find this one
+                // lost.
+                self.forget_heartbeats(peer);
                 self.peers.insert(
                     peer,
                     Association {
@@ -749,10 +763,7 @@ impl Node {
                     return self.no_association(t, None, peer);
                 }
                 self.release_peer_sessions(peer, "the SMF released the association");
-                self.peers.remove(&peer);
-                self.metrics
-                    .associations
-                    .store(self.peers.len() as u64, Ordering::Relaxed);
+                self.end_association(peer);
                 info!(%peer, "PFCP association released by the SMF");
                 Answer::Now(
                     None,
@@ -832,6 +843,8 @@ impl Node {
                 let cp_seid = self.cp_seid_of(h, peer);
                 match self.store.delete(up_seid) {
                     Ok(pending) => {
+                        // Out of force now: the gauge says so before the response does.
+                        self.sessions_changed();
                         self.awaiting_grace.push(Deletion {
                             pending,
                             reply: Some(Reply {
@@ -848,7 +861,7 @@ impl Node {
             _ => {
                 // Requests an SMF does not send (a Session Report Request is the UP's).
                 self.metrics.ignore("unexpected_request");
-                Answer::Later
+                Answer::Never
             }
         }
     }
@@ -893,15 +906,29 @@ impl Node {
                 peer,
                 "the SMF restarted (a new Recovery Time Stamp in its heartbeat)",
             );
-            self.peers.remove(&peer);
-            self.metrics
-                .associations
-                .store(self.peers.len() as u64, Ordering::Relaxed);
+            self.end_association(peer);
             return;
         }
         if a.lost_since.take().is_some() {
             info!(%peer, sessions = self.store.of_peer(peer).len(), "PFCP: the lost SMF answers again, with the same Recovery Time Stamp: its sessions stay");
         }
+    }
+
+    /// The association with `peer` ends (its sessions were released or kept elsewhere).
+    fn end_association(&mut self, peer: IpAddr) {
+        self.peers.remove(&peer);
+        self.forget_heartbeats(peer);
+        self.metrics
+            .associations
+            .store(self.peers.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Stops waiting for responses to the heartbeats sent to `peer`: they were of an
+    /// association that ended, and must not declare a later one lost when they go
+    /// unanswered.
+    fn forget_heartbeats(&mut self, peer: IpAddr) {
+        self.outstanding
+            .retain(|_, o| !matches!(o.purpose, Purpose::Heartbeat { peer: p } if p == peer));
     }
 
     /// Takes every session of `peer` out of the fast path (final usage read after a grace
@@ -929,10 +956,19 @@ impl Node {
     }
 
     fn on_response(&mut self, h: &Header, message: Message, from: SocketAddr) {
+        // A response from anyone but the request's addressee leaves the request waiting for
+        // its own (and its retries going).
         let Some(out) = self
             .outstanding
-            .remove(&h.sequence)
-            .filter(|o| canonical(o.to.ip()) == canonical(from.ip()))
+            .remove_entry(&h.sequence)
+            .and_then(|(sequence, o)| {
+                if canonical(o.to.ip()) == canonical(from.ip()) {
+                    Some(o)
+                } else {
+                    self.outstanding.insert(sequence, o);
+                    None
+                }
+            })
         else {
             self.metrics.ignore("unexpected_response");
             return;
@@ -1110,10 +1146,7 @@ impl Node {
             OnPeerLost::Release => {
                 warn!(%peer, sessions, "PFCP: the SMF does not answer heartbeats: releasing its sessions (on_peer_lost = release)");
                 self.release_peer_sessions(peer, "the SMF was lost");
-                self.peers.remove(&peer);
-                self.metrics
-                    .associations
-                    .store(self.peers.len() as u64, Ordering::Relaxed);
+                self.end_association(peer);
             }
         }
     }
@@ -1134,10 +1167,7 @@ impl Node {
                 peer,
                 "the SMF stayed lost past pfcp.lost_session_timeout_secs",
             );
-            self.peers.remove(&peer);
-            self.metrics
-                .associations
-                .store(self.peers.len() as u64, Ordering::Relaxed);
+            self.end_association(peer);
         }
     }
 
@@ -1206,5 +1236,51 @@ fn trigger_name(r: &UsageReport) -> &'static str {
         "immediate"
     } else {
         "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sequence: u32) -> (SocketAddr, u32) {
+        (SocketAddr::from(([127, 0, 0, 1], 8805)), sequence)
+    }
+
+    #[test]
+    fn the_response_cache_forgets_the_oldest_answers_first() {
+        let mut cache = ResponseCache::new(Duration::from_secs(60), 2);
+        for s in 1..=3 {
+            cache.put(key(s), Cached::Done(vec![s as u8]));
+        }
+        assert!(cache.get(&key(1)).is_none());
+        assert!(matches!(cache.get(&key(2)), Some(Cached::Done(b)) if b == &[2]));
+        assert!(matches!(cache.get(&key(3)), Some(Cached::Done(b)) if b == &[3]));
+    }
+
+    #[test]
+    fn answers_in_progress_outlive_the_bound_without_a_spin() {
+        // Before, a cache full of answers in progress looped for ever on the next put.
+        let mut cache = ResponseCache::new(Duration::from_secs(60), 2);
+        for s in 1..=3 {
+            cache.put(key(s), Cached::InProgress);
+        }
+        assert!((1..=3).all(|s| matches!(cache.get(&key(s)), Some(Cached::InProgress))));
+        // Filled in: the oldest finished answers go first, down to the bound.
+        for s in 1..=3 {
+            cache.put(key(s), Cached::Done(Vec::new()));
+        }
+        cache.put(key(4), Cached::Done(Vec::new()));
+        assert_eq!(cache.entries.len(), 2);
+        assert!(cache.get(&key(4)).is_some());
+        assert!(cache.get(&key(1)).is_none());
+    }
+
+    #[test]
+    fn answers_expire_after_their_time() {
+        let mut cache = ResponseCache::new(Duration::from_millis(10), 100);
+        cache.put(key(1), Cached::Done(Vec::new()));
+        cache.expire(Instant::now() + Duration::from_secs(1));
+        assert!(cache.get(&key(1)).is_none());
     }
 }

@@ -692,14 +692,10 @@ impl Store {
         for u in &removed_urrs {
             if let Some(mut state) = next.urrs.remove(&u.urr_id) {
                 // The URR is gone from `next.rules`; its PDRs' links are read from the
-                // rules before the change.
-                let measured = measure_with(
-                    &current.rules,
-                    &next.pdr_slots,
-                    &state,
-                    self.dp.as_ref(),
-                    &removed_pdrs,
-                );
+                // rules before the change. PDRs removed with it have no slot in `next`: their
+                // counts are in what the URR carries already (above), and must not be
+                // counted twice.
+                let measured = measure(&current.rules, &next.pdr_slots, &state, self.dp.as_ref());
                 reports.push(make_report(
                     &mut state,
                     measured,
@@ -909,24 +905,14 @@ pub struct Measured {
     counts: BTreeMap<u16, Counter>,
 }
 
-/// What `state` measured since its last report: its PDRs' counters past their base, plus
-/// what it carries.
+/// What `state` measured since its last report: the counters past their base of its PDRs
+/// in `rules` that have a slot in `slots`, plus what it carries (among which the counts of
+/// its PDRs removed since).
 fn measure(
     rules: &Rules,
     slots: &BTreeMap<u16, u32>,
     state: &UrrState,
     dp: &dyn Datapath,
-) -> Measured {
-    measure_with(rules, slots, state, dp, &[])
-}
-
-/// [`measure`], also counting PDRs removed from `slots` but listed in `removed`.
-fn measure_with(
-    rules: &Rules,
-    slots: &BTreeMap<u16, u32>,
-    state: &UrrState,
-    dp: &dyn Datapath,
-    removed: &[(u16, u32)],
 ) -> Measured {
     let mut counts = BTreeMap::new();
     let mut v = state.carried;
@@ -935,10 +921,7 @@ fn measure_with(
             continue;
         }
         let id = p.def.pdr_id;
-        let Some(&slot) = slots
-            .get(&id)
-            .or_else(|| removed.iter().find(|(r, _)| *r == id).map(|(_, s)| s))
-        else {
+        let Some(&slot) = slots.get(&id) else {
             continue;
         };
         let count = dp.pdr_counter(slot).unwrap_or_default();
@@ -987,5 +970,457 @@ pub fn node_is(node: &NodeId, peer: IpAddr) -> bool {
         NodeId::Ipv4(a) => IpAddr::V4(*a) == peer,
         NodeId::Ipv6(a) => IpAddr::V6(*a) == peer,
         NodeId::Fqdn(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex;
+
+    use mecgw_pfcp::ie::{
+        ApplyAction, CreateFar, CreatePdr, ForwardingParameters, MeasurementMethod,
+        OuterHeaderCreation, OuterHeaderRemoval, Pdi, UeIpAddress, UpdatePdr,
+    };
+
+    use super::*;
+
+    const TEID_MIN: u32 = 0x8000_0000;
+    const N3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const SMF: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100));
+
+    /// The fast path's maps and counters, as plain maps.
+    #[derive(Default)]
+    struct Fake {
+        tunnels: Mutex<HashMap<u32, PfcpTunnel>>,
+        downlinks: Mutex<HashMap<UeKey, PfcpDownlink>>,
+        counters: Mutex<HashMap<u32, Counter>>,
+        updates: Mutex<usize>,
+    }
+
+    impl Fake {
+        fn set(&self, slot: u32, packets: u64, bytes: u64) {
+            self.counters
+                .lock()
+                .unwrap()
+                .insert(slot, Counter { packets, bytes });
+        }
+        fn updates(&self) -> usize {
+            *self.updates.lock().unwrap()
+        }
+    }
+
+    impl Datapath for Fake {
+        fn put_tunnel(&self, teid: u32, t: &PfcpTunnel) -> Result<(), DatapathError> {
+            *self.updates.lock().unwrap() += 1;
+            self.tunnels.lock().unwrap().insert(teid, *t);
+            Ok(())
+        }
+        fn remove_tunnel(&self, teid: u32) -> Result<(), DatapathError> {
+            *self.updates.lock().unwrap() += 1;
+            self.tunnels.lock().unwrap().remove(&teid);
+            Ok(())
+        }
+        fn put_downlink(&self, ue: UeKey, d: &PfcpDownlink) -> Result<(), DatapathError> {
+            *self.updates.lock().unwrap() += 1;
+            self.downlinks.lock().unwrap().insert(ue, *d);
+            Ok(())
+        }
+        fn remove_downlink(&self, ue: UeKey) -> Result<(), DatapathError> {
+            *self.updates.lock().unwrap() += 1;
+            self.downlinks.lock().unwrap().remove(&ue);
+            Ok(())
+        }
+        fn pdr_counter(&self, slot: u32) -> Result<Counter, DatapathError> {
+            Ok(self
+                .counters
+                .lock()
+                .unwrap()
+                .get(&slot)
+                .copied()
+                .unwrap_or_default())
+        }
+        fn zero_pdr_counter(&self, slot: u32) -> Result<(), DatapathError> {
+            self.counters.lock().unwrap().remove(&slot);
+            Ok(())
+        }
+        fn zero_session_counter(&self, _slot: u32) -> Result<(), DatapathError> {
+            Ok(())
+        }
+        fn grace_period(&self) {}
+    }
+
+    fn store() -> (Store, Arc<Fake>) {
+        let fake = Arc::new(Fake::default());
+        let store = Store::new(
+            Arc::clone(&fake) as Arc<dyn Datapath>,
+            StoreOptions {
+                teid_min: TEID_MIN,
+                max_sessions: 16,
+                max_pdrs: 64,
+                n3_v4: Some(N3),
+                n3_v6: None,
+            },
+            Identities::default(),
+        );
+        (store, fake)
+    }
+
+    /// A PDR from the access side with `fteid`, breaking out locally (FAR 1).
+    fn uplink(id: u16, fteid: FTeid, ue: Ipv4Addr) -> CreatePdr {
+        CreatePdr {
+            pdr_id: id,
+            precedence: 10,
+            pdi: Pdi {
+                source_interface: Interface::Access,
+                local_f_teid: Some(fteid),
+                network_instance: None,
+                ue_ip_address: vec![UeIpAddress {
+                    ipv4: Some(ue),
+                    ..UeIpAddress::default()
+                }],
+                sdf_filters: Vec::new(),
+                qfis: Vec::new(),
+            },
+            outer_header_removal: Some(OuterHeaderRemoval {
+                description: 0,
+                extension_header_deletion: None,
+            }),
+            far_id: Some(1),
+            urr_ids: vec![1],
+            qer_ids: Vec::new(),
+        }
+    }
+
+    /// The UE's downlink PDR (FAR 2).
+    fn downlink(id: u16, ue: Ipv4Addr) -> CreatePdr {
+        CreatePdr {
+            pdr_id: id,
+            precedence: 10,
+            pdi: Pdi {
+                source_interface: Interface::SgiLan,
+                local_f_teid: None,
+                network_instance: None,
+                ue_ip_address: vec![UeIpAddress {
+                    ipv4: Some(ue),
+                    is_destination: true,
+                    ..UeIpAddress::default()
+                }],
+                sdf_filters: Vec::new(),
+                qfis: Vec::new(),
+            },
+            outer_header_removal: None,
+            far_id: Some(2),
+            urr_ids: vec![1],
+            qer_ids: Vec::new(),
+        }
+    }
+
+    fn choose() -> FTeid {
+        FTeid::Choose {
+            ipv4: true,
+            ipv6: false,
+            choose_id: None,
+        }
+    }
+
+    fn explicit(teid: u32) -> FTeid {
+        FTeid::Assigned {
+            teid,
+            ipv4: Some(N3),
+            ipv6: None,
+        }
+    }
+
+    fn urr(id: u32) -> Urr {
+        Urr {
+            urr_id: id,
+            measurement_method: Some(MeasurementMethod {
+                volume: true,
+                ..MeasurementMethod::default()
+            }),
+            reporting_triggers: Some(ReportingTriggers(0)),
+            measurement_period: None,
+            volume_threshold: None,
+            time_threshold: None,
+        }
+    }
+
+    fn request(cp_seid: u64, pdrs: Vec<CreatePdr>) -> SessionEstablishmentRequest {
+        SessionEstablishmentRequest {
+            node_id: NodeId::Ipv4(Ipv4Addr::new(192, 0, 2, 100)),
+            cp_f_seid: FSeid {
+                seid: cp_seid,
+                ipv4: Some(Ipv4Addr::new(192, 0, 2, 100)),
+                ipv6: None,
+            },
+            create_pdr: pdrs,
+            create_far: vec![
+                CreateFar {
+                    far_id: 1,
+                    apply_action: ApplyAction(ApplyAction::FORW),
+                    forwarding_parameters: Some(ForwardingParameters {
+                        destination_interface: Some(Interface::SgiLan),
+                        network_instance: None,
+                        outer_header_creation: None,
+                    }),
+                    bar_id: None,
+                },
+                CreateFar {
+                    far_id: 2,
+                    apply_action: ApplyAction(ApplyAction::FORW),
+                    forwarding_parameters: Some(ForwardingParameters {
+                        destination_interface: Some(Interface::Access),
+                        network_instance: None,
+                        outer_header_creation: Some(OuterHeaderCreation {
+                            description: OuterHeaderCreation::GTPU_UDP_IPV4,
+                            teid: Some(0x2001),
+                            ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+                            ipv6: None,
+                            port: None,
+                        }),
+                    }),
+                    bar_id: None,
+                },
+            ],
+            create_urr: vec![urr(1)],
+            create_qer: Vec::new(),
+            pdn_type: None,
+            user_id: None,
+        }
+    }
+
+    fn ue(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 45, 0, n)
+    }
+
+    fn teid_of(created: &[CreatedPdr]) -> u32 {
+        match created.first().and_then(|c| c.local_f_teid.clone()) {
+            Some(FTeid::Assigned { teid, .. }) => teid,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn cause(r: Result<(u64, Vec<CreatedPdr>), Reject>) -> (Cause, Option<u16>) {
+        let e = r.unwrap_err();
+        (e.cause, e.offending_ie)
+    }
+
+    #[test]
+    fn a_ue_address_another_session_holds_is_refused() {
+        let (mut store, fake) = store();
+        let (first, _) = store
+            .establish(
+                SMF,
+                &request(1, vec![uplink(1, choose(), ue(1)), downlink(2, ue(1))]),
+            )
+            .unwrap();
+        let updates = fake.updates();
+        let r = store.establish(
+            SMF,
+            &request(2, vec![uplink(1, choose(), ue(1)), downlink(2, ue(1))]),
+        );
+        assert_eq!(
+            cause(r),
+            (
+                Cause::RULE_CREATION_MODIFICATION_FAILURE,
+                Some(ie_type::UE_IP_ADDRESS)
+            )
+        );
+        assert_eq!(fake.updates(), updates, "the refused session wrote nothing");
+        assert_eq!(store.len(), 1);
+        let d = fake.downlinks.lock().unwrap()[&UeKey::V4(ue(1).octets())];
+        assert_eq!(d.session, store.get(first).unwrap().id, "still the first's");
+        // Once the first is gone, the address is free.
+        let pending = store.delete(first).unwrap();
+        store.finish(pending);
+        store
+            .establish(
+                SMF,
+                &request(3, vec![uplink(1, choose(), ue(1)), downlink(2, ue(1))]),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn teids_and_counter_slots_are_reused_only_after_a_grace_period() {
+        let (mut store, fake) = store();
+        let (a, created) = store
+            .establish(
+                SMF,
+                &request(1, vec![uplink(1, choose(), ue(1)), downlink(2, ue(1))]),
+            )
+            .unwrap();
+        let old_teid = teid_of(&created);
+        assert!(old_teid >= TEID_MIN);
+        let old_slot = store.get(a).unwrap().pdr_slots[&1];
+
+        // The uplink PDR goes, with its TEID and counter slot.
+        store
+            .modify(
+                a,
+                &SessionModificationRequest {
+                    remove_pdr: vec![1],
+                    ..SessionModificationRequest::default()
+                },
+            )
+            .unwrap();
+        assert!(fake.tunnels.lock().unwrap().is_empty());
+        assert!(store.has_retired());
+
+        // Until a grace period has passed, neither is handed out again, and the TEID
+        // cannot be claimed.
+        let (b, created) = store
+            .establish(SMF, &request(2, vec![uplink(1, choose(), ue(2))]))
+            .unwrap();
+        assert_ne!(teid_of(&created), old_teid);
+        assert_ne!(store.get(b).unwrap().pdr_slots[&1], old_slot);
+        let claim = |store: &mut Store, cp| {
+            store.establish(
+                SMF,
+                &request(cp, vec![uplink(1, explicit(old_teid), ue(3))]),
+            )
+        };
+        assert_eq!(
+            cause(claim(&mut store, 3)),
+            (
+                Cause::INVALID_F_TEID_ALLOCATION_OPTION,
+                Some(ie_type::F_TEID)
+            )
+        );
+        let retired = store.begin_grace();
+        assert_eq!(
+            cause(claim(&mut store, 4)),
+            (
+                Cause::INVALID_F_TEID_ALLOCATION_OPTION,
+                Some(ie_type::F_TEID)
+            ),
+            "a grace period begun is not one passed"
+        );
+        store.end_grace(retired);
+        assert!(!store.has_retired());
+
+        // After it, both are free: the TEID can be claimed, and the slot is handed out.
+        let (c, _) = claim(&mut store, 5).unwrap();
+        assert!(fake.tunnels.lock().unwrap().contains_key(&old_teid));
+        assert_eq!(store.get(c).unwrap().pdr_slots[&1], old_slot);
+    }
+
+    #[test]
+    fn an_explicit_teid_below_the_range_is_refused() {
+        let (mut store, fake) = store();
+        let r = store.establish(
+            SMF,
+            &request(1, vec![uplink(1, explicit(TEID_MIN - 1), ue(1))]),
+        );
+        assert_eq!(
+            cause(r),
+            (
+                Cause::INVALID_F_TEID_ALLOCATION_OPTION,
+                Some(ie_type::F_TEID)
+            )
+        );
+        assert_eq!(fake.updates(), 0);
+    }
+
+    #[test]
+    fn a_pdr_removed_with_its_urr_is_reported_once() {
+        let (mut store, fake) = store();
+        let (a, _) = store
+            .establish(
+                SMF,
+                &request(1, vec![uplink(1, choose(), ue(1)), downlink(2, ue(1))]),
+            )
+            .unwrap();
+        let s = store.get(a).unwrap();
+        let (up, down) = (s.pdr_slots[&1], s.pdr_slots[&2]);
+        fake.set(up, 10, 1_000);
+        fake.set(down, 20, 2_000);
+
+        // PDR 1 and URR 1 go; PDR 2 moves to a new URR 2.
+        let (_, reports) = store
+            .modify(
+                a,
+                &SessionModificationRequest {
+                    remove_pdr: vec![1],
+                    remove_urr: vec![1],
+                    create_urr: vec![urr(2)],
+                    update_pdr: vec![UpdatePdr {
+                        pdr_id: 2,
+                        outer_header_removal: None,
+                        precedence: None,
+                        pdi: None,
+                        far_id: None,
+                        urr_ids: vec![2],
+                        qer_ids: Vec::new(),
+                    }],
+                    ..SessionModificationRequest::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(reports.len(), 1);
+        let r = &reports[0];
+        assert_eq!(
+            (r.urr_id, r.trigger),
+            (1, UsageReportTrigger(UsageReportTrigger::TERMINATION))
+        );
+        let v = r.volume.unwrap();
+        assert_eq!(
+            (v.uplink_packets, v.uplink_octets),
+            (Some(10), Some(1_000)),
+            "the removed PDR counted once"
+        );
+        assert_eq!(
+            (v.downlink_packets, v.downlink_octets),
+            (Some(20), Some(2_000))
+        );
+        assert_eq!(v.total_octets, Some(3_000));
+
+        // URR 2 measures PDR 2 from now on.
+        fake.set(down, 25, 2_500);
+        let (_, reports) = store
+            .modify(
+                a,
+                &SessionModificationRequest {
+                    query_urr: vec![2],
+                    ..SessionModificationRequest::default()
+                },
+            )
+            .unwrap();
+        let v = reports[0].volume.unwrap();
+        assert_eq!(
+            (v.uplink_octets, v.downlink_packets, v.downlink_octets),
+            (Some(0), Some(25), Some(2_500))
+        );
+    }
+
+    #[test]
+    fn a_removed_pdr_counts_into_its_urr_once() {
+        let (mut store, fake) = store();
+        let (a, _) = store
+            .establish(
+                SMF,
+                &request(1, vec![uplink(1, choose(), ue(1)), downlink(2, ue(1))]),
+            )
+            .unwrap();
+        let up = store.get(a).unwrap().pdr_slots[&1];
+        fake.set(up, 10, 1_000);
+        let (_, reports) = store
+            .modify(
+                a,
+                &SessionModificationRequest {
+                    remove_pdr: vec![1],
+                    query_urr: vec![1],
+                    ..SessionModificationRequest::default()
+                },
+            )
+            .unwrap();
+        let v = reports[0].volume.unwrap();
+        assert_eq!((v.uplink_packets, v.uplink_octets), (Some(10), Some(1_000)));
+        // And not again at the end.
+        let pending = store.delete(a).unwrap();
+        let reports = store.finish(pending);
+        let v = reports[0].volume.unwrap();
+        assert_eq!((v.uplink_packets, v.uplink_octets), (Some(0), Some(0)));
     }
 }
