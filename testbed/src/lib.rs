@@ -27,8 +27,9 @@
 //!
 //! Here: the topology and [`up`] (this file); namespaces, veth pairs and the lock
 //! (`netns.rs`); the gateway's configuration for the testbed (`config.rs`); the processes on
-//! it, [`Gateway`] and [`gnbsim`] (`processes.rs`); and [`packet`], the packets the tools and
-//! the tests build and parse independently of the gateway's code. The binaries are the tools
+//! it, [`Gateway`] and [`gnbsim`] (`processes.rs`); [`smf`], the test SMF (scapy's PFCP
+//! layers) that programs the gateway's sessions over N4; and [`packet`], the packets the tools
+//! and the tests build and parse independently of the gateway's code. The binaries are the tools
 //! that run in the namespaces (`mecgw-gnbsim`, `mecgw-edge`, `mecgw-core`), `mecgw-testbed`
 //! (`cargo xtask testbed up|down`) and `mecgw-demo` (`cargo xtask demo`).
 //!
@@ -38,12 +39,14 @@ mod config;
 mod netns;
 pub mod packet;
 mod processes;
+pub mod smf;
 
 // Tests and tools run their own commands through these too.
 pub use mecgw_cmd::{capture, run};
 
 pub use config::{
-    DatapathChoice, imsi, write_gateway_config, write_gateway_config_for, write_tables,
+    DatapathChoice, PfcpSettings, imsi, write_gateway_config, write_gateway_config_for,
+    write_gateway_config_pfcp, write_tables,
 };
 pub use netns::{Endpoint, LOCK_PATH, Testbed, TestbedLock, delete_all, in_netns, lock, netns_cmd};
 pub use processes::{
@@ -207,7 +210,7 @@ pub struct SessionNumbering {
 }
 
 /// Parses a decimal or `0x`-prefixed hexadecimal u32 (TEIDs on the tools' command lines).
-fn parse_u32(s: &str) -> Result<u32, String> {
+pub fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16),
         None => s.parse(),
