@@ -140,6 +140,8 @@ impl Drop for Children {
 pub struct Gateway {
     pub children: Children,
     pub mecgw: usize,
+    /// Where mecgw's output goes (appended), if not to ours.
+    log: Option<std::path::PathBuf>,
 }
 
 impl Gateway {
@@ -149,6 +151,17 @@ impl Gateway {
     pub fn start(
         bin: &Path,
         dir: &Path,
+        core_delay_ms: u64,
+        core_args: &[&str],
+    ) -> anyhow::Result<Gateway> {
+        let mut gw = Gateway::start_services(bin, core_delay_ms, core_args)?;
+        gw.restart(bin, dir)?;
+        Ok(gw)
+    }
+
+    /// The edge services and the core, without mecgw yet.
+    fn start_services(
+        bin: &Path,
         core_delay_ms: u64,
         core_args: &[&str],
     ) -> anyhow::Result<Gateway> {
@@ -164,7 +177,24 @@ impl Gateway {
             "core stand-in",
             netns_cmd(NS_CORE, &bin.join("mecgw-core"), &args),
         )?;
-        let mut gw = Gateway { children, mecgw: 0 };
+        Ok(Gateway {
+            children,
+            mecgw: 0,
+            log: None,
+        })
+    }
+
+    /// Like [`Gateway::start`], with mecgw's stdout and stderr appended to `log` (for tests
+    /// that read what it logged).
+    pub fn start_logging(
+        bin: &Path,
+        dir: &Path,
+        core_delay_ms: u64,
+        core_args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<Gateway> {
+        let mut gw = Gateway::start_services(bin, core_delay_ms, core_args)?;
+        gw.log = Some(log.to_path_buf());
         gw.restart(bin, dir)?;
         Ok(gw)
     }
@@ -190,14 +220,20 @@ impl Gateway {
     /// until it is ready.
     pub fn restart(&mut self, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         let config = dir.join("mecgw.toml");
-        self.mecgw = self.children.spawn(
-            "mecgw",
-            netns_cmd(
-                NS_MEC,
-                &bin.join("mecgw"),
-                &["run", "--config", &config.to_string_lossy()],
-            ),
-        )?;
+        let mut cmd = netns_cmd(
+            NS_MEC,
+            &bin.join("mecgw"),
+            &["run", "--config", &config.to_string_lossy()],
+        );
+        if let Some(log) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("opening {}", log.display()))?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+        }
+        self.mecgw = self.children.spawn("mecgw", cmd)?;
         self.wait_ready()
     }
 
