@@ -121,8 +121,10 @@ EDGE_PRECEDENCE = 10
 CATCH_ALL_PRECEDENCE = 1000
 DOWNLINK_PRECEDENCE = 2000
 
+# Usage Report Trigger flags (§8.2.41), octet 5 bit 1 first.
 TRIGGER_NAMES = ["PERIO", "VOLTH", "TIMTH", "QUHTI", "START", "STOPT", "DROTH", "IMMER",
-                 "VOLQU", "TIMQU", "LIUSA", "TERMR", "MONIT", "ENVCL", "MACAR", "EVETH"]
+                 "VOLQU", "TIMQU", "LIUSA", "TERMR", "MONIT", "ENVCL", "MACAR", "EVETH",
+                 "EVEQU", "TEBUR", "IPMJL", "QUVTI", "EMRRE", "UPINT"]
 
 
 def log(*args):
@@ -274,8 +276,9 @@ def usage_report(ie):
         elif isinstance(sub, pfcp.IE_UR_SEQN):
             rep["ur_seqn"] = sub.number
         elif isinstance(sub, pfcp.IE_UsageReportTrigger):
+            # scapy knows two octets of the three: read them all here.
             raw = bytes(sub)[4:]
-            word = int.from_bytes(raw[:2].ljust(2, b"\0"), "little")
+            word = int.from_bytes(raw[:3], "little")
             rep["triggers"] = [n for i, n in enumerate(TRIGGER_NAMES) if word >> i & 1]
         elif isinstance(sub, pfcp.IE_VolumeMeasurement):
             rep["volume"] = volume_measurement(sub)
