@@ -564,9 +564,12 @@ pub struct TunnelTarget {
     pub addr: [u32; 4],
 }
 
-/// [`PfcpTunnel::flags`]: the tunnel comes from the access side: an inner source must be the
-/// session's UE (a spoofed source is judged by the defaults).
+/// [`PfcpTunnel::flags`]: the tunnel comes from the access side (uplink: the remote end of a
+/// match is the inner destination, and its traffic is the UE's flows).
 pub const TUNNEL_FROM_ACCESS: u32 = 1;
+/// [`PfcpTunnel::flags`]: an inner source must be the session's UE (its PDRs name the UE's
+/// address); a spoofed source is judged by the defaults.
+pub const TUNNEL_CHECK_UE: u32 = 8;
 /// [`PfcpTunnel::flags`]: the session has a UE IPv4 address.
 pub const TUNNEL_HAS_UE_V4: u32 = 2;
 /// [`PfcpTunnel::flags`]: the session has a UE IPv6 prefix.

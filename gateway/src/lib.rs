@@ -12,5 +12,6 @@ pub mod api;
 pub mod daemon;
 pub mod datapath;
 pub mod pcap;
+pub mod pfcp;
 pub mod records;
 pub mod replay;

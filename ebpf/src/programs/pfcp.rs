@@ -25,8 +25,8 @@ use aya_ebpf::{
 use mecgw_ebpf::{
     Config, DIR_DOWNLINK, DIR_UPLINK, MAX_TUNNEL_PDRS, MAX_TUNNEL_TARGETS, NONE, PDR_FAMILY_V4,
     PDR_FAMILY_V6, PDR_MATCH_PROTO, PDR_MATCH_QFI, PDR_MATCH_REMOTE, PDR_MATCH_REMOTE_PORTS,
-    PDR_MATCH_UE_PORTS, PdrMatch, PfcpTunnel, Reason, TARGET_V6, TUNNEL_FROM_ACCESS,
-    TUNNEL_HAS_UE_V4, TUNNEL_HAS_UE_V6, TunnelTarget, Verdict, pdr_action,
+    PDR_MATCH_UE_PORTS, PdrMatch, PfcpTunnel, Reason, TARGET_V6, TUNNEL_CHECK_UE,
+    TUNNEL_FROM_ACCESS, TUNNEL_HAS_UE_V4, TUNNEL_HAS_UE_V6, TunnelTarget, Verdict, pdr_action,
 };
 
 use super::{
@@ -183,7 +183,7 @@ static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(
 #[inline(always)]
 fn tunnel(ctx: &XdpContext, config: &Config, t: &PfcpTunnel, pdu: &Gpdu, len: u64) -> Decided {
     let from_access = t.flags & TUNNEL_FROM_ACCESS != 0;
-    if from_access && !source_is_ue(t, &pdu.inner) {
+    if t.flags & TUNNEL_CHECK_UE != 0 && !source_is_ue(t, &pdu.inner) {
         return Decided::Done(
             by_default(config.spoofed_source, Reason::SpoofedSource),
             PdrHit::NONE,

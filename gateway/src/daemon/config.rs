@@ -51,6 +51,10 @@ pub struct Config {
     /// `spool/` and `audit/` under `[state] dir`.
     #[serde(default)]
     pub egress: Option<crate::records::egress::EgressConfig>,
+    /// The PFCP (N4) endpoint an SMF programs sessions through (docs/pfcp.md); absent: none.
+    /// Needs the XDP datapath.
+    #[serde(default)]
+    pub pfcp: Option<crate::pfcp::PfcpConfig>,
 }
 
 /// Flow records.
@@ -302,6 +306,7 @@ impl Config {
         let shown = path.display().to_string();
         let text = mecgw_policy::files::read_text_limited(path, MAX_CONFIG_BYTES)?;
         let mut config = Config::from_toml(&text, &shown)?;
+        config.check_pfcp(&text, &shown)?;
         config.apply(overrides);
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -321,6 +326,28 @@ impl Config {
                 column,
                 message: e.message().trim().to_string(),
             }
+        })
+    }
+
+    /// `[pfcp]`'s values, each problem at the line of its key (or of the section).
+    fn check_pfcp(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let Some(p) = &self.pfcp else {
+            return Ok(());
+        };
+        let problems = p.problems();
+        let Some(first) = problems.first() else {
+            return Ok(());
+        };
+        let key = first
+            .strip_prefix("pfcp.")
+            .and_then(|r| r.split(':').next())
+            .unwrap_or("");
+        let (line, column) = pfcp_key_position(text, key);
+        Err(ConfigError::Invalid {
+            path: origin.to_string(),
+            line,
+            column,
+            message: problems.join("; "),
         })
     }
 
@@ -420,6 +447,30 @@ impl Config {
             }
         }
     }
+}
+
+/// Where `key` is set in the `[pfcp]` section of `text` (1-based), or the section's header.
+fn pfcp_key_position(text: &str, key: &str) -> (usize, usize) {
+    let mut section = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            if section.is_some() {
+                break;
+            }
+            if t.trim_end() == "[pfcp]" {
+                section = Some(n + 1);
+            }
+            continue;
+        }
+        if section.is_some()
+            && !key.is_empty()
+            && t.split('=').next().is_some_and(|k| k.trim() == key)
+        {
+            return (n + 1, line.len() - t.len() + 1);
+        }
+    }
+    (section.unwrap_or(1), 1)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use crate::datapath::{
     AttachMode, CompiledTables, Counter, DatapathError, Direction, FastPath, Problems, Reason,
     Tables, Verdict,
-    compile::{self, compile},
+    compile::{self, Reserved, compile_with},
     tables::overlay::{Overlay, OverlayError},
 };
 use crate::records::{
@@ -181,6 +181,17 @@ pub struct Gateway {
     privacy: std::sync::OnceLock<engine::PrivacyHandle>,
     /// Egress (spool, forwarders, audit), once it runs (`[egress]` is configured).
     egress: std::sync::OnceLock<Arc<Egress>>,
+    /// What the tables may not use (PFCP's id and TEID range, with `[pfcp]`).
+    reserved: Reserved,
+    /// The PFCP endpoint's counters and its sessions' identities, once it runs.
+    pfcp: std::sync::OnceLock<PfcpParts>,
+}
+
+/// What the rest of the daemon sees of the PFCP endpoint.
+struct PfcpParts {
+    metrics: Arc<crate::pfcp::PfcpMetrics>,
+    identities: crate::pfcp::sessions::Identities,
+    teid_min: u32,
 }
 
 impl Gateway {
@@ -222,7 +233,7 @@ impl Gateway {
         let merged = next
             .apply(Tables::clone(&sources.file_tables), API_OWNER)
             .map_err(|p| TablesChangeError::Invalid(Problems(p)))?;
-        let compiled = compile(merged)?;
+        let compiled = compile_with(merged, self.reserved)?;
         next.store(&sources.overlay_path)?;
         if let Err(e) = self.install(compiled) {
             if let Err(undo) = sources.overlay.store(&sources.overlay_path) {
@@ -293,6 +304,21 @@ impl Gateway {
         self.egress.get()
     }
 
+    /// The PFCP endpoint's counters, if it runs.
+    pub fn pfcp_metrics(&self) -> Option<&Arc<crate::pfcp::PfcpMetrics>> {
+        self.pfcp.get().map(|p| &p.metrics)
+    }
+
+    /// The XDP fast path (PFCP needs its maps).
+    fn xdp(&self) -> Result<&FastPath, DatapathError> {
+        match &self.datapath {
+            Datapath::Xdp(fp) => Ok(fp),
+            Datapath::Userspace(_) => Err(DatapathError::BadArgument(
+                "PFCP sessions need the XDP datapath".into(),
+            )),
+        }
+    }
+
     /// Draining: shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
@@ -307,19 +333,69 @@ impl FlowSource for Gateway {
     fn identities(&self, ids: &[u32]) -> std::collections::HashMap<u32, SessionIdentity> {
         let tables = self.tables();
         let wanted: std::collections::HashSet<u32> = ids.iter().copied().collect();
-        tables
+        let mut found: std::collections::HashMap<u32, SessionIdentity> = tables
             .sessions
             .iter()
             .filter(|s| wanted.contains(&s.id))
             .map(|s| {
                 let identity = SessionIdentity {
                     imsi: s.imsi.as_ref().map(|i| i.as_str().to_string()),
+                    msisdn: None,
+                    imei: None,
                     teid: s.uplink_teid.0,
                     qfi: s.qfi.get(),
                 };
                 (s.id, identity)
             })
-            .collect()
+            .collect();
+        // PFCP sessions' ids are from pfcp.teid_min up (the tables' are below it).
+        if let Some(p) = self.pfcp.get() {
+            let pfcp = match p.identities.read() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for id in ids.iter().filter(|id| **id >= p.teid_min) {
+                if let Some(identity) = pfcp.get(id) {
+                    found.insert(*id, identity.clone());
+                }
+            }
+        }
+        found
+    }
+}
+
+/// The PFCP endpoint programs the fast path's PFCP maps (XDP only: `[pfcp]` is refused with
+/// the userspace datapath at start).
+impl crate::pfcp::sessions::Datapath for Gateway {
+    fn put_tunnel(&self, teid: u32, t: &mecgw_ebpf::PfcpTunnel) -> Result<(), DatapathError> {
+        self.xdp()?.put_pfcp_tunnel(teid, t)
+    }
+    fn remove_tunnel(&self, teid: u32) -> Result<(), DatapathError> {
+        self.xdp()?.remove_pfcp_tunnel(teid)
+    }
+    fn put_downlink(
+        &self,
+        ue: crate::pfcp::rules::UeKey,
+        d: &mecgw_ebpf::PfcpDownlink,
+    ) -> Result<(), DatapathError> {
+        crate::pfcp::sessions::Datapath::put_downlink(self.xdp()?, ue, d)
+    }
+    fn remove_downlink(&self, ue: crate::pfcp::rules::UeKey) -> Result<(), DatapathError> {
+        crate::pfcp::sessions::Datapath::remove_downlink(self.xdp()?, ue)
+    }
+    fn pdr_counter(&self, slot: u32) -> Result<Counter, DatapathError> {
+        self.xdp()?.pdr_counter(slot)
+    }
+    fn zero_pdr_counter(&self, slot: u32) -> Result<(), DatapathError> {
+        self.xdp()?.zero_pdr_counter(slot)
+    }
+    fn zero_session_counter(&self, slot: u32) -> Result<(), DatapathError> {
+        self.xdp()?.zero_pfcp_session_counter(slot)
+    }
+    fn grace_period(&self) {
+        if let Ok(fp) = self.xdp() {
+            fp.grace_period();
+        }
     }
 }
 
@@ -332,7 +408,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let overlay_path = config.state.dir.join(API_OVERLAY_FILE);
     let overlay = Overlay::load(&overlay_path)
         .context("reading what was created through the operator API")?;
-    let (file_tables, tables) = load_tables(&config.datapath.tables, &overlay)?;
+    let reserved = Reserved {
+        pfcp_from: config.pfcp.as_ref().map(|p| p.teid_min),
+    };
+    if config.pfcp.is_some() && config.datapath.kind == DatapathKind::Userspace {
+        anyhow::bail!(
+            "[pfcp] needs datapath.kind = \"xdp\": the userspace datapath has no PFCP \
+             sessions (remove [pfcp], or run the XDP datapath)"
+        );
+    }
+    let (file_tables, tables) = load_tables(&config.datapath.tables, &overlay, reserved)?;
     let tables = tables.on_interfaces(n3_ifindex, local_ifindex);
     let policy = match &config.policy {
         Some(p) => {
@@ -358,7 +443,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         DatapathKind::Xdp => {
             let mut fast_path = FastPath::load_with(crate::datapath::FastPathOptions {
                 flow_accounting,
-                pfcp: None,
+                pfcp: config.pfcp.as_ref().map(pfcp_map_sizes),
             })?;
             attach(
                 &mut fast_path,
@@ -407,6 +492,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         api_metrics: std::sync::OnceLock::new(),
         privacy: std::sync::OnceLock::new(),
         egress: std::sync::OnceLock::new(),
+        reserved,
+        pfcp: std::sync::OnceLock::new(),
     });
     if let Some(p) = &policy {
         info!(hash = %p.hash, "policy loaded");
@@ -504,6 +591,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let pfcp = match &config.pfcp {
+        Some(p) => Some(start_pfcp(&gw, p)?),
+        None => None,
+    };
     gw.ready.send_replace(true);
     info!(
         datapath = gw.datapath.kind().name(),
@@ -525,6 +616,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     gw.draining.store(true, Ordering::SeqCst);
     gw.ready.send_replace(false);
+    // The SMFs first: deletions under way are answered, nothing new is accepted.
+    if let Some(endpoint) = pfcp
+        && let Err(e) = tokio::task::spawn_blocking(move || endpoint.stop()).await
+    {
+        warn!(error = %e, "the PFCP endpoint's shutdown task failed");
+    }
     let _ = stop_tx.send(true);
     if let Err(e) = ops.await {
         warn!(error = %e, "operations port task ended abnormally");
@@ -608,17 +705,15 @@ fn reload(gw: &Gateway, config: &Config) {
     info!("SIGHUP: reloading tables and policy");
     // Held from reading to installing: an API change in between would be lost.
     let mut sources = gw.lock_sources();
-    let tables = load_tables(&sources.file, &sources.overlay);
+    let tables = load_tables(&sources.file, &sources.overlay, gw.reserved);
     let policy = match &config.policy {
         Some(p) => load_policy(&p.file)
             .and_then(|loaded| {
                 check_destinations(&loaded, config.egress.as_ref())?;
-                let ledger = config.state.dir.join("budget");
-                engine::check_engine(
-                    &loaded,
-                    &keys_dir(p),
-                    Some((&ledger, Some(&config.state.dir))),
-                )?;
+                // The ledger is not checked here: a reload that changes the policy rebuilds
+                // the engine, which refuses a damaged or vanished ledger and stops releasing
+                // until it is reset, so the operator's `mecgw budget reset` can take its lock.
+                engine::check_engine(&loaded, &keys_dir(p))?;
                 Ok(loaded)
             })
             .map(|l| Some(Arc::new(l))),
@@ -682,8 +777,57 @@ fn return_freed_memory() {
 }
 
 /// The tables file at `path` (its own tables) and, compiled, with `overlay` applied.
-fn load_tables(path: &Path, overlay: &Overlay) -> anyhow::Result<(Tables, CompiledTables)> {
-    compile::load_with(path, overlay, API_OWNER).map_err(|e| anyhow::anyhow!("{e}"))
+fn load_tables(
+    path: &Path,
+    overlay: &Overlay,
+    reserved: Reserved,
+) -> anyhow::Result<(Tables, CompiledTables)> {
+    compile::load_with(path, overlay, API_OWNER, reserved).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The PFCP maps' sizes for `p`: tunnels and UE entries in proportion to its sessions.
+fn pfcp_map_sizes(p: &crate::pfcp::PfcpConfig) -> crate::datapath::pfcp_maps::PfcpOptions {
+    let scale = |max: u32| {
+        let v =
+            u64::from(max) * u64::from(p.max_sessions) / u64::from(mecgw_ebpf::MAX_PFCP_SESSIONS);
+        (v as u32).max(16)
+    };
+    crate::datapath::pfcp_maps::PfcpOptions {
+        sessions: p.max_sessions,
+        tunnels: scale(mecgw_ebpf::MAX_PFCP_TUNNELS),
+        ues: scale(mecgw_ebpf::MAX_PFCP_UES),
+        pdrs: p.max_pdrs,
+        teid_min: p.teid_min,
+    }
+}
+
+/// Starts the PFCP endpoint on `gw`'s fast path; N3's addresses are the tables'.
+fn start_pfcp(
+    gw: &Arc<Gateway>,
+    config: &crate::pfcp::PfcpConfig,
+) -> anyhow::Result<crate::pfcp::server::PfcpEndpoint> {
+    let tables = gw.tables();
+    let metrics = Arc::new(crate::pfcp::PfcpMetrics::default());
+    let identities = crate::pfcp::sessions::Identities::default();
+    let endpoint = crate::pfcp::server::PfcpEndpoint::start(
+        config.clone(),
+        Arc::clone(gw) as Arc<dyn crate::pfcp::sessions::Datapath>,
+        crate::pfcp::sessions::StoreOptions {
+            teid_min: config.teid_min,
+            max_sessions: config.max_sessions,
+            max_pdrs: config.max_pdrs,
+            n3_v4: tables.n3.ipv4,
+            n3_v6: tables.n3.ipv6,
+        },
+        Arc::clone(&identities),
+        Arc::clone(&metrics),
+    )?;
+    let _ = gw.pfcp.set(PfcpParts {
+        metrics,
+        identities,
+        teid_min: config.teid_min,
+    });
+    Ok(endpoint)
 }
 
 /// Where the operator API's overlay is kept, under the state directory.

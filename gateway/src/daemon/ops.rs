@@ -267,6 +267,9 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
         render_egress(&mut out, &snapshot);
         crate::records::egress::metrics::render(&mut out, &snapshot, &e.storage());
     }
+    if let Some(p) = gw.pfcp_metrics() {
+        p.render(&mut out);
+    }
     Ok(out)
 }
 

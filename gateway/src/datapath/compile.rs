@@ -122,10 +122,24 @@ impl CompiledTables {
     }
 }
 
+/// What the tables may not use besides what their own consistency forbids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// With PFCP on: session ids and uplink TEIDs from here up are PFCP sessions'
+    /// (`pfcp.teid_min`).
+    pub pfcp_from: Option<u32>,
+}
+
 /// Checks `tables` and compiles them, or returns every problem.
 pub fn compile(tables: Tables) -> Result<CompiledTables, Problems> {
+    compile_with(tables, Reserved::default())
+}
+
+/// [`compile`], also refusing what `reserved` keeps for others.
+pub fn compile_with(tables: Tables, reserved: Reserved) -> Result<CompiledTables, Problems> {
     let mut problems = Vec::new();
     check(&tables, &mut problems);
+    reserved_problems(&tables, reserved, &mut problems);
     match candidate_lists(&tables) {
         Ok(lists) if problems.is_empty() => Ok(CompiledTables { tables, lists }),
         Ok(_) => Err(Problems(problems)),
@@ -151,9 +165,17 @@ pub fn load_with(
     path: &Path,
     overlay: &Overlay,
     owner: &str,
+    reserved: Reserved,
 ) -> Result<(Tables, CompiledTables), TablesError> {
     let text = mecgw_policy::files::read_text_limited(path, MAX_TABLES_FILE_BYTES)?;
-    let (own, compiled) = read(&text, &path.display().to_string(), overlay, owner, true)?;
+    let (own, compiled) = read(
+        &text,
+        &path.display().to_string(),
+        overlay,
+        owner,
+        true,
+        reserved,
+    )?;
     let own = own.unwrap_or_else(|| Tables::clone(&compiled));
     Ok((own, compiled))
 }
@@ -161,7 +183,15 @@ pub fn load_with(
 /// Reads and compiles tables from TOML text; `origin` names it in errors, and each problem
 /// is reported at the line and column of its entry.
 pub fn from_toml(text: &str, origin: &str) -> Result<CompiledTables, TablesError> {
-    read(text, origin, &Overlay::default(), "", false).map(|(_, compiled)| compiled)
+    read(
+        text,
+        origin,
+        &Overlay::default(),
+        "",
+        false,
+        Reserved::default(),
+    )
+    .map(|(_, compiled)| compiled)
 }
 
 /// Reads `text`, applies `overlay`, compiles. With `keep_own`, also the file's own tables
@@ -172,12 +202,13 @@ fn read(
     overlay: &Overlay,
     owner: &str,
     keep_own: bool,
+    reserved: Reserved,
 ) -> Result<(Option<Tables>, CompiledTables), TablesError> {
     let read = toml::read(text, origin)?;
     let (session_at, rule_at) = (read.session_at, read.rule_at);
     let own = (keep_own && overlay != &Overlay::default()).then(|| read.tables.clone());
     let problems = match overlay.apply(read.tables, owner) {
-        Ok(tables) => match compile(tables) {
+        Ok(tables) => match compile_with(tables, reserved) {
             Ok(compiled) => return Ok((own, compiled)),
             Err(Problems(p)) => p,
         },
@@ -240,6 +271,31 @@ fn check(tables: &Tables, out: &mut Vec<Problem>) {
     }
     session_problems(tables, out);
     rule_problems(tables, out);
+}
+
+/// Sessions that use an id or TEID `reserved` keeps for PFCP.
+fn reserved_problems(tables: &Tables, reserved: Reserved, out: &mut Vec<Problem>) {
+    let Some(from) = reserved.pfcp_from else {
+        return;
+    };
+    for (i, s) in tables.sessions.iter().enumerate() {
+        let mut bad = |what: &str, v: u32| {
+            out.push(Problem {
+                place: Place::Session(i),
+                message: format!(
+                    "session {}: {what} {v:#x} is in PFCP's range ({from:#x} and up, \
+                     pfcp.teid_min): use a lower one, or raise pfcp.teid_min",
+                    s.id
+                ),
+            })
+        };
+        if s.id >= from {
+            bad("id", s.id);
+        }
+        if s.uplink_teid.0 >= from {
+            bad("uplink_teid", s.uplink_teid.0);
+        }
+    }
 }
 
 fn session_problems(tables: &Tables, out: &mut Vec<Problem>) {

@@ -18,7 +18,7 @@
 //! This module never parses packets itself.
 
 pub mod compile;
-mod entries;
+pub(crate) mod entries;
 pub mod flow_counters;
 pub mod live;
 pub mod model;

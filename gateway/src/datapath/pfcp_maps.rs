@@ -95,7 +95,19 @@ impl SlotPool {
         reclaimed
     }
 
-    /// Slots in use.
+    /// Takes the slots given back so far, for a grace period starting now; hand them to
+    /// [`SlotPool::free`] once it has passed. Slots given back meanwhile wait for the next one.
+    pub fn drain_retired(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.retired)
+    }
+
+    /// Makes `slots` reusable at once. The caller guarantees nothing counts into them any
+    /// more: an RCU grace period has passed since the last entry naming them was removed.
+    pub fn free(&mut self, slots: impl IntoIterator<Item = u32>) {
+        self.free.extend(slots);
+    }
+
+    /// Slots in use (or waiting for a grace period).
     pub fn in_use(&self) -> u32 {
         self.next - self.free.len() as u32 - self.retired.len() as u32
     }

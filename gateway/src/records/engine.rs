@@ -317,9 +317,12 @@ fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<En
 fn ledger_not_vanished(state_dir: &Path, ledger_dir: &Path) -> anyhow::Result<StateMarker> {
     let marker = StateMarker::open(state_dir)?;
     let file = ledger_dir.join(budget::LEDGER_FILE);
-    if marker.presence(LEDGER_COMPONENT, has_content(&file)?) == Presence::Vanished {
+    // A ledger that was opened but never spent has an empty log and a head saying "0 entries":
+    // it is present. Whether a present log agrees with its head is the chain check's job.
+    let present = ledger_dir.join(budget::HEAD_FILE).exists() || has_content(&file)?;
+    if marker.presence(LEDGER_COMPONENT, present) == Presence::Vanished {
         anyhow::bail!(
-            "the budget ledger {} is missing or empty, but {} says it had entries: nothing \
+            "the budget ledger {} and its head are missing, but {} says the ledger existed: nothing \
              will be released, since starting afresh would give back the budget already spent. \
              Restore the ledger, or record the loss with `mecgw budget reset --state {} \
              --reason TEXT` (audited)",
@@ -331,24 +334,9 @@ fn ledger_not_vanished(state_dir: &Path, ledger_dir: &Path) -> anyhow::Result<St
     Ok(marker)
 }
 
-/// Checks that the engine for `policy` can start (keys load, mechanisms are in range) and,
-/// with `ledger`, that the ledger's chain and head agree (and it has not vanished), without
+/// Checks that the engine for `policy` can start (keys load, mechanisms are in range) without
 /// changing anything: what a reload verifies before it swaps anything.
-pub fn check_engine(
-    policy: &LoadedPolicy,
-    keys_dir: &Path,
-    ledger: Option<(&Path, Option<&Path>)>,
-) -> anyhow::Result<()> {
-    if let Some((ledger_dir, state_dir)) = ledger {
-        if let Some(state_dir) = state_dir {
-            ledger_not_vanished(state_dir, ledger_dir)?;
-        }
-        if ledger_dir.join(budget::HEAD_FILE).exists()
-            || has_content(&ledger_dir.join(budget::LEDGER_FILE))?
-        {
-            budget::verify(ledger_dir)?;
-        }
-    }
+pub fn check_engine(policy: &LoadedPolicy, keys_dir: &Path) -> anyhow::Result<()> {
     let b = &policy.policy.budget;
     Engine::new(
         &policy.policy,

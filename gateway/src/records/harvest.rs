@@ -18,6 +18,10 @@ use crate::datapath::{DatapathError, flow_counters::FlowSample};
 pub struct SessionIdentity {
     /// The subscriber's IMSI, if known.
     pub imsi: Option<String>,
+    /// The subscriber's MSISDN, if known (PFCP User ID).
+    pub msisdn: Option<String>,
+    /// The device's IMEI, if known (PFCP User ID).
+    pub imei: Option<String>,
     /// The uplink TEID.
     pub teid: u32,
     /// The session's QFI.
@@ -98,6 +102,12 @@ fn record(s: &FlowSample, session: Option<&SessionIdentity>, start: i64, end: i6
     if let Some(session) = session {
         if let Some(imsi) = &session.imsi {
             r.insert("imsi".into(), json!(imsi));
+        }
+        if let Some(msisdn) = &session.msisdn {
+            r.insert("msisdn".into(), json!(msisdn));
+        }
+        if let Some(imei) = &session.imei {
+            r.insert("imei".into(), json!(imei));
         }
         r.insert("teid".into(), json!(session.teid));
         r.insert("qfi".into(), json!(session.qfi));

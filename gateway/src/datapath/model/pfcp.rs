@@ -13,8 +13,8 @@ use std::{
 use mecgw_ebpf::{
     DOWNLINK_GNB_V6, MAX_TUNNEL_PDRS, PDR_FAMILY_V4, PDR_FAMILY_V6, PDR_MATCH_PROTO, PDR_MATCH_QFI,
     PDR_MATCH_REMOTE, PDR_MATCH_REMOTE_PORTS, PDR_MATCH_UE_PORTS, PdrMatch, PfcpDownlink,
-    PfcpTunnel, Reason, TARGET_V6, TUNNEL_FROM_ACCESS, TUNNEL_HAS_UE_V4, TUNNEL_HAS_UE_V6,
-    TunnelTarget, Verdict, pdr_action,
+    PfcpTunnel, Reason, TARGET_V6, TUNNEL_CHECK_UE, TUNNEL_FROM_ACCESS, TUNNEL_HAS_UE_V4,
+    TUNNEL_HAS_UE_V6, TunnelTarget, Verdict, pdr_action,
 };
 
 use super::{FlowHit, FlowKey, Gpdu, Outcome};
@@ -128,7 +128,7 @@ impl super::Model {
         };
         let session = Some(tunnel.session);
         let from_access = tunnel.flags & TUNNEL_FROM_ACCESS != 0;
-        if from_access {
+        if tunnel.flags & TUNNEL_CHECK_UE != 0 {
             let ue = match pdu.inner.src {
                 IpAddr::V4(a) => {
                     tunnel.flags & TUNNEL_HAS_UE_V4 != 0 && a.octets() == word_bytes(tunnel.ue_v4)

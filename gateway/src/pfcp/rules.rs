@@ -1,0 +1,893 @@
+//! One PFCP session's rules (PDRs, FARs, QERs, URRs) as the SMF set them, how a modification
+//! changes them, and how they compile into the fast path's entries.
+//!
+//! Pure code: no state beyond the rules, no kernel access. Every way the rules can be wrong
+//! or ask for something mecgw does not do is a [`Reject`] with its Cause and Offending IE;
+//! nothing is ignored silently.
+//!
+//! How PDRs become fast-path entries:
+//! - a PDR whose PDI has a local F-TEID (Source Interface Access, or Core for a tunnel from a
+//!   remote PSA) is a match in that TEID's [`PfcpTunnel`]: its SDF filters (or none) times its
+//!   QFIs, in precedence order; its FAR says LOCAL (to SGi-LAN/N6-LAN, with Outer Header
+//!   Removal), FORWARD (to Core, unchanged), RETUNNEL (Outer Header Creation GTP-U to a PSA,
+//!   or to the gNB for a tunnel from the core side) or DROP;
+//! - a PDR on Source Interface SGi-LAN/N6-LAN with the UE's address is the UE's
+//!   [`PfcpDownlink`]: encapsulate as its FAR's Outer Header Creation says (Destination
+//!   Access), with the QFI of its QER, or drop.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use mecgw_ebpf::{
+    DOWNLINK_GNB_V6, MAX_TUNNEL_PDRS, MAX_TUNNEL_TARGETS, PDR_FAMILY_V4, PDR_FAMILY_V6,
+    PDR_MATCH_PROTO, PDR_MATCH_QFI, PDR_MATCH_REMOTE, PDR_MATCH_REMOTE_PORTS, PDR_MATCH_UE_PORTS,
+    PdrMatch, PfcpDownlink, PfcpTunnel, PortRange, TARGET_V6, TUNNEL_CHECK_UE, TUNNEL_FROM_ACCESS,
+    TUNNEL_HAS_UE_V4, TUNNEL_HAS_UE_V6, TunnelTarget, pdr_action,
+};
+use mecgw_pfcp::{
+    ie::{
+        ApplyAction, Cause, CreateFar, CreatePdr, ForwardingParameters, Interface,
+        OuterHeaderCreation, Qer, Urr, ie_type,
+    },
+    message::SessionModificationRequest,
+};
+
+use super::sdf;
+use crate::datapath::{entries::words, tables::mask_v6};
+
+/// Why a request was not applied: the Cause, the IE to blame and, for the log, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub cause: Cause,
+    pub offending_ie: Option<u16>,
+    pub why: String,
+}
+
+impl Reject {
+    pub fn new(cause: Cause, ie: u16, why: impl Into<String>) -> Reject {
+        Reject {
+            cause,
+            offending_ie: Some(ie),
+            why: why.into(),
+        }
+    }
+
+    /// Rule creation/modification failure (73) blaming `ie`.
+    pub fn rule(ie: u16, why: impl Into<String>) -> Reject {
+        Reject::new(Cause::RULE_CREATION_MODIFICATION_FAILURE, ie, why)
+    }
+
+    /// Service not supported (76) blaming `ie`.
+    pub fn unsupported(ie: u16, why: impl Into<String>) -> Reject {
+        Reject::new(Cause::SERVICE_NOT_SUPPORTED, ie, why)
+    }
+}
+
+/// A PDR and the TEID its local F-TEID resolved to (the store allocates CHOOSE TEIDs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pdr {
+    pub def: CreatePdr,
+    pub local_teid: Option<u32>,
+}
+
+/// A session's rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub pdrs: BTreeMap<u16, Pdr>,
+    pub fars: BTreeMap<u32, CreateFar>,
+    pub qers: BTreeMap<u32, Qer>,
+    pub urrs: BTreeMap<u32, Urr>,
+}
+
+/// Most PDRs, FARs, QERs and URRs (each) one session holds.
+pub const MAX_RULES_PER_SESSION: usize = 64;
+
+fn insert_new<K: Ord + Copy + std::fmt::Debug, V>(
+    map: &mut BTreeMap<K, V>,
+    id: K,
+    value: V,
+    ie: u16,
+    what: &str,
+) -> Result<(), Reject> {
+    if map.contains_key(&id) {
+        return Err(Reject::rule(ie, format!("{what} {id:?} exists already")));
+    }
+    if map.len() >= MAX_RULES_PER_SESSION {
+        return Err(Reject::new(
+            Cause::NO_RESOURCES_AVAILABLE,
+            ie,
+            format!("a session holds at most {MAX_RULES_PER_SESSION} {what}s"),
+        ));
+    }
+    map.insert(id, value);
+    Ok(())
+}
+
+fn remove_existing<K: Ord + std::fmt::Debug, V>(
+    map: &mut BTreeMap<K, V>,
+    id: &K,
+    ie: u16,
+    what: &str,
+) -> Result<V, Reject> {
+    map.remove(id)
+        .ok_or_else(|| Reject::rule(ie, format!("there is no {what} {id:?}")))
+}
+
+impl Rules {
+    /// The rules of a Session Establishment Request's Create IEs.
+    pub fn create(
+        pdrs: &[CreatePdr],
+        fars: &[CreateFar],
+        qers: &[Qer],
+        urrs: &[Urr],
+    ) -> Result<Rules, Reject> {
+        let mut r = Rules::default();
+        r.add(pdrs, fars, qers, urrs)?;
+        r.check_references()?;
+        Ok(r)
+    }
+
+    fn add(
+        &mut self,
+        pdrs: &[CreatePdr],
+        fars: &[CreateFar],
+        qers: &[Qer],
+        urrs: &[Urr],
+    ) -> Result<(), Reject> {
+        for f in fars {
+            insert_new(
+                &mut self.fars,
+                f.far_id,
+                f.clone(),
+                ie_type::CREATE_FAR,
+                "FAR",
+            )?;
+        }
+        for q in qers {
+            if q.gate_status.is_none() {
+                return Err(Reject::new(
+                    Cause::MANDATORY_IE_MISSING,
+                    ie_type::GATE_STATUS,
+                    format!("QER {} has no Gate Status", q.qer_id),
+                ));
+            }
+            insert_new(
+                &mut self.qers,
+                q.qer_id,
+                q.clone(),
+                ie_type::CREATE_QER,
+                "QER",
+            )?;
+        }
+        for u in urrs {
+            if u.measurement_method.is_none() || u.reporting_triggers.is_none() {
+                return Err(Reject::new(
+                    Cause::MANDATORY_IE_MISSING,
+                    if u.measurement_method.is_none() {
+                        ie_type::MEASUREMENT_METHOD
+                    } else {
+                        ie_type::REPORTING_TRIGGERS
+                    },
+                    format!("URR {} lacks a mandatory IE", u.urr_id),
+                ));
+            }
+            insert_new(
+                &mut self.urrs,
+                u.urr_id,
+                u.clone(),
+                ie_type::CREATE_URR,
+                "URR",
+            )?;
+        }
+        for p in pdrs {
+            let pdr = Pdr {
+                def: p.clone(),
+                local_teid: None,
+            };
+            insert_new(&mut self.pdrs, p.pdr_id, pdr, ie_type::CREATE_PDR, "PDR")?;
+        }
+        Ok(())
+    }
+
+    /// Applies a Session Modification Request's Remove, Create and Update IEs, in that order.
+    /// Returns the IDs of the URRs it removed (their final reports go in the response).
+    pub fn modify(&mut self, req: &SessionModificationRequest) -> Result<Vec<Urr>, Reject> {
+        for id in &req.remove_pdr {
+            remove_existing(&mut self.pdrs, id, ie_type::REMOVE_PDR, "PDR")?;
+        }
+        for id in &req.remove_far {
+            remove_existing(&mut self.fars, id, ie_type::REMOVE_FAR, "FAR")?;
+        }
+        for id in &req.remove_qer {
+            remove_existing(&mut self.qers, id, ie_type::REMOVE_QER, "QER")?;
+        }
+        let mut removed_urrs = Vec::new();
+        for id in &req.remove_urr {
+            removed_urrs.push(remove_existing(
+                &mut self.urrs,
+                id,
+                ie_type::REMOVE_URR,
+                "URR",
+            )?);
+        }
+        self.add(
+            &req.create_pdr,
+            &req.create_far,
+            &req.create_qer,
+            &req.create_urr,
+        )?;
+        for u in &req.update_far {
+            let far = self.fars.get_mut(&u.far_id).ok_or_else(|| {
+                Reject::rule(ie_type::UPDATE_FAR, format!("there is no FAR {}", u.far_id))
+            })?;
+            if let Some(a) = u.apply_action {
+                far.apply_action = a;
+            }
+            if let Some(up) = &u.update_forwarding_parameters {
+                let fp = far
+                    .forwarding_parameters
+                    .get_or_insert_with(ForwardingParameters::default);
+                if up.destination_interface.is_some() {
+                    fp.destination_interface = up.destination_interface;
+                }
+                if up.network_instance.is_some() {
+                    fp.network_instance.clone_from(&up.network_instance);
+                }
+                if up.outer_header_creation.is_some() {
+                    fp.outer_header_creation = up.outer_header_creation;
+                }
+            }
+            if u.bar_id.is_some() {
+                far.bar_id = u.bar_id;
+            }
+        }
+        for u in &req.update_qer {
+            let q = self.qers.get_mut(&u.qer_id).ok_or_else(|| {
+                Reject::rule(ie_type::UPDATE_QER, format!("there is no QER {}", u.qer_id))
+            })?;
+            q.gate_status = u.gate_status.or(q.gate_status);
+            q.mbr = u.mbr.or(q.mbr);
+            q.gbr = u.gbr.or(q.gbr);
+            q.qfi = u.qfi.or(q.qfi);
+        }
+        for u in &req.update_urr {
+            let r = self.urrs.get_mut(&u.urr_id).ok_or_else(|| {
+                Reject::rule(ie_type::UPDATE_URR, format!("there is no URR {}", u.urr_id))
+            })?;
+            r.measurement_method = u.measurement_method.or(r.measurement_method);
+            r.reporting_triggers = u.reporting_triggers.or(r.reporting_triggers);
+            r.measurement_period = u.measurement_period.or(r.measurement_period);
+            r.volume_threshold = u.volume_threshold.or(r.volume_threshold);
+            r.time_threshold = u.time_threshold.or(r.time_threshold);
+        }
+        for u in &req.update_pdr {
+            let p = self.pdrs.get_mut(&u.pdr_id).ok_or_else(|| {
+                Reject::rule(ie_type::UPDATE_PDR, format!("there is no PDR {}", u.pdr_id))
+            })?;
+            if let Some(ohr) = u.outer_header_removal {
+                p.def.outer_header_removal = Some(ohr);
+            }
+            if let Some(prec) = u.precedence {
+                p.def.precedence = prec;
+            }
+            if let Some(pdi) = &u.pdi {
+                p.def.pdi = pdi.clone();
+                // A new PDI may bring a new F-TEID: resolved again by the store.
+                p.local_teid = None;
+            }
+            if let Some(far) = u.far_id {
+                p.def.far_id = Some(far);
+            }
+            // The codec cannot tell an absent list from an empty one: a non-empty list
+            // replaces the PDR's (removing every URR or QER of a PDR is done by removing
+            // the URR or QER).
+            if !u.urr_ids.is_empty() {
+                p.def.urr_ids.clone_from(&u.urr_ids);
+            }
+            if !u.qer_ids.is_empty() {
+                p.def.qer_ids.clone_from(&u.qer_ids);
+            }
+        }
+        self.check_references()?;
+        Ok(removed_urrs)
+    }
+
+    /// Every PDR's FAR, URRs and QERs exist.
+    fn check_references(&self) -> Result<(), Reject> {
+        for (id, p) in &self.pdrs {
+            match p.def.far_id {
+                None => {
+                    return Err(Reject::new(
+                        Cause::CONDITIONAL_IE_MISSING,
+                        ie_type::FAR_ID,
+                        format!("PDR {id} has no FAR ID"),
+                    ));
+                }
+                Some(far) if !self.fars.contains_key(&far) => {
+                    return Err(Reject::rule(
+                        ie_type::CREATE_PDR,
+                        format!("PDR {id} names FAR {far}, which does not exist"),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some(u) = p.def.urr_ids.iter().find(|u| !self.urrs.contains_key(u)) {
+                return Err(Reject::rule(
+                    ie_type::CREATE_PDR,
+                    format!("PDR {id} names URR {u}, which does not exist"),
+                ));
+            }
+            if let Some(q) = p.def.qer_ids.iter().find(|q| !self.qers.contains_key(q)) {
+                return Err(Reject::rule(
+                    ie_type::CREATE_PDR,
+                    format!("PDR {id} names QER {q}, which does not exist"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The PDRs in precedence order (lowest value first, then PDR ID).
+    pub fn by_precedence(&self) -> Vec<&Pdr> {
+        let mut pdrs: Vec<&Pdr> = self.pdrs.values().collect();
+        pdrs.sort_by_key(|p| (p.def.precedence, p.def.pdr_id));
+        pdrs
+    }
+
+    /// The UE's addresses the PDRs name.
+    pub fn ue_addresses(&self) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for p in self.pdrs.values() {
+            for ue in &p.def.pdi.ue_ip_address {
+                out.extend(ue.ipv4.map(IpAddr::from));
+                out.extend(ue.ipv6.map(IpAddr::from));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// A UE address key of the downlink maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UeKey {
+    V4([u8; 4]),
+    /// Prefix bytes and length.
+    V6([u8; 16], u32),
+}
+
+/// What a session puts into the fast path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub tunnels: BTreeMap<u32, PfcpTunnel>,
+    pub downlinks: BTreeMap<UeKey, PfcpDownlink>,
+}
+
+/// What compiling needs besides the rules.
+pub struct Ctx<'a> {
+    /// The session's operator-visible id and session counter index.
+    pub session: u32,
+    pub counter: u32,
+    /// Each PDR's counter slot.
+    pub pdr_slots: &'a BTreeMap<u16, u32>,
+    /// Our N3 addresses (the source of encapsulated and re-tunnelled packets).
+    pub n3_v4: Option<Ipv4Addr>,
+    pub n3_v6: Option<Ipv6Addr>,
+}
+
+/// What a PDR's FAR (and QERs) make of its packets.
+enum Action {
+    Drop,
+    Local,
+    Forward,
+    Retunnel(TunnelTarget),
+    Encapsulate { teid: u32, gnb: IpAddr },
+}
+
+fn gtpu_target(ohc: &OuterHeaderCreation) -> Result<(u32, IpAddr), Reject> {
+    let teid = ohc.teid.ok_or_else(|| {
+        Reject::new(
+            Cause::MANDATORY_IE_INCORRECT,
+            ie_type::OUTER_HEADER_CREATION,
+            "Outer Header Creation GTP-U without a TEID",
+        )
+    })?;
+    if ohc.description & OuterHeaderCreation::GTPU_UDP_IPV4 != 0
+        && let Some(a) = ohc.ipv4
+    {
+        return Ok((teid, a.into()));
+    }
+    if ohc.description & OuterHeaderCreation::GTPU_UDP_IPV6 != 0
+        && let Some(a) = ohc.ipv6
+    {
+        return Ok((teid, a.into()));
+    }
+    Err(Reject::unsupported(
+        ie_type::OUTER_HEADER_CREATION,
+        "only Outer Header Creation GTP-U/UDP/IPv4 or IPv6 (with its address) is supported",
+    ))
+}
+
+fn target(teid: u32, addr: IpAddr) -> TunnelTarget {
+    match addr {
+        IpAddr::V4(a) => TunnelTarget {
+            teid,
+            flags: 0,
+            addr: [u32::from_ne_bytes(a.octets()), 0, 0, 0],
+        },
+        IpAddr::V6(a) => TunnelTarget {
+            teid,
+            flags: TARGET_V6,
+            addr: words(a.octets()),
+        },
+    }
+}
+
+/// Whether `pdr`'s QERs close the gate of its direction.
+fn gate_closed(rules: &Rules, pdr: &CreatePdr, uplink: bool) -> bool {
+    pdr.qer_ids
+        .iter()
+        .filter_map(|id| rules.qers.get(id))
+        .any(|q| {
+            q.gate_status.is_some_and(|g| {
+                !(if uplink {
+                    g.uplink_open
+                } else {
+                    g.downlink_open
+                })
+            })
+        })
+}
+
+/// The QFI of `pdr`'s first QER that has one (0 without).
+fn qer_qfi(rules: &Rules, pdr: &CreatePdr) -> u8 {
+    pdr.qer_ids
+        .iter()
+        .filter_map(|id| rules.qers.get(id))
+        .find_map(|q| q.qfi)
+        .unwrap_or(0)
+}
+
+fn action(rules: &Rules, pdr: &CreatePdr, source: Interface) -> Result<Action, Reject> {
+    let id = pdr.pdr_id;
+    // Invariant: `check_references` made sure the FAR exists.
+    let far = pdr
+        .far_id
+        .and_then(|f| rules.fars.get(&f))
+        .ok_or_else(|| Reject::rule(ie_type::CREATE_PDR, format!("PDR {id} has no FAR")))?;
+    let a = far.apply_action;
+    let uplink = source == Interface::Access;
+    if a.has(ApplyAction::DROP) {
+        return Ok(Action::Drop);
+    }
+    if a.has(ApplyAction::BUFF) || a.has(ApplyAction::NOCP) || a.has(ApplyAction::DUPL) {
+        return Err(Reject::unsupported(
+            ie_type::APPLY_ACTION,
+            format!(
+                "FAR {}: buffering, notifying the CP function and duplicating are not \
+                 supported (mecgw does not advertise BUCP, DDND or DUPL)",
+                far.far_id
+            ),
+        ));
+    }
+    if !a.has(ApplyAction::FORW) {
+        return Err(Reject::new(
+            Cause::MANDATORY_IE_INCORRECT,
+            ie_type::APPLY_ACTION,
+            format!("FAR {} neither forwards nor drops", far.far_id),
+        ));
+    }
+    if gate_closed(rules, pdr, uplink) {
+        return Ok(Action::Drop);
+    }
+    let fp = far.forwarding_parameters.as_ref().ok_or_else(|| {
+        Reject::new(
+            Cause::CONDITIONAL_IE_MISSING,
+            ie_type::FORWARDING_PARAMETERS,
+            format!("FAR {} forwards without Forwarding Parameters", far.far_id),
+        )
+    })?;
+    let dest = fp.destination_interface.ok_or_else(|| {
+        Reject::new(
+            Cause::MANDATORY_IE_MISSING,
+            ie_type::DESTINATION_INTERFACE,
+            format!("FAR {} has no Destination Interface", far.far_id),
+        )
+    })?;
+    let removes = pdr.outer_header_removal.is_some();
+    match (source, dest, fp.outer_header_creation) {
+        (Interface::Access | Interface::Core, Interface::SgiLan, None) if removes => {
+            Ok(Action::Local)
+        }
+        (Interface::Access | Interface::Core, Interface::SgiLan, _) => Err(Reject::rule(
+            ie_type::OUTER_HEADER_REMOVAL,
+            format!(
+                "PDR {id} sends to SGi-LAN/N6-LAN: it needs Outer Header Removal (and no \
+                 Outer Header Creation) for mecgw to decapsulate"
+            ),
+        )),
+        (Interface::Access, Interface::Core, None) if !removes => Ok(Action::Forward),
+        (Interface::Access, Interface::Core, None) => Err(Reject::unsupported(
+            ie_type::OUTER_HEADER_REMOVAL,
+            format!(
+                "PDR {id}: decapsulated traffic towards the core (mecgw as the anchor) is not \
+                 supported; forward it unchanged or re-tunnel it to the PSA"
+            ),
+        )),
+        (Interface::Access, Interface::Core, Some(ohc))
+        | (Interface::Core, Interface::Access, Some(ohc)) => {
+            if !removes {
+                return Err(Reject::rule(
+                    ie_type::OUTER_HEADER_REMOVAL,
+                    format!(
+                        "PDR {id}: Outer Header Creation without Outer Header Removal would \
+                         nest tunnels; remove the outer header first"
+                    ),
+                ));
+            }
+            let (teid, addr) = gtpu_target(&ohc)?;
+            Ok(Action::Retunnel(target(teid, addr)))
+        }
+        (Interface::SgiLan, Interface::Access, Some(ohc)) => {
+            let (teid, gnb) = gtpu_target(&ohc)?;
+            Ok(Action::Encapsulate { teid, gnb })
+        }
+        (Interface::SgiLan, Interface::Access, None) => Err(Reject::new(
+            Cause::CONDITIONAL_IE_MISSING,
+            ie_type::OUTER_HEADER_CREATION,
+            format!("PDR {id}: towards the access side the FAR needs Outer Header Creation"),
+        )),
+        (_, d, _) => Err(Reject::unsupported(
+            ie_type::DESTINATION_INTERFACE,
+            format!("PDR {id}: from {source:?} to {d:?} is not a path mecgw forwards"),
+        )),
+    }
+}
+
+fn family_flag(v6: Option<bool>) -> u32 {
+    match v6 {
+        Some(false) => PDR_FAMILY_V4,
+        Some(true) => PDR_FAMILY_V6,
+        None => 0,
+    }
+}
+
+/// The matches of `pdr` (its SDF filters times its QFIs), with action `code` and `target`.
+fn matches(
+    pdr: &CreatePdr,
+    ue: &[IpAddr],
+    slot: u32,
+    code: u32,
+    target: u32,
+) -> Result<Vec<PdrMatch>, Reject> {
+    let mut flows: Vec<Option<sdf::FlowMatch>> = Vec::new();
+    for f in &pdr.pdi.sdf_filters {
+        if f.tos_traffic_class.is_some()
+            || f.security_parameter_index.is_some()
+            || f.flow_label.is_some()
+        {
+            return Err(Reject::unsupported(
+                ie_type::SDF_FILTER,
+                format!(
+                    "PDR {}: SDF filters on ToS, SPI or flow label are not supported",
+                    pdr.pdr_id
+                ),
+            ));
+        }
+        let Some(text) = &f.flow_description else {
+            continue;
+        };
+        let parsed = sdf::parse(text, ue).map_err(|why| {
+            Reject::new(
+                Cause::MANDATORY_IE_INCORRECT,
+                ie_type::SDF_FILTER,
+                format!("PDR {}: flow description {text:?}: {why}", pdr.pdr_id),
+            )
+        })?;
+        flows.extend(parsed.into_iter().map(Some));
+    }
+    if flows.is_empty() {
+        flows.push(None);
+    }
+    let qfis: Vec<Option<u8>> = if pdr.pdi.qfis.is_empty() {
+        vec![None]
+    } else {
+        pdr.pdi.qfis.iter().copied().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for flow in &flows {
+        for &qfi in &qfis {
+            let mut m = PdrMatch {
+                pdr_id: u32::from(pdr.pdr_id),
+                counter: slot,
+                action: code,
+                target,
+                ..PdrMatch::default()
+            };
+            if let Some(q) = qfi {
+                m.flags |= PDR_MATCH_QFI;
+                m.qfi = u32::from(q);
+            }
+            if let Some(f) = flow {
+                m.flags |= family_flag(f.v6);
+                if let Some(p) = f.protocol {
+                    m.flags |= PDR_MATCH_PROTO;
+                    m.protocol = u32::from(p);
+                }
+                if let Some(r) = f.remote {
+                    m.flags |= PDR_MATCH_REMOTE;
+                    match r.addr() {
+                        IpAddr::V4(a) => {
+                            m.remote[0] = u32::from_ne_bytes(a.octets());
+                            m.remote_mask[0] = u32::from_ne_bytes(
+                                crate::datapath::tables::mask_v4(r.len()).to_be_bytes(),
+                            );
+                        }
+                        IpAddr::V6(a) => {
+                            m.remote = words(a.octets());
+                            m.remote_mask = words(mask_v6(r.len()).to_be_bytes());
+                        }
+                    }
+                }
+                if let Some((lo, hi)) = f.remote_ports {
+                    m.flags |= PDR_MATCH_REMOTE_PORTS;
+                    m.remote_ports = PortRange { lo, hi };
+                }
+                if let Some((lo, hi)) = f.ue_ports {
+                    m.flags |= PDR_MATCH_UE_PORTS;
+                    m.ue_ports = PortRange { lo, hi };
+                }
+            }
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// Compiles `rules` into the fast path's entries.
+pub fn compile(rules: &Rules, ctx: &Ctx<'_>) -> Result<Compiled, Reject> {
+    let mut out = Compiled::default();
+    let ue_all = rules.ue_addresses();
+    for pdr in rules.by_precedence() {
+        let def = &pdr.def;
+        let id = def.pdr_id;
+        let slot = ctx.pdr_slots.get(&id).copied().ok_or_else(|| {
+            Reject::new(
+                Cause::SYSTEM_FAILURE,
+                ie_type::CREATE_PDR,
+                format!("PDR {id} has no counter slot"),
+            )
+        })?;
+        let source = def.pdi.source_interface;
+        match source {
+            Interface::Access | Interface::Core => {
+                let teid = pdr.local_teid.ok_or_else(|| {
+                    Reject::new(
+                        Cause::CONDITIONAL_IE_MISSING,
+                        ie_type::F_TEID,
+                        format!(
+                            "PDR {id}: from the {} side mecgw receives GTP-U only: the PDI needs \
+                             a local F-TEID",
+                            if source == Interface::Access {
+                                "access"
+                            } else {
+                                "core"
+                            }
+                        ),
+                    )
+                })?;
+                let act = action(rules, def, source)?;
+                let tunnel = out.tunnels.entry(teid).or_insert_with(|| PfcpTunnel {
+                    session: ctx.session,
+                    counter: ctx.counter,
+                    flags: if source == Interface::Access {
+                        TUNNEL_FROM_ACCESS
+                    } else {
+                        0
+                    },
+                    ..PfcpTunnel::default()
+                });
+                if (tunnel.flags & TUNNEL_FROM_ACCESS != 0) != (source == Interface::Access) {
+                    return Err(Reject::rule(
+                        ie_type::F_TEID,
+                        format!("PDR {id}: one F-TEID is used from both the access and core sides"),
+                    ));
+                }
+                if source == Interface::Access {
+                    for ue in &def.pdi.ue_ip_address {
+                        add_ue(tunnel, ue.ipv4, ue.ipv6, ue.ipv6_prefix_length, id)?;
+                    }
+                }
+                let (code, target) = match act {
+                    Action::Drop => (pdr_action::DROP, 0),
+                    Action::Local => (pdr_action::LOCAL, 0),
+                    Action::Forward => (pdr_action::FORWARD, 0),
+                    Action::Retunnel(t) => {
+                        let index = match tunnel.targets[..]
+                            .iter()
+                            .take(targets_used(tunnel))
+                            .position(|x| *x == t)
+                        {
+                            Some(i) => i,
+                            None => {
+                                let used = targets_used(tunnel);
+                                if used >= MAX_TUNNEL_TARGETS {
+                                    return Err(Reject::new(
+                                        Cause::NO_RESOURCES_AVAILABLE,
+                                        ie_type::OUTER_HEADER_CREATION,
+                                        format!(
+                                            "PDR {id}: a tunnel forwards to at most \
+                                             {MAX_TUNNEL_TARGETS} peers"
+                                        ),
+                                    ));
+                                }
+                                tunnel.targets[used] = t;
+                                used
+                            }
+                        };
+                        (pdr_action::RETUNNEL, index as u32)
+                    }
+                    Action::Encapsulate { .. } => {
+                        return Err(Reject::unsupported(
+                            ie_type::DESTINATION_INTERFACE,
+                            format!("PDR {id}: hairpin to the access side is not supported"),
+                        ));
+                    }
+                };
+                for m in matches(def, &ue_all, slot, code, target)? {
+                    let n = tunnel.pdr_count as usize;
+                    if n >= MAX_TUNNEL_PDRS {
+                        return Err(Reject::new(
+                            Cause::NO_RESOURCES_AVAILABLE,
+                            ie_type::SDF_FILTER,
+                            format!(
+                                "F-TEID {teid:#x}: its PDRs' SDF filters and QFIs add up to more \
+                                 than the {MAX_TUNNEL_PDRS} matches one tunnel holds"
+                            ),
+                        ));
+                    }
+                    tunnel.pdrs[n] = m;
+                    tunnel.pdr_count += 1;
+                }
+            }
+            Interface::SgiLan => {
+                if !def.pdi.sdf_filters.is_empty() {
+                    return Err(Reject::unsupported(
+                        ie_type::SDF_FILTER,
+                        format!(
+                            "PDR {id}: SDF filters on packets from the local services are not \
+                             supported; one PDR per UE address carries its downlink"
+                        ),
+                    ));
+                }
+                let act = action(rules, def, source)?;
+                let (code, teid, gnb) = match act {
+                    Action::Drop => (pdr_action::DROP, 0, None),
+                    Action::Encapsulate { teid, gnb } => {
+                        match gnb {
+                            IpAddr::V4(_) if ctx.n3_v4.is_none() => {
+                                return Err(Reject::rule(
+                                    ie_type::OUTER_HEADER_CREATION,
+                                    format!(
+                                        "PDR {id}: gNB {gnb} is IPv4 but N3 has no IPv4 address"
+                                    ),
+                                ));
+                            }
+                            IpAddr::V6(_) if ctx.n3_v6.is_none() => {
+                                return Err(Reject::rule(
+                                    ie_type::OUTER_HEADER_CREATION,
+                                    format!(
+                                        "PDR {id}: gNB {gnb} is IPv6 but N3 has no IPv6 address"
+                                    ),
+                                ));
+                            }
+                            _ => {}
+                        }
+                        (pdr_action::ENCAPSULATE, teid, Some(gnb))
+                    }
+                    _ => {
+                        return Err(Reject::unsupported(
+                            ie_type::DESTINATION_INTERFACE,
+                            format!(
+                                "PDR {id}: from SGi-LAN/N6-LAN mecgw sends to the access side only"
+                            ),
+                        ));
+                    }
+                };
+                let mut entry = PfcpDownlink {
+                    session: ctx.session,
+                    counter: ctx.counter,
+                    pdr_id: u32::from(id),
+                    pdr_counter: slot,
+                    action: code,
+                    downlink_teid: teid,
+                    qfi: u32::from(qer_qfi(rules, def) & 0x3f),
+                    ..PfcpDownlink::default()
+                };
+                match gnb {
+                    Some(IpAddr::V4(a)) => entry.gnb[..4].copy_from_slice(&a.octets()),
+                    Some(IpAddr::V6(a)) => {
+                        entry.flags |= DOWNLINK_GNB_V6;
+                        entry.gnb = a.octets();
+                    }
+                    None => {}
+                }
+                let mut any = false;
+                for ue in &def.pdi.ue_ip_address {
+                    if let Some(a) = ue.ipv4 {
+                        any = true;
+                        // Precedence order: the first PDR for an address keeps it.
+                        out.downlinks.entry(UeKey::V4(a.octets())).or_insert(entry);
+                    }
+                    if let Some(a) = ue.ipv6 {
+                        any = true;
+                        let len = u32::from(ue.ipv6_prefix_length.unwrap_or(64));
+                        let prefix = (u128::from(a) & mask_v6(len as u8)).to_be_bytes();
+                        out.downlinks.entry(UeKey::V6(prefix, len)).or_insert(entry);
+                    }
+                }
+                if !any {
+                    return Err(Reject::new(
+                        Cause::CONDITIONAL_IE_MISSING,
+                        ie_type::UE_IP_ADDRESS,
+                        format!("PDR {id}: from SGi-LAN/N6-LAN the PDI needs the UE IP Address"),
+                    ));
+                }
+            }
+            other => {
+                return Err(Reject::unsupported(
+                    ie_type::SOURCE_INTERFACE,
+                    format!("PDR {id}: Source Interface {other:?} is not one mecgw receives from"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn targets_used(t: &PfcpTunnel) -> usize {
+    t.targets
+        .iter()
+        .take_while(|x| **x != TunnelTarget::default())
+        .count()
+}
+
+/// Records the UE's address(es) on an access-side tunnel (for its source check); PDRs of
+/// one tunnel must agree on them.
+fn add_ue(
+    t: &mut PfcpTunnel,
+    v4: Option<Ipv4Addr>,
+    v6: Option<Ipv6Addr>,
+    v6_len: Option<u8>,
+    pdr: u16,
+) -> Result<(), Reject> {
+    let clash = || {
+        Reject::rule(
+            ie_type::UE_IP_ADDRESS,
+            format!("PDR {pdr}: the PDRs of one F-TEID name different UE addresses"),
+        )
+    };
+    if let Some(a) = v4 {
+        let w = u32::from_ne_bytes(a.octets());
+        if t.flags & TUNNEL_HAS_UE_V4 != 0 && t.ue_v4 != w {
+            return Err(clash());
+        }
+        t.flags |= TUNNEL_HAS_UE_V4 | TUNNEL_CHECK_UE;
+        t.ue_v4 = w;
+    }
+    if let Some(a) = v6 {
+        let len = v6_len.unwrap_or(64);
+        let prefix = words((u128::from(a) & mask_v6(len)).to_be_bytes());
+        let mask = words(mask_v6(len).to_be_bytes());
+        if t.flags & TUNNEL_HAS_UE_V6 != 0 && (t.ue_v6 != prefix || t.ue_v6_mask != mask) {
+            return Err(clash());
+        }
+        t.flags |= TUNNEL_HAS_UE_V6 | TUNNEL_CHECK_UE;
+        t.ue_v6 = prefix;
+        t.ue_v6_mask = mask;
+    }
+    Ok(())
+}

@@ -1,0 +1,991 @@
+//! The PFCP sessions mecgw holds for its SMFs: their rules, what they took (SEIDs, TEIDs,
+//! counter slots) and what they put into the fast path, kept in step.
+//!
+//! One owner (the endpoint's task) changes the store; a change is validated whole (rules,
+//! references, F-TEIDs, UE addresses, capacity) before anything is written, and written to
+//! the fast path before the store records it, so the response the endpoint then sends is
+//! true: what it accepts is in force, what it refuses changed nothing. Entries removed from
+//! the fast path are read for their final usage only after an RCU grace period
+//! ([`Store::finish`]), so no packet in flight is missed.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use mecgw_ebpf::{Counter, PfcpDownlink, PfcpTunnel};
+use mecgw_pfcp::{
+    ie::{
+        Cause, CreatedPdr, FSeid, FTeid, Interface, NodeId, ReportingTriggers, Urr, UsageReport,
+        UsageReportTrigger, UserId, VolumeMeasurement, ie_type,
+    },
+    message::{SessionEstablishmentRequest, SessionModificationRequest},
+};
+
+use super::rules::{Compiled, Ctx, Reject, Rules, UeKey, compile};
+use crate::{
+    datapath::{DatapathError, FastPath, pfcp_maps::SlotPool},
+    records::harvest::SessionIdentity,
+};
+
+/// What the store needs from the fast path (the XDP maps; a fake in unit tests).
+pub trait Datapath: Send + Sync {
+    fn put_tunnel(&self, teid: u32, t: &PfcpTunnel) -> Result<(), DatapathError>;
+    fn remove_tunnel(&self, teid: u32) -> Result<(), DatapathError>;
+    fn put_downlink(&self, ue: UeKey, d: &PfcpDownlink) -> Result<(), DatapathError>;
+    fn remove_downlink(&self, ue: UeKey) -> Result<(), DatapathError>;
+    fn pdr_counter(&self, slot: u32) -> Result<Counter, DatapathError>;
+    fn zero_pdr_counter(&self, slot: u32) -> Result<(), DatapathError>;
+    fn zero_session_counter(&self, slot: u32) -> Result<(), DatapathError>;
+    /// Blocks until every packet that started before the call has been judged and counted.
+    fn grace_period(&self);
+}
+
+impl Datapath for FastPath {
+    fn put_tunnel(&self, teid: u32, t: &PfcpTunnel) -> Result<(), DatapathError> {
+        self.put_pfcp_tunnel(teid, t)
+    }
+    fn remove_tunnel(&self, teid: u32) -> Result<(), DatapathError> {
+        self.remove_pfcp_tunnel(teid)
+    }
+    fn put_downlink(&self, ue: UeKey, d: &PfcpDownlink) -> Result<(), DatapathError> {
+        match ue {
+            UeKey::V4(a) => self.put_pfcp_downlink_v4(a, d),
+            UeKey::V6(p, len) => self.put_pfcp_downlink_v6(p, len, d),
+        }
+    }
+    fn remove_downlink(&self, ue: UeKey) -> Result<(), DatapathError> {
+        match ue {
+            UeKey::V4(a) => self.remove_pfcp_downlink_v4(a),
+            UeKey::V6(p, len) => self.remove_pfcp_downlink_v6(p, len),
+        }
+    }
+    fn pdr_counter(&self, slot: u32) -> Result<Counter, DatapathError> {
+        FastPath::pdr_counter(self, slot)
+    }
+    fn zero_pdr_counter(&self, slot: u32) -> Result<(), DatapathError> {
+        FastPath::zero_pdr_counter(self, slot)
+    }
+    fn zero_session_counter(&self, slot: u32) -> Result<(), DatapathError> {
+        self.zero_pfcp_session_counter(slot)
+    }
+    fn grace_period(&self) {
+        FastPath::grace_period(self);
+    }
+}
+
+/// The store's fixed facts.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// TEIDs (and operator-visible session ids) from here up are PFCP's.
+    pub teid_min: u32,
+    pub max_sessions: u32,
+    pub max_pdrs: u32,
+    /// Our N3 addresses: the F-TEID addresses we hand out, and the source of what we send.
+    pub n3_v4: Option<Ipv4Addr>,
+    pub n3_v6: Option<Ipv6Addr>,
+}
+
+/// Seconds between 1900 (NTP's era 0) and 1970.
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+
+/// Now as NTP seconds (what PFCP time stamps carry).
+pub fn ntp_now() -> u32 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (unix + NTP_UNIX_OFFSET) as u32
+}
+
+/// Volumes measured for one URR: octets and packets each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Volumes {
+    pub uplink: Counter,
+    pub downlink: Counter,
+}
+
+impl Volumes {
+    fn plus(self, o: Volumes) -> Volumes {
+        Volumes {
+            uplink: self.uplink.plus(o.uplink),
+            downlink: self.downlink.plus(o.downlink),
+        }
+    }
+}
+
+/// A URR and what it measured since its last report.
+#[derive(Clone, Debug)]
+pub struct UrrState {
+    pub def: Urr,
+    pub seqn: u32,
+    /// NTP seconds when the current measurement began.
+    pub start: u32,
+    /// Each linked PDR's counter at the last report.
+    base: BTreeMap<u16, Counter>,
+    /// Measured by PDRs removed since the last report (and by reports the SMF never took).
+    carried: Volumes,
+    /// When the last report was sent (periodic reports count from here).
+    pub reported_at: Instant,
+}
+
+/// A PFCP session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Operator-visible id (from the PFCP range).
+    pub id: u32,
+    pub up_seid: u64,
+    pub cp: FSeid,
+    /// The SMF's address (its association).
+    pub peer: IpAddr,
+    pub user: Option<UserId>,
+    pub rules: Rules,
+    pub counter_slot: u32,
+    pub pdr_slots: BTreeMap<u16, u32>,
+    /// CHOOSE ID → TEID.
+    pub choose: BTreeMap<u8, u32>,
+    pub installed: Compiled,
+    pub urrs: BTreeMap<u32, UrrState>,
+}
+
+impl Session {
+    /// The TEIDs the session's PDRs use.
+    fn teids(&self) -> HashSet<u32> {
+        self.rules
+            .pdrs
+            .values()
+            .filter_map(|p| p.local_teid)
+            .collect()
+    }
+}
+
+/// A deletion waiting for its grace period, so that its final usage is exact.
+pub struct PendingDelete {
+    pub session: Session,
+}
+
+/// Counter slots and TEIDs waiting for one grace period before reuse.
+#[derive(Debug, Default)]
+pub struct Retired {
+    session_slots: Vec<u32>,
+    pdr_slots: Vec<u32>,
+    teids: Vec<u32>,
+}
+
+/// What a session's flow records say about it.
+pub type Identities = Arc<RwLock<HashMap<u32, SessionIdentity>>>;
+
+/// The sessions, and everything they have taken.
+pub struct Store {
+    dp: Arc<dyn Datapath>,
+    opts: StoreOptions,
+    sessions: HashMap<u64, Session>,
+    ue_owner: HashMap<UeKey, u64>,
+    teids: HashSet<u32>,
+    next_teid: u32,
+    retired_teids: Vec<u32>,
+    free_teids: Vec<u32>,
+    session_slots: SlotPool,
+    pdr_slots: SlotPool,
+    next_seid: u64,
+    identities: Identities,
+}
+
+fn system(e: DatapathError) -> Reject {
+    Reject {
+        cause: Cause::SYSTEM_FAILURE,
+        offending_ie: None,
+        why: format!("the fast path refused an update: {e}"),
+    }
+}
+
+fn no_resources(ie: u16, what: &str) -> Reject {
+    Reject::new(
+        Cause::NO_RESOURCES_AVAILABLE,
+        ie,
+        format!("no {what} left: the fast path is full"),
+    )
+}
+
+impl Store {
+    pub fn new(dp: Arc<dyn Datapath>, opts: StoreOptions, identities: Identities) -> Store {
+        // SEIDs start at a random point: a restarted mecgw does not reuse its old ones soon.
+        let next_seid = u64::from(rand::random::<u32>()) << 16 | 1;
+        Store {
+            dp,
+            session_slots: SlotPool::new(opts.max_sessions),
+            pdr_slots: SlotPool::new(opts.max_pdrs),
+            next_teid: opts.teid_min.max(1),
+            opts,
+            sessions: HashMap::new(),
+            ue_owner: HashMap::new(),
+            teids: HashSet::new(),
+            retired_teids: Vec::new(),
+            free_teids: Vec::new(),
+            next_seid,
+            identities,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn get(&self, up_seid: u64) -> Option<&Session> {
+        self.sessions.get(&up_seid)
+    }
+
+    /// The sessions of the SMF at `peer`.
+    pub fn of_peer(&self, peer: IpAddr) -> Vec<u64> {
+        self.sessions
+            .values()
+            .filter(|s| s.peer == peer)
+            .map(|s| s.up_seid)
+            .collect()
+    }
+
+    /// What was given back so far (counter slots, TEIDs), for a grace period starting now:
+    /// pass it to [`Store::end_grace`] once the period has passed.
+    pub fn begin_grace(&mut self) -> Retired {
+        Retired {
+            session_slots: self.session_slots.drain_retired(),
+            pdr_slots: self.pdr_slots.drain_retired(),
+            teids: std::mem::take(&mut self.retired_teids),
+        }
+    }
+
+    /// Whether anything waits for a grace period before it can be reused.
+    pub fn has_retired(&self) -> bool {
+        self.session_slots.retired() > 0
+            || self.pdr_slots.retired() > 0
+            || !self.retired_teids.is_empty()
+    }
+
+    /// After the grace period `retired` was taken for: reusable.
+    pub fn end_grace(&mut self, retired: Retired) {
+        self.session_slots.free(retired.session_slots);
+        self.pdr_slots.free(retired.pdr_slots);
+        for t in &retired.teids {
+            self.teids.remove(t);
+        }
+        self.free_teids.extend(retired.teids);
+    }
+
+    fn take_teid(&mut self) -> Option<u32> {
+        if let Some(t) = self.free_teids.pop() {
+            self.teids.insert(t);
+            return Some(t);
+        }
+        while self.next_teid < u32::MAX {
+            let t = self.next_teid;
+            self.next_teid += 1;
+            if !self.teids.contains(&t) {
+                self.teids.insert(t);
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Resolves the local F-TEIDs of `rules`' PDRs that have none yet: CHOOSE allocates (one
+    /// per CHOOSE ID within the session), an explicit TEID must be of our range and free.
+    /// Returns the Created PDRs to report and the TEIDs newly taken (to give back on failure).
+    fn resolve_teids(
+        &mut self,
+        rules: &mut Rules,
+        choose: &mut BTreeMap<u8, u32>,
+        own: &HashSet<u32>,
+    ) -> Result<(Vec<CreatedPdr>, Vec<u32>), Reject> {
+        let mut created = Vec::new();
+        let mut taken = Vec::new();
+        let (v4, v6) = (self.opts.n3_v4, self.opts.n3_v6);
+        let result: Result<(), Reject> = (|| {
+            for p in rules.pdrs.values_mut() {
+                if p.local_teid.is_some() {
+                    continue;
+                }
+                let Some(fteid) = &p.def.pdi.local_f_teid else {
+                    continue;
+                };
+                match fteid {
+                    FTeid::Choose {
+                        ipv4,
+                        ipv6,
+                        choose_id,
+                    } => {
+                        if (*ipv4 && v4.is_none()) || (*ipv6 && v6.is_none()) || !(*ipv4 || *ipv6) {
+                            return Err(Reject::rule(
+                                ie_type::F_TEID,
+                                format!(
+                                    "PDR {}: the F-TEID asks for an address family N3 does not have",
+                                    p.def.pdr_id
+                                ),
+                            ));
+                        }
+                        let teid = match choose_id.and_then(|c| choose.get(&c)) {
+                            Some(&t) => t,
+                            None => {
+                                let t = self
+                                    .take_teid()
+                                    .ok_or_else(|| no_resources(ie_type::F_TEID, "TEIDs"))?;
+                                taken.push(t);
+                                if let Some(c) = choose_id {
+                                    choose.insert(*c, t);
+                                }
+                                t
+                            }
+                        };
+                        p.local_teid = Some(teid);
+                        created.push(CreatedPdr {
+                            pdr_id: p.def.pdr_id,
+                            local_f_teid: Some(FTeid::Assigned {
+                                teid,
+                                ipv4: if *ipv4 { v4 } else { None },
+                                ipv6: if *ipv6 { v6 } else { None },
+                            }),
+                        });
+                    }
+                    FTeid::Assigned { teid, .. } => {
+                        let teid = *teid;
+                        if teid < self.opts.teid_min {
+                            return Err(Reject::new(
+                                Cause::INVALID_F_TEID_ALLOCATION_OPTION,
+                                ie_type::F_TEID,
+                                format!(
+                                    "PDR {}: TEID {teid:#x} is below mecgw's range ({:#x} and \
+                                     up): let mecgw choose it (CH = 1; mecgw advertises FTUP)",
+                                    p.def.pdr_id, self.opts.teid_min
+                                ),
+                            ));
+                        }
+                        if !own.contains(&teid) {
+                            if self.teids.contains(&teid) {
+                                return Err(Reject::new(
+                                    Cause::INVALID_F_TEID_ALLOCATION_OPTION,
+                                    ie_type::F_TEID,
+                                    format!("PDR {}: TEID {teid:#x} is in use", p.def.pdr_id),
+                                ));
+                            }
+                            self.teids.insert(teid);
+                            taken.push(teid);
+                        }
+                        p.local_teid = Some(teid);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok((created, taken)),
+            Err(e) => {
+                for t in taken {
+                    self.teids.remove(&t);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The UE keys of `compiled` that another session owns, as a reject.
+    fn check_ues(&self, compiled: &Compiled, me: Option<u64>) -> Result<(), Reject> {
+        for key in compiled.downlinks.keys() {
+            if let Some(&owner) = self.ue_owner.get(key)
+                && Some(owner) != me
+            {
+                return Err(Reject::rule(
+                    ie_type::UE_IP_ADDRESS,
+                    format!("UE address {key:?} belongs to another session"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `next` over `prev` in the fast path (new and changed entries, then removals);
+    /// on a refusal, puts `prev` back as far as it can and reports the refusal.
+    fn write(&self, prev: &Compiled, next: &Compiled) -> Result<(), Reject> {
+        let apply = |from: &Compiled, to: &Compiled| -> Result<(), DatapathError> {
+            for (teid, t) in &to.tunnels {
+                if from.tunnels.get(teid) != Some(t) {
+                    self.dp.put_tunnel(*teid, t)?;
+                }
+            }
+            for (ue, d) in &to.downlinks {
+                if from.downlinks.get(ue) != Some(d) {
+                    self.dp.put_downlink(*ue, d)?;
+                }
+            }
+            for teid in from.tunnels.keys().filter(|t| !to.tunnels.contains_key(t)) {
+                self.dp.remove_tunnel(*teid)?;
+            }
+            for ue in from
+                .downlinks
+                .keys()
+                .filter(|u| !to.downlinks.contains_key(u))
+            {
+                self.dp.remove_downlink(*ue)?;
+            }
+            Ok(())
+        };
+        apply(prev, next).map_err(|e| {
+            if let Err(undo) = apply(next, prev) {
+                tracing::error!(error = %undo, "PFCP: could not restore a session's fast-path entries after a failed update");
+            }
+            system(e)
+        })
+    }
+
+    fn give_back_slots(&mut self, session_slot: Option<u32>, pdr_slots: &[u32]) {
+        if let Some(s) = session_slot {
+            self.session_slots.give_back(s);
+        }
+        for &s in pdr_slots {
+            self.pdr_slots.give_back(s);
+        }
+    }
+
+    /// Session Establishment: the new session's UP SEID and Created PDRs, or why not.
+    pub fn establish(
+        &mut self,
+        peer: IpAddr,
+        req: &SessionEstablishmentRequest,
+    ) -> Result<(u64, Vec<CreatedPdr>), Reject> {
+        if self.sessions.len() >= self.opts.max_sessions as usize {
+            return Err(no_resources(ie_type::CREATE_PDR, "sessions"));
+        }
+        let mut rules = Rules::create(
+            &req.create_pdr,
+            &req.create_far,
+            &req.create_qer,
+            &req.create_urr,
+        )?;
+        let mut choose = BTreeMap::new();
+        let (created, taken) = self.resolve_teids(&mut rules, &mut choose, &HashSet::new())?;
+        let undo_teids = |store: &mut Store| {
+            for t in &taken {
+                store.teids.remove(t);
+            }
+        };
+        let Some(counter_slot) = self.session_slots.take() else {
+            undo_teids(self);
+            return Err(no_resources(ie_type::CREATE_PDR, "session counters"));
+        };
+        let mut pdr_slots = BTreeMap::new();
+        for id in rules.pdrs.keys() {
+            match self.pdr_slots.take() {
+                Some(s) => {
+                    pdr_slots.insert(*id, s);
+                }
+                None => {
+                    let slots: Vec<u32> = pdr_slots.values().copied().collect();
+                    self.give_back_slots(Some(counter_slot), &slots);
+                    undo_teids(self);
+                    return Err(no_resources(ie_type::CREATE_PDR, "PDR counters"));
+                }
+            }
+        }
+        let id = self.opts.teid_min.wrapping_add(counter_slot);
+        let up_seid = self.next_seid;
+        self.next_seid = self.next_seid.wrapping_add(1).max(1);
+        let result = (|| {
+            let compiled = compile(
+                &rules,
+                &Ctx {
+                    session: id,
+                    counter: crate::datapath::pfcp_maps::session_counter_slot(counter_slot),
+                    pdr_slots: &pdr_slots,
+                    n3_v4: self.opts.n3_v4,
+                    n3_v6: self.opts.n3_v6,
+                },
+            )?;
+            self.check_ues(&compiled, None)?;
+            self.dp.zero_session_counter(counter_slot).map_err(system)?;
+            for &s in pdr_slots.values() {
+                self.dp.zero_pdr_counter(s).map_err(system)?;
+            }
+            self.write(&Compiled::default(), &compiled)?;
+            Ok(compiled)
+        })();
+        let compiled = match result {
+            Ok(c) => c,
+            Err(e) => {
+                let slots: Vec<u32> = pdr_slots.values().copied().collect();
+                self.give_back_slots(Some(counter_slot), &slots);
+                undo_teids(self);
+                return Err(e);
+            }
+        };
+        for key in compiled.downlinks.keys() {
+            self.ue_owner.insert(*key, up_seid);
+        }
+        let now = ntp_now();
+        let urrs = rules
+            .urrs
+            .values()
+            .map(|u| (u.urr_id, new_urr(u, now)))
+            .collect();
+        let session = Session {
+            id,
+            up_seid,
+            cp: req.cp_f_seid.clone(),
+            peer,
+            user: req.user_id.clone(),
+            rules,
+            counter_slot,
+            pdr_slots,
+            choose,
+            installed: compiled,
+            urrs,
+        };
+        self.publish_identity(&session);
+        self.sessions.insert(up_seid, session);
+        Ok((up_seid, created))
+    }
+
+    fn publish_identity(&self, s: &Session) {
+        let teid = s
+            .rules
+            .pdrs
+            .values()
+            .filter(|p| p.def.pdi.source_interface == Interface::Access)
+            .find_map(|p| p.local_teid)
+            .unwrap_or(0);
+        let qfi = s.rules.qers.values().find_map(|q| q.qfi).unwrap_or(0);
+        let identity = SessionIdentity {
+            imsi: s.user.as_ref().and_then(|u| u.imsi.clone()),
+            msisdn: s.user.as_ref().and_then(|u| u.msisdn.clone()),
+            imei: s.user.as_ref().and_then(|u| u.imei.clone()),
+            teid,
+            qfi,
+        };
+        match self.identities.write() {
+            Ok(mut m) => m.insert(s.id, identity),
+            Err(p) => p.into_inner().insert(s.id, identity),
+        };
+    }
+
+    fn forget_identity(&self, id: u32) {
+        match self.identities.write() {
+            Ok(mut m) => m.remove(&id),
+            Err(p) => p.into_inner().remove(&id),
+        };
+    }
+
+    /// Session Modification: the Created PDRs and the usage reports the response carries
+    /// (removed URRs' final ones, queried ones), or why nothing changed.
+    pub fn modify(
+        &mut self,
+        up_seid: u64,
+        req: &SessionModificationRequest,
+    ) -> Result<(Vec<CreatedPdr>, Vec<UsageReport>), Reject> {
+        let Some(current) = self.sessions.get(&up_seid).cloned() else {
+            return Err(Reject {
+                cause: Cause::SESSION_CONTEXT_NOT_FOUND,
+                offending_ie: None,
+                why: format!("no session with SEID {up_seid:#x}"),
+            });
+        };
+        if let Some(q) = req.query_urr.iter().find(|q| !current.urrs.contains_key(q)) {
+            return Err(Reject::rule(
+                ie_type::QUERY_URR,
+                format!("there is no URR {q} to query"),
+            ));
+        }
+        let mut next = current.clone();
+        let removed_urrs = next.rules.modify(req)?;
+        let own = current.teids();
+        let mut choose = next.choose.clone();
+        let (created, taken) = self.resolve_teids(&mut next.rules, &mut choose, &own)?;
+        next.choose = choose;
+        // Counter slots: new PDRs take one; removed PDRs give theirs back (after their
+        // counts are carried into their URRs).
+        let removed_pdrs: Vec<(u16, u32)> = current
+            .pdr_slots
+            .iter()
+            .filter(|(id, _)| !next.rules.pdrs.contains_key(id))
+            .map(|(&id, &s)| (id, s))
+            .collect();
+        let mut new_slots = Vec::new();
+        for id in next.rules.pdrs.keys() {
+            if next.pdr_slots.contains_key(id) {
+                continue;
+            }
+            match self.pdr_slots.take() {
+                Some(s) => {
+                    next.pdr_slots.insert(*id, s);
+                    new_slots.push(s);
+                }
+                None => {
+                    self.give_back_slots(None, &new_slots);
+                    for t in &taken {
+                        self.teids.remove(t);
+                    }
+                    return Err(no_resources(ie_type::CREATE_PDR, "PDR counters"));
+                }
+            }
+        }
+        for (id, _) in &removed_pdrs {
+            next.pdr_slots.remove(id);
+        }
+        let result = (|| {
+            let compiled = compile(
+                &next.rules,
+                &Ctx {
+                    session: next.id,
+                    counter: crate::datapath::pfcp_maps::session_counter_slot(next.counter_slot),
+                    pdr_slots: &next.pdr_slots,
+                    n3_v4: self.opts.n3_v4,
+                    n3_v6: self.opts.n3_v6,
+                },
+            )?;
+            self.check_ues(&compiled, Some(up_seid))?;
+            for &s in &new_slots {
+                self.dp.zero_pdr_counter(s).map_err(system)?;
+            }
+            self.write(&current.installed, &compiled)?;
+            Ok(compiled)
+        })();
+        let compiled = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.give_back_slots(None, &new_slots);
+                for t in &taken {
+                    self.teids.remove(t);
+                }
+                return Err(e);
+            }
+        };
+        // In force: now record it.
+        let now = ntp_now();
+        if let Some(cp) = &req.cp_f_seid {
+            next.cp = cp.clone();
+        }
+        if let Some(user) = &req.user_id {
+            next.user = Some(user.clone());
+        }
+        // Removed PDRs: their counts so far go to the URRs that remain.
+        for (id, slot) in &removed_pdrs {
+            let Some(old) = current.rules.pdrs.get(id) else {
+                continue;
+            };
+            let uplink = old.def.pdi.source_interface == Interface::Access;
+            let count = self.dp.pdr_counter(*slot).unwrap_or_default();
+            for urr in &old.def.urr_ids {
+                if let Some(state) = next.urrs.get_mut(urr) {
+                    let since = delta(count, state.base.get(id).copied().unwrap_or_default());
+                    if uplink {
+                        state.carried.uplink = state.carried.uplink.plus(since);
+                    } else {
+                        state.carried.downlink = state.carried.downlink.plus(since);
+                    }
+                    state.base.remove(id);
+                }
+            }
+            self.pdr_slots.give_back(*slot);
+        }
+        let mut reports = Vec::new();
+        for u in &removed_urrs {
+            if let Some(mut state) = next.urrs.remove(&u.urr_id) {
+                // The URR is gone from `next.rules`; its PDRs' links are read from the
+                // rules before the change.
+                let measured = measure_with(
+                    &current.rules,
+                    &next.pdr_slots,
+                    &state,
+                    self.dp.as_ref(),
+                    &removed_pdrs,
+                );
+                reports.push(make_report(
+                    &mut state,
+                    measured,
+                    UsageReportTrigger::TERMINATION,
+                    now,
+                ));
+            }
+        }
+        for u in next.rules.urrs.values() {
+            next.urrs
+                .entry(u.urr_id)
+                .and_modify(|s| s.def = u.clone())
+                .or_insert_with(|| new_urr(u, now));
+        }
+        for q in &req.query_urr {
+            let measured = next
+                .urrs
+                .get(q)
+                .map(|s| measure(&next.rules, &next.pdr_slots, s, self.dp.as_ref()));
+            if let (Some(measured), Some(state)) = (measured, next.urrs.get_mut(q)) {
+                reports.push(make_report(
+                    state,
+                    measured,
+                    UsageReportTrigger::IMMEDIATE,
+                    now,
+                ));
+            }
+        }
+        for key in current.installed.downlinks.keys() {
+            if !compiled.downlinks.contains_key(key) {
+                self.ue_owner.remove(key);
+            }
+        }
+        for key in compiled.downlinks.keys() {
+            self.ue_owner.insert(*key, up_seid);
+        }
+        let still = next.teids();
+        // Still taken (no one else may claim them) until a grace period has passed.
+        self.retired_teids.extend(own.difference(&still));
+        next.installed = compiled;
+        self.publish_identity(&next);
+        self.sessions.insert(up_seid, next);
+        Ok((created, reports))
+    }
+
+    /// Session Deletion, first half: the session leaves the fast path now; its final usage is
+    /// read by [`Store::finish`] after a grace period.
+    pub fn delete(&mut self, up_seid: u64) -> Result<PendingDelete, Reject> {
+        let Some(session) = self.sessions.remove(&up_seid) else {
+            return Err(Reject {
+                cause: Cause::SESSION_CONTEXT_NOT_FOUND,
+                offending_ie: None,
+                why: format!("no session with SEID {up_seid:#x}"),
+            });
+        };
+        if let Err(e) = self.write(&session.installed, &Compiled::default()) {
+            // Keep the session as it was: the SMF may try again.
+            self.sessions.insert(up_seid, session);
+            return Err(e);
+        }
+        for key in session.installed.downlinks.keys() {
+            self.ue_owner.remove(key);
+        }
+        self.forget_identity(session.id);
+        Ok(PendingDelete { session })
+    }
+
+    /// Session Deletion, second half, after a grace period: every URR's final report; the
+    /// session's TEIDs and counter slots become reusable after the next one.
+    pub fn finish(&mut self, pending: PendingDelete) -> Vec<UsageReport> {
+        let PendingDelete { session } = pending;
+        let now = ntp_now();
+        let mut reports = Vec::new();
+        for state in session.urrs.values() {
+            let mut state = state.clone();
+            let measured = measure(&session.rules, &session.pdr_slots, &state, self.dp.as_ref());
+            reports.push(make_report(
+                &mut state,
+                measured,
+                UsageReportTrigger::TERMINATION,
+                now,
+            ));
+        }
+        // The session's entries left the fast path before the grace period that ran before
+        // this call: nothing counts into its slots or arrives on its TEIDs any more.
+        self.session_slots.free([session.counter_slot]);
+        self.pdr_slots.free(session.pdr_slots.values().copied());
+        for t in session.teids() {
+            self.teids.remove(&t);
+            self.free_teids.push(t);
+        }
+        reports
+    }
+
+    /// The usage reports due now (periodic reports whose period has passed; volume
+    /// thresholds reached, when `check_thresholds`), per session: (UP SEID, CP F-SEID, peer,
+    /// reports). Counters are read only for URRs that may report.
+    pub fn due_reports(
+        &mut self,
+        check_thresholds: bool,
+    ) -> Vec<(u64, FSeid, IpAddr, Vec<UsageReport>)> {
+        let now = ntp_now();
+        let instant = Instant::now();
+        let dp = Arc::clone(&self.dp);
+        let mut out = Vec::new();
+        for s in self.sessions.values_mut() {
+            let mut reports = Vec::new();
+            for state in s.urrs.values_mut() {
+                let triggers = state.def.reporting_triggers.unwrap_or_default().0;
+                let periodic = triggers & ReportingTriggers::PERIODIC != 0
+                    && state.def.measurement_period.is_some_and(|p| {
+                        p > 0 && instant.duration_since(state.reported_at).as_secs() >= u64::from(p)
+                    });
+                let watches = check_thresholds
+                    && triggers & ReportingTriggers::VOLUME_THRESHOLD != 0
+                    && state.def.volume_threshold.is_some();
+                if !(periodic || watches) {
+                    continue;
+                }
+                let measured = measure(&s.rules, &s.pdr_slots, state, dp.as_ref());
+                let v = measured.volumes;
+                let threshold = watches
+                    && state.def.volume_threshold.is_some_and(|t| {
+                        let total = v.uplink.bytes + v.downlink.bytes;
+                        t.total.is_some_and(|x| total >= x)
+                            || t.uplink.is_some_and(|x| v.uplink.bytes >= x)
+                            || t.downlink.is_some_and(|x| v.downlink.bytes >= x)
+                    });
+                if !(periodic || threshold) {
+                    continue;
+                }
+                let trigger = if threshold {
+                    UsageReportTrigger::VOLUME_THRESHOLD
+                } else {
+                    UsageReportTrigger::PERIODIC
+                };
+                reports.push(make_report(state, measured, trigger, now));
+            }
+            if !reports.is_empty() {
+                out.push((s.up_seid, s.cp.clone(), s.peer, reports));
+            }
+        }
+        out
+    }
+
+    /// A report the SMF never took: its volumes go into the URR's next one.
+    pub fn carry_back(&mut self, up_seid: u64, reports: &[UsageReport]) {
+        let Some(s) = self.sessions.get_mut(&up_seid) else {
+            return;
+        };
+        for r in reports {
+            if let (Some(state), Some(v)) = (s.urrs.get_mut(&r.urr_id), r.volume) {
+                state.carried = state.carried.plus(Volumes {
+                    uplink: Counter {
+                        packets: v.uplink_packets.unwrap_or(0),
+                        bytes: v.uplink_octets.unwrap_or(0),
+                    },
+                    downlink: Counter {
+                        packets: v.downlink_packets.unwrap_or(0),
+                        bytes: v.downlink_octets.unwrap_or(0),
+                    },
+                });
+            }
+        }
+    }
+
+    /// Every session's identity summary, for the status views: (id, UP SEID, peer, IMSI).
+    pub fn summaries(&self) -> Vec<(u32, u64, IpAddr, Option<String>)> {
+        let mut v: Vec<_> = self
+            .sessions
+            .values()
+            .map(|s| {
+                (
+                    s.id,
+                    s.up_seid,
+                    s.peer,
+                    s.user.as_ref().and_then(|u| u.imsi.clone()),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn new_urr(u: &Urr, now: u32) -> UrrState {
+    UrrState {
+        def: u.clone(),
+        seqn: 0,
+        start: now,
+        base: BTreeMap::new(),
+        carried: Volumes::default(),
+        reported_at: Instant::now(),
+    }
+}
+
+fn delta(now: Counter, base: Counter) -> Counter {
+    Counter {
+        packets: now.packets.saturating_sub(base.packets),
+        bytes: now.bytes.saturating_sub(base.bytes),
+    }
+}
+
+/// What a URR measured since its last report, and its PDRs' counters now (the next base).
+pub struct Measured {
+    pub volumes: Volumes,
+    counts: BTreeMap<u16, Counter>,
+}
+
+/// What `state` measured since its last report: its PDRs' counters past their base, plus
+/// what it carries.
+fn measure(
+    rules: &Rules,
+    slots: &BTreeMap<u16, u32>,
+    state: &UrrState,
+    dp: &dyn Datapath,
+) -> Measured {
+    measure_with(rules, slots, state, dp, &[])
+}
+
+/// [`measure`], also counting PDRs removed from `slots` but listed in `removed`.
+fn measure_with(
+    rules: &Rules,
+    slots: &BTreeMap<u16, u32>,
+    state: &UrrState,
+    dp: &dyn Datapath,
+    removed: &[(u16, u32)],
+) -> Measured {
+    let mut counts = BTreeMap::new();
+    let mut v = state.carried;
+    for p in rules.pdrs.values() {
+        if !p.def.urr_ids.contains(&state.def.urr_id) {
+            continue;
+        }
+        let id = p.def.pdr_id;
+        let Some(&slot) = slots
+            .get(&id)
+            .or_else(|| removed.iter().find(|(r, _)| *r == id).map(|(_, s)| s))
+        else {
+            continue;
+        };
+        let count = dp.pdr_counter(slot).unwrap_or_default();
+        let since = delta(count, state.base.get(&id).copied().unwrap_or_default());
+        counts.insert(id, count);
+        if p.def.pdi.source_interface == Interface::Access {
+            v.uplink = v.uplink.plus(since);
+        } else {
+            v.downlink = v.downlink.plus(since);
+        }
+    }
+    Measured { volumes: v, counts }
+}
+
+/// A usage report of what `state` measured; the measurement starts again from here.
+fn make_report(state: &mut UrrState, measured: Measured, trigger: u32, now: u32) -> UsageReport {
+    let volumes = measured.volumes;
+    let report = UsageReport {
+        urr_id: state.def.urr_id,
+        ur_seqn: state.seqn,
+        trigger: UsageReportTrigger(trigger),
+        start_time: Some(state.start),
+        end_time: Some(now),
+        volume: Some(VolumeMeasurement {
+            total_octets: Some(volumes.uplink.bytes + volumes.downlink.bytes),
+            uplink_octets: Some(volumes.uplink.bytes),
+            downlink_octets: Some(volumes.downlink.bytes),
+            total_packets: Some(volumes.uplink.packets + volumes.downlink.packets),
+            uplink_packets: Some(volumes.uplink.packets),
+            downlink_packets: Some(volumes.downlink.packets),
+        }),
+        duration: Some(now.saturating_sub(state.start)),
+    };
+    state.seqn = state.seqn.wrapping_add(1);
+    state.start = now;
+    state.carried = Volumes::default();
+    state.reported_at = Instant::now();
+    state.base = measured.counts;
+    report
+}
+
+/// Whether `node` names `peer` (an IPv4/IPv6 Node ID must be the sender's address; an FQDN
+/// cannot be checked here).
+pub fn node_is(node: &NodeId, peer: IpAddr) -> bool {
+    match node {
+        NodeId::Ipv4(a) => IpAddr::V4(*a) == peer,
+        NodeId::Ipv6(a) => IpAddr::V6(*a) == peer,
+        NodeId::Fqdn(_) => true,
+    }
+}
