@@ -166,8 +166,10 @@ pub fn up() -> anyhow::Result<Testbed> {
         NS_EDGE,
         &["ip", "-6", "route", "add", UE_POOL_V6, "via", LOCAL.v6],
     )?;
-    // veth delivers XDP-redirected frames only to a peer running NAPI: GRO turns it on.
-    for p in [&GNB, &EDGE] {
+    // veth delivers XDP-redirected frames only to a peer running NAPI: GRO turns it on. The
+    // gateway redirects to the gNB (encapsulated downlink), the edge (local breakout) and the
+    // UPF (a PFCP session's uplink re-tunnelled to its PSA).
+    for p in [&GNB, &EDGE, &UPF] {
         bed.exec(p.netns, &["ethtool", "-K", p.link, "gro", "on"])?;
     }
     // A veth sender with checksum offload leaves L4 checksums partial (the "hardware" never
