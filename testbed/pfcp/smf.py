@@ -21,7 +21,8 @@ request mecgw did not answer is not an error: "answered" is false). Commands ("c
                -> cause, node_id, recovery_ts, up_features (hex), ftup
   association_update {from?}                -> cause
   release      {from?}                      Association Release Request -> cause
-  heartbeat    {recovery_ts?, from?}        -> answered, recovery_ts (mecgw's)
+  heartbeat    {recovery_ts?, from?}        -> answered, recovery_ts (mecgw's); a
+                                            recovery_ts given is the SMF's from then on
   establish    {name, ue_v4, ue_v6?, gnb, dl_teid, qfi, edge: [prefix...],
                 imsi?, msisdn?, imei?, catch_all: {mode: "pass"|"psa", teid?, addr?},
                 urr?: {period?, volume_threshold?}, explicit_teid?: {teid, ipv4},
@@ -36,6 +37,9 @@ request mecgw did not answer is not an error: "answered" is false). Commands ("c
   retransmit   {}                           resends the last request, same sequence number
                -> answered, identical (byte for byte with the first answer), first, second
   silent       {on: bool}                   stop (or resume) answering mecgw's requests
+  restart      {recovery_ts?}               answer mecgw's heartbeats with a new Recovery
+                                            Time Stamp from now on (a restart mecgw must
+                                            notice by itself)
   raw          {hex, from?, wait_ms?}       sends the bytes as they are
                -> answers [{hex, type, seq, cause, offending_ie}]
   fuzz         {count, seed, from?, associate?, wait_ms?}
@@ -386,7 +390,9 @@ class Smf:
         self.lock = threading.Lock()
         self.endpoints = {args.local: Endpoint(self, args.local, args.port)}
         self.port = args.port
-        self.seq = random.Random(args.local).randrange(1, 1 << 16)
+        # A restarted SMF must not reuse its predecessor's sequence numbers: a UP function
+        # answers a (peer, sequence) it saw recently from its retransmission cache.
+        self.seq = random.SystemRandom().randrange(1, 1 << 23)
         self.next_seid = 0x5EED0000_00000001
         self.sessions = {}     # name -> session state
         self.by_cp_seid = {}   # our SEID -> name
@@ -555,6 +561,9 @@ class Smf:
 
     def build_heartbeat(self, cmd):
         ts = cmd.get("recovery_ts", self.recovery_ts)
+        if "recovery_ts" in cmd and self.endpoint(cmd).addr == self.local:
+            # A new time stamp says the SMF restarted: it answers with it from now on.
+            self.recovery_ts = ts
         return self.node_message(pfcp.PFCPHeartbeatRequest(
             IE_list=[pfcp.IE_RecoveryTimeStamp(timestamp=ts)]))
 
@@ -886,6 +895,12 @@ class Smf:
                 "second": second.hex() if second else None,
                 "request": data.hex()}
 
+    def cmd_restart(self, cmd):
+        """Claims a restart without a word: the new Recovery Time Stamp only shows in the
+        answers to mecgw's heartbeats."""
+        self.recovery_ts = int(cmd.get("recovery_ts", ntp_now()))
+        return {"recovery_ts": self.recovery_ts}
+
     def cmd_silent(self, cmd):
         with self.lock:
             self.silent = bool(cmd.get("on", True))
@@ -944,6 +959,8 @@ class Smf:
     @staticmethod
     def byte_mutation(data, rng):
         b = bytearray(data)
+        if not b:  # cut to nothing by an earlier mutation: a few random octets instead
+            return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16)))
         kind = rng.randrange(6)
         if kind == 0:  # flip a bit
             i = rng.randrange(len(b))
@@ -988,11 +1005,17 @@ class Smf:
                 cls = classes[len(messages) % len(classes)]
                 # Random IEs of the kinds an SMF sends, inside a fuzzed message.
                 ies = [fuzz(rng.choice(FUZZ_IES)()) for _ in range(rng.randrange(4))]
+                # Three in four keep a valid header (version 1, the S flag the type needs),
+                # so that fuzzed IEs reach the message handlers; the rest fuzz it too.
+                header = pfcp.PFCP()
+                if len(messages) % 4:
+                    session = cls in SESSION_CLASSES
+                    header = pfcp.PFCP(version=1, S=int(session), MP=0)
                 try:
-                    messages.append(bytes(fuzz(pfcp.PFCP() / cls(IE_list=ies))))
-                except (ValueError, struct.error, OverflowError):
-                    # fuzz() drew a value its field cannot hold (a length over 255): draw
-                    # again.
+                    messages.append(bytes(fuzz(header / cls(IE_list=ies))))
+                except (ValueError, struct.error, OverflowError, OSError):
+                    # fuzz() drew a value its field cannot hold (a length over 255, an IPv6
+                    # address inet_pton refuses): draw again.
                     continue
             bases = self.fuzz_bases(ep, rng)
             for i in range(count):
@@ -1097,6 +1120,10 @@ class Smf:
                 out = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             print(json.dumps(out, default=str), flush=True)
 
+
+# The session messages among the fuzzed classes (their header has a SEID).
+SESSION_CLASSES = {pfcp.PFCPSessionEstablishmentRequest, pfcp.PFCPSessionModificationRequest,
+                   pfcp.PFCPSessionDeletionRequest, pfcp.PFCPSessionReportResponse}
 
 # The IEs fuzz() puts inside fuzzed messages: those an SMF sends, leaf and grouped.
 FUZZ_IES = [pfcp.IE_NodeId, pfcp.IE_FSEID, pfcp.IE_RecoveryTimeStamp, pfcp.IE_CreatePDR,

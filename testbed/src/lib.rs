@@ -50,8 +50,8 @@ pub use config::{
 };
 pub use netns::{Endpoint, LOCK_PATH, Testbed, TestbedLock, delete_all, in_netns, lock, netns_cmd};
 pub use processes::{
-    Children, Gateway, catch_interrupts, gnbsim, interrupted, metric, ops_get, sample_value,
-    xdp_attached,
+    Capture, Children, Gateway, catch_interrupts, gnbsim, interrupted, metric, ops_get,
+    sample_value, xdp_attached,
 };
 
 pub const NS_RAN: &str = "mecgw-tb-ran";

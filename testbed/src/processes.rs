@@ -261,3 +261,57 @@ pub fn gnbsim(bin: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
         )
     })
 }
+
+/// A tshark capture on one link of the testbed, written to a file: an independent reader of
+/// what crossed it. Dropped unstopped, the capture is killed.
+pub struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing on `port`'s link into `file`, and returns once tshark captures.
+    pub fn start(port: &Port, file: &Path) -> anyhow::Result<Capture> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", port.netns, "tshark", "-q", "-i", port.link])
+            .arg("-w")
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tshark (installed by cargo xtask setup)")?;
+        let capture = Capture {
+            child,
+            file: file.to_path_buf(),
+        };
+        // tshark writes the capture file's header once it is capturing.
+        let start = Instant::now();
+        while std::fs::metadata(file).map_or(0, |m| m.len()) == 0 {
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("tshark never started capturing on {}", port.link);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(capture)
+    }
+
+    /// Stops the capture (after a moment for what is in flight) and returns its file.
+    pub fn stop(mut self) -> anyhow::Result<std::path::PathBuf> {
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) on our own child, not yet reaped; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        self.child.wait().context("waiting for tshark")?;
+        Ok(self.file.clone())
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

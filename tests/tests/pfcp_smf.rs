@@ -608,13 +608,29 @@ fn association_and_heartbeats_both_ways() {
     let update = run.smf.call(json!({"cmd": "association_update"})).unwrap();
     assert_eq!(update["cause"], 1, "{update}");
 
+    // An SMF that restarted shows it in its answers to mecgw's heartbeats (a new Recovery
+    // Time Stamp): mecgw deletes its sessions by itself.
+    for i in 0..2 {
+        run.smf
+            .establish(&UlclSession::numbered(i, &[EDGE4], true))
+            .unwrap();
+    }
+    assert_eq!(sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]), 2);
+    run.smf
+        .call(json!({"cmd": "restart", "recovery_ts": 3_900_000_002u32}))
+        .unwrap();
+    wait_until(
+        "mecgw notices the SMF's restart in a Heartbeat Response",
+        || sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]) == 0,
+    );
+
     // Release deletes the association's sessions.
-    run.smf
-        .establish(&UlclSession::numbered(0, &[EDGE4], true))
-        .unwrap();
-    run.smf
-        .establish(&UlclSession::numbered(1, &[EDGE4], true))
-        .unwrap();
+    run.smf.associate(Some(3_900_000_002)).unwrap();
+    for i in 0..2 {
+        run.smf
+            .establish(&UlclSession::numbered(i, &[EDGE4], true))
+            .unwrap();
+    }
     assert_eq!(sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]), 2);
     let release = run.smf.call(json!({"cmd": "release"})).unwrap();
     assert_eq!(release["cause"], 1, "{release}");
@@ -657,6 +673,12 @@ fn ulcl_sessions_steer_edge_traffic_locally_and_the_rest_to_the_core() {
         .collect();
     let mut teids: Vec<u32> = psa.iter().chain(&pass).map(|e| e.teid).collect();
     for e in psa.iter().chain(&pass) {
+        assert_eq!(
+            e.answer["up_ipv4"],
+            testbed::smf::MECGW_PFCP_ADDR,
+            "the UP F-SEID's address: {}",
+            e.answer
+        );
         assert!(
             e.teid >= 0x8000_0000,
             "TEID {:#x} outside mecgw's range",
@@ -711,6 +733,34 @@ fn ulcl_sessions_steer_edge_traffic_locally_and_the_rest_to_the_core() {
         Some(&record),
     );
     all_answered(&sent_pass);
+
+    // The fast path's own account: per round, a PSA UE's UDP, ICMP and UDP6 to the edge and
+    // its two TCP connections (SYN, data, FIN, last ACK) broken out, its three core probes
+    // re-tunnelled; a pass UE's six edge packets broken out, its two core probes forwarded.
+    let m = metrics();
+    let reason = |r: &str| sample_sum(&m, "mecgw_fastpath_reason_packets_total", &[("reason", r)]);
+    let rounds64 = u64::from(rounds);
+    assert_eq!(reason("pdr_local"), rounds64 * (2 * 11 + 2 * 6), "{m}");
+    assert_eq!(reason("pdr_retunnel"), rounds64 * 2 * 3, "{m}");
+    assert_eq!(reason("pdr_forward"), rounds64 * 2 * 2, "{m}");
+    for r in [
+        "no_pdr",
+        "unknown_teid",
+        "spoofed_source",
+        "pdr_drop",
+        "no_neighbour",
+    ] {
+        assert_eq!(reason(r), 0, "{r}: {m}");
+    }
+    let encapsulated: u64 = (0..2)
+        .flat_map(|i| {
+            [
+                UeVolume::of(&sent_psa, i).encapsulated_by_mecgw().0,
+                UeVolume::of(&sent_pass, i).encapsulated_by_mecgw().0,
+            ]
+        })
+        .sum();
+    assert_eq!(reason("encapsulated"), encapsulated, "{m}");
 
     // Downlink: the edge's answers were encapsulated by mecgw, the core's came from the core:
     // one answer per UDP/ICMP probe to the core, per UE.
@@ -861,6 +911,8 @@ fn modifications_add_and_remove_an_sdf_filter_and_update_a_far() {
 fn usage_reports_add_up_to_the_inner_volumes_sent_and_received() {
     let _turn = turn();
     let mut run = Run::start(&PfcpSettings::default());
+    // tshark reads every N4 message of the test: mecgw's reports too.
+    let n4 = testbed::Capture::start(&UPF, &run.dir.path().join("n4.pcapng")).unwrap();
     run.smf.associate(None).unwrap();
     let plain = UlclSession::numbered(0, &[EDGE4], true);
     let mut periodic = UlclSession::numbered(1, &[EDGE4], true);
@@ -933,17 +985,7 @@ fn usage_reports_add_up_to_the_inner_volumes_sent_and_received() {
             .filter(|r| r["session"] == s.name.as_str())
             .cloned()
             .collect();
-        let mut parts = reported.clone();
-        parts.extend(
-            finals[i]["usage_reports"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .cloned(),
-        );
-        if i == 0 {
-            parts.extend(query["usage_reports"].as_array().unwrap().iter().cloned());
-        }
+        let parts = parts_of(&reported, &finals[i], (i == 0).then_some(&query));
         let (ul_octets, dl_octets, ul_packets, dl_packets) = usage_totals(&Value::Array(parts));
         assert_eq!(
             (ul_packets, ul_octets, dl_packets, dl_octets),
@@ -963,13 +1005,87 @@ fn usage_reports_add_up_to_the_inner_volumes_sent_and_received() {
             1 => assert!(triggers.iter().all(|t| t == "PERIO") && reported.len() >= 2),
             _ => assert!(triggers.contains(&"VOLTH".to_string()), "{reported:?}"),
         }
+        // Every report has its measurement's Start and End Time (TS 29.244 Table
+        // 7.5.8.3-1), and UR-SEQN counts the URR's reports from 0 (§8.2.77).
+        let mut seqns = Vec::new();
+        for r in parts_of(&reported, &finals[i], (i == 0).then_some(&query)) {
+            let (start, end) = (r["start_time"].as_u64(), r["end_time"].as_u64());
+            assert!(
+                start.is_some() && end >= start,
+                "{}: start/end time in {r}",
+                s.name
+            );
+            seqns.push(r["ur_seqn"].as_u64().unwrap());
+        }
+        seqns.sort_unstable();
+        assert_eq!(
+            seqns,
+            (0..seqns.len() as u64).collect::<Vec<_>>(),
+            "{}: UR-SEQN",
+            s.name
+        );
     }
     let m = metrics();
     assert_eq!(sample_sum(&m, "mecgw_pfcp_sessions", &[]), 0);
-    assert!(
-        sample_sum(&m, "mecgw_pfcp_usage_reports_total", &[]) >= 3,
-        "{m}"
+    for (trigger, at_least) in [
+        ("periodic", 2),
+        ("volume_threshold", 1),
+        ("modification_response", 1),
+        ("deletion_response", 3),
+    ] {
+        assert!(
+            sample_sum(
+                &m,
+                "mecgw_pfcp_usage_reports_total",
+                &[("trigger", trigger)]
+            ) >= at_least,
+            "{trigger}: {m}"
+        );
+    }
+
+    // The deleted sessions' TEIDs steer nothing any more.
+    let edge_only = [probe("edge-udp", &format!("udp:{}:7", EDGE.v4))];
+    let gone = gnbsim(&run, 0, &all, N3.v4, &edge_only, 1, 300);
+    assert_eq!(answered(&gone, "edge-udp"), (3, 0), "{gone}");
+
+    dissects_cleanly(
+        &n4.stop().unwrap(),
+        &["PFCP Session Report Request", "Usage Report"],
     );
+}
+
+/// A session's reports: those of Session Report Requests, the final one, the query's.
+fn parts_of(reported: &[Value], fin: &Value, query: Option<&Value>) -> Vec<Value> {
+    let mut parts = reported.to_vec();
+    parts.extend(fin["usage_reports"].as_array().unwrap().iter().cloned());
+    if let Some(q) = query {
+        parts.extend(q["usage_reports"].as_array().unwrap().iter().cloned());
+    }
+    parts
+}
+
+/// tshark dissects every PFCP message of the capture `pcap` without an error or a warning,
+/// and sees each of `expected` (text of its dissection) at least once.
+fn dissects_cleanly(pcap: &Path, expected: &[&str]) {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-Y", "pfcp", "-V"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for bad in ["Malformed", "Expert Info (Error", "Expert Info (Warning"] {
+        if let Some(at) = text.find(bad) {
+            panic!(
+                "tshark: {bad} in the N4 capture:\n{}",
+                &text[at.saturating_sub(3000)..at]
+            );
+        }
+    }
+    for e in expected {
+        assert!(text.contains(e), "tshark saw no {e:?} on N4");
+    }
 }
 
 /// A retransmitted request (same sequence number) gets the first answer again, byte for byte,
@@ -992,6 +1108,33 @@ fn retransmitted_requests_are_answered_identically_and_applied_once() {
         "{again}"
     );
     assert_eq!(sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]), 1);
+
+    // A different request that reuses the sequence number is no retransmission: a Heartbeat
+    // Request gets a Heartbeat Response, not the cached Session Establishment Response (TS
+    // 29.244 §6.4: a retransmitted request is a copy of the original).
+    let mut hb = hex(run
+        .smf
+        .call(json!({"cmd": "build", "request": {"cmd": "heartbeat"}}))
+        .unwrap()["hex"]
+        .as_str()
+        .unwrap());
+    let seq = u32::try_from(s.answer["seq"].as_u64().unwrap()).unwrap();
+    hb[4..7].copy_from_slice(&seq.to_be_bytes()[1..]);
+    let out = run
+        .smf
+        .call(json!({"cmd": "raw", "hex": to_hex(&hb)}))
+        .unwrap();
+    let types: Vec<&Value> = out["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["type"])
+        .collect();
+    assert_eq!(
+        types,
+        vec![&json!(2)],
+        "a heartbeat with a used sequence number: {out}"
+    );
 
     let add = run
         .smf
@@ -1027,6 +1170,11 @@ fn retransmitted_requests_are_answered_identically_and_applied_once() {
         ),
         2,
         "both copies arrived: {m}"
+    );
+    assert_eq!(
+        sample_sum(&m, "mecgw_pfcp_retransmissions_total", &[]),
+        3,
+        "three retransmissions answered from the cache: {m}"
     );
 }
 
@@ -1069,8 +1217,8 @@ fn a_silent_smf_is_lost_and_with_keep_its_sessions_still_forward() {
     let log = run.log();
     assert!(
         log.lines()
-            .any(|l| l.contains(SMF_ADDR) && l.to_lowercase().contains("lost")),
-        "mecgw logs the lost peer:\n{log}"
+            .any(|l| l.contains("WARN") && l.contains(SMF_ADDR) && l.contains("heartbeats")),
+        "mecgw warns of the SMF that stopped answering heartbeats:\n{log}"
     );
     let stats = run.smf.call(json!({"cmd": "stats"})).unwrap();
     assert!(
@@ -1106,6 +1254,33 @@ fn a_silent_smf_is_lost_and_with_keep_its_sessions_still_forward() {
         (2, 0),
         "no session, no local breakout: {report}"
     );
+    assert!(run.alive());
+}
+
+/// With `keep`, a lost SMF's sessions go once `lost_session_timeout_secs` passed without it
+/// coming back: the edge traffic stops being steered.
+#[test]
+fn a_lost_smfs_kept_sessions_go_after_the_lost_session_timeout() {
+    let _turn = turn();
+    let mut run = Run::start(&PfcpSettings {
+        lost_session_timeout_secs: 2,
+        ..quick_loss("keep")
+    });
+    run.smf.associate(None).unwrap();
+    let s = run
+        .smf
+        .establish(&UlclSession::numbered(0, &[EDGE4], true))
+        .unwrap();
+    run.smf.call(json!({"cmd": "silent", "on": true})).unwrap();
+    wait_until("mecgw counts the SMF as lost", || {
+        sample_sum(&metrics(), "mecgw_pfcp_peers_lost_total", &[]) == 1
+    });
+    wait_until("the lost SMF's kept sessions time out", || {
+        sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]) == 0
+    });
+    let edge_only = [probe("edge-udp", &format!("udp:{}:7", EDGE.v4))];
+    let report = gnbsim(&run, 0, &[&s], N3.v4, &edge_only, 1, 300);
+    assert_eq!(answered(&report, "edge-udp"), (1, 0), "{report}");
     assert!(run.alive());
 }
 
@@ -1210,6 +1385,7 @@ fn a_bounded_fuzz_leaves_the_daemon_alive_and_the_fast_path_unchanged() {
 fn malformed_and_refused_requests_get_their_cause_and_offending_ie() {
     let _turn = turn();
     let mut run = Run::start(&PfcpSettings::default());
+    let n4 = testbed::Capture::start(&UPF, &run.dir.path().join("n4.pcapng")).unwrap();
     let session = |i| UlclSession::numbered(i, &[EDGE4], true);
 
     let out = run.smf.call(session(0).to_json()).unwrap();
@@ -1312,7 +1488,13 @@ fn malformed_and_refused_requests_get_their_cause_and_offending_ie() {
     assert_eq!(out["answered"], false, "{out}");
 
     let m = metrics();
-    assert!(sample_sum(&m, "mecgw_pfcp_ignored_total", &[]) >= 2, "{m}");
+    for reason in ["not_a_peer", "unknown_message_type"] {
+        assert_eq!(
+            sample_sum(&m, "mecgw_pfcp_ignored_total", &[("reason", reason)]),
+            1,
+            "{reason}: {m}"
+        );
+    }
     for cause in [
         "mandatory_ie_missing",
         "invalid_length",
@@ -1328,4 +1510,24 @@ fn malformed_and_refused_requests_get_their_cause_and_offending_ie() {
         );
     }
     assert!(run.alive());
+    // mecgw's answers, refusals included, are well-formed PFCP to tshark too (the SMF's
+    // deliberately malformed requests are left out of the check).
+    let all = n4.stop().unwrap();
+    let mecgw_only = run.dir.path().join("mecgw-n4.pcapng");
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(&all)
+        .args([
+            "-Y",
+            &format!("pfcp && ip.src == {}", testbed::smf::MECGW_PFCP_ADDR),
+        ])
+        .arg("-w")
+        .arg(&mecgw_only)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    dissects_cleanly(
+        &mecgw_only,
+        &["Offending IE", "PFCP Version Not Supported Response"],
+    );
 }
