@@ -107,3 +107,65 @@ pub fn write_tables(dir: &Path, ues: u32, rules: &str) -> anyhow::Result<()> {
 pub fn imsi(n: u32) -> String {
     format!("00101{n:010}")
 }
+
+/// The `[pfcp]` section of a testbed gateway whose sessions come from the test SMF
+/// (`smf.rs`): mecgw listens on its core-side address, and answers the SMF's address.
+#[derive(Clone, Debug)]
+pub struct PfcpSettings {
+    /// SMFs answered: addresses or CIDR prefixes.
+    pub peers: Vec<String>,
+    pub heartbeat_interval_secs: u32,
+    pub response_timeout_ms: u32,
+    pub retries: u32,
+    /// "keep" or "release".
+    pub on_peer_lost: &'static str,
+    pub lost_session_timeout_secs: u32,
+}
+
+impl Default for PfcpSettings {
+    fn default() -> Self {
+        PfcpSettings {
+            peers: vec![crate::smf::SMF_ADDR.to_string()],
+            heartbeat_interval_secs: 5,
+            response_timeout_ms: 1000,
+            retries: 3,
+            on_peer_lost: "keep",
+            lost_session_timeout_secs: 600,
+        }
+    }
+}
+
+impl PfcpSettings {
+    /// The TOML section.
+    pub fn to_toml(&self) -> String {
+        let peers: Vec<String> = self.peers.iter().map(|p| format!("\"{p}\"")).collect();
+        format!(
+            "\n[pfcp]\nlisten = \"{addr}:8805\"\nnode_id = \"{addr}\"\npeers = [{peers}]\n\
+             heartbeat_interval_secs = {hb}\nresponse_timeout_ms = {t1}\nretries = {n1}\n\
+             on_peer_lost = \"{lost}\"\nlost_session_timeout_secs = {keep}\n",
+            addr = crate::smf::MECGW_PFCP_ADDR,
+            peers = peers.join(", "),
+            hb = self.heartbeat_interval_secs,
+            t1 = self.response_timeout_ms,
+            n1 = self.retries,
+            lost = self.on_peer_lost,
+            keep = self.lost_session_timeout_secs,
+        )
+    }
+}
+
+/// Writes `mecgw.toml` with `pfcp` and a tables file with no session (they come over PFCP)
+/// and `rules` into `dir`.
+pub fn write_gateway_config_pfcp(
+    dir: &Path,
+    rules: &str,
+    datapath: DatapathChoice,
+    pfcp: &PfcpSettings,
+) -> anyhow::Result<()> {
+    write_gateway_config_for(dir, 0, rules, datapath)?;
+    let path = dir.join("mecgw.toml");
+    let mut config = std::fs::read_to_string(&path)?;
+    config.push_str(&pfcp.to_toml());
+    std::fs::write(path, config)?;
+    Ok(())
+}

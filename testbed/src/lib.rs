@@ -27,8 +27,9 @@
 //!
 //! Here: the topology and [`up`] (this file); namespaces, veth pairs and the lock
 //! (`netns.rs`); the gateway's configuration for the testbed (`config.rs`); the processes on
-//! it, [`Gateway`] and [`gnbsim`] (`processes.rs`); and [`packet`], the packets the tools and
-//! the tests build and parse independently of the gateway's code. The binaries are the tools
+//! it, [`Gateway`] and [`gnbsim`] (`processes.rs`); [`smf`], the test SMF (scapy's PFCP
+//! layers) that programs the gateway's sessions over N4; and [`packet`], the packets the tools
+//! and the tests build and parse independently of the gateway's code. The binaries are the tools
 //! that run in the namespaces (`mecgw-gnbsim`, `mecgw-edge`, `mecgw-core`), `mecgw-testbed`
 //! (`cargo xtask testbed up|down`) and `mecgw-demo` (`cargo xtask demo`).
 //!
@@ -38,17 +39,19 @@ mod config;
 mod netns;
 pub mod packet;
 mod processes;
+pub mod smf;
 
 // Tests and tools run their own commands through these too.
 pub use mecgw_cmd::{capture, run};
 
 pub use config::{
-    DatapathChoice, imsi, write_gateway_config, write_gateway_config_for, write_tables,
+    DatapathChoice, PfcpSettings, imsi, write_gateway_config, write_gateway_config_for,
+    write_gateway_config_pfcp, write_tables,
 };
 pub use netns::{Endpoint, LOCK_PATH, Testbed, TestbedLock, delete_all, in_netns, lock, netns_cmd};
 pub use processes::{
-    Children, Gateway, catch_interrupts, gnbsim, interrupted, metric, ops_get, sample_value,
-    xdp_attached,
+    Capture, Children, Gateway, catch_interrupts, gnbsim, interrupted, metric, ops_get,
+    sample_value, xdp_attached,
 };
 
 pub const NS_RAN: &str = "mecgw-tb-ran";
@@ -163,8 +166,10 @@ pub fn up() -> anyhow::Result<Testbed> {
         NS_EDGE,
         &["ip", "-6", "route", "add", UE_POOL_V6, "via", LOCAL.v6],
     )?;
-    // veth delivers XDP-redirected frames only to a peer running NAPI: GRO turns it on.
-    for p in [&GNB, &EDGE] {
+    // veth delivers XDP-redirected frames only to a peer running NAPI: GRO turns it on. The
+    // gateway redirects to the gNB (encapsulated downlink), the edge (local breakout) and the
+    // UPF (a PFCP session's uplink re-tunnelled to its PSA).
+    for p in [&GNB, &EDGE, &UPF] {
         bed.exec(p.netns, &["ethtool", "-K", p.link, "gro", "on"])?;
     }
     // A veth sender with checksum offload leaves L4 checksums partial (the "hardware" never
@@ -207,7 +212,7 @@ pub struct SessionNumbering {
 }
 
 /// Parses a decimal or `0x`-prefixed hexadecimal u32 (TEIDs on the tools' command lines).
-fn parse_u32(s: &str) -> Result<u32, String> {
+pub fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16),
         None => s.parse(),

@@ -140,6 +140,8 @@ impl Drop for Children {
 pub struct Gateway {
     pub children: Children,
     pub mecgw: usize,
+    /// Where mecgw's output goes (appended), if not to ours.
+    log: Option<std::path::PathBuf>,
 }
 
 impl Gateway {
@@ -149,6 +151,17 @@ impl Gateway {
     pub fn start(
         bin: &Path,
         dir: &Path,
+        core_delay_ms: u64,
+        core_args: &[&str],
+    ) -> anyhow::Result<Gateway> {
+        let mut gw = Gateway::start_services(bin, core_delay_ms, core_args)?;
+        gw.restart(bin, dir)?;
+        Ok(gw)
+    }
+
+    /// The edge services and the core, without mecgw yet.
+    fn start_services(
+        bin: &Path,
         core_delay_ms: u64,
         core_args: &[&str],
     ) -> anyhow::Result<Gateway> {
@@ -164,7 +177,24 @@ impl Gateway {
             "core stand-in",
             netns_cmd(NS_CORE, &bin.join("mecgw-core"), &args),
         )?;
-        let mut gw = Gateway { children, mecgw: 0 };
+        Ok(Gateway {
+            children,
+            mecgw: 0,
+            log: None,
+        })
+    }
+
+    /// Like [`Gateway::start`], with mecgw's stdout and stderr appended to `log` (for tests
+    /// that read what it logged).
+    pub fn start_logging(
+        bin: &Path,
+        dir: &Path,
+        core_delay_ms: u64,
+        core_args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<Gateway> {
+        let mut gw = Gateway::start_services(bin, core_delay_ms, core_args)?;
+        gw.log = Some(log.to_path_buf());
         gw.restart(bin, dir)?;
         Ok(gw)
     }
@@ -190,14 +220,20 @@ impl Gateway {
     /// until it is ready.
     pub fn restart(&mut self, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         let config = dir.join("mecgw.toml");
-        self.mecgw = self.children.spawn(
-            "mecgw",
-            netns_cmd(
-                NS_MEC,
-                &bin.join("mecgw"),
-                &["run", "--config", &config.to_string_lossy()],
-            ),
-        )?;
+        let mut cmd = netns_cmd(
+            NS_MEC,
+            &bin.join("mecgw"),
+            &["run", "--config", &config.to_string_lossy()],
+        );
+        if let Some(log) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("opening {}", log.display()))?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+        }
+        self.mecgw = self.children.spawn("mecgw", cmd)?;
         self.wait_ready()
     }
 
@@ -224,4 +260,58 @@ pub fn gnbsim(bin: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// A tshark capture on one link of the testbed, written to a file: an independent reader of
+/// what crossed it. Dropped unstopped, the capture is killed.
+pub struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing on `port`'s link into `file`, and returns once tshark captures.
+    pub fn start(port: &Port, file: &Path) -> anyhow::Result<Capture> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", port.netns, "tshark", "-q", "-i", port.link])
+            .arg("-w")
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tshark (installed by cargo xtask setup)")?;
+        let capture = Capture {
+            child,
+            file: file.to_path_buf(),
+        };
+        // tshark writes the capture file's header once it is capturing.
+        let start = Instant::now();
+        while std::fs::metadata(file).map_or(0, |m| m.len()) == 0 {
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("tshark never started capturing on {}", port.link);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(capture)
+    }
+
+    /// Stops the capture (after a moment for what is in flight) and returns its file.
+    pub fn stop(mut self) -> anyhow::Result<std::path::PathBuf> {
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) on our own child, not yet reaped; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        self.child.wait().context("waiting for tshark")?;
+        Ok(self.file.clone())
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

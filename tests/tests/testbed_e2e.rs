@@ -66,54 +66,23 @@ fn start_with(ues: u32, rules: &str, datapath: DatapathChoice) -> Run {
 
 /// A tshark capture on the gNB's link, in the `ran` namespace.
 struct Tshark {
-    child: std::process::Child,
-    file: PathBuf,
+    capture: testbed::Capture,
 }
 
 impl Tshark {
     fn start(file: &Path) -> Tshark {
-        let child = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                testbed::NS_RAN,
-                "tshark",
-                "-q",
-                "-i",
-                testbed::GNB.link,
-            ])
-            .arg("-w")
-            .arg(file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tshark (installed by cargo xtask setup)");
-        // tshark writes the capture file's header once it is capturing.
-        let start = std::time::Instant::now();
-        while std::fs::metadata(file).map_or(0, |m| m.len()) == 0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "tshark never started capturing"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Tshark {
-            child,
-            file: file.to_path_buf(),
+            capture: testbed::Capture::start(&testbed::GNB, file).unwrap(),
         }
     }
 
     /// Stops the capture and returns (TEID, PDU type, QFI, inner destination) of every
     /// G-PDU the gateway sent to the gNB, as tshark's GTP dissector reads them.
-    fn stop_and_dissect(mut self) -> Vec<(u32, u8, u8, String)> {
-        std::thread::sleep(Duration::from_millis(300));
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill(2) on our own child; no memory involved.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let _ = self.child.wait();
+    fn stop_and_dissect(self) -> Vec<(u32, u8, u8, String)> {
+        let file = self.capture.stop().unwrap();
         let out = std::process::Command::new("tshark")
             .arg("-r")
-            .arg(&self.file)
+            .arg(&file)
             .args(["-Y", &format!("ip.src == {} && gtp.message == 255", N3.v4)])
             .args(["-T", "fields", "-E", "occurrence=l", "-E", "separator=,"])
             .args(["-e", "gtp.teid", "-e", "gtp.ext_hdr.pdu_ses_con.pdu_type"])

@@ -48,7 +48,8 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 /// The buf CLI (PyPI buf-bin) that lints proto/ in the tests.
 const BUF_VERSION: &str = "1.75.0";
 /// scapy from PyPI: its PFCP layers are the independent encoder pfcp/tests/scapy_agrees.rs
-/// checks the codec against. pip puts it under the `python3` the tests run (Debian's
+/// checks the codec against, and all of the test SMF (testbed/pfcp/smf.py) that programs the
+/// gateway over N4 in the demo and tests/tests/pfcp_smf.rs. pip puts it under the `python3` the tests run (Debian's
 /// python3-scapy 2.5 goes to /usr/bin/python3, which need not be that one), and the tests
 /// are written against 2.8's field layout.
 const SCAPY_VERSION: &str = "2.8.0";
@@ -163,7 +164,7 @@ pub fn run() -> anyhow::Result<()> {
     } else {
         let spec = format!("scapy=={SCAPY_VERSION}");
         shell::step(
-            "scapy (PFCP codec tests)",
+            "scapy (PFCP codec tests, the test SMF)",
             &["python3", "-m", "pip", "install", "--quiet", &spec],
         )?;
         installed.push(format!("pip {spec}"));

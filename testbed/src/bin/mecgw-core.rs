@@ -6,11 +6,19 @@
 //! available here — and sends the answer back to the gNB as a downlink G-PDU. It answers GTP-U
 //! Echo Requests, and can record every datagram it receives (hex, one per line) so that tests
 //! can check that pass-through traffic arrived byte for byte.
+//!
+//! The downlink TEID of an answer follows the sessions' numbering: uplink TEID
+//! `ul_teid_base + i` is answered on `dl_teid_base + i`. With `--dl-teid-by-ue` it comes from
+//! the UE's address instead (UE `i` is `ue_v4_base + i` or `2001:db8:100:i::/64`, as the gNB
+//! simulator numbers them): a G-PDU that passed a gateway unchanged carries the TEID the
+//! gateway chose for a PFCP session, which the core cannot know. Answers go back to the
+//! sender, or, with `--gnb`, to that gNB: as a PSA does when a UL CL re-tunnelled the uplink
+//! to it and the downlink goes straight to the RAN.
 
 use std::{
     fs::File,
     io::Write as _,
-    net::{Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -33,6 +41,23 @@ struct Args {
     /// Append every datagram received, as hex, one per line, to this file.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
+    /// Take the downlink TEID from the UE's address (see the module doc), not the TEID.
+    #[arg(long)]
+    dl_teid_by_ue: bool,
+    /// The first UE's IPv4 address, for `--dl-teid-by-ue`.
+    #[arg(long, default_value = "198.19.0.1")]
+    ue_v4_base: Ipv4Addr,
+    /// Send downlink G-PDUs to this gNB (port 2152) instead of back to the sender.
+    #[arg(long)]
+    gnb: Option<IpAddr>,
+}
+
+/// The index of UE `ue` by the simulator's numbering.
+fn ue_index(ue: IpAddr, v4_base: Ipv4Addr) -> u32 {
+    match ue {
+        IpAddr::V4(a) => u32::from(a).wrapping_sub(u32::from(v4_base)),
+        IpAddr::V6(a) => u32::from(a.segments()[3]),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +70,14 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     let delay = Duration::from_millis(args.delay_ms);
+    // The socket is IPv6 (dual-stack): an IPv4 gNB is reached at its mapped address.
+    let gnb = args.gnb.map(|a| {
+        let a = match a {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        };
+        SocketAddr::new(a, packet::GTPU_PORT)
+    });
 
     // Answers leave in arrival order after a constant delay, so a FIFO is a delay queue.
     let (tx, rx) = mpsc::channel::<(Instant, SocketAddr, Vec<u8>)>();
@@ -74,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("mecgw-core: malformed GTP-U from {from}");
             continue;
         };
+        let mut to = from;
         let answer = match msg.msg_type {
             gtp_type::ECHO_REQUEST => {
                 // Recovery IE (type 14) with restart counter 0.
@@ -85,26 +119,29 @@ fn main() -> anyhow::Result<()> {
                     &[14, 0],
                 ))
             }
-            gtp_type::G_PDU => answer_inner(&msg.payload).map(|inner| {
-                let dl = msg
-                    .teid
-                    .wrapping_sub(args.sessions.ul_teid_base)
-                    .wrapping_add(args.sessions.dl_teid_base);
+            gtp_type::G_PDU => answer_inner(&msg.payload).map(|(ue, inner)| {
+                let index = if args.dl_teid_by_ue {
+                    ue_index(ue, args.ue_v4_base)
+                } else {
+                    msg.teid.wrapping_sub(args.sessions.ul_teid_base)
+                };
+                let dl = args.sessions.dl_teid_base.wrapping_add(index);
+                to = gnb.unwrap_or(from);
                 Gtpu::g_pdu(dl, Some((PduType::Downlink, args.sessions.qfi)), &inner)
             }),
             _ => None,
         };
         if let Some(bytes) = answer {
-            let _ = tx.send((Instant::now() + delay, from, bytes));
+            let _ = tx.send((Instant::now() + delay, to, bytes));
         }
     }
 }
 
-/// The reply a cloud server would send to an inner packet: echo reply, or the UDP payload
-/// echoed back.
-fn answer_inner(inner: &[u8]) -> Option<Vec<u8>> {
+/// The reply a cloud server would send to an inner packet (echo reply, or the UDP payload
+/// echoed back), with the UE it goes to.
+fn answer_inner(inner: &[u8]) -> Option<(IpAddr, Vec<u8>)> {
     let p = IpPacket::parse(inner).ok()?;
-    match p.protocol {
+    let answer = match p.protocol {
         proto::ICMP | proto::ICMPV6 => {
             let (kind, id, seq) = p.icmp_echo()?;
             (kind == 8 || kind == 128)
@@ -121,5 +158,6 @@ fn answer_inner(inner: &[u8]) -> Option<Vec<u8>> {
             ))
         }
         _ => None,
-    }
+    };
+    answer.map(|a| (p.src, a))
 }

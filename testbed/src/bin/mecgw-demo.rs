@@ -2,17 +2,23 @@
 //! built everything.
 //!
 //! 1. Brings the four-namespace testbed up (see `mecgw_testbed`).
-//! 2. Writes an example configuration and tables — UE sessions and a LOCAL rule steering the
-//!    edge subnet to the local services — and starts `mecgw run` in the `mec` namespace, with
-//!    the edge services and a core that answers after a delay.
-//! 3. Drives mixed traffic (UDP, ICMP and whole TCP connections, IPv4 and IPv6) from several
-//!    UEs with the gNB simulator.
-//! 4. Prints a summary: packets steered locally vs passed to the core, RTT p50/p99 local vs
-//!    core, per-rule counters, and the privacy half: the fast path's flow records run through
-//!    the example policy (examples/policies/flow-records.yaml), what was released to which
-//!    destination (file sinks) and what was withheld. It exits non-zero if an expectation
-//!    fails (including any subscriber IMSI in any byte that left), and always tears the
-//!    testbed down, also on Ctrl-C.
+//! 2. Writes an example configuration with a `[pfcp]` section and a tables file without
+//!    sessions, and starts `mecgw run` in the `mec` namespace, with the edge services and a
+//!    core (the PSA) that answers after a delay.
+//! 3. Starts the test SMF (`testbed/pfcp/smf.py`, scapy's PFCP layers) in the core
+//!    namespace, which associates with mecgw and sets up a UL CL session per UE over N4: the
+//!    edge subnet broken out locally, the rest re-tunnelled to the PSA, a URR reporting every
+//!    few seconds.
+//! 4. Drives mixed traffic (UDP, ICMP and whole TCP connections, IPv4 and IPv6) from several
+//!    UEs with the gNB simulator, to the TEIDs mecgw chose.
+//! 5. Deletes the sessions (final usage reports) and prints a summary: packets steered locally
+//!    vs re-tunnelled to the core, RTT p50/p99 local vs core, the PFCP side (association,
+//!    sessions, heartbeats, usage reports next to the volumes the simulator counted), and the
+//!    privacy half: the fast path's flow records run through the example policy
+//!    (examples/policies/flow-records.yaml), what was released to which destination (file
+//!    sinks) and what was withheld. It exits non-zero if an expectation fails (including any
+//!    usage report that differs from the traffic, or any subscriber IMSI in any byte that
+//!    left), and always tears the testbed down, also on Ctrl-C.
 
 use std::{
     fmt::Write as _,
@@ -20,7 +26,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use mecgw_testbed::{self as testbed, EDGE, Gateway, LOCAL, N3, UPF, metric};
+use mecgw_testbed::{
+    self as testbed, DatapathChoice, EDGE, GNB, Gateway, LOCAL, N3, PfcpSettings, UPF,
+    smf::{Established, MECGW_PFCP_ADDR, Smf, UlclSession, usage_totals},
+};
+use serde_json::{Value, json};
 
 /// UEs the simulator runs.
 const UES: u32 = 8;
@@ -28,16 +38,10 @@ const UES: u32 = 8;
 const ROUNDS: u32 = 10;
 /// The core stand-in's answer delay: the long way to a distant cloud.
 const CORE_DELAY_MS: u64 = 20;
-/// The LOCAL rule's id.
-const RULE_EDGE: u32 = 10;
-
-const RULES: &str = "# The edge subnet is broken out locally; everything else passes to the core.
-[[rules]]
-id = 10
-priority = 10
-action = \"LOCAL\"
-dst = [\"198.18.1.0/24\", \"2001:db8:0:1::/64\"]
-";
+/// The edge subnets: each UE's session breaks them out locally; the rest goes to the PSA.
+const EDGE_PREFIXES: [&str; 2] = ["198.18.1.0/24", "2001:db8:0:1::/64"];
+/// Seconds between a session's periodic usage reports.
+const REPORT_PERIOD: u32 = 3;
 
 fn main() -> std::process::ExitCode {
     testbed::catch_interrupts();
@@ -62,13 +66,32 @@ fn main() -> std::process::ExitCode {
 fn demo(bin: &Path) -> anyhow::Result<()> {
     let work = tempfile::tempdir().context("temporary directory")?;
     let bed = testbed::up()?;
-    testbed::write_gateway_config(work.path(), UES, RULES, "native")?;
+    testbed::write_gateway_config_pfcp(
+        work.path(),
+        "",
+        DatapathChoice::Native,
+        &PfcpSettings::default(),
+    )?;
     add_privacy(work.path())?;
     println!(
-        "==> gateway: mecgw run --config {}",
-        work.path().join("mecgw.toml").display()
+        "==> gateway: mecgw run --config {} (sessions over PFCP from {})",
+        work.path().join("mecgw.toml").display(),
+        testbed::smf::SMF_ADDR
     );
-    let mut gw = Gateway::start(bin, work.path(), CORE_DELAY_MS, &[])?;
+    // The core is the PSA: it answers re-tunnelled uplink straight to the gNB.
+    let mut gw = Gateway::start(bin, work.path(), CORE_DELAY_MS, &["--gnb", GNB.v4])?;
+
+    println!("==> SMF: association and {UES} UL CL sessions over N4 (scapy's PFCP layers)");
+    let mut smf = Smf::start()?;
+    let association = smf.associate(None)?;
+    let mut sessions = Vec::new();
+    for i in 0..UES {
+        let mut s = UlclSession::numbered(i, &EDGE_PREFIXES, true).with_ipv6(i);
+        s.report_period_secs = Some(REPORT_PERIOD);
+        sessions.push(smf.establish(&s)?);
+    }
+    let teids: Vec<String> = sessions.iter().map(|s| format!("{:#x}", s.teid)).collect();
+    let teids = teids.join(",");
 
     println!("==> traffic: {UES} UEs × {ROUNDS} rounds of UDP, ICMP and TCP, IPv4 and IPv6");
     let edge6 = format!("[{}]", EDGE.v6);
@@ -83,15 +106,20 @@ fn demo(bin: &Path) -> anyhow::Result<()> {
     ];
     let ues = UES.to_string();
     let rounds = ROUNDS.to_string();
+    // The gNB sends to the F-TEIDs mecgw chose: its N3 address and a TEID per session.
     let mut args = vec![
         "--upf",
-        UPF.v4,
+        N3.v4,
+        "--ul-teids",
+        &teids,
         "--ues",
         &ues,
         "--count",
         &rounds,
         "--timeout-ms",
         "1000",
+        "--drain-ms",
+        "300",
     ];
     for p in &probes {
         args.extend(["--probe", p.as_str()]);
@@ -102,12 +130,33 @@ fn demo(bin: &Path) -> anyhow::Result<()> {
     // that covers the end of the traffic.
     std::thread::sleep(std::time::Duration::from_secs(FLOW_INTERVAL + 1));
     let metrics = testbed::ops_get("/metrics")?.context("scraping /metrics failed")?;
+    // Deleting the sessions gives their final usage reports.
+    let mut finals = Vec::new();
+    for i in 0..UES {
+        let out = smf.call(json!({"cmd": "delete", "name": format!("ue{}", i + 1)}))?;
+        finals.push(out);
+    }
+    let reports = smf.call(json!({"cmd": "reports"}))?;
+    let smf_stats = smf.call(json!({"cmd": "stats"}))?;
+    let after_delete = testbed::ops_get("/metrics")?.context("scraping /metrics failed")?;
+    drop(smf);
 
     // SIGTERM is how an operator stops the gateway: it must detach and exit cleanly.
     let status = gw.stop()?;
     let still_attached = testbed::xdp_attached(&N3)? || testbed::xdp_attached(&LOCAL)?;
 
     println!("\n{}", summarise(&report, &metrics));
+    let pfcp = pfcp_outcome(&PfcpSide {
+        association: &association,
+        sessions: &sessions,
+        report: &report,
+        finals: &finals,
+        reports: &reports,
+        smf_stats: &smf_stats,
+        metrics: &metrics,
+        after_delete: &after_delete,
+    });
+    println!("{}", pfcp.summary);
     let privacy = privacy_outcome(bin, work.path(), &metrics)?;
     println!("{}", privacy.summary);
     println!(
@@ -131,14 +180,15 @@ fn demo(bin: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    if metric(
+    if testbed::metric(
         &metrics,
-        "mecgw_rule_packets_total",
-        &format!("rule=\"{RULE_EDGE}\""),
+        "mecgw_fastpath_reason_packets_total",
+        "reason=\"pdr_local\"",
     ) == 0
     {
-        failures.push("the LOCAL rule steered no packet".to_string());
+        failures.push("the sessions' edge PDRs steered no packet locally".to_string());
     }
+    failures.extend(pfcp.failures);
     if !status.success() {
         failures.push(format!("mecgw exited with {status}"));
     }
@@ -185,8 +235,9 @@ fn add_privacy(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the privacy half did, read after the gateway stopped (its last windows close then).
-struct PrivacyOutcome {
+/// What a part of the demo did (the privacy half, read after the gateway stopped, when its
+/// last windows close; the PFCP side): its summary and the expectations it failed.
+struct Outcome {
     summary: String,
     failures: Vec<String>,
 }
@@ -220,10 +271,10 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-fn privacy_outcome(bin: &Path, dir: &Path, metrics: &str) -> anyhow::Result<PrivacyOutcome> {
+fn privacy_outcome(bin: &Path, dir: &Path, metrics: &str) -> anyhow::Result<Outcome> {
     let mut failures = Vec::new();
     let mut s = String::new();
-    let flows_in = metric(metrics, "mecgw_records_in_total", "source=\"flow\"");
+    let flows_in = testbed::metric(metrics, "mecgw_records_in_total", "source=\"flow\"");
     let records = sink_items(dir, "analytics")?;
     let cells = sink_items(dir, "national_statistics")?;
     let _ = writeln!(
@@ -305,7 +356,7 @@ fn privacy_outcome(bin: &Path, dir: &Path, metrics: &str) -> anyhow::Result<Priv
             String::from_utf8_lossy(&verify.stderr).trim()
         ));
     }
-    Ok(PrivacyOutcome {
+    Ok(Outcome {
         summary: s,
         failures,
     })
@@ -314,33 +365,26 @@ fn privacy_outcome(bin: &Path, dir: &Path, metrics: &str) -> anyhow::Result<Priv
 fn summarise(report: &serde_json::Value, metrics: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "================ mecgw demo summary ================");
-    let local = metric(
-        metrics,
-        "mecgw_fastpath_reason_packets_total",
-        "reason=\"rule_local\"",
-    );
-    let no_rule = metric(
-        metrics,
-        "mecgw_fastpath_reason_packets_total",
-        "reason=\"no_rule\"",
-    );
-    let pass_rule = metric(
-        metrics,
-        "mecgw_fastpath_reason_packets_total",
-        "reason=\"rule_passthrough\"",
-    );
-    let encap = metric(
-        metrics,
-        "mecgw_fastpath_reason_packets_total",
-        "reason=\"encapsulated\"",
-    );
+    let reason = |r: &str| {
+        testbed::metric(
+            metrics,
+            "mecgw_fastpath_reason_packets_total",
+            &format!("reason=\"{r}\""),
+        )
+    };
+    // Sessions from PFCP are judged by their PDRs; a tables-file session by rules.
+    let local = reason("pdr_local") + reason("rule_local");
+    let core = reason("pdr_retunnel")
+        + reason("pdr_forward")
+        + reason("no_rule")
+        + reason("rule_passthrough");
     let _ = writeln!(s, "uplink packets steered locally      {local}");
+    let _ = writeln!(s, "uplink packets sent to the core     {core}");
     let _ = writeln!(
         s,
-        "uplink packets passed to the core   {}",
-        no_rule + pass_rule
+        "downlink packets encapsulated       {}",
+        reason("encapsulated")
     );
-    let _ = writeln!(s, "downlink packets encapsulated       {encap}");
     let _ = writeln!(s, "\nprobe          answered   RTT p50     RTT p99");
     if let Some(probes) = report.as_object() {
         for (name, r) in probes {
@@ -367,8 +411,11 @@ fn summarise(report: &serde_json::Value, metrics: &str) -> String {
         s,
         "(the core stand-in answers after {CORE_DELAY_MS} ms: the distant cloud)"
     );
-    let _ = writeln!(s, "\nper-rule counters");
-    for l in metrics.lines().filter(|l| l.starts_with("mecgw_rule_")) {
+    let _ = writeln!(s, "\nper-rule and per-PDR counters");
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("mecgw_rule_") || l.starts_with("mecgw_pdr_"))
+    {
         let _ = writeln!(s, "    {l}");
     }
     let _ = writeln!(s, "\nfast-path verdicts");
@@ -380,4 +427,120 @@ fn summarise(report: &serde_json::Value, metrics: &str) -> String {
     }
     let _ = write!(s, "=====================================================");
     s
+}
+
+/// What the PFCP side of the demo saw: the SMF's results, the simulator's report and the
+/// gateway's metrics (during the traffic, and after the sessions were deleted).
+struct PfcpSide<'a> {
+    association: &'a Value,
+    sessions: &'a [Established],
+    report: &'a Value,
+    finals: &'a [Value],
+    reports: &'a Value,
+    smf_stats: &'a Value,
+    metrics: &'a str,
+    after_delete: &'a str,
+}
+
+/// The PFCP section of the summary, and what in it is wrong: each session's usage reports
+/// (periodic and final) must add up to the inner packets and octets the simulator sent
+/// (uplink) and received through the gateway's encapsulation (downlink).
+fn pfcp_outcome(p: &PfcpSide<'_>) -> Outcome {
+    let mut failures = Vec::new();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "---------------- PFCP (N4, test SMF at {}) ----------------",
+        testbed::smf::SMF_ADDR
+    );
+    let _ = writeln!(
+        s,
+        "association                 mecgw Node ID {}, Recovery Time Stamp {}, UP features {}",
+        p.association["node_id"].as_str().unwrap_or("?"),
+        p.association["recovery_ts"],
+        p.association["up_features"].as_str().unwrap_or("?"),
+    );
+    if p.association["node_id"] != MECGW_PFCP_ADDR {
+        failures.push(format!(
+            "association answered by {}",
+            p.association["node_id"]
+        ));
+    }
+    let gauge = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or("?".to_string(), |v| v.trim().to_string())
+    };
+    let _ = writeln!(
+        s,
+        "sessions established        {} (mecgw_pfcp_sessions {} during the traffic, {} after deletion)",
+        p.sessions.len(),
+        gauge(p.metrics, "mecgw_pfcp_sessions"),
+        gauge(p.after_delete, "mecgw_pfcp_sessions"),
+    );
+    let _ = writeln!(
+        s,
+        "heartbeats from mecgw       {} answered by the SMF",
+        p.smf_stats["heartbeats_answered"]
+    );
+    let periodic = p.reports["reports"].as_array().map_or(0, Vec::len);
+    let _ = writeln!(
+        s,
+        "usage reports               {periodic} periodic (every {REPORT_PERIOD} s) + {} final, inner IP volumes:",
+        p.finals.len()
+    );
+    let _ = writeln!(
+        s,
+        "    session  TEID         reported up/down (packets, octets)       simulator up/down"
+    );
+    for (i, (session, fin)) in p.sessions.iter().zip(p.finals).enumerate() {
+        let name = format!("ue{}", i + 1);
+        if fin["cause"] != 1 {
+            failures.push(format!("deleting {name}: {fin}"));
+        }
+        let mut parts: Vec<Value> = p.reports["reports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["session"] == name.as_str())
+            .cloned()
+            .collect();
+        parts.extend(
+            fin["usage_reports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        let (ul_o, dl_o, ul_p, dl_p) = usage_totals(&Value::Array(parts));
+        let ue = &p.report["ues"][i];
+        let n = |v: &Value| {
+            (
+                v["packets"].as_u64().unwrap_or(0),
+                v["octets"].as_u64().unwrap_or(0),
+            )
+        };
+        let sent = n(&ue["uplink"]);
+        // Downlink through the gateway: what its N3 address encapsulated.
+        let received = n(&ue["downlink"][N3.v4]);
+        let _ = writeln!(
+            s,
+            "    {name:<8} {:#010x}   ({ul_p}, {ul_o}) / ({dl_p}, {dl_o})    ({}, {}) / ({}, {})",
+            session.teid, sent.0, sent.1, received.0, received.1
+        );
+        if (ul_p, ul_o, dl_p, dl_o) != (sent.0, sent.1, received.0, received.1) {
+            failures.push(format!(
+                "{name}: usage reports say up ({ul_p}, {ul_o}) down ({dl_p}, {dl_o}), the simulator \
+                 counted up {sent:?} down {received:?} (packets, octets)"
+            ));
+        }
+    }
+    let _ = write!(
+        s,
+        "(uplink: every G-PDU of the session; downlink: the edge's answers mecgw encapsulated; the PSA answers the gNB directly)"
+    );
+    Outcome {
+        summary: s,
+        failures,
+    }
 }

@@ -11,6 +11,13 @@
 //! Probes are `NAME=KIND:ADDR[:PORT]` with KIND `udp`, `icmp` or `tcp` (a whole TCP connection:
 //! handshake, data echoed by the service, orderly close).
 //!
+//! With `--ul-teids` the uplink TEIDs are given, one per UE (those a UPF chose for the
+//! sessions an SMF set up over PFCP), instead of numbered. The report also counts, per UE,
+//! the inner IP packets and octets sent uplink and received downlink (by the downlink
+//! G-PDU's outer source: the gateway's local breakout or the core), every downlink G-PDU
+//! for the UE's downlink TEID included, also late ones; `--drain-ms` keeps counting that long
+//! after the last probe. These are what a usage report of the session must add up to.
+//!
 //! `--blast N` (for `cargo xtask bench e2e`) instead sends N UDP G-PDUs to the first probe
 //! (which must be `udp`), cycling over the UEs, at `--rate` packets per second (0: as fast as
 //! the socket takes them), from one thread, while another counts the answers. Each payload
@@ -49,6 +56,13 @@ struct Args {
     ue_v6_prefix: Ipv6Addr,
     #[command(flatten)]
     sessions: SessionNumbering,
+    /// Uplink TEIDs, one per UE in order (decimal or 0x-hex, comma-separated), instead of
+    /// `--ul-teid-base` numbering: the TEIDs a UPF chose for PFCP sessions.
+    #[arg(long, value_delimiter = ',', value_parser = mecgw_testbed::parse_u32)]
+    ul_teids: Vec<u32>,
+    /// After the last probe, keep counting downlink G-PDUs for this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    drain_ms: u64,
     /// Probes, `NAME=KIND:ADDR[:PORT]`; repeatable.
     #[arg(long = "probe", required = true)]
     probes: Vec<String>,
@@ -129,11 +143,15 @@ impl Ue {
         let mut seg = args.ue_v6_prefix.segments();
         seg[3] = index as u16;
         seg[7] = 1;
+        let ul_teid = match args.ul_teids.get(index as usize) {
+            Some(&teid) => teid,
+            None => args.sessions.ul_teid_base.wrapping_add(index),
+        };
         Ue {
             index,
             v4: Ipv4Addr::from(u32::from(args.ue_v4_base).wrapping_add(index)),
             v6: Ipv6Addr::from(seg),
-            ul_teid: args.sessions.ul_teid_base.wrapping_add(index),
+            ul_teid,
             dl_teid: args.sessions.dl_teid_base.wrapping_add(index),
         }
     }
@@ -157,6 +175,24 @@ struct Tally {
     rtts: Vec<Duration>,
 }
 
+/// Inner IP packets and octets.
+#[derive(Clone, Copy, Default)]
+struct Volume {
+    packets: u64,
+    octets: u64,
+}
+
+impl Volume {
+    fn add(&mut self, octets: usize) {
+        self.packets += 1;
+        self.octets += octets as u64;
+    }
+
+    fn json(self) -> serde_json::Value {
+        serde_json::json!({"packets": self.packets, "octets": self.octets})
+    }
+}
+
 struct Sim {
     sock: UdpSocket,
     record: Option<std::fs::File>,
@@ -165,6 +201,12 @@ struct Sim {
     timeout: Duration,
     stray: u64,
     buf: Vec<u8>,
+    /// The first downlink TEID and the number of UEs: which UE a downlink G-PDU is for.
+    dl_teid_base: u32,
+    ues: u32,
+    /// Per UE: what was sent uplink, and what came back downlink by outer source.
+    uplink: Vec<Volume>,
+    downlink: Vec<BTreeMap<IpAddr, Volume>>,
 }
 
 /// What a downlink answer failed on.
@@ -179,7 +221,36 @@ impl Sim {
             writeln!(f, "{hex}").context("recording a sent datagram")?;
         }
         self.sock.send_to(&msg, self.upf).context("send G-PDU")?;
+        self.uplink[ue.index as usize].add(inner.len());
         Ok(())
+    }
+
+    /// Counts a downlink G-PDU from `from` for the UE whose downlink TEID it carries.
+    fn count_downlink(&mut self, msg: &Gtpu, from: IpAddr) {
+        let ue = msg.teid.wrapping_sub(self.dl_teid_base);
+        if msg.msg_type == gtp_type::G_PDU && ue < self.ues {
+            self.downlink[ue as usize]
+                .entry(from)
+                .or_default()
+                .add(msg.payload.len());
+        }
+    }
+
+    /// Receives and counts downlink G-PDUs until `deadline`.
+    fn drain(&mut self, deadline: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let _ = self.sock.set_read_timeout(Some(deadline - now));
+            let Ok((n, from)) = self.sock.recv_from(&mut self.buf) else {
+                continue;
+            };
+            if let Ok(msg) = Gtpu::parse(&self.buf[..n]) {
+                self.count_downlink(&msg, from.ip());
+            }
+        }
     }
 
     /// Waits for a downlink G-PDU for `ue` whose inner packet `accept` takes. Answers for
@@ -197,14 +268,15 @@ impl Sim {
                 return None;
             }
             let _ = self.sock.set_read_timeout(Some(deadline - now));
-            let n = match self.sock.recv_from(&mut self.buf) {
-                Ok((n, _)) => n,
+            let (n, from) = match self.sock.recv_from(&mut self.buf) {
+                Ok(r) => r,
                 Err(_) => continue,
             };
             let msg = match Gtpu::parse(&self.buf[..n]) {
                 Ok(m) => m,
                 Err(e) => return Some(Err(format!("malformed GTP-U: {e}"))),
             };
+            self.count_downlink(&msg, from.ip());
             if msg.msg_type != gtp_type::G_PDU {
                 self.stray += 1;
                 continue;
@@ -394,6 +466,13 @@ fn main() -> anyhow::Result<()> {
     if args.ues == 0 || args.ues > 60000 {
         bail!("--ues must be 1-60000");
     }
+    if !args.ul_teids.is_empty() && args.ul_teids.len() != args.ues as usize {
+        bail!(
+            "--ul-teids gives {} TEIDs for {} UEs",
+            args.ul_teids.len(),
+            args.ues
+        );
+    }
     let bind = SocketAddr::new(
         args.bind.unwrap_or(if args.upf.is_ipv4() {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -417,6 +496,10 @@ fn main() -> anyhow::Result<()> {
         timeout: Duration::from_millis(args.timeout_ms),
         stray: 0,
         buf: vec![0u8; 65536],
+        dl_teid_base: args.sessions.dl_teid_base,
+        ues: args.ues,
+        uplink: vec![Volume::default(); args.ues as usize],
+        downlink: vec![BTreeMap::new(); args.ues as usize],
     };
     let ues: Vec<Ue> = (0..args.ues).map(|i| Ue::new(&args, i)).collect();
     if args.blast > 0 {
@@ -446,6 +529,7 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(args.interval_ms));
         }
     }
+    sim.drain(Instant::now() + Duration::from_millis(args.drain_ms));
     let mut report = serde_json::Map::new();
     for (name, mut t) in tallies {
         t.rtts.sort();
@@ -463,6 +547,23 @@ fn main() -> anyhow::Result<()> {
         );
     }
     report.insert("stray".to_string(), serde_json::json!(sim.stray));
+    let per_ue: Vec<serde_json::Value> = ues
+        .iter()
+        .map(|ue| {
+            let i = ue.index as usize;
+            let down: serde_json::Map<String, serde_json::Value> = sim.downlink[i]
+                .iter()
+                .map(|(from, v)| (from.to_string(), v.json()))
+                .collect();
+            serde_json::json!({
+                "ue": ue.index,
+                "ul_teid": ue.ul_teid,
+                "uplink": sim.uplink[i].json(),
+                "downlink": down,
+            })
+        })
+        .collect();
+    report.insert("ues".to_string(), serde_json::Value::Array(per_ue));
     println!("{}", serde_json::Value::Object(report));
     Ok(())
 }
