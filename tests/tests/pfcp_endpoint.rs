@@ -31,9 +31,10 @@ use mecgw_ebpf::{Counter, PfcpDownlink, PfcpTunnel, TUNNEL_FROM_ACCESS, pdr_acti
 use mecgw_pfcp::{
     decode, encode,
     ie::{
-        ApplyAction, Cause, CreateFar, CreatePdr, FSeid, FTeid, ForwardingParameters, Interface,
-        MeasurementMethod, NodeId, OuterHeaderCreation, OuterHeaderRemoval, Pdi, ReportType,
-        ReportingTriggers, UeIpAddress, Urr, UsageReport, UsageReportTrigger, ie_type,
+        ApplyAction, BitRate, Cause, CreateFar, CreatePdr, FSeid, FTeid, ForwardingParameters,
+        GateStatus, Interface, MeasurementMethod, NodeId, OuterHeaderCreation, OuterHeaderRemoval,
+        Pdi, Qer, ReportType, ReportingTriggers, UeIpAddress, Urr, UsageReport, UsageReportTrigger,
+        ie_type,
     },
     message::{
         AssociationSetupRequest, Header, Heartbeat, Message, SessionEstablishmentRequest,
@@ -1251,6 +1252,79 @@ fn periodic_usage_reports_are_retried_and_what_is_not_taken_is_carried() {
     accept(&smf, &fourth);
     assert!(
         upf.has_metric("mecgw_pfcp_usage_reports_total{trigger=\"periodic\"} 4"),
+        "{}",
+        upf.metrics()
+    );
+}
+
+/// A session re-tunnelling its uplink to a PSA: the PSA gets a GTP-U Echo Request from mecgw
+/// at once (so the kernel resolves its neighbour entry before the first G-PDU), and a QER
+/// with an MBR is accepted and counted as not enforced.
+#[test]
+fn a_new_retunnel_target_is_probed_and_unenforced_rates_are_counted() {
+    let psa_ip = Ipv4Addr::new(127, 0, 0, 3);
+    let psa = UdpSocket::bind((psa_ip, 2152)).expect("the PSA's GTP-U port on 127.0.0.3");
+    psa.set_read_timeout(Some(DEADLINE)).unwrap();
+    let upf = Upf::start(|_| {});
+    let mut smf = Smf::new(Ipv4Addr::LOCALHOST, upf.addr);
+    smf.associate();
+
+    let mut req = breakout(0x0000_c0de_0000_0003, smf.ip, volume_urr());
+    req.create_far[0].forwarding_parameters = Some(ForwardingParameters {
+        destination_interface: Some(Interface::Core),
+        network_instance: None,
+        outer_header_creation: Some(OuterHeaderCreation {
+            description: OuterHeaderCreation::GTPU_UDP_IPV4,
+            teid: Some(0x99),
+            ipv4: Some(psa_ip),
+            ipv6: None,
+            port: None,
+        }),
+    });
+    req.create_pdr[0].qer_ids = vec![1];
+    req.create_qer = vec![Qer {
+        qer_id: 1,
+        gate_status: Some(GateStatus {
+            uplink_open: true,
+            downlink_open: true,
+        }),
+        mbr: Some(BitRate {
+            uplink_kbps: 100_000,
+            downlink_kbps: 200_000,
+        }),
+        gbr: None,
+        qfi: Some(9),
+    }];
+    let r = smf.request(Some(0), Message::SessionEstablishmentRequest(req));
+    let Message::SessionEstablishmentResponse(e) = r.message else {
+        panic!("{:?}", r.message)
+    };
+    assert_eq!(
+        e.cause,
+        Cause::ACCEPTED,
+        "offending IE {:?}",
+        e.offending_ie
+    );
+    let teid = match e.created_pdr[0].local_f_teid {
+        Some(FTeid::Assigned { teid, .. }) => teid,
+        ref other => panic!("{other:?}"),
+    };
+    assert_eq!(upf.dp.tunnels()[&teid].pdrs[0].action, pdr_action::RETUNNEL);
+
+    // The probe: a GTP-U Echo Request (version 1, PT, S; type 1; TEID 0), TS 29.281 §7.2.1.
+    let mut buf = [0u8; 64];
+    let (n, from) = psa.recv_from(&mut buf).expect("an Echo Request at the PSA");
+    assert_eq!(&buf[..4], &[0x32, 0x01, 0x00, 0x04], "{:02x?}", &buf[..n]);
+    assert_eq!(&buf[4..8], &[0, 0, 0, 0]);
+    assert_eq!(n, 12);
+    assert!(from.ip().is_loopback());
+    assert!(
+        upf.has_metric("mecgw_pfcp_neighbour_probes_total 1"),
+        "{}",
+        upf.metrics()
+    );
+    assert!(
+        upf.has_metric("mecgw_pfcp_unenforced_total 1"),
         "{}",
         upf.metrics()
     );

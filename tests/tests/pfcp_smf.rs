@@ -761,6 +761,11 @@ fn ulcl_sessions_steer_edge_traffic_locally_and_the_rest_to_the_core() {
         })
         .sum();
     assert_eq!(reason("encapsulated"), encapsulated, "{m}");
+    // The PSA was probed (GTP-U Echo) when the first session started re-tunnelling to it.
+    assert!(
+        sample_sum(&m, "mecgw_pfcp_neighbour_probes_total", &[]) >= 1,
+        "{m}"
+    );
 
     // Downlink: the edge's answers were encapsulated by mecgw, the core's came from the core:
     // one answer per UDP/ICMP probe to the core, per UE.
@@ -784,7 +789,19 @@ fn ulcl_sessions_steer_edge_traffic_locally_and_the_rest_to_the_core() {
     // The core: the PSA sessions' G-PDUs re-tunnelled with the PSA's TEID, carrying the inner
     // packets the gNB sent to the core; the pass sessions' G-PDUs byte for byte; nothing for
     // the edge.
-    let seen = run.core_seen();
+    let (echoes, seen): (Vec<String>, Vec<String>) = run
+        .core_seen()
+        .into_iter()
+        .partition(|l| l.get(2..4) == Some("01"));
+    // mecgw's neighbour probes (GTP-U Echo Requests) reached the PSA: its neighbour entry was
+    // resolved before the first G-PDU had to be re-tunnelled.
+    assert!(!echoes.is_empty(), "no Echo Request reached the PSA");
+    assert!(
+        echoes
+            .iter()
+            .all(|l| l.len() == 24 && l.starts_with("32010004")),
+        "{echoes:?}"
+    );
     let mut psa_inner: HashMap<u32, usize> = HashMap::new();
     let mut pass_seen: HashMap<String, usize> = HashMap::new();
     for line in &seen {

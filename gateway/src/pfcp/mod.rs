@@ -175,6 +175,10 @@ pub struct PfcpMetrics {
     pub sessions: AtomicU64,
     pub peers_lost: AtomicU64,
     pub retransmissions_answered: AtomicU64,
+    /// GTP-U Echo Requests sent to re-tunnel targets.
+    pub neighbour_probes: AtomicU64,
+    /// QERs accepted with an MBR or GBR, which mecgw does not enforce.
+    pub unenforced: AtomicU64,
     /// (message name, direction "in"/"out") → count.
     pub messages: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Cause name → requests refused with it.
@@ -241,6 +245,16 @@ impl PfcpMetrics {
             out,
             "# HELP mecgw_pfcp_retransmissions_total Retransmitted requests answered from the cache (applied once).\n# TYPE mecgw_pfcp_retransmissions_total counter\nmecgw_pfcp_retransmissions_total {}",
             self.retransmissions_answered.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mecgw_pfcp_neighbour_probes_total GTP-U Echo Requests sent to re-tunnel targets (so their neighbour entries resolve).\n# TYPE mecgw_pfcp_neighbour_probes_total counter\nmecgw_pfcp_neighbour_probes_total {}",
+            self.neighbour_probes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mecgw_pfcp_unenforced_total QERs accepted with an MBR or GBR, which mecgw does not enforce.\n# TYPE mecgw_pfcp_unenforced_total counter\nmecgw_pfcp_unenforced_total {}",
+            self.unenforced.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -366,6 +366,34 @@ pub struct Compiled {
     pub downlinks: BTreeMap<UeKey, PfcpDownlink>,
 }
 
+impl Compiled {
+    /// The addresses this session's PDRs re-tunnel G-PDUs to (a PSA, another UPF): the
+    /// neighbours the fast path needs resolved.
+    pub fn retunnel_targets(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.tunnels.values().flat_map(|t| {
+            t.pdrs
+                .iter()
+                .take(t.pdr_count as usize)
+                .filter(|m| m.action == pdr_action::RETUNNEL)
+                .filter_map(|m| t.targets.get(m.target as usize))
+                .map(target_addr)
+        })
+    }
+}
+
+/// The address of a [`TunnelTarget`] (the inverse of [`target`]).
+fn target_addr(t: &TunnelTarget) -> IpAddr {
+    if t.flags & TARGET_V6 != 0 {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_exact_mut(4).zip(t.addr) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(octets))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(t.addr[0].to_ne_bytes()))
+    }
+}
+
 /// What compiling needs besides the rules.
 pub struct Ctx<'a> {
     /// The session's operator-visible id and session counter index.
@@ -1045,6 +1073,18 @@ mod tests {
             (pdr_action::RETUNNEL, 0)
         );
         assert_eq!(t.targets[0], target(0x99, psa.into()));
+        let c = build(
+            vec![pdr(1, 10, Interface::Access, 1, true)],
+            vec![far(1, forw, Interface::Core, Some((0x99, psa)))],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(
+            c.retunnel_targets().collect::<Vec<_>>(),
+            vec![IpAddr::V4(psa)]
+        );
+        let v6: IpAddr = "2001:db8::9".parse().unwrap();
+        assert_eq!(target_addr(&target(0x99, v6)), v6);
 
         // Core → Access likewise (a tunnel from the PSA towards the gNB).
         let t = tunnel(
@@ -1066,6 +1106,7 @@ mod tests {
         )
         .unwrap();
         assert!(c.tunnels.is_empty());
+        assert_eq!(c.retunnel_targets().count(), 0);
         let d = c.downlinks[&UeKey::V4(UE.octets())];
         assert_eq!(
             (d.action, d.downlink_teid, d.pdr_id, d.pdr_counter),

@@ -21,7 +21,7 @@ use std::{
 use anyhow::Context as _;
 use mecgw_pfcp::{
     DecodeError, DecodeErrorKind, MAX_MESSAGE_BYTES, decode, encode,
-    ie::{Cause, FSeid, NodeId, ReportType, UpFunctionFeatures, UsageReport},
+    ie::{Cause, FSeid, NodeId, Qer, ReportType, UpFunctionFeatures, UsageReport},
     message::{
         AssociationReleaseResponse, AssociationSetupResponse, AssociationUpdateResponse, Header,
         Heartbeat, Message, SessionDeletionResponse, SessionEstablishmentResponse,
@@ -33,6 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     OnPeerLost, PfcpConfig, PfcpMetrics,
+    neighbours::Prober,
     rules::Reject,
     sessions::{Datapath, Identities, PendingDelete, Retired, Store, StoreOptions, ntp_now},
 };
@@ -40,6 +41,10 @@ use super::{
 /// UP Function Features (§8.2.25) mecgw advertises: FTUP (it allocates F-TEIDs). Octet 5
 /// bit 5; octet 6 all clear.
 const UP_FEATURES: [u8; 2] = [0x10, 0x00];
+
+/// How often every re-tunnel target is probed (GTP-U Echo), so the kernel keeps its
+/// neighbour entry; a target is also probed when a session starts using it.
+const PROBE_EVERY: Duration = Duration::from_secs(30);
 
 /// Responses kept for retransmitted requests, at most.
 const MAX_CACHED_RESPONSES: usize = 100_000;
@@ -112,6 +117,9 @@ impl PfcpEndpoint {
                         awaiting_grace: Vec::new(),
                         next_report_check: Instant::now(),
                         next_threshold_check: Instant::now(),
+                        next_probe: Instant::now() + PROBE_EVERY,
+                        prober: Prober::new(),
+                        unenforced_logged: false,
                         log: Throttle::default(),
                     };
                     node.serve(stopped).await;
@@ -263,8 +271,7 @@ struct Outstanding {
 
 /// Where a deletion's response goes once its grace period has passed.
 struct Reply {
-    to: SocketAddr,
-    sequence: u32,
+    request: RequestKey,
     cp_seid: u64,
 }
 
@@ -293,16 +300,37 @@ enum Answer {
     Never,
 }
 
+/// A request as the retransmission cache knows it: sender, sequence number and a fingerprint
+/// of its bytes. A retransmission is a copy (TS 29.244 §6.4); another request that reuses
+/// the sequence number is not one and is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RequestKey {
+    from: SocketAddr,
+    sequence: u32,
+    fingerprint: u64,
+}
+
+impl RequestKey {
+    fn of(bytes: &[u8], sequence: u32, from: SocketAddr) -> RequestKey {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        RequestKey {
+            from,
+            sequence,
+            fingerprint: BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes),
+        }
+    }
+}
+
 enum Cached {
     InProgress,
     Done(Vec<u8>),
 }
 
-/// Responses by (sender, sequence number), so that a retransmitted request is answered with
-/// the first response and not applied twice. Bounded in time and size.
+/// Responses by request, so that a retransmitted request is answered with the first response
+/// and not applied twice. Bounded in time and size.
 struct ResponseCache {
-    entries: HashMap<(SocketAddr, u32), Cached>,
-    order: VecDeque<(Instant, (SocketAddr, u32))>,
+    entries: HashMap<RequestKey, Cached>,
+    order: VecDeque<(Instant, RequestKey)>,
     ttl: Duration,
     capacity: usize,
 }
@@ -317,11 +345,11 @@ impl ResponseCache {
         }
     }
 
-    fn get(&self, key: &(SocketAddr, u32)) -> Option<&Cached> {
+    fn get(&self, key: &RequestKey) -> Option<&Cached> {
         self.entries.get(key)
     }
 
-    fn put(&mut self, key: (SocketAddr, u32), value: Cached) {
+    fn put(&mut self, key: RequestKey, value: Cached) {
         if self.entries.insert(key, value).is_none() {
             self.order.push_back((Instant::now(), key));
         }
@@ -412,6 +440,11 @@ struct Node {
     awaiting_grace: Vec<Deletion>,
     next_report_check: Instant,
     next_threshold_check: Instant,
+    /// Re-tunnel targets: probed when first used and every [`PROBE_EVERY`].
+    prober: Prober,
+    next_probe: Instant,
+    /// Whether the one log line about QER rates not enforced was written.
+    unenforced_logged: bool,
     log: Throttle,
 }
 
@@ -498,24 +531,25 @@ impl Node {
         }
         let (header, message) = match decode(bytes) {
             Ok(m) => m,
-            Err(e) => return self.on_undecodable(e, from).await,
+            Err(e) => return self.on_undecodable(e, bytes, from).await,
         };
         let t = header.message_type;
         self.metrics.message(message_name(t), "in");
         if !message_type::is_request(t) {
             return self.on_response(&header, message, from);
         }
-        if self.answered_before(&header, from).await {
+        let request = RequestKey::of(bytes, header.sequence, from);
+        if self.answered_before(request, header.message_type).await {
             return;
         }
-        let answer = self.on_request(&header, message, from, peer).await;
-        self.answer(&header, from, answer).await;
+        let answer = self.on_request(&header, message, request, peer).await;
+        self.answer(request, answer).await;
     }
 
     /// A retransmitted request: answered from the cache (or silently, while its first copy
     /// is still being answered). True when it was one.
-    async fn answered_before(&mut self, header: &Header, from: SocketAddr) -> bool {
-        let bytes = match self.cache.get(&(from, header.sequence)) {
+    async fn answered_before(&mut self, request: RequestKey, message_type: u8) -> bool {
+        let bytes = match self.cache.get(&request) {
             None => return false,
             Some(Cached::InProgress) => None,
             Some(Cached::Done(b)) => Some(b.clone()),
@@ -524,21 +558,20 @@ impl Node {
             .retransmissions_answered
             .fetch_add(1, Ordering::Relaxed);
         if let Some(bytes) = bytes {
-            let name = message_name(header.message_type.saturating_add(1));
-            self.send(&bytes, from, name).await;
+            let name = message_name(message_type.saturating_add(1));
+            self.send(&bytes, request.from, name).await;
         }
         true
     }
 
-    async fn answer(&mut self, request: &Header, to: SocketAddr, answer: Answer) {
-        let key = (to, request.sequence);
+    async fn answer(&mut self, request: RequestKey, answer: Answer) {
         match answer {
-            Answer::Later => self.cache.put(key, Cached::InProgress),
+            Answer::Later => self.cache.put(request, Cached::InProgress),
             Answer::Never => {}
             Answer::Now(seid, message) => {
                 let bytes = self.response_bytes(request.sequence, seid, &message);
-                self.cache.put(key, Cached::Done(bytes.clone()));
-                self.send(&bytes, to, message_name(message.message_type()))
+                self.cache.put(request, Cached::Done(bytes.clone()));
+                self.send(&bytes, request.from, message_name(message.message_type()))
                     .await;
             }
         }
@@ -556,7 +589,7 @@ impl Node {
         )
     }
 
-    async fn on_undecodable(&mut self, e: DecodeError, from: SocketAddr) {
+    async fn on_undecodable(&mut self, e: DecodeError, bytes: &[u8], from: SocketAddr) {
         let reason = match (&e.kind, &e.header) {
             (DecodeErrorKind::VersionNotSupported(_), Some(h)) => {
                 let bytes =
@@ -568,7 +601,8 @@ impl Node {
             (DecodeErrorKind::VersionNotSupported(_) | DecodeErrorKind::TooShort, _) => "too_short",
             (DecodeErrorKind::UnknownMessageType(_), _) => "unknown_message_type",
             (_, Some(h)) if message_type::is_request(h.message_type) => {
-                if self.answered_before(h, from).await {
+                let request = RequestKey::of(bytes, h.sequence, from);
+                if self.answered_before(request, h.message_type).await {
                     return;
                 }
                 let seid = self.cp_seid_of(h, canonical(from.ip()));
@@ -578,9 +612,8 @@ impl Node {
                     if self.log.allow() {
                         warn!(peer = %from, message = message_name(h.message_type), cause = e.cause().name(), error = %e, "PFCP: request refused");
                     }
-                    let h = h.clone();
                     let seid = message_type::is_session_message(h.message_type).then_some(seid);
-                    self.answer(&h, from, Answer::Now(seid, Box::new(message)))
+                    self.answer(request, Answer::Now(seid, Box::new(message)))
                         .await;
                     return;
                 }
@@ -687,9 +720,10 @@ impl Node {
         &mut self,
         h: &Header,
         message: Message,
-        from: SocketAddr,
+        request: RequestKey,
         peer: IpAddr,
     ) -> Answer {
+        let from = request.from;
         let t = h.message_type;
         match message {
             Message::HeartbeatRequest(hb) => {
@@ -783,6 +817,7 @@ impl Node {
                 match self.store.establish(peer, &r) {
                     Ok((up_seid, created_pdr)) => {
                         self.sessions_changed();
+                        self.after_change(up_seid, r.create_qer.iter());
                         debug!(%peer, up_seid = format_args!("{up_seid:#x}"), "PFCP session established");
                         let (ipv4, ipv6) = match self.seid_address {
                             IpAddr::V4(a) => (Some(a), None),
@@ -818,6 +853,7 @@ impl Node {
                 }
                 match self.store.modify(up_seid, &r) {
                     Ok((created_pdr, usage_report)) => {
+                        self.after_change(up_seid, r.create_qer.iter().chain(&r.update_qer));
                         for _ in &usage_report {
                             self.metrics.usage_report("modification_response");
                         }
@@ -847,11 +883,7 @@ impl Node {
                         self.sessions_changed();
                         self.awaiting_grace.push(Deletion {
                             pending,
-                            reply: Some(Reply {
-                                to: from,
-                                sequence: h.sequence,
-                                cp_seid,
-                            }),
+                            reply: Some(Reply { request, cp_seid }),
                         });
                         Answer::Later
                     }
@@ -911,6 +943,30 @@ impl Node {
         }
         if a.lost_since.take().is_some() {
             info!(%peer, sessions = self.store.of_peer(peer).len(), "PFCP: the lost SMF answers again, with the same Recovery Time Stamp: its sessions stay");
+        }
+    }
+
+    /// After a session was established or modified: its new re-tunnel targets are probed,
+    /// and QERs with rates mecgw does not enforce are counted.
+    fn after_change<'a>(&mut self, up_seid: u64, qers: impl Iterator<Item = &'a Qer>) {
+        if let Some(s) = self.store.get(up_seid) {
+            let targets: Vec<IpAddr> = s.installed.retunnel_targets().collect();
+            let sent = self.prober.probe(targets, PROBE_EVERY);
+            self.metrics
+                .neighbour_probes
+                .fetch_add(sent as u64, Ordering::Relaxed);
+        }
+        let unenforced = qers.filter(|q| q.mbr.is_some() || q.gbr.is_some()).count();
+        if unenforced > 0 {
+            self.metrics
+                .unenforced
+                .fetch_add(unenforced as u64, Ordering::Relaxed);
+            if !self.unenforced_logged {
+                self.unenforced_logged = true;
+                info!(
+                    "PFCP: QER MBR/GBR are accepted but not enforced (counted in mecgw_pfcp_unenforced_total; docs/pfcp.md)"
+                );
+            }
         }
     }
 
@@ -1030,10 +1086,10 @@ impl Node {
                         offending_ie: None,
                         usage_report: reports,
                     });
-                    let bytes = self.response_bytes(r.sequence, Some(r.cp_seid), &message);
-                    self.cache
-                        .put((r.to, r.sequence), Cached::Done(bytes.clone()));
-                    self.send(&bytes, r.to, "session_deletion_response").await;
+                    let bytes = self.response_bytes(r.request.sequence, Some(r.cp_seid), &message);
+                    self.cache.put(r.request, Cached::Done(bytes.clone()));
+                    self.send(&bytes, r.request.from, "session_deletion_response")
+                        .await;
                 }
                 None if !reports.is_empty() => {
                     debug!(
@@ -1079,6 +1135,15 @@ impl Node {
         self.retransmit(now).await;
         self.heartbeats(now).await;
         self.expire_lost(now);
+        if now >= self.next_probe {
+            self.next_probe = now + PROBE_EVERY;
+            let targets = self.store.retunnel_targets();
+            // Targets a new session probed within the period are skipped.
+            let sent = self.prober.probe(targets, PROBE_EVERY);
+            self.metrics
+                .neighbour_probes
+                .fetch_add(sent as u64, Ordering::Relaxed);
+        }
         if now >= self.next_report_check {
             self.next_report_check = now + Duration::from_secs(1);
             let thresholds = now >= self.next_threshold_check;
@@ -1243,8 +1308,12 @@ fn trigger_name(r: &UsageReport) -> &'static str {
 mod tests {
     use super::*;
 
-    fn key(sequence: u32) -> (SocketAddr, u32) {
-        (SocketAddr::from(([127, 0, 0, 1], 8805)), sequence)
+    fn key(sequence: u32) -> RequestKey {
+        RequestKey::of(
+            b"request",
+            sequence,
+            SocketAddr::from(([127, 0, 0, 1], 8805)),
+        )
     }
 
     #[test]

@@ -240,6 +240,14 @@ impl Store {
         self.sessions.get(&up_seid)
     }
 
+    /// Every address a session re-tunnels to.
+    pub fn retunnel_targets(&self) -> HashSet<IpAddr> {
+        self.sessions
+            .values()
+            .flat_map(|s| s.installed.retunnel_targets())
+            .collect()
+    }
+
     /// The sessions of the SMF at `peer`.
     pub fn of_peer(&self, peer: IpAddr) -> Vec<u64> {
         self.sessions
