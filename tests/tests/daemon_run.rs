@@ -243,3 +243,43 @@ fn mecgw_run_serves_the_grpc_api_over_mtls_and_a_created_rule_reaches_the_fast_p
     );
     assert!(d.stop().success());
 }
+
+/// Idle clients cannot take the operations port: connections beyond its limit are closed at
+/// accept (counted), the rest when their headers do not come within the header read timeout;
+/// /healthz answers again once they are gone, and /metrics says how many were refused.
+#[test]
+fn idle_clients_cannot_starve_the_operations_port() {
+    use std::io::Read as _;
+    let bed = Bed::new();
+    let config = bed.write("");
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+
+    // More idle connections than the port serves at once (256), none sending a byte.
+    let idle: Vec<std::net::TcpStream> = mecgw_tests::in_netns(&bed.mec, || {
+        (0..300)
+            .map(|_| std::net::TcpStream::connect("127.0.0.1:9464").unwrap())
+            .collect()
+    })
+    .unwrap();
+    // Every one is closed by mecgw, none left hanging (30 s is far past the 5 s timeout).
+    for (i, mut s) in idle.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("idle connection {i} was not closed by mecgw: {e}"),
+        }
+    }
+    assert_eq!(bed.http("/healthz"), (true, "ok\n".to_string()));
+    let (ok, m) = bed.http("/metrics");
+    assert!(ok);
+    let refused = sample(&m, "mecgw_ops_connections_refused_total");
+    assert!(
+        (44..=300).contains(&refused),
+        "300 idle connections against a limit of 256: {refused} refused"
+    );
+    let status = d.stop();
+    assert!(status.success(), "mecgw exited {status}: {}", d.stderr());
+}

@@ -128,6 +128,8 @@ pub struct DaemonMetrics {
     /// 1 while the newest reload attempt failed (the old tables and policy stay in force).
     pub last_reload_failed: AtomicU64,
     pub gtpu: gtpu::GtpuCounters,
+    /// Operations-port connections closed at accept: the connection limit was reached.
+    pub ops_connections_refused: AtomicU64,
 }
 
 /// Why a change of the tables was not installed. The tables in force stay.

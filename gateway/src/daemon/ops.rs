@@ -3,20 +3,39 @@
 //! Kubelet probes cannot do mTLS, so this port carries no regulated data: only counters and
 //! health. It is read-only.
 
-use std::{fmt::Write as _, net::SocketAddr, sync::Arc, sync::atomic::Ordering};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use mecgw_ebpf::Counter;
-use tracing::{info, warn};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 use super::Gateway;
 use crate::datapath::Direction;
+
+/// Connections served at once; more are closed at accept (counted), so that idle or slow
+/// clients cannot take every file descriptor the daemon has.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long a client may take to send a request's headers (also the idle time allowed
+/// between keep-alive requests before the next one's headers).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(
     gw: Arc<Gateway>,
     listen: SocketAddr,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let metrics_of = Arc::clone(&gw);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -30,14 +49,43 @@ pub async fn serve(
         }
     };
     info!(%listen, "operations port: /metrics /healthz /readyz");
-    let shutdown = async move {
-        let _ = stop.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        warn!(error = %e, "operations port failed");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut warned = false;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning on accept.
+                    warn!(error = %e, "operations port: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics_of
+                .metrics
+                .ops_connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if !warned {
+                warned = true;
+                warn!(%peer, max = MAX_CONNECTIONS, "operations port: connection limit reached; connections beyond it are closed (mecgw_ops_connections_refused_total)");
+            }
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                debug!(%peer, error = %e, "operations port: connection ended");
+            }
+        });
     }
 }
 
@@ -61,7 +109,20 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    match render(&gw) {
+    // Rendering reads every counter map (100,000 sessions take a noticeable time): off the
+    // runtime, so that /healthz and the API are not held up by scrapes.
+    let rendered = tokio::task::spawn_blocking(move || render(&gw)).await;
+    let rendered = match rendered {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [("content-type", "text/plain")],
+                format!("rendering the metrics failed: {e}\n"),
+            );
+        }
+    };
+    match rendered {
         Ok(text) => (
             StatusCode::OK,
             [("content-type", "text/plain; version=0.0.4")],
@@ -241,6 +302,12 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
             v.load(Ordering::Relaxed)
         );
     }
+    counter(
+        &mut out,
+        "mecgw_ops_connections_refused_total",
+        "Operations-port connections closed at accept because the connection limit was reached.",
+        gw.metrics.ops_connections_refused.load(Ordering::Relaxed),
+    );
     gauge(
         &mut out,
         "mecgw_ready",

@@ -411,11 +411,13 @@ fn summarise(report: &serde_json::Value, metrics: &str) -> String {
         s,
         "(the core stand-in answers after {CORE_DELAY_MS} ms: the distant cloud)"
     );
-    let _ = writeln!(s, "\nper-rule and per-PDR counters");
-    for l in metrics
-        .lines()
-        .filter(|l| l.starts_with("mecgw_rule_") || l.starts_with("mecgw_pdr_"))
-    {
+    // The sessions come over PFCP: their PDRs' counters are in the usage reports below; here
+    // the fast path's reasons (pdr_local, pdr_retunnel, ...) say which path each packet took.
+    let _ = writeln!(s, "\nfast-path reasons (those that counted)");
+    for l in metrics.lines().filter(|l| {
+        (l.starts_with("mecgw_fastpath_reason_packets_total") || l.starts_with("mecgw_rule_"))
+            && !l.ends_with(" 0")
+    }) {
         let _ = writeln!(s, "    {l}");
     }
     let _ = writeln!(s, "\nfast-path verdicts");
