@@ -11,6 +11,7 @@
 pub mod api;
 pub mod daemon;
 pub mod datapath;
+pub mod log_limit;
 pub mod pcap;
 pub mod pfcp;
 pub mod records;

@@ -283,3 +283,49 @@ fn idle_clients_cannot_starve_the_operations_port() {
     let status = d.stop();
     assert!(status.success(), "mecgw exited {status}: {}", d.stderr());
 }
+
+/// A flood of GTP-U Error Indications (anyone on N3 can send them) is counted, each one, but
+/// writes 20 log lines a minute, not one per datagram; what was held back is counted too.
+#[test]
+fn a_flood_of_error_indications_is_counted_but_not_logged_line_by_line() {
+    let bed = Bed::new();
+    let config = bed.write("");
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+    let indication = packet::Gtpu::encode(packet::gtp_type::ERROR_INDICATION, 0, None, None, &[]);
+    mecgw_tests::in_netns(&bed.gnb, || {
+        let s = UdpSocket::bind("198.18.0.1:0").unwrap();
+        for i in 0..2000 {
+            s.send_to(&indication, "198.18.0.2:2152").unwrap();
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    })
+    .unwrap();
+    // Wait until the count stops moving (a datagram may be lost on the way: count what came).
+    let series = "mecgw_gtpu_signalling_total{type=\"error_indication\"}";
+    let mut counted = 0;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = sample(&bed.http("/metrics").1, series);
+        if now == counted && now > 0 {
+            break;
+        }
+        counted = now;
+    }
+    assert!(
+        counted >= 1000,
+        "only {counted} of 2000 indications counted"
+    );
+    let m = bed.http("/metrics").1;
+    assert_eq!(
+        sample(&m, "mecgw_log_lines_suppressed_total"),
+        counted - 20,
+        "{m}"
+    );
+    assert!(d.stop().success());
+    let log = d.stderr();
+    let lines = log.matches("GTP-U error indication").count();
+    assert_eq!(lines, 20, "{lines} log lines for {counted} indications");
+}

@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use super::Gateway;
+use crate::log_limit::LogBudget;
 
 const ECHO_REQUEST: u8 = 1;
 const ECHO_RESPONSE: u8 = 2;
@@ -159,12 +160,21 @@ pub async fn serve(
     info!(%listen, restart_counter, "answering GTP-U echo");
     let c = &gw.metrics.gtpu;
     let mut buf = vec![0u8; 2048];
+    // Each of these lines can be caused by anyone who can send a datagram to the port.
+    let mut receive_log = LogBudget::new("GTP-U receive errors", 10);
+    let mut send_log = LogBudget::new("GTP-U echo responses not sent", 10);
+    let mut indication_log = LogBudget::new("GTP-U error indications", 20);
     loop {
         let (n, from) = tokio::select! {
             _ = stop.changed() => return,
             r = sock.recv_from(&mut buf) => match r {
                 Ok(x) => x,
-                Err(e) => { warn!(error = %e, "GTP-U receive"); continue }
+                Err(e) => {
+                    if receive_log.allow() {
+                        warn!(error = %e, "GTP-U receive");
+                    }
+                    continue;
+                }
             },
         };
         match handle(&buf[..n], restart_counter) {
@@ -174,7 +184,11 @@ pub async fn serve(
                     Ok(_) => {
                         c.echo_responses_sent.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => warn!(%from, error = %e, "sending echo response"),
+                    Err(e) => {
+                        if send_log.allow() {
+                            warn!(%from, error = %e, "sending echo response");
+                        }
+                    }
                 }
             }
             Signal::EndMarker => {
@@ -182,7 +196,9 @@ pub async fn serve(
             }
             Signal::ErrorIndication => {
                 c.error_indications.fetch_add(1, Ordering::Relaxed);
-                warn!(%from, "GTP-U error indication");
+                if indication_log.allow() {
+                    warn!(%from, "GTP-U error indication");
+                }
             }
             Signal::Other(t) => {
                 c.other.fetch_add(1, Ordering::Relaxed);

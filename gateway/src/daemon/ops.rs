@@ -304,6 +304,12 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
     }
     counter(
         &mut out,
+        "mecgw_log_lines_suppressed_total",
+        "Log lines held back by rate limits (lines anyone outside can cause: GTP-U, PFCP).",
+        crate::log_limit::SUPPRESSED.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "mecgw_ops_connections_refused_total",
         "Operations-port connections closed at accept because the connection limit was reached.",
         gw.metrics.ops_connections_refused.load(Ordering::Relaxed),

@@ -29,7 +29,10 @@ use mecgw_pfcp::{
     },
 };
 use tokio::{net::UdpSocket, sync::watch};
+
 use tracing::{debug, error, info, warn};
+
+use crate::log_limit::LogBudget;
 
 use super::{
     OnPeerLost, PfcpConfig, PfcpMetrics,
@@ -120,7 +123,7 @@ impl PfcpEndpoint {
                         next_probe: Instant::now() + PROBE_EVERY,
                         prober: Prober::new(),
                         unenforced_logged: false,
-                        log: Throttle::default(),
+                        log: LogBudget::new("PFCP warnings", 20),
                     };
                     node.serve(stopped).await;
                 });
@@ -386,41 +389,6 @@ impl ResponseCache {
     }
 }
 
-/// At most 20 warnings a minute from one endpoint; the rest are counted and said once.
-#[derive(Default)]
-struct Throttle {
-    window: Option<Instant>,
-    used: u32,
-    suppressed: u64,
-}
-
-impl Throttle {
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        match self.window {
-            Some(w) if now.duration_since(w) < Duration::from_secs(60) => {}
-            _ => {
-                if self.suppressed > 0 {
-                    warn!(
-                        suppressed = self.suppressed,
-                        "PFCP: more warnings in the last minute than logged (see mecgw_pfcp_rejected_total)"
-                    );
-                }
-                self.window = Some(now);
-                self.used = 0;
-                self.suppressed = 0;
-            }
-        }
-        if self.used < 20 {
-            self.used += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
-}
-
 /// The endpoint's state, owned by its one task.
 struct Node {
     config: PfcpConfig,
@@ -445,7 +413,8 @@ struct Node {
     next_probe: Instant,
     /// Whether the one log line about QER rates not enforced was written.
     unenforced_logged: bool,
-    log: Throttle,
+    /// Warnings a peer can cause: at most 20 a minute.
+    log: LogBudget,
 }
 
 impl Node {
