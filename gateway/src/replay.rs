@@ -53,6 +53,25 @@ pub enum ReplayError {
     },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    /// An output names the input (or the other output): writing it would destroy what is
+    /// being read, or mix two outputs.
+    #[error("{output} is the same file as {input}: give the output another name")]
+    SameFile { input: String, output: String },
+}
+
+/// The longest frame BPF_PROG_TEST_RUN places whole in the packet's linear data: one page
+/// less XDP_PACKET_HEADROOM (256) and the skb_shared_info tail (320 on x86_64). Longer frames
+/// are split into fragments the programs do not read, so their verdicts would be wrong:
+/// they are reported as `not_run`.
+pub const MAX_TEST_RUN_FRAME: usize = 4096 - 256 - 320;
+
+/// Whether `a` and `b` name the same existing file (links and `..` included).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 /// One line of the verdicts file.
@@ -87,6 +106,20 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ReplayError + '_ {
 
 /// Replays `opts.input` through the program for `opts.direction` loaded with `opts.tables`.
 pub fn replay(opts: &ReplayOptions) -> Result<Summary, ReplayError> {
+    // Each output against what was named before it: the input, then the frames' output.
+    let mut earlier = vec![&opts.input];
+    for output in std::iter::once(&opts.output).chain(opts.verdicts.as_ref()) {
+        if let Some(other) = earlier
+            .iter()
+            .find(|e| **e == output || same_file(e, output))
+        {
+            return Err(ReplayError::SameFile {
+                input: other.display().to_string(),
+                output: output.display().to_string(),
+            });
+        }
+        earlier.push(output);
+    }
     let tables = compile::load(&opts.tables)?;
     let capture = |source| ReplayError::Capture {
         path: opts.input.display().to_string(),
@@ -112,12 +145,12 @@ pub fn replay(opts: &ReplayOptions) -> Result<Summary, ReplayError> {
         let index = summary.packets;
         summary.packets += 1;
         let len_in = record.data.len();
-        let judged = if len_in < MIN_FRAME {
+        let judged = if !(MIN_FRAME..=MAX_TEST_RUN_FRAME).contains(&len_in) {
             None
         } else {
             match fast_path.judge(opts.direction, &record.data) {
                 Ok(j) => Some(j),
-                // The kernel refuses frames it cannot place in one page.
+                // Older kernels refuse frames they cannot place in one page.
                 Err(DatapathError::Program { .. }) if len_in > 3000 => None,
                 Err(e) => return Err(e.into()),
             }

@@ -255,3 +255,88 @@ fn without_the_privilege_to_load_bpf_it_says_so_plainly() {
     );
     assert!(stderr.contains("needs root or CAP_BPF"), "{stderr}");
 }
+
+/// `--out` (or `--verdicts`) naming the input is refused before anything is written: the
+/// capture is left as it was.
+#[test]
+fn an_output_that_is_the_input_is_refused_and_the_input_kept() {
+    let dir = workdir();
+    let mut frame = eth(MAC_A, MAC_B, 0x0806);
+    frame.extend_from_slice(&[0; 28]);
+    let input = dir.path().join("in.pcap");
+    write_pcap(&input, &[frame]);
+    let before = std::fs::read(&input).unwrap();
+    // The same file by another name, too.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    for (out, verdicts) in [
+        (input.clone(), dir.path().join("v.jsonl")),
+        (
+            dir.path().join("sub/../in.pcap"),
+            dir.path().join("v.jsonl"),
+        ),
+        (dir.path().join("out.pcap"), input.clone()),
+        (dir.path().join("out.pcap"), dir.path().join("out.pcap")),
+    ] {
+        let o = Command::new(mecgw_bin().unwrap())
+            .arg("replay")
+            .arg("--tables")
+            .arg(dir.path().join("tables.toml"))
+            .arg("--in")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .arg("--verdicts")
+            .arg(&verdicts)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{out:?} {verdicts:?}: {stderr}");
+        assert!(
+            stderr.contains("is the same file as")
+                && stderr.contains("give the output another name"),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&input).unwrap(),
+            before,
+            "the input was changed"
+        );
+    }
+}
+
+/// A valid G-PDU longer than a test run can hold whole is reported as not run, truthfully,
+/// and not written; one just under the limit is judged.
+#[test]
+fn frames_too_long_for_a_test_run_are_not_run_not_misjudged() {
+    let dir = workdir();
+    let frame_of = |payload: usize| {
+        let inner = ipv4(
+            v4("10.45.0.1"),
+            v4("192.0.2.10"),
+            17,
+            64,
+            0,
+            &udp(1, 53, &vec![0x5a; payload]),
+        );
+        n3_v4(
+            v4("198.18.1.1"),
+            v4("198.18.0.1"),
+            &gtp(255, 0x100, None, &[ul_container(9)], &inner),
+        )
+    };
+    // Headers: Ethernet 14, IPv4 20, UDP 8, GTP-U 8 + 8 with the container, inner 20 + 8.
+    let fits = frame_of(3520 - 86);
+    assert_eq!(fits.len(), 3520);
+    let jumbo = frame_of(8000);
+    write_pcap(&dir.path().join("in.pcap"), &[fits.clone(), jumbo.clone()]);
+    let out = replay(dir.path(), "uplink");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v = verdict_lines(dir.path());
+    assert_eq!(v[0]["verdict"], "redirect", "{v:?}");
+    assert_eq!(v[0]["reason"], "rule_local", "{v:?}");
+    assert_eq!(v[1]["verdict"], "not_run", "{v:?}");
+    assert_eq!(v[1]["reason"], "too_large_for_test_run", "{v:?}");
+    assert_eq!(v[1]["len_in"], jumbo.len());
+    assert_eq!(read_pcap(&dir.path().join("out.pcap")).len(), 1);
+}
