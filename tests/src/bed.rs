@@ -196,6 +196,11 @@ impl Daemon {
         }
     }
 
+    /// The exit status, if mecgw has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     pub fn stderr(&mut self) -> String {
         use std::io::Read as _;
         let mut s = String::new();

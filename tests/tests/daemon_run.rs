@@ -329,3 +329,60 @@ fn a_flood_of_error_indications_is_counted_but_not_logged_line_by_line() {
     let lines = log.matches("GTP-U error indication").count();
     assert_eq!(lines, 20, "{lines} log lines for {counted} indications");
 }
+
+/// Waits up to 30 s for `d` to exit by itself; its exit status and log.
+fn exit_of(d: &mut mecgw_tests::bed::Daemon) -> (std::process::ExitStatus, String) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = d.try_wait() {
+            return (status, d.stderr());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "mecgw went on although it cannot serve"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A port in use, or an API certificate that does not load, stops the start before anything
+/// is attached: no daemon that says it is ready and does not serve.
+#[test]
+fn a_taken_port_or_a_bad_certificate_stops_the_start_before_anything_is_attached() {
+    let bed = Bed::new();
+    let config = bed.write("");
+
+    // The operations port, taken by someone else in the daemon's namespace.
+    let taken = mecgw_tests::in_netns(&bed.mec, || {
+        std::net::TcpListener::bind("127.0.0.1:9464").unwrap()
+    })
+    .unwrap();
+    let mut d = bed.start(&config);
+    let (status, log) = exit_of(&mut d);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("metrics.listen 127.0.0.1:9464: cannot listen"),
+        "{log}"
+    );
+    assert!(!bed.xdp_on("t-n3") && !bed.xdp_on("t-local"), "{log}");
+    assert!(!log.contains("mecgw is ready"), "{log}");
+    drop(taken);
+
+    // An API certificate that is not one.
+    let site = mecgw_tests::api::Site::new().unwrap();
+    std::fs::write(site.dir().join("server.pem"), "not a certificate\n").unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[api]\nlisten = \"127.0.0.1:50051\"\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\n\
+         client_ca = \"{d}/ca.pem\"\n\n[api.apps.operator]\nrole = \"operator\"\nsans = [\"{op}\"]\n",
+        d = site.dir().display(),
+        op = mecgw_tests::api::OPERATOR_URI,
+    ));
+    std::fs::write(&config, text).unwrap();
+    let mut d = bed.start(&config);
+    let (status, log) = exit_of(&mut d);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("server.pem"), "the file is named: {log}");
+    assert!(!bed.xdp_on("t-n3") && !bed.xdp_on("t-local"), "{log}");
+    assert!(!log.contains("mecgw is ready"), "{log}");
+}

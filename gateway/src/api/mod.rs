@@ -205,6 +205,25 @@ pub async fn serve<B: ApiBackend>(
     serve_on(backend, config, listener, shutdown).await
 }
 
+/// Checks `config` (values, certificates, keys and CA, read and parsed as serving would) and
+/// binds its port: what can fail when the API starts fails here, before the daemon attaches
+/// anything or says it is ready.
+pub async fn prepare(config: &ApiConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    config
+        .validate()
+        .map_err(|errors| anyhow::anyhow!("[api]: {}", errors.join("; ")))?;
+    if !config.insecure {
+        // Building the acceptor is what serving does first: a key that does not match its
+        // certificate fails here.
+        Server::builder()
+            .tls_config(tls_config(config)?)
+            .context("api: TLS configuration (api.cert, api.key, api.client_ca)")?;
+    }
+    tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("api.listen {}: cannot listen", config.listen))
+}
+
 /// [`serve`] on a listener the caller bound (tests bind port 0 and read the address).
 pub async fn serve_on<B: ApiBackend>(
     backend: Arc<B>,
@@ -385,6 +404,46 @@ const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// How long a graceful stop may wait for calls still open.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// What a PEM file given in `[api]` must hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    Certificate,
+    PrivateKey,
+}
+
+/// Checks that `bytes` (read from `path`, given as `api.{what}`) hold at least one PEM block of
+/// the kind wanted, and that every certificate in it parses.
+fn check_pem(
+    what: &str,
+    path: Option<&std::path::Path>,
+    bytes: &[u8],
+    holds: Holds,
+) -> anyhow::Result<()> {
+    let shown = path.map_or_else(String::new, |p| p.display().to_string());
+    let mut found = false;
+    for pem in x509_parser::pem::Pem::iter_from_buffer(bytes) {
+        let pem = pem.map_err(|e| anyhow::anyhow!("api.{what} {shown}: not PEM: {e}"))?;
+        match holds {
+            Holds::Certificate if pem.label == "CERTIFICATE" => {
+                pem.parse_x509().map_err(|e| {
+                    anyhow::anyhow!("api.{what} {shown}: a certificate that does not parse: {e}")
+                })?;
+                found = true;
+            }
+            Holds::PrivateKey if pem.label.ends_with("PRIVATE KEY") => found = true,
+            _ => {}
+        }
+    }
+    if !found {
+        let kind = match holds {
+            Holds::Certificate => "no PEM certificate (BEGIN CERTIFICATE)",
+            Holds::PrivateKey => "no PEM private key (BEGIN … PRIVATE KEY)",
+        };
+        anyhow::bail!("api.{what} {shown}: {kind} in it");
+    }
+    Ok(())
+}
+
 fn tls_config(config: &ApiConfig) -> anyhow::Result<ServerTlsConfig> {
     let read = |what: &str, path: &Option<std::path::PathBuf>| -> anyhow::Result<Vec<u8>> {
         let path = path
@@ -396,6 +455,15 @@ fn tls_config(config: &ApiConfig) -> anyhow::Result<ServerTlsConfig> {
     let cert = read("cert", &config.cert)?;
     let key = read("key", &config.key)?;
     let ca = read("client_ca", &config.client_ca)?;
+    // tonic parses the PEM only when it serves: check here, naming the file at fault.
+    check_pem("cert", config.cert.as_deref(), &cert, Holds::Certificate)?;
+    check_pem("key", config.key.as_deref(), &key, Holds::PrivateKey)?;
+    check_pem(
+        "client_ca",
+        config.client_ca.as_deref(),
+        &ca,
+        Holds::Certificate,
+    )?;
     Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(ca))

@@ -3,7 +3,6 @@
 //! Markers, Error Indications and everything else it receives. It never forwards user data.
 
 use std::{
-    net::SocketAddr,
     path::Path,
     sync::{
         Arc,
@@ -146,18 +145,14 @@ pub fn next_restart_counter(state_dir: &Path) -> anyhow::Result<u8> {
 
 pub async fn serve(
     gw: Arc<Gateway>,
-    listen: SocketAddr,
+    sock: UdpSocket,
     restart_counter: u8,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let sock = match UdpSocket::bind(listen).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(%listen, error = %e, "cannot bind the GTP-U signalling socket; echo is not answered");
-            return;
-        }
-    };
-    info!(%listen, restart_counter, "answering GTP-U echo");
+    let listen = sock
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    info!(listen, restart_counter, "answering GTP-U echo");
     let c = &gw.metrics.gtpu;
     let mut buf = vec![0u8; 2048];
     // Each of these lines can be caused by anyone who can send a datagram to the port.

@@ -421,6 +421,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let (file_tables, tables) = load_tables(&config.datapath.tables, &overlay, reserved)?;
     let tables = tables.on_interfaces(n3_ifindex, local_ifindex);
+    // Every port is bound and the API's certificates are loaded before anything is attached:
+    // a port in use or a bad certificate stops the start, instead of a daemon that says it is
+    // ready and does not serve.
+    let ops_listener = tokio::net::TcpListener::bind(config.metrics.listen)
+        .await
+        .with_context(|| format!("metrics.listen {}: cannot listen", config.metrics.listen))?;
+    let gtpu_socket = if config.gtpu.enabled {
+        Some(
+            tokio::net::UdpSocket::bind(config.gtpu.listen)
+                .await
+                .with_context(|| format!("gtpu.listen {}: cannot bind", config.gtpu.listen))?,
+        )
+    } else {
+        None
+    };
+    let api_listener = match &config.api {
+        Some(api_config) => Some(crate::api::prepare(api_config).await?),
+        None => None,
+    };
     let policy = match &config.policy {
         Some(p) => {
             let loaded = load_policy(&p.file)?;
@@ -431,6 +450,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             warn!("no policy configured: no regulated data will be released");
             None
         }
+    };
+    // Egress checks its values and opens its spool and audit log before anything is attached.
+    let egress = match &config.egress {
+        Some(egress_config) => {
+            let table = policy
+                .as_ref()
+                .map(|p| PermissionTable::from_policy(&p.policy))
+                .unwrap_or_default();
+            let permissions = Arc::new(Permissions::new(Arc::new(table)));
+            Some(Arc::new(
+                Egress::open(egress_config.clone(), permissions).context("[egress]")?,
+            ))
+        }
+        None => None,
     };
     // Flows are counted only for a policy that takes `flow` records: counting costs a map
     // update per packet (docs/fastpath.md), and in XDP the choice is made at load.
@@ -504,16 +537,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     return_freed_memory();
 
     // The privacy plane: egress first (the engine spools into it), then the engine.
-    let forwarders = match &config.egress {
-        Some(egress_config) => {
-            let table = policy
-                .as_ref()
-                .map(|p| PermissionTable::from_policy(&p.policy))
-                .unwrap_or_default();
-            let permissions = Arc::new(Permissions::new(Arc::new(table)));
-            let egress = Arc::new(
-                Egress::open(egress_config.clone(), permissions).context("starting egress")?,
-            );
+    let forwarders = match (&config.egress, egress) {
+        (Some(egress_config), Some(egress)) => {
             let forwarders = egress.start().context("starting the egress forwarders")?;
             info!(
                 destinations = egress_config.destinations.len(),
@@ -523,7 +548,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let _ = gw.egress.set(egress);
             Some(forwarders)
         }
-        None => None,
+        _ => None,
     };
     let (ingest_tx, ingest_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE);
     let (releases_tx, _) = tokio::sync::broadcast::channel(RELEASE_BROADCAST);
@@ -567,31 +592,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let ops = tokio::spawn(ops::serve(
-        Arc::clone(&gw),
-        config.metrics.listen,
-        stop_rx.clone(),
-    ));
-    let gtpu = if config.gtpu.enabled {
-        let restart = gtpu::next_restart_counter(&config.state.dir)?;
-        Some(tokio::spawn(gtpu::serve(
-            Arc::clone(&gw),
-            config.gtpu.listen,
-            restart,
-            stop_rx.clone(),
-        )))
-    } else {
-        None
+    let ops = tokio::spawn(ops::serve(Arc::clone(&gw), ops_listener, stop_rx.clone()));
+    let gtpu = match gtpu_socket {
+        Some(socket) => {
+            let restart = gtpu::next_restart_counter(&config.state.dir)?;
+            Some(tokio::spawn(gtpu::serve(
+                Arc::clone(&gw),
+                socket,
+                restart,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
     };
-    let api = match &config.api {
-        Some(api_config) => Some(spawn_api(
+    let api = match (&config.api, api_listener) {
+        (Some(api_config), Some(listener)) => Some(spawn_api(
             &gw,
             api_config,
+            listener,
             ingest_tx,
             releases_tx,
             stop_rx.clone(),
-        )?),
-        None => None,
+        )),
+        _ => None,
     };
     let pfcp = match &config.pfcp {
         Some(p) => Some(start_pfcp(&gw, p)?),
@@ -676,13 +699,11 @@ const RELEASE_BROADCAST: usize = 1024;
 fn spawn_api(
     gw: &Arc<Gateway>,
     config: &crate::api::ApiConfig,
+    listener: tokio::net::TcpListener,
     ingest_tx: tokio::sync::mpsc::Sender<crate::api::PublishedRecord>,
     releases_tx: tokio::sync::broadcast::Sender<Arc<crate::api::ReleasedOutput>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    if let Err(errors) = config.validate() {
-        anyhow::bail!("[api]: {}", errors.join("; "));
-    }
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     if config.insecure {
         warn!(listen = %config.listen, "the gRPC API is served in PLAINTEXT (insecure): no mTLS, no app identity from certificates");
     }
@@ -694,12 +715,12 @@ fn spawn_api(
     let _ = gw.api_metrics.set(api.metrics());
     let config = config.clone();
     info!(listen = %config.listen, "serving the gRPC local APIs");
-    Ok(tokio::spawn(async move {
-        crate::api::serve(api, &config, async move {
+    tokio::spawn(async move {
+        crate::api::serve_on(api, &config, listener, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
-    }))
+    })
 }
 
 /// SIGHUP: validate the tables and policy files again; swap only what is valid.

@@ -5,7 +5,6 @@
 
 use std::{
     fmt::Write as _,
-    net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -32,7 +31,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(
     gw: Arc<Gateway>,
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let metrics_of = Arc::clone(&gw);
@@ -41,14 +40,10 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(gw);
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(%listen, error = %e, "cannot bind the operations port");
-            return;
-        }
-    };
-    info!(%listen, "operations port: /metrics /healthz /readyz");
+    let listen = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    info!(listen, "operations port: /metrics /healthz /readyz");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut warned = false;
     loop {
