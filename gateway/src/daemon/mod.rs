@@ -632,12 +632,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Reloads run on a blocking thread, one at a time: a SIGTERM is heard while a large
+    // file is validated. SIGHUPs that arrive meanwhile make one more reload when it ends.
+    let config = Arc::new(config);
+    let mut reloading: Option<tokio::task::JoinHandle<()>> = None;
+    let mut hup_pending = false;
     loop {
+        let reload_done = async {
+            match reloading.as_mut() {
+                Some(h) => {
+                    let _ = h.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
-            _ = hup.recv() => reload(&gw, &config),
+            _ = hup.recv() => {
+                if reloading.is_some() {
+                    hup_pending = true;
+                } else {
+                    reloading = Some(spawn_reload(&gw, &config));
+                }
+            }
+            () = reload_done => {
+                reloading = None;
+                if std::mem::take(&mut hup_pending) {
+                    reloading = Some(spawn_reload(&gw, &config));
+                }
+            }
             _ = term.recv() => { info!("SIGTERM: draining"); break }
             _ = int.recv() => { info!("SIGINT: draining"); break }
         }
+    }
+    if reloading.is_some() {
+        // Not waited for: a stop must not wait on a large file. The files are read again at
+        // the next start; the programs detach when the process exits.
+        info!("SIGTERM during a reload: the reload is abandoned");
     }
     gw.draining.store(true, Ordering::SeqCst);
     gw.ready.send_replace(false);
@@ -721,6 +751,11 @@ fn spawn_api(
         })
         .await
     })
+}
+
+fn spawn_reload(gw: &Arc<Gateway>, config: &Arc<Config>) -> tokio::task::JoinHandle<()> {
+    let (gw, config) = (Arc::clone(gw), Arc::clone(config));
+    tokio::task::spawn_blocking(move || reload(&gw, &config))
 }
 
 /// SIGHUP: validate the tables and policy files again; swap only what is valid.
