@@ -248,7 +248,8 @@ fn default_gtpu_listen() -> SocketAddr {
     SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 2152))
 }
 
-/// Values given on the command line or in the environment; each replaces the file's.
+/// Values given on the command line or in the environment; each replaces the file's. Their
+/// relative paths are relative to the working directory.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
     /// N3 interface (replaces interfaces.n3).
@@ -283,6 +284,23 @@ pub struct Overrides {
     pub insecure: bool,
 }
 
+impl Overrides {
+    /// The same values with relative paths made absolute against the working directory (a
+    /// path that cannot be, because the working directory is gone, is kept as given).
+    fn from_working_directory(&self) -> Overrides {
+        let absolute = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        };
+        Overrides {
+            tables: absolute(&self.tables),
+            policy: absolute(&self.policy),
+            state_dir: absolute(&self.state_dir),
+            ..self.clone()
+        }
+    }
+}
+
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -300,14 +318,15 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path`, applies `overrides`, and resolves relative paths against the file's
-    /// directory.
+    /// Reads `path`, applies `overrides`, and resolves relative paths: those in the file
+    /// against the file's directory, those given by flags or environment variables against
+    /// the working directory (as operators' other tools do).
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
         let text = mecgw_policy::files::read_text_limited(path, MAX_CONFIG_BYTES)?;
         let mut config = Config::from_toml(&text, &shown)?;
         config.check_pfcp(&text, &shown)?;
-        config.apply(overrides);
+        config.apply(&overrides.from_working_directory());
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
@@ -352,6 +371,8 @@ impl Config {
     }
 
     fn apply(&mut self, o: &Overrides) {
+        // Paths here are absolute ([`Overrides::from_working_directory`]): resolving the
+        // file's paths later leaves them as they are.
         if let Some(v) = &o.n3_iface {
             self.interfaces.n3 = v.clone();
         }
@@ -598,6 +619,18 @@ mod tests {
         assert_eq!(c.xdp.mode, AttachMode::Generic);
         assert_eq!(c.interfaces.n3, "n3x");
         assert_eq!(c.datapath.tables, dir.path().join("tables.toml"));
+
+        // A relative path given by a flag or variable is the operator's: the working
+        // directory's, not the file's.
+        let o = Overrides {
+            tables: Some("given.toml".into()),
+            state_dir: Some("st".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&path, &o).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.datapath.tables, cwd.join("given.toml"));
+        assert_eq!(c.state.dir, cwd.join("st"));
     }
 
     #[test]
