@@ -221,41 +221,51 @@ impl PfcpMetrics {
     /// Prometheus text of every counter.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            out,
-            "mecgw_pfcp_associations",
-            "PFCP associations with SMFs (lost ones included until they end).",
-            self.associations.load(Ordering::Relaxed),
-        );
-        gauge(
-            out,
-            "mecgw_pfcp_sessions",
-            "PFCP sessions in force.",
-            self.sessions.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mecgw_pfcp_peers_lost_total SMFs declared lost (heartbeats unanswered).\n# TYPE mecgw_pfcp_peers_lost_total counter\nmecgw_pfcp_peers_lost_total {}",
-            self.peers_lost.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mecgw_pfcp_retransmissions_total Retransmitted requests answered from the cache (applied once).\n# TYPE mecgw_pfcp_retransmissions_total counter\nmecgw_pfcp_retransmissions_total {}",
-            self.retransmissions_answered.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mecgw_pfcp_neighbour_probes_total GTP-U Echo Requests sent to re-tunnel targets (so their neighbour entries resolve).\n# TYPE mecgw_pfcp_neighbour_probes_total counter\nmecgw_pfcp_neighbour_probes_total {}",
-            self.neighbour_probes.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mecgw_pfcp_unenforced_total QERs accepted with an MBR or GBR, which mecgw does not enforce.\n# TYPE mecgw_pfcp_unenforced_total counter\nmecgw_pfcp_unenforced_total {}",
-            self.unenforced.load(Ordering::Relaxed)
-        );
+        let scalars = [
+            (
+                "mecgw_pfcp_associations",
+                "gauge",
+                "PFCP associations with SMFs (lost ones included until they end).",
+                &self.associations,
+            ),
+            (
+                "mecgw_pfcp_sessions",
+                "gauge",
+                "PFCP sessions in force.",
+                &self.sessions,
+            ),
+            (
+                "mecgw_pfcp_peers_lost_total",
+                "counter",
+                "SMFs declared lost (heartbeats unanswered).",
+                &self.peers_lost,
+            ),
+            (
+                "mecgw_pfcp_retransmissions_total",
+                "counter",
+                "Retransmitted requests answered from the cache (applied once).",
+                &self.retransmissions_answered,
+            ),
+            (
+                "mecgw_pfcp_neighbour_probes_total",
+                "counter",
+                "GTP-U Echo Requests sent to re-tunnel targets (so their neighbour entries resolve).",
+                &self.neighbour_probes,
+            ),
+            (
+                "mecgw_pfcp_unenforced_total",
+                "counter",
+                "QERs accepted with an MBR or GBR, which mecgw does not enforce.",
+                &self.unenforced,
+            ),
+        ];
+        for (name, kind, help, value) in scalars {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP mecgw_pfcp_messages_total PFCP messages received (in) and sent (out), by message.\n# TYPE mecgw_pfcp_messages_total counter"
