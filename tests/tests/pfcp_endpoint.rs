@@ -1329,3 +1329,48 @@ fn a_new_retunnel_target_is_probed_and_unenforced_rates_are_counted() {
         upf.metrics()
     );
 }
+
+/// An SMF that establishes again under a CP F-SEID it already used (it lost the session,
+/// e.g. restarted without mecgw noticing) gets the new session; the old one, stale, is
+/// deleted, so its UE address does not block the new one.
+#[test]
+fn an_establishment_reusing_a_cp_f_seid_replaces_the_stale_session() {
+    let upf = Upf::start(|_| {});
+    let mut smf = Smf::new(Ipv4Addr::LOCALHOST, upf.addr);
+    smf.associate();
+    let cp_seid = 0x0000_c0de_0000_0009;
+    let teid_of = |r: Received| {
+        let Message::SessionEstablishmentResponse(e) = r.message else {
+            panic!("{:?}", r.message)
+        };
+        assert_eq!(
+            e.cause,
+            Cause::ACCEPTED,
+            "offending IE {:?}",
+            e.offending_ie
+        );
+        match e.created_pdr[0].local_f_teid {
+            Some(FTeid::Assigned { teid, .. }) => teid,
+            ref other => panic!("{other:?}"),
+        }
+    };
+    let first = teid_of(smf.request(
+        Some(0),
+        Message::SessionEstablishmentRequest(breakout(cp_seid, smf.ip, volume_urr())),
+    ));
+    let second = teid_of(smf.request(
+        Some(0),
+        Message::SessionEstablishmentRequest(breakout(cp_seid, smf.ip, volume_urr())),
+    ));
+    assert_ne!(first, second);
+    let tunnels = upf.dp.tunnels();
+    assert!(tunnels.contains_key(&second), "the new session is in force");
+    assert!(!tunnels.contains_key(&first), "the stale one is gone");
+    assert_eq!(upf.dp.downlinks().len(), 1, "one downlink for the UE");
+    assert!(upf.has_metric("mecgw_pfcp_sessions 1"), "{}", upf.metrics());
+    assert!(
+        upf.has_metric("mecgw_pfcp_stale_sessions_replaced_total 1"),
+        "{}",
+        upf.metrics()
+    );
+}

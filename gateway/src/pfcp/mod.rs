@@ -179,6 +179,8 @@ pub struct PfcpMetrics {
     pub neighbour_probes: AtomicU64,
     /// QERs accepted with an MBR or GBR, which mecgw does not enforce.
     pub unenforced: AtomicU64,
+    /// Sessions deleted because an establishment reused their CP F-SEID.
+    pub stale_replaced: AtomicU64,
     /// (message name, direction "in"/"out") → count.
     pub messages: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Cause name → requests refused with it.
@@ -251,6 +253,12 @@ impl PfcpMetrics {
                 "counter",
                 "GTP-U Echo Requests sent to re-tunnel targets (so their neighbour entries resolve).",
                 &self.neighbour_probes,
+            ),
+            (
+                "mecgw_pfcp_stale_sessions_replaced_total",
+                "counter",
+                "Sessions deleted because the SMF established again under their CP F-SEID.",
+                &self.stale_replaced,
             ),
             (
                 "mecgw_pfcp_unenforced_total",

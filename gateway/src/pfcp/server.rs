@@ -783,6 +783,15 @@ impl Node {
                 if !self.peers.contains_key(&peer) {
                     return self.no_association(t, cp_seid, peer);
                 }
+                if let Some(stale) = self.store.by_cp_seid(peer, r.cp_f_seid.seid) {
+                    // The SMF establishes again under a CP F-SEID it already gave a session:
+                    // it has lost that one (restarted unnoticed, or a reused SEID). The old
+                    // session is stale; it goes, and the new one takes its place (its UE
+                    // address among what it frees).
+                    if let Err(reject) = self.replace_stale(peer, stale) {
+                        return self.refuse(t, cp_seid, peer, reject);
+                    }
+                }
                 match self.store.establish(peer, &r) {
                     Ok((up_seid, created_pdr)) => {
                         self.sessions_changed();
@@ -937,6 +946,22 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// Deletes `stale`, a session of `peer` that a new establishment replaces (its final
+    /// usage is read after the grace period; there is no SMF that wants it).
+    fn replace_stale(&mut self, peer: IpAddr, stale: u64) -> Result<(), Reject> {
+        let pending = self.store.delete(stale)?;
+        self.metrics.stale_replaced.fetch_add(1, Ordering::Relaxed);
+        if self.log.allow() {
+            warn!(%peer, up_seid = format_args!("{stale:#x}"), "PFCP: an establishment reuses a CP F-SEID in use: the old session is stale and deleted");
+        }
+        self.awaiting_grace.push(Deletion {
+            pending,
+            reply: None,
+        });
+        self.sessions_changed();
+        Ok(())
     }
 
     /// The association with `peer` ends (its sessions were released or kept elsewhere).

@@ -181,6 +181,8 @@ pub struct Store {
     dp: Arc<dyn Datapath>,
     opts: StoreOptions,
     sessions: HashMap<u64, Session>,
+    /// (SMF address, CP SEID) → UP SEID.
+    by_cp: HashMap<(IpAddr, u64), u64>,
     ue_owner: HashMap<UeKey, u64>,
     teids: HashSet<u32>,
     next_teid: u32,
@@ -219,6 +221,7 @@ impl Store {
             next_teid: opts.teid_min.max(1),
             opts,
             sessions: HashMap::new(),
+            by_cp: HashMap::new(),
             ue_owner: HashMap::new(),
             teids: HashSet::new(),
             retired_teids: Vec::new(),
@@ -238,6 +241,11 @@ impl Store {
 
     pub fn get(&self, up_seid: u64) -> Option<&Session> {
         self.sessions.get(&up_seid)
+    }
+
+    /// The session the SMF at `peer` knows by `cp_seid`.
+    pub fn by_cp_seid(&self, peer: IpAddr, cp_seid: u64) -> Option<u64> {
+        self.by_cp.get(&(peer, cp_seid)).copied()
     }
 
     /// Every address a session re-tunnels to.
@@ -551,6 +559,7 @@ impl Store {
             urrs,
         };
         self.publish_identity(&session);
+        self.by_cp.insert((peer, session.cp.seid), up_seid);
         self.sessions.insert(up_seid, session);
         Ok((up_seid, created))
     }
@@ -766,6 +775,9 @@ impl Store {
         }
         for key in session.installed.downlinks.keys() {
             self.ue_owner.remove(key);
+        }
+        if self.by_cp.get(&(session.peer, session.cp.seid)) == Some(&up_seid) {
+            self.by_cp.remove(&(session.peer, session.cp.seid));
         }
         self.forget_identity(session.id);
         Ok(PendingDelete { session })
