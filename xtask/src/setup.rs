@@ -39,6 +39,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "names the daemon's BPF maps in the API benchmark's memory figures",
     ),
+    (
+        "prometheus",
+        "promtool checks the alert rules; a real Prometheus scrapes mecgw in a test",
+    ),
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and our toolchains.

@@ -326,6 +326,19 @@ pub fn render(gw: &Gateway) -> Result<String, crate::datapath::DatapathError> {
             "The policy in force, by hash.",
         );
         let _ = writeln!(out, "mecgw_policy_info{{hash=\"{}\"}} 1", p.hash);
+        let b = &p.policy.budget;
+        family(
+            &mut out,
+            "mecgw_budget_per_period",
+            "gauge",
+            "The privacy budget of each period, per privacy unit (compare mecgw_budget_left).",
+        );
+        let _ = writeln!(
+            out,
+            "mecgw_budget_per_period{{param=\"epsilon\"}} {}\nmecgw_budget_per_period{{param=\"delta\"}} {}",
+            b.epsilon.as_f64(),
+            b.delta.as_f64()
+        );
     }
     if let Some(p) = gw.privacy() {
         render_privacy(&mut out, &p.metrics().snapshot());
