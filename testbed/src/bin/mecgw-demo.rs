@@ -293,6 +293,28 @@ fn privacy_outcome(bin: &Path, dir: &Path, metrics: &str) -> anyhow::Result<Outc
     if let Some(r) = records.first() {
         let _ = writeln!(s, "    e.g. {}", r["record"]);
     }
+    // The identities come from the control plane: each session's User ID, sent by the SMF.
+    let pseudonyms: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r["record"]["imsi"].as_str())
+        .collect();
+    let _ = writeln!(
+        s,
+        "subscribers named by the SMF          {} distinct IMSI pseudonyms (the User ID of each PFCP session)",
+        pseudonyms.len()
+    );
+    if pseudonyms.len() != UES as usize {
+        failures.push(format!(
+            "{} distinct IMSI pseudonyms in the released records, not one per UE ({UES})",
+            pseudonyms.len()
+        ));
+    }
+    if records
+        .iter()
+        .any(|r| r["record"]["imsi"].as_str().is_none())
+    {
+        failures.push("a released flow record has no IMSI pseudonym".to_string());
+    }
     let _ = writeln!(
         s,
         "released to national_statistics (EU-DE) {} cells of traffic_per_cell; the demo has {UES} subscribers, fewer than the release's k = 20, so its cell is withheld (the hour's window closed at shutdown)",
