@@ -287,7 +287,7 @@ pub struct Overrides {
 impl Overrides {
     /// The same values with relative paths made absolute against the working directory (a
     /// path that cannot be, because the working directory is gone, is kept as given).
-    fn from_working_directory(&self) -> Overrides {
+    fn against_working_directory(&self) -> Overrides {
         let absolute = |p: &Option<PathBuf>| {
             p.as_ref()
                 .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
@@ -326,7 +326,7 @@ impl Config {
         let text = mecgw_policy::files::read_text_limited(path, MAX_CONFIG_BYTES)?;
         let mut config = Config::from_toml(&text, &shown)?;
         config.check_pfcp(&text, &shown)?;
-        config.apply(&overrides.from_working_directory());
+        config.apply(&overrides.against_working_directory());
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
@@ -371,7 +371,7 @@ impl Config {
     }
 
     fn apply(&mut self, o: &Overrides) {
-        // Paths here are absolute ([`Overrides::from_working_directory`]): resolving the
+        // Paths here are absolute ([`Overrides::against_working_directory`]): resolving the
         // file's paths later leaves them as they are.
         if let Some(v) = &o.n3_iface {
             self.interfaces.n3 = v.clone();
