@@ -345,10 +345,8 @@ async fn status_reflection_and_message_limits() {
         .publish(futures::stream::iter(vec![big]))
         .await
         .unwrap_err();
-    assert!(
-        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{e:?}"
-    );
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().ends_with("limit of 4096 bytes"), "{e:?}");
     StatusServiceClient::new(op)
         .get_status(GetStatusRequest {})
         .await
@@ -367,6 +365,98 @@ async fn status_reflection_and_message_limits() {
         "{text}"
     );
     t.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_its_size_limit_ends_resource_exhausted_naming_the_limit() {
+    let t = ApiTest::start_with(8, true, |c| c.max_message_bytes = 4096)
+        .await
+        .unwrap();
+    let op = t.channel("operator").await.unwrap();
+    let exhausted = |e: &tonic::Status, limit: usize| {
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        let says = format!("is over this method's limit of {limit} bytes");
+        assert!(e.message().ends_with(&says), "{e:?}");
+    };
+
+    // Reflection (a bidi stream), both versions: a 100 KiB symbol name is over its 64 KiB
+    // limit. The request stream stays open, as an interactive client's does; the call still
+    // ends, with an error the caller sees (the timeout only guards against a hang).
+    let symbol = "a".repeat(100 * 1024);
+    for version in ["v1", "v1alpha"] {
+        let e = tokio::time::timeout(
+            Duration::from_secs(30),
+            reflection_error(op.clone(), version, symbol.clone()),
+        )
+        .await
+        .expect("the reflection call did not end within 30 s");
+        exhausted(&e, 64 * 1024);
+    }
+    // A request within the limit on the same connection is answered.
+    let names = reflection_services(op.clone(), "v1").await;
+    assert!(
+        names.iter().any(|n| n == "mecgw.v1.StatusService"),
+        "{names:?}"
+    );
+
+    // Unary calls: health (64 KiB) and a mecgw.v1 method (the configured 4096 bytes).
+    let e = HealthClient::new(op.clone())
+        .check(HealthCheckRequest {
+            service: symbol.clone(),
+        })
+        .await
+        .unwrap_err();
+    exhausted(&e, 64 * 1024);
+    let mut service = edge_service("video", "1.0");
+    service.endpoint = format!("https://{}.example:8443", "a".repeat(8192));
+    let register = "/mecgw.v1.EdgeServicesService/RegisterService";
+    let e = EdgeServicesServiceClient::new(op.clone())
+        .register_service(RegisterServiceRequest {
+            service: Some(service),
+        })
+        .await
+        .unwrap_err();
+    exhausted(&e, 4096);
+    // The metrics count the code the caller saw.
+    assert_eq!(
+        t.backend.metrics.calls(register, Code::ResourceExhausted),
+        1
+    );
+    assert_eq!(t.backend.metrics.calls(register, Code::OutOfRange), 0);
+    t.server.stop().await.unwrap();
+}
+
+/// The status a reflection call (v1 or v1alpha) asking for the file of `symbol` ends with,
+/// its request stream left open; panics if it ends with an answer or no error.
+async fn reflection_error(channel: Channel, version: &str, symbol: String) -> tonic::Status {
+    macro_rules! ask {
+        ($($pb:ident)::+) => {{
+            use $($pb)::+::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+            };
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(symbol)),
+            };
+            let requests = futures::stream::iter(vec![req]).chain(futures::stream::pending());
+            match ServerReflectionClient::new(channel)
+                .server_reflection_info(requests)
+                .await
+            {
+                Err(e) => e,
+                Ok(answers) => match answers.into_inner().next().await {
+                    Some(Err(e)) => e,
+                    other => panic!("{version}: an error, not {other:?}"),
+                },
+            }
+        }};
+    }
+    if version == "v1" {
+        ask!(tonic_reflection::pb::v1)
+    } else {
+        ask!(tonic_reflection::pb::v1alpha)
+    }
 }
 
 /// The services a reflection client of the generated module `$pb` (v1 or v1alpha) lists.

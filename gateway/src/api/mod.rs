@@ -4,7 +4,8 @@
 //! One module per service: [`traffic_rules`], [`sessions`], [`services`], [`telemetry`],
 //! [`status`]; plus `grpc.health.v1` and reflection (v1 and v1alpha). [`identity`] owns who a
 //! caller is (the SAN of its verified client certificate) and what it may do (its role and
-//! what it owns, from [`ApiConfig`]); every handler asks it first.
+//! what it owns, from [`ApiConfig`]); every handler asks it first. `limits` owns the request
+//! size limits and the status a call over them ends with.
 //!
 //! This module never touches the kernel or the policy engine itself: it works against
 //! [`ApiBackend`], which the daemon implements over its fast path, tables, policy engine and
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod errors;
 pub mod identity;
+mod limits;
 pub mod metrics;
 pub mod services;
 pub mod sessions;
@@ -35,6 +37,7 @@ use tracing::{info, warn};
 use crate::datapath::{CompiledTables, tables::overlay::Overlay};
 pub use crate::records::{PublishedRecord, ReleasedOutput};
 pub use errors::{BackendError, ReplaceError};
+use limits::SMALL_MESSAGE_BYTES;
 
 pub use config::{ApiConfig, AppConfig, Role};
 pub use metrics::ApiMetrics;
@@ -253,7 +256,13 @@ pub async fn serve_on<B: ApiBackend>(
     }
 
     let metrics = backend.api_metrics().unwrap_or_default();
-    let mut builder = builder.layer(metrics::MetricsLayer(metrics));
+    let limits = limits::Limits {
+        api: config.max_message_bytes,
+    };
+    // Outermost first: the metrics count the code the limit layer leaves.
+    let mut builder = builder
+        .layer(metrics::MetricsLayer(metrics))
+        .layer(limits::LimitLayer(limits));
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -313,7 +322,8 @@ pub async fn serve_on<B: ApiBackend>(
         .build_v1alpha()
         .context("api: reflection v1alpha")?;
 
-    let max = config.max_message_bytes;
+    // Each service's decoding limit is the one `limits` reports a message over.
+    let max = limits.api;
     let router = builder
         .add_service(
             TrafficRulesServiceServer::new(traffic_rules::TrafficRules(shared.clone()))
@@ -397,8 +407,6 @@ pub async fn serve_on<B: ApiBackend>(
 
 /// At most this many concurrent calls per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// Size limit for health and reflection requests.
-const SMALL_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest certificate, key or CA bundle file read (PEM).
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// How long a graceful stop may wait for calls still open.
