@@ -49,6 +49,9 @@ const UP_FEATURES: [u8; 2] = [0x10, 0x00];
 /// neighbour entry; a target is also probed when a session starts using it.
 const PROBE_EVERY: Duration = Duration::from_secs(30);
 
+/// The receive buffer asked for the PFCP socket (the kernel grants up to net.core.rmem_max).
+const RECEIVE_BUFFER_BYTES: usize = 4 << 20;
+
 /// Responses kept for retransmitted requests, at most.
 const MAX_CACHED_RESPONSES: usize = 100_000;
 
@@ -79,6 +82,17 @@ impl PfcpEndpoint {
         socket
             .set_nonblocking(true)
             .context("pfcp.listen: setting the socket non-blocking")?;
+        // An SMF pipelines requests: the default receive buffer (≈208 KiB) dropped a few of
+        // every burst of 128 establishments, each then waiting T1 for its retransmission.
+        // The kernel caps the size at net.core.rmem_max; what it grants is logged.
+        let sock = socket2::SockRef::from(&socket);
+        if let Err(e) = sock.set_recv_buffer_size(RECEIVE_BUFFER_BYTES) {
+            warn!(error = %e, "PFCP: cannot enlarge the socket's receive buffer");
+        }
+        debug!(
+            bytes = sock.recv_buffer_size().unwrap_or(0),
+            "PFCP socket receive buffer"
+        );
         let local = socket.local_addr().context("pfcp.listen: local address")?;
         let (stop, stopped) = watch::channel(false);
         let store = Store::new(Arc::clone(&dp), opts, identities);
