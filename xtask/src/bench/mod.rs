@@ -8,6 +8,7 @@ mod api;
 mod e2e;
 mod egress;
 mod fastpath;
+mod pfcp;
 mod policy;
 
 /// The benchmarks. Each lives in its own module here and exposes `run`; except for
@@ -29,6 +30,10 @@ pub enum Bench {
     /// Egress: spool → JetStream against a bare async-nats loop (needs nats-server).
     #[command(disable_help_flag = true)]
     Egress(Passed),
+    /// PFCP (N4): establishment rate, closed-loop latency against heartbeats, and fast-path
+    /// ns per packet of PFCP sessions against tables-file sessions (needs root).
+    #[command(disable_help_flag = true)]
+    Pfcp(Passed),
     /// Policy engine: records/s against bare serde_json, and window memory.
     Policy(policy::Options),
 }
@@ -47,6 +52,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::E2e(p) => e2e::run(&p.args),
         Bench::Api(p) => api::run(&p.args),
         Bench::Egress(p) => egress::run(&p.args),
+        Bench::Pfcp(p) => pfcp::run(&p.args),
         Bench::Policy(o) => policy::run(&o),
     }
 }
