@@ -9,7 +9,9 @@
 mod api_backend;
 pub mod config;
 mod gtpu;
+mod notify;
 mod ops;
+mod privileges;
 pub mod userspace;
 
 use std::{
@@ -322,6 +324,11 @@ impl Gateway {
     }
 
     /// Draining: shutting down.
+    /// The datapath's name (`xdp` or `userspace`), for the status page.
+    pub fn datapath_kind_name(&self) -> &'static str {
+        self.datapath.kind().name()
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -403,6 +410,19 @@ impl crate::pfcp::sessions::Datapath for Gateway {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // systemd (Type=notify): READY=1 once everything serves, STOPPING=1 when draining, and
+    // the watchdog kept alive from the start (loading a large table set takes a while).
+    let notifier = Arc::new(notify::Notifier::from_env());
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        let notifier = Arc::clone(&notifier);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.watchdog();
+            }
+        })
+    });
     let n3_ifindex = ifindex(&config.interfaces.n3).context("interfaces.n3")?;
     let local_ifindex = ifindex(&config.interfaces.local).context("interfaces.local")?;
     std::fs::create_dir_all(&config.state.dir)
@@ -474,6 +494,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.flows.enabled && !flow_accounting {
         info!("flow accounting off: the policy declares no `flow` record kind");
     }
+    privileges::check(config.datapath.kind)?;
     let datapath = match config.datapath.kind {
         DatapathKind::Xdp => {
             let mut fast_path = FastPath::load_with(crate::datapath::FastPathOptions {
@@ -620,7 +641,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(p) => Some(start_pfcp(&gw, p)?),
         None => None,
     };
+    give_up_capabilities(config.datapath.kind);
     gw.ready.send_replace(true);
+    notifier.ready();
     info!(
         datapath = gw.datapath.kind().name(),
         n3 = %config.interfaces.n3,
@@ -671,6 +694,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     gw.draining.store(true, Ordering::SeqCst);
     gw.ready.send_replace(false);
+    notifier.stopping();
     // The SMFs first: deletions under way are answered, nothing new is accepted.
     if let Some(endpoint) = pfcp
         && let Err(e) = tokio::task::spawn_blocking(move || endpoint.stop()).await
@@ -711,8 +735,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(gw) => drop(gw),
         Err(_) => warn!("gateway state still referenced at shutdown; the kernel detaches at exit"),
     }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     info!("datapath stopped; mecgw stopped");
     Ok(())
+}
+
+/// Once the XDP programs are attached and every part serves, nothing the daemon still does
+/// needs a capability (maps are written through descriptors it holds; the programs detach
+/// when their links close): a non-root daemon gives up all of them, in every thread. Root
+/// keeps them (without capabilities it would still own the system's files, so run as a
+/// system user instead), as does the userspace datapath, which removes its ip rules and TUN
+/// at stop. A failure is logged, not fatal: the daemon serves as it would have without.
+fn give_up_capabilities(kind: DatapathKind) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root || kind != DatapathKind::Xdp {
+        return;
+    }
+    match privileges::drop_all() {
+        Ok(()) => info!("capabilities given up: the XDP programs are attached"),
+        Err(e) => warn!(error = %e, "could not give up every capability; running with them"),
+    }
 }
 
 /// The record kind the daemon makes from the fast path's flow counters.

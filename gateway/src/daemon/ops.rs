@@ -36,6 +36,11 @@ pub async fn serve(
 ) {
     let metrics_of = Arc::clone(&gw);
     let app = Router::new()
+        .route("/", get(status_page))
+        .route("/status.js", get(status_script))
+        .route("/status.css", get(status_style))
+        .route("/status.json", get(status_json))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -82,6 +87,82 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// The status page's files, embedded in the binary (no CDN, nothing fetched elsewhere).
+const STATUS_HTML: &str = include_str!("status/index.html");
+const STATUS_JS: &str = include_str!("status/status.js");
+const STATUS_CSS: &str = include_str!("status/status.css");
+
+/// Headers of every status-page answer: only this origin's scripts, styles and fetches, no
+/// framing, no sniffing. The page is read-only and shows no regulated data.
+fn page_headers(content_type: &'static str) -> [(http::header::HeaderName, &'static str); 5] {
+    use http::header;
+    [
+        (header::CONTENT_TYPE, content_type),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+    ]
+}
+
+async fn status_page() -> impl IntoResponse {
+    (page_headers("text/html; charset=utf-8"), STATUS_HTML)
+}
+
+async fn status_script() -> impl IntoResponse {
+    (page_headers("text/javascript; charset=utf-8"), STATUS_JS)
+}
+
+async fn status_style() -> impl IntoResponse {
+    (page_headers("text/css; charset=utf-8"), STATUS_CSS)
+}
+
+/// What the status page shows besides numbers: which parts are configured, why not ready,
+/// the policy hash and the audit head.
+async fn status_json(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    let egress = gw.egress().cloned();
+    let (egress_problems, audit_head) = match egress.clone() {
+        Some(e) => {
+            let problems: Vec<String> = e
+                .health()
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.component, p.message))
+                .collect();
+            // A short file read: off the runtime.
+            let head = tokio::task::spawn_blocking(move || e.audit_head())
+                .await
+                .ok()
+                .flatten();
+            (problems, head)
+        }
+        None => (Vec::new(), None),
+    };
+    let readyz = if !gw.is_ready() {
+        "not ready".to_string()
+    } else if let Some(problem) = egress_problems.first() {
+        problem.clone()
+    } else {
+        "ready".to_string()
+    };
+    let body = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "datapath": gw.datapath_kind_name(),
+        "ready": gw.is_ready(),
+        "draining": gw.is_draining(),
+        "readyz": readyz,
+        "pfcp": gw.pfcp_metrics().is_some(),
+        "egress": egress.is_some(),
+        "egress_problems": egress_problems,
+        "policy": gw.policy().map(|p| p.hash.to_string()),
+        "audit_head": audit_head,
+    });
+    (page_headers("application/json"), body.to_string())
 }
 
 async fn healthz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {

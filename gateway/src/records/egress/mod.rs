@@ -219,6 +219,7 @@ pub struct Egress {
     metrics: EgressMetrics,
     backoff: BackoffConfig,
     read_ahead: usize,
+    audit_dir: PathBuf,
 }
 
 pub(crate) fn audit_record(
@@ -392,7 +393,17 @@ impl Egress {
             metrics,
             backoff: config.backoff,
             read_ahead: config.read_ahead,
+            audit_dir: config.audit_dir.clone(),
         })
+    }
+
+    /// The audit log's head as written (`<entries> <hash of the last entry>`), for operators
+    /// to compare with `mecgw audit verify`; `None` before the first entry.
+    pub fn audit_head(&self) -> Option<String> {
+        let bytes =
+            mecgw_policy::files::read_limited(&self.audit_dir.join(audit::HEAD_FILE), 1024).ok()?;
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        (!text.is_empty()).then_some(text)
     }
 
     /// The counters, per destination.
