@@ -1,12 +1,13 @@
 //! `mecgw`: the gateway daemon and its operator CLI.
 
 mod audit_cli;
+mod ctl;
 mod policy_cli;
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use mecgw::datapath::{AttachMode, FastPath};
 use tracing::{info, warn};
 
@@ -81,10 +82,27 @@ enum Command {
         #[command(subcommand)]
         command: policy_cli::BudgetCommand,
     },
+    /// Operator CLI over the local gRPC API (mTLS): status, rules, sessions, services,
+    /// budget, egress, as tables or --json.
+    #[command(after_help = ctl::EXIT_CODES)]
+    Ctl(ctl::CtlArgs),
+    /// Print a shell completion script for mecgw (e.g. `mecgw completions bash`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: mecgw.1 and one per subcommand (mecgw-ctl-status.1, ...).
+    Man {
+        /// Directory to write them into (created if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ctl::parse_failure(&e, std::env::args_os()),
+    };
     init_logging(cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -96,6 +114,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Command::Ctl(args) = cli.command {
+        // Its own exit codes (see `mecgw ctl --help`), not this function's 0/1.
+        return runtime.block_on(ctl::run(args));
+    }
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -160,6 +182,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Audit { command } => audit_cli::run(command),
         Command::Policy { command } => policy_cli::run(command),
         Command::Budget { command } => policy_cli::run_budget(command),
+        // `main` runs it before this, for its own exit codes.
+        Command::Ctl(_) => anyhow::bail!("mecgw ctl must be run through main"),
+        Command::Completions { shell } => ctl::docs::completions(Cli::command(), shell),
+        Command::Man { dir } => ctl::docs::man_pages(Cli::command(), &dir),
     }
 }
 
