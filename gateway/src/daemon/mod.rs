@@ -323,12 +323,12 @@ impl Gateway {
         }
     }
 
-    /// Draining: shutting down.
     /// The datapath's name (`xdp` or `userspace`), for the status page.
     pub fn datapath_kind_name(&self) -> &'static str {
         self.datapath.kind().name()
     }
 
+    /// Draining: shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
