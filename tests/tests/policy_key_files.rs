@@ -114,3 +114,47 @@ fn a_missing_epoch_file_is_still_a_bad_record_not_a_stop() {
     );
     assert!(site.path("out.jsonl").exists());
 }
+
+/// Lays `keys/` out as the kubelet mounts a Secret volume: every file a symlink
+/// `NAME -> ..data/NAME`, `..data` a symlink to a timestamped directory holding the real files
+/// with the volume's `defaultMode` (docs/deploy.md, deploy/kubernetes/base).
+fn secret_volume_site(policy: &str, files: &[(&str, &str)], default_mode: u32) -> PolicySite {
+    let site = PolicySite::new(policy);
+    let keys = site.path("keys");
+    let payload = "..2026_11_26_10_00_00.000000001";
+    for (name, text) in files {
+        site.write_key(
+            &format!("keys/{payload}/{name}"),
+            text.as_bytes(),
+            default_mode,
+        );
+        std::os::unix::fs::symlink(format!("..data/{name}"), keys.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(payload, keys.join("..data")).unwrap();
+    site
+}
+
+#[test]
+fn a_kubernetes_secret_volume_passes_the_key_checks_through_its_symlinks() {
+    let single = POLICY.replace("{path: keys,", "{path: keys/subscriber.key,");
+    for mode in [0o400, 0o440] {
+        // A key directory (one file per epoch) and a single key file, both as a Secret.
+        let dir = secret_volume_site(POLICY, &[("20783.key", KEY)], mode);
+        let out = apply(&dir);
+        assert!(out.status.success(), "mode {mode:o}: {}", stderr(&out));
+        let file = secret_volume_site(&single, &[("subscriber.key", KEY)], mode);
+        let out = apply(&file);
+        assert!(out.status.success(), "mode {mode:o}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_kubernetes_secret_volume_with_the_default_mode_0644_is_refused() {
+    // Kubernetes mounts Secrets 0644 unless told otherwise: the mode is checked on the file the
+    // symlinks lead to, so the manifests must set defaultMode 0400.
+    let site = secret_volume_site(POLICY, &[("20783.key", KEY)], 0o644);
+    let out = apply(&site);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("readable by other users (mode 644)"), "{err}");
+}

