@@ -118,7 +118,11 @@ fn main() -> std::process::ExitCode {
         // Its own exit codes (see `mecgw ctl --help`), not this function's 0/1.
         return runtime.block_on(ctl::run(args));
     }
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(dispatch(cli.command));
+    // Blocking work still running here was abandoned on purpose (a reload under way at
+    // SIGTERM): the process does not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mecgw: error: {e:#}");

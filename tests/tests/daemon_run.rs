@@ -386,3 +386,41 @@ fn a_taken_port_or_a_bad_certificate_stops_the_start_before_anything_is_attached
     assert!(!bed.xdp_on("t-n3") && !bed.xdp_on("t-local"), "{log}");
     assert!(!log.contains("mecgw is ready"), "{log}");
 }
+
+/// A SIGTERM that arrives while a large tables file is being reloaded is heard at once: the
+/// reload runs off the signal loop, is abandoned, and mecgw stops cleanly with the programs
+/// detached.
+#[test]
+fn sigterm_during_a_long_reload_is_heard_and_the_reload_abandoned() {
+    use std::fmt::Write as _;
+    let bed = Bed::new();
+    let config = bed.write("");
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+
+    // 60,000 sessions: reading, checking, compiling and installing them takes a while.
+    let mut sessions = String::new();
+    for i in 0..60_000u32 {
+        let _ = write!(
+            sessions,
+            "\n[[sessions]]\nid = {}\nuplink_teid = {}\ndownlink_teid = {}\nue_ipv4 = \"10.{}.{}.{}\"\ngnb = \"198.18.0.1\"\nqfi = 9\n",
+            100 + i,
+            0x10_0000 + i,
+            0x20_0000 + i,
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        );
+    }
+    std::fs::write(bed.path("tables.toml"), tables(&sessions)).unwrap();
+    d.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(100));
+    d.signal(libc::SIGTERM);
+    let (status, log) = exit_of(&mut d);
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("SIGTERM during a reload: the reload is abandoned"),
+        "the SIGTERM waited for the reload: {log}"
+    );
+    assert!(!bed.xdp_on("t-n3") && !bed.xdp_on("t-local"), "{log}");
+}
