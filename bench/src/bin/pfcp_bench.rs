@@ -1069,51 +1069,102 @@ fn reason_count(fp: &FastPath, reason: Reason) -> anyhow::Result<u64> {
         .map_or(0, |(_, c)| c.packets))
 }
 
-/// One case on one fast path: (method, ns/pkt, proof). A frame the program leaves unchanged
-/// is measured in one batch call; a frame it rewrites through the restore wrapper, net of the
-/// wrapper with the empty program.
-fn measure(
-    a: &Args,
-    fp: &FastPath,
+/// One case on one fast path, measured a round at a time so that the variants of a case
+/// take turns (a burst of load then lands on all of them, not on one).
+struct Row<'a> {
+    label: String,
+    fp: &'a FastPath,
     direction: Direction,
-    frame: &[u8],
+    frame: &'a [u8],
     reason: Reason,
-    empty_batch: f64,
-) -> anyhow::Result<(&'static str, f64, String)> {
-    let judged = fp.judge(direction, frame)?;
-    let mut proof = format!("{} ", reason.name());
-    if judged.reason != reason {
-        proof += &format!("MISMATCH: judged {} ", judged.reason.name());
+    /// `None`: the program leaves the frame unchanged (one batch call); `Some(shift)`: it
+    /// rewrites it (the restore wrapper, net of the wrapper with the empty program).
+    shift: Option<i32>,
+    /// What the reason counter grew by during this row's own calls (rows of one fast path
+    /// may share a reason).
+    delta: u64,
+    proof: String,
+    samples: Vec<f64>,
+}
+
+impl<'a> Row<'a> {
+    fn new(
+        label: String,
+        fp: &'a FastPath,
+        direction: Direction,
+        frame: &'a [u8],
+        reason: Reason,
+    ) -> anyhow::Result<Row<'a>> {
+        let judged = fp.judge(direction, frame)?;
+        let mut proof = format!("{} ", reason.name());
+        if judged.reason != reason {
+            proof += &format!("MISMATCH: judged {} ", judged.reason.name());
+        }
+        if let Some(pdr) = judged.pdr {
+            proof += &format!("(session {:#x}, PDR {pdr}) ", judged.session.unwrap_or(0));
+        } else if let Some(rule) = judged.rule {
+            proof += &format!("(rule {rule}) ");
+        }
+        let once = fp.test_run(direction, frame, 1)?;
+        let shift =
+            (once.data_out != frame).then(|| frame.len() as i32 - once.data_out.len() as i32);
+        Ok(Row {
+            label,
+            fp,
+            direction,
+            frame,
+            reason,
+            shift,
+            delta: 0,
+            proof,
+            samples: Vec::new(),
+        })
     }
-    let once = fp.test_run(direction, frame, 1)?;
-    let runs = a.runs as u64 * u64::from(a.repeat);
-    let (method, figure, delta) = if once.data_out == frame {
-        let before = reason_count(fp, reason)?;
-        let b = batch(a, |r| Ok(fp.test_run(direction, frame, r)?.duration))?;
-        ("batch", b, reason_count(fp, reason)? - before)
-    } else {
-        let shift = frame.len() as i32 - once.data_out.len() as i32;
-        let base = batch(a, |r| Ok(fp.bench_restored(None, frame, 0, r)?.duration))?;
-        let before = reason_count(fp, reason)?;
-        let wrapped = batch(a, |r| {
-            Ok(fp
-                .bench_restored(Some(direction), frame, shift, r)?
-                .duration)
-        })?;
-        let delta = reason_count(fp, reason)? - before;
-        ("restored", (wrapped - base + empty_batch).max(0.0), delta)
-    };
-    proof += &if delta == runs {
-        "ok".to_string()
-    } else {
-        format!("MISMATCH: {delta} of {runs}")
-    };
-    if let Some(pdr) = judged.pdr {
-        proof += &format!(" (session {:#x}, PDR {pdr})", judged.session.unwrap_or(0));
-    } else if let Some(rule) = judged.rule {
-        proof += &format!(" (rule {rule})");
+
+    fn method(&self) -> &'static str {
+        if self.shift.is_some() {
+            "restored"
+        } else {
+            "batch"
+        }
     }
-    Ok((method, figure, proof))
+
+    /// One round: one call of `repeat` repetitions (two with the wrapper).
+    fn round(&mut self, repeat: u32, empty: f64) -> anyhow::Result<()> {
+        let before = reason_count(self.fp, self.reason)?;
+        let figure = match self.shift {
+            None => ns(self
+                .fp
+                .test_run(self.direction, self.frame, repeat)?
+                .duration),
+            Some(shift) => {
+                let base = ns(self
+                    .fp
+                    .bench_restored(None, self.frame, 0, repeat)?
+                    .duration);
+                let wrapped = ns(self
+                    .fp
+                    .bench_restored(Some(self.direction), self.frame, shift, repeat)?
+                    .duration);
+                (wrapped - base + empty).max(0.0)
+            }
+        };
+        self.samples.push(figure);
+        self.delta += reason_count(self.fp, self.reason)? - before;
+        Ok(())
+    }
+
+    /// The median, and the proof: the reason counter grew by exactly the repetitions.
+    fn result(self, runs: u64) -> (f64, String) {
+        let delta = self.delta;
+        let mut proof = self.proof;
+        proof += &if delta == runs {
+            "ok".to_string()
+        } else {
+            format!("MISMATCH: {delta} of {runs}")
+        };
+        (median(self.samples), proof)
+    }
 }
 
 fn fast_path(
@@ -1129,7 +1180,7 @@ fn fast_path(
     let probe = gpdu(pfcp_last.teid, pfcp_ue_last, EDGE_DST);
     let empty_batch = batch(a, |r| Ok(pfcp_fp.test_run_empty(&probe, r)?.duration))?;
     println!(
-        "fast path: kernel ns per packet (BPF_PROG_TEST_RUN), median of {} runs of {} repetitions",
+        "fast path: kernel ns per packet (BPF_PROG_TEST_RUN), median of {} rounds of {} repetitions; the three variants of a case take turns each round",
         a.runs, a.repeat
     );
     println!(
@@ -1174,32 +1225,43 @@ fn fast_path(
         ),
     ];
     let mut ratios = Vec::new();
+    let runs = a.runs as u64 * u64::from(a.repeat);
     for (name, direction, tables_frame, tables_reason, pfcp_frame, pfcp_reason) in cases {
-        let rows = [
-            (
+        let mut rows = vec![
+            Row::new(
                 format!("tables only / {n} tables"),
                 tables_fp,
+                direction,
                 &tables_frame,
                 tables_reason,
-            ),
-            (
+            )?,
+            Row::new(
                 format!("PFCP maps / {n} tables"),
                 pfcp_fp,
+                direction,
                 &tables_frame,
                 tables_reason,
-            ),
-            (
+            )?,
+            Row::new(
                 format!("PFCP maps / {n} PFCP (endpoint)"),
                 pfcp_fp,
+                direction,
                 &pfcp_frame,
                 pfcp_reason,
-            ),
+            )?,
         ];
+        // The variants take turns, round after round.
+        for _ in 0..a.runs {
+            for row in &mut rows {
+                row.round(a.repeat, empty_batch)?;
+            }
+        }
         let mut figures = Vec::new();
-        for (i, (programs, fp, frame, reason)) in rows.into_iter().enumerate() {
-            let (method, figure, proof) = measure(a, fp, direction, frame, reason, empty_batch)?;
+        for (i, row) in rows.into_iter().enumerate() {
+            let (label, method) = (row.label.clone(), row.method());
+            let (figure, proof) = row.result(runs);
             println!(
-                "  {:<24} {programs:<36} {method:>9} {figure:>9.1} {:>8.2}  {proof}",
+                "  {:<24} {label:<36} {method:>9} {figure:>9.1} {:>8.2}  {proof}",
                 if i == 0 { name } else { "" },
                 figure / empty_batch
             );
