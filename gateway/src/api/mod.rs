@@ -412,44 +412,50 @@ const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// How long a graceful stop may wait for calls still open.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// What a PEM file given in `[api]` must hold.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Holds {
+/// What a PEM file (a certificate, a CA, a key) must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PemHolds {
     Certificate,
     PrivateKey,
 }
 
-/// Checks that `bytes` (read from `path`, given as `api.{what}`) hold at least one PEM block of
-/// the kind wanted, and that every certificate in it parses.
-fn check_pem(
-    what: &str,
-    path: Option<&std::path::Path>,
-    bytes: &[u8],
-    holds: Holds,
-) -> anyhow::Result<()> {
-    let shown = path.map_or_else(String::new, |p| p.display().to_string());
+/// Checks that `bytes` hold at least one PEM block of the kind wanted, and that every
+/// certificate in them parses; the error says what is wrong, for the caller to prefix with
+/// the file and the setting that named it (rustls would fail later, naming neither).
+pub fn check_pem(bytes: &[u8], holds: PemHolds) -> Result<(), String> {
     let mut found = false;
     for pem in x509_parser::pem::Pem::iter_from_buffer(bytes) {
-        let pem = pem.map_err(|e| anyhow::anyhow!("api.{what} {shown}: not PEM: {e}"))?;
+        let pem = pem.map_err(|e| format!("not PEM: {e}"))?;
         match holds {
-            Holds::Certificate if pem.label == "CERTIFICATE" => {
-                pem.parse_x509().map_err(|e| {
-                    anyhow::anyhow!("api.{what} {shown}: a certificate that does not parse: {e}")
-                })?;
+            PemHolds::Certificate if pem.label == "CERTIFICATE" => {
+                pem.parse_x509()
+                    .map_err(|e| format!("a certificate that does not parse: {e}"))?;
                 found = true;
             }
-            Holds::PrivateKey if pem.label.ends_with("PRIVATE KEY") => found = true,
+            PemHolds::PrivateKey if pem.label.ends_with("PRIVATE KEY") => found = true,
             _ => {}
         }
     }
     if !found {
-        let kind = match holds {
-            Holds::Certificate => "no PEM certificate (BEGIN CERTIFICATE)",
-            Holds::PrivateKey => "no PEM private key (BEGIN … PRIVATE KEY)",
-        };
-        anyhow::bail!("api.{what} {shown}: {kind} in it");
+        return Err(match holds {
+            PemHolds::Certificate => "no PEM certificate (BEGIN CERTIFICATE) in it".into(),
+            PemHolds::PrivateKey => "no PEM private key (BEGIN … PRIVATE KEY) in it".into(),
+        });
     }
     Ok(())
+}
+
+/// [`check_pem`] of `api.{what}`, read from `path`.
+fn check_api_pem(
+    what: &str,
+    path: Option<&std::path::Path>,
+    bytes: &[u8],
+    holds: PemHolds,
+) -> anyhow::Result<()> {
+    check_pem(bytes, holds).map_err(|why| {
+        let shown = path.map_or_else(String::new, |p| p.display().to_string());
+        anyhow::anyhow!("api.{what} {shown}: {why}")
+    })
 }
 
 fn tls_config(config: &ApiConfig) -> anyhow::Result<ServerTlsConfig> {
@@ -464,13 +470,13 @@ fn tls_config(config: &ApiConfig) -> anyhow::Result<ServerTlsConfig> {
     let key = read("key", &config.key)?;
     let ca = read("client_ca", &config.client_ca)?;
     // tonic parses the PEM only when it serves: check here, naming the file at fault.
-    check_pem("cert", config.cert.as_deref(), &cert, Holds::Certificate)?;
-    check_pem("key", config.key.as_deref(), &key, Holds::PrivateKey)?;
-    check_pem(
+    check_api_pem("cert", config.cert.as_deref(), &cert, PemHolds::Certificate)?;
+    check_api_pem("key", config.key.as_deref(), &key, PemHolds::PrivateKey)?;
+    check_api_pem(
         "client_ca",
         config.client_ca.as_deref(),
         &ca,
-        Holds::Certificate,
+        PemHolds::Certificate,
     )?;
     Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(cert, key))

@@ -12,6 +12,8 @@ use std::{
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use mecgw::api::PemHolds;
+
 use super::exit::CtlError;
 
 /// The API's conventional listen port (the `[api]` example in examples/mecgw.toml), on
@@ -50,13 +52,6 @@ pub struct Connection {
     pub timeout: u64,
 }
 
-/// What a PEM file must hold.
-#[derive(Clone, Copy)]
-enum Holds {
-    Certificate,
-    PrivateKey,
-}
-
 /// A connected channel and the address it goes to (for messages).
 pub struct Connected {
     /// The mTLS channel.
@@ -73,17 +68,17 @@ impl Connection {
         let cert = read_pem(
             "--cert (MECGW_CTL_CERT)",
             self.cert.as_deref(),
-            Holds::Certificate,
+            PemHolds::Certificate,
         )?;
         let key = read_pem(
             "--key (MECGW_CTL_KEY)",
             self.key.as_deref(),
-            Holds::PrivateKey,
+            PemHolds::PrivateKey,
         )?;
         let ca = read_pem(
             "--ca (MECGW_CTL_CA)",
             self.ca.as_deref(),
-            Holds::Certificate,
+            PemHolds::Certificate,
         )?;
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca))
@@ -144,7 +139,7 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Reads the PEM file `path` (named by `option` in messages) and checks that it holds what
 /// it must: rustls would otherwise fail later with a message that names no file.
-fn read_pem(option: &str, path: Option<&Path>, holds: Holds) -> Result<Vec<u8>, CtlError> {
+fn read_pem(option: &str, path: Option<&Path>, holds: PemHolds) -> Result<Vec<u8>, CtlError> {
     let path = path.ok_or_else(|| {
         CtlError::Local(format!(
             "{option} is required: the API accepts only mTLS clients"
@@ -153,29 +148,8 @@ fn read_pem(option: &str, path: Option<&Path>, holds: Holds) -> Result<Vec<u8>, 
     let shown = path.display();
     let bytes = mecgw_policy::files::read_limited(path, MAX_PEM_BYTES)
         .map_err(|e| CtlError::Local(format!("{option}: cannot read {e}")))?;
-    let mut found = false;
-    for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes) {
-        let pem = pem.map_err(|e| CtlError::Local(format!("{option} {shown}: not PEM: {e}")))?;
-        match holds {
-            Holds::Certificate if pem.label == "CERTIFICATE" => {
-                pem.parse_x509().map_err(|e| {
-                    CtlError::Local(format!(
-                        "{option} {shown}: a certificate that does not parse: {e}"
-                    ))
-                })?;
-                found = true;
-            }
-            Holds::PrivateKey if pem.label.ends_with("PRIVATE KEY") => found = true,
-            _ => {}
-        }
-    }
-    if !found {
-        let kind = match holds {
-            Holds::Certificate => "no PEM certificate (BEGIN CERTIFICATE)",
-            Holds::PrivateKey => "no PEM private key (BEGIN ... PRIVATE KEY)",
-        };
-        return Err(CtlError::Local(format!("{option} {shown}: {kind} in it")));
-    }
+    mecgw::api::check_pem(&bytes, holds)
+        .map_err(|why| CtlError::Local(format!("{option} {shown}: {why}")))?;
     Ok(bytes)
 }
 
@@ -202,17 +176,17 @@ mod tests {
     fn files_are_named_in_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        let e = read_pem("--cert", Some(&missing), Holds::Certificate).unwrap_err();
+        let e = read_pem("--cert", Some(&missing), PemHolds::Certificate).unwrap_err();
         assert!(e.to_string().contains("missing.pem"), "{e}");
         assert!(e.to_string().contains("cannot read"), "{e}");
 
         let not_pem = dir.path().join("key.pem");
         std::fs::write(&not_pem, "hello\n").unwrap();
-        let e = read_pem("--key", Some(&not_pem), Holds::PrivateKey).unwrap_err();
+        let e = read_pem("--key", Some(&not_pem), PemHolds::PrivateKey).unwrap_err();
         assert!(e.to_string().contains("key.pem"), "{e}");
         assert!(e.to_string().contains("no PEM private key"), "{e}");
 
-        let e = read_pem("--ca", None, Holds::Certificate).unwrap_err();
+        let e = read_pem("--ca", None, PemHolds::Certificate).unwrap_err();
         assert!(e.to_string().contains("--ca is required"), "{e}");
     }
 }
