@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::Gateway;
 use crate::datapath::Direction;
+use crate::log_limit::LogBudget;
 
 /// Connections served at once; more are closed at accept (counted), so that idle or slow
 /// clients cannot take every file descriptor the daemon has.
@@ -50,7 +51,10 @@ pub async fn serve(
         .map_or_else(|e| e.to_string(), |a| a.to_string());
     info!(listen, "operations port: /metrics /healthz /readyz");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut warned = false;
+    // Both warnings can come once per connection attempt: the shared log limit, not one
+    // line each.
+    let mut accept_log = LogBudget::new("operations port accept failures", 10);
+    let mut limit_log = LogBudget::new("operations port connection limit", 10);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return,
@@ -58,7 +62,9 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning on accept.
-                    warn!(error = %e, "operations port: accept failed");
+                    if accept_log.allow() {
+                        warn!(error = %e, "operations port: accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -69,8 +75,7 @@ pub async fn serve(
                 .metrics
                 .ops_connections_refused
                 .fetch_add(1, Ordering::Relaxed);
-            if !warned {
-                warned = true;
+            if limit_log.allow() {
                 warn!(%peer, max = MAX_CONNECTIONS, "operations port: connection limit reached; connections beyond it are closed (mecgw_ops_connections_refused_total)");
             }
             continue;
