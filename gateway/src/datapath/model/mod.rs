@@ -44,6 +44,26 @@ pub struct Outcome {
     pub flow: Option<FlowHit>,
 }
 
+impl Outcome {
+    /// The frame left as it is, with this verdict and reason (no rule or PDR decided).
+    pub(crate) fn unchanged(
+        frame: &[u8],
+        verdict: Verdict,
+        reason: Reason,
+        session: Option<u32>,
+    ) -> Outcome {
+        Outcome {
+            verdict,
+            reason,
+            rule: None,
+            session,
+            pdr: None,
+            packet: frame.to_vec(),
+            flow: None,
+        }
+    }
+}
+
 /// The model, built once per set of tables.
 pub struct Model {
     tables: Tables,
@@ -104,14 +124,8 @@ impl Model {
     /// The uplink program (`mecgw_uplink`) on one frame from N3.
     pub fn uplink(&self, frame: &[u8]) -> Outcome {
         let t = &self.tables;
-        let keep = |verdict, reason, session: Option<&Session>| Outcome {
-            verdict,
-            reason,
-            rule: None,
-            session: session.map(|s| s.id),
-            pdr: None,
-            packet: frame.to_vec(),
-            flow: None,
+        let keep = |verdict, reason, session: Option<&Session>| {
+            Outcome::unchanged(frame, verdict, reason, session.map(|s| s.id))
         };
         let pdu = match parse_gpdu(frame) {
             Ok(p) => p,
@@ -139,19 +153,7 @@ impl Model {
                 Some(session),
             );
         }
-        let mut flow = FlowHit {
-            key: FlowKey {
-                session: session.id,
-                ue: pdu.inner.src,
-                peer: pdu.inner.dst,
-                protocol: pdu.inner.proto,
-                ue_port: pdu.inner.ports.map_or(0, |p| p.0),
-                peer_port: pdu.inner.ports.map_or(0, |p| p.1),
-            },
-            direction: Direction::Uplink,
-            bytes: pdu.inner_len as u64,
-            rule: None,
-        };
+        let mut flow = uplink_flow(session.id, &pdu);
         let Some(rule) = self
             .rules
             .iter()
@@ -203,14 +205,8 @@ impl Model {
     /// The downlink program (`mecgw_downlink`) on one frame from the local-services side.
     pub fn downlink(&self, frame: &[u8]) -> Outcome {
         let t = &self.tables;
-        let keep = |verdict, reason, session: Option<&Session>| Outcome {
-            verdict,
-            reason,
-            rule: None,
-            session: session.map(|s| s.id),
-            pdr: None,
-            packet: frame.to_vec(),
-            flow: None,
+        let keep = |verdict, reason, session: Option<&Session>| {
+            Outcome::unchanged(frame, verdict, reason, session.map(|s| s.id))
         };
         let not_for_ue = keep(Verdict::Pass, Reason::NotForUe, None);
         let Some((l3, ethertype)) = parse_ethernet(frame) else {
@@ -321,6 +317,23 @@ impl Model {
                 .get(&(len, masked))
                 .map(|&i| &self.tables.sessions[i])
         })
+    }
+}
+
+/// The flow of a G-PDU from the UE of `session` (no rule yet).
+fn uplink_flow(session: u32, pdu: &Gpdu) -> FlowHit {
+    FlowHit {
+        key: FlowKey {
+            session,
+            ue: pdu.inner.src,
+            peer: pdu.inner.dst,
+            protocol: pdu.inner.proto,
+            ue_port: pdu.inner.ports.map_or(0, |p| p.0),
+            peer_port: pdu.inner.ports.map_or(0, |p| p.1),
+        },
+        direction: Direction::Uplink,
+        bytes: pdu.inner_len as u64,
+        rule: None,
     }
 }
 

@@ -17,8 +17,7 @@ use mecgw_ebpf::{
     TUNNEL_HAS_UE_V6, TunnelTarget, Verdict, pdr_action,
 };
 
-use super::{FlowHit, FlowKey, Gpdu, Outcome};
-use crate::datapath::Direction;
+use super::{Gpdu, Outcome};
 
 /// What the kernel's FIB says about a re-tunnel target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,14 +111,8 @@ impl super::Model {
     /// `mecgw_uplink_pfcp` (and `mecgw_retunnel`) on a parsed G-PDU of the PFCP range.
     pub(super) fn uplink_pfcp(&self, p: &PfcpEntries, frame: &[u8], pdu: &Gpdu) -> Outcome {
         let t = &self.tables;
-        let keep = |verdict, reason, session: Option<u32>| Outcome {
-            verdict,
-            reason,
-            rule: None,
-            session,
-            pdr: None,
-            packet: frame.to_vec(),
-            flow: None,
+        let keep = |verdict, reason, session: Option<u32>| {
+            Outcome::unchanged(frame, verdict, reason, session)
         };
         let Some(tunnel) = p.tunnels.get(&pdu.teid) else {
             return keep(
@@ -148,19 +141,7 @@ impl super::Model {
                 );
             }
         }
-        let flow = from_access.then(|| FlowHit {
-            key: FlowKey {
-                session: tunnel.session,
-                ue: pdu.inner.src,
-                peer: pdu.inner.dst,
-                protocol: pdu.inner.proto,
-                ue_port: pdu.inner.ports.map_or(0, |p| p.0),
-                peer_port: pdu.inner.ports.map_or(0, |p| p.1),
-            },
-            direction: Direction::Uplink,
-            bytes: pdu.inner_len as u64,
-            rule: None,
-        });
+        let flow = from_access.then(|| super::uplink_flow(tunnel.session, pdu));
         let count = (tunnel.pdr_count as usize).min(MAX_TUNNEL_PDRS);
         let Some(m) = tunnel.pdrs[..count]
             .iter()
@@ -200,15 +181,7 @@ impl super::Model {
         session: Option<u32>,
     ) -> Outcome {
         let t = &self.tables;
-        let keep = |verdict, reason| Outcome {
-            verdict,
-            reason,
-            rule: None,
-            session,
-            pdr: None,
-            packet: frame.to_vec(),
-            flow: None,
-        };
+        let keep = |verdict, reason| Outcome::unchanged(frame, verdict, reason, session);
         let Some((l3, ethertype)) = super::parse_ethernet(frame) else {
             return keep(Verdict::Drop, Reason::Internal);
         };
