@@ -35,6 +35,7 @@ use mecgw::datapath::{Direction, FastPath, FastPathOptions, Reason, compile::com
 use mecgw_bench::{
     median,
     scale::{UPLINK_TEID_BASE, tables, ue},
+    test_run::{batch, ns, reason_count},
 };
 use mecgw_testbed::packet::*;
 
@@ -140,14 +141,6 @@ fn cases(sessions: u32) -> Vec<Case> {
     ]
 }
 
-fn reason_count(fp: &FastPath, reason: Reason) -> anyhow::Result<u64> {
-    Ok(fp
-        .reason_counters()?
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .map_or(0, |(_, c)| c.packets))
-}
-
 /// Packets harvested from the flow counters in `direction`.
 fn flow_packets(fp: &FastPath, direction: Direction) -> anyhow::Result<u64> {
     Ok(fp
@@ -171,12 +164,12 @@ fn restored(
     // How far the program moves the frame start: what the wrapper must undo.
     let once = fp.test_run(case.direction, &case.frame, 1)?;
     let shift = case.frame.len() as i32 - once.data_out.len() as i32;
-    let base = batch(a, |r| {
+    let base = batch(a.runs, a.repeat, |r| {
         Ok(fp.bench_restored(None, &case.frame, 0, r)?.duration)
     })?;
     fp.harvest_flows()?;
     let before = reason_count(fp, case.reason)?;
-    let wrapped = batch(a, |r| {
+    let wrapped = batch(a.runs, a.repeat, |r| {
         Ok(fp
             .bench_restored(Some(case.direction), &case.frame, shift, r)?
             .duration)
@@ -197,19 +190,6 @@ fn restored(
         };
     }
     Ok(((wrapped - base + empty_batch).max(0.0), proof))
-}
-
-fn ns(d: Duration) -> f64 {
-    d.as_nanos() as f64
-}
-
-/// Median over `runs` of one call with `repeat` repetitions.
-fn batch(a: &Args, mut run: impl FnMut(u32) -> anyhow::Result<Duration>) -> anyhow::Result<f64> {
-    let mut v = Vec::new();
-    for _ in 0..a.runs {
-        v.push(ns(run(a.repeat)?));
-    }
-    Ok(median(v))
 }
 
 /// Median over `runs` of the median of `calls` single-repetition calls.
@@ -253,7 +233,9 @@ fn main() -> anyhow::Result<()> {
             .install(&t)
             .with_context(|| format!("installing {sessions} sessions / {rules} rules"))?;
         let probe = cases(1).remove(0).frame;
-        let empty_batch = batch(&a, |r| Ok(fp.test_run_empty(&probe, r)?.duration))?;
+        let empty_batch = batch(a.runs, a.repeat, |r| {
+            Ok(fp.test_run_empty(&probe, r)?.duration)
+        })?;
         let empty_call = per_call(&a, |r| Ok(fp.test_run_empty(&probe, r)?.duration))?;
         println!(
             "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8}",
@@ -270,7 +252,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(out.duration)
             };
             if !case.rewrites {
-                let b = batch(&a, run)?;
+                let b = batch(a.runs, a.repeat, run)?;
                 let runs = a.runs as u64 * u64::from(a.repeat);
                 let delta = reason_count(&fp, case.reason)? - before;
                 let proof = if delta == runs {

@@ -57,6 +57,7 @@ use mecgw::{
 use mecgw_bench::{
     median,
     scale::{UPLINK_TEID_BASE, tables, ue},
+    test_run::{batch, ns, reason_count},
 };
 use mecgw_pfcp::{
     MAX_MESSAGE_BYTES, decode, encode,
@@ -1048,27 +1049,6 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
 // ---------------------------------------------------------------------------------------
 // The fast path.
 
-fn ns(d: Duration) -> f64 {
-    d.as_nanos() as f64
-}
-
-/// Median over `runs` of one call with `repeat` repetitions.
-fn batch(a: &Args, mut run: impl FnMut(u32) -> anyhow::Result<Duration>) -> anyhow::Result<f64> {
-    let mut v = Vec::new();
-    for _ in 0..a.runs {
-        v.push(ns(run(a.repeat)?));
-    }
-    Ok(median(v))
-}
-
-fn reason_count(fp: &FastPath, reason: Reason) -> anyhow::Result<u64> {
-    Ok(fp
-        .reason_counters()?
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .map_or(0, |(_, c)| c.packets))
-}
-
 /// One case on one fast path, measured a round at a time so that the variants of a case
 /// take turns (a burst of load then lands on all of them, not on one).
 struct Row<'a> {
@@ -1178,7 +1158,9 @@ fn fast_path(
     let pfcp_ue_last = pfcp_ue(last);
     let tables_teid = UPLINK_TEID_BASE + last;
     let probe = gpdu(pfcp_last.teid, pfcp_ue_last, EDGE_DST);
-    let empty_batch = batch(a, |r| Ok(pfcp_fp.test_run_empty(&probe, r)?.duration))?;
+    let empty_batch = batch(a.runs, a.repeat, |r| {
+        Ok(pfcp_fp.test_run_empty(&probe, r)?.duration)
+    })?;
     println!(
         "fast path: kernel ns per packet (BPF_PROG_TEST_RUN), median of {} rounds of {} repetitions; the three variants of a case take turns each round",
         a.runs, a.repeat
