@@ -207,7 +207,7 @@ fn namespace() -> (Netns, Fib, u32) {
     let mut fib = Fib::new();
     fib.insert(IpAddr::V4(PSA_OK), forward);
     fib.insert(IpAddr::V6(PSA6_OK.parse().unwrap()), forward);
-    fib.insert(IpAddr::V4(PSA_NO_NEIGH), Route::NoNeighbour);
+    fib.insert(IpAddr::V4(PSA_NO_NEIGH), Route::NoNeighbour { mtu: 1500 });
     let out = Command::new("ip")
         .args(["-n", n, "-o", "link", "show", "mgw-pfa"])
         .output()
@@ -479,8 +479,14 @@ fn inner_packet(r: &mut Rng, src: IpAddr, dst: IpAddr) -> Vec<u8> {
     let proto = r.pick(&[17u8, 17, 6, 1]);
     let sport = r.pick(&[5000u16, 5050, 5200, 40000]);
     let dport = r.pick(&[80u16, 443, 1500, 2500, 53]);
-    let max_len = if r.chance(10) { 1480 } else { 64 };
-    let payload: Vec<u8> = (0..r.below(max_len)).map(|_| r.next() as u8).collect();
+    // Mostly small; sometimes near the N3 MTU, so that encapsulation's 36 to 56 bytes
+    // push about half of those over it (Oversize) and the rest just under.
+    let len = if r.chance(10) {
+        1400 + r.below(80)
+    } else {
+        r.below(64)
+    };
+    let payload: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
     let l4 = match proto {
         17 => udp(sport, dport, &payload),
         6 => tcp(sport, dport),

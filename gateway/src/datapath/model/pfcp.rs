@@ -29,8 +29,10 @@ pub enum Route {
         dmac: [u8; 6],
         mtu: u32,
     },
-    /// Routed, but no neighbour entry yet.
-    NoNeighbour,
+    /// Routed over a path of this MTU, but no neighbour entry yet. The kernel's FIB
+    /// lookup checks the MTU before the neighbour, so an oversized packet is `Oversize`
+    /// here too.
+    NoNeighbour { mtu: u32 },
 }
 
 /// Targets the FIB knows; any other is unroutable (as is every target when forwarding is off
@@ -202,11 +204,13 @@ impl super::Model {
             usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]))
         };
         let (smac, dmac) = match p.fib.get(&dst) {
-            Some(Route::Forward { mtu, .. }) if outer_len > *mtu as usize => {
+            Some(Route::Forward { mtu, .. } | Route::NoNeighbour { mtu })
+                if outer_len > *mtu as usize =>
+            {
                 return keep(Verdict::Drop, Reason::Oversize);
             }
             Some(Route::Forward { smac, dmac, .. }) => (*smac, *dmac),
-            Some(Route::NoNeighbour) => return keep(Verdict::Drop, Reason::NoNeighbour),
+            Some(Route::NoNeighbour { .. }) => return keep(Verdict::Drop, Reason::NoNeighbour),
             None => return keep(Verdict::Drop, Reason::NoRoute),
         };
         let mut out = frame.to_vec();
