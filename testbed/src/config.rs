@@ -60,12 +60,13 @@ pub fn write_gateway_config_for(
     };
     let config = format!(
         "# Written for the mecgw testbed.\n[interfaces]\nn3 = \"{n3}\"\nlocal = \"{local}\"\n\n\
-         [xdp]\nmode = \"{mode}\"\nfallback_to_generic = false\n\n\
+         [xdp]\nmode = \"{mode}\"\nfallback_to_generic = false\npin_dir = \"{pins}\"\n\n\
          [datapath]\nkind = \"{kind}\"\ntables = \"tables.toml\"\n\n\
          [state]\ndir = \"{state}\"\n\n[metrics]\nlisten = \"{METRICS}\"\n",
         n3 = N3.link,
         local = LOCAL.link,
         state = dir.join("state").display(),
+        pins = crate::pin_root()?,
     );
     std::fs::write(dir.join("mecgw.toml"), config)?;
     write_tables(dir, ues, rules)

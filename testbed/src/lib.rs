@@ -48,7 +48,10 @@ pub use config::{
     DatapathChoice, PfcpSettings, imsi, write_gateway_config, write_gateway_config_for,
     write_gateway_config_pfcp, write_tables,
 };
-pub use netns::{Endpoint, LOCK_PATH, Testbed, TestbedLock, delete_all, in_netns, lock, netns_cmd};
+pub use netns::{
+    Endpoint, LOCK_PATH, PIN_ROOT, Testbed, TestbedLock, delete_all, in_netns, lock, netns_cmd,
+    pin_root, remove_pins,
+};
 pub use processes::{
     Capture, Children, Gateway, catch_interrupts, gnbsim, interrupted, metric, ops_get,
     sample_value, xdp_attached,

@@ -139,10 +139,55 @@ impl Testbed {
     }
 }
 
+/// Where gateways in test namespaces pin their XDP links and program arrays (`[xdp] pin_dir`):
+/// a BPF filesystem of its own outside /sys, because `ip netns exec` mounts a fresh sysfs
+/// over /sys, which hides the host's /sys/fs/bpf from the programs it runs. Mounted by
+/// [`pin_root`].
+pub const PIN_ROOT: &str = "/run/mecgw-test/bpf";
+
+/// Mounts a BPF filesystem at [`PIN_ROOT`] unless one is there; returns the path.
+pub fn pin_root() -> anyhow::Result<&'static str> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    std::fs::create_dir_all(PIN_ROOT).with_context(|| format!("creating {PIN_ROOT}"))?;
+    let path = std::ffi::CString::new(PIN_ROOT)?;
+    // SAFETY: `statfs` is plain old data, all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `st` is a valid out-pointer.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    if rc == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(PIN_ROOT);
+    }
+    // World-writable and sticky, as /sys/fs/bpf is on Debian: a test's unprivileged daemon
+    // (CAP_BPF, no file capabilities) pins there too.
+    run(&[
+        "mount",
+        "-t",
+        "bpf",
+        "-o",
+        "mode=1777",
+        "mecgw-test-bpf",
+        PIN_ROOT,
+    ])?;
+    Ok(PIN_ROOT)
+}
+
+/// Removes what a gateway in namespace `ns` pinned under [`PIN_ROOT`] (the gateway's
+/// `datapath::pins` keeps a namespace's pins in `net-<netns inode>`), so that a gateway killed
+/// there, or stopped with `keep_datapath`, leaves no programs and maps behind in the kernel
+/// once the namespace is gone. Nothing there is fine.
+pub fn remove_pins(ns: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(m) = std::fs::metadata(Path::new("/run/netns").join(ns)) {
+        let _ = std::fs::remove_dir_all(Path::new(PIN_ROOT).join(format!("net-{}", m.ino())));
+    }
+}
+
 /// Deletes the namespaces that exist among `namespaces`; missing ones are fine.
 pub fn delete_all(namespaces: &[&str]) -> anyhow::Result<()> {
     for ns in namespaces {
         if succeeds(&["ip", "netns", "pids", ns]) {
+            remove_pins(ns);
             run(&["ip", "netns", "delete", ns])?;
             println!("    deleted namespace {ns}");
         }
@@ -153,6 +198,7 @@ pub fn delete_all(namespaces: &[&str]) -> anyhow::Result<()> {
 impl Drop for Testbed {
     fn drop(&mut self) {
         for ns in self.namespaces.drain(..).rev() {
+            remove_pins(&ns);
             // Deleting the namespace also deletes the veth ends inside it.
             if let Err(e) = run(&["ip", "netns", "delete", &ns]) {
                 eprintln!("testbed: could not delete namespace {ns}: {e:#}");

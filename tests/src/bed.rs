@@ -79,9 +79,11 @@ impl Bed {
     pub fn write(&self, rules: &str) -> PathBuf {
         std::fs::write(self.path("tables.toml"), tables(rules)).unwrap();
         let config = format!(
-            "[interfaces]\nn3 = \"t-n3\"\nlocal = \"t-local\"\n\n[xdp]\nmode = \"native\"\n\n\
+            "[interfaces]\nn3 = \"t-n3\"\nlocal = \"t-local\"\n\n[xdp]\nmode = \"native\"\n\
+             pin_dir = \"{}\"\n\n\
              [datapath]\ntables = \"tables.toml\"\n\n[state]\ndir = \"{}\"\n\n\
              [metrics]\nlisten = \"127.0.0.1:9464\"\n",
+            mecgw_testbed::pin_root().unwrap(),
             self.path("state").display()
         );
         std::fs::write(self.path("mecgw.toml"), config).unwrap();
@@ -159,6 +161,8 @@ impl Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
+        // A daemon killed here left its programs pinned.
+        mecgw_testbed::remove_pins(&self.mec);
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.gnb])
             .status();

@@ -20,7 +20,8 @@
 //!
 //! `--blast N` (for `cargo xtask bench e2e`) instead sends N UDP G-PDUs to the first probe
 //! (which must be `udp`), cycling over the UEs, at `--rate` packets per second (0: as fast as
-//! the socket takes them), from one thread, while another counts the answers. Each payload
+//! the socket takes them), from one thread, while another counts the answers (also by outer
+//! source: the gateway's local breakout or the core). Each payload
 //! carries its sequence number and send time, so every answer gives a round-trip time and
 //! duplicates are not counted twice. It reports sent, answered, loss and RTT p50/p99.
 
@@ -626,6 +627,8 @@ fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()>
     });
     let mut seen = vec![false; n as usize];
     let mut answered = 0u64;
+    // By the downlink G-PDU's outer source: the gateway's local breakout, or the core.
+    let mut answered_from = BTreeMap::new();
     let mut bad = 0u64;
     let mut rtts: Vec<Duration> = Vec::with_capacity(n.min(1 << 22) as usize);
     let mut buf = vec![0u8; 65536];
@@ -637,7 +640,7 @@ fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()>
         if done_at.is_some_and(|d| d.elapsed() > Duration::from_millis(300)) || answered == n {
             break;
         }
-        let Ok((len, _)) = rx.recv_from(&mut buf) else {
+        let Ok((len, from)) = rx.recv_from(&mut buf) else {
             continue;
         };
         let now = start.elapsed();
@@ -654,6 +657,7 @@ fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()>
             Some((seq, at)) if seq < n && !seen[seq as usize] => {
                 seen[seq as usize] = true;
                 answered += 1;
+                *answered_from.entry(from.ip().to_string()).or_insert(0u64) += 1;
                 rtts.push(now.saturating_sub(Duration::from_nanos(at)));
             }
             _ => bad += 1,
@@ -670,6 +674,7 @@ fn blast(args: &Args, probe: &Probe, ues: &[Ue], sim: Sim) -> anyhow::Result<()>
         "blast": {
             "sent": sent,
             "answered": answered,
+            "answered_from": answered_from,
             "other": bad,
             "send_secs": secs,
             "offered_pps": sent as f64 / secs,
