@@ -24,7 +24,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway: attach the XDP programs, install the tables, load the policy, serve
-    /// the operations port; reload on SIGHUP, detach and exit on SIGTERM/SIGINT.
+    /// the operations port; reload on SIGHUP; on SIGTERM/SIGINT drain, detach (unless
+    /// keep_datapath) and exit. A previous instance's pinned programs are replaced without a gap.
     Run {
         /// Configuration file (TOML; see examples/mecgw.toml).
         #[arg(long, env = "MECGW_CONFIG")]
@@ -67,6 +68,11 @@ enum Command {
         #[arg(long)]
         duration: Option<u64>,
     },
+    /// The fast path's state pinned in bpffs (links and program arrays): see it, remove it.
+    Datapath {
+        #[command(subcommand)]
+        command: DatapathCommand,
+    },
     /// The egress audit log: verify its hash chain.
     Audit {
         #[command(subcommand)]
@@ -96,6 +102,96 @@ enum Command {
         /// Directory to write them into (created if missing).
         dir: std::path::PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum DatapathCommand {
+    /// List the pinned XDP links (interface, link and program ids) and instances of this
+    /// network namespace.
+    Status {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+    /// Remove the pinned links and program arrays of this network namespace: the programs
+    /// detach from the interfaces (when a running mecgw exits, if one holds them). For
+    /// uninstalling, or after a stop with keep_datapath.
+    Detach {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct PinArgs {
+    /// Configuration file, for its [xdp] pin_dir.
+    #[arg(long, env = "MECGW_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// The pin root (replaces the config's; default /sys/fs/bpf/mecgw).
+    #[arg(long)]
+    pin_dir: Option<std::path::PathBuf>,
+}
+
+impl PinArgs {
+    fn dir(&self) -> anyhow::Result<mecgw::datapath::pins::PinDir> {
+        let root = match (&self.pin_dir, &self.config) {
+            (Some(root), _) => root.clone(),
+            (None, Some(config)) => {
+                mecgw::daemon::Config::load(config, &mecgw::daemon::Overrides::default())?
+                    .xdp
+                    .pin_dir
+            }
+            (None, None) => mecgw::datapath::pins::DEFAULT_ROOT.into(),
+        };
+        Ok(mecgw::datapath::pins::PinDir::for_this_netns(&root)?)
+    }
+}
+
+fn datapath_command(command: DatapathCommand) -> anyhow::Result<()> {
+    match command {
+        DatapathCommand::Status { pins } => {
+            let dir = pins.dir()?;
+            println!("pins: {}", dir.path().display());
+            let links = dir.links()?;
+            if links.is_empty() {
+                println!("no pinned links");
+            }
+            for (iface, info) in links {
+                match info {
+                    Some(i) if i.ifindex == 0 => println!(
+                        "link {iface}: defunct (the interface is gone), link {} program {}",
+                        i.link_id, i.program_id
+                    ),
+                    Some(i) => println!(
+                        "link {iface}: ifindex {} link {} program {}",
+                        i.ifindex, i.link_id, i.program_id
+                    ),
+                    None => println!("link {iface}: unreadable"),
+                }
+            }
+            for instance in dir.instances()? {
+                println!("instance {}", instance.display());
+            }
+            Ok(())
+        }
+        DatapathCommand::Detach { pins } => {
+            let dir = pins.dir()?;
+            let d = dir.detach_all()?;
+            if d.links.is_empty() && d.instances == 0 {
+                println!("nothing pinned under {}", dir.path().display());
+            } else {
+                println!(
+                    "detached: links {} unpinned, {} instance(s) removed",
+                    if d.links.is_empty() {
+                        "none".to_string()
+                    } else {
+                        d.links.join(", ")
+                    },
+                    d.instances
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -183,6 +279,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let config = mecgw::daemon::Config::load(&config, &overrides)?;
             mecgw::daemon::run(config).await
         }
+        Command::Datapath { command } => datapath_command(command),
         Command::Audit { command } => audit_cli::run(command),
         Command::Policy { command } => policy_cli::run(command),
         Command::Budget { command } => policy_cli::run_budget(command),

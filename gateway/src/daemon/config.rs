@@ -96,7 +96,7 @@ pub struct Interfaces {
 }
 
 /// XDP attachment.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Xdp {
     /// "native" (in the driver; the default) or "generic" (any interface, slower).
@@ -105,6 +105,16 @@ pub struct Xdp {
     /// If native attach fails, attach in generic mode instead (logged). Default true.
     #[serde(default = "yes")]
     pub fallback_to_generic: bool,
+    /// Where the links and program arrays are pinned (a directory on bpffs; one
+    /// subdirectory per network namespace). Default /sys/fs/bpf/mecgw.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// At SIGTERM/SIGINT, leave the programs on the interfaces, forwarding with the tables in
+    /// force, for the next `mecgw run` to adopt without a gap (restarts and upgrades).
+    /// Default false: detach. A daemon killed or crashed always leaves them; `mecgw
+    /// datapath detach` removes them.
+    #[serde(default)]
+    pub keep_datapath: bool,
 }
 
 impl Default for Xdp {
@@ -112,8 +122,14 @@ impl Default for Xdp {
         Xdp {
             mode: AttachMode::Native,
             fallback_to_generic: true,
+            pin_dir: default_pin_dir(),
+            keep_datapath: false,
         }
     }
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(crate::datapath::pins::DEFAULT_ROOT)
 }
 
 fn yes() -> bool {
@@ -282,6 +298,10 @@ pub struct Overrides {
     /// Serve the gRPC APIs in plaintext, without mTLS (sets api.insecure; logged as a warning).
     #[arg(long, env = "MECGW_INSECURE")]
     pub insecure: bool,
+    /// Leave the XDP programs forwarding at stop, for the next start to adopt (sets
+    /// xdp.keep_datapath).
+    #[arg(long, env = "MECGW_KEEP_DATAPATH")]
+    pub keep_datapath: bool,
 }
 
 impl Overrides {
@@ -382,6 +402,9 @@ impl Config {
         if let Some(v) = o.xdp_mode {
             self.xdp.mode = v;
         }
+        if o.keep_datapath {
+            self.xdp.keep_datapath = true;
+        }
         if let Some(v) = o.datapath {
             self.datapath.kind = v;
         }
@@ -430,6 +453,7 @@ impl Config {
             }
         }
         fix(&mut self.state.dir);
+        fix(&mut self.xdp.pin_dir);
         if let Some(egress) = &mut self.egress {
             if egress.spool_dir.as_os_str().is_empty() {
                 egress.spool_dir = self.state.dir.join("spool");

@@ -28,9 +28,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::datapath::{
-    AttachMode, CompiledTables, Counter, DatapathError, Direction, FastPath, Problems, Reason,
-    Tables, Verdict,
+    AttachMode, Attachment, CompiledTables, Counter, DatapathError, Direction, FastPath, Problems,
+    Reason, Tables, Verdict,
     compile::{self, Reserved, compile_with},
+    pins::InstancePins,
     tables::overlay::{Overlay, OverlayError},
 };
 use crate::records::{
@@ -495,27 +496,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!("flow accounting off: the policy declares no `flow` record kind");
     }
     privileges::check(config.datapath.kind)?;
+    let mut pins = None;
     let datapath = match config.datapath.kind {
         DatapathKind::Xdp => {
-            let mut fast_path = FastPath::load_with(crate::datapath::FastPathOptions {
-                flow_accounting,
-                pfcp: config.pfcp.as_ref().map(pfcp_map_sizes),
-            })?;
-            attach(
-                &mut fast_path,
-                &config,
-                Direction::Uplink,
-                &config.interfaces.n3,
-            )?;
-            attach(
-                &mut fast_path,
-                &config,
-                Direction::Downlink,
-                &config.interfaces.local,
+            // Load and fill a complete fast path first; only then does it take the
+            // interfaces over, from nothing or from a previous instance (pins.rs).
+            let mut instance = InstancePins::create(&config.xdp.pin_dir)
+                .context("[xdp] pin_dir: the fast path's pins")?;
+            let mut fast_path = FastPath::load_pinned(
+                crate::datapath::FastPathOptions {
+                    flow_accounting,
+                    pfcp: config.pfcp.as_ref().map(pfcp_map_sizes),
+                },
+                instance.instance(),
             )?;
             fast_path
                 .install(&tables)
                 .context("installing the tables into the fast path")?;
+            for (direction, iface, index) in [
+                (Direction::Uplink, &config.interfaces.n3, n3_ifindex),
+                (Direction::Downlink, &config.interfaces.local, local_ifindex),
+            ] {
+                let attachment =
+                    attach(&mut fast_path, &config, direction, iface, index, &instance)?;
+                instance.record(iface, attachment);
+            }
+            let previous = instance
+                .started()
+                .context("removing the previous instance's pins")?;
+            if previous > 0 {
+                info!(
+                    previous,
+                    "the previous fast path's programs and maps are released"
+                );
+            }
+            pins = Some(instance);
             Datapath::Xdp(Box::new(fast_path))
         }
         DatapathKind::Userspace => Datapath::Userspace(
@@ -731,6 +746,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Dropping the last reference closes the XDP links: the programs detach (or stops the
     // userspace datapath and removes its rules, routes and TUN).
+    if let Some(pins) = pins {
+        let keep = config.xdp.keep_datapath;
+        match pins.release(keep) {
+            Ok(()) if keep => info!(
+                "keep_datapath: the XDP programs stay on the interfaces with the tables in force; \
+                 the next `mecgw run` adopts them (`mecgw datapath detach` removes them)"
+            ),
+            Ok(()) => {}
+            Err(e) => warn!(error = %e, "could not remove the fast path's pins"),
+        }
+    }
     match Arc::try_unwrap(gw) {
         Ok(gw) => drop(gw),
         Err(_) => warn!("gateway state still referenced at shutdown; the kernel detaches at exit"),
@@ -1026,28 +1052,43 @@ fn check_destinations(policy: &LoadedPolicy, egress: Option<&EgressConfig>) -> a
     Ok(())
 }
 
+/// Puts `direction`'s program on `iface` through its pinned link (see
+/// [`FastPath::attach_pinned`]), falling back to generic mode if so configured.
 fn attach(
     fast_path: &mut FastPath,
     config: &Config,
     direction: Direction,
     iface: &str,
-) -> anyhow::Result<()> {
+    ifindex: u32,
+    instance: &InstancePins,
+) -> anyhow::Result<Attachment> {
     let mode = config.xdp.mode;
-    match fast_path.attach_direction(direction, iface, mode) {
-        Ok(_) => {
-            info!(%iface, ?direction, mode = mode.name(), "XDP program attached");
-            Ok(())
-        }
+    let pins = instance.dir();
+    let attached = match fast_path.attach_pinned(direction, iface, ifindex, mode, pins) {
         Err(e) if mode == AttachMode::Native && config.xdp.fallback_to_generic => {
             warn!(%iface, error = %e, "native XDP attach failed; falling back to generic mode");
-            fast_path
-                .attach_direction(direction, iface, AttachMode::Generic)
+            let a = fast_path
+                .attach_pinned(direction, iface, ifindex, AttachMode::Generic, pins)
                 .with_context(|| format!("attaching to {iface} in generic mode"))?;
-            info!(%iface, ?direction, mode = "generic", "XDP program attached");
-            Ok(())
+            (a, AttachMode::Generic)
         }
-        Err(e) => Err(e).with_context(|| format!("attaching to {iface}")),
+        other => (
+            other.with_context(|| format!("attaching to {iface}"))?,
+            mode,
+        ),
+    };
+    match attached {
+        (Attachment::Attached, mode) => {
+            info!(%iface, ?direction, mode = mode.name(), "XDP program attached")
+        }
+        (Attachment::Replaced { previous_program }, _) => info!(
+            %iface,
+            ?direction,
+            previous_program,
+            "XDP program replaced in the pinned link (no gap; the link keeps its mode)"
+        ),
     }
+    Ok(attached.0)
 }
 
 /// The index of interface `name`.

@@ -13,7 +13,9 @@
 //! - [`model`]: the reference model with the programs' exact semantics (no kernel needed);
 //! - [`pfcp_maps`]: PFCP sessions' tunnels, downlinks and PDR counters (one generation,
 //!   written entry by entry);
-//! - [`live`]: benchmark support, a live-frames traffic generator and a counting sink.
+//! - [`live`]: benchmark support, a live-frames traffic generator and a counting sink;
+//! - [`pins`]: what outlives the daemon in bpffs (links, program arrays), for restarts and
+//!   upgrades that never take the programs off the interfaces.
 //!
 //! This module never parses packets itself.
 
@@ -23,15 +25,20 @@ pub mod flow_counters;
 pub mod live;
 pub mod model;
 pub mod pfcp_maps;
+pub mod pins;
 pub mod tables;
 mod writer;
 
-use std::{sync::Mutex, time::Duration};
+use std::{path::Path, sync::Mutex, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Decision, NONE, names};
 
@@ -92,6 +99,9 @@ pub enum DatapathError {
     /// A system call failed.
     #[error("{0}")]
     Io(#[source] std::io::Error),
+    /// Pinning, adopting or unpinning objects in bpffs failed.
+    #[error(transparent)]
+    Pin(#[from] pins::PinError),
     /// The userspace datapath could not change its kernel arrangement (routes, rules, TUN).
     #[error("{action}: {source}")]
     Userspace {
@@ -250,6 +260,22 @@ pub struct FastPath {
     _tail_calls: Vec<aya::maps::ProgramArray<MapData>>,
     last: Mutex<PerCpuArray<MapData, Decision>>,
     bench: Mutex<BenchMaps>,
+    /// Links this fast path attached and pinned ([`FastPath::attach_pinned`]); closing them
+    /// leaves the pins, and the programs on the interfaces.
+    pinned: Vec<PinnedLink>,
+}
+
+/// How [`FastPath::attach_pinned`] put a program on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// No link was pinned for the interface: a new link, now pinned.
+    Attached,
+    /// A previous instance's pinned link now runs this program: replaced atomically
+    /// (`bpf_link_update`), the interface never without a program.
+    Replaced {
+        /// The kernel's id of the program it ran before.
+        previous_program: u32,
+    },
 }
 
 /// The maps of the benchmark's restore wrapper.
@@ -302,6 +328,17 @@ impl FastPath {
 
     /// [`FastPath::load`] with the choices in `options`.
     pub fn load_with(options: FastPathOptions) -> Result<Self, DatapathError> {
+        Self::load_inner(options, None)
+    }
+
+    /// [`FastPath::load_with`], with the program arrays pinned in `instance` (a directory on
+    /// bpffs, see [`pins`]), so that they keep working for the programs when this process
+    /// is gone; for a daemon that attaches with [`FastPath::attach_pinned`].
+    pub fn load_pinned(options: FastPathOptions, instance: &Path) -> Result<Self, DatapathError> {
+        Self::load_inner(options, Some(instance))
+    }
+
+    fn load_inner(options: FastPathOptions, pins: Option<&Path>) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         let accounting = u32::from(options.flow_accounting);
         loader.override_global(names::GLOBAL_FLOW_ACCOUNTING, &accounting, true);
@@ -350,6 +387,20 @@ impl FastPath {
         // file descriptor closes: keep them.
         let mut tail_calls = Vec::new();
         for (map, programs) in TAIL_CALLS {
+            if let Some(dir) = pins {
+                let path = dir.join(map);
+                ebpf.map(map)
+                    .ok_or(DatapathError::Missing {
+                        what: "map",
+                        name: map,
+                    })?
+                    .pin(&path)
+                    .map_err(|e| pins::PinError {
+                        action: "pinning the program array",
+                        path,
+                        source: std::io::Error::other(e),
+                    })?;
+            }
             let mut array: aya::maps::ProgramArray<MapData> = take_map(&mut ebpf, map)?;
             for (index, &program) in programs.iter().enumerate() {
                 let fd = xdp_program_mut(&mut ebpf, program)?
@@ -392,6 +443,7 @@ impl FastPath {
             _tail_calls: tail_calls,
             last: Mutex::new(last),
             bench: Mutex::new(bench),
+            pinned: Vec::new(),
         })
     }
 
@@ -440,6 +492,67 @@ impl FastPath {
         mode: AttachMode,
     ) -> Result<XdpLinkId, DatapathError> {
         self.attach(direction.program(), iface, mode)
+    }
+
+    /// Puts the program for `direction` on `iface` (index `ifindex`) through the link pinned
+    /// for it in `pins`: a link a previous instance left gets this program atomically; with
+    /// none (or one whose interface is gone), a new link in `mode` is attached and pinned.
+    /// Either way the program stays on the interface after this process ends, until the pin
+    /// is removed ([`pins::PinDir::unpin_link`]). Install the tables first: from the moment
+    /// this returns, the interface's packets are judged by this fast path.
+    pub fn attach_pinned(
+        &mut self,
+        direction: Direction,
+        iface: &str,
+        ifindex: u32,
+        mode: AttachMode,
+        pins: &pins::PinDir,
+    ) -> Result<Attachment, DatapathError> {
+        let name = direction.program();
+        let path = pins.link_path(iface);
+        let program_err = |action: String| move |source| DatapathError::Program { action, source };
+        if let Some((link, state)) = pins::open_link(&path)? {
+            if state.ifindex == ifindex {
+                let link = XdpLink::try_from(link).map_err(|e| pins::PinError {
+                    action: "adopting the pinned link",
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                xdp_program_mut(&mut self.ebpf, name)?
+                    .attach_to_link(link)
+                    .map_err(program_err(format!(
+                        "replacing the program of the link pinned at {}",
+                        path.display()
+                    )))?;
+                return Ok(Attachment::Replaced {
+                    previous_program: state.prog_id,
+                });
+            }
+            // The interface it was attached to is gone (ifindex 0) or was re-created.
+            pins.unpin_link(iface)?;
+        }
+        let prog = xdp_program_mut(&mut self.ebpf, name)?;
+        let id = prog
+            .attach(iface, mode.flags())
+            .map_err(program_err(format!(
+                "attaching {name} to {iface} in {} mode",
+                mode.name()
+            )))?;
+        let link = prog
+            .take_link(id)
+            .map_err(program_err(format!("taking the link of {name} on {iface}")))?;
+        let link = FdLink::try_from(link).map_err(|e| pins::PinError {
+            action: "pinning the link (the kernel attached without a bpf_link; Linux 5.9 or later has them)",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let pinned = link.pin(&path).map_err(|e| pins::PinError {
+            action: "pinning the link",
+            path,
+            source: std::io::Error::other(e),
+        })?;
+        self.pinned.push(pinned);
+        Ok(Attachment::Attached)
     }
 
     fn attach(
