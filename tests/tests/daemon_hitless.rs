@@ -3,8 +3,9 @@
 //! its answers encapsulated back downlink) keeps flowing, with not one packet lost, while
 //! `mecgw run` is killed with SIGKILL and started again, and while it is stopped with
 //! keep_datapath and replaced by a daemon whose programs differ (flow accounting on: other
-//! code paths survive the verifier). Every answer must come back through the gateway's own
-//! local breakout (outer source N3), none through the core. Afterwards `mecgw datapath detach`
+//! code paths survive the verifier), and while that one is killed with SIGKILL in turn (its
+//! successor adopts the flows it counted and did not harvest). Every answer must come back
+//! through the gateway's own local breakout (outer source N3), none through the core. Afterwards `mecgw datapath detach`
 //! takes the programs off. Needs root; CI runs as root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,7 +24,7 @@ const RULES: &str = "[[rules]]\nid = 10\npriority = 10\naction = \"LOCAL\"\n\
 /// 2-core machine (checked below, so that a slow start fails loudly instead of proving
 /// nothing).
 const RATE: u64 = 2_000;
-const SECONDS: u64 = 16;
+const SECONDS: u64 = 20;
 
 /// A policy that takes `flow` records: with it the daemon loads its programs with flow
 /// accounting, a different program from the one without.
@@ -122,7 +123,8 @@ fn no_packet_is_lost_across_kill_9_restart_and_an_upgrade_with_changed_programs(
     let config = std::fs::read_to_string(dir.path().join("mecgw.toml")).unwrap();
     let config = config.replace("[xdp]\n", "[xdp]\nkeep_datapath = true\n");
     std::fs::write(dir.path().join("mecgw.toml"), config).unwrap();
-    let mut gw = Gateway::start(&bin, dir.path(), 1, &[]).unwrap();
+    let log = dir.path().join("mecgw.log");
+    let mut gw = Gateway::start_logging(&bin, dir.path(), 1, &[], &log).unwrap();
     let (n3_first, local_first) = programs();
     assert!(n3_first.is_some() && local_first.is_some());
 
@@ -168,19 +170,38 @@ fn no_packet_is_lost_across_kill_9_restart_and_an_upgrade_with_changed_programs(
     let (n3_third, local_third) = programs();
     assert!(n3_third != n3_second && local_third != local_second);
     let after_upgrade = started.elapsed();
-    assert!(
-        after_upgrade + Duration::from_secs(1) < Duration::from_secs(SECONDS),
-        "the restarts took {after_upgrade:?}, too long for the {SECONDS} s stream to cover them"
-    );
     let metrics = testbed::ops_get("/metrics").unwrap().unwrap();
     assert!(
         metrics.contains("mecgw_flow"),
         "the upgraded daemon counts flows"
     );
 
+    // 3. SIGKILL of a daemon that counts flows: the next one adopts what it counted since
+    // its last harvest (fastpath_flows.rs checks the counts exactly).
+    std::thread::sleep(Duration::from_millis(1500));
+    gw.children.signal(gw.mecgw, libc::SIGKILL).unwrap();
+    wait_exit(&mut gw);
+    gw.restart(&bin, dir.path()).unwrap();
+    let after_second_kill = started.elapsed();
+    assert!(
+        after_second_kill + Duration::from_secs(1) < Duration::from_secs(SECONDS),
+        "the restarts took {after_second_kill:?}, too long for the {SECONDS} s stream to cover them"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let adopted = logged
+        .lines()
+        .filter(|l| l.contains("flows counted by the previous instance adopted"))
+        .last()
+        .unwrap_or_else(|| panic!("no adoption logged:\n{logged}"));
+    assert!(
+        !adopted.contains(" flows=0 ") && adopted.contains("unreadable_maps=0"),
+        "{adopted}"
+    );
+
     let report = stream.join().unwrap();
     eprintln!(
-        "hitless: {report:?}; kill -9 + restart done at {after_kill:?}, upgrade at {after_upgrade:?}"
+        "hitless: {report:?}; kill -9 + restart done at {after_kill:?}, upgrade at \
+         {after_upgrade:?}, second kill -9 + restart at {after_second_kill:?}"
     );
     assert_eq!(
         report.sent,
@@ -193,7 +214,7 @@ fn no_packet_is_lost_across_kill_9_restart_and_an_upgrade_with_changed_programs(
     );
     assert_eq!(report.core, 0, "nothing may take the core path: {report:?}");
 
-    // Only the running instance's pins are left; the previous two were released.
+    // Only the running instance's pins are left; the previous three were released.
     let config = dir.path().join("mecgw.toml");
     let config = config.to_str().unwrap();
     let status = mecgw_in_mec(&bin, &["datapath", "status", "--config", config]);

@@ -266,6 +266,60 @@ fn flows_are_counted_exactly_per_direction_with_the_rule_and_harvested_once() {
     assert_eq!(again[0].rule, Some(10));
 }
 
+/// A restart: what one instance's programs counted and nobody harvested (its flow maps
+/// pinned, its process gone) is taken over by the next instance and comes with that one's
+/// first harvest, merged with what the new programs count: exactly once.
+#[test]
+fn a_new_instance_adopts_the_unharvested_flows_of_the_previous_one_exactly_once() {
+    let root = std::path::Path::new(mecgw_tests::testbed::pin_root().unwrap())
+        .join(format!("fastpath-flows-{}", std::process::id()));
+    let (dir_a, dir_b) = (root.join("a"), root.join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let options = FastPathOptions {
+        flow_accounting: true,
+        ..FastPathOptions::default()
+    };
+    let traffic = traffic();
+    let (first, second) = traffic.split_at(traffic.len() / 2);
+    let a = FastPath::load_pinned(options, &dir_a).unwrap();
+    a.install(&tables()).unwrap();
+    for (direction, frame, _) in first {
+        a.judge(*direction, frame).unwrap();
+    }
+    // The previous instance's process ends without a last harvest; its maps stay pinned.
+    drop(a);
+    let b = FastPath::load_pinned(options, &dir_b).unwrap();
+    b.install(&tables()).unwrap();
+    let adopted = b.adopt_flows(&dir_a).unwrap();
+    assert!(adopted.flows > 0, "{adopted:?}");
+    assert_eq!(adopted.unreadable_flows + adopted.unreadable_maps, 0);
+    for (direction, frame, _) in second {
+        b.judge(*direction, frame).unwrap();
+    }
+    assert_eq!(
+        b.harvest_flows().unwrap(),
+        expected(),
+        "every packet of both instances, each once"
+    );
+    assert!(b.harvest_flows().unwrap().is_empty());
+    // Adopting again finds the previous maps empty: nothing can be counted twice.
+    assert_eq!(b.adopt_flows(&dir_a).unwrap().flows, 0);
+    assert!(b.harvest_flows().unwrap().is_empty());
+    // A "previous build" whose FLOWS_0 is another kind of map: refused, counted, not read.
+    let other = root.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::rename(
+        dir_a.join(mecgw_ebpf::names::MAP_UPLINK_PFCP),
+        other.join(mecgw_ebpf::names::MAP_FLOWS[0]),
+    )
+    .unwrap();
+    let refused = b.adopt_flows(&other).unwrap();
+    assert_eq!((refused.flows, refused.unreadable_maps), (0, 1));
+    drop(b);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn the_rule_is_that_of_the_last_uplink_decision() {
     // One CPU, so "last" is well defined (across CPUs the busiest CPU's rule is taken).

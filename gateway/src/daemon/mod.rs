@@ -523,10 +523,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             let previous = instance
                 .started()
-                .context("removing the previous instance's pins")?;
-            if previous > 0 {
+                .context("listing the previous instances' pins")?;
+            for dir in &previous {
+                adopt_flows(&fast_path, dir);
+            }
+            let released = instance
+                .remove_previous()
+                .context("removing the previous instances' pins")?;
+            if released > 0 {
                 info!(
-                    previous,
+                    released,
                     "the previous fast path's programs and maps are released"
                 );
             }
@@ -1050,6 +1056,32 @@ fn check_destinations(policy: &LoadedPolicy, egress: Option<&EgressConfig>) -> a
         }
     }
     Ok(())
+}
+
+/// Takes over the flows a previous instance's programs counted after its last harvest (they
+/// come with this daemon's first harvest), or says that they are dropped.
+fn adopt_flows(fast_path: &FastPath, previous: &std::path::Path) {
+    if !fast_path.flow_accounting() {
+        info!(
+            instance = %previous.display(),
+            "flow accounting is off: flows the previous instance counted since its last harvest are not reported"
+        );
+        return;
+    }
+    match fast_path.adopt_flows(previous) {
+        Ok(a) => info!(
+            instance = %previous.display(),
+            flows = a.flows,
+            unreadable_flows = a.unreadable_flows,
+            unreadable_maps = a.unreadable_maps,
+            "flows counted by the previous instance adopted: they come with the next harvest"
+        ),
+        Err(e) => warn!(
+            instance = %previous.display(),
+            error = %e,
+            "could not adopt the previous instance's flows; they are lost"
+        ),
+    }
 }
 
 /// Puts `direction`'s program on `iface` through its pinned link (see

@@ -22,9 +22,10 @@ use std::{
     cmp::Reverse,
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
 };
 
-use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, Map, MapData, MapError, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use mecgw_ebpf::{
     Counter, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowGenStats, FlowValue, MAX_FLOWS, NONE, names,
 };
@@ -191,6 +192,9 @@ pub(super) struct FlowMaps {
     active_map: Array<MapData, u32>,
     stats: PerCpuArray<MapData, FlowGenStats>,
     losses: FlowLosses,
+    /// What a previous instance's programs counted and nobody harvested
+    /// ([`FastPath::adopt_flows`]), per CPU: returned with the next harvest.
+    carried: HashMap<FlowKey, Vec<FlowValue>>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -208,6 +212,7 @@ impl FlowMaps {
             active_map: super::take_map(ebpf, names::MAP_FLOW_GEN)?,
             stats: super::take_map(ebpf, names::MAP_FLOW_STATS)?,
             losses: FlowLosses::default(),
+            carried: HashMap::new(),
         })
     }
 
@@ -230,14 +235,22 @@ impl FlowMaps {
             .keys()
             .collect::<Result<Vec<_>, _>>()
             .map_err(map_err(name))?;
-        let mut samples = Vec::with_capacity(raw_keys.len());
+        // Per flow, the values of every CPU (and of a previous instance's CPUs, adopted).
+        let mut per_flow = self.carried.clone();
         for raw in &raw_keys {
             let values = map.get(raw, 0).map_err(map_err(name))?;
             let key = key_from_raw(raw).ok_or_else(|| {
                 DatapathError::Unexpected(format!("flow key of family {}", raw.family))
             })?;
-            samples.push(sample_from_cpus(key, values.iter()));
+            per_flow
+                .entry(key)
+                .or_default()
+                .extend(values.iter().copied());
         }
+        let mut samples: Vec<FlowSample> = per_flow
+            .iter()
+            .map(|(key, values)| sample_from_cpus(*key, values))
+            .collect();
         let stats_err = map_err(names::MAP_FLOW_STATS);
         let stats = self.stats.get(&old, 0).map_err(&stats_err)?;
         let created: u64 = stats.iter().map(|s| s.created).sum();
@@ -251,9 +264,74 @@ impl FlowMaps {
         self.stats.set(old, zero, 0).map_err(&stats_err)?;
         self.losses.evicted_flows += created.saturating_sub(raw_keys.len() as u64);
         self.losses.failed_packets += failed;
+        self.carried.clear();
         samples.sort_unstable_by_key(|s| s.key);
         Ok(samples)
     }
+
+    /// Reads and empties the flow maps a previous instance pinned in `instance`.
+    fn adopt(&mut self, instance: &Path) -> Result<AdoptedFlows, DatapathError> {
+        let mut adopted = AdoptedFlows::default();
+        for name in names::MAP_FLOWS {
+            let path = instance.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let mut map = match open_pinned_flows(&path) {
+                Ok(map) => map,
+                Err(e) => {
+                    // Another build's layout: what it counted cannot be read.
+                    tracing::warn!(map = %path.display(), error = %e, "a previous instance's flow counters cannot be read; they are lost");
+                    adopted.unreadable_maps += 1;
+                    continue;
+                }
+            };
+            let raw_keys = map
+                .keys()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(map_err(name))?;
+            for raw in &raw_keys {
+                let values = map.get(raw, 0).map_err(map_err(name))?;
+                let Some(key) = key_from_raw(raw) else {
+                    adopted.unreadable_flows += 1;
+                    continue;
+                };
+                self.carried
+                    .entry(key)
+                    .or_default()
+                    .extend(values.iter().copied());
+                adopted.flows += 1;
+            }
+            // Emptied, so that nothing could ever be read from them twice.
+            for raw in &raw_keys {
+                map.remove(raw).map_err(map_err(name))?;
+            }
+        }
+        Ok(adopted)
+    }
+}
+
+/// Opens a pinned flow map, checking that it is a per-CPU hash with this build's key and
+/// value layout (aya checks the sizes against the kernel's).
+fn open_pinned_flows(path: &Path) -> Result<RawFlows, Box<dyn std::error::Error + Send + Sync>> {
+    let data = MapData::from_pin(path)?;
+    let map = match data.info()?.map_type()? {
+        MapType::LruPerCpuHash => Map::PerCpuLruHashMap(data),
+        MapType::PerCpuHash => Map::PerCpuHashMap(data),
+        other => return Err(format!("a {other:?} map, not per-CPU flow counters").into()),
+    };
+    Ok(RawFlows::try_from(map)?)
+}
+
+/// What [`FastPath::adopt_flows`] took over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdoptedFlows {
+    /// Flows (per generation map) read; they come with the next harvest.
+    pub flows: u64,
+    /// Entries with a key this build cannot read (lost).
+    pub unreadable_flows: u64,
+    /// Maps of another layout (their flows are lost).
+    pub unreadable_maps: u64,
 }
 
 impl FastPath {
@@ -265,6 +343,16 @@ impl FastPath {
     /// serialised.
     pub fn harvest_flows(&self) -> Result<Vec<FlowSample>, DatapathError> {
         self.lock_flows()?.harvest()
+    }
+
+    /// Takes over what a previous instance's programs counted per flow and nobody harvested:
+    /// its flow maps, pinned in `instance` ([`FastPath::load_pinned`]), are read and emptied,
+    /// and their flows come with the next [`FastPath::harvest_flows`], merged with this
+    /// instance's. Call once no program counts into them any more (every interface runs this
+    /// fast path's programs and an RCU grace period has passed). A previous build whose flow
+    /// maps have another layout cannot be read: counted in [`AdoptedFlows`], logged.
+    pub fn adopt_flows(&self, instance: &Path) -> Result<AdoptedFlows, DatapathError> {
+        self.lock_flows()?.adopt(instance)
     }
 
     /// Flow records lost since the load (counted at each harvest).

@@ -42,7 +42,7 @@ use aya::{
 };
 use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Decision, NONE, names};
 
-pub use self::flow_counters::{FlowKey, FlowLosses, FlowSample};
+pub use self::flow_counters::{AdoptedFlows, FlowKey, FlowLosses, FlowSample};
 
 pub use mecgw_ebpf::{Counter, Reason, Verdict};
 
@@ -388,18 +388,7 @@ impl FastPath {
         let mut tail_calls = Vec::new();
         for (map, programs) in TAIL_CALLS {
             if let Some(dir) = pins {
-                let path = dir.join(map);
-                ebpf.map(map)
-                    .ok_or(DatapathError::Missing {
-                        what: "map",
-                        name: map,
-                    })?
-                    .pin(&path)
-                    .map_err(|e| pins::PinError {
-                        action: "pinning the program array",
-                        path,
-                        source: std::io::Error::other(e),
-                    })?;
+                pin_map(&ebpf, map, dir)?;
             }
             let mut array: aya::maps::ProgramArray<MapData> = take_map(&mut ebpf, map)?;
             for (index, &program) in programs.iter().enumerate() {
@@ -416,6 +405,13 @@ impl FastPath {
                     .map_err(|source| DatapathError::Map { name: map, source })?;
             }
             tail_calls.push(array);
+        }
+        if let Some(dir) = pins {
+            // For the next instance to harvest what these programs count after this
+            // process's last harvest (FastPath::adopt_flows).
+            for map in names::MAP_FLOWS {
+                pin_map(&ebpf, map, dir)?;
+            }
         }
         let writer = TableWriter::new(&mut ebpf, options.pfcp.map(|p| p.teid_min))?;
         let flows = FlowMaps::new(&mut ebpf)?;
@@ -759,6 +755,21 @@ impl FastPath {
             source,
         })
     }
+}
+
+/// Pins map `name` of `ebpf` as `dir/name`.
+fn pin_map(ebpf: &Ebpf, name: &'static str, dir: &Path) -> Result<(), DatapathError> {
+    let path = dir.join(name);
+    ebpf.map(name)
+        .ok_or(DatapathError::Missing { what: "map", name })?
+        .pin(&path)
+        .map_err(|e| {
+            DatapathError::Pin(pins::PinError {
+                action: "pinning the map",
+                path,
+                source: std::io::Error::other(e),
+            })
+        })
 }
 
 pub(crate) fn sum<T: std::borrow::Borrow<MapData>>(

@@ -280,13 +280,22 @@ impl InstancePins {
     }
 
     /// Every interface runs this daemon's programs: waits until no packet can still be in a
-    /// previous instance's program (an RCU grace period), then removes the previous
-    /// instances' directories. How many were removed.
-    pub fn started(&mut self) -> Result<usize, PinError> {
+    /// previous instance's program (an RCU grace period), and returns the previous
+    /// instances' directories, oldest first, for what is to be taken from them
+    /// ([`super::FastPath::adopt_flows`]) before [`InstancePins::remove_previous`].
+    pub fn started(&mut self) -> Result<Vec<PathBuf>, PinError> {
         self.settled = true;
-        if self.dir.instances()?.len() > 1 {
+        let mut previous = self.dir.instances()?;
+        previous.retain(|p| p != &self.instance);
+        if !previous.is_empty() {
             super::writer::wait_for_readers();
         }
+        Ok(previous)
+    }
+
+    /// Removes the previous instances' directories: their program arrays and maps are
+    /// released. How many were removed.
+    pub fn remove_previous(&self) -> Result<usize, PinError> {
         self.dir.remove_instances_except(Some(&self.instance))
     }
 
