@@ -190,8 +190,7 @@ fn no_packet_is_lost_across_kill_9_restart_and_an_upgrade_with_changed_programs(
     let logged = std::fs::read_to_string(&log).unwrap();
     let adopted = logged
         .lines()
-        .filter(|l| l.contains("flows counted by the previous instance adopted"))
-        .last()
+        .rfind(|l| l.contains("flows counted by the previous instance adopted"))
         .unwrap_or_else(|| panic!("no adoption logged:\n{logged}"));
     assert!(
         !adopted.contains(" flows=0 ") && adopted.contains("unreadable_maps=0"),
