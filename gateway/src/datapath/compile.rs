@@ -20,7 +20,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    fmt,
     net::IpAddr,
     path::Path,
 };
@@ -30,61 +29,12 @@ use mecgw_ebpf::{
     MAX_SRC_PREFIXES, MIN_N3_MTU,
 };
 
+pub use super::tables::problems::{MAX_REPORTED_PROBLEMS, Place, Problem, Problems};
 use super::tables::{
     IpPrefix, MAX_TABLES_FILE_BYTES, RuleState, Tables, TablesError, mask_v4, mask_v6,
     overlay::Overlay,
     toml::{self, LineIndex},
 };
-
-/// Most problems listed in one error; the rest are counted. A file with 20,000 problems is
-/// better answered by its first hundred than by a wall of text.
-pub const MAX_REPORTED_PROBLEMS: usize = 100;
-
-/// Where in the tables a problem is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Place {
-    /// The tables as a whole (or the interface sections).
-    Global,
-    /// `sessions[i]`.
-    Session(usize),
-    /// `rules[i]`.
-    Rule(usize),
-}
-
-/// One thing wrong with the tables.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub place: Place,
-    pub message: String,
-}
-
-/// Everything wrong with a set of tables (never empty).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct Problems(pub Vec<Problem>);
-
-impl fmt::Display for Problems {
-    /// One problem a line, each prefixed with where it is (`sessions[3]: …`).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (n, p) in self.0.iter().take(MAX_REPORTED_PROBLEMS).enumerate() {
-            if n > 0 {
-                f.write_str("\n")?;
-            }
-            match p.place {
-                Place::Global => write!(f, "{}", p.message)?,
-                Place::Session(i) => write!(f, "sessions[{i}]: {}", p.message)?,
-                Place::Rule(i) => write!(f, "rules[{i}]: {}", p.message)?,
-            }
-        }
-        if self.0.len() > MAX_REPORTED_PROBLEMS {
-            write!(
-                f,
-                "\n… and {} more problem(s), not listed",
-                self.0.len() - MAX_REPORTED_PROBLEMS
-            )?;
-        }
-        Ok(())
-    }
-}
 
 /// Tables that passed every check: what the datapaths install. Read-only (it derefs to the
 /// [`Tables`] it was compiled from); [`CompiledTables::into_tables`] gives the description

@@ -6,9 +6,11 @@
 //! datapath installs, after checking everything. This module never touches the kernel.
 //! - [`values`]: identifiers, addresses, prefixes, ports, protocols (checked as read);
 //! - [`toml`]: reading a tables file, with the position of every entry;
-//! - [`overlay`]: what another owner (the operator API) adds on top of the file.
+//! - [`overlay`]: what another owner (the operator API) adds on top of the file;
+//! - [`problems`]: what can be wrong with a description, and where.
 
 pub mod overlay;
+pub mod problems;
 pub mod toml;
 pub mod values;
 

@@ -21,8 +21,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{RuleState, Session, Tables, TrafficRule};
-use crate::datapath::compile::{Place, Problem};
+use super::{
+    RuleState, Session, Tables, TrafficRule,
+    problems::{Place, Problem},
+};
 
 /// Largest overlay file read back (bytes): it is written by mecgw, but read as untrusted.
 pub const MAX_OVERLAY_FILE_BYTES: u64 = 64 * 1024 * 1024;
