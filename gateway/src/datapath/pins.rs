@@ -43,8 +43,9 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/mecgw";
 pub struct PinError {
     pub action: &'static str,
     pub path: PathBuf,
-    /// Shown in the message (not as a separate cause, which would repeat it).
-    pub source: io::Error,
+    /// Shown in the message (not as a separate cause, which would repeat it): an I/O error,
+    /// or aya's for a pin, link or map operation.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 fn pin_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinError + use<> {
@@ -52,7 +53,7 @@ fn pin_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinEr
     move |source| PinError {
         action,
         path,
-        source,
+        source: source.into(),
     }
 }
 
@@ -85,11 +86,10 @@ impl PinDir {
         let not_bpffs = |path: &Path| PinError {
             action: "pinning BPF objects in",
             path: path.to_path_buf(),
-            source: io::Error::other(
-                "not on a BPF filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`; a \
-                 container needs the host's /sys/fs/bpf mounted; `ip netns exec` hides it \
-                 under a fresh /sys) or set [xdp] pin_dir to a directory on one",
-            ),
+            source: "not on a BPF filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`; a \
+                     container needs the host's /sys/fs/bpf mounted; `ip netns exec` hides it \
+                     under a fresh /sys) or set [xdp] pin_dir to a directory on one"
+                .into(),
         };
         // The nearest existing ancestor decides: a directory made anywhere else would not
         // hold pins.
@@ -359,7 +359,7 @@ pub(crate) fn open_link(path: &Path) -> Result<Option<(FdLink, LinkState)>, PinE
     let pinned = PinnedLink::from_pin(path).map_err(|e| PinError {
         action: "opening the pinned link",
         path: path.to_path_buf(),
-        source: io::Error::other(e),
+        source: e.into(),
     })?;
     let link = FdLink::from(pinned);
     let state = link_state(&link).map_err(pin_err("reading the state of the link", path))?;
