@@ -141,14 +141,26 @@ impl AttachMode {
 impl std::str::FromStr for AttachMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "native" => Ok(AttachMode::Native),
-            "generic" => Ok(AttachMode::Generic),
-            other => Err(format!(
-                "unknown XDP mode {other:?}: expected \"native\" or \"generic\""
-            )),
-        }
+        by_name(
+            s,
+            "XDP mode",
+            &[AttachMode::Native, AttachMode::Generic],
+            Self::name,
+        )
     }
+}
+
+/// The one of `all` whose `name` is `s`, or an error naming what exists.
+fn by_name<T: Copy>(
+    s: &str,
+    what: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, String> {
+    all.iter().copied().find(|&v| name(v) == s).ok_or_else(|| {
+        let names: Vec<String> = all.iter().map(|&v| format!("{:?}", name(v))).collect();
+        format!("unknown {what} {s:?}: expected {}", names.join(" or "))
+    })
 }
 
 /// Which way traffic flows, and so which program handles it.
@@ -186,13 +198,12 @@ impl Direction {
 impl std::str::FromStr for Direction {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "uplink" => Ok(Direction::Uplink),
-            "downlink" => Ok(Direction::Downlink),
-            other => Err(format!(
-                "unknown direction {other:?}: expected \"uplink\" or \"downlink\""
-            )),
-        }
+        by_name(
+            s,
+            "direction",
+            &[Direction::Uplink, Direction::Downlink],
+            Self::name,
+        )
     }
 }
 
@@ -820,4 +831,29 @@ fn test_run(prog: &Xdp, packet: &[u8], repeat: u32) -> Result<TestRunOutcome, Da
         data_out: out,
         duration: result.duration,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AttachMode, Direction};
+
+    #[test]
+    fn names_parse_back_and_unknown_ones_list_the_choices() {
+        for m in [AttachMode::Native, AttachMode::Generic] {
+            assert_eq!(m.name().parse::<AttachMode>(), Ok(m));
+        }
+        for d in [Direction::Uplink, Direction::Downlink] {
+            assert_eq!(d.name().parse::<Direction>(), Ok(d));
+        }
+        assert_eq!(
+            "driver".parse::<AttachMode>(),
+            Err("unknown XDP mode \"driver\": expected \"native\" or \"generic\"".to_string())
+        );
+        assert!(
+            "sideways"
+                .parse::<Direction>()
+                .unwrap_err()
+                .contains("\"uplink\" or \"downlink\"")
+        );
+    }
 }
