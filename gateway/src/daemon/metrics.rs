@@ -15,8 +15,10 @@ use std::sync::{Arc, atomic::Ordering};
 
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, registry::Registry};
 
-use super::Gateway;
-use crate::datapath::{Counter, DatapathError, Direction, FlowLosses, Reason, Verdict};
+use super::{Datapath, Gateway};
+use crate::datapath::{
+    CompiledTables, Counter, DatapathError, Direction, FlowLosses, Reason, Verdict,
+};
 use crate::openmetrics::{self, BuildInfo, counter, counters, gauge, gauges, info};
 use crate::records::{LoadedPolicy, egress::metrics::EgressCollector, engine::PrivacySnapshot};
 
@@ -40,7 +42,10 @@ pub fn render(gw: &Arc<Gateway>) -> Result<String, RenderError> {
 /// The collectors of one scrape, the fast path's counters already read.
 pub fn registry(gw: &Arc<Gateway>) -> Result<Registry, RenderError> {
     let mut r = Registry::default();
-    r.register_collector(Box::new(FastPathSample::read(gw)?));
+    r.register_collector(Box::new(FastPathSample::read(
+        gw.fast_path(),
+        &gw.tables(),
+    )?));
     r.register_collector(Box::new(DaemonCollector(Arc::clone(gw))));
     if let Some(api) = gw.api_metrics() {
         r.register_collector(Box::new(Arc::clone(api)));
@@ -79,10 +84,9 @@ pub struct FastPathSample {
 }
 
 impl FastPathSample {
-    /// Reads every counter of the fast path in force.
-    pub fn read(gw: &Gateway) -> Result<Self, DatapathError> {
-        let fp = gw.fast_path();
-        let tables = gw.tables();
+    /// Reads every counter of `fp` for the sessions and rules of `tables` (the tables in
+    /// force).
+    pub fn read(fp: &Datapath, tables: &CompiledTables) -> Result<Self, DatapathError> {
         let rules = tables
             .rules
             .iter()
