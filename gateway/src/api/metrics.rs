@@ -88,10 +88,7 @@ impl ApiMetrics {
     /// These metrics alone, as an OpenMetrics document (the daemon registers them with the
     /// rest of `/metrics`).
     pub fn render(self: &Arc<Self>) -> String {
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(Arc::clone(self)));
-        // Writing into a String cannot fail, and our collector returns no error of its own.
-        crate::openmetrics::encode(&registry).unwrap_or_default()
+        openmetrics::encode_collector(Arc::clone(self))
     }
 }
 

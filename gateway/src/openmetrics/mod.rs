@@ -33,6 +33,14 @@ pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
     Ok(out)
 }
 
+/// `collector` alone, as an OpenMetrics document: what a part's own tests read.
+pub fn encode_collector(collector: impl Collector) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    // Writing into a String cannot fail, and our collectors return no error of their own.
+    encode(&registry).unwrap_or_default()
+}
+
 /// The family name of the exposed counter `name`: without the `_total` that prometheus-client
 /// appends to every counter sample.
 fn counter_family(name: &str) -> &str {
