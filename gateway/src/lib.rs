@@ -12,6 +12,7 @@ pub mod api;
 pub mod daemon;
 pub mod datapath;
 pub mod log_limit;
+pub mod openmetrics;
 pub mod pcap;
 pub mod pfcp;
 pub mod records;

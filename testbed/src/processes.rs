@@ -67,7 +67,7 @@ pub fn metric(text: &str, name: &str, labels: &str) -> u64 {
 }
 
 /// The value of the sample line `series` (`name{labels}`, or `name` without labels) in
-/// Prometheus text, if it is there and a whole number.
+/// Prometheus or OpenMetrics text (`/metrics`), if it is there and a whole number.
 pub fn sample_value(text: &str, series: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))

@@ -183,9 +183,7 @@ impl Upf {
     }
 
     fn metrics(&self) -> String {
-        let mut out = String::new();
-        self.metrics.render(&mut out);
-        out
+        mecgw::openmetrics::encode_collector(Arc::clone(&self.metrics))
     }
 
     /// Whether the rendered metrics hold `line` exactly.

@@ -241,6 +241,21 @@ fn a_real_prometheus_scrapes_mecgw_and_every_dashboard_query_returns_data() {
         "dashboard queries without data: {missing:#?}"
     );
 
+    // The OpenMetrics-only families reach Prometheus too: the build (an info family) and the
+    // process metrics.
+    let build = prometheus.query("mecgw_build_info");
+    assert_eq!(
+        build[0]["metric"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{build:?}"
+    );
+    for series in ["process_cpu_seconds_total", "process_resident_memory_bytes"] {
+        assert!(
+            !prometheus.query(series).is_empty(),
+            "no {series} in Prometheus"
+        );
+    }
+
     // The rules loaded in the server too, all ten, and none fires on a healthy daemon.
     let rules = prometheus.get("/api/v1/rules");
     let loaded: usize = rules["data"]["groups"]

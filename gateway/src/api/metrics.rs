@@ -1,5 +1,5 @@
-//! API request counters and latency histograms per method and status code, in Prometheus
-//! text for the daemon's `/metrics`.
+//! API request counters and latency histograms per method and status code, collected for the
+//! daemon's `/metrics`.
 //!
 //! A tower layer in front of every service records each call when its response headers are
 //! ready: for unary calls that is the whole call; for streams, the time to open the stream.
@@ -9,7 +9,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -17,7 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+};
 use tonic::Code;
+
+use crate::openmetrics;
 
 /// Upper bounds of the latency buckets, seconds.
 const BUCKETS: [f64; 14] = [
@@ -79,58 +85,56 @@ impl ApiMetrics {
             .unwrap_or(0)
     }
 
-    /// The Prometheus text exposition of these metrics.
-    pub fn render(&self) -> String {
+    /// These metrics alone, as an OpenMetrics document (the daemon registers them with the
+    /// rest of `/metrics`).
+    pub fn render(self: &Arc<Self>) -> String {
+        openmetrics::encode_collector(Arc::clone(self))
+    }
+}
+
+impl Collector for ApiMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let series = match self.series.lock() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let mut out = String::new();
-        out.push_str(
-            "# HELP mecgw_api_requests_total gRPC API calls by method and status code.\n\
-             # TYPE mecgw_api_requests_total counter\n",
-        );
-        for ((method, code), s) in &series {
-            let code = Code::from_i32(*code);
-            let _ = writeln!(
-                out,
-                "mecgw_api_requests_total{{method=\"{method}\",code=\"{code:?}\"}} {}",
-                s.count
-            );
+        // The code's name (`Ok`, `PermissionDenied`), as dashboards know it.
+        let codes: Vec<String> = series
+            .keys()
+            .map(|(_, code)| format!("{:?}", Code::from_i32(*code)))
+            .collect();
+        let labelled: Vec<([(&str, &str); 2], &Series)> = series
+            .iter()
+            .zip(&codes)
+            .map(|(((method, _), s), code)| {
+                ([("method", method.as_str()), ("code", code.as_str())], s)
+            })
+            .collect();
+        openmetrics::counters(
+            &mut e,
+            "mecgw_api_requests_total",
+            "gRPC API calls by method and status code.",
+            labelled.iter().map(|(l, s)| (*l, s.count)),
+        )?;
+        let mut m = e.encode_descriptor(
+            "mecgw_api_request_duration_seconds",
+            "gRPC API call latency (unary: whole call; streams: until the stream opens).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (labels, s) in &labelled {
+            // Per bucket, not cumulative: the encoder sums them. The last one is +Inf.
+            let within: u64 = s.buckets.iter().sum();
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .copied()
+                .zip(s.buckets)
+                .chain([(f64::INFINITY, s.count.saturating_sub(within))])
+                .collect();
+            m.encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(s.sum, s.count, &buckets, None)?;
         }
-        out.push_str(
-            "# HELP mecgw_api_request_duration_seconds gRPC API call latency (unary: whole \
-             call; streams: until the stream opens).\n\
-             # TYPE mecgw_api_request_duration_seconds histogram\n",
-        );
-        for ((method, code), s) in &series {
-            let code = Code::from_i32(*code);
-            let labels = format!("method=\"{method}\",code=\"{code:?}\"");
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(s.buckets) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "mecgw_api_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "mecgw_api_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.count
-            );
-            let _ = writeln!(
-                out,
-                "mecgw_api_request_duration_seconds_sum{{{labels}}} {}",
-                s.sum
-            );
-            let _ = writeln!(
-                out,
-                "mecgw_api_request_duration_seconds_count{{{labels}}} {}",
-                s.count
-            );
-        }
-        out
+        Ok(())
     }
 }
 
@@ -200,7 +204,7 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_and_unknown_paths_share_one_label() {
-        let m = ApiMetrics::default();
+        let m = Arc::new(ApiMetrics::default());
         let get = "/mecgw.v1.TrafficRulesService/GetTrafficRule";
         m.record(get, Code::Ok, Duration::from_micros(40));
         m.record(get, Code::Ok, Duration::from_millis(3));
@@ -213,10 +217,10 @@ mod tests {
         let ok = format!("method=\"{get}\",code=\"Ok\"");
         for line in [
             format!("mecgw_api_requests_total{{{ok}}} 2"),
-            format!("mecgw_api_request_duration_seconds_bucket{{{ok},le=\"0.00005\"}} 1"),
-            format!("mecgw_api_request_duration_seconds_bucket{{{ok},le=\"0.0025\"}} 1"),
-            format!("mecgw_api_request_duration_seconds_bucket{{{ok},le=\"0.005\"}} 2"),
-            format!("mecgw_api_request_duration_seconds_bucket{{{ok},le=\"+Inf\"}} 2"),
+            format!("mecgw_api_request_duration_seconds_bucket{{le=\"0.00005\",{ok}}} 1"),
+            format!("mecgw_api_request_duration_seconds_bucket{{le=\"0.0025\",{ok}}} 1"),
+            format!("mecgw_api_request_duration_seconds_bucket{{le=\"0.005\",{ok}}} 2"),
+            format!("mecgw_api_request_duration_seconds_bucket{{le=\"+Inf\",{ok}}} 2"),
             format!("mecgw_api_request_duration_seconds_count{{{ok}}} 2"),
             format!("mecgw_api_requests_total{{method=\"{get}\",code=\"PermissionDenied\"}} 1"),
             "mecgw_api_requests_total{method=\"other\",code=\"Unimplemented\"} 2".to_string(),

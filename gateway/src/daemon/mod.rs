@@ -9,6 +9,7 @@
 mod api_backend;
 pub mod config;
 mod gtpu;
+pub mod metrics;
 mod notify;
 mod ops;
 mod privileges;

@@ -219,71 +219,61 @@ impl PfcpMetrics {
     pub fn usage_report(&self, trigger: &'static str) {
         bump(&self.usage_reports, trigger);
     }
+}
 
-    /// Prometheus text of every counter.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let scalars = [
-            (
-                "mecgw_pfcp_associations",
-                "gauge",
-                "PFCP associations with SMFs (lost ones included until they end).",
-                &self.associations,
-            ),
-            (
-                "mecgw_pfcp_sessions",
-                "gauge",
-                "PFCP sessions in force.",
-                &self.sessions,
-            ),
+impl prometheus_client::collector::Collector for PfcpMetrics {
+    fn encode(&self, mut e: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use crate::openmetrics::{counter, counters, gauge};
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        gauge(
+            &mut e,
+            "mecgw_pfcp_associations",
+            "PFCP associations with SMFs (lost ones included until they end).",
+            load(&self.associations),
+        )?;
+        gauge(
+            &mut e,
+            "mecgw_pfcp_sessions",
+            "PFCP sessions in force.",
+            load(&self.sessions),
+        )?;
+        for (name, help, value) in [
             (
                 "mecgw_pfcp_peers_lost_total",
-                "counter",
                 "SMFs declared lost (heartbeats unanswered).",
                 &self.peers_lost,
             ),
             (
                 "mecgw_pfcp_retransmissions_total",
-                "counter",
                 "Retransmitted requests answered from the cache (applied once).",
                 &self.retransmissions_answered,
             ),
             (
                 "mecgw_pfcp_neighbour_probes_total",
-                "counter",
                 "GTP-U Echo Requests sent to re-tunnel targets (so their neighbour entries resolve).",
                 &self.neighbour_probes,
             ),
             (
                 "mecgw_pfcp_stale_sessions_replaced_total",
-                "counter",
                 "Sessions deleted because the SMF established again under their CP F-SEID.",
                 &self.stale_replaced,
             ),
             (
                 "mecgw_pfcp_unenforced_total",
-                "counter",
                 "QERs accepted with an MBR or GBR, which mecgw does not enforce.",
                 &self.unenforced,
             ),
-        ];
-        for (name, kind, help, value) in scalars {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+        ] {
+            counter(&mut e, name, help, load(value))?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP mecgw_pfcp_messages_total PFCP messages received (in) and sent (out), by message.\n# TYPE mecgw_pfcp_messages_total counter"
-        );
-        for ((name, dir), v) in snapshot(&self.messages) {
-            let _ = writeln!(
-                out,
-                "mecgw_pfcp_messages_total{{message=\"{name}\",direction=\"{dir}\"}} {v}"
-            );
-        }
+        counters(
+            &mut e,
+            "mecgw_pfcp_messages_total",
+            "PFCP messages received (in) and sent (out), by message.",
+            snapshot(&self.messages)
+                .into_iter()
+                .map(|((name, dir), v)| ([("message", name), ("direction", dir)], v)),
+        )?;
         for (family, help, label, map) in [
             (
                 "mecgw_pfcp_rejected_total",
@@ -304,10 +294,13 @@ impl PfcpMetrics {
                 &self.usage_reports,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} counter");
-            for (k, v) in snapshot(map) {
-                let _ = writeln!(out, "{family}{{{label}=\"{k}\"}} {v}");
-            }
+            counters(
+                &mut e,
+                family,
+                help,
+                snapshot(map).into_iter().map(|(k, v)| ([(label, k)], v)),
+            )?;
         }
+        Ok(())
     }
 }

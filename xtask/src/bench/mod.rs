@@ -8,6 +8,7 @@ mod api;
 mod e2e;
 mod egress;
 mod fastpath;
+mod metrics;
 mod pfcp;
 mod policy;
 
@@ -34,6 +35,10 @@ pub enum Bench {
     /// ns per packet of PFCP sessions against tables-file sessions (needs root).
     #[command(disable_help_flag = true)]
     Pfcp(Passed),
+    /// /metrics: reading and encoding one scrape at 100,000 sessions and 5,000 rules, as
+    /// ratios to 1 session and 10 rules (needs root).
+    #[command(disable_help_flag = true)]
+    Metrics(Passed),
     /// Policy engine: records/s against bare serde_json, and window memory.
     Policy(policy::Options),
 }
@@ -53,6 +58,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Api(p) => api::run(&p.args),
         Bench::Egress(p) => egress::run(&p.args),
         Bench::Pfcp(p) => pfcp::run(&p.args),
+        Bench::Metrics(p) => metrics::run(&p.args),
         Bench::Policy(o) => policy::run(&o),
     }
 }

@@ -1,14 +1,16 @@
-//! Egress counters, per destination, as plain atomics the daemon exposes (issue 6 serves them
-//! as Prometheus text). Every way a batch can leave the spool or be kept out of it has a
-//! counter here: sent, refused (at enqueue or at send), shed, quarantined, lost, rejected
-//! because the spool is full or cannot be written. [`render`] writes the families that the
-//! daemon's own exposition does not (yet) render; the storage state ([`StorageSnapshot`])
-//! comes from [`super::Egress::storage`].
+//! Egress counters, per destination, as plain atomics the daemon exposes on `/metrics`. Every
+//! way a batch can leave the spool or be kept out of it has a counter here: sent, refused (at
+//! enqueue or at send), shed, quarantined, lost, rejected because the spool is full or cannot
+//! be written. [`EgressCollector`] writes them, with the storage state ([`StorageSnapshot`],
+//! from [`super::Egress::storage`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+
+use crate::openmetrics::{counter, counters, gauge, gauges};
 
 /// Counters for one destination. Monotonic except the two `backlog_*` gauges.
 #[derive(Debug, Default)]
@@ -145,74 +147,135 @@ pub struct StorageSnapshot {
     pub audit_write_failures: u64,
 }
 
-/// Writes, as Prometheus text, the egress families the daemon's exposition does not render
-/// itself: quarantined, lost and unavailable per destination, and the storage state.
-pub fn render(
-    out: &mut String,
-    destinations: &BTreeMap<String, MetricsSnapshot>,
-    storage: &StorageSnapshot,
-) {
-    type Field = fn(&MetricsSnapshot) -> u64;
-    let families: [(&str, &str, Field); 3] = [
-        (
-            "mecgw_egress_quarantined_batches_total",
-            "Batches whose stored bytes failed their digest check: not sent, kept in the spool's quarantine (audited).",
-            |m| m.quarantined_batches,
-        ),
-        (
-            "mecgw_egress_lost_spools_total",
-            "Spools found missing or emptied at start: what they held for the destination is lost (audited).",
-            |m| m.lost_spools,
-        ),
-        (
-            "mecgw_egress_rejected_unavailable_total",
-            "Batches rejected because the spool or the audit log could not be written (full disk, I/O error).",
-            |m| m.rejected_unavailable,
-        ),
-    ];
-    for (name, help, field) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (destination, m) in destinations {
-            let _ = writeln!(out, "{name}{{destination=\"{destination}\"}} {}", field(m));
+/// What `/metrics` shows of egress: every destination's counters and the storage state, read
+/// when the scrape starts.
+#[derive(Debug, Clone, Default)]
+pub struct EgressCollector {
+    /// Counters by destination.
+    pub destinations: BTreeMap<String, MetricsSnapshot>,
+    /// The spool's and audit log's state.
+    pub storage: StorageSnapshot,
+}
+
+impl Collector for EgressCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        type Field = fn(&MetricsSnapshot) -> u64;
+        let per_destination: [(&str, &str, Field); 13] = [
+            (
+                "mecgw_egress_enqueued_batches_total",
+                "Batches spooled.",
+                |m| m.enqueued_batches,
+            ),
+            (
+                "mecgw_egress_enqueued_items_total",
+                "Outputs spooled.",
+                |m| m.enqueued_items,
+            ),
+            (
+                "mecgw_egress_sent_batches_total",
+                "Batches the sink acknowledged.",
+                |m| m.sent_batches,
+            ),
+            (
+                "mecgw_egress_sent_items_total",
+                "Outputs the sink acknowledged.",
+                |m| m.sent_items,
+            ),
+            (
+                "mecgw_egress_refused_at_enqueue_total",
+                "Batches refused by the jurisdiction check at enqueue.",
+                |m| m.refused_at_enqueue,
+            ),
+            (
+                "mecgw_egress_refused_at_send_total",
+                "Spooled batches refused by the jurisdiction check at send time.",
+                |m| m.refused_at_send,
+            ),
+            (
+                "mecgw_egress_shed_batches_total",
+                "Oldest batches shed from a full spool (shed-oldest).",
+                |m| m.shed_batches,
+            ),
+            (
+                "mecgw_egress_rejected_full_total",
+                "Batches rejected because the spool was full (backpressure).",
+                |m| m.rejected_full,
+            ),
+            (
+                "mecgw_egress_send_failures_total",
+                "Failed deliveries (retried).",
+                |m| m.send_failures,
+            ),
+            ("mecgw_egress_reconnects_total", "Sink reconnects.", |m| {
+                m.reconnects
+            }),
+            (
+                "mecgw_egress_quarantined_batches_total",
+                "Batches whose stored bytes failed their digest check: not sent, kept in the spool's quarantine (audited).",
+                |m| m.quarantined_batches,
+            ),
+            (
+                "mecgw_egress_lost_spools_total",
+                "Spools found missing or emptied at start: what they held for the destination is lost (audited).",
+                |m| m.lost_spools,
+            ),
+            (
+                "mecgw_egress_rejected_unavailable_total",
+                "Batches rejected because the spool or the audit log could not be written (full disk, I/O error).",
+                |m| m.rejected_unavailable,
+            ),
+        ];
+        let by_destination = |field: Field| {
+            self.destinations
+                .iter()
+                .map(move |(d, m)| ([("destination", d.as_str())], field(m)))
+        };
+        for (name, help, field) in per_destination {
+            counters(&mut e, name, help, by_destination(field))?;
         }
-    }
-    let scalars: [(&str, &str, &str, u64); 5] = [
-        (
+        gauges(
+            &mut e,
+            "mecgw_egress_backlog_batches",
+            "Batches waiting in the spool.",
+            by_destination(|m| m.backlog_batches),
+        )?;
+        gauges(
+            &mut e,
+            "mecgw_egress_backlog_bytes",
+            "Bytes waiting in the spool.",
+            by_destination(|m| m.backlog_bytes),
+        )?;
+        let storage = &self.storage;
+        gauge(
+            &mut e,
             "mecgw_egress_storage_ready",
-            "gauge",
             "1 when the spool and the audit log can be written; 0 while they cannot (see the log).",
             u64::from(storage.ready),
-        ),
-        (
+        )?;
+        gauge(
+            &mut e,
             "mecgw_egress_storage_no_space",
-            "gauge",
             "1 while the file system of the spool or the audit log is full.",
             u64::from(storage.no_space),
-        ),
-        (
+        )?;
+        counter(
+            &mut e,
             "mecgw_egress_spool_io_errors_total",
-            "counter",
             "Spool operations that failed with an I/O error (a full disk included).",
             storage.spool_io_errors,
-        ),
-        (
+        )?;
+        counter(
+            &mut e,
             "mecgw_egress_spool_reopens_total",
-            "counter",
             "Times the spool was reopened after an I/O error.",
             storage.spool_reopens,
-        ),
-        (
+        )?;
+        counter(
+            &mut e,
             "mecgw_egress_audit_write_failures_total",
-            "counter",
             "Audit log appends that failed (retried; nothing is sent or dropped unaudited).",
             storage.audit_write_failures,
-        ),
-    ];
-    for (name, kind, help, value) in scalars {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+        )
     }
 }
 
@@ -223,25 +286,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_new_families_render_per_destination_and_for_storage() {
+    fn every_family_renders_per_destination_and_for_storage() {
         let m = EgressMetrics::new(["eu"]);
         DestinationMetrics::add(&m.destination("eu").unwrap().quarantined_batches, 2);
-        let mut out = String::new();
-        render(
-            &mut out,
-            &m.snapshot(),
-            &StorageSnapshot {
+        DestinationMetrics::set(&m.destination("eu").unwrap().backlog_bytes, 4096);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(EgressCollector {
+            destinations: m.snapshot(),
+            storage: StorageSnapshot {
                 ready: false,
                 no_space: true,
                 spool_io_errors: 7,
                 ..StorageSnapshot::default()
             },
-        );
-        assert!(out.contains("mecgw_egress_quarantined_batches_total{destination=\"eu\"} 2\n"));
-        assert!(out.contains("mecgw_egress_lost_spools_total{destination=\"eu\"} 0\n"));
-        assert!(out.contains("mecgw_egress_storage_ready 0\n"));
-        assert!(out.contains("mecgw_egress_storage_no_space 1\n"));
-        assert!(out.contains("mecgw_egress_spool_io_errors_total 7\n"));
-        assert!(out.contains("# TYPE mecgw_egress_spool_reopens_total counter\n"));
+        }));
+        let out = crate::openmetrics::encode(&registry).unwrap();
+        for line in [
+            "mecgw_egress_quarantined_batches_total{destination=\"eu\"} 2\n",
+            "mecgw_egress_lost_spools_total{destination=\"eu\"} 0\n",
+            "mecgw_egress_sent_batches_total{destination=\"eu\"} 0\n",
+            "mecgw_egress_backlog_bytes{destination=\"eu\"} 4096\n",
+            "mecgw_egress_storage_ready 0\n",
+            "mecgw_egress_storage_no_space 1\n",
+            "mecgw_egress_spool_io_errors_total 7\n",
+            "# TYPE mecgw_egress_spool_reopens counter\n",
+            "# TYPE mecgw_egress_backlog_batches gauge\n",
+        ] {
+            assert!(out.contains(line), "no {line} in\n{out}");
+        }
     }
 }

@@ -433,7 +433,7 @@ impl Egress {
         }
     }
 
-    /// The storage state and failure counters, for [`metrics::render`].
+    /// The storage state and failure counters, for `/metrics` ([`metrics::EgressCollector`]).
     pub fn storage(&self) -> StorageSnapshot {
         let health = self.health();
         let counters = self.shared.spool.counters();
