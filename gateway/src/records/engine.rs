@@ -451,14 +451,28 @@ impl Worker {
 
     fn take(&mut self, r: PublishedRecord) {
         self.snapshot.records_in_api += 1;
-        self.process(r.record);
+        self.process_with(|engine, line, emit| {
+            engine.process_line_of_kind(line, &r.kind, &r.json, emit)
+        });
     }
 
     /// Runs one record through the engine; its outputs join `pending`.
     fn process(&mut self, record: Value) {
+        self.process_with(|engine, line, emit| engine.process_value(line, record, emit));
+    }
+
+    /// Runs `f` (one record) on the engine with the record's line number.
+    fn process_with(
+        &mut self,
+        f: impl FnOnce(
+            &mut Engine,
+            u64,
+            &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
+        ) -> Result<(), EngineFailure>,
+    ) {
         self.line += 1;
         let line = self.line;
-        match self.with_engine(|engine, emit| engine.process_value(line, record, emit)) {
+        match self.with_engine(|engine, emit| f(engine, line, emit)) {
             None => self.no_engine += 1,
             Some(Err(e)) => {
                 error!(error = %e, "the policy engine failed on a record; nothing of it was released")
@@ -790,9 +804,10 @@ destinations:
         let record = move |i: u64| PublishedRecord {
             app: Arc::from("app"),
             kind: Arc::from("ev"),
-            record: serde_json::json!({
-                "kind": "ev", "imsi": format!("{i:015}"), "time": t + 60, "cell": "c"
-            }),
+            json: serde_json::json!({
+                "imsi": format!("{i:015}"), "time": t + 60, "cell": "c"
+            })
+            .to_string(),
         };
         // A full queue before the engine looks at it, kept full by a producer.
         for i in 0..QUEUE as u64 {
