@@ -40,8 +40,10 @@ use super::{
     harvest::{FlowHarvest, FlowSource},
 };
 
-/// Records processed before their outputs are spooled (one fsync per destination).
-const DRAIN_BATCH: usize = 1024;
+/// Most records processed before their outputs are spooled: as many as the ingest queue
+/// holds, so that when the engine is behind, one commit (one fsync per destination) covers
+/// everything that queued up meanwhile (group commit).
+const DRAIN_BATCH: usize = 8192;
 /// Most items in one spooled batch.
 const MAX_BATCH_ITEMS: usize = 512;
 /// How often windows are checked against the clock.
@@ -387,6 +389,8 @@ impl Worker {
         info!(policy = %self.policy.hash, "policy engine started");
         let mut ingest_open = true;
         let mut next_tick = Instant::now() + TICK;
+        // A control taken from the queue while collecting flushes, handled next.
+        let mut held: Option<Control> = None;
         loop {
             // Checked here as well as in the select: under a steady stream of records the
             // biased select would never pick the timer, and windows would never close.
@@ -398,21 +402,40 @@ impl Worker {
                 }
             }
             let deadline = tokio::time::Instant::from_std(next_tick);
-            let event = rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    c = self.control.recv() => Event::Control(c),
-                    r = self.wiring.ingest.recv(), if ingest_open => Event::Record(r),
-                    () = tokio::time::sleep_until(deadline) => Event::Tick,
-                }
-            });
+            let event = match held.take() {
+                Some(c) => Event::Control(Some(c)),
+                None => rt.block_on(async {
+                    tokio::select! {
+                        biased;
+                        c = self.control.recv() => Event::Control(c),
+                        r = self.wiring.ingest.recv(), if ingest_open => Event::Record(r),
+                        () = tokio::time::sleep_until(deadline) => Event::Tick,
+                    }
+                }),
+            };
             match event {
                 Event::Control(None | Some(Control::Stop)) => break,
                 Event::Control(Some(Control::Flush(ack))) => {
-                    // Everything queued before the flush was requested is in the queue now.
+                    // Every flush already waiting is answered by the same commit (group
+                    // commit across concurrent Publish calls); the first other control
+                    // waits for the next turn, so controls keep their order.
+                    let mut acks = vec![ack];
+                    while let Ok(c) = self.control.try_recv() {
+                        match c {
+                            Control::Flush(ack) => acks.push(ack),
+                            other => {
+                                held = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    // Everything queued before the flushes were requested is in the queue now.
                     let queued = self.wiring.ingest.len();
                     self.drain(queued);
-                    let _ = ack.send(self.spool_once());
+                    let result = self.spool_once();
+                    for ack in acks {
+                        let _ = ack.send(result.clone());
+                    }
                 }
                 Event::Control(Some(Control::Reload(policy))) => self.reload(policy),
                 Event::Record(None) => ingest_open = false,
@@ -611,34 +634,45 @@ impl Worker {
         let mut result = Ok(());
         for (destination, items) in &mut self.pending {
             while !items.is_empty() {
-                let n = items.len().min(MAX_BATCH_ITEMS);
-                // A batch holds one policy's outputs: split where the hash changes.
-                let hash = items[0].policy_hash().to_string();
-                let n = items[..n]
-                    .iter()
-                    .position(|i| i.policy_hash() != hash)
-                    .unwrap_or(n);
-                match egress.enqueue(destination, &items[..n]) {
-                    Ok(_) => {
-                        items.drain(..n);
-                    }
-                    Err(EnqueueError::Refused(reason)) => {
+                // Batches of at most MAX_BATCH_ITEMS, each of one policy (split where the
+                // hash changes), all spooled in one commit.
+                let mut batches: Vec<&[EgressItem]> = Vec::new();
+                let mut rest = &items[..];
+                while !rest.is_empty() {
+                    let n = rest.len().min(MAX_BATCH_ITEMS);
+                    let hash = rest[0].policy_hash();
+                    let n = rest[..n]
+                        .iter()
+                        .position(|i| i.policy_hash() != hash)
+                        .unwrap_or(n);
+                    let (batch, after) = rest.split_at(n);
+                    batches.push(batch);
+                    rest = after;
+                }
+                let (spooled, stopped) = egress.enqueue_many(destination, &batches);
+                let done: usize = batches[..spooled.len()].iter().map(|b| b.len()).sum();
+                let next = batches.get(spooled.len()).map_or(0, |b| b.len());
+                items.drain(..done);
+                let Some(e) = stopped else { continue };
+                let n = next;
+                match e {
+                    EnqueueError::Refused(reason) => {
                         self.snapshot.outputs_refused += n as u64;
                         warn!(%destination, %reason, outputs = n, "egress refused a batch (audited)");
                         items.drain(..n);
                     }
-                    Err(e) if e.is_backpressure() => {
+                    e if e.is_backpressure() => {
                         result = Err(FlushError::SpoolFull {
                             waiting: items.len() as u64,
                         });
                         break;
                     }
-                    Err(e @ EnqueueError::UnknownDestination(_)) => {
-                        self.snapshot.outputs_refused += n as u64;
-                        error!(error = %e, outputs = n, "no such egress destination; outputs refused");
-                        items.drain(..n);
+                    e @ EnqueueError::UnknownDestination(_) => {
+                        self.snapshot.outputs_refused += items.len() as u64;
+                        error!(error = %e, outputs = items.len(), "no such egress destination; outputs refused");
+                        items.clear();
                     }
-                    Err(e) if e.is_no_space() => {
+                    e if e.is_no_space() => {
                         // Egress logs the failure and its end itself, throttled.
                         result = Err(FlushError::NoSpace {
                             destination: destination.clone(),
@@ -646,7 +680,7 @@ impl Worker {
                         });
                         break;
                     }
-                    Err(e) => {
+                    e => {
                         if !e.is_unavailable() {
                             error!(%destination, error = %e, "spooling failed; will retry");
                         }
