@@ -21,6 +21,7 @@
 
 pub mod compile;
 pub(crate) mod entries;
+mod flow_batch;
 pub mod flow_counters;
 pub mod live;
 pub mod model;
