@@ -50,6 +50,13 @@ const MAGIC: [u8; 4] = [b'M', b'S', 2, 0xff];
 /// Bytes of a SHA-256.
 const DIGEST_LEN: usize = 32;
 
+/// redb's page cache. Its default, 1 GiB, lets the daemon's resident memory grow with the
+/// pages of the spool it has touched, up to that much (a backlog of up to `max_bytes` per
+/// destination included): not a bound the daemon can promise. The forwarders read batches
+/// shortly after they are written, so a small cache holds what they need; the backlog stays
+/// on disk.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Shortest time between two attempts to reopen a store closed after an I/O failure.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -265,7 +272,8 @@ struct Loaded {
 fn create(path: &Path) -> Result<Database, redb::Error> {
     // redb documents that opening a file damaged outside redb may panic: keep that a failure
     // of this open, not of the process.
-    match std::panic::catch_unwind(|| Database::create(path)) {
+    match std::panic::catch_unwind(|| Database::builder().set_cache_size(CACHE_BYTES).create(path))
+    {
         Ok(db) => db.map_err(redb::Error::from),
         Err(_) => Err(redb::Error::Corrupted(
             "the database structure is damaged (redb panicked reading it)".into(),
