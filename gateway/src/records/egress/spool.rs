@@ -1054,6 +1054,50 @@ mod tests {
         .unwrap()
     }
 
+    fn push_many(spool: &Spool, dest: &str, bodies: &[&str]) -> (Vec<u64>, Option<SpoolError>) {
+        let builds = bodies.iter().map(|body| {
+            move |id: &BatchId| Ok((header(id, body.len() as u64), body.as_bytes().to_vec()))
+        });
+        let (receipts, stopped) = spool.push_many(dest, builds, |_, _, _| Ok(()));
+        (receipts.iter().map(|r| r.id.seq).collect(), stopped)
+    }
+
+    /// Group commit: the batches that fit go in together, in order, durable across a reopen;
+    /// the first that does not fit stops the group and nothing after it is tried.
+    #[test]
+    fn a_group_commits_the_batches_that_fit_in_order_and_stops_at_the_first_that_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            max_batches: 3,
+            max_bytes: 1000,
+        };
+        {
+            let s = open(dir.path(), limits, WhenFull::Backpressure);
+            push(&s, "a", "0").unwrap();
+            let (seqs, stopped) = push_many(&s, "a", &["1", "2", "3", "4"]);
+            assert_eq!(seqs, vec![2, 3]);
+            assert!(
+                matches!(stopped, Some(SpoolError::Full { batches: 3, .. })),
+                "{stopped:?}"
+            );
+            let (seqs, stopped) = push_many(&s, "b", &["x", "y"]);
+            assert_eq!((seqs, stopped.is_none()), (vec![1, 2], true));
+        }
+        let s = open(dir.path(), limits, WhenFull::Backpressure);
+        let bodies: Vec<String> = s
+            .peek("a", 10, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|b| String::from_utf8(b.payload.clone()).unwrap())
+            .collect();
+        assert_eq!(bodies, ["0", "1", "2"]);
+        assert_eq!(s.backlog("a"), Some((3, 3)));
+        // The next batch takes the next sequence number: nothing was used by the refused ones.
+        s.settle("a", &[1], &[]).unwrap();
+        let (seqs, _) = push_many(&s, "a", &["5"]);
+        assert_eq!(seqs, vec![4]);
+    }
+
     /// Flips one bit of the stored value of `a`/`seq` at byte `at` (from the end if
     /// negative), as damage on disk would, and returns the damaged value.
     fn damage(s: &Spool, seq: u64, at: isize) -> Vec<u8> {
