@@ -887,4 +887,64 @@ destinations:
             .await
             .unwrap();
     }
+
+    /// Flushes that wait together are answered together, each only after every record
+    /// queued before it was processed; a stop queued behind them is not lost while the
+    /// engine collects them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flushes_waiting_together_are_all_answered_and_a_stop_behind_them_still_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Arc::new(LoadedPolicy {
+            policy: mecgw_policy::compile(POLICY).unwrap(),
+            hash: mecgw_policy::engine::policy_hash(POLICY),
+            source: POLICY.to_string(),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let t = now_unix();
+        for i in 0..10_000u64 {
+            tx.try_send(PublishedRecord {
+                app: Arc::from("app"),
+                kind: Arc::from("ev"),
+                json: format!(r#"{{"imsi":"{i:015}","time":{t},"cell":"c"}}"#),
+            })
+            .unwrap();
+        }
+        let plane = PrivacyPlane::start(
+            policy,
+            Settings {
+                keys_dir: dir.path().to_path_buf(),
+                ledger_dir: dir.path().join("budget"),
+                state_dir: None,
+                window_grace_secs: 0,
+            },
+            Wiring {
+                ingest: rx,
+                releases: broadcast::channel(16).0,
+                egress: None,
+                flows: None,
+            },
+        )
+        .unwrap();
+        let handle = plane.handle();
+        let flushes: Vec<_> = (0..32)
+            .map(|_| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.flush().await })
+            })
+            .collect();
+        // The stop joins the control queue behind (some of) the flushes.
+        let stopped = tokio::task::spawn_blocking(move || plane.stop());
+        for f in flushes {
+            // Answered Ok, or Stopped if the stop overtook it: never left waiting.
+            match f.await.unwrap() {
+                Ok(()) | Err(FlushError::Stopped) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(30), stopped)
+            .await
+            .expect("the stop behind the flushes was lost")
+            .unwrap();
+        assert_eq!(handle.metrics().snapshot().records_in_api, 10_000);
+    }
 }
