@@ -535,10 +535,16 @@ impl Worker {
             .and_then(|(source, harvest)| harvest.due(source.as_ref(), now));
         match harvested {
             None => {}
-            Some(Ok(records)) => {
-                self.snapshot.records_in_flow += records.len() as u64;
-                for r in records {
+            Some(Ok(window)) => {
+                self.snapshot.records_in_flow += window.len() as u64;
+                for (n, r) in window.records().enumerate() {
                     self.process(r);
+                    // Spooled as the window goes, so that a million flows' outputs do not all
+                    // wait in memory; if the spool refuses (full, disk), they wait in
+                    // `pending` as before and the caller's `spool_until_room` retries.
+                    if (n + 1) % DRAIN_BATCH == 0 {
+                        let _ = self.spool_once();
+                    }
                 }
             }
             Some(Err(e)) => {
