@@ -12,6 +12,11 @@
 //!   system calls per flow), without building samples, so the baseline does less work than
 //!   the harvest it is compared with.
 //!
+//! Last, the daemon's side: one more full window goes through [`FlowHarvest::due`]; the
+//! resident memory the window holds while the engine takes its `flow` records one at a time
+//! is measured (VmRSS with it alive, less VmRSS before); `--all-records` holds every record
+//! of the window as a JSON value at once instead, as the daemon did before.
+//!
 //! "Of a core" is CPU time per harvest / the harvest interval (`--interval`, default 10 s,
 //! the daemon's default). Kernel memory is the `memlock` of `FLOWS_0` and `FLOWS_1`.
 //! Needs root (BPF, bpffs).
@@ -21,7 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
 use clap::Parser;
-use mecgw::datapath::{FastPath, FastPathOptions};
+use mecgw::{
+    datapath::{DatapathError, FastPath, FastPathOptions, flow_counters::FlowSample},
+    records::harvest::{FlowHarvest, FlowSource, SessionIdentity},
+};
 use mecgw_bench::{median, procmem};
 use mecgw_ebpf::{Counter, FLOW_FAMILY_V4, FlowKey, FlowValue, NONE, names};
 
@@ -37,6 +45,23 @@ struct Args {
     /// Harvest interval the CPU share is taken against, seconds.
     #[arg(long, default_value_t = 10)]
     interval: u64,
+    /// Hold every record of the window at once (what the daemon did before it built them
+    /// one at a time), to measure what that costs.
+    #[arg(long)]
+    all_records: bool,
+}
+
+/// The fast path as the daemon's flow source, with no session identities.
+struct Source<'a>(&'a FastPath);
+
+impl FlowSource for Source<'_> {
+    fn harvest(&self) -> Result<Vec<FlowSample>, DatapathError> {
+        self.0.harvest_flows()
+    }
+
+    fn identities(&self, _: &[u32]) -> std::collections::HashMap<u32, SessionIdentity> {
+        std::collections::HashMap::new()
+    }
 }
 
 type Flows = PerCpuHashMap<MapData, FlowKey, FlowValue>;
@@ -168,6 +193,24 @@ fn run(args: &Args, cpus: usize, dir: &std::path::Path) -> anyhow::Result<()> {
         base_wall.push(btook.as_secs_f64());
         base_cpu.push(bused.as_secs_f64());
     }
+    // The daemon's side: the window's flow records, all alive at once.
+    fill(&mut maps[generation], args.flows, cpus)?;
+    let pid = std::process::id();
+    let before = procmem::resident(pid)?.rss;
+    let mut harvest = FlowHarvest::new(1, 0);
+    let window = harvest
+        .due(&Source(&fp), i64::MAX / 2)
+        .context("no harvest was due")??;
+    // What the engine holds while it takes them: the window, and one record at a time.
+    let records: Vec<_> = if args.all_records {
+        window.records().collect()
+    } else {
+        window.records().take(1).collect()
+    };
+    let held = procmem::resident(pid)?.rss.saturating_sub(before);
+    let n = window.len().max(1);
+    drop(records);
+    drop(window);
     let (w, c, bw, bc) = (
         median(wall),
         median(cpu),
@@ -189,6 +232,16 @@ fn run(args: &Args, cpus: usize, dir: &std::path::Path) -> anyhow::Result<()> {
          generation ({cpus} CPUs)",
         memlock as f64 / 1024.0 / 1024.0,
         memlock as f64 / 2.0 / f64::from(args.flows)
+    );
+    println!(
+        "  daemon: the window of {n} flows{}: +{:.1} MiB resident = {:.0} bytes per flow",
+        if args.all_records {
+            ", every record built at once"
+        } else {
+            ", records built one at a time"
+        },
+        held as f64 / 1024.0 / 1024.0,
+        held as f64 / n as f64
     );
     Ok(())
 }
