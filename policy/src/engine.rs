@@ -504,18 +504,46 @@ impl Engine {
         line: &str,
         emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
     ) -> Result<(), EngineFailure> {
+        self.process_line_as(line_no, None, line, emit)
+    }
+
+    /// Processes one input line (JSON) of record kind `kind`: a record without a `kind`
+    /// member is of that kind, one with another kind is bad. What the daemon does with a
+    /// Publish batch, whose kind is named once for all its records: the record's bytes go
+    /// straight to the line reader, with no `Value` built for them.
+    pub fn process_line_of_kind(
+        &mut self,
+        line_no: u64,
+        kind: &str,
+        line: &str,
+        emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
+    ) -> Result<(), EngineFailure> {
+        self.process_line_as(line_no, Some(kind), line, emit)
+    }
+
+    fn process_line_as(
+        &mut self,
+        line_no: u64,
+        kind: Option<&str>,
+        line: &str,
+        emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
+    ) -> Result<(), EngineFailure> {
         self.stats.records_in += 1;
         if line.len() > MAX_RECORD_BYTES {
             self.bad(line_no, &RecordError::TooLong(MAX_RECORD_BYTES));
             return Ok(());
         }
         if let Some(record) = LineRecord::parse(&self.table, line) {
-            return self.process_record(line_no, &record, emit);
+            return self.process_record(line_no, kind, &record, emit);
         }
         // Not an object the line reader accepts: the `Value` parser says why (and processes
         // it, should the two ever disagree about a valid object).
         match serde_json::from_str::<Value>(line) {
-            Ok(v) => self.process_value_counted(line_no, v, emit),
+            Ok(Value::Object(record)) => self.process_record(line_no, kind, &record, emit),
+            Ok(_) => {
+                self.bad(line_no, &RecordError::NotAnObject);
+                Ok(())
+            }
             Err(_) => {
                 self.bad(line_no, &RecordError::InvalidJson);
                 Ok(())
@@ -544,27 +572,37 @@ impl Engine {
             self.bad(line_no, &RecordError::NotAnObject);
             return Ok(());
         };
-        self.process_record(line_no, &record, emit)
+        self.process_record(line_no, None, &record, emit)
     }
 
+    /// `kind`: the kind of a record without a `kind` member (and the only kind it may name);
+    /// `None`: the policy's only kind.
     fn process_record<R: Record + ?Sized>(
         &mut self,
         line_no: u64,
+        kind: Option<&str>,
         record: &R,
         emit: &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
     ) -> Result<(), EngineFailure> {
-        let kind_name: Arc<str> = match record.get("kind") {
-            Some(Raw::Str(k)) => match self.kind_names.get(k) {
+        let named = match (record.get("kind"), kind) {
+            (Some(Raw::Str(k)), Some(given)) if k != given => None,
+            (Some(Raw::Str(k)), _) | (None, Some(k)) => Some(k),
+            _ => None,
+        };
+        let kind_name: Arc<str> = match (named, record.get("kind")) {
+            (Some(k), _) => match self.kind_names.get(k) {
                 Some(a) => Arc::clone(a),
                 None => {
                     self.bad(line_no, &RecordError::UnknownKind);
                     return Ok(());
                 }
             },
-            None if self.kind_names.len() == 1 => match self.kind_names.values().next() {
-                Some(a) => Arc::clone(a),
-                None => return Ok(()),
-            },
+            (None, None) if kind.is_none() && self.kind_names.len() == 1 => {
+                match self.kind_names.values().next() {
+                    Some(a) => Arc::clone(a),
+                    None => return Ok(()),
+                }
+            }
             _ => {
                 self.bad(line_no, &RecordError::UnknownKind);
                 return Ok(());

@@ -7,6 +7,10 @@
 //! changed that is a no-op of about a second; when the gateway's sources changed, the tests
 //! drive the new gateway, never a stale one. The build's own output (progress, errors) goes
 //! to stderr.
+//!
+//! A benchmark comparing two builds in one session sets `MECGW_BIN_DIR` to the directory of
+//! the other build's binaries (e.g. a copy of `target/release` at the baseline commit): they
+//! are then taken as they are, without a build. Tests never set it.
 
 use std::{
     io::BufRead as _,
@@ -26,7 +30,10 @@ pub fn mecgw_bin() -> anyhow::Result<PathBuf> {
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| build().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| match std::env::var_os("MECGW_BIN_DIR") {
+            Some(dir) => Ok(PathBuf::from(dir)),
+            None => build().map_err(|e| format!("{e:#}")),
+        })
         .clone()
         .map_err(anyhow::Error::msg)
 }

@@ -1289,6 +1289,7 @@ fn main() -> anyhow::Result<()> {
     let pfcp_fp = Arc::new(
         FastPath::load_with(FastPathOptions {
             flow_accounting: false,
+            max_flows: 0,
             // What the daemon loads for a default `[pfcp]` (`daemon::pfcp_map_sizes` of the
             // default max_sessions and max_pdrs is `PfcpOptions::DEFAULT`).
             pfcp: Some(PfcpOptions {

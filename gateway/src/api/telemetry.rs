@@ -11,6 +11,7 @@
 use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt as _};
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -30,33 +31,36 @@ pub struct Telemetry<B>(pub(crate) Arc<Shared<B>>);
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
-/// The record `json` (the `i`th of a batch of `kind`) with its `kind` member set.
-fn parse_record(kind: &str, i: usize, json: &str) -> Result<serde_json::Value, Status> {
+/// Checks the record `json` (the `i`th of a batch of `kind`): one JSON object, at most
+/// [`MAX_RECORD_BYTES`], whose `kind` member, if any, is `kind`. Nothing is built from it but
+/// that member: the engine reads the text itself ([`PublishedRecord`]).
+fn check_record(kind: &str, i: usize, json: &str) -> Result<(), Status> {
+    /// Only the member the API checks; every other one is parsed and ignored.
+    #[derive(serde::Deserialize)]
+    struct KindOnly {
+        kind: Option<serde_json::Value>,
+    }
     if json.len() > MAX_RECORD_BYTES {
         return Err(Status::invalid_argument(format!(
             "records_json[{i}]: {} bytes, at most {MAX_RECORD_BYTES}",
             json.len()
         )));
     }
-    let mut value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| Status::invalid_argument(format!("records_json[{i}]: not JSON: {e}")))?;
-    let Some(object) = value.as_object_mut() else {
+    // A derived struct would also take a JSON array of its members: only an object is a record.
+    if !json.trim_start().starts_with('{') {
         return Err(Status::invalid_argument(format!(
             "records_json[{i}]: a record must be a JSON object"
         )));
-    };
-    match object.get("kind") {
-        None => {
-            object.insert("kind".into(), serde_json::Value::String(kind.into()));
-        }
-        Some(serde_json::Value::String(k)) if k == kind => {}
-        Some(other) => {
-            return Err(Status::invalid_argument(format!(
-                "records_json[{i}].kind: {other} differs from the batch's kind {kind:?}"
-            )));
-        }
     }
-    Ok(value)
+    let record: KindOnly = serde_json::from_str(json)
+        .map_err(|e| Status::invalid_argument(format!("records_json[{i}]: not JSON: {e}")))?;
+    match record.kind {
+        None => Ok(()),
+        Some(serde_json::Value::String(k)) if k == kind => Ok(()),
+        Some(other) => Err(Status::invalid_argument(format!(
+            "records_json[{i}].kind: {other} differs from the batch's kind {kind:?}"
+        ))),
+    }
 }
 
 #[tonic::async_trait]
@@ -102,23 +106,61 @@ impl<B: ApiBackend> TelemetryService for Telemetry<B> {
                 kind = Some(Arc::from(batch.kind.as_str()));
             }
             let Some(kind) = kind.clone() else { break };
-            for (i, json) in batch.records_json.iter().enumerate() {
-                let record = parse_record(&kind, i, json).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "{}; {accepted} record(s) were accepted",
-                        e.message()
-                    ))
-                })?;
-                let item = PublishedRecord {
-                    app: caller.name.clone(),
-                    kind: kind.clone(),
-                    record,
+            let mut records = batch.records_json.into_iter().enumerate().peekable();
+            while records.peek().is_some() {
+                // Room for as many records of the batch as the queue holds at once, taken in
+                // one go: a publisher waiting for room is woken once per chunk, not once per
+                // record the engine takes.
+                let chunk = records.len().min(queue.max_capacity());
+                let mut permits = match queue.try_reserve_many(chunk) {
+                    Ok(p) => Permits::Many(p),
+                    Err(TrySendError::Closed(())) => return Err(engine_gone(accepted)),
+                    Err(TrySendError::Full(())) => Permits::OneByOne,
                 };
-                let permit = match queue.try_reserve() {
-                    Ok(p) => p,
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
-                        match tokio::time::timeout(wait, queue.reserve()).await {
-                            Ok(Ok(p)) => p,
+                for n in 0..chunk {
+                    let Some((i, json)) = records.next() else {
+                        break;
+                    };
+                    check_record(&kind, i, &json).map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "{}; {accepted} record(s) were accepted",
+                            e.message()
+                        ))
+                    })?;
+                    let item = PublishedRecord {
+                        app: caller.name.clone(),
+                        kind: kind.clone(),
+                        json,
+                    };
+                    let item = match &mut permits {
+                        Permits::Many(p) => match p.next() {
+                            Some(permit) => {
+                                permit.send(item);
+                                None
+                            }
+                            None => Some(item),
+                        },
+                        Permits::OneByOne => match queue.try_reserve() {
+                            Ok(permit) => {
+                                permit.send(item);
+                                None
+                            }
+                            Err(TrySendError::Closed(())) => return Err(engine_gone(accepted)),
+                            Err(TrySendError::Full(())) => Some(item),
+                        },
+                    };
+                    if let Some(item) = item {
+                        // The queue is full: wait (once) for room for the rest of the chunk.
+                        let want = chunk - n;
+                        match tokio::time::timeout(wait, queue.reserve_many(want)).await {
+                            Ok(Ok(p)) => {
+                                let mut p = p;
+                                match p.next() {
+                                    Some(permit) => permit.send(item),
+                                    None => return Err(engine_gone(accepted)),
+                                }
+                                permits = Permits::Many(p);
+                            }
                             Ok(Err(_)) => return Err(engine_gone(accepted)),
                             Err(_) => {
                                 return Err(super::errors::with_retry(
@@ -134,12 +176,8 @@ impl<B: ApiBackend> TelemetryService for Telemetry<B> {
                             }
                         }
                     }
-                    Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => {
-                        return Err(engine_gone(accepted));
-                    }
-                };
-                permit.send(item);
-                accepted += 1;
+                    accepted += 1;
+                }
             }
         }
         if accepted > 0
@@ -201,6 +239,14 @@ impl<B: ApiBackend> TelemetryService for Telemetry<B> {
     }
 }
 
+/// Queue slots held for the records of a batch.
+enum Permits<'a> {
+    /// Reserved together.
+    Many(mpsc::PermitIterator<'a, PublishedRecord>),
+    /// The queue had no room for the whole chunk: one at a time while there is room.
+    OneByOne,
+}
+
 fn engine_gone(accepted: u64) -> Status {
     Status::unavailable(format!(
         "the policy engine is not running; {accepted} record(s) were accepted"
@@ -213,21 +259,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_get_their_kind_and_bad_ones_are_named() {
-        let v = parse_record("app", 0, r#"{"x":1}"#).unwrap();
-        assert_eq!(v["kind"], "app");
-        parse_record("app", 0, r#"{"kind":"app","x":1}"#).unwrap();
+    fn records_are_checked_and_bad_ones_are_named() {
+        check_record("app", 0, r#"{"x":1}"#).unwrap();
+        check_record("app", 0, r#" {"kind":"app","x":{"y":[1,2]}}"#).unwrap();
         let cases = [
             (r#"{"kind":"flow"}"#, "records_json[3].kind"),
             ("[1]", "records_json[3]: a record must be a JSON object"),
+            (
+                r#"["app"]"#,
+                "records_json[3]: a record must be a JSON object",
+            ),
+            (r#"{"kind":7}"#, "records_json[3].kind: 7 differs"),
+            (r#"{"x":1} {"#, "records_json[3]: not JSON"),
             ("{", "records_json[3]: not JSON"),
         ];
         for (json, want) in cases {
-            let e = parse_record("app", 3, json).unwrap_err();
+            let e = check_record("app", 3, json).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains(want), "{json}: {}", e.message());
         }
         let big = format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_RECORD_BYTES));
-        assert!(parse_record("app", 0, &big).is_err());
+        assert!(check_record("app", 0, &big).is_err());
     }
 }

@@ -68,6 +68,11 @@ pub struct Flows {
     /// Seconds between harvests: the window each flow record covers. Default 10.
     #[serde(default = "default_flow_interval")]
     pub interval_secs: u64,
+    /// Flows counted per harvest window before the oldest are evicted (counted on
+    /// `/metrics`). Kernel memory: about `2 × max_flows × (110 + 40 × CPUs)` bytes,
+    /// preallocated. Default (and 0) 65,536.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
 }
 
 impl Default for Flows {
@@ -75,8 +80,13 @@ impl Default for Flows {
         Flows {
             enabled: true,
             interval_secs: default_flow_interval(),
+            max_flows: default_max_flows(),
         }
     }
+}
+
+fn default_max_flows() -> u32 {
+    mecgw_ebpf::MAX_FLOWS
 }
 
 fn default_flow_interval() -> u64 {

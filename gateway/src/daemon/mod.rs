@@ -507,6 +507,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let mut fast_path = FastPath::load_pinned(
                 crate::datapath::FastPathOptions {
                     flow_accounting,
+                    max_flows: config.flows.max_flows,
                     pfcp: config.pfcp.as_ref().map(pfcp_map_sizes),
                 },
                 instance.instance(),

@@ -22,6 +22,7 @@ use std::{
     cmp::Reverse,
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, OwnedFd},
     path::Path,
 };
 
@@ -30,7 +31,7 @@ use mecgw_ebpf::{
     Counter, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowGenStats, FlowValue, MAX_FLOWS, NONE, names,
 };
 
-use super::{DatapathError, Direction, FastPath, writer::wait_for_readers};
+use super::{DatapathError, Direction, FastPath, flow_batch, writer::wait_for_readers};
 
 /// A flow: a session and the inner 5-tuple seen from the UE (uplink source, downlink
 /// destination). Ports are 0 for packets without them (not TCP/UDP/SCTP, or IPv4 fragments).
@@ -182,11 +183,78 @@ fn sample_from_cpus<'a>(
     s
 }
 
+/// A sample as the values of one CPU, to be summed again with others (only its rule's
+/// weight changes: it counts as all its uplink packets on one CPU).
+fn as_value(s: &FlowSample) -> FlowValue {
+    FlowValue {
+        uplink: s.uplink,
+        downlink: s.downlink,
+        rule: s.rule.unwrap_or(NONE),
+        pad: 0,
+    }
+}
+
 type RawFlows = PerCpuHashMap<MapData, mecgw_ebpf::FlowKey, FlowValue>;
+
+/// A flow map of this build's layout (checked by aya against the kernel's sizes), with a
+/// descriptor of its own for the batch calls aya does not make ([`flow_batch`]).
+struct FlowMap {
+    _typed: RawFlows,
+    fd: OwnedFd,
+}
+
+impl FlowMap {
+    fn new(map: Map) -> Result<FlowMap, MapError> {
+        let data = match &map {
+            Map::PerCpuLruHashMap(d) | Map::PerCpuHashMap(d) => d,
+            _ => return Err(MapError::InvalidMapType { map_type: 0 }),
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error,
+            })
+        })?;
+        Ok(FlowMap {
+            _typed: RawFlows::try_from(map)?,
+            fd,
+        })
+    }
+
+    /// Reads and deletes every entry, handing each flow's per-CPU values to `into`. Returns
+    /// the entries handed over and those deleted with a key of no known family (lost), also
+    /// after an error (what was read before it has been handed over).
+    fn drain_into(&self, cpus: usize, mut into: impl FnMut(FlowKey, &[FlowValue])) -> Drained {
+        let mut d = Drained::default();
+        let result = flow_batch::drain(self.fd.as_fd(), cpus, |raw, values| {
+            // Only the programs write keys, always of a known family.
+            match key_from_raw(raw) {
+                Some(key) => {
+                    into(key, values);
+                    d.read += 1;
+                }
+                None => d.unreadable += 1,
+            }
+        });
+        d.failed = result.err();
+        d
+    }
+}
+
+/// What [`FlowMap::drain_into`] did.
+#[derive(Default)]
+struct Drained {
+    read: u64,
+    unreadable: u64,
+    failed: Option<std::io::Error>,
+}
 
 /// The kernel's flow maps, owned by the harvester.
 pub(super) struct FlowMaps {
-    generations: [RawFlows; 2],
+    generations: [FlowMap; 2],
+    /// Entries of each generation read by a harvest that then failed: they were returned
+    /// later (from `carried`), so the eviction count must not take them for lost.
+    read_early: [u64; 2],
     /// The generation the programs count into.
     active: u32,
     active_map: Array<MapData, u32>,
@@ -203,11 +271,18 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 
 impl FlowMaps {
     pub(super) fn new(ebpf: &mut aya::Ebpf) -> Result<FlowMaps, DatapathError> {
+        let generation = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            let map = ebpf
+                .take_map(name)
+                .ok_or(DatapathError::Missing { what: "map", name })?;
+            FlowMap::new(map).map_err(map_err(name))
+        };
         Ok(FlowMaps {
             generations: [
-                super::take_map(ebpf, names::MAP_FLOWS[0])?,
-                super::take_map(ebpf, names::MAP_FLOWS[1])?,
+                generation(ebpf, names::MAP_FLOWS[0])?,
+                generation(ebpf, names::MAP_FLOWS[1])?,
             ],
+            read_early: [0; 2],
             active: 0,
             active_map: super::take_map(ebpf, names::MAP_FLOW_GEN)?,
             stats: super::take_map(ebpf, names::MAP_FLOW_STATS)?,
@@ -217,10 +292,11 @@ impl FlowMaps {
     }
 
     /// Flips the generation, waits until no program counts into the old one, then reads and
-    /// empties it.
+    /// empties it, thousands of entries per system call.
     ///
-    /// Everything is read before anything is deleted: if a read fails, the old generation
-    /// keeps its entries and a later harvest (two flips on) returns them, so nothing is lost.
+    /// If a read fails, what was read is kept and returned by the next harvest, and the
+    /// rest stays in the old generation, which a later harvest (two flips on) empties: so
+    /// nothing is lost.
     fn harvest(&mut self) -> Result<Vec<FlowSample>, DatapathError> {
         let old = self.active;
         let next = 1 - old;
@@ -230,41 +306,54 @@ impl FlowMaps {
         self.active = next;
         wait_for_readers();
         let name = names::MAP_FLOWS[old as usize];
-        let map = &mut self.generations[old as usize];
-        let raw_keys = map
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(name))?;
-        // Per flow, the values of every CPU (and of a previous instance's CPUs, adopted).
-        let mut per_flow = self.carried.clone();
-        for raw in &raw_keys {
-            let values = map.get(raw, 0).map_err(map_err(name))?;
-            let key = key_from_raw(raw).ok_or_else(|| {
-                DatapathError::Unexpected(format!("flow key of family {}", raw.family))
-            })?;
-            per_flow
-                .entry(key)
-                .or_default()
-                .extend(values.iter().copied());
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
+        // A generation holds each key once: one sample per entry, summed over its CPUs as
+        // it is read, with no map per flow. Only what was carried over (adopted, or read by
+        // a harvest that failed) may share a key with an entry, and is merged below.
+        let mut samples: Vec<FlowSample> = Vec::new();
+        // An unreadable key's counts are lost: it counts with the evictions (created - read).
+        let Drained { read, failed, .. } = self.generations[old as usize]
+            .drain_into(cpus, |key, values| {
+                samples.push(sample_from_cpus(key, values))
+            });
+        if let Some(e) = failed {
+            self.read_early[old as usize] += read;
+            // Kept as one CPU's values, as adopted ones are, for the next harvest.
+            for s in &samples {
+                self.carried.entry(s.key).or_default().push(as_value(s));
+            }
+            return Err(DatapathError::Map {
+                name,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_and_delete_batch",
+                    io_error: e,
+                }),
+            });
         }
-        let mut samples: Vec<FlowSample> = per_flow
-            .iter()
-            .map(|(key, values)| sample_from_cpus(*key, values))
-            .collect();
+        let read = read + std::mem::take(&mut self.read_early[old as usize]);
+        if !self.carried.is_empty() {
+            let mut carried = std::mem::take(&mut self.carried);
+            for s in &mut samples {
+                if let Some(mut values) = carried.remove(&s.key) {
+                    values.push(as_value(s));
+                    *s = sample_from_cpus(s.key, &values);
+                }
+            }
+            samples.extend(
+                carried
+                    .iter()
+                    .map(|(key, values)| sample_from_cpus(*key, values)),
+            );
+        }
         let stats_err = map_err(names::MAP_FLOW_STATS);
         let stats = self.stats.get(&old, 0).map_err(&stats_err)?;
         let created: u64 = stats.iter().map(|s| s.created).sum();
         let failed: u64 = stats.iter().map(|s| s.failed).sum();
-        for raw in &raw_keys {
-            map.remove(raw).map_err(map_err(name))?;
-        }
-        let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
-        let zero =
-            PerCpuValues::try_from(vec![FlowGenStats::default(); n]).map_err(DatapathError::Io)?;
+        let zero = PerCpuValues::try_from(vec![FlowGenStats::default(); cpus])
+            .map_err(DatapathError::Io)?;
         self.stats.set(old, zero, 0).map_err(&stats_err)?;
-        self.losses.evicted_flows += created.saturating_sub(raw_keys.len() as u64);
+        self.losses.evicted_flows += created.saturating_sub(read);
         self.losses.failed_packets += failed;
-        self.carried.clear();
         samples.sort_unstable_by_key(|s| s.key);
         Ok(samples)
     }
@@ -272,12 +361,13 @@ impl FlowMaps {
     /// Reads and empties the flow maps a previous instance pinned in `instance`.
     fn adopt(&mut self, instance: &Path) -> Result<AdoptedFlows, DatapathError> {
         let mut adopted = AdoptedFlows::default();
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
         for name in names::MAP_FLOWS {
             let path = instance.join(name);
             if !path.exists() {
                 continue;
             }
-            let mut map = match open_pinned_flows(&path) {
+            let map = match open_pinned_flows(&path) {
                 Ok(map) => map,
                 Err(e) => {
                     // Another build's layout: what it counted cannot be read.
@@ -286,25 +376,21 @@ impl FlowMaps {
                     continue;
                 }
             };
-            let raw_keys = map
-                .keys()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(map_err(name))?;
-            for raw in &raw_keys {
-                let values = map.get(raw, 0).map_err(map_err(name))?;
-                let Some(key) = key_from_raw(raw) else {
-                    adopted.unreadable_flows += 1;
-                    continue;
-                };
-                self.carried
-                    .entry(key)
-                    .or_default()
-                    .extend(values.iter().copied());
-                adopted.flows += 1;
-            }
-            // Emptied, so that nothing could ever be read from them twice.
-            for raw in &raw_keys {
-                map.remove(raw).map_err(map_err(name))?;
+            // Emptied as it is read, so that nothing could ever be read from it twice.
+            let carried = &mut self.carried;
+            let drained = map.drain_into(cpus, |key, values| {
+                carried.entry(key).or_default().extend_from_slice(values)
+            });
+            adopted.flows += drained.read;
+            adopted.unreadable_flows += drained.unreadable;
+            if let Some(e) = drained.failed {
+                return Err(DatapathError::Map {
+                    name,
+                    source: MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_lookup_and_delete_batch",
+                        io_error: e,
+                    }),
+                });
             }
         }
         Ok(adopted)
@@ -313,14 +399,14 @@ impl FlowMaps {
 
 /// Opens a pinned flow map, checking that it is a per-CPU hash with this build's key and
 /// value layout (aya checks the sizes against the kernel's).
-fn open_pinned_flows(path: &Path) -> Result<RawFlows, Box<dyn std::error::Error + Send + Sync>> {
+fn open_pinned_flows(path: &Path) -> Result<FlowMap, Box<dyn std::error::Error + Send + Sync>> {
     let data = MapData::from_pin(path)?;
     let map = match data.info()?.map_type()? {
         MapType::LruPerCpuHash => Map::PerCpuLruHashMap(data),
         MapType::PerCpuHash => Map::PerCpuHashMap(data),
         other => return Err(format!("a {other:?} map, not per-CPU flow counters").into()),
     };
-    Ok(RawFlows::try_from(map)?)
+    Ok(FlowMap::new(map)?)
 }
 
 /// What [`FastPath::adopt_flows`] took over.
@@ -339,8 +425,8 @@ impl FastPath {
     /// by key; every packet counted is in exactly one harvest.
     ///
     /// Empty when the fast path was loaded without flow accounting. Takes one RCU grace
-    /// period (`membarrier`, milliseconds) plus three map system calls per flow; calls are
-    /// serialised.
+    /// period (`membarrier`, milliseconds) plus one map system call per 4,096 flows; calls
+    /// are serialised.
     pub fn harvest_flows(&self) -> Result<Vec<FlowSample>, DatapathError> {
         self.lock_flows()?.harvest()
     }

@@ -21,6 +21,7 @@
 
 pub mod compile;
 pub(crate) mod entries;
+mod flow_batch;
 pub mod flow_counters;
 pub mod live;
 pub mod model;
@@ -252,6 +253,12 @@ pub struct FastPathOptions {
     /// maps are created with one entry. On, it costs a per-CPU hash lookup per G-PDU of a
     /// session and per packet to a UE (docs/fastpath.md, "Flow accounting").
     pub flow_accounting: bool,
+    /// Flows each generation of the flow maps holds before the LRU evicts (0: [`MAX_FLOWS`]).
+    /// The maps are preallocated per CPU: each flow costs about `110 + 40 × CPUs` bytes of
+    /// kernel memory in each of the two generations (docs/fastpath.md, "Flow accounting").
+    ///
+    /// [`MAX_FLOWS`]: mecgw_ebpf::MAX_FLOWS
+    pub max_flows: u32,
     /// PFCP sessions: their maps and TEID range (`None`: the PFCP maps hold one entry and no
     /// TEID is looked up in them).
     pub pfcp: Option<pfcp_maps::PfcpOptions>,
@@ -353,11 +360,14 @@ impl FastPath {
         let mut loader = EbpfLoader::new();
         let accounting = u32::from(options.flow_accounting);
         loader.override_global(names::GLOBAL_FLOW_ACCOUNTING, &accounting, true);
-        if !options.flow_accounting {
-            // LRU maps are preallocated: do not hold memory for flows nobody counts.
-            for name in names::MAP_FLOWS {
-                loader.map_max_entries(name, 1);
-            }
+        // LRU maps are preallocated: do not hold memory for flows nobody counts.
+        let flows = match (options.flow_accounting, options.max_flows) {
+            (false, _) => 1,
+            (true, 0) => mecgw_ebpf::MAX_FLOWS,
+            (true, n) => n,
+        };
+        for name in names::MAP_FLOWS {
+            loader.map_max_entries(name, flows);
         }
         match options.pfcp {
             // Per-CPU counters are preallocated on every CPU: size them to what is promised.

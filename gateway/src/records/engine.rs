@@ -40,8 +40,10 @@ use super::{
     harvest::{FlowHarvest, FlowSource},
 };
 
-/// Records processed before their outputs are spooled (one fsync per destination).
-const DRAIN_BATCH: usize = 1024;
+/// Most records processed before their outputs are spooled: as many as the ingest queue
+/// holds, so that when the engine is behind, one commit (one fsync per destination) covers
+/// everything that queued up meanwhile (group commit).
+const DRAIN_BATCH: usize = 8192;
 /// Most items in one spooled batch.
 const MAX_BATCH_ITEMS: usize = 512;
 /// How often windows are checked against the clock.
@@ -387,6 +389,8 @@ impl Worker {
         info!(policy = %self.policy.hash, "policy engine started");
         let mut ingest_open = true;
         let mut next_tick = Instant::now() + TICK;
+        // A control taken from the queue while collecting flushes, handled next.
+        let mut held: Option<Control> = None;
         loop {
             // Checked here as well as in the select: under a steady stream of records the
             // biased select would never pick the timer, and windows would never close.
@@ -398,21 +402,40 @@ impl Worker {
                 }
             }
             let deadline = tokio::time::Instant::from_std(next_tick);
-            let event = rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    c = self.control.recv() => Event::Control(c),
-                    r = self.wiring.ingest.recv(), if ingest_open => Event::Record(r),
-                    () = tokio::time::sleep_until(deadline) => Event::Tick,
-                }
-            });
+            let event = match held.take() {
+                Some(c) => Event::Control(Some(c)),
+                None => rt.block_on(async {
+                    tokio::select! {
+                        biased;
+                        c = self.control.recv() => Event::Control(c),
+                        r = self.wiring.ingest.recv(), if ingest_open => Event::Record(r),
+                        () = tokio::time::sleep_until(deadline) => Event::Tick,
+                    }
+                }),
+            };
             match event {
                 Event::Control(None | Some(Control::Stop)) => break,
                 Event::Control(Some(Control::Flush(ack))) => {
-                    // Everything queued before the flush was requested is in the queue now.
+                    // Every flush already waiting is answered by the same commit (group
+                    // commit across concurrent Publish calls); the first other control
+                    // waits for the next turn, so controls keep their order.
+                    let mut acks = vec![ack];
+                    while let Ok(c) = self.control.try_recv() {
+                        match c {
+                            Control::Flush(ack) => acks.push(ack),
+                            other => {
+                                held = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    // Everything queued before the flushes were requested is in the queue now.
                     let queued = self.wiring.ingest.len();
                     self.drain(queued);
-                    let _ = ack.send(self.spool_once());
+                    let result = self.spool_once();
+                    for ack in acks {
+                        let _ = ack.send(result.clone());
+                    }
                 }
                 Event::Control(Some(Control::Reload(policy))) => self.reload(policy),
                 Event::Record(None) => ingest_open = false,
@@ -451,14 +474,28 @@ impl Worker {
 
     fn take(&mut self, r: PublishedRecord) {
         self.snapshot.records_in_api += 1;
-        self.process(r.record);
+        self.process_with(|engine, line, emit| {
+            engine.process_line_of_kind(line, &r.kind, &r.json, emit)
+        });
     }
 
     /// Runs one record through the engine; its outputs join `pending`.
     fn process(&mut self, record: Value) {
+        self.process_with(|engine, line, emit| engine.process_value(line, record, emit));
+    }
+
+    /// Runs `f` (one record) on the engine with the record's line number.
+    fn process_with(
+        &mut self,
+        f: impl FnOnce(
+            &mut Engine,
+            u64,
+            &mut dyn FnMut(&Output<'_>) -> std::io::Result<()>,
+        ) -> Result<(), EngineFailure>,
+    ) {
         self.line += 1;
         let line = self.line;
-        match self.with_engine(|engine, emit| engine.process_value(line, record, emit)) {
+        match self.with_engine(|engine, emit| f(engine, line, emit)) {
             None => self.no_engine += 1,
             Some(Err(e)) => {
                 error!(error = %e, "the policy engine failed on a record; nothing of it was released")
@@ -498,10 +535,16 @@ impl Worker {
             .and_then(|(source, harvest)| harvest.due(source.as_ref(), now));
         match harvested {
             None => {}
-            Some(Ok(records)) => {
-                self.snapshot.records_in_flow += records.len() as u64;
-                for r in records {
+            Some(Ok(window)) => {
+                self.snapshot.records_in_flow += window.len() as u64;
+                for (n, r) in window.records().enumerate() {
                     self.process(r);
+                    // Spooled as the window goes, so that a million flows' outputs do not all
+                    // wait in memory; if the spool refuses (full, disk), they wait in
+                    // `pending` as before and the caller's `spool_until_room` retries.
+                    if (n + 1) % DRAIN_BATCH == 0 {
+                        let _ = self.spool_once();
+                    }
                 }
             }
             Some(Err(e)) => {
@@ -597,34 +640,45 @@ impl Worker {
         let mut result = Ok(());
         for (destination, items) in &mut self.pending {
             while !items.is_empty() {
-                let n = items.len().min(MAX_BATCH_ITEMS);
-                // A batch holds one policy's outputs: split where the hash changes.
-                let hash = items[0].policy_hash().to_string();
-                let n = items[..n]
-                    .iter()
-                    .position(|i| i.policy_hash() != hash)
-                    .unwrap_or(n);
-                match egress.enqueue(destination, &items[..n]) {
-                    Ok(_) => {
-                        items.drain(..n);
-                    }
-                    Err(EnqueueError::Refused(reason)) => {
+                // Batches of at most MAX_BATCH_ITEMS, each of one policy (split where the
+                // hash changes), all spooled in one commit.
+                let mut batches: Vec<&[EgressItem]> = Vec::new();
+                let mut rest = &items[..];
+                while !rest.is_empty() {
+                    let n = rest.len().min(MAX_BATCH_ITEMS);
+                    let hash = rest[0].policy_hash();
+                    let n = rest[..n]
+                        .iter()
+                        .position(|i| i.policy_hash() != hash)
+                        .unwrap_or(n);
+                    let (batch, after) = rest.split_at(n);
+                    batches.push(batch);
+                    rest = after;
+                }
+                let (spooled, stopped) = egress.enqueue_many(destination, &batches);
+                let done: usize = batches[..spooled.len()].iter().map(|b| b.len()).sum();
+                let next = batches.get(spooled.len()).map_or(0, |b| b.len());
+                items.drain(..done);
+                let Some(e) = stopped else { continue };
+                let n = next;
+                match e {
+                    EnqueueError::Refused(reason) => {
                         self.snapshot.outputs_refused += n as u64;
                         warn!(%destination, %reason, outputs = n, "egress refused a batch (audited)");
                         items.drain(..n);
                     }
-                    Err(e) if e.is_backpressure() => {
+                    e if e.is_backpressure() => {
                         result = Err(FlushError::SpoolFull {
                             waiting: items.len() as u64,
                         });
                         break;
                     }
-                    Err(e @ EnqueueError::UnknownDestination(_)) => {
-                        self.snapshot.outputs_refused += n as u64;
-                        error!(error = %e, outputs = n, "no such egress destination; outputs refused");
-                        items.drain(..n);
+                    e @ EnqueueError::UnknownDestination(_) => {
+                        self.snapshot.outputs_refused += items.len() as u64;
+                        error!(error = %e, outputs = items.len(), "no such egress destination; outputs refused");
+                        items.clear();
                     }
-                    Err(e) if e.is_no_space() => {
+                    e if e.is_no_space() => {
                         // Egress logs the failure and its end itself, throttled.
                         result = Err(FlushError::NoSpace {
                             destination: destination.clone(),
@@ -632,7 +686,7 @@ impl Worker {
                         });
                         break;
                     }
-                    Err(e) => {
+                    e => {
                         if !e.is_unavailable() {
                             error!(%destination, error = %e, "spooling failed; will retry");
                         }
@@ -790,9 +844,10 @@ destinations:
         let record = move |i: u64| PublishedRecord {
             app: Arc::from("app"),
             kind: Arc::from("ev"),
-            record: serde_json::json!({
-                "kind": "ev", "imsi": format!("{i:015}"), "time": t + 60, "cell": "c"
-            }),
+            json: serde_json::json!({
+                "imsi": format!("{i:015}"), "time": t + 60, "cell": "c"
+            })
+            .to_string(),
         };
         // A full queue before the engine looks at it, kept full by a producer.
         for i in 0..QUEUE as u64 {
@@ -837,5 +892,65 @@ destinations:
         tokio::task::spawn_blocking(move || plane.stop())
             .await
             .unwrap();
+    }
+
+    /// Flushes that wait together are answered together, each only after every record
+    /// queued before it was processed; a stop queued behind them is not lost while the
+    /// engine collects them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flushes_waiting_together_are_all_answered_and_a_stop_behind_them_still_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Arc::new(LoadedPolicy {
+            policy: mecgw_policy::compile(POLICY).unwrap(),
+            hash: mecgw_policy::engine::policy_hash(POLICY),
+            source: POLICY.to_string(),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let t = now_unix();
+        for i in 0..10_000u64 {
+            tx.try_send(PublishedRecord {
+                app: Arc::from("app"),
+                kind: Arc::from("ev"),
+                json: format!(r#"{{"imsi":"{i:015}","time":{t},"cell":"c"}}"#),
+            })
+            .unwrap();
+        }
+        let plane = PrivacyPlane::start(
+            policy,
+            Settings {
+                keys_dir: dir.path().to_path_buf(),
+                ledger_dir: dir.path().join("budget"),
+                state_dir: None,
+                window_grace_secs: 0,
+            },
+            Wiring {
+                ingest: rx,
+                releases: broadcast::channel(16).0,
+                egress: None,
+                flows: None,
+            },
+        )
+        .unwrap();
+        let handle = plane.handle();
+        let flushes: Vec<_> = (0..32)
+            .map(|_| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.flush().await })
+            })
+            .collect();
+        // The stop joins the control queue behind (some of) the flushes.
+        let stopped = tokio::task::spawn_blocking(move || plane.stop());
+        for f in flushes {
+            // Answered Ok, or Stopped if the stop overtook it: never left waiting.
+            match f.await.unwrap() {
+                Ok(()) | Err(FlushError::Stopped) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(30), stopped)
+            .await
+            .expect("the stop behind the flushes was lost")
+            .unwrap();
+        assert_eq!(handle.metrics().snapshot().records_in_api, 10_000);
     }
 }

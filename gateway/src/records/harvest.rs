@@ -55,9 +55,9 @@ impl FlowHarvest {
     }
 
     /// If a window has ended by `now`, harvests the datapath's flows and returns them as
-    /// `flow` records of the window [start, now). Blocking: the kernel harvest waits an RCU
-    /// grace period.
-    pub fn due(&mut self, source: &dyn FlowSource, now: i64) -> Option<anyhow::Result<Vec<Value>>> {
+    /// the `flow` records of the window [start, now). Blocking: the kernel harvest waits an
+    /// RCU grace period.
+    pub fn due(&mut self, source: &dyn FlowSource, now: i64) -> Option<anyhow::Result<FlowWindow>> {
         if now < self.window_start.saturating_add(self.interval) {
             return None;
         }
@@ -66,17 +66,50 @@ impl FlowHarvest {
             Ok(s) => s,
             Err(e) => return Some(Err(anyhow::anyhow!("harvesting flow counters: {e}"))),
         };
-        if samples.is_empty() {
-            return Some(Ok(Vec::new()));
-        }
         let mut ids: Vec<u32> = samples.iter().map(|s| s.key.session).collect();
         ids.sort_unstable();
         ids.dedup();
-        let sessions = source.identities(&ids);
-        Some(Ok(samples
+        let sessions = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            source.identities(&ids)
+        };
+        Some(Ok(FlowWindow {
+            samples,
+            sessions,
+            start,
+            end: now,
+        }))
+    }
+}
+
+/// One harvested window's flows. Its records are built one at a time as they are taken
+/// ([`FlowWindow::records`]): a JSON value per flow for a whole window at once held
+/// ≈ 2.6 KB per flow (2.5 GiB at a million flows, `cargo xtask bench flows`), the samples
+/// hold ≈ 90 bytes.
+pub struct FlowWindow {
+    samples: Vec<FlowSample>,
+    sessions: HashMap<u32, SessionIdentity>,
+    start: i64,
+    end: i64,
+}
+
+impl FlowWindow {
+    /// Flows in the window.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether the window had no flow.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The `flow` records, in the order of the samples (by flow key).
+    pub fn records(&self) -> impl Iterator<Item = Value> + '_ {
+        self.samples
             .iter()
-            .map(|s| record(s, sessions.get(&s.key.session), start, now))
-            .collect()))
+            .map(|s| record(s, self.sessions.get(&s.key.session), self.start, self.end))
     }
 }
 

@@ -31,16 +31,19 @@ pub struct LoadedPolicy {
     pub source: String,
 }
 
-/// A record an app published, on its way into the policy engine. `record` is a JSON object
-/// whose `kind` member equals `kind`.
+/// A record an app published, on its way into the policy engine: one JSON object whose
+/// `kind` member, if it has one, equals `kind` (the API checked both).
+///
+/// The record stays the text the app sent, moved out of the gRPC message: the engine reads
+/// it with its borrowed line reader, so no `serde_json::Value` is built (and freed) for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedRecord {
     /// The app that published it (its name in the API's `[[api.apps]]`).
     pub app: Arc<str>,
     /// The declared record kind.
     pub kind: Arc<str>,
-    /// The record.
-    pub record: serde_json::Value,
+    /// The record, as JSON text.
+    pub json: String,
 }
 
 /// An output the policy engine released on this site.

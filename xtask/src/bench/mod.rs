@@ -8,6 +8,7 @@ mod api;
 mod e2e;
 mod egress;
 mod fastpath;
+mod flows;
 mod metrics;
 mod pfcp;
 mod policy;
@@ -20,6 +21,10 @@ pub enum Bench {
     /// Fast path: kernel ns per packet, as ratios to an empty XDP program (needs root).
     #[command(disable_help_flag = true)]
     Fastpath(Passed),
+    /// Flow harvest: time and CPU of harvesting a full window of flows against reading it key
+    /// by key, and kernel memory per flow (needs root).
+    #[command(disable_help_flag = true)]
+    Flows(Passed),
     /// End to end: packet rates and RTTs through the testbed for native XDP, generic XDP and
     /// the userspace datapath (needs root).
     #[command(disable_help_flag = true)]
@@ -54,6 +59,7 @@ pub struct Passed {
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Fastpath(p) => fastpath::run(&p.args),
+        Bench::Flows(p) => flows::run(&p.args),
         Bench::E2e(p) => e2e::run(&p.args),
         Bench::Api(p) => api::run(&p.args),
         Bench::Egress(p) => egress::run(&p.args),

@@ -266,6 +266,55 @@ fn lost_record(d: &DestinationConfig, spool: &std::path::Path) -> AuditRecord {
 
 /// ε a batch spent: what items state, plus, for release items that do not state it, the
 /// release's ε once per distinct (release, window), since ε is charged per release window.
+/// The header of a batch of `items` for `destination` (without id, size and digest, which the
+/// spool sets), once every item is checked to be for it and of one policy.
+fn batch_header(
+    destination: &str,
+    region: &str,
+    items: &[EgressItem],
+    permissions: &dyn jurisdiction::EgressPermissions,
+) -> Result<BatchHeader, EnqueueError> {
+    let first = items.first().ok_or(EnqueueError::Empty)?;
+    let policy_hash = first.policy_hash();
+    let mut header = BatchHeader {
+        id: String::new(),
+        destination: destination.to_string(),
+        region: region.to_string(),
+        policy_hash: policy_hash.to_string(),
+        outputs: BTreeSet::new(),
+        releases: 0,
+        records: 0,
+        epsilon: 0.0,
+        bytes: 0,
+        digest: None,
+    };
+    for (index, item) in items.iter().enumerate() {
+        if item.destination() != destination {
+            return Err(EnqueueError::WrongDestination {
+                index,
+                item_destination: item.destination().to_string(),
+            });
+        }
+        if item.policy_hash() != policy_hash {
+            return Err(EnqueueError::MixedPolicy {
+                index,
+                found: item.policy_hash().to_string(),
+                expected: policy_hash.to_string(),
+            });
+        }
+        match item.output().kind {
+            OutputKind::Release => header.releases += 1,
+            OutputKind::Record => header.records += 1,
+        }
+        // Most batches hold one output many times: a lookup, not a clone, for each.
+        if !header.outputs.contains(item.output()) {
+            header.outputs.insert(item.output().clone());
+        }
+    }
+    header.epsilon = batch_epsilon(items, permissions);
+    Ok(header)
+}
+
 fn batch_epsilon(items: &[EgressItem], permissions: &dyn jurisdiction::EgressPermissions) -> f64 {
     let mut windows = BTreeSet::new();
     let mut epsilon = 0.0;
@@ -476,79 +525,107 @@ impl Egress {
         destination: &str,
         items: &[EgressItem],
     ) -> Result<BatchId, EnqueueError> {
-        let dest = self
-            .destinations
-            .get(destination)
-            .ok_or_else(|| EnqueueError::UnknownDestination(destination.to_string()))?;
-        let first = items.first().ok_or(EnqueueError::Empty)?;
-        let policy_hash = first.policy_hash().to_string();
-        let mut header = BatchHeader {
-            id: String::new(),
-            destination: destination.to_string(),
-            region: dest.config.region.clone(),
-            policy_hash: policy_hash.clone(),
-            outputs: BTreeSet::new(),
-            releases: 0,
-            records: 0,
-            epsilon: 0.0,
-            bytes: 0,
-            digest: None,
-        };
-        for (index, item) in items.iter().enumerate() {
-            if item.destination() != destination {
-                return Err(EnqueueError::WrongDestination {
-                    index,
-                    item_destination: item.destination().to_string(),
-                });
-            }
-            if item.policy_hash() != policy_hash {
-                return Err(EnqueueError::MixedPolicy {
-                    index,
-                    found: item.policy_hash().to_string(),
-                    expected: policy_hash,
-                });
-            }
-            match item.output().kind {
-                OutputKind::Release => header.releases += 1,
-                OutputKind::Record => header.records += 1,
-            }
-            header.outputs.insert(item.output().clone());
+        let (mut ids, stopped) = self.enqueue_many(destination, &[items]);
+        match (stopped, ids.pop()) {
+            (Some(e), _) => Err(e),
+            (None, Some(id)) => Ok(id),
+            (None, None) => Err(EnqueueError::Empty),
         }
+    }
+
+    /// Accepts batches for `destination`, in order, as [`Egress::enqueue`] does each, with one
+    /// commit and one fsync for all the batches spooled (group commit).
+    ///
+    /// Returns the ids of the batches now durable, a prefix of `batches`, and the error that
+    /// stopped at the next one, if any; the batches after it were not looked at. A batch the
+    /// jurisdiction check refuses stops the group too (it is audited and counted once, when
+    /// everything before it is spooled): the caller drops it and goes on with the rest.
+    pub fn enqueue_many(
+        &self,
+        destination: &str,
+        batches: &[&[EgressItem]],
+    ) -> (Vec<BatchId>, Option<EnqueueError>) {
+        let Some(dest) = self.destinations.get(destination) else {
+            return (
+                Vec::new(),
+                Some(EnqueueError::UnknownDestination(destination.to_string())),
+            );
+        };
         let region = dest.config.region.as_str();
         let permissions = self.shared.permissions.current();
-        header.epsilon = batch_epsilon(items, permissions.as_ref());
-        if let Verdict::Deny(reason) =
-            check_batch(permissions.as_ref(), destination, region, &header.outputs)
-        {
-            let mut record = audit_record(
-                &header,
-                region,
-                Outcome::RefusedAtEnqueue,
-                Some(reason.to_string()),
-            );
-            record.batch_id = None;
-            if let Err(e) = self.shared.audit.append(record) {
-                DestinationMetrics::add(&dest.metrics.rejected_unavailable, 1);
-                return Err(e.into());
-            }
-            DestinationMetrics::add(&dest.metrics.refused_at_enqueue, 1);
-            return Err(EnqueueError::Refused(reason));
-        }
-        let audit = &self.shared.audit;
-        let pushed = self.shared.spool.push(
-            destination,
-            |id| {
-                let payload = encode_batch(id, region, &policy_hash, items).map_err(|e| {
-                    SpoolError::Encode {
-                        destination: destination.to_string(),
-                        seq: id.seq,
-                        problem: e.to_string(),
+        // The headers of the batches before the first one that cannot go in.
+        let mut headers = Vec::new();
+        let mut refused = None;
+        for items in batches {
+            match batch_header(destination, region, items, permissions.as_ref()) {
+                Ok(header) => {
+                    if let Verdict::Deny(reason) =
+                        check_batch(permissions.as_ref(), destination, region, &header.outputs)
+                    {
+                        refused = Some((header, reason));
+                        break;
                     }
-                })?;
+                    headers.push(header);
+                }
+                Err(e) => return self.enqueue_group(destination, dest, batches, headers, Some(e)),
+            }
+        }
+        let (ids, stopped) = self.enqueue_group(destination, dest, batches, headers, None);
+        if stopped.is_some() {
+            return (ids, stopped);
+        }
+        let Some((header, reason)) = refused else {
+            return (ids, None);
+        };
+        // Everything before the refused batch is spooled: now it is audited and counted.
+        let mut record = audit_record(
+            &header,
+            region,
+            Outcome::RefusedAtEnqueue,
+            Some(reason.to_string()),
+        );
+        record.batch_id = None;
+        if let Err(e) = self.shared.audit.append(record) {
+            DestinationMetrics::add(&dest.metrics.rejected_unavailable, 1);
+            return (ids, Some(e.into()));
+        }
+        DestinationMetrics::add(&dest.metrics.refused_at_enqueue, 1);
+        (ids, Some(EnqueueError::Refused(reason)))
+    }
+
+    /// Spools the first `headers.len()` of `batches` in one transaction; `invalid` is the
+    /// error of the batch after them, returned if they all go in.
+    fn enqueue_group(
+        &self,
+        destination: &str,
+        dest: &Destination,
+        batches: &[&[EgressItem]],
+        headers: Vec<BatchHeader>,
+        invalid: Option<EnqueueError>,
+    ) -> (Vec<BatchId>, Option<EnqueueError>) {
+        if headers.is_empty() {
+            return (Vec::new(), invalid);
+        }
+        let region = dest.config.region.as_str();
+        let audit = &self.shared.audit;
+        let builds = headers.into_iter().zip(batches).map(|(mut header, items)| {
+            move |id: &BatchId| {
+                let payload =
+                    encode_batch(id, region, &header.policy_hash, items).map_err(|e| {
+                        SpoolError::Encode {
+                            destination: id.destination.clone(),
+                            seq: id.seq,
+                            problem: e.to_string(),
+                        }
+                    })?;
                 header.id = id.to_string();
                 header.bytes = payload.len() as u64;
                 Ok((header, payload))
-            },
+            }
+        });
+        let (receipts, stopped) = self.shared.spool.push_many(
+            destination,
+            builds,
             |_, old, damage| {
                 let record = match damage {
                     None => audit_record(
@@ -565,31 +642,36 @@ impl Egress {
                 audit.append(record).map(drop).map_err(|e| e.to_string())
             },
         );
-        let receipt = match pushed {
-            Ok(r) => r,
-            Err(e) => {
-                if matches!(e, SpoolError::Full { .. }) {
-                    DestinationMetrics::add(&dest.metrics.rejected_full, 1);
-                }
-                if e.is_unavailable() {
-                    DestinationMetrics::add(&dest.metrics.rejected_unavailable, 1);
-                }
-                return Err(e.into());
+        if let Some(e) = &stopped {
+            if matches!(e, SpoolError::Full { .. }) {
+                DestinationMetrics::add(&dest.metrics.rejected_full, 1);
             }
-        };
-        DestinationMetrics::add(&dest.metrics.shed_batches, receipt.shed.len() as u64);
-        DestinationMetrics::add(
-            &dest.metrics.quarantined_batches,
-            receipt.quarantined.len() as u64,
-        );
-        DestinationMetrics::add(&dest.metrics.enqueued_batches, 1);
-        DestinationMetrics::add(&dest.metrics.enqueued_items, items.len() as u64);
-        if let Some((batches, bytes)) = self.shared.spool.backlog(destination) {
-            DestinationMetrics::set(&dest.metrics.backlog_batches, batches);
-            DestinationMetrics::set(&dest.metrics.backlog_bytes, bytes);
+            if e.is_unavailable() {
+                DestinationMetrics::add(&dest.metrics.rejected_unavailable, 1);
+            }
         }
-        dest.notify.notify_one();
-        Ok(receipt.id)
+        let mut ids = Vec::with_capacity(receipts.len());
+        for (receipt, items) in receipts.into_iter().zip(batches) {
+            DestinationMetrics::add(&dest.metrics.shed_batches, receipt.shed.len() as u64);
+            DestinationMetrics::add(
+                &dest.metrics.quarantined_batches,
+                receipt.quarantined.len() as u64,
+            );
+            DestinationMetrics::add(&dest.metrics.enqueued_batches, 1);
+            DestinationMetrics::add(&dest.metrics.enqueued_items, items.len() as u64);
+            ids.push(receipt.id);
+        }
+        if !ids.is_empty() {
+            if let Some((batches, bytes)) = self.shared.spool.backlog(destination) {
+                DestinationMetrics::set(&dest.metrics.backlog_batches, batches);
+                DestinationMetrics::set(&dest.metrics.backlog_bytes, bytes);
+            }
+            dest.notify.notify_one();
+        }
+        match stopped {
+            Some(e) => (ids, Some(e.into())),
+            None => (ids, invalid),
+        }
     }
 
     /// Starts one forwarder task per destination on the current tokio runtime.

@@ -50,6 +50,13 @@ const MAGIC: [u8; 4] = [b'M', b'S', 2, 0xff];
 /// Bytes of a SHA-256.
 const DIGEST_LEN: usize = 32;
 
+/// redb's page cache. Its default, 1 GiB, lets the daemon's resident memory grow with the
+/// pages of the spool it has touched, up to that much (a backlog of up to `max_bytes` per
+/// destination included): not a bound the daemon can promise. The forwarders read batches
+/// shortly after they are written, so a small cache holds what they need; the backlog stays
+/// on disk.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Shortest time between two attempts to reopen a store closed after an I/O failure.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -265,7 +272,8 @@ struct Loaded {
 fn create(path: &Path) -> Result<Database, redb::Error> {
     // redb documents that opening a file damaged outside redb may panic: keep that a failure
     // of this open, not of the process.
-    match std::panic::catch_unwind(|| Database::create(path)) {
+    match std::panic::catch_unwind(|| Database::builder().set_cache_size(CACHE_BYTES).create(path))
+    {
         Ok(db) => db.map_err(redb::Error::from),
         Err(_) => Err(redb::Error::Corrupted(
             "the database structure is damaged (redb panicked reading it)".into(),
@@ -532,47 +540,105 @@ impl Spool {
         &self,
         destination: &str,
         build: B,
-        mut on_shed: S,
+        on_shed: S,
     ) -> Result<PushReceipt, SpoolError>
     where
         B: FnOnce(&BatchId) -> Result<(BatchHeader, Vec<u8>), SpoolError>,
         S: FnMut(&BatchId, &BatchHeader, Option<&str>) -> Result<(), String>,
     {
-        self.reopen_if_due()?;
-        let mut all = self.lock();
-        let backlog = all
-            .get_mut(destination)
-            .ok_or_else(|| SpoolError::UnknownDestination(destination.to_string()))?;
-        let id = BatchId {
-            destination: destination.to_string(),
-            instance: self.instance,
-            seq: backlog.next_seq,
-        };
-        let (mut header, payload) = build(&id)?;
-        let size = payload.len() as u64;
-        header.bytes = size;
-        header.digest = Some(payload_digest(&payload));
-        if size > self.limits.max_bytes {
-            return Err(SpoolError::TooLarge {
-                bytes: size,
-                max_bytes: self.limits.max_bytes,
-            });
+        let (mut receipts, stopped) = self.push_many(destination, [build], on_shed);
+        match (receipts.pop(), stopped) {
+            (_, Some(e)) => Err(e),
+            (Some(r), None) => Ok(r),
+            // One build in, no error: its receipt is there.
+            (None, None) => Err(SpoolError::Encode {
+                destination: destination.to_string(),
+                seq: 0,
+                problem: "no batch was pushed".into(),
+            }),
         }
-        let fits = |batches: u64, bytes: u64| {
+    }
+
+    /// Appends batches for `destination`, in order, in one transaction: one commit and one
+    /// fsync for all of them (group commit), instead of one each. Each `build` is as in
+    /// [`Spool::push`].
+    ///
+    /// Returns the receipts of the batches now durable, a prefix of `builds`, and the error
+    /// that stopped the rest, if any: the first batch that does not fit under backpressure,
+    /// is too large or cannot be encoded ends the group there (what comes before it is
+    /// committed, what comes after is not tried, so the order of a destination's batches is
+    /// kept); a failed commit commits none of them.
+    pub fn push_many<B, S>(
+        &self,
+        destination: &str,
+        builds: impl IntoIterator<Item = B>,
+        mut on_shed: S,
+    ) -> (Vec<PushReceipt>, Option<SpoolError>)
+    where
+        B: FnOnce(&BatchId) -> Result<(BatchHeader, Vec<u8>), SpoolError>,
+        S: FnMut(&BatchId, &BatchHeader, Option<&str>) -> Result<(), String>,
+    {
+        if let Err(e) = self.reopen_if_due() {
+            return (Vec::new(), Some(e));
+        }
+        let mut all = self.lock();
+        let Some(backlog) = all.get_mut(destination) else {
+            return (
+                Vec::new(),
+                Some(SpoolError::UnknownDestination(destination.to_string())),
+            );
+        };
+        let fits = |batches: u64, bytes: u64, size: u64| {
             batches < self.limits.max_batches && bytes + size <= self.limits.max_bytes
         };
-        if !fits(backlog.batches, backlog.bytes) && self.when_full == WhenFull::Backpressure {
-            return Err(SpoolError::Full {
+        // Each batch's id, header and stored value, built before the transaction; the first
+        // one that cannot go in ends the group.
+        let mut values = Vec::new();
+        let mut stopped = None;
+        let (mut batches, mut bytes) = (backlog.batches, backlog.bytes);
+        for (n, build) in builds.into_iter().enumerate() {
+            let id = BatchId {
                 destination: destination.to_string(),
-                batches: backlog.batches,
-                bytes: backlog.bytes,
-                max_batches: self.limits.max_batches,
-                max_bytes: self.limits.max_bytes,
-            });
+                instance: self.instance,
+                seq: backlog.next_seq + n as u64,
+            };
+            let (mut header, payload) = match build(&id) {
+                Ok(built) => built,
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            };
+            let size = payload.len() as u64;
+            header.bytes = size;
+            header.digest = Some(payload_digest(&payload));
+            if size > self.limits.max_bytes {
+                stopped = Some(SpoolError::TooLarge {
+                    bytes: size,
+                    max_bytes: self.limits.max_bytes,
+                });
+                break;
+            }
+            // Under backpressure, the batches already in the group count against the limit;
+            // shedding makes room inside the transaction below.
+            if self.when_full == WhenFull::Backpressure && !fits(batches, bytes, size) {
+                stopped = Some(SpoolError::Full {
+                    destination: destination.to_string(),
+                    batches,
+                    bytes,
+                    max_batches: self.limits.max_batches,
+                    max_bytes: self.limits.max_bytes,
+                });
+                break;
+            }
+            batches += 1;
+            bytes += size;
+            values.push((id, size, encode(&header, &payload)));
         }
-        let value = encode(&header, &payload);
-        let mut shed = Vec::new();
-        let mut quarantined = Vec::new();
+        if values.is_empty() {
+            return (Vec::new(), stopped);
+        }
+        let mut receipts: Vec<PushReceipt> = Vec::with_capacity(values.len());
         let (mut batches, mut bytes) = (backlog.batches, backlog.bytes);
         let mut shed_failure = None;
         let committed = self.with_db(|db| {
@@ -580,46 +646,60 @@ impl Spool {
             txn.set_durability(Durability::Immediate)?;
             {
                 let mut table = txn.open_table(BATCHES)?;
-                while !fits(batches, bytes) {
-                    let oldest = {
-                        let mut range =
-                            table.range((destination, 0u64)..=(destination, u64::MAX))?;
-                        match range.next() {
-                            Some(entry) => {
-                                let (k, v) = entry?;
-                                Some((k.value().1, v.value().to_vec()))
+                for (id, size, value) in &values {
+                    let mut shed = Vec::new();
+                    let mut quarantined = Vec::new();
+                    while !fits(batches, bytes, *size) {
+                        let oldest = {
+                            let mut range =
+                                table.range((destination, 0u64)..=(destination, u64::MAX))?;
+                            match range.next() {
+                                Some(entry) => {
+                                    let (k, v) = entry?;
+                                    Some((k.value().1, v.value().to_vec()))
+                                }
+                                None => None,
                             }
-                            None => None,
+                        };
+                        let Some((seq, stored)) = oldest else { break };
+                        let old_id = BatchId { seq, ..id.clone() };
+                        let (old, damage) = match check(&stored, &old_id) {
+                            Ok((h, _)) => (h, None),
+                            Err(damage) => {
+                                let (h, problem) = damage.header_or(&old_id, stored.len());
+                                (h, Some(problem))
+                            }
+                        };
+                        if let Err(e) = on_shed(&old_id, &old, damage.as_deref()) {
+                            shed_failure = Some(e);
+                            return Ok(false);
                         }
-                    };
-                    let Some((seq, stored)) = oldest else { break };
-                    let old_id = BatchId { seq, ..id.clone() };
-                    let (old, damage) = match check(&stored, &old_id) {
-                        Ok((h, _)) => (h, None),
-                        Err(damage) => {
-                            let (h, problem) = damage.header_or(&old_id, stored.len());
-                            (h, Some(problem))
+                        table.remove((destination, seq))?;
+                        if damage.is_some() {
+                            // Opened only when needed: most pushes never shed a damaged batch.
+                            txn.open_table(QUARANTINE)?
+                                .insert((destination, seq), stored.as_slice())?;
+                            quarantined.push(old_id);
+                        } else {
+                            shed.push(old_id);
                         }
-                    };
-                    if let Err(e) = on_shed(&old_id, &old, damage.as_deref()) {
-                        shed_failure = Some(e);
-                        return Ok(false);
+                        batches -= 1;
+                        bytes -= stored_bytes(&stored);
                     }
-                    table.remove((destination, seq))?;
-                    if damage.is_some() {
-                        // Opened only when needed: most pushes never shed a damaged batch.
-                        txn.open_table(QUARANTINE)?
-                            .insert((destination, seq), stored.as_slice())?;
-                        quarantined.push(old_id);
-                    } else {
-                        shed.push(old_id);
-                    }
-                    batches -= 1;
-                    bytes -= stored_bytes(&stored);
+                    table.insert((destination, id.seq), value.as_slice())?;
+                    batches += 1;
+                    bytes += size;
+                    receipts.push(PushReceipt {
+                        id: id.clone(),
+                        shed,
+                        quarantined,
+                    });
                 }
-                table.insert((destination, id.seq), value.as_slice())?;
+                let next = values
+                    .last()
+                    .map_or(backlog.next_seq, |(id, ..)| id.seq + 1);
                 let mut meta = txn.open_table(META)?;
-                meta.insert(format!("next_seq/{destination}").as_str(), id.seq + 1)?;
+                meta.insert(format!("next_seq/{destination}").as_str(), next)?;
             }
             txn.commit()?;
             Ok(true)
@@ -627,23 +707,22 @@ impl Spool {
         match committed {
             Ok(true) => {}
             Ok(false) => {
-                return Err(SpoolError::ShedNotRecorded(
-                    shed_failure.unwrap_or_default(),
-                ));
+                return (
+                    Vec::new(),
+                    Some(SpoolError::ShedNotRecorded(
+                        shed_failure.unwrap_or_default(),
+                    )),
+                );
             }
             Err(e) => {
                 drop(all);
-                return Err(self.failed(e));
+                return (Vec::new(), Some(self.failed(e)));
             }
         }
-        backlog.next_seq = id.seq + 1;
-        backlog.batches = batches + 1;
-        backlog.bytes = bytes + size;
-        Ok(PushReceipt {
-            id,
-            shed,
-            quarantined,
-        })
+        backlog.next_seq += receipts.len() as u64;
+        backlog.batches = batches;
+        backlog.bytes = bytes;
+        (receipts, stopped)
     }
 
     /// The oldest batches for `destination`, in order: at most `max` of them, and no more
@@ -973,6 +1052,50 @@ mod tests {
             &StateMarker::open(dir).unwrap(),
         )
         .unwrap()
+    }
+
+    fn push_many(spool: &Spool, dest: &str, bodies: &[&str]) -> (Vec<u64>, Option<SpoolError>) {
+        let builds = bodies.iter().map(|body| {
+            move |id: &BatchId| Ok((header(id, body.len() as u64), body.as_bytes().to_vec()))
+        });
+        let (receipts, stopped) = spool.push_many(dest, builds, |_, _, _| Ok(()));
+        (receipts.iter().map(|r| r.id.seq).collect(), stopped)
+    }
+
+    /// Group commit: the batches that fit go in together, in order, durable across a reopen;
+    /// the first that does not fit stops the group and nothing after it is tried.
+    #[test]
+    fn a_group_commits_the_batches_that_fit_in_order_and_stops_at_the_first_that_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits {
+            max_batches: 3,
+            max_bytes: 1000,
+        };
+        {
+            let s = open(dir.path(), limits, WhenFull::Backpressure);
+            push(&s, "a", "0").unwrap();
+            let (seqs, stopped) = push_many(&s, "a", &["1", "2", "3", "4"]);
+            assert_eq!(seqs, vec![2, 3]);
+            assert!(
+                matches!(stopped, Some(SpoolError::Full { batches: 3, .. })),
+                "{stopped:?}"
+            );
+            let (seqs, stopped) = push_many(&s, "b", &["x", "y"]);
+            assert_eq!((seqs, stopped.is_none()), (vec![1, 2], true));
+        }
+        let s = open(dir.path(), limits, WhenFull::Backpressure);
+        let bodies: Vec<String> = s
+            .peek("a", 10, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|b| String::from_utf8(b.payload.clone()).unwrap())
+            .collect();
+        assert_eq!(bodies, ["0", "1", "2"]);
+        assert_eq!(s.backlog("a"), Some((3, 3)));
+        // The next batch takes the next sequence number: nothing was used by the refused ones.
+        s.settle("a", &[1], &[]).unwrap();
+        let (seqs, _) = push_many(&s, "a", &["5"]);
+        assert_eq!(seqs, vec![4]);
     }
 
     /// Flips one bit of the stored value of `a`/`seq` at byte `at` (from the end if

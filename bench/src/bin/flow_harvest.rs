@@ -1,0 +1,247 @@
+//! The flow harvest at site scale: how long a harvest of a full window takes, what it costs
+//! the daemon's core, and the kernel memory per flow.
+//!
+//! Loads the fast path with flow accounting and `--flows` entries per generation, pinned (so
+//! the benchmark can open the flow maps itself), and in each round:
+//! - fills the generation the next harvest empties with `--flows` distinct flows from
+//!   userspace (one packet each, on every CPU's slot), then times
+//!   [`FastPath::harvest_flows`] (flip, RCU grace period, batched read-and-delete, samples
+//!   built and sorted): wall time and the thread's CPU time (`getrusage`);
+//! - fills it again and times the baseline, the previous harvest's reading: every key by
+//!   `BPF_MAP_GET_NEXT_KEY`, every value by a lookup, every entry by a delete (three
+//!   system calls per flow), without building samples, so the baseline does less work than
+//!   the harvest it is compared with.
+//!
+//! Last, the daemon's side: one more full window goes through [`FlowHarvest::due`]; the
+//! resident memory the window holds while the engine takes its `flow` records one at a time
+//! is measured (VmRSS with it alive, less VmRSS before); `--all-records` holds every record
+//! of the window as a JSON value at once instead, as the daemon did before.
+//!
+//! "Of a core" is CPU time per harvest / the harvest interval (`--interval`, default 10 s,
+//! the daemon's default). Kernel memory is the `memlock` of `FLOWS_0` and `FLOWS_1`.
+//! Needs root (BPF, bpffs).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+use clap::Parser;
+use mecgw::{
+    datapath::{DatapathError, FastPath, FastPathOptions, flow_counters::FlowSample},
+    records::harvest::{FlowHarvest, FlowSource, SessionIdentity},
+};
+use mecgw_bench::{median, procmem};
+use mecgw_ebpf::{Counter, FLOW_FAMILY_V4, FlowKey, FlowValue, NONE, names};
+
+#[derive(Parser)]
+#[command(about = "Flow harvest: time and CPU per harvest of a full window, memory per flow")]
+struct Args {
+    /// Flows per window (entries per generation).
+    #[arg(long, default_value_t = 1_000_000)]
+    flows: u32,
+    /// Rounds (each: one harvest and one baseline read).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Harvest interval the CPU share is taken against, seconds.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
+    /// Hold every record of the window at once (what the daemon did before it built them
+    /// one at a time), to measure what that costs.
+    #[arg(long)]
+    all_records: bool,
+}
+
+/// The fast path as the daemon's flow source, with no session identities.
+struct Source<'a>(&'a FastPath);
+
+impl FlowSource for Source<'_> {
+    fn harvest(&self) -> Result<Vec<FlowSample>, DatapathError> {
+        self.0.harvest_flows()
+    }
+
+    fn identities(&self, _: &[u32]) -> std::collections::HashMap<u32, SessionIdentity> {
+        std::collections::HashMap::new()
+    }
+}
+
+type Flows = PerCpuHashMap<MapData, FlowKey, FlowValue>;
+
+fn open(dir: &std::path::Path, name: &str) -> anyhow::Result<Flows> {
+    let data = MapData::from_pin(dir.join(name)).with_context(|| format!("opening {name}"))?;
+    Ok(Flows::try_from(Map::PerCpuLruHashMap(data))?)
+}
+
+fn key(i: u32) -> FlowKey {
+    let mut k = FlowKey {
+        session: i / 32,
+        ue_port: 40_000 + (i % 32) as u16,
+        peer_port: 443,
+        protocol: 6,
+        family: FLOW_FAMILY_V4,
+        ..FlowKey::default()
+    };
+    k.ue[..4].copy_from_slice(&[10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    k.peer[..4].copy_from_slice(&[192, 0, 2, 1]);
+    k
+}
+
+/// Puts `n` flows into `map`, one packet of 100 bytes uplink on each CPU.
+fn fill(map: &mut Flows, n: u32, cpus: usize) -> anyhow::Result<()> {
+    let one = FlowValue {
+        uplink: Counter {
+            packets: 1,
+            bytes: 100,
+        },
+        rule: NONE,
+        ..FlowValue::default()
+    };
+    for i in 0..n {
+        let values = PerCpuValues::try_from(vec![one; cpus])?;
+        map.insert(key(i), values, 0)?;
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) of the calling thread.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage writes one rusage into the zeroed struct we own.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is valid for the calling thread.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The previous harvest's way: keys, then a lookup and a delete per key.
+fn per_key(map: &mut Flows) -> anyhow::Result<usize> {
+    let keys = map.keys().collect::<Result<Vec<_>, _>>()?;
+    let mut packets = 0u64;
+    for k in &keys {
+        packets += map.get(k, 0)?.iter().map(|v| v.uplink.packets).sum::<u64>();
+    }
+    for k in &keys {
+        map.remove(k)?;
+    }
+    std::hint::black_box(packets);
+    Ok(keys.len())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let root = std::path::Path::new(mecgw_testbed::pin_root()?)
+        .join(format!("flow-harvest-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let result = run(&args, cpus, &root);
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+fn run(args: &Args, cpus: usize, dir: &std::path::Path) -> anyhow::Result<()> {
+    let fp = FastPath::load_pinned(
+        FastPathOptions {
+            flow_accounting: true,
+            max_flows: args.flows,
+            ..FastPathOptions::default()
+        },
+        dir,
+    )?;
+    let mut maps = [
+        open(dir, names::MAP_FLOWS[0])?,
+        open(dir, names::MAP_FLOWS[1])?,
+    ];
+    let memlock: u64 = procmem::bpf_maps(std::process::id())?
+        .iter()
+        .filter(|m| m.max_entries == args.flows)
+        .map(|m| m.memlock)
+        .sum();
+    println!(
+        "flow harvest: {} flows per window, {cpus} CPUs, {} rounds, interval {} s",
+        args.flows, args.rounds, args.interval
+    );
+    let (mut wall, mut cpu, mut base_wall, mut base_cpu) = (vec![], vec![], vec![], vec![]);
+    // Harvests alternate generations, starting with FLOWS_0.
+    let mut generation = 0usize;
+    for round in 0..args.rounds {
+        fill(&mut maps[generation], args.flows, cpus)?;
+        let (t, c) = (Instant::now(), thread_cpu());
+        let samples = fp.harvest_flows()?;
+        let (took, used) = (t.elapsed(), thread_cpu() - c);
+        let packets: u64 = samples.iter().map(|s| s.uplink.packets).sum();
+        let losses = fp.flow_losses()?;
+        drop(samples);
+        generation = 1 - generation;
+        // The baseline on the generation the next harvest would empty; emptied by it.
+        fill(&mut maps[generation], args.flows, cpus)?;
+        let (t, c) = (Instant::now(), thread_cpu());
+        let read = per_key(&mut maps[generation])?;
+        let (btook, bused) = (t.elapsed(), thread_cpu() - c);
+        println!(
+            "  round {round}: harvest {:.3} s wall, {:.3} s CPU ({} flows, {packets} packets, \
+             evicted so far {}); key by key {:.3} s wall, {:.3} s CPU ({read} flows)",
+            took.as_secs_f64(),
+            used.as_secs_f64(),
+            packets / cpus as u64,
+            losses.evicted_flows,
+            btook.as_secs_f64(),
+            bused.as_secs_f64(),
+        );
+        wall.push(took.as_secs_f64());
+        cpu.push(used.as_secs_f64());
+        base_wall.push(btook.as_secs_f64());
+        base_cpu.push(bused.as_secs_f64());
+    }
+    // The daemon's side: the window's flow records, all alive at once.
+    fill(&mut maps[generation], args.flows, cpus)?;
+    let pid = std::process::id();
+    let before = procmem::resident(pid)?.rss;
+    let mut harvest = FlowHarvest::new(1, 0);
+    let window = harvest
+        .due(&Source(&fp), i64::MAX / 2)
+        .context("no harvest was due")??;
+    // What the engine holds while it takes them: the window, and one record at a time.
+    let records: Vec<_> = if args.all_records {
+        window.records().collect()
+    } else {
+        window.records().take(1).collect()
+    };
+    let held = procmem::resident(pid)?.rss.saturating_sub(before);
+    let n = window.len().max(1);
+    drop(records);
+    drop(window);
+    let (w, c, bw, bc) = (
+        median(wall),
+        median(cpu),
+        median(base_wall),
+        median(base_cpu),
+    );
+    println!("medians of {} rounds:", args.rounds);
+    println!(
+        "  harvest: {w:.3} s wall, {c:.3} s CPU = {:.2} % of a core at a {} s interval",
+        100.0 * c / args.interval as f64,
+        args.interval
+    );
+    println!(
+        "  key by key (baseline): {bw:.3} s wall, {bc:.3} s CPU; harvest / baseline CPU {:.3}",
+        c / bc
+    );
+    println!(
+        "  kernel memory of the two flow maps: {:.1} MiB = {:.0} bytes per flow per \
+         generation ({cpus} CPUs)",
+        memlock as f64 / 1024.0 / 1024.0,
+        memlock as f64 / 2.0 / f64::from(args.flows)
+    );
+    println!(
+        "  daemon: the window of {n} flows{}: +{:.1} MiB resident = {:.0} bytes per flow",
+        if args.all_records {
+            ", every record built at once"
+        } else {
+            ", records built one at a time"
+        },
+        held as f64 / 1024.0 / 1024.0,
+        held as f64 / n as f64
+    );
+    Ok(())
+}
