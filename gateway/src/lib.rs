@@ -15,5 +15,6 @@ pub mod log_limit;
 pub mod openmetrics;
 pub mod pcap;
 pub mod pfcp;
+pub mod progress;
 pub mod records;
 pub mod replay;

@@ -279,10 +279,19 @@ fn apply(file: &Path, input: &Path, out: &Path, state: Option<&Path>) -> anyhow:
         Box::new(OsRandom::new()),
     )
     .context("starting the policy engine")?;
-    let reader = BufReader::with_capacity(
-        1 << 16,
-        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?,
-    );
+    let file =
+        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    // Records read, records/s and time left, on a terminal only.
+    let progress = mecgw::progress::Progress::for_input(input, "records");
+    let file: Box<dyn std::io::Read> = if progress.visible() {
+        Box::new(mecgw::progress::CountLines::new(
+            progress.reader(file),
+            &progress,
+        ))
+    } else {
+        Box::new(file)
+    };
+    let reader = BufReader::with_capacity(1 << 16, file);
     let tmp = tmp_path(out);
     let result = (|| -> anyhow::Result<()> {
         let f =
@@ -295,6 +304,7 @@ fn apply(file: &Path, input: &Path, out: &Path, state: Option<&Path>) -> anyhow:
             .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
         Ok(())
     })();
+    progress.finish();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

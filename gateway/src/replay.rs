@@ -126,7 +126,9 @@ pub fn replay(opts: &ReplayOptions) -> Result<Summary, ReplayError> {
         source,
     };
     let input = File::open(&opts.input).map_err(io_err(&opts.input))?;
-    let mut reader = pcap::Reader::new(BufReader::new(input)).map_err(capture)?;
+    // Frames, frames/s and time left, on a terminal only.
+    let progress = crate::progress::Progress::for_input(&opts.input, "frames");
+    let mut reader = pcap::Reader::new(BufReader::new(progress.reader(input))).map_err(capture)?;
     let fast_path = FastPath::load()?;
     fast_path.install(&tables)?;
 
@@ -144,6 +146,9 @@ pub fn replay(opts: &ReplayOptions) -> Result<Summary, ReplayError> {
     while let Some(record) = reader.next_record().map_err(capture)? {
         let index = summary.packets;
         summary.packets += 1;
+        if summary.packets % 4096 == 0 {
+            progress.items(summary.packets);
+        }
         let len_in = record.data.len();
         let judged = if !(MIN_FRAME..=MAX_TEST_RUN_FRAME).contains(&len_in) {
             None
@@ -203,6 +208,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<Summary, ReplayError> {
             writeln!(w, "{json}").map_err(io_err(path))?;
         }
     }
+    progress.finish();
     writer.finish().map_err(io_err(&opts.output))?;
     if let Some((mut w, path)) = verdicts {
         w.flush().map_err(io_err(path))?;

@@ -253,3 +253,42 @@ fn explain_tells_each_fields_fate_and_each_releases_numbers() {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }
 }
+
+/// On a terminal, a long apply shows records read, records/s and the time left on stderr;
+/// into a pipe (scripts, CI, logs) it shows nothing of the kind.
+#[test]
+fn progress_is_shown_on_a_terminal_only() {
+    let site = site_with_key(POLICY, KEY_HEX, 0o600);
+    let mut input = String::new();
+    let one = records();
+    for _ in 0..2_000 {
+        input.push_str(&one);
+    }
+    let (out, lines) = site.apply(&input, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(lines.len() >= 86_000, "{}", lines.len());
+    assert!(
+        !stderr.contains("records/s"),
+        "no terminal, no progress: {stderr}"
+    );
+
+    // The same under a pseudo-terminal (util-linux `script` allocates one).
+    let command = format!(
+        "{} policy apply {} --in {} --out {}",
+        mecgw_bin().unwrap().display(),
+        site.path("policy.yaml").display(),
+        site.path("in.jsonl").display(),
+        site.path("out-tty.jsonl").display(),
+    );
+    let tty = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains("records/s") && shown.contains(" records, "),
+        "on a terminal the progress is drawn: {shown}"
+    );
+}
