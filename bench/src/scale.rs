@@ -117,11 +117,13 @@ pub fn tables(sessions: u32, rules: u32) -> Tables {
             ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
             ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 1)),
             mtu: 1500,
+            vlan: Vec::new(),
         },
         local: LocalInterface {
             ifindex: 1,
             mac: Mac([2, 0, 0, 0, 4, 1]),
             next_hop_mac: Mac([2, 0, 0, 0, 4, 2]),
+            vlan: Vec::new(),
         },
         defaults: Defaults {
             unknown_teid: Disposition::Pass,

@@ -106,6 +106,25 @@ pub const MAX_DST_PREFIXES: u32 = 16_384;
 pub const MAX_CANDIDATES: usize = 16;
 /// How many GTP-U extension headers the parser walks before calling the chain over-long.
 pub const MAX_EXT_HEADERS: usize = 4;
+/// IPv6 extension headers (hop-by-hop, routing, fragment, destination options) walked before
+/// the upper layer, outer and inner. Behind more, an inner packet's protocol is the next
+/// extension header's type and it has no ports; an outer packet is not GTP-U (passed).
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+/// IPv6 Next Header values of the extension headers that are walked (ESP, 50, and AH, 51, are
+/// upper layers without ports).
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DEST_OPTS: u8 = 60;
+
+/// Whether Next Header `next` is an IPv6 extension header the parsers walk.
+#[inline(always)]
+pub const fn is_ipv6_ext(next: u8) -> bool {
+    matches!(
+        next,
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DEST_OPTS
+    )
+}
 /// Source prefixes per address family in one rule.
 pub const MAX_SRC_PREFIXES: usize = 4;
 /// Destination port ranges in one rule.
@@ -203,7 +222,8 @@ impl Verdict {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// Not GTP-U (not IPv4/IPv6, not UDP to port 2152, or an outer fragment): passed.
+    /// Not GTP-U (not IPv4/IPv6, not UDP to port 2152, more than two VLAN tags, or UDP only
+    /// behind more than [`MAX_IPV6_EXT_HEADERS`] extension headers): passed.
     NotGtp = 0,
     /// GTP-U, but not a G-PDU (echo, error indication, end marker, …): passed.
     GtpSignalling = 1,
@@ -253,11 +273,14 @@ pub enum Reason {
     /// A re-tunnel the kernel's FIB has no route for (or forwarding is off on N3, or the
     /// target is of another IP family than the packet): dropped.
     NoRoute = 22,
+    /// Uplink: an outer IPv4 or IPv6 fragment (of a G-PDU or not; a non-first fragment has no
+    /// UDP header to tell): passed to the kernel, which reassembles, rather than misparsed.
+    OuterFragment = 23,
 }
 
 impl Reason {
     /// Number of reasons: the size of the reason counter array.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     /// All reasons, in discriminant order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NotGtp,
@@ -283,6 +306,7 @@ impl Reason {
         Reason::NoPdr,
         Reason::NoNeighbour,
         Reason::NoRoute,
+        Reason::OuterFragment,
     ];
 
     /// snake_case name used in logs, metrics and replay output.
@@ -311,6 +335,7 @@ impl Reason {
             Reason::NoPdr => "no_pdr",
             Reason::NoNeighbour => "no_neighbour",
             Reason::NoRoute => "no_route",
+            Reason::OuterFragment => "outer_fragment",
         }
     }
 
@@ -494,6 +519,32 @@ pub struct Config {
     pub n3_next_hop_mac: [u8; 6],
     pub n3_v4: [u8; 4],
     pub n3_v6: [u8; 16],
+    /// Tags pushed onto encapsulated frames, as on the wire (TPID, TCI; outermost first).
+    pub n3_tags: [u8; 8],
+    /// How many of `n3_tags` (0-2).
+    pub n3_tag_count: u32,
+    /// Tags pushed onto decapsulated frames.
+    pub local_tags: [u8; 8],
+    pub local_tag_count: u32,
+}
+
+/// Most VLAN tags the parsers see through and the programs push.
+pub const MAX_VLAN_TAGS: usize = 2;
+
+/// The wire bytes of a stack of VLAN ids (at most [`MAX_VLAN_TAGS`], outermost first): one is
+/// an 802.1Q tag, two an 802.1ad S-tag over an 802.1Q C-tag. Priority and DEI are 0.
+pub fn vlan_tags(ids: &[u16]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (i, id) in ids.iter().take(MAX_VLAN_TAGS).enumerate() {
+        let tpid: u16 = if ids.len() == 2 && i == 0 {
+            0x88a8
+        } else {
+            0x8100
+        };
+        out[4 * i..4 * i + 2].copy_from_slice(&tpid.to_be_bytes());
+        out[4 * i + 2..4 * i + 4].copy_from_slice(&(id & 0x0fff).to_be_bytes());
+    }
+    out
 }
 
 /// What a PFCP PDR's FAR does with a matching packet ([`PdrMatch::action`]).
@@ -747,7 +798,7 @@ const _: () = assert!(
         == 9 * 4 + 32 + 4 * MAX_PORT_RANGES + 8 * MAX_SRC_PREFIXES + 32 * MAX_SRC_PREFIXES
 );
 const _: () = assert!(core::mem::size_of::<Candidates>() == 4 + 4 * MAX_CANDIDATES);
-const _: () = assert!(core::mem::size_of::<Config>() == 8 * 4 + 4 * 6 + 4 + 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 8 * 4 + 4 * 6 + 4 + 16 + 2 * (8 + 4));
 // The programs read N3's addresses a word at a time (map values are 8-byte aligned).
 const _: () = assert!(core::mem::offset_of!(Config, n3_v4) % 4 == 0);
 const _: () = assert!(core::mem::offset_of!(Config, n3_v6) % 4 == 0);

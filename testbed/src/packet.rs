@@ -169,6 +169,89 @@ fn ipv4_with_id(
     h
 }
 
+/// An IPv4 packet whose header carries `options` (a multiple of 4 bytes: IHL > 5), with a
+/// correct header checksum.
+pub fn ipv4_options(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    let ihl = (20 + options.len()) / 4;
+    let total = (20 + options.len() + payload.len()) as u16;
+    let mut h = vec![0x40 | ihl as u8, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0x12, 0x34, 0, 0, 64, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(options);
+    let c = internet_checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An IPv6 extension header, as [`ipv6_ext`] chains them.
+#[derive(Clone, Debug)]
+pub enum V6Ext {
+    /// Hop-by-hop options (0), routing (43) or destination options (60), of `len8` units of 8
+    /// bytes beyond the first 8 (the content is PadN).
+    Options { kind: u8, len8: u8 },
+    /// A fragment header (44) with this fragment offset (in 8-byte units) and more-fragments.
+    Fragment { offset: u16, more: bool },
+}
+
+/// An IPv6 packet with `exts` in order before the upper layer `next`/`payload`.
+pub fn ipv6_ext(
+    src: [u8; 16],
+    dst: [u8; 16],
+    exts: &[V6Ext],
+    next: u8,
+    hop: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let kind = |e: &V6Ext| match e {
+        V6Ext::Options { kind, .. } => *kind,
+        V6Ext::Fragment { .. } => 44,
+    };
+    let mut chain = Vec::new();
+    for (i, e) in exts.iter().enumerate() {
+        let after = exts.get(i + 1).map_or(next, kind);
+        match e {
+            V6Ext::Options { len8, .. } => {
+                let len = 8 * (usize::from(*len8) + 1);
+                chain.extend_from_slice(&[after, *len8]);
+                // PadN filling the rest of the header.
+                chain.extend_from_slice(&[1, (len - 4) as u8]);
+                chain.extend(std::iter::repeat_n(0u8, len - 4));
+            }
+            V6Ext::Fragment { offset, more } => {
+                let field = (offset << 3) | u16::from(*more);
+                chain.extend_from_slice(&[after, 0]);
+                chain.extend_from_slice(&field.to_be_bytes());
+                chain.extend_from_slice(&[0, 0, 0x12, 0x34]);
+            }
+        }
+    }
+    chain.extend_from_slice(payload);
+    let first = exts.first().map_or(next, kind);
+    ipv6(src, dst, first, hop, &chain)
+}
+
+/// Ethernet with a stack of VLAN tags, outermost first: (TPID, VLAN id).
+pub fn eth_tags(dst: [u8; 6], src: [u8; 6], tags: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    for (tpid, vid) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
 /// An IPv6 packet with no extension headers.
 pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, hop: u8, payload: &[u8]) -> Vec<u8> {
     let mut h = vec![0x60, 0, 0, 0];

@@ -79,6 +79,12 @@ fn ue_v6(i: u64) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0x45, 1 + i as u16, 0, 0, 0, 0)
 }
 
+/// Mostly untagged; sometimes one tag or QinQ.
+fn vlan_ids(r: &mut Rng) -> Vec<u16> {
+    let n = r.pick(&[0usize, 0, 0, 1, 2]);
+    (0..n).map(|_| 1 + r.below(4094) as u16).collect()
+}
+
 fn random_tables(r: &mut Rng) -> Tables {
     let disposition = |r: &mut Rng| {
         if r.chance(50) {
@@ -200,11 +206,13 @@ fn random_tables(r: &mut Rng) -> Tables {
             ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
             ipv6: Some("2001:db8:3::1".parse().unwrap()),
             mtu: r.pick(&[1280, 1500, 9000]),
+            vlan: vlan_ids(r),
         },
         local: LocalInterface {
             ifindex: 12,
             mac: Mac([2, 0, 0, 0, 4, 1]),
             next_hop_mac: Mac([2, 0, 0, 0, 4, 2]),
+            vlan: vlan_ids(r),
         },
         defaults: Defaults {
             unknown_teid: disposition(r),
@@ -216,9 +224,29 @@ fn random_tables(r: &mut Rng) -> Tables {
     }
 }
 
+/// Zero to five IPv6 extension headers (mostly none): options headers of random sizes and
+/// fragment headers (first, later, atomic).
+fn v6_exts(r: &mut Rng) -> Vec<V6Ext> {
+    if !r.chance(25) {
+        return Vec::new();
+    }
+    (0..r.pick(&[1u64, 1, 2, 3, 4, 5]))
+        .map(|_| match r.below(4) {
+            0 => V6Ext::Fragment {
+                offset: r.pick(&[0u16, 0, 1, 185]),
+                more: r.chance(50),
+            },
+            k => V6Ext::Options {
+                kind: [0u8, 43, 60][k as usize - 1],
+                len8: r.pick(&[0u8, 0, 1, 3]),
+            },
+        })
+        .collect()
+}
+
 fn inner_packet(r: &mut Rng, src: IpAddr, dst: IpAddr) -> Vec<u8> {
     let ttl = r.pick(&[64u8, 64, 64, 2, 1, 0]);
-    let proto = r.pick(&[17u8, 6, 1, 58, 47]);
+    let proto = r.pick(&[17u8, 6, 1, 58, 47, 50]);
     let dport = r.pick(&[53u16, 80, 443, 444, 8000, 8100, 9999]);
     let max_len = if r.chance(10) { 1400 } else { 64 };
     let payload: Vec<u8> = (0..r.below(max_len)).map(|_| r.next() as u8).collect();
@@ -233,7 +261,9 @@ fn inner_packet(r: &mut Rng, src: IpAddr, dst: IpAddr) -> Vec<u8> {
             let frag = r.pick(&[0u16, 0, 0, 0x4000, 0x2000, 0x0020]);
             ipv4(s.octets(), d.octets(), proto, ttl, frag, &l4)
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s.octets(), d.octets(), proto, ttl, &l4),
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            ipv6_ext(s.octets(), d.octets(), &v6_exts(r), proto, ttl, &l4)
+        }
         _ => unreachable!("same family"),
     }
 }
@@ -317,14 +347,29 @@ fn uplink_packet(r: &mut Rng, t: &Tables) -> Vec<u8> {
         r.pick(&[1u8, 2, 26, 254])
     };
     let g = gtp(msg_type, teid, seq, &exts, &inner);
-    let mut frame = if r.chance(50) {
-        n3_v4([198, 18, 1, 1], [198, 18, 0, 1], &g)
-    } else {
-        n3_v6(v6("2001:db8:3::100"), v6("2001:db8:3::1"), &g)
+    let datagram = udp(2152, 2152, &g);
+    let (src4, dst4) = ([198, 18, 1, 1], [198, 18, 0, 1]);
+    let (src6, dst6) = (v6("2001:db8:3::100"), v6("2001:db8:3::1"));
+    // Outer headers as transport networks carry them: IPv4 options or a fragment, IPv6
+    // extension headers (a fragment header among them), up to three VLAN tags.
+    let (ip, ethertype) = match r.below(8) {
+        0..=2 => (ipv4(src4, dst4, 17, 64, 0, &datagram), 0x0800),
+        3 => {
+            let options = vec![1u8; 4 * (1 + r.below(10) as usize)];
+            (ipv4_options(src4, dst4, 17, &options, &datagram), 0x0800)
+        }
+        4 => {
+            let frag = r.pick(&[0x2000u16, 0x0010, 0x4000]);
+            (ipv4(src4, dst4, 17, 64, frag, &datagram), 0x0800)
+        }
+        5 => (ipv6_ext(src6, dst6, &v6_exts(r), 17, 64, &datagram), 0x86dd),
+        _ => (ipv6(src6, dst6, 17, 64, &datagram), 0x86dd),
     };
-    if r.chance(10) {
-        frame.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
-    }
+    let tags: Vec<(u16, u16)> = (0..r.pick(&[0u64, 0, 0, 0, 0, 0, 1, 1, 2, 3]))
+        .map(|_| (r.pick(&[0x8100u16, 0x88a8]), r.below(4095) as u16))
+        .collect();
+    let mut frame = eth_tags(MAC_A, MAC_B, &tags, ethertype);
+    frame.extend_from_slice(&ip);
     if r.chance(5) {
         frame[14 + 9] = 6; // outer protocol TCP (IPv4) / a payload byte (IPv6)
     }
@@ -356,11 +401,10 @@ fn downlink_packet(r: &mut Rng, t: &Tables) -> Vec<u8> {
     let from = dst;
     dst = ue.unwrap_or(src);
     let ip = inner_packet(r, from, dst);
-    let mut frame = if r.chance(10) {
-        eth_vlan(MAC_A, MAC_B, 9, if v6_inner { 0x86dd } else { 0x0800 })
-    } else {
-        eth(MAC_A, MAC_B, if v6_inner { 0x86dd } else { 0x0800 })
-    };
+    let tags: Vec<(u16, u16)> = (0..r.pick(&[0u64, 0, 0, 0, 0, 0, 0, 1, 2, 3]))
+        .map(|_| (r.pick(&[0x8100u16, 0x88a8]), 9))
+        .collect();
+    let mut frame = eth_tags(MAC_A, MAC_B, &tags, if v6_inner { 0x86dd } else { 0x0800 });
     frame.extend_from_slice(&ip);
     if r.chance(15) {
         frame.resize(frame.len().max(60) + r.below(8) as usize, 0);

@@ -107,6 +107,27 @@ priority = 0
 state = "INACTIVE"
 action = "DROP"
 dst = ["203.0.113.0/24"]
+
+[[rules]]
+id = 19
+priority = 1
+action = "LOCAL"
+dst = ["2001:db8:f::/48"]
+protocols = ["udp"]
+dst_ports = ["8000-8100"]
+
+[[rules]]
+id = 20
+priority = 2
+action = "DROP"
+dst = ["2001:db8:f::/48"]
+protocols = [50]
+
+[[rules]]
+id = 21
+priority = 3
+action = "PASSTHROUGH"
+dst = ["2001:db8:f::/48"]
 "#;
 
 const LOCAL_MAC: [u8; 6] = [2, 0, 0, 0, 4, 1];
@@ -492,13 +513,25 @@ fn non_gtp_traffic_and_gtp_signalling_pass_untouched() {
         0x2000,
         &udp(2152, 2152, &gtp(255, 0x100, None, &[], &inner)),
     ));
-    for frame in [dns, arp, tcp_to_2152, outer_fragment] {
+    for frame in [dns, arp, tcp_to_2152] {
         check(
             Direction::Uplink,
             &frame,
             &unchanged(&frame, Verdict::Pass, Reason::NotGtp, None, None),
         );
     }
+    // Passed as well, and counted apart (outer_ipv6_extension_headers_… has more).
+    check(
+        Direction::Uplink,
+        &outer_fragment,
+        &unchanged(
+            &outer_fragment,
+            Verdict::Pass,
+            Reason::OuterFragment,
+            None,
+            None,
+        ),
+    );
 
     let echo = n3_v4(v4(GNB1), v4("198.18.0.1"), &gtp(1, 0, Some(1), &[], &[]));
     let echo_response = n3_v4(
@@ -709,6 +742,291 @@ fn vlan_tagged_uplink_is_decapsulated_to_an_untagged_frame() {
         ),
     ));
     check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+}
+
+/// Ethernet / the tags / IPv4 / UDP 2152 / a G-PDU of session 1 carrying `inner`.
+fn tagged_gpdu(tags: &[(u16, u16)], inner: &[u8]) -> Vec<u8> {
+    let mut frame = eth_tags(MAC_A, MAC_B, tags, 0x0800);
+    frame.extend_from_slice(&ipv4(
+        v4(GNB1),
+        v4("198.18.0.1"),
+        17,
+        64,
+        0,
+        &udp(
+            2152,
+            2152,
+            &gtp(255, 0x100, None, &[ul_container(9)], inner),
+        ),
+    ));
+    frame
+}
+
+#[test]
+fn qinq_and_double_tagged_uplink_is_decapsulated_and_a_third_tag_is_not_gtp() {
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    // 802.1ad S-tag over an 802.1Q C-tag, and two stacked 802.1Q tags (as in an operator's
+    // N3 capture): both are G-PDUs.
+    for tags in [
+        [(0x88a8, 100), (0x8100, 200)],
+        [(0x8100, 100), (0x8100, 200)],
+    ] {
+        let frame = tagged_gpdu(&tags, &inner);
+        check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+    }
+    let frame = tagged_gpdu(&[(0x88a8, 1), (0x8100, 2), (0x8100, 3)], &inner);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::NotGtp, None, None),
+    );
+}
+
+#[test]
+fn the_local_side_takes_one_8021q_tag_and_qinq_is_not_for_a_ue() {
+    let ip = ipv4(
+        v4("192.0.2.10"),
+        v4(UE1),
+        17,
+        64,
+        0,
+        &udp(53, 40000, b"answer"),
+    );
+    let mut frame = eth_tags(MAC_A, MAC_B, &[(0x8100, 7)], 0x0800);
+    frame.extend_from_slice(&ip);
+    check(
+        Direction::Downlink,
+        &frame,
+        &encapsulated_v4(&ip, GNB1, 0x200, 9, 1),
+    );
+    for tags in [vec![(0x88a8, 7)], vec![(0x8100, 7), (0x8100, 8)]] {
+        let mut frame = eth_tags(MAC_A, MAC_B, &tags, 0x0800);
+        frame.extend_from_slice(&ip);
+        check(
+            Direction::Downlink,
+            &frame,
+            &unchanged(&frame, Verdict::Pass, Reason::NotForUe, None, None),
+        );
+    }
+}
+
+#[test]
+fn outer_ipv4_options_are_skipped() {
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let g = udp(
+        2152,
+        2152,
+        &gtp(255, 0x100, None, &[ul_container(9)], &inner),
+    );
+    // 4 and 40 bytes of options (a NOP-padded record-route, and the largest header).
+    for options in [vec![1, 1, 1, 0], [vec![7, 39, 4], vec![0; 37]].concat()] {
+        let mut frame = eth(MAC_A, MAC_B, 0x0800);
+        frame.extend_from_slice(&ipv4_options(v4(GNB1), v4("198.18.0.1"), 17, &options, &g));
+        check(Direction::Uplink, &frame, &local(&inner, 10, 1));
+    }
+}
+
+#[test]
+fn outer_ipv6_extension_headers_are_walked_and_outer_fragments_go_to_the_kernel() {
+    let inner = ipv6(v6(UE1_V6), v6("2001:db8:e::5"), 6, 64, &tcp(40000, 443));
+    let g = udp(
+        2152,
+        2152,
+        &gtp(255, 0x100, None, &[ul_container(9)], &inner),
+    );
+    let hbh = V6Ext::Options { kind: 0, len8: 0 };
+    let dst_opts = V6Ext::Options { kind: 60, len8: 2 };
+    let n3 = |exts: &[V6Ext]| {
+        let mut f = eth(MAC_A, MAC_B, 0x86dd);
+        f.extend_from_slice(&ipv6_ext(v6(GNB2), v6("2001:db8:3::1"), exts, 17, 64, &g));
+        f
+    };
+    check(
+        Direction::Uplink,
+        &n3(&[hbh.clone(), dst_opts.clone()]),
+        &local(&inner, 10, 1),
+    );
+    // An atomic fragment (offset 0, no more fragments) is a whole packet.
+    let atomic = V6Ext::Fragment {
+        offset: 0,
+        more: false,
+    };
+    check(Direction::Uplink, &n3(&[atomic]), &local(&inner, 10, 1));
+    // A real fragment, first or later: the kernel reassembles.
+    for (offset, more) in [(0, true), (185, false)] {
+        let frame = n3(&[hbh.clone(), V6Ext::Fragment { offset, more }]);
+        check(
+            Direction::Uplink,
+            &frame,
+            &unchanged(&frame, Verdict::Pass, Reason::OuterFragment, None, None),
+        );
+    }
+    // IPv4 too: a fragment of a UDP datagram (here the first, with MF).
+    let mut frame = eth(MAC_A, MAC_B, 0x0800);
+    frame.extend_from_slice(&ipv4(v4(GNB1), v4("198.18.0.1"), 17, 64, 0x2000, &g));
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::OuterFragment, None, None),
+    );
+    // UDP only behind a fifth extension header: not looked for, not GTP-U.
+    let frame = n3(&vec![hbh.clone(); 5]);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::NotGtp, None, None),
+    );
+}
+
+#[test]
+fn inner_ipv6_extension_headers_give_the_upper_layer_and_its_ports() {
+    let dst = v6("2001:db8:f::9");
+    let gpdu = |ip: &[u8]| gpdu_v4(0x100, &[ul_container(9)], ip);
+    let pass = |frame: &[u8], rule: u32| {
+        unchanged(
+            frame,
+            Verdict::Pass,
+            Reason::RulePassthrough,
+            Some(rule),
+            Some(1),
+        )
+    };
+    let hbh = V6Ext::Options { kind: 0, len8: 1 };
+    let routing = V6Ext::Options { kind: 43, len8: 0 };
+    let dst_opts = V6Ext::Options { kind: 60, len8: 0 };
+    // UDP to port 8050 behind three extension headers: the port filter of rule 19 matches.
+    let ip = ipv6_ext(
+        v6(UE1_V6),
+        dst,
+        &[hbh.clone(), routing.clone(), dst_opts.clone()],
+        17,
+        64,
+        &udp(1234, 8050, b"q"),
+    );
+    check(Direction::Uplink, &gpdu(&ip), &local(&ip, 19, 1));
+    // A fragment, first or later, never matches a port filter: the prefix rule 21 does.
+    for (offset, more) in [(0, true), (3, false)] {
+        let ip = ipv6_ext(
+            v6(UE1_V6),
+            dst,
+            &[V6Ext::Fragment { offset, more }],
+            17,
+            64,
+            &udp(1234, 8050, b"q"),
+        );
+        let frame = gpdu(&ip);
+        check(Direction::Uplink, &frame, &pass(&frame, 21));
+    }
+    // ESP behind a destination options header: an upper layer without ports, which a
+    // protocol rule (20) matches.
+    let esp = ipv6_ext(v6(UE1_V6), dst, &[dst_opts.clone()], 50, 64, &[0; 24]);
+    let frame = gpdu(&esp);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::RuleDrop, Some(20), Some(1)),
+    );
+    // Beyond four extension headers the protocol is the fifth header's type: no ports.
+    let deep = ipv6_ext(
+        v6(UE1_V6),
+        dst,
+        &vec![dst_opts.clone(); 5],
+        17,
+        64,
+        &udp(1234, 8050, b"q"),
+    );
+    let frame = gpdu(&deep);
+    check(Direction::Uplink, &frame, &pass(&frame, 21));
+    // An extension header that runs past the packet is malformed.
+    let mut cut = ipv6_ext(v6(UE1_V6), dst, &[hbh], 17, 64, &[]);
+    cut.truncate(40 + 8);
+    cut[4..6].copy_from_slice(&8u16.to_be_bytes());
+    let frame = gpdu(&cut);
+    check(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Drop, Reason::MalformedInner, None, None),
+    );
+}
+
+#[test]
+fn configured_vlan_tags_are_pushed_on_decapsulated_and_encapsulated_frames() {
+    // QinQ towards the gNBs, one tag towards the local services.
+    let text = TABLES
+        .replace("mtu = 1500\n", "mtu = 1500\nvlan = [100, 200]\n")
+        .replace(
+            "next_hop_mac = \"02:00:00:00:04:02\"\n",
+            "next_hop_mac = \"02:00:00:00:04:02\"\nvlan = [300]\n",
+        );
+    let tables = mecgw::datapath::compile::from_toml(&text, "tagged tables").unwrap();
+    assert_eq!((tables.n3.vlan.len(), tables.local.vlan.len()), (2, 1));
+    let fp = FastPath::load().unwrap();
+    fp.install(&tables).unwrap();
+    let model = Model::new(&tables);
+    let tagged = |frame: Vec<u8>, tags: &[u8]| {
+        let mut f = frame;
+        f.splice(12..12, tags.iter().copied());
+        f
+    };
+    let both = |direction: Direction, frame: &[u8], want: &Judged| {
+        assert_eq!(&fp.judge(direction, frame).unwrap(), want, "kernel");
+        let m = match direction {
+            Direction::Uplink => model.uplink(frame),
+            Direction::Downlink => model.downlink(frame),
+        };
+        assert_eq!(&Judged::from(m), want, "model");
+    };
+
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    let mut want = local(&inner, 10, 1);
+    want.packet = tagged(want.packet, &[0x81, 0x00, 0x01, 0x2c]);
+    both(Direction::Uplink, &gpdu_v4(0x100, &[], &inner), &want);
+
+    let ip = ipv4(
+        v4("192.0.2.10"),
+        v4(UE1),
+        17,
+        64,
+        0,
+        &udp(53, 40000, b"answer"),
+    );
+    let mut want = encapsulated_v4(&ip, GNB1, 0x200, 9, 1);
+    want.packet = tagged(
+        want.packet,
+        &[0x88, 0xa8, 0x00, 0x64, 0x81, 0x00, 0x00, 0xc8],
+    );
+    both(Direction::Downlink, &from_local(&ip), &want);
+    let ip6 = ipv6(
+        v6("2001:db8:e::5"),
+        v6(UE2_V6),
+        17,
+        64,
+        &udp(53, 40000, b"six"),
+    );
+    let mut want = encapsulated_v6(&ip6, GNB2, 0x201, 5, 2);
+    want.packet = tagged(
+        want.packet,
+        &[0x88, 0xa8, 0x00, 0x64, 0x81, 0x00, 0x00, 0xc8],
+    );
+    both(Direction::Downlink, &from_local(&ip6), &want);
+}
+
+#[test]
+fn vlan_ids_out_of_range_or_more_than_two_tags_are_refused() {
+    for (line, message) in [
+        (
+            "vlan = [0]",
+            "n3.vlan: VLAN id 0 is out of range: it must be 1-4094",
+        ),
+        ("vlan = [4095]", "n3.vlan: VLAN id 4095 is out of range"),
+        ("vlan = [1, 2, 3]", "n3.vlan has 3 tags: at most 2 (QinQ)"),
+    ] {
+        let text = TABLES.replace("mtu = 1500\n", &format!("mtu = 1500\n{line}\n"));
+        let e = mecgw::datapath::compile::from_toml(&text, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(message), "{line}: {e}");
+    }
 }
 
 #[test]

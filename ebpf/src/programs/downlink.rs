@@ -25,7 +25,9 @@ use super::{
     counters::{Outcome, PdrHit, count_pdr, record, record_pdr},
     flows::{self, FlowHit},
     maps,
-    parse::{ETH_P_IPV4, ETH_P_IPV6, ethernet, frame_len, has_ports, view, write_at},
+    parse::{
+        ETH_P_IPV4, ETH_P_IPV6, ethernet_local, frame_len, has_ports, push_tags, view, write_at,
+    },
 };
 
 /// GTP-U header with optional fields and a downlink PDU Session Container: 8 + 4 + 4 bytes.
@@ -62,7 +64,7 @@ fn to_pfcp_ue(ctx: &XdpContext) -> Option<u32> {
     if config.flags & CONFIG_PFCP == 0 {
         return None;
     }
-    let l2 = ethernet(ctx)?;
+    let l2 = ethernet_local(ctx)?;
     if l2.ethertype == ETH_P_IPV4 {
         let h = view::<20>(ctx, l2.l3_off)?;
         (h[0] >> 4 == 4 && maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]]).is_some()).then_some(0)
@@ -102,7 +104,7 @@ fn classify_pfcp<const V6: bool>(ctx: &XdpContext, pdr: &mut PdrHit) -> Outcome 
     let Some((_, config)) = maps::active() else {
         return not_for_ue;
     };
-    let Some(l2) = ethernet(ctx) else {
+    let Some(l2) = ethernet_local(ctx) else {
         return not_for_ue;
     };
     let l3 = l2.l3_off;
@@ -174,7 +176,7 @@ fn classify(ctx: &XdpContext) -> Outcome {
     let Some((generation, config)) = maps::active() else {
         return not_for_ue;
     };
-    let Some(l2) = ethernet(ctx) else {
+    let Some(l2) = ethernet_local(ctx) else {
         return not_for_ue;
     };
     let l3 = l2.l3_off;
@@ -405,7 +407,7 @@ fn encapsulate(
     } else {
         write_v4(ctx, config, s, udp_len, &gtp)
     };
-    if written.is_none() {
+    if written.is_none() || push_tags(ctx, &config.n3_tags, config.n3_tag_count).is_none() {
         return internal;
     }
     // SAFETY: plain helper call with an interface index and no flags.

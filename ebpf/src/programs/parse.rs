@@ -8,8 +8,13 @@
 //! which the verifier cannot use to prove a variable-offset read safe. Single bytes are
 //! taken from wider reads that the packet format guarantees anyway.
 
-use aya_ebpf::programs::XdpContext;
-use mecgw_ebpf::{EXT_PDU_SESSION_CONTAINER, GTP_TYPE_GPDU, GTPU_PORT, MAX_EXT_HEADERS, Reason};
+use aya_ebpf::{
+    helpers::generated::bpf_xdp_adjust_head, macros::map, maps::PerCpuArray, programs::XdpContext,
+};
+use mecgw_ebpf::{
+    EXT_PDU_SESSION_CONTAINER, GTP_TYPE_GPDU, GTPU_PORT, IPV6_FRAGMENT, MAX_EXT_HEADERS,
+    MAX_IPV6_EXT_HEADERS, Reason, is_ipv6_ext,
+};
 
 /// No packet offset we read is larger: keeps variable offsets bounded for the verifier.
 pub const MAX_OFFSET: usize = 0x3fff;
@@ -19,6 +24,7 @@ pub const NO_QFI: u32 = 0xff;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
@@ -81,25 +87,159 @@ pub fn write_at<const N: usize>(ctx: &XdpContext, off: usize, bytes: [u8; N]) ->
     Some(())
 }
 
-/// Ethernet, with at most one 802.1Q tag.
+/// Turns the untagged Ethernet frame in the packet into one with `count` (0-2) of `tags`
+/// (wire bytes, outermost first) after its MAC addresses: the head grows by 4 bytes a tag and
+/// the addresses move to the new start. `None` if the kernel refuses to grow the head.
+#[inline(always)]
+pub fn push_tags(ctx: &XdpContext, tags: &[u8; 8], count: u32) -> Option<()> {
+    if count == 0 {
+        return Some(());
+    }
+    let macs = bytes_at::<12>(ctx, 0)?;
+    let grow: i32 = if count == 1 { 4 } else { 8 };
+    // SAFETY: the helper is given the program's own context; every packet pointer after this
+    // is re-derived through `ptr_at`.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return None;
+    }
+    write_at(ctx, 0, macs)?;
+    if count == 1 {
+        write_at(ctx, 12, [tags[0], tags[1], tags[2], tags[3]])
+    } else {
+        write_at(ctx, 12, *tags)
+    }
+}
+
+/// Ethernet, with up to two VLAN tags (802.1Q, or an 802.1ad S-tag: QinQ).
 pub struct L2 {
-    /// Offset of the L3 header (14, or 18 with a VLAN tag).
+    /// Offset of the L3 header (14, 18 with one tag, 22 with two).
     pub l3_off: usize,
+    /// The EtherType after the tags; a third tag's TPID, which no caller takes for IP.
     pub ethertype: u16,
+}
+
+#[inline(always)]
+fn is_vlan(tpid: u16) -> bool {
+    tpid == ETH_P_8021Q || tpid == ETH_P_8021AD
 }
 
 #[inline(always)]
 pub fn ethernet(ctx: &XdpContext) -> Option<L2> {
     let ethertype = be16_at(ctx, 12)?;
-    if ethertype == ETH_P_8021Q {
+    if !is_vlan(ethertype) {
+        return Some(L2 {
+            l3_off: 14,
+            ethertype,
+        });
+    }
+    let ethertype = be16_at(ctx, 16)?;
+    if !is_vlan(ethertype) {
         return Some(L2 {
             l3_off: 18,
-            ethertype: be16_at(ctx, 16)?,
+            ethertype,
         });
     }
     Some(L2 {
-        l3_off: 14,
-        ethertype,
+        l3_off: 22,
+        ethertype: be16_at(ctx, 20)?,
+    })
+}
+
+/// Ethernet as the local-services side sends it: at most one 802.1Q tag, as before QinQ.
+/// QinQ is N3's; a second tag on this side leaves a TPID as EtherType (not for a UE). One
+/// tag less to look through keeps the downlink programs within the verifier's budget.
+#[inline(always)]
+pub fn ethernet_local(ctx: &XdpContext) -> Option<L2> {
+    let ethertype = be16_at(ctx, 12)?;
+    if ethertype != ETH_P_8021Q {
+        return Some(L2 {
+            l3_off: 14,
+            ethertype,
+        });
+    }
+    Some(L2 {
+        l3_off: 18,
+        ethertype: be16_at(ctx, 16)?,
+    })
+}
+
+/// Where an IPv6 packet's upper layer is, behind its extension headers.
+pub struct V6Upper {
+    /// The upper-layer protocol; an extension header's type if there were more than
+    /// [`MAX_IPV6_EXT_HEADERS`].
+    pub proto: u8,
+    /// Offset of the upper-layer header from the IPv6 header.
+    pub l4: usize,
+    /// A fragment header with a fragment offset or more-fragments: no ports.
+    pub fragment: bool,
+}
+
+/// Walks the extension headers of the IPv6 packet at `off`, `len` bytes long, whose fixed
+/// header says `next`. `None` if one runs past `len`.
+#[inline(always)]
+pub fn ipv6_upper(ctx: &XdpContext, off: usize, len: usize, next: u8) -> Option<V6Upper> {
+    let mut up = V6Upper {
+        proto: next,
+        l4: 40,
+        fragment: false,
+    };
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if !is_ipv6_ext(up.proto) {
+            break;
+        }
+        // Every extension header walked is a multiple of 8 bytes, at least 8.
+        let h = view::<8>(ctx, off + up.l4)?;
+        let hlen = if up.proto == IPV6_FRAGMENT {
+            up.fragment |= u16::from_be_bytes([h[2], h[3]]) & 0xfff9 != 0;
+            8
+        } else {
+            (h[1] as usize + 1) * 8
+        };
+        if up.l4 + hlen > len {
+            return None;
+        }
+        up.proto = h[0];
+        up.l4 += hlen;
+    }
+    if up.l4 == 40 {
+        return Some(up);
+    }
+    // Behind extension headers (rare): the verifier would carry each walk's own offset range
+    // through everything after it, and the paths multiply across the outer walk, the GTP-U
+    // extension headers and the inner walk. Passed through a map, the results are plain
+    // bounded scalars whatever the walk, so the states after it prune into one.
+    launder_upper(up)
+}
+
+/// One per-CPU slot that parse results pass through ([`launder`]).
+#[map(name = "PARSE_SCRATCH")]
+static PARSE_SCRATCH: PerCpuArray<[u32; 3]> = PerCpuArray::with_max_entries(1, 0);
+
+/// `v` as the verifier sees a map value: unknown scalars, the same whatever path computed
+/// them, so that the states after a variable-length header prune into one instead of
+/// multiplying through every later step. Callers bound what they read back. Only on the
+/// less common paths (tags, extension headers): a per-CPU array lookup is inlined by the
+/// kernel, but still costs a few instructions.
+#[inline(always)]
+fn launder(v: [u32; 3]) -> Option<[u32; 3]> {
+    let slot = PARSE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, which nothing else uses during this program run; plain u32s.
+    unsafe {
+        *slot = v;
+        Some(core::ptr::read_volatile(slot))
+    }
+}
+
+#[inline(always)]
+fn launder_upper(up: V6Upper) -> Option<V6Upper> {
+    let v = launder([up.proto as u32, up.l4 as u32, up.fragment as u32])?;
+    if v[1] as usize > 40 + MAX_IPV6_EXT_HEADERS * 2048 || v[0] > 255 {
+        return None;
+    }
+    Some(V6Upper {
+        proto: v[0] as u8,
+        l4: v[1] as usize,
+        fragment: v[2] != 0,
     })
 }
 
@@ -127,8 +267,8 @@ pub fn has_ports(proto: u8) -> bool {
 /// Parses the IP packet at `off` whose exact length is `len`.
 ///
 /// IPv4: IHL ≥ 5, header inside `len`, total length == `len`. IPv6: payload length + 40 ==
-/// `len`; extension headers are not walked (the protocol is the first Next Header). Ports are
-/// read only from an unfragmented packet.
+/// `len`; extension headers are walked ([`ipv6_upper`]): the protocol is the upper layer's.
+/// Ports are read only from an unfragmented packet.
 #[inline(always)]
 pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reason> {
     // Every IP packet we accept is at least 20 bytes, so reading them first rejects nothing
@@ -172,8 +312,10 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
             info.ttl = h[7];
             info.src = [word(h, 8), word(h, 12), word(h, 16), word(h, 20)];
             info.dst = [word(h, 24), word(h, 28), word(h, 32), word(h, 36)];
-            fragment = false;
-            l4_off = 40;
+            let up = ipv6_upper(ctx, off, len, info.proto).ok_or(Reason::MalformedInner)?;
+            info.proto = up.proto;
+            fragment = up.fragment;
+            l4_off = up.l4;
         }
         _ => return Err(Reason::MalformedInner),
     }
@@ -191,6 +333,8 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
 
 /// A parsed G-PDU.
 pub struct Gpdu {
+    /// Offset of the outer UDP header (behind IPv4 options or IPv6 extension headers).
+    pub udp_off: usize,
     pub teid: u32,
     /// QFI of the last PDU Session Container, or [`NO_QFI`].
     pub qfi: u32,
@@ -218,7 +362,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
             return Err(Reason::NotGtp);
         }
         if (u16::from_be_bytes([h[6], h[7]]) & 0x3fff) != 0 {
-            return Err(Reason::NotGtp); // outer fragment: the kernel reassembles
+            return Err(Reason::OuterFragment); // the kernel reassembles
         }
         let total = u16::from_be_bytes([h[2], h[3]]) as usize;
         udp_off = l3 + ihl;
@@ -229,13 +373,24 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
         };
     } else if l2.ethertype == ETH_P_IPV6 {
         let h = view::<40>(ctx, l3).ok_or(Reason::NotGtp)?;
-        if h[0] >> 4 != 6 || h[6] != IPPROTO_UDP {
+        if h[0] >> 4 != 6 {
             return Err(Reason::NotGtp);
         }
         let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
-        udp_off = l3 + 40;
-        ip_payload_len = if l3 + 40 + payload <= avail {
-            payload
+        let whole = l3 + 40 + payload <= avail;
+        // Extension headers are walked within the packet as its length says, or as far as
+        // the frame goes if that is wrong (a wrong length is malformed GTP-U below).
+        let len = if whole { 40 + payload } else { avail - l3 };
+        let up = ipv6_upper(ctx, l3, len, h[6]).ok_or(Reason::NotGtp)?;
+        if up.proto != IPPROTO_UDP {
+            return Err(Reason::NotGtp);
+        }
+        if up.fragment {
+            return Err(Reason::OuterFragment); // the kernel reassembles
+        }
+        udp_off = l3 + up.l4;
+        ip_payload_len = if whole {
+            40 + payload - up.l4
         } else {
             usize::MAX
         };
@@ -307,6 +462,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
     let inner_len = udp_end - pos;
     let inner = inner_ip(ctx, pos, inner_len)?;
     Ok(Gpdu {
+        udp_off,
         teid,
         qfi,
         inner_off: pos,

@@ -37,8 +37,8 @@ use super::{
     counters::{Outcome, PdrHit, record_pdr},
     flows, maps,
     parse::{
-        self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, be16_at, ethernet, frame_len, view, word,
-        write_at,
+        self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, be16_at, ethernet, frame_len, ipv6_upper, view,
+        word, write_at,
     },
     uplink::{by_default, count_flow, decapsulate},
 };
@@ -144,7 +144,7 @@ fn classify(ctx: &XdpContext, len: u64) -> Decided {
     };
     let pdu = match parse::gpdu(ctx) {
         Ok(p) => p,
-        Err(r @ (Reason::NotGtp | Reason::GtpSignalling)) => {
+        Err(r @ (Reason::NotGtp | Reason::GtpSignalling | Reason::OuterFragment)) => {
             return Decided::Done(Outcome::new(Verdict::Pass, r), PdrHit::NONE);
         }
         Err(r) => return Decided::Done(by_default(config.malformed, r), PdrHit::NONE),
@@ -349,10 +349,17 @@ fn retunnel(ctx: &XdpContext, config: &Config, target: &TunnelTarget) -> Outcome
         let Some(h) = view::<40>(ctx, l3) else {
             return internal;
         };
+        let total = u16::from_be_bytes([h[4], h[5]]) + 40;
         fib.family = 10; // AF_INET6
-        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([h[4], h[5]]) + 40;
+        fib.__bindgen_anon_1.tot_len = total;
         fib.__bindgen_anon_4.ipv6_dst = target.addr;
-        udp_off = l3 + 40;
+        // Behind the extension headers, as the uplink program found it.
+        let Some(up) = ipv6_upper(ctx, l3, total as usize, h[6]) else {
+            return internal;
+        };
+        // Opaque to LLVM, so that every read at it keeps its own bounds check (the verifier
+        // cannot follow one LLVM derives from another with this variable offset).
+        udp_off = core::hint::black_box(l3 + up.l4);
     } else {
         let Some(h) = view::<20>(ctx, l3) else {
             return internal;

@@ -51,7 +51,9 @@ fn classify(ctx: &XdpContext) -> Outcome {
     };
     let pdu = match parse::gpdu(ctx) {
         Ok(p) => p,
-        Err(r @ (Reason::NotGtp | Reason::GtpSignalling)) => return Outcome::new(Verdict::Pass, r),
+        Err(r @ (Reason::NotGtp | Reason::GtpSignalling | Reason::OuterFragment)) => {
+            return Outcome::new(Verdict::Pass, r);
+        }
         Err(r) => return by_default(config.malformed, r),
     };
     if config.flags & CONFIG_PFCP != 0 && pdu.teid >= config.pfcp_teid_min {
@@ -304,7 +306,10 @@ pub(super) fn decapsulate(
     eth[..6].copy_from_slice(&config.local_next_hop_mac);
     eth[6..12].copy_from_slice(&config.local_mac);
     eth[12..].copy_from_slice(&ethertype.to_be_bytes());
-    if write_at(ctx, 0, eth).is_none() || decrement_ttl(ctx, 14, pdu.inner.v6).is_none() {
+    if write_at(ctx, 0, eth).is_none()
+        || decrement_ttl(ctx, 14, pdu.inner.v6).is_none()
+        || parse::push_tags(ctx, &config.local_tags, config.local_tag_count).is_none()
+    {
         return internal;
     }
     // SAFETY: plain helper call with an interface index and no flags.

@@ -26,7 +26,7 @@ use std::{
 
 use mecgw_ebpf::{
     MAX_CANDIDATES, MAX_DST_PREFIXES, MAX_N3_MTU, MAX_PORT_RANGES, MAX_RULES, MAX_SESSIONS,
-    MAX_SRC_PREFIXES, MIN_N3_MTU,
+    MAX_SRC_PREFIXES, MAX_VLAN_TAGS, MIN_N3_MTU,
 };
 
 pub use super::tables::problems::{MAX_REPORTED_PROBLEMS, Place, Problem, Problems};
@@ -206,6 +206,19 @@ fn check(tables: &Tables, out: &mut Vec<Problem>) {
             "n3.mtu = {} is out of range: it must be {MIN_N3_MTU}-{MAX_N3_MTU}",
             tables.n3.mtu
         ));
+    }
+    for (side, tags) in [("n3", &tables.n3.vlan), ("local", &tables.local.vlan)] {
+        if tags.len() > MAX_VLAN_TAGS {
+            global(format!(
+                "{side}.vlan has {} tags: at most {MAX_VLAN_TAGS} (QinQ)",
+                tags.len()
+            ));
+        }
+        if let Some(bad) = tags.iter().find(|&&v| !(1..=4094).contains(&v)) {
+            global(format!(
+                "{side}.vlan: VLAN id {bad} is out of range: it must be 1-4094"
+            ));
+        }
     }
     if tables.sessions.len() > MAX_SESSIONS as usize {
         global(format!(

@@ -234,6 +234,10 @@ impl GenerationEntries {
             local_next_hop_mac: tables.local.next_hop_mac.0,
             n3_mac: tables.n3.mac.0,
             n3_next_hop_mac: tables.n3.next_hop_mac.0,
+            n3_tags: mecgw_ebpf::vlan_tags(&tables.n3.vlan),
+            n3_tag_count: tables.n3.vlan.len() as u32,
+            local_tags: mecgw_ebpf::vlan_tags(&tables.local.vlan),
+            local_tag_count: tables.local.vlan.len() as u32,
             ..Config::default()
         };
         if let Some(a) = tables.n3.ipv4 {

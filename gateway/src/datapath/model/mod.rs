@@ -13,7 +13,7 @@ use std::{
 
 use mecgw_ebpf::{
     ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6, EXT_PDU_SESSION_CONTAINER, GTP_TYPE_GPDU, GTPU_PORT,
-    MAX_EXT_HEADERS, Reason, Verdict,
+    IPV6_FRAGMENT, MAX_EXT_HEADERS, MAX_IPV6_EXT_HEADERS, Reason, Verdict, is_ipv6_ext,
 };
 
 pub mod pfcp;
@@ -129,7 +129,7 @@ impl Model {
         };
         let pdu = match parse_gpdu(frame) {
             Ok(p) => p,
-            Err(r @ (Reason::NotGtp | Reason::GtpSignalling)) => {
+            Err(r @ (Reason::NotGtp | Reason::GtpSignalling | Reason::OuterFragment)) => {
                 return keep(Verdict::Pass, r, None);
             }
             Err(r) => return keep(by(t.defaults.malformed), r, None),
@@ -191,6 +191,7 @@ impl Model {
         let at = packet.len();
         packet.extend_from_slice(inner);
         decrement_ttl(&mut packet[at..], pdu.inner.src.is_ipv6());
+        push_tags(&mut packet, &t.local.vlan);
         Outcome {
             verdict: Verdict::Redirect,
             reason: Reason::RuleLocal,
@@ -209,7 +210,7 @@ impl Model {
             Outcome::unchanged(frame, verdict, reason, session.map(|s| s.id))
         };
         let not_for_ue = keep(Verdict::Pass, Reason::NotForUe, None);
-        let Some((l3, ethertype)) = parse_ethernet(frame) else {
+        let Some((l3, ethertype)) = parse_ethernet_local(frame) else {
             return not_for_ue;
         };
         let (session, total, v6, ttl) = match ethertype {
@@ -344,6 +345,8 @@ fn downlink_flow(session: u32, ip: &[u8], v6: bool) -> FlowHit {
         let mut d = [0u8; 16];
         s.copy_from_slice(&ip[8..24]);
         d.copy_from_slice(&ip[24..40]);
+        // As the program: the first Next Header (the downlink does not walk extension
+        // headers; see docs/fastpath.md).
         (IpAddr::from(d), IpAddr::from(s), ip[6], Some(40))
     } else {
         let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
@@ -411,12 +414,58 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
+/// The L3 offset and EtherType behind up to two VLAN tags (802.1Q or 802.1ad each); with a
+/// third, the EtherType is that tag's TPID, which nothing takes for IP.
 fn parse_ethernet(f: &[u8]) -> Option<(usize, u16)> {
+    parse_ethernet_tags(f, mecgw_ebpf::MAX_VLAN_TAGS)
+}
+
+/// The local-services side (downlink): at most one 802.1Q tag.
+fn parse_ethernet_local(f: &[u8]) -> Option<(usize, u16)> {
     let t = be16(f, 12)?;
     if t == 0x8100 {
         return Some((18, be16(f, 16)?));
     }
     Some((14, t))
+}
+
+fn parse_ethernet_tags(f: &[u8], max: usize) -> Option<(usize, u16)> {
+    let vlan = |t: u16| t == 0x8100 || t == 0x88a8;
+    let mut l3 = 14;
+    let mut t = be16(f, 12)?;
+    for _ in 0..max {
+        if !vlan(t) {
+            break;
+        }
+        t = be16(f, l3 + 2)?;
+        l3 += 4;
+    }
+    Some((l3, t))
+}
+
+/// The upper layer of the IPv6 packet `p` (its first `len` bytes are the packet) behind at
+/// most [`MAX_IPV6_EXT_HEADERS`] extension headers: (protocol, offset, fragment: a fragment
+/// header with an offset or more-fragments). `None` if an extension header runs past `len`.
+fn ipv6_upper(p: &[u8], len: usize) -> Option<(u8, usize, bool)> {
+    let (mut proto, mut l4, mut fragment) = (p[6], 40, false);
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if !is_ipv6_ext(proto) {
+            break;
+        }
+        let h = p.get(l4..l4 + 8)?;
+        let hlen = if proto == IPV6_FRAGMENT {
+            fragment |= u16::from_be_bytes([h[2], h[3]]) & 0xfff9 != 0;
+            8
+        } else {
+            (usize::from(h[1]) + 1) * 8
+        };
+        if l4 + hlen > len {
+            return None;
+        }
+        proto = h[0];
+        l4 += hlen;
+    }
+    Some((proto, l4, fragment))
 }
 
 fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
@@ -429,7 +478,7 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
                 return Err(Reason::NotGtp);
             }
             if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
-                return Err(Reason::NotGtp);
+                return Err(Reason::OuterFragment);
             }
             let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
             let payload = (total >= ihl && l3 + total <= f.len()).then(|| total - ihl);
@@ -437,11 +486,20 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
         }
         0x86dd => {
             let h = f.get(l3..l3 + 40).ok_or(Reason::NotGtp)?;
-            if h[0] >> 4 != 6 || h[6] != 17 {
+            if h[0] >> 4 != 6 {
                 return Err(Reason::NotGtp);
             }
             let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
-            (l3 + 40, (l3 + 40 + payload <= f.len()).then_some(payload))
+            let whole = l3 + 40 + payload <= f.len();
+            let len = if whole { 40 + payload } else { f.len() - l3 };
+            let (proto, l4, fragment) = ipv6_upper(&f[l3..], len).ok_or(Reason::NotGtp)?;
+            if proto != 17 {
+                return Err(Reason::NotGtp);
+            }
+            if fragment {
+                return Err(Reason::OuterFragment);
+            }
+            (l3 + l4, whole.then(|| 40 + payload - l4))
         }
         _ => return Err(Reason::NotGtp),
     };
@@ -536,7 +594,8 @@ fn parse_inner(p: &[u8]) -> Result<Inner, Reason> {
             let mut d = [0u8; 16];
             s.copy_from_slice(&p[8..24]);
             d.copy_from_slice(&p[24..40]);
-            (IpAddr::from(s), IpAddr::from(d), p[6], p[7], 40, false)
+            let (proto, l4, fragment) = ipv6_upper(p, len).ok_or(Reason::MalformedInner)?;
+            (IpAddr::from(s), IpAddr::from(d), proto, p[7], l4, fragment)
         }
         _ => return Err(Reason::MalformedInner),
     };
@@ -654,5 +713,13 @@ fn encapsulate(t: &Tables, teid: u32, qfi: u8, gnb: IpAddr, inner: &[u8]) -> Vec
     }
     out.extend_from_slice(&gtp);
     out.extend_from_slice(inner);
+    push_tags(&mut out, &t.n3.vlan);
     out
+}
+
+/// Inserts the tags of VLAN ids `ids` (outermost first) after the MAC addresses of `frame`.
+fn push_tags(frame: &mut Vec<u8>, ids: &[u16]) {
+    let n = ids.len().min(mecgw_ebpf::MAX_VLAN_TAGS);
+    let tags = mecgw_ebpf::vlan_tags(ids);
+    frame.splice(12..12, tags[..4 * n].iter().copied());
 }

@@ -221,7 +221,11 @@ impl super::Model {
             out[l3 + 7] = 64;
             out[l3 + 8..l3 + 24].copy_from_slice(&src);
             out[l3 + 24..l3 + 40].copy_from_slice(&addr);
-            let udp = l3 + 40;
+            // Behind the extension headers, as the uplink found it.
+            let udp = match super::ipv6_upper(&out[l3..], outer_len) {
+                Some((_, l4, _)) => l3 + l4,
+                None => return keep(Verdict::Drop, Reason::Internal),
+            };
             out[udp + 12..udp + 16].copy_from_slice(&target.teid.to_be_bytes());
             // The UDP checksum over pseudo-header, UDP header and payload, from scratch
             // (a zero one, from a sender that computes none, stays zero). The kernel updates

@@ -41,6 +41,10 @@ pub struct N3Interface {
     pub ipv6: Option<Ipv6Addr>,
     /// Largest outer IP packet on N3, bytes (1280-9000).
     pub mtu: u32,
+    /// VLAN ids tagged onto encapsulated frames, outermost first: none (untagged), one
+    /// (802.1Q) or two (an 802.1ad S-tag over an 802.1Q C-tag: QinQ).
+    #[serde(default)]
+    pub vlan: Vec<u16>,
 }
 
 /// The local-services interface (towards the edge applications).
@@ -53,6 +57,10 @@ pub struct LocalInterface {
     pub mac: Mac,
     /// MAC of the next hop for decapsulated frames (the local router or service host).
     pub next_hop_mac: Mac,
+    /// VLAN ids tagged onto decapsulated frames, as for N3; none: untagged (whatever tags
+    /// the G-PDU came with on N3 are not carried over).
+    #[serde(default)]
+    pub vlan: Vec<u16>,
 }
 
 /// What happens to packets no rule speaks for.
