@@ -178,7 +178,7 @@ pub fn ipv4_options(
     options: &[u8],
     payload: &[u8],
 ) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let ihl = (20 + options.len()) / 4;
     let total = (20 + options.len() + payload.len()) as u16;
     let mut h = vec![0x40 | ihl as u8, 0];

@@ -919,7 +919,14 @@ fn inner_ipv6_extension_headers_give_the_upper_layer_and_its_ports() {
     }
     // ESP behind a destination options header: an upper layer without ports, which a
     // protocol rule (20) matches.
-    let esp = ipv6_ext(v6(UE1_V6), dst, &[dst_opts.clone()], 50, 64, &[0; 24]);
+    let esp = ipv6_ext(
+        v6(UE1_V6),
+        dst,
+        std::slice::from_ref(&dst_opts),
+        50,
+        64,
+        &[0; 24],
+    );
     let frame = gpdu(&esp);
     check(
         Direction::Uplink,

@@ -333,8 +333,6 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
 
 /// A parsed G-PDU.
 pub struct Gpdu {
-    /// Offset of the outer UDP header (behind IPv4 options or IPv6 extension headers).
-    pub udp_off: usize,
     pub teid: u32,
     /// QFI of the last PDU Session Container, or [`NO_QFI`].
     pub qfi: u32,
@@ -462,7 +460,6 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
     let inner_len = udp_end - pos;
     let inner = inner_ip(ctx, pos, inner_len)?;
     Ok(Gpdu {
-        udp_off,
         teid,
         qfi,
         inner_off: pos,
