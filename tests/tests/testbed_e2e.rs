@@ -379,7 +379,7 @@ fn rule_switch(datapath: DatapathChoice) {
 }
 
 #[test]
-fn restarting_or_killing_the_gateway_leaves_no_program_behind() {
+fn restarting_or_killing_the_gateway_leaves_nothing_behind_once_the_testbed_goes() {
     let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
     let bin = mecgw_tests::bin_dir().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -391,8 +391,9 @@ fn restarting_or_killing_the_gateway_leaves_no_program_behind() {
     assert!(gw.stop().unwrap().success());
     assert!(!testbed::xdp_attached(&N3).unwrap() && !testbed::xdp_attached(&LOCAL).unwrap());
 
-    // A restart attaches again (nothing stale is in the way); SIGKILL still detaches,
-    // because the programs hang on bpf_links owned by the process.
+    // A restart attaches again (nothing stale is in the way). SIGKILL leaves the programs
+    // forwarding (their links are pinned: daemon_hitless.rs), and the testbed's teardown
+    // removes the pins with the namespaces, so nothing stays in the kernel.
     gw.restart(&bin, dir.path()).unwrap();
     assert!(testbed::xdp_attached(&N3).unwrap());
     gw.children.signal(gw.mecgw, libc::SIGKILL).unwrap();
@@ -401,7 +402,13 @@ fn restarting_or_killing_the_gateway_leaves_no_program_behind() {
         assert!(start.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!testbed::xdp_attached(&N3).unwrap() && !testbed::xdp_attached(&LOCAL).unwrap());
+    assert!(testbed::xdp_attached(&N3).unwrap() && testbed::xdp_attached(&LOCAL).unwrap());
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata(Path::new("/run/netns").join(testbed::NS_MEC))
+        .unwrap()
+        .ino();
+    let pins = Path::new(testbed::PIN_ROOT).join(format!("net-{inode}"));
+    assert!(pins.join("links").join(N3.link).exists(), "{pins:?}");
 
     drop(gw);
     drop(bed);
@@ -409,4 +416,5 @@ fn restarting_or_killing_the_gateway_leaves_no_program_behind() {
         let out = testbed::capture(&["ip", "netns", "pids", ns]).unwrap();
         assert!(!out.status.success(), "namespace {ns} left behind");
     }
+    assert!(!pins.exists(), "pins left behind: {pins:?}");
 }
