@@ -323,11 +323,20 @@ impl Drop for InstancePins {
         if self.settled {
             return;
         }
+        // A failed start: what cannot be undone is said, with the way to remove it.
         for iface in &self.attached {
-            let _ = self.dir.unpin_link(iface);
+            if let Err(e) = self.dir.unpin_link(iface) {
+                tracing::warn!(error = %e, "the program stays on {iface}: run `mecgw datapath detach`");
+            }
         }
-        if self.replaced.is_empty() {
-            let _ = std::fs::remove_dir_all(&self.instance);
+        if self.replaced.is_empty()
+            && let Err(e) = std::fs::remove_dir_all(&self.instance)
+        {
+            tracing::warn!(
+                instance = %self.instance.display(),
+                error = %e,
+                "the failed start's pins stay: run `mecgw datapath detach`"
+            );
         }
     }
 }
