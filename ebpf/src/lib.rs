@@ -88,6 +88,9 @@ pub mod names {
     pub const MAP_PFCP_UE_V6: &str = "PFCP_UE_V6";
     /// Per-CPU packet/byte counters indexed by a PDR's counter slot.
     pub const MAP_PDR_COUNTERS: &str = "PDR_COUNTERS";
+    /// [`super::CarriedKey`] → [`super::Counter`]: what earlier instances of the daemon counted,
+    /// carried over at a restart. Written by userspace only; no program touches it.
+    pub const MAP_CARRIED: &str = "CARRIED";
 }
 
 /// UDP port of GTP-U (TS 29.281).
@@ -384,6 +387,33 @@ impl Counter {
         }
     }
 }
+
+/// Which counter a [`CarriedKey`] names: a verdict, a reason, a rule, a session's direction.
+pub mod carried {
+    /// `id` is a [`super::Verdict`].
+    pub const VERDICT: u32 = 0;
+    /// `id` is a [`super::Reason`].
+    pub const REASON: u32 = 1;
+    /// `id` is a rule id.
+    pub const RULE: u32 = 2;
+    /// `id` is a session id; the uplink counter.
+    pub const SESSION_UPLINK: u32 = 3;
+    /// `id` is a session id; the downlink counter.
+    pub const SESSION_DOWNLINK: u32 = 4;
+}
+
+/// Key of the carried-over counters ([`names::MAP_CARRIED`]): counters are carried by what
+/// they count (operator-visible ids), not by counter slot, which each instance assigns anew.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CarriedKey {
+    /// One of [`carried`].
+    pub kind: u32,
+    pub id: u32,
+}
+
+/// Entries of [`names::MAP_CARRIED`]: every verdict, reason, rule and session direction.
+pub const MAX_CARRIED: u32 = Verdict::COUNT + Reason::COUNT + MAX_RULES + 2 * MAX_SESSIONS;
 
 /// [`SessionEntry::flags`]: the session has a UE IPv4 address.
 pub const SESSION_HAS_UE_V4: u32 = 1;
@@ -764,6 +794,8 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: see above.
+    unsafe impl aya::Pod for super::CarriedKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SessionEntry {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RuleEntry {}
@@ -792,6 +824,7 @@ mod pod {
 }
 
 // No implicit padding: each size is the sum of its fields.
+const _: () = assert!(core::mem::size_of::<CarriedKey>() == 8);
 const _: () = assert!(core::mem::size_of::<SessionEntry>() == 6 * 4 + 4 + 16 * 3);
 const _: () = assert!(
     core::mem::size_of::<RuleEntry>()

@@ -213,6 +213,30 @@ fn no_packet_is_lost_across_kill_9_restart_and_an_upgrade_with_changed_programs(
     );
     assert_eq!(report.core, 0, "nothing may take the core path: {report:?}");
 
+    // Every packet since the first start, counted by four instances, is on /metrics: each
+    // carried the previous one's counters over (fastpath_restart.rs checks them per rule and
+    // session).
+    let metrics = testbed::ops_get("/metrics").unwrap().unwrap();
+    let reason = |r: &str| {
+        testbed::sample_value(
+            &metrics,
+            &format!("mecgw_fastpath_reason_packets_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(
+        (reason("rule_local"), reason("encapsulated")),
+        (
+            Some(warm.sent + report.sent),
+            Some(warm.local + report.local)
+        ),
+        "the fast path's counters across three restarts"
+    );
+    let carried = logged
+        .lines()
+        .filter(|l| l.contains("the previous instance's counters carried over"))
+        .count();
+    assert_eq!(carried, 3, "{logged}");
+
     // Only the running instance's pins are left; the previous three were released.
     let config = dir.path().join("mecgw.toml");
     let config = config.to_str().unwrap();

@@ -1,10 +1,13 @@
 //! Per-CPU counters. Per-CPU maps need no atomics (which the BPF target lacks for u64 adds)
 //! and never bounce cache lines between cores.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
 use mecgw_ebpf::{
-    Counter, Decision, MAX_PDR_COUNTERS, MAX_PFCP_SESSIONS, MAX_RULES, MAX_SESSIONS, NONE, Reason,
-    Verdict,
+    CarriedKey, Counter, Decision, MAX_CARRIED, MAX_PDR_COUNTERS, MAX_PFCP_SESSIONS, MAX_RULES,
+    MAX_SESSIONS, NONE, Reason, Verdict,
 };
 
 #[map(name = "VERDICTS")]
@@ -19,6 +22,12 @@ static SESSION_COUNTERS: PerCpuArray<Counter> =
 /// Per PFCP PDR: packets and inner IP bytes (what usage reports measure). Sized at load.
 #[map(name = "PDR_COUNTERS")]
 static PDR_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_PDR_COUNTERS, 0);
+/// What earlier instances counted (a restart carries their counters over): written by
+/// userspace only, read by the next instance; no program touches it. Entries are allocated
+/// as they are written.
+#[map(name = "CARRIED")]
+static CARRIED: HashMap<CarriedKey, Counter> =
+    HashMap::with_max_entries(MAX_CARRIED, super::maps::NO_PREALLOC);
 #[map(name = "LAST_DECISION")]
 static LAST_DECISION: PerCpuArray<Decision> = PerCpuArray::with_max_entries(1, 0);
 

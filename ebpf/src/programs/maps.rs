@@ -15,7 +15,7 @@ use mecgw_ebpf::{
 };
 
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert rather than all at load.
-const NO_PREALLOC: u32 = 1;
+pub(super) const NO_PREALLOC: u32 = 1;
 
 #[map(name = "ACTIVE_GEN")]
 static ACTIVE_GEN: Array<u32> = Array::with_max_entries(1, 0);

@@ -528,6 +528,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("listing the previous instances' pins")?;
             for dir in &previous {
                 adopt_flows(&fast_path, dir);
+                adopt_counters(&fast_path, dir);
             }
             let released = instance
                 .remove_previous()
@@ -1082,6 +1083,30 @@ fn adopt_flows(fast_path: &FastPath, previous: &std::path::Path) {
             instance = %previous.display(),
             error = %e,
             "could not adopt the previous instance's flows; they are lost"
+        ),
+    }
+}
+
+/// Carries the previous instance's fast-path counters (verdicts, reasons, and the rules and
+/// sessions these tables also have) into this daemon's, or says that they start over.
+fn adopt_counters(fast_path: &FastPath, previous: &std::path::Path) {
+    match fast_path.adopt_counters(previous) {
+        Ok(Some(a)) => info!(
+            instance = %previous.display(),
+            packets = a.packets,
+            rules = a.rules,
+            session_directions = a.sessions,
+            dropped = a.dropped,
+            "the previous instance's counters carried over"
+        ),
+        Ok(None) => info!(
+            instance = %previous.display(),
+            "the previous instance (an older build) pinned no counters: the fast path's counters start from zero"
+        ),
+        Err(e) => warn!(
+            instance = %previous.display(),
+            error = %e,
+            "could not carry the previous instance's counters over; they start from zero"
         ),
     }
 }

@@ -14,11 +14,13 @@
 //! - [`pfcp_maps`]: PFCP sessions' tunnels, downlinks and PDR counters (one generation,
 //!   written entry by entry);
 //! - [`live`]: benchmark support, a live-frames traffic generator and a counting sink;
-//! - [`pins`]: what outlives the daemon in bpffs (links, program arrays), for restarts and
-//!   upgrades that never take the programs off the interfaces.
+//! - [`pins`]: what outlives the daemon in bpffs (links, program arrays, maps), for restarts
+//!   and upgrades that never take the programs off the interfaces;
+//! - `carried`: counters carried over from a previous instance at such a restart.
 //!
 //! This module never parses packets itself.
 
+mod carried;
 pub mod compile;
 pub(crate) mod entries;
 mod flow_batch;
@@ -43,15 +45,18 @@ use aya::{
 };
 use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Decision, NONE, names};
 
-pub use self::flow_counters::{AdoptedFlows, FlowKey, FlowLosses, FlowSample};
+pub use self::{
+    carried::AdoptedCounters,
+    flow_counters::{AdoptedFlows, FlowKey, FlowLosses, FlowSample},
+};
 
 pub use mecgw_ebpf::{Counter, Reason, Verdict};
 
+use self::{carried::Carried, flow_counters::FlowMaps, writer::TableWriter};
 pub use self::{
     compile::{CompiledTables, Problems},
     tables::{Tables, TablesError},
 };
-use self::{flow_counters::FlowMaps, writer::TableWriter};
 
 /// The eBPF object built by `build.rs` for `bpfel-unknown-none`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mecgw-xdp"));
@@ -274,6 +279,8 @@ pub struct FastPath {
     writer: Mutex<TableWriter>,
     flows: Mutex<FlowMaps>,
     pfcp: Mutex<pfcp_maps::PfcpMaps>,
+    /// What previous instances counted ([`FastPath::adopt_counters`]).
+    carried: Mutex<Carried>,
     /// The program arrays of the tail calls between programs (see `load_with`).
     _tail_calls: Vec<aya::maps::ProgramArray<MapData>>,
     last: Mutex<PerCpuArray<MapData, Decision>>,
@@ -429,12 +436,14 @@ impl FastPath {
         }
         if let Some(dir) = pins {
             // For the next instance to harvest what these programs count after this
-            // process's last harvest (FastPath::adopt_flows).
-            for map in names::MAP_FLOWS {
+            // process's last harvest (FastPath::adopt_flows), and to carry their counters
+            // over, by the ids of the tables in force (FastPath::adopt_counters).
+            for map in names::MAP_FLOWS.into_iter().chain(PINNED_FOR_COUNTERS) {
                 pin_map(&ebpf, map, dir)?;
             }
         }
         let writer = TableWriter::new(&mut ebpf, options.pfcp.map(|p| p.teid_min))?;
+        let carried = Carried::new(&mut ebpf)?;
         let flows = FlowMaps::new(&mut ebpf)?;
         let pfcp = pfcp_maps::PfcpMaps::new(&mut ebpf, options.pfcp)?;
         let last = ebpf
@@ -457,6 +466,7 @@ impl FastPath {
             writer: Mutex::new(writer),
             flows: Mutex::new(flows),
             pfcp: Mutex::new(pfcp),
+            carried: Mutex::new(carried),
             _tail_calls: tail_calls,
             last: Mutex::new(last),
             bench: Mutex::new(bench),
@@ -467,7 +477,12 @@ impl FastPath {
     /// Installs `tables`; from the moment this returns, every packet is judged by them, and
     /// none is ever judged by a mixture of old and new tables.
     pub fn install(&self, tables: &CompiledTables) -> Result<(), DatapathError> {
-        self.lock_writer()?.install(tables)
+        let mut writer = self.lock_writer()?;
+        writer.install(tables)?;
+        // A rule or session that is gone takes its carried count with it, as its slot's.
+        let rules = tables.rules.iter().map(|r| r.id).collect();
+        let sessions = tables.sessions.iter().map(|s| s.id).collect();
+        self.lock_carried()?.retain(&rules, &sessions)
     }
 
     fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, TableWriter>, DatapathError> {
@@ -710,34 +725,49 @@ impl FastPath {
         })
     }
 
-    /// Sums the per-CPU verdict counters (all programs together).
+    /// Sums the per-CPU verdict counters (all programs together), with what previous
+    /// instances counted ([`FastPath::adopt_counters`]).
     pub fn verdict_counters(&self) -> Result<Vec<(Verdict, Counter)>, DatapathError> {
         let map = self.counter_map(names::MAP_VERDICTS)?;
+        let carried = self.lock_carried()?;
         Verdict::ALL
             .iter()
-            .map(|&v| Ok((v, sum(&map, v as u32, names::MAP_VERDICTS)?)))
+            .map(|&v| {
+                let c = sum(&map, v as u32, names::MAP_VERDICTS)?;
+                Ok((v, c.plus(carried.verdict(v))))
+            })
             .collect()
     }
 
-    /// Sums the per-CPU reason counters (all programs together).
+    /// Sums the per-CPU reason counters (all programs together), with what previous
+    /// instances counted.
     pub fn reason_counters(&self) -> Result<Vec<(Reason, Counter)>, DatapathError> {
         let map = self.counter_map(names::MAP_REASONS)?;
+        let carried = self.lock_carried()?;
         Reason::ALL
             .iter()
-            .map(|&r| Ok((r, sum(&map, r as u32, names::MAP_REASONS)?)))
+            .map(|&r| {
+                let c = sum(&map, r as u32, names::MAP_REASONS)?;
+                Ok((r, c.plus(carried.reason(r))))
+            })
             .collect()
     }
 
-    /// The counter of rule `id`, if it is in the installed tables.
+    /// The counter of rule `id`, if it is in the installed tables, with what previous
+    /// instances counted for it.
     pub fn rule_counter(&self, id: u32) -> Result<Option<Counter>, DatapathError> {
         let w = self.lock_writer()?;
         match w.rule_slots.get(id) {
             None => Ok(None),
-            Some(slot) => sum(&w.rule_counters, slot, names::MAP_RULE_COUNTERS).map(Some),
+            Some(slot) => {
+                let c = sum(&w.rule_counters, slot, names::MAP_RULE_COUNTERS)?;
+                Ok(Some(c.plus(self.lock_carried()?.rule(id))))
+            }
         }
     }
 
-    /// The counter of session `id` in `direction`, if it is in the installed tables.
+    /// The counter of session `id` in `direction`, if it is in the installed tables, with what
+    /// previous instances counted for it.
     pub fn session_counter(
         &self,
         id: u32,
@@ -746,12 +776,15 @@ impl FastPath {
         let w = self.lock_writer()?;
         match w.session_slots.get(id) {
             None => Ok(None),
-            Some(slot) => sum(
-                &w.session_counters,
-                slot * 2 + direction.index(),
-                names::MAP_SESSION_COUNTERS,
-            )
-            .map(Some),
+            Some(slot) => {
+                let c = sum(
+                    &w.session_counters,
+                    slot * 2 + direction.index(),
+                    names::MAP_SESSION_COUNTERS,
+                )?;
+                let carried = self.lock_carried()?.session(id, direction.index());
+                Ok(Some(c.plus(carried)))
+            }
         }
     }
 
@@ -777,6 +810,26 @@ impl FastPath {
         })
     }
 }
+
+/// The maps besides the flow maps that an instance pins for the next one to carry its
+/// counters over ([`FastPath::adopt_counters`]): the counters, and the tables in force, which
+/// say whose counter each slot is.
+const PINNED_FOR_COUNTERS: [&str; 14] = [
+    names::MAP_CARRIED,
+    names::MAP_VERDICTS,
+    names::MAP_REASONS,
+    names::MAP_RULE_COUNTERS,
+    names::MAP_SESSION_COUNTERS,
+    names::MAP_ACTIVE,
+    names::MAP_SESSIONS[0],
+    names::MAP_SESSIONS[1],
+    names::MAP_RULES[0],
+    names::MAP_RULES[1],
+    names::MAP_DST_V4[0],
+    names::MAP_DST_V4[1],
+    names::MAP_DST_V6[0],
+    names::MAP_DST_V6[1],
+];
 
 /// Pins map `name` of `ebpf` as `dir/name`.
 fn pin_map(ebpf: &Ebpf, name: &'static str, dir: &Path) -> Result<(), DatapathError> {

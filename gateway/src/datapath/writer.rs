@@ -136,7 +136,7 @@ impl TableWriter {
     }
 }
 
-fn zeroes() -> Result<PerCpuValues<Counter>, DatapathError> {
+pub(super) fn zeroes() -> Result<PerCpuValues<Counter>, DatapathError> {
     let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
     PerCpuValues::try_from(vec![Counter::default(); n]).map_err(DatapathError::Io)
 }
