@@ -301,6 +301,10 @@ fn test_on_testbed(bin: &Path, conf: &Path) -> anyhow::Result<()> {
     let network = format!("ns:/run/netns/{}", testbed::NS_MEC);
     let image = format!("{NAME}:{TAG}");
     let config = format!("{dir_s}/mecgw.toml");
+    // The testbed's gateway config pins under the tests' own bpffs (`[xdp] pin_dir`), which
+    // the testbed's teardown cleans; a deployment mounts the host's /sys/fs/bpf only.
+    let pins = testbed::pin_root()?;
+    let pins = format!("{pins}:{pins}");
     container_tool(
         conf,
         "podman",
@@ -321,6 +325,8 @@ fn test_on_testbed(bin: &Path, conf: &Path) -> anyhow::Result<()> {
             "--read-only",
             "--volume",
             "/sys/fs/bpf:/sys/fs/bpf",
+            "--volume",
+            &pins,
             "--volume",
             &volume,
             &image,

@@ -548,7 +548,7 @@ impl FastPath {
                 let link = XdpLink::try_from(link).map_err(|e| pins::PinError {
                     action: "adopting the pinned link",
                     path: path.clone(),
-                    source: e.into(),
+                    error: e.into(),
                 })?;
                 xdp_program_mut(&mut self.ebpf, name)?
                     .attach_to_link(link)
@@ -576,12 +576,12 @@ impl FastPath {
         let link = FdLink::try_from(link).map_err(|e| pins::PinError {
             action: "pinning the link (the kernel attached without a bpf_link; Linux 5.9 or later has them)",
             path: path.clone(),
-            source: e.into(),
+            error: e.into(),
         })?;
         let pinned = link.pin(&path).map_err(|e| pins::PinError {
             action: "pinning the link",
             path,
-            source: e.into(),
+            error: e.into(),
         })?;
         self.pinned.push(pinned);
         Ok(Attachment::Attached)
@@ -841,7 +841,7 @@ fn pin_map(ebpf: &Ebpf, name: &'static str, dir: &Path) -> Result<(), DatapathEr
             DatapathError::Pin(pins::PinError {
                 action: "pinning the map",
                 path,
-                source: e.into(),
+                error: e.into(),
             })
         })
 }

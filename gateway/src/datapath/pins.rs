@@ -39,13 +39,13 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/mecgw";
 
 /// An error about the pinned objects, with the path it concerns.
 #[derive(Debug, thiserror::Error)]
-#[error("{action} {path}: {source}")]
+#[error("{action} {path}: {error}")]
 pub struct PinError {
     pub action: &'static str,
     pub path: PathBuf,
     /// Shown in the message (not as a separate cause, which would repeat it): an I/O error,
     /// or aya's for a pin, link or map operation.
-    pub source: Box<dyn std::error::Error + Send + Sync>,
+    pub error: Box<dyn std::error::Error + Send + Sync>,
 }
 
 fn pin_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinError + use<> {
@@ -53,7 +53,7 @@ fn pin_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinEr
     move |source| PinError {
         action,
         path,
-        source: source.into(),
+        error: source.into(),
     }
 }
 
@@ -86,7 +86,7 @@ impl PinDir {
         let not_bpffs = |path: &Path| PinError {
             action: "pinning BPF objects in",
             path: path.to_path_buf(),
-            source: "not on a BPF filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`; a \
+            error: "not on a BPF filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`; a \
                      container needs the host's /sys/fs/bpf mounted; `ip netns exec` hides it \
                      under a fresh /sys) or set [xdp] pin_dir to a directory on one"
                 .into(),
@@ -368,7 +368,7 @@ pub(crate) fn open_link(path: &Path) -> Result<Option<(FdLink, LinkState)>, PinE
     let pinned = PinnedLink::from_pin(path).map_err(|e| PinError {
         action: "opening the pinned link",
         path: path.to_path_buf(),
-        source: e.into(),
+        error: e.into(),
     })?;
     let link = FdLink::from(pinned);
     let state = link_state(&link).map_err(pin_err("reading the state of the link", path))?;
@@ -437,6 +437,16 @@ mod tests {
                 prog_id: 42
             })
         );
+    }
+
+    #[test]
+    fn a_pin_error_says_its_cause_once_in_a_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = PinDir::for_this_netns(dir.path())
+            .and_then(|d| d.create())
+            .expect_err("a tmpfs is not bpffs");
+        let text = format!("{:#}", anyhow::Error::from(e).context("[xdp] pin_dir"));
+        assert_eq!(text.matches("not on a BPF filesystem").count(), 1, "{text}");
     }
 
     #[test]
