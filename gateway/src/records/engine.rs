@@ -295,16 +295,10 @@ impl PrivacyPlane {
 /// released until the ledger is restored or reset and the daemon reloaded.
 fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<Engine> {
     let b = &policy.policy.budget;
-    let marker = match &settings.state_dir {
-        Some(dir) => Some(ledger_not_vanished(dir, &settings.ledger_dir)?),
-        None => None,
+    let ledger = match &settings.state_dir {
+        Some(dir) => open_ledger(dir, &settings.ledger_dir, b)?,
+        None => Ledger::open(&settings.ledger_dir, b.epsilon, b.delta, b.period.0)?,
     };
-    let ledger = Ledger::open(&settings.ledger_dir, b.epsilon, b.delta, b.period.0)?;
-    // The ledger exists now (its head is written with it): from here on, its vanishing is a
-    // finding.
-    if let Some(marker) = marker {
-        marker.record(LEDGER_COMPONENT)?;
-    }
     Ok(Engine::new(
         &policy.policy,
         &policy.source,
@@ -314,9 +308,25 @@ fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<En
     )?)
 }
 
+/// Opens the durable ledger in `ledger_dir` for `budget`, as the daemon and `mecgw policy
+/// apply --state` both do: refused if the marker of `state_dir` says a ledger existed there
+/// and it is now gone (ledger and head deleted together, which the chain alone cannot see),
+/// and recorded in the marker once open, so that from then on its vanishing is a finding.
+pub fn open_ledger(
+    state_dir: &Path,
+    ledger_dir: &Path,
+    budget: &mecgw_policy::model::Budget,
+) -> anyhow::Result<Ledger> {
+    let marker = ledger_not_vanished(state_dir, ledger_dir)?;
+    let ledger = Ledger::open(ledger_dir, budget.epsilon, budget.delta, budget.period.0)?;
+    // The ledger exists now (its head is written with it).
+    marker.record(LEDGER_COMPONENT)?;
+    Ok(ledger)
+}
+
 /// Refuses a ledger the state directory's marker says existed and that is now gone or empty:
 /// opening it would start the budget afresh, giving back what was spent.
-fn ledger_not_vanished(state_dir: &Path, ledger_dir: &Path) -> anyhow::Result<StateMarker> {
+pub fn ledger_not_vanished(state_dir: &Path, ledger_dir: &Path) -> anyhow::Result<StateMarker> {
     let marker = StateMarker::open(state_dir)?;
     let file = ledger_dir.join(budget::LEDGER_FILE);
     // A ledger that was opened but never spent has an empty log and a head saying "0 entries":
