@@ -190,6 +190,10 @@ fn a_ledger_deleted_with_its_head_stops_the_start_until_it_is_reset() {
         "{log}"
     );
     assert!(!ledger.exists(), "a refused start creates no new ledger");
+    assert!(
+        !log.contains("XDP program attached"),
+        "the ledger is checked before anything is attached: {log}"
+    );
     // `budget verify` on the daemon's ledger directory says the same.
     let out = std::process::Command::new(mecgw_bin().unwrap())
         .args(["budget", "verify", "--state"])

@@ -234,6 +234,11 @@ pub struct PrivacyPlane {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The engine for a policy with its keys loaded and its ledger open (and locked), not running
+/// yet: the daemon prepares it before it attaches anything, so that a refused ledger or an
+/// unsafe key stops the start first.
+pub struct PreparedEngine(Engine);
+
 impl PrivacyPlane {
     /// Starts the engine thread for `policy`. Fails if the keys or the ledger cannot be
     /// loaded. Must be called inside a tokio runtime.
@@ -242,7 +247,24 @@ impl PrivacyPlane {
         settings: Settings,
         wiring: Wiring,
     ) -> anyhow::Result<PrivacyPlane> {
-        let engine = Some(build_engine(&policy, &settings)?);
+        let engine = Self::prepare(&policy, &settings)?;
+        Self::start_prepared(engine, policy, settings, wiring)
+    }
+
+    /// Loads the keys and opens the ledger for `policy` (see [`PreparedEngine`]).
+    pub fn prepare(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<PreparedEngine> {
+        build_engine(policy, settings).map(PreparedEngine)
+    }
+
+    /// Starts the engine thread with `engine`, prepared for `policy` and `settings`. Must be
+    /// called inside a tokio runtime.
+    pub fn start_prepared(
+        engine: PreparedEngine,
+        policy: Arc<LoadedPolicy>,
+        settings: Settings,
+        wiring: Wiring,
+    ) -> anyhow::Result<PrivacyPlane> {
+        let engine = Some(engine.0);
         let metrics = Arc::new(PrivacyMetrics::default());
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Handle::current();
