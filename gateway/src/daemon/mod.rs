@@ -134,6 +134,8 @@ pub struct DaemonMetrics {
     pub gtpu: gtpu::GtpuCounters,
     /// Operations-port connections closed at accept: the connection limit was reached.
     pub ops_connections_refused: AtomicU64,
+    /// Idle operations-port connections closed to make room for a new one at the limit.
+    pub ops_connections_evicted: AtomicU64,
 }
 
 /// Why a change of the tables was not installed. The tables in force stay.
