@@ -91,6 +91,15 @@ pub fn run_budget(command: BudgetCommand) -> anyhow::Result<()> {
     match command {
         BudgetCommand::Verify { state } => {
             let ledger = state.join(budget::LEDGER_FILE);
+            // A ledger whose files are gone but which the state marker remembers is refused
+            // by `policy apply --state` (marker in DIR) and the daemon (marker in the state
+            // directory, the ledger in its `budget/`): say so here too.
+            mecgw::records::engine::ledger_not_vanished(&state, &state)?;
+            if state.file_name().is_some_and(|n| n == "budget")
+                && let Some(parent) = state.parent()
+            {
+                mecgw::records::engine::ledger_not_vanished(parent, &state)?;
+            }
             let v = budget::verify(&state)?;
             if v.fresh && !ledger.exists() {
                 println!(
@@ -262,7 +271,9 @@ fn apply(file: &Path, input: &Path, out: &Path, state: Option<&Path>) -> anyhow:
     let (policy, src) = load(file)?;
     let b = &policy.budget;
     let ledger = match state {
-        Some(dir) => Ledger::open(dir, b.epsilon, b.delta, b.period.0)?,
+        // The directory's state marker remembers the ledger: deleting the ledger and its
+        // head together is refused, not a fresh budget.
+        Some(dir) => mecgw::records::engine::open_ledger(dir, dir, b)?,
         None => {
             eprintln!(
                 "mecgw: warning: no --state directory: the budget is accounted for this run only, not across runs"

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{ReadError, open_regular, read_limited};
 use crate::units::{Delta, Epsilon};
 
 /// File name of the ledger inside its directory.
@@ -170,6 +171,9 @@ pub enum LedgerError {
         /// The ledger's directory.
         dir: PathBuf,
     },
+    /// A ledger file is not a regular file (a FIFO, a device), or could not be read.
+    #[error("budget ledger {0}")]
+    Read(ReadError),
     /// Another process holds the ledger.
     #[error(
         "budget ledger {}: in use by another process (mecgw run or policy apply with this state directory); stop it first",
@@ -288,6 +292,18 @@ struct Scan {
     complete_len: u64,
 }
 
+/// The regular file at `path` opened for reading, `None` if there is none; anything else
+/// there (a FIFO, a device, a directory) is refused without blocking or reading.
+fn open_existing(path: &Path) -> Result<Option<File>, LedgerError> {
+    match open_regular(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(LedgerError::Read(e)),
+    }
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> LedgerError + '_ {
     move |error| LedgerError::Io {
         path: path.to_path_buf(),
@@ -343,14 +359,14 @@ fn read_head(dir: &Path) -> Result<Option<(u64, String)>, LedgerError> {
         dir: dir.to_path_buf(),
     };
     let mut text = String::new();
-    match File::open(&path) {
-        Ok(f) => {
+    // Only a regular file: a FIFO is refused, not waited on; a device, not read forever.
+    match open_existing(&path)? {
+        Some(f) => {
             f.take(256)
                 .read_to_string(&mut text)
                 .map_err(|e| broken(e.to_string()))?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(&path)(e)),
+        None => return Ok(None),
     }
     let bad = || broken(format!("{:?}", text.trim_end()));
     let (entries, hash) = text
@@ -390,11 +406,8 @@ fn scan(dir: &Path) -> Result<Scan, LedgerError> {
         dir: dir.to_path_buf(),
     };
     let head = read_head(dir)?;
-    let file = match File::open(&path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io(&path)(e)),
-    };
+    // Streamed a line at a time, each line bounded by MAX_LINE.
+    let file = open_existing(&path)?;
     let mut verified = Verified {
         entries: 0,
         last_hash: GENESIS.to_owned(),
@@ -766,7 +779,7 @@ pub fn reset(dir: &Path, reason: &str, now: i64) -> Result<ResetReport, LedgerEr
     };
     let ledger_path = dir.join(LEDGER_FILE);
     let head_path = dir.join(HEAD_FILE);
-    let old_head = std::fs::read(&head_path)
+    let old_head = read_limited(&head_path, 256)
         .ok()
         .map(|b| String::from_utf8_lossy(&b).trim_end().to_owned());
     let (carried, unreadable) = readable_entries(&ledger_path)?;
@@ -856,10 +869,8 @@ pub fn reset(dir: &Path, reason: &str, now: i64) -> Result<ResetReport, LedgerEr
 /// The entries of the ledger at `path` that can still be read, whatever their chain, and the
 /// number of complete lines that cannot.
 fn readable_entries(path: &Path) -> Result<(Vec<Readable>, u64), LedgerError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(io(path)(e)),
+    let Some(file) = open_existing(path)? else {
+        return Ok((Vec::new(), 0));
     };
     let mut reader = BufReader::new(file);
     let mut buf = Vec::new();

@@ -119,6 +119,27 @@ impl Bed {
         )
     }
 
+    /// GETs `path` on the operations port: (HTTP status, body), whatever the status (0 if
+    /// nothing answered).
+    pub fn http_status(&self, path: &str) -> (u16, String) {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.mec,
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg(format!("http://127.0.0.1:9464{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
     pub fn xdp_on(&self, link: &str) -> bool {
         let out = sh(&["ip", "-n", &self.mec, "-details", "link", "show", link]);
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")

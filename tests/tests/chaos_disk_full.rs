@@ -3,8 +3,10 @@
 //!
 //! The daemon's state directory (spool, audit log, marker) is a small tmpfs; an app
 //! publishes records over mTLS while something else fills that file system, then frees it.
-//! While it is full, Publish fails with RESOURCE_EXHAUSTED (never "previous I/O error");
-//! once space returns, without a restart, Publish succeeds again. After a clean stop every
+//! While it is full, Publish fails with RESOURCE_EXHAUSTED saying there is no space left for
+//! the spool, and where (never "previous I/O error"); /readyz answers 503 with the reason and
+//! /metrics shows `mecgw_egress_storage_no_space 1`. Once space returns, without a restart,
+//! Publish succeeds again, /readyz answers 200 and the storage metrics are back to normal. After a clean stop every
 //! record whose Publish returned OK is in the JetStream stream exactly once, nothing that
 //! was never published is, and the audit log verifies. `cargo xtask chaos` repeats the
 //! fill/free cycle (`MECGW_CHAOS_SCALE` times); CI runs one. Needs root.
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use mecgw_tests::chaos::{self, Scenario, daemon};
 use mecgw_tests::{
     api::Site,
-    bed::Bed,
+    bed::{Bed, sample},
     egress::Tmpfs,
     nats::NatsServer,
     privacy::{self, STREAM, audit_verify},
@@ -71,6 +73,7 @@ fn the_daemon_survives_a_full_state_disk_and_loses_nothing() {
     assert!(publish(10, &mut acked, &mut unknown).is_empty());
 
     let mut reasons = BTreeSet::new();
+    let mut readyz_full = String::new();
     for cycle in 0..cycles {
         state.fill(FILLER).unwrap();
         // Until Publish notices (the spool may still have room inside its file).
@@ -87,6 +90,12 @@ fn the_daemon_survives_a_full_state_disk_and_loses_nothing() {
         for f in &failures {
             assert_eq!(f.code(), tonic::Code::ResourceExhausted, "{f:?}");
             assert!(!f.message().contains("revious I/O"), "{f:?}");
+            // The reason is the full disk, and where.
+            assert!(
+                f.message().contains("no space left")
+                    && f.message().contains(&state.path().display().to_string()),
+                "{f:?}"
+            );
             // The same reason for every call: numbers and paths aside.
             let reason: String = f
                 .message()
@@ -111,6 +120,16 @@ fn the_daemon_survives_a_full_state_disk_and_loses_nothing() {
             reasons.insert(reason);
         }
 
+        // Not ready while the disk is full, saying why; the storage metrics say so too.
+        let (code, body) = bed.http_status("/readyz");
+        assert_eq!(code, 503, "/readyz while the disk is full: {body}");
+        assert!(body.contains("no space left"), "/readyz: {body}");
+        let m = bed.http("/metrics").1;
+        assert_eq!(sample(&m, "mecgw_egress_storage_no_space"), 1, "{m}");
+        assert_eq!(sample(&m, "mecgw_egress_storage_ready"), 0, "{m}");
+        assert_eq!(sample(&m, "mecgw_ready"), 0, "{m}");
+        readyz_full = body.trim().to_string();
+
         state.free(FILLER).unwrap();
         // Without a restart, Publish works again.
         let start = Instant::now();
@@ -127,6 +146,25 @@ fn the_daemon_survives_a_full_state_disk_and_loses_nothing() {
             std::thread::sleep(Duration::from_millis(200));
         }
         assert!(publish(10, &mut acked, &mut unknown).is_empty());
+        // Ready again once the spool and the audit log have both been written (the
+        // forwarders retry the audit write that failed; no restart, no new traffic needed),
+        // and the metrics say the storage is writable.
+        let start = Instant::now();
+        loop {
+            let (code, body) = bed.http_status("/readyz");
+            if code == 200 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "/readyz still {code} 60 s after space returned: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let m = bed.http("/metrics").1;
+        assert_eq!(sample(&m, "mecgw_egress_storage_no_space"), 0, "{m}");
+        assert_eq!(sample(&m, "mecgw_egress_storage_ready"), 1, "{m}");
+        assert_eq!(sample(&m, "mecgw_ready"), 1, "{m}");
     }
     report.did(format!(
         "filled that file system and freed it again, {cycles} time(s), publishing throughout"
@@ -139,7 +177,15 @@ fn the_daemon_survives_a_full_state_disk_and_loses_nothing() {
             .collect::<Vec<_>>()
             .join(" or ")
     ));
-    report.saw("once space returned, Publish succeeded again without a restart".to_string());
+    report.saw(format!(
+        "while full, /readyz answered 503 \"{readyz_full}\" and /metrics showed \
+         mecgw_egress_storage_no_space 1, mecgw_egress_storage_ready 0, mecgw_ready 0"
+    ));
+    report.saw(
+        "once space returned, Publish succeeded again without a restart, /readyz answered 200 \
+         and the storage metrics went back to no_space 0, ready 1"
+            .to_string(),
+    );
 
     // Everything acknowledged reaches the stream before a clean stop.
     privacy::wait_for_metrics(&bed, Duration::from_secs(60), |m| {

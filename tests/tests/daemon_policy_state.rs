@@ -168,6 +168,54 @@ fn a_refused_budget_ledger_stops_the_start_until_it_is_reset() {
 }
 
 #[test]
+fn a_ledger_deleted_with_its_head_stops_the_start_until_it_is_reset() {
+    let bed = Bed::new();
+    let (config, mut d) = running(&bed, 0o600);
+    assert!(d.stop().success());
+    let budget = bed.path("state").join("budget");
+    let ledger = budget.join("budget-ledger.jsonl");
+    std::fs::remove_file(&ledger).unwrap();
+    std::fs::remove_file(budget.join("budget-ledger.head")).unwrap();
+    let want = format!(
+        "the budget ledger {} and its head are missing, but {} says the ledger existed",
+        ledger.display(),
+        bed.path("state").join("state.marker").display()
+    );
+
+    let mut d = bed.start(&config);
+    assert!(!exits(&mut d).success());
+    let log = d.stderr();
+    assert!(
+        log.contains(&want) && log.contains("mecgw budget reset --state"),
+        "{log}"
+    );
+    assert!(!ledger.exists(), "a refused start creates no new ledger");
+    assert!(
+        !log.contains("XDP program attached"),
+        "the ledger is checked before anything is attached: {log}"
+    );
+    // `budget verify` on the daemon's ledger directory says the same.
+    let out = std::process::Command::new(mecgw_bin().unwrap())
+        .args(["budget", "verify", "--state"])
+        .arg(&budget)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&want), "{err}");
+
+    let out = reset_ledger(&bed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut d = bed.start(&config);
+    bed.wait_ready(&mut d);
+    assert!(d.stop().success());
+}
+
+#[test]
 fn a_ledger_refused_at_reload_stops_the_engine_until_reset_and_reload() {
     let bed = Bed::new();
     let (_, mut d) = running(&bed, 0o600);

@@ -116,3 +116,65 @@ fn a_reload_of_a_tables_file_that_is_dev_zero_is_rejected_and_sigterm_still_work
         "{log}"
     );
 }
+
+/// Puts a FIFO, then a link to /dev/zero, at `path`, runs `args` for each and checks that the
+/// command fails at once, naming the path and what it is.
+fn refused_at(path: &Path, args: &[&str]) {
+    for (make, kind) in [
+        (fifo as fn(&Path), "a FIFO"),
+        (
+            (|p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap()) as fn(&Path),
+            "a character device",
+        ),
+    ] {
+        let _ = std::fs::remove_file(path);
+        make(path);
+        let out = mecgw(args);
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} with {kind} at {path:?}: {said}"
+        );
+        assert!(
+            said.contains(&format!(
+                "{}: is {kind}, not a regular file",
+                path.display()
+            )),
+            "{args:?} with {kind} at {path:?}: {said}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[test]
+fn state_files_that_are_fifos_or_devices_are_refused_by_the_verifiers() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // The budget ledger and its head (`mecgw budget verify`).
+    let budget = dir.path().join("budget");
+    std::fs::create_dir(&budget).unwrap();
+    let b = budget.to_str().unwrap();
+    refused_at(
+        &budget.join("budget-ledger.head"),
+        &["budget", "verify", "--state", b],
+    );
+    std::fs::write(
+        budget.join("budget-ledger.head"),
+        format!("0 {}\n", "0".repeat(64)),
+    )
+    .unwrap();
+    refused_at(
+        &budget.join("budget-ledger.jsonl"),
+        &["budget", "verify", "--state", b],
+    );
+
+    // The audit log and the state directory's marker (`mecgw audit verify`).
+    let audit = dir.path().join("audit");
+    std::fs::create_dir(&audit).unwrap();
+    let a = audit.to_str().unwrap();
+    std::fs::write(audit.join("audit.head"), "").unwrap();
+    refused_at(&audit.join("audit.log"), &["audit", "verify", a]);
+    std::fs::write(audit.join("audit.log"), "").unwrap();
+    refused_at(&dir.path().join("state.marker"), &["audit", "verify", a]);
+}

@@ -167,6 +167,53 @@ fn a_deleted_ledger_whose_head_remains_is_refused() {
 }
 
 #[test]
+fn a_ledger_deleted_with_its_head_is_refused_until_an_audited_reset() {
+    let site = Site::new();
+    site.spend_the_day();
+    // The chain alone cannot see this: no head, no ledger looks like a new directory. The
+    // directory's state marker remembers that it had a ledger.
+    std::fs::remove_file(site.ledger()).unwrap();
+    std::fs::remove_file(site.state().join("budget-ledger.head")).unwrap();
+    let marker = site.state().join("state.marker");
+    let want = format!(
+        "the budget ledger {} and its head are missing, but {} says the ledger existed",
+        site.ledger().display(),
+        marker.display()
+    );
+    let (out, releases) = site.apply();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(releases, 0);
+    assert!(!site.path("out.jsonl").exists(), "nothing is written");
+    assert!(err.contains(&want), "{err}");
+    assert!(
+        err.contains(&format!(
+            "mecgw budget reset --state {} --reason TEXT",
+            site.state().display()
+        )),
+        "{err}"
+    );
+    assert!(
+        !site.ledger().exists(),
+        "a refused run creates no new ledger"
+    );
+    let v = site.budget(&["verify"]);
+    assert_eq!(v.status.code(), Some(1), "{}", stdout(&v));
+    assert!(stderr(&v).contains(&want), "{}", stderr(&v));
+
+    // The explicit, audited way out: a new chain whose first entry records the reset.
+    let out = site.budget(&["reset", "--reason", "INC-4712: state volume lost"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(site.ledger_lines()[0].contains("INC-4712: state volume lost"));
+    let (out, releases) = site.apply();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        releases, 1,
+        "the reset gave the lost budget back, as recorded"
+    );
+}
+
+#[test]
 fn one_byte_changed_in_a_spent_line_is_refused() {
     let site = Site::new();
     site.spend_the_day();

@@ -8,7 +8,7 @@
 //! scale 1 (the bounded subset CI runs); this command runs them one at a time with
 //! `MECGW_CHAOS_SCALE` set, so that scenarios that can repeat or grow their fault do.
 //!
-//! To add scenarios (slow clients on the operations port, PFCP floods, …): write a
+//! To add scenarios (PFCP floods, …): write a
 //! `tests/tests/chaos_<area>.rs` whose tests use `Scenario`, and add its target to
 //! [`SUITES`]. Nothing else here needs to change.
 
@@ -36,7 +36,11 @@ const SUITES: &[Suite] = &[
         target: "chaos_state",
         about: "spool, audit log and GTP-U restart counter damaged or vanished while mecgw is stopped",
     },
-    // To come: operations port (slow clients), PFCP (floods).
+    Suite {
+        target: "chaos_slow_clients",
+        about: "slow-loris clients on the operations port; gRPC streams opened and never read",
+    },
+    // To come: PFCP (floods).
 ];
 
 /// The variable the scenarios read their scale from (`mecgw_tests::chaos::SCALE_VAR`).

@@ -356,6 +356,7 @@ impl Config {
         let text = mecgw_policy::files::read_text_limited(path, MAX_CONFIG_BYTES)?;
         let mut config = Config::from_toml(&text, &shown)?;
         config.check_pfcp(&text, &shown)?;
+        config.check_egress(&text, &shown)?;
         config.apply(&overrides.against_working_directory());
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -397,6 +398,29 @@ impl Config {
             line,
             column,
             message: problems.join("; "),
+        })
+    }
+
+    /// `[egress]`'s values, each problem at the line and column of its key (or of the nearest
+    /// enclosing table that is written out); all of them in one message, located at the first.
+    fn check_egress(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let Some(e) = &self.egress else {
+            return Ok(());
+        };
+        let problems = e.problems();
+        let Some(first) = problems.first() else {
+            return Ok(());
+        };
+        let (line, column) = key_position(text, &first.key);
+        Err(ConfigError::Invalid {
+            path: origin.to_string(),
+            line,
+            column,
+            message: problems
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect::<Vec<_>>()
+                .join("; "),
         })
     }
 
@@ -502,6 +526,41 @@ impl Config {
             }
         }
     }
+}
+
+/// The 1-based line and column of the dotted `path` (array indexes as numbers) in the TOML
+/// `text`: of its key, or of the deepest part of the path that is written out (a key left to
+/// its default has no place of its own).
+fn key_position(text: &str, path: &str) -> (usize, usize) {
+    use toml::de::{DeTable, DeValue};
+    let Ok(root) = DeTable::parse(text) else {
+        return (1, 1);
+    };
+    let mut at = 0;
+    let mut value: &DeValue<'_> = &DeValue::Boolean(false);
+    let mut table = Some(root.get_ref());
+    for segment in path.split('.') {
+        let next = match (table, value) {
+            (Some(t), _) => t
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == segment)
+                .map(|(k, v)| (k.span().start, v)),
+            (None, DeValue::Array(a)) => segment
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| a.get(i))
+                .map(|v| (v.span().start, v)),
+            (None, _) => None,
+        };
+        let Some((start, v)) = next else { break };
+        at = start;
+        value = v.get_ref();
+        table = match value {
+            DeValue::Table(t) => Some(t),
+            _ => None,
+        };
+    }
+    crate::datapath::tables::toml::LineIndex::new(text).line_col(at)
 }
 
 /// Where `key` is set in the `[pfcp]` section of `text` (1-based), or the section's header.
@@ -691,5 +750,45 @@ mod tests {
         let err = Config::from_toml(&bad, "m.toml").unwrap_err().to_string();
         assert!(err.starts_with("m.toml:9:1:"), "{err}");
         assert!(err.contains("spool_directory"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_egress_value_is_reported_at_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |egress: &str| {
+            let path = dir.path().join("m.toml");
+            std::fs::write(&path, format!("{MINIMAL}\n[egress]\n{egress}")).unwrap();
+            Config::load(&path, &Overrides::default())
+                .unwrap_err()
+                .to_string()
+                .replacen(&path.display().to_string(), "m.toml", 1)
+        };
+        let dest = |name: &str, region: &str| {
+            format!(
+                "[[egress.destinations]]\nname = \"{name}\"\nregion = \"{region}\"\n\
+                 sink = {{ type = \"file\", dir = \"out\" }}\n"
+            )
+        };
+        // Line 8 is `[egress]`.
+        let err = load(&format!("{}{}", dest("a", "EU"), dest("b", "")));
+        assert_eq!(
+            err,
+            "m.toml:15:1: egress.destinations.1.region: destination b: region must not be empty"
+        );
+        let err = load(&format!(
+            "[egress.limits]\n  max_bytes = 0\nmax_batches = 5\n{}",
+            dest("a", "EU")
+        ));
+        assert_eq!(
+            err,
+            "m.toml:10:3: egress.limits.max_bytes: limits: max_bytes must be > 0"
+        );
+        let err = load(&format!("{}{}", dest("a", "EU"), dest("a", "EU")));
+        assert!(
+            err.starts_with(
+                "m.toml:14:1: egress.destinations.1.name: destination a is configured twice"
+            ),
+            "{err}"
+        );
     }
 }

@@ -242,8 +242,14 @@ impl Collector for DaemonCollector {
         counter(
             &mut e,
             "mecgw_ops_connections_refused_total",
-            "Operations-port connections closed at accept because the connection limit was reached.",
+            "Operations-port connections closed at accept because the connection limit was reached and every connection was serving a request.",
             load(&m.ops_connections_refused),
+        )?;
+        counter(
+            &mut e,
+            "mecgw_ops_connections_evicted_total",
+            "Idle operations-port connections (no request in progress) closed to make room for a new one at the connection limit.",
+            load(&m.ops_connections_evicted),
         )?;
         gauge(
             &mut e,

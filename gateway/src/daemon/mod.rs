@@ -134,6 +134,8 @@ pub struct DaemonMetrics {
     pub gtpu: gtpu::GtpuCounters,
     /// Operations-port connections closed at accept: the connection limit was reached.
     pub ops_connections_refused: AtomicU64,
+    /// Idle operations-port connections closed to make room for a new one at the limit.
+    pub ops_connections_evicted: AtomicU64,
 }
 
 /// Why a change of the tables was not installed. The tables in force stay.
@@ -487,6 +489,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The policy engine's keys and ledger (a refused or vanished ledger, an unsafe key), the
+    // GTP-U restart counter and the PFCP socket are checked, read and bound before anything
+    // is attached too.
+    let engine_settings = match &config.policy {
+        Some(pc) => Some(engine::Settings {
+            keys_dir: keys_dir(pc),
+            ledger_dir: config.state.dir.join("budget"),
+            state_dir: Some(config.state.dir.clone()),
+            window_grace_secs: pc.window_grace_secs,
+        }),
+        None => None,
+    };
+    let prepared_engine = match (&policy, &engine_settings) {
+        (Some(p), Some(settings)) => {
+            Some(engine::PrivacyPlane::prepare(p, settings).context("starting the policy engine")?)
+        }
+        _ => None,
+    };
+    let gtpu_restart = match &gtpu_socket {
+        Some(_) => Some(gtpu::next_restart_counter(&config.state.dir)?),
+        None => None,
+    };
+    let pfcp_bound = match &config.pfcp {
+        Some(p) => {
+            warn_if_not_forwarding(&tables);
+            Some(crate::pfcp::server::PfcpEndpoint::bind(
+                p.clone(),
+                pfcp_store_options(p, &tables),
+            )?)
+        }
+        None => None,
+    };
     // Flows are counted only for a policy that takes `flow` records: counting costs a map
     // update per packet (docs/fastpath.md), and in XDP the choice is made at load.
     let flow_accounting = config.flows.enabled
@@ -597,16 +631,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (ingest_tx, ingest_rx) = tokio::sync::mpsc::channel(INGEST_QUEUE);
     let (releases_tx, _) = tokio::sync::broadcast::channel(RELEASE_BROADCAST);
-    let privacy_plane = match (&policy, &config.policy) {
-        (Some(p), Some(pc)) => {
-            let plane = engine::PrivacyPlane::start(
+    let privacy_plane = match (&policy, engine_settings, prepared_engine) {
+        (Some(p), Some(settings), Some(prepared)) => {
+            let plane = engine::PrivacyPlane::start_prepared(
+                prepared,
                 Arc::clone(p),
-                engine::Settings {
-                    keys_dir: keys_dir(pc),
-                    ledger_dir: config.state.dir.join("budget"),
-                    state_dir: Some(config.state.dir.clone()),
-                    window_grace_secs: pc.window_grace_secs,
-                },
+                settings,
                 engine::Wiring {
                     ingest: ingest_rx,
                     releases: releases_tx.clone(),
@@ -638,17 +668,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ops = tokio::spawn(ops::serve(Arc::clone(&gw), ops_listener, stop_rx.clone()));
-    let gtpu = match gtpu_socket {
-        Some(socket) => {
-            let restart = gtpu::next_restart_counter(&config.state.dir)?;
-            Some(tokio::spawn(gtpu::serve(
-                Arc::clone(&gw),
-                socket,
-                restart,
-                stop_rx.clone(),
-            )))
-        }
-        None => None,
+    let gtpu = match (gtpu_socket, gtpu_restart) {
+        (Some(socket), Some(restart)) => Some(tokio::spawn(gtpu::serve(
+            Arc::clone(&gw),
+            socket,
+            restart,
+            stop_rx.clone(),
+        ))),
+        _ => None,
     };
     let api = match (&config.api, api_listener) {
         (Some(api_config), Some(listener)) => Some(spawn_api(
@@ -661,9 +688,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         _ => None,
     };
-    let pfcp = match &config.pfcp {
-        Some(p) => Some(start_pfcp(&gw, p)?),
-        None => None,
+    let pfcp = match (&config.pfcp, pfcp_bound) {
+        (Some(p), Some(bound)) => Some(start_pfcp(&gw, p, bound)?),
+        _ => None,
     };
     give_up_capabilities(config.datapath.kind);
     gw.ready.send_replace(true);
@@ -975,25 +1002,30 @@ fn interface_name(ifindex: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
-/// Starts the PFCP endpoint on `gw`'s fast path; N3's addresses are the tables'.
+/// The PFCP session store's options; N3's addresses are the tables'.
+fn pfcp_store_options(
+    config: &crate::pfcp::PfcpConfig,
+    tables: &CompiledTables,
+) -> crate::pfcp::sessions::StoreOptions {
+    crate::pfcp::sessions::StoreOptions {
+        teid_min: config.teid_min,
+        max_sessions: config.max_sessions,
+        max_pdrs: config.max_pdrs,
+        n3_v4: tables.n3.ipv4,
+        n3_v6: tables.n3.ipv6,
+    }
+}
+
+/// Starts the PFCP endpoint, bound before anything was attached, on `gw`'s fast path.
 fn start_pfcp(
     gw: &Arc<Gateway>,
     config: &crate::pfcp::PfcpConfig,
+    bound: crate::pfcp::server::BoundPfcp,
 ) -> anyhow::Result<crate::pfcp::server::PfcpEndpoint> {
-    let tables = gw.tables();
-    warn_if_not_forwarding(&tables);
     let metrics = Arc::new(crate::pfcp::PfcpMetrics::default());
     let identities = crate::pfcp::sessions::Identities::default();
-    let endpoint = crate::pfcp::server::PfcpEndpoint::start(
-        config.clone(),
+    let endpoint = bound.serve(
         Arc::clone(gw) as Arc<dyn crate::pfcp::sessions::Datapath>,
-        crate::pfcp::sessions::StoreOptions {
-            teid_min: config.teid_min,
-            max_sessions: config.max_sessions,
-            max_pdrs: config.max_pdrs,
-            n3_v4: tables.n3.ipv4,
-            n3_v6: tables.n3.ipv6,
-        },
         Arc::clone(&identities),
         Arc::clone(&metrics),
     )?;

@@ -5,7 +5,10 @@
 //! health. It is read-only.
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -14,15 +17,66 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, info, warn};
 
 use super::Gateway;
 use crate::log_limit::LogBudget;
 
-/// Connections served at once; more are closed at accept (counted), so that idle or slow
-/// clients cannot take every file descriptor the daemon has.
+/// Connections served at once, so that idle or slow clients cannot take every file
+/// descriptor the daemon has. At the limit, a new connection closes the oldest one that is
+/// not in the middle of a request (counted); only if every one is busy is the new one closed
+/// at accept (counted too). So idle and slow-header clients cannot keep the probes out.
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long a new connection waits for the slot of the connection it closed.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// The open connections, oldest first: whether each is serving a request, and how to close it.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    conns: std::collections::BTreeMap<u64, (Arc<AtomicUsize>, oneshot::Sender<()>)>,
+}
+
+impl Open {
+    fn lock(open: &Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+        // Plain bookkeeping: a panic elsewhere leaves nothing half-done here.
+        open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the oldest connection with no request in progress; false if every one is busy.
+    fn evict_oldest_idle(&mut self) -> bool {
+        let idle = self
+            .conns
+            .iter()
+            .find(|(_, (in_flight, _))| in_flight.load(Ordering::SeqCst) == 0)
+            .map(|(id, _)| *id);
+        match idle.and_then(|id| self.conns.remove(&id)) {
+            Some((_, close)) => {
+                let _ = close.send(());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Counts a request in progress on its connection while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// How long a client may take to send a request's headers (also the idle time allowed
 /// between keep-alive requests before the next one's headers).
@@ -49,6 +103,7 @@ pub async fn serve(
         .map_or_else(|e| e.to_string(), |a| a.to_string());
     info!(listen, "operations port: /metrics /healthz /readyz");
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
     // Both warnings can come once per connection attempt: the shared log limit, not one
     // line each.
     let mut accept_log = LogBudget::new("operations port accept failures", 10);
@@ -68,26 +123,70 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) if Open::lock(&open).evict_oldest_idle() => {
+                metrics_of
+                    .metrics
+                    .ops_connections_evicted
+                    .fetch_add(1, Ordering::Relaxed);
+                if limit_log.allow() {
+                    warn!(%peer, max = MAX_CONNECTIONS, "operations port: connection limit reached; the oldest idle connection is closed for a new one (mecgw_ops_connections_evicted_total)");
+                }
+                // The closed connection's task ends at once and gives its slot back.
+                tokio::time::timeout(EVICTION_WAIT, Arc::clone(&slots).acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
             metrics_of
                 .metrics
                 .ops_connections_refused
                 .fetch_add(1, Ordering::Relaxed);
             if limit_log.allow() {
-                warn!(%peer, max = MAX_CONNECTIONS, "operations port: connection limit reached; connections beyond it are closed (mecgw_ops_connections_refused_total)");
+                warn!(%peer, max = MAX_CONNECTIONS, "operations port: connection limit reached and every connection is serving a request; this one is closed (mecgw_ops_connections_refused_total)");
             }
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (close, closed) = oneshot::channel();
+        let id = {
+            let mut o = Open::lock(&open);
+            let id = o.next;
+            o.next += 1;
+            o.conns.insert(id, (Arc::clone(&in_flight), close));
+            id
+        };
+        let inner = TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |request| {
+            let busy = InFlight::enter(&in_flight);
+            let response = hyper::service::Service::call(&inner, request);
+            async move {
+                let response = response.await;
+                drop(busy);
+                response
+            }
+        });
+        let open = Arc::clone(&open);
         tokio::spawn(async move {
             let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                debug!(%peer, error = %e, "operations port: connection ended");
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        debug!(%peer, error = %e, "operations port: connection ended");
+                    }
+                }
+                // Closed for a newer connection: dropping it closes the socket.
+                _ = closed => debug!(%peer, "operations port: idle connection closed for a new one"),
             }
+            Open::lock(&open).conns.remove(&id);
         });
     }
 }

@@ -62,6 +62,17 @@ pub struct PfcpEndpoint {
     local: SocketAddr,
 }
 
+/// An endpoint whose configuration is checked and whose socket is bound, not serving yet: the
+/// daemon binds before it attaches anything, so that a taken port stops the start.
+pub struct BoundPfcp {
+    config: PfcpConfig,
+    opts: StoreOptions,
+    socket: std::net::UdpSocket,
+    node_id: NodeId,
+    seid_address: IpAddr,
+    local: SocketAddr,
+}
+
 impl PfcpEndpoint {
     /// Binds `config.listen` (an error names it) and starts serving on a thread of its own.
     pub fn start(
@@ -71,6 +82,11 @@ impl PfcpEndpoint {
         identities: Identities,
         metrics: Arc<PfcpMetrics>,
     ) -> anyhow::Result<PfcpEndpoint> {
+        Self::bind(config, opts)?.serve(dp, identities, metrics)
+    }
+
+    /// Checks `config` and binds `config.listen` (an error names it); serves nothing yet.
+    pub fn bind(config: PfcpConfig, opts: StoreOptions) -> anyhow::Result<BoundPfcp> {
         let problems = config.problems();
         if !problems.is_empty() {
             anyhow::bail!("[pfcp]: {}", problems.join("; "));
@@ -94,6 +110,33 @@ impl PfcpEndpoint {
             "PFCP socket receive buffer"
         );
         let local = socket.local_addr().context("pfcp.listen: local address")?;
+        Ok(BoundPfcp {
+            config,
+            opts,
+            socket,
+            node_id,
+            seid_address,
+            local,
+        })
+    }
+}
+
+impl BoundPfcp {
+    /// Starts serving on a thread of its own, on the fast path `dp`.
+    pub fn serve(
+        self,
+        dp: Arc<dyn Datapath>,
+        identities: Identities,
+        metrics: Arc<PfcpMetrics>,
+    ) -> anyhow::Result<PfcpEndpoint> {
+        let BoundPfcp {
+            config,
+            opts,
+            socket,
+            node_id,
+            seid_address,
+            local,
+        } = self;
         let (stop, stopped) = watch::channel(false);
         let store = Store::new(Arc::clone(&dp), opts, identities);
         let thread = std::thread::Builder::new()
@@ -150,7 +193,9 @@ impl PfcpEndpoint {
             local,
         })
     }
+}
 
+impl PfcpEndpoint {
     /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local

@@ -234,6 +234,11 @@ pub struct PrivacyPlane {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The engine for a policy with its keys loaded and its ledger open (and locked), not running
+/// yet: the daemon prepares it before it attaches anything, so that a refused ledger or an
+/// unsafe key stops the start first.
+pub struct PreparedEngine(Engine);
+
 impl PrivacyPlane {
     /// Starts the engine thread for `policy`. Fails if the keys or the ledger cannot be
     /// loaded. Must be called inside a tokio runtime.
@@ -242,7 +247,24 @@ impl PrivacyPlane {
         settings: Settings,
         wiring: Wiring,
     ) -> anyhow::Result<PrivacyPlane> {
-        let engine = Some(build_engine(&policy, &settings)?);
+        let engine = Self::prepare(&policy, &settings)?;
+        Self::start_prepared(engine, policy, settings, wiring)
+    }
+
+    /// Loads the keys and opens the ledger for `policy` (see [`PreparedEngine`]).
+    pub fn prepare(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<PreparedEngine> {
+        build_engine(policy, settings).map(PreparedEngine)
+    }
+
+    /// Starts the engine thread with `engine`, prepared for `policy` and `settings`. Must be
+    /// called inside a tokio runtime.
+    pub fn start_prepared(
+        engine: PreparedEngine,
+        policy: Arc<LoadedPolicy>,
+        settings: Settings,
+        wiring: Wiring,
+    ) -> anyhow::Result<PrivacyPlane> {
+        let engine = Some(engine.0);
         let metrics = Arc::new(PrivacyMetrics::default());
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Handle::current();
@@ -295,16 +317,10 @@ impl PrivacyPlane {
 /// released until the ledger is restored or reset and the daemon reloaded.
 fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<Engine> {
     let b = &policy.policy.budget;
-    let marker = match &settings.state_dir {
-        Some(dir) => Some(ledger_not_vanished(dir, &settings.ledger_dir)?),
-        None => None,
+    let ledger = match &settings.state_dir {
+        Some(dir) => open_ledger(dir, &settings.ledger_dir, b)?,
+        None => Ledger::open(&settings.ledger_dir, b.epsilon, b.delta, b.period.0)?,
     };
-    let ledger = Ledger::open(&settings.ledger_dir, b.epsilon, b.delta, b.period.0)?;
-    // The ledger exists now (its head is written with it): from here on, its vanishing is a
-    // finding.
-    if let Some(marker) = marker {
-        marker.record(LEDGER_COMPONENT)?;
-    }
     Ok(Engine::new(
         &policy.policy,
         &policy.source,
@@ -314,9 +330,25 @@ fn build_engine(policy: &LoadedPolicy, settings: &Settings) -> anyhow::Result<En
     )?)
 }
 
+/// Opens the durable ledger in `ledger_dir` for `budget`, as the daemon and `mecgw policy
+/// apply --state` both do: refused if the marker of `state_dir` says a ledger existed there
+/// and it is now gone (ledger and head deleted together, which the chain alone cannot see),
+/// and recorded in the marker once open, so that from then on its vanishing is a finding.
+pub fn open_ledger(
+    state_dir: &Path,
+    ledger_dir: &Path,
+    budget: &mecgw_policy::model::Budget,
+) -> anyhow::Result<Ledger> {
+    let marker = ledger_not_vanished(state_dir, ledger_dir)?;
+    let ledger = Ledger::open(ledger_dir, budget.epsilon, budget.delta, budget.period.0)?;
+    // The ledger exists now (its head is written with it).
+    marker.record(LEDGER_COMPONENT)?;
+    Ok(ledger)
+}
+
 /// Refuses a ledger the state directory's marker says existed and that is now gone or empty:
 /// opening it would start the budget afresh, giving back what was spent.
-fn ledger_not_vanished(state_dir: &Path, ledger_dir: &Path) -> anyhow::Result<StateMarker> {
+pub fn ledger_not_vanished(state_dir: &Path, ledger_dir: &Path) -> anyhow::Result<StateMarker> {
     let marker = StateMarker::open(state_dir)?;
     let file = ledger_dir.join(budget::LEDGER_FILE);
     // A ledger that was opened but never spent has an empty log and a head saying "0 entries":

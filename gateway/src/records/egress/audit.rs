@@ -248,6 +248,9 @@ pub enum AuditError {
     /// The state marker cannot be read or written.
     #[error(transparent)]
     Marker(#[from] state::StateMarkerError),
+    /// The log is not a regular file (a FIFO, a device), or could not be opened.
+    #[error("audit log {0}")]
+    Read(mecgw_policy::files::ReadError),
 }
 
 impl AuditError {
@@ -255,7 +258,7 @@ impl AuditError {
     pub fn is_no_space(&self) -> bool {
         match self {
             Self::Io { source, .. } => super::spool::is_no_space(source),
-            Self::Broken { .. } | Self::Marker(_) => false,
+            Self::Broken { .. } | Self::Marker(_) | Self::Read(_) => false,
         }
     }
 }
@@ -398,10 +401,16 @@ fn scan(dir: &Path, marker: Option<&StateMarker>) -> Result<Scan, AuditError> {
         link,
     };
     let head = read_head(dir).map_err(|link| broken(0, 0, link))?;
-    let file = match File::open(&path) {
+    // Only a regular file (a FIFO is refused, not waited on; a device, not read forever),
+    // streamed a line at a time, each line bounded by MAX_LINE.
+    let file = match mecgw_policy::files::open_regular(&path) {
         Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io(&path)(e)),
+        Err(mecgw_policy::files::ReadError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            None
+        }
+        Err(e) => return Err(AuditError::Read(e)),
     };
     let mut report = VerifyReport {
         entries: 0,

@@ -79,7 +79,76 @@ fn default_read_ahead() -> usize {
     64
 }
 
+/// One problem with an `[egress]` value: where (a dotted path from `egress`, array indexes as
+/// numbers, e.g. `egress.destinations.1.region`) and what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The key's path.
+    pub key: String,
+    /// What is wrong, and what to change.
+    pub message: String,
+}
+
 impl EgressConfig {
+    /// Every problem with the values (not the directories, which are opened later), in the
+    /// order of the keys: what [`Egress::open`] refuses, found before anything is opened, so
+    /// that the configuration loader can report each at its line and column.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut problem = |key: String, message: String| out.push(ConfigProblem { key, message });
+        if let Err(e) = self.backoff.validate() {
+            let key = ["multiplier", "jitter"]
+                .into_iter()
+                .find(|k| e.contains(k))
+                .unwrap_or("initial_ms");
+            problem(format!("egress.backoff.{key}"), e);
+        }
+        if self.limits.max_batches == 0 {
+            problem(
+                "egress.limits.max_batches".into(),
+                "limits: max_batches must be > 0".into(),
+            );
+        }
+        if self.limits.max_bytes == 0 {
+            problem(
+                "egress.limits.max_bytes".into(),
+                "limits: max_bytes must be > 0".into(),
+            );
+        }
+        if self.read_ahead == 0 {
+            problem("egress.read_ahead".into(), "read_ahead must be > 0".into());
+        }
+        let mut names = BTreeSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            let at = |key: &str| format!("egress.destinations.{i}.{key}");
+            if !valid_name(&d.name) {
+                problem(
+                    at("name"),
+                    format!(
+                        "destination name {:?} must be 1 to {} of [A-Za-z0-9_-]",
+                        d.name,
+                        item::MAX_NAME_LEN
+                    ),
+                );
+            } else if !names.insert(d.name.as_str()) {
+                problem(
+                    at("name"),
+                    format!("destination {} is configured twice", d.name),
+                );
+            }
+            if d.region.is_empty() {
+                problem(
+                    at("region"),
+                    format!("destination {}: region must not be empty", d.name),
+                );
+            }
+            if let Err(e) = Sink::new(&d.sink, &d.name) {
+                problem(at("sink"), format!("destination {}: {e}", d.name));
+            }
+        }
+        out
+    }
+
     /// Where the state marker lives: `state_dir`, or the directory that holds `spool_dir`.
     pub fn marker_dir(&self) -> PathBuf {
         match &self.state_dir {
@@ -343,41 +412,19 @@ impl Egress {
                 "spool_dir and audit_dir must be set".into(),
             ));
         }
-        let mut names = BTreeSet::new();
-        for d in &config.destinations {
-            if !valid_name(&d.name) {
-                return Err(EgressError::Config(format!(
-                    "destination name {:?} must be 1 to {} of [A-Za-z0-9_-]",
-                    d.name,
-                    item::MAX_NAME_LEN
-                )));
-            }
-            if d.region.is_empty() {
-                return Err(EgressError::Config(format!(
-                    "destination {}: region must not be empty",
-                    d.name
-                )));
-            }
-            if !names.insert(d.name.clone()) {
-                return Err(EgressError::Config(format!(
-                    "destination {} is configured twice",
-                    d.name
-                )));
-            }
-            Sink::new(&d.sink, &d.name).map_err(|source| EgressError::Sink {
-                destination: d.name.clone(),
-                source,
-            })?;
-        }
-        config.backoff.validate().map_err(EgressError::Config)?;
-        if config.limits.max_batches == 0 || config.limits.max_bytes == 0 {
+        // The daemon's loader reports these at their line and column first; checked again
+        // here for every other caller.
+        let problems = config.problems();
+        if !problems.is_empty() {
             return Err(EgressError::Config(
-                "limits: max_batches and max_bytes must be > 0".into(),
+                problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.key, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             ));
         }
-        if config.read_ahead == 0 {
-            return Err(EgressError::Config("read_ahead must be > 0".into()));
-        }
+        let names: BTreeSet<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
         std::fs::create_dir_all(&config.spool_dir).map_err(|e| {
             EgressError::Config(format!("spool_dir {}: {e}", config.spool_dir.display()))
         })?;

@@ -31,6 +31,8 @@ pub const SPOOL: &str = "spool";
 pub const AUDIT: &str = "audit";
 /// Longest component name.
 pub const MAX_COMPONENT_LEN: usize = 64;
+/// Largest marker read: the header and every component mecgw has, many times over.
+pub const MAX_MARKER_BYTES: u64 = 64 * 1024;
 
 const HEADER: &str = "# mecgw state marker: the components that have had state in this directory, one per line.\n\
 # A listed component whose files are missing or empty is reported as vanished, not started afresh.\n\
@@ -48,6 +50,10 @@ pub enum StateMarkerError {
         /// The failure.
         source: std::io::Error,
     },
+    /// The marker is not a regular file (a FIFO, a device), is larger than any marker mecgw
+    /// writes ([`MAX_MARKER_BYTES`]), or could not be opened.
+    #[error("state marker {0}")]
+    Read(mecgw_policy::files::ReadError),
     /// A line is not a component name: the file was changed by something other than mecgw.
     #[error(
         "state marker {}: line {line}: {problem}; mecgw writes this file itself: restore it, or \
@@ -99,10 +105,16 @@ impl StateMarker {
     /// incomplete last line (a crash while recording) is ignored: that record never finished.
     pub fn open(dir: &Path) -> Result<Self, StateMarkerError> {
         let path = dir.join(MARKER_FILE);
-        let text = match std::fs::read(&path) {
+        // Only a regular file, and never more than MAX_MARKER_BYTES: a FIFO is refused, not
+        // waited on; a device, not read forever.
+        let text = match mecgw_policy::files::read_limited(&path, MAX_MARKER_BYTES) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(StateMarkerError::Io { path, source }),
+            Err(mecgw_policy::files::ReadError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Vec::new()
+            }
+            Err(e) => return Err(StateMarkerError::Read(e)),
         };
         let complete = text
             .iter()
