@@ -73,6 +73,9 @@ fn the_smfs_requests_decode_with_mecgws_codec_and_dissect_cleanly_in_tshark() {
                "query_urr": [1]}),
         json!({"cmd": "delete", "seid": 77}),
         json!({"cmd": "release"}),
+        json!({"cmd": "modify", "seid": 77,
+               "update_qer": {"qer_id": 1, "gate": {"ul": "CLOSED", "dl": "OPEN"}, "qfi": 5},
+               "remove_qer": [2], "update_urr": {"urr_id": 1, "volume_threshold": 1000}}),
     ];
     let mut datagrams = Vec::new();
     for r in &requests {
@@ -195,6 +198,27 @@ fn the_smfs_requests_decode_with_mecgws_codec_and_dissect_cleanly_in_tshark() {
     assert_eq!(m.update_far[0].far_id, 2);
     assert!(matches!(decoded[6], Message::SessionDeletionRequest));
     assert!(matches!(decoded[7], Message::AssociationReleaseRequest(_)));
+    let Message::SessionModificationRequest(m) = &decoded[8] else {
+        panic!("{:?}", decoded[8])
+    };
+    let q = &m.update_qer[0];
+    assert_eq!(
+        (q.qer_id, q.gate_status, q.qfi),
+        (
+            1,
+            Some(mecgw_pfcp::ie::GateStatus {
+                uplink_open: false,
+                downlink_open: true
+            }),
+            Some(5)
+        )
+    );
+    assert_eq!(m.remove_qer, vec![2]);
+    let u = &m.update_urr[0];
+    assert_eq!(
+        (u.urr_id, u.volume_threshold.and_then(|v| v.total)),
+        (1, Some(1000))
+    );
 
     // tshark, a third implementation: every message dissected, nothing malformed.
     let dir = tempfile::tempdir().unwrap();
@@ -269,10 +293,17 @@ struct Run {
 
 impl Run {
     fn start(pfcp: &PfcpSettings) -> Run {
+        Run::start_with(pfcp, |_| ())
+    }
+
+    /// [`Run::start`], with `configure` changing the gateway's directory (its `mecgw.toml`
+    /// written) before the gateway starts.
+    fn start_with(pfcp: &PfcpSettings, configure: impl FnOnce(&Path)) -> Run {
         let bin = mecgw_tests::bin_dir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let bed = testbed::up().unwrap();
         testbed::write_gateway_config_pfcp(dir.path(), "", DatapathChoice::Native, pfcp).unwrap();
+        configure(dir.path());
         let core_seen = dir.path().join("core.hex");
         // The core answers downlink straight to the gNB, on the TEID of the UE the answer
         // is for (it cannot know mecgw's TEIDs, which "pass" sessions carry to it).
@@ -414,10 +445,45 @@ fn gnbsim(
     count: u32,
     timeout_ms: u32,
 ) -> Value {
-    gnbsim_recording(run, first, sessions, to, probes, count, timeout_ms, None)
+    gnbsim_recording(
+        run,
+        first,
+        sessions,
+        to,
+        probes,
+        count,
+        timeout_ms,
+        None,
+        &[],
+    )
 }
 
-/// [`gnbsim`], recording every uplink datagram sent (hex lines) in `record`.
+/// [`gnbsim`] for UE 0 of `session` sending to mecgw's N3 address with QFI `qfi` in its
+/// uplink containers, and expecting it in every downlink one.
+fn gnbsim_qfi(
+    run: &Run,
+    session: &Established,
+    probes: &[String],
+    count: u32,
+    timeout_ms: u32,
+    qfi: u8,
+) -> Value {
+    let qfi = qfi.to_string();
+    gnbsim_recording(
+        run,
+        0,
+        &[session],
+        N3.v4,
+        probes,
+        count,
+        timeout_ms,
+        None,
+        &["--qfi", &qfi],
+    )
+}
+
+/// [`gnbsim`], recording every uplink datagram sent (hex lines) in `record`, with `extra`
+/// arguments for the simulator.
 #[allow(clippy::too_many_arguments)]
 fn gnbsim_recording(
     run: &Run,
@@ -428,6 +494,7 @@ fn gnbsim_recording(
     count: u32,
     timeout_ms: u32,
     record: Option<&Path>,
+    extra: &[&str],
 ) -> Value {
     let teids: Vec<String> = sessions.iter().map(|s| format!("{:#x}", s.teid)).collect();
     let ue_v4 = format!("198.19.0.{}", first + 1);
@@ -460,6 +527,7 @@ fn gnbsim_recording(
     for p in probes {
         args.extend(["--probe", p.as_str()]);
     }
+    args.extend(extra);
     testbed::gnbsim(&run.bin, &args).unwrap()
 }
 
@@ -731,6 +799,7 @@ fn ulcl_sessions_steer_edge_traffic_locally_and_the_rest_to_the_core() {
         rounds,
         1000,
         Some(&record),
+        &[],
     );
     all_answered(&sent_pass);
 
@@ -917,6 +986,126 @@ fn modifications_add_and_remove_an_sdf_filter_and_update_a_far() {
         "to the core again once the PDR is removed"
     );
     assert_eq!(sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]), 1);
+}
+
+/// The SMF's Update QER and Remove QER, checked on traffic. Closing the uplink gate makes the
+/// fast path drop the session's uplink (each packet counted as `pdr_drop`, none reaching the
+/// edge or the core) and opening it again restores it; a new QFI is the QFI of the downlink
+/// mecgw encapsulates (the simulator checks every container); removing the QER (its gate
+/// closed again first) leaves the session's PDRs without one: gates open, QFI 0.
+#[test]
+fn qer_updates_gate_the_uplink_and_set_the_downlink_qfi_and_removing_the_qer_lifts_both() {
+    let _turn = turn();
+    let mut run = Run::start(&PfcpSettings::default());
+    run.smf.associate(None).unwrap();
+    let s = run
+        .smf
+        .establish(&UlclSession::numbered(0, &[EDGE4], true))
+        .unwrap();
+    let both = edge_and_core_probes();
+    // The core stand-in answers with the simulator's default QFI: where the QFI changes,
+    // only the edge's answers (encapsulated by mecgw) are probed.
+    let edge = [
+        probe("edge-udp", &format!("udp:{}:7", EDGE.v4)),
+        probe("edge-icmp", &format!("icmp:{}", EDGE.v4)),
+    ];
+    let rounds = 2;
+    let drops = || {
+        sample_sum(
+            &metrics(),
+            "mecgw_fastpath_reason_packets_total",
+            &[("reason", "pdr_drop")],
+        )
+    };
+    // G-PDUs the core received (mecgw's GTP-U Echo Requests left out).
+    let core_gpdus = |run: &Run| {
+        run.core_seen()
+            .iter()
+            .filter(|l| inner_of(l).is_some())
+            .count()
+    };
+    let modify = |run: &mut Run, change: Value| {
+        let mut cmd = json!({"cmd": "modify", "name": "ue1"});
+        for (k, v) in change.as_object().unwrap() {
+            cmd[k] = v.clone();
+        }
+        let out = run.smf.call(cmd).unwrap();
+        assert_eq!(out["cause"], 1, "{change}: {out}");
+    };
+    let none_answered = |report: &Value, probes: &[String]| {
+        for p in probes {
+            let name = p.split_once('=').unwrap().0;
+            assert_eq!(
+                answered(report, name),
+                (u64::from(rounds), 0),
+                "{name}: {report}"
+            );
+        }
+    };
+
+    let open = gnbsim_qfi(&run, &s, &both, rounds, 1000, testbed::QFI);
+    all_answered(&open);
+    assert_eq!(drops(), 0);
+    let core_before = core_gpdus(&run);
+    assert_eq!(core_before, 2 * rounds as usize, "UDP and ICMP to the core");
+
+    modify(
+        &mut run,
+        json!({"update_qer": {"qer_id": 1, "gate": {"ul": "CLOSED", "dl": "OPEN"}}}),
+    );
+    let closed = gnbsim_qfi(&run, &s, &both, rounds, 300, testbed::QFI);
+    none_answered(&closed, &both);
+    let sent = UeVolume::of(&closed, 0).ul.0;
+    assert_eq!(sent, 4 * u64::from(rounds));
+    assert_eq!(
+        drops(),
+        sent,
+        "every uplink packet dropped by the closed gate"
+    );
+    assert_eq!(core_gpdus(&run), core_before, "nothing reached the core");
+    assert!(UeVolume::of(&closed, 0).dl.is_empty(), "{closed}");
+
+    modify(
+        &mut run,
+        json!({"update_qer": {"qer_id": 1, "gate": {"ul": "OPEN", "dl": "OPEN"}}}),
+    );
+    let reopened = gnbsim_qfi(&run, &s, &both, rounds, 1000, testbed::QFI);
+    all_answered(&reopened);
+    assert_eq!(drops(), sent, "nothing dropped once the gate is open again");
+    assert_eq!(core_gpdus(&run), core_before + 2 * rounds as usize);
+
+    // A new QFI: the edge's answers come back with it, and no longer with the old one.
+    modify(&mut run, json!({"update_qer": {"qer_id": 1, "qfi": 5}}));
+    let new_qfi = gnbsim_qfi(&run, &s, &edge, rounds, 1000, 5);
+    all_answered(&new_qfi);
+    let old_qfi = gnbsim_qfi(&run, &s, &edge, rounds, 1000, testbed::QFI);
+    for p in &edge {
+        let name = p.split_once('=').unwrap().0;
+        assert_eq!(answered(&old_qfi, name).1, 0, "{name}: {old_qfi}");
+        let bad = old_qfi[name]["bad"].as_object().unwrap();
+        assert!(
+            bad.keys().all(|k| k.contains("expected downlink QFI 9")),
+            "answers arrived with another QFI: {old_qfi}"
+        );
+    }
+    assert_eq!(
+        UeVolume::of(&old_qfi, 0).encapsulated_by_mecgw().0,
+        2 * u64::from(rounds),
+        "every edge answer came back, encapsulated by mecgw: {old_qfi}"
+    );
+
+    // Closed again, then the QER removed: no QER, no gate, no QFI.
+    modify(
+        &mut run,
+        json!({"update_qer": {"qer_id": 1, "gate": {"ul": "CLOSED", "dl": "CLOSED"}}}),
+    );
+    let closed = gnbsim_qfi(&run, &s, &edge, rounds, 300, 5);
+    none_answered(&closed, &edge);
+    modify(&mut run, json!({"remove_qer": [1]}));
+    let removed = gnbsim_qfi(&run, &s, &edge, rounds, 1000, 0);
+    all_answered(&removed);
+    assert_eq!(sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]), 1);
+    assert!(run.alive());
 }
 
 /// Usage reports add up to what the simulator sent and received: inner IP octets and packets,
