@@ -1108,6 +1108,83 @@ fn qer_updates_gate_the_uplink_and_set_the_downlink_qfi_and_removing_the_qer_lif
     assert!(run.alive());
 }
 
+/// The SMF's Update URR moves the volume threshold, and with it the Session Report Request.
+/// Under a threshold far above the traffic, mecgw reports nothing; lowered below what was
+/// counted, the next threshold check sends a VOLTH report holding all of it (so nothing was
+/// reported before); raised again, the next traffic is not reported until the SMF queries it,
+/// and the query's report holds all of that traffic.
+#[test]
+fn an_update_urr_moves_the_volume_threshold_and_with_it_the_report() {
+    let _turn = turn();
+    let mut run = Run::start(&PfcpSettings::default());
+    run.smf.associate(None).unwrap();
+    const HIGH: u64 = 1 << 40;
+    let mut session = UlclSession::numbered(0, &[EDGE4], true);
+    session.volume_threshold = Some(HIGH);
+    let s = run.smf.establish(&session).unwrap();
+    let volume = |report: &Value| {
+        let v = UeVolume::of(report, 0);
+        let dl = v.encapsulated_by_mecgw();
+        (v.ul.0, v.ul.1, dl.0, dl.1)
+    };
+    let reported = |reports: &Value| {
+        let (ul_octets, dl_octets, ul_packets, dl_packets) = usage_totals(reports);
+        (ul_packets, ul_octets, dl_packets, dl_octets)
+    };
+
+    let first = gnbsim(&run, 0, &[&s], N3.v4, &edge_and_core_probes(), 5, 1000);
+    all_answered(&first);
+    let lower = run
+        .smf
+        .call(json!({"cmd": "modify", "name": "ue1",
+                     "update_urr": {"urr_id": 1, "volume_threshold": 1000}}))
+        .unwrap();
+    assert_eq!(lower["cause"], 1, "{lower}");
+    let waited = run
+        .smf
+        .call(json!({"cmd": "wait", "usage_reports": 1, "timeout_ms": 20_000}))
+        .unwrap();
+    assert_eq!(
+        waited["reached"], true,
+        "a report once the threshold is lowered: {waited}"
+    );
+    let reports = run.smf.call(json!({"cmd": "reports"})).unwrap()["reports"].clone();
+    assert_eq!(reports.as_array().unwrap().len(), 1, "{reports}");
+    assert_eq!(reports[0]["triggers"], json!(["VOLTH"]), "{reports}");
+    assert_eq!(
+        reported(&reports),
+        volume(&first),
+        "the threshold report holds all the traffic before it: {reports}"
+    );
+
+    let raise = run
+        .smf
+        .call(json!({"cmd": "modify", "name": "ue1",
+                     "update_urr": {"urr_id": 1, "volume_threshold": HIGH}}))
+        .unwrap();
+    assert_eq!(raise["cause"], 1, "{raise}");
+    let second = gnbsim(&run, 0, &[&s], N3.v4, &edge_and_core_probes(), 5, 1000);
+    all_answered(&second);
+    let query = run
+        .smf
+        .call(json!({"cmd": "modify", "name": "ue1", "query_urr": [1]}))
+        .unwrap();
+    assert_eq!(query["cause"], 1, "{query}");
+    assert_eq!(
+        query["usage_reports"][0]["triggers"],
+        json!(["IMMER"]),
+        "{query}"
+    );
+    assert_eq!(
+        reported(&query["usage_reports"]),
+        volume(&second),
+        "under the raised threshold nothing was reported before the query: {query}"
+    );
+    let reports = run.smf.call(json!({"cmd": "reports"})).unwrap();
+    assert_eq!(reports["reports"].as_array().unwrap().len(), 1, "{reports}");
+    assert!(run.alive());
+}
+
 /// Usage reports add up to what the simulator sent and received: inner IP octets and packets,
 /// uplink over every Access-side PDR (edge and core traffic), downlink over the SGi-LAN PDR
 /// (the edge's answers mecgw encapsulated). Three URRs: final report only (with a Query URR
