@@ -1185,6 +1185,195 @@ fn an_update_urr_moves_the_volume_threshold_and_with_it_the_report() {
     assert!(run.alive());
 }
 
+/// The test policy for flow records: every identity the SMF can name pseudonymised, the TEID
+/// kept to tell the sessions apart.
+const IDENTITY_POLICY: &str = r#"version: 1
+name: PFCP identities in flow records
+description: Test policy. The SMF's User ID pseudonymised; the TEID kept to tell sessions apart.
+budget:
+  period: 1d
+  epsilon: 1.0
+  delta: 1e-6
+keys:
+  subscriber:
+    path: keys/subscriber.key
+    rotation: 1d
+kinds:
+  flow:
+    description: one record per flow, harvested from the XDP fast path
+    privacy_unit: imsi
+    time: start
+    window: 1h
+    fields:
+      imsi: string
+      imei: string
+      msisdn: string
+      teid: integer
+      start: timestamp
+    transforms:
+      imsi: {pseudonymise: {key: subscriber}}
+      msisdn: {pseudonymise: {key: subscriber}}
+      imei: {pseudonymise: {key: subscriber}}
+      teid: keep
+      start: {bucket: {width: 15m}}
+destinations:
+  analytics:
+    region: EU-DE
+    kinds: [flow]
+"#;
+
+/// The items of every batch the file sink `dir/outbox` received for `analytics`.
+fn analytics_items(dir: &Path) -> Vec<Value> {
+    let Ok(text) = std::fs::read_to_string(dir.join("outbox/analytics.jsonl")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .flat_map(|l| {
+            let batch: Value = serde_json::from_str(l).unwrap();
+            batch["items"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+/// The User ID the SMF sends is the identity of the session's flow records: two sessions, one
+/// naming IMSI, MSISDN and IMEI, one only an IMSI, carry traffic; the flow records the daemon
+/// harvests reach the policy engine with those identities, and the file sink receives each
+/// pseudonymised as the policy says: equal to what `mecgw policy apply` makes of the SMF's
+/// values under the same key, per session (told apart by the TEID mecgw chose). The raw
+/// identities reach no byte the sink or the state directory holds.
+#[test]
+fn flow_records_carry_the_user_id_of_their_pfcp_session_pseudonymised() {
+    const KEY: &str = "6d656367772d706663702d746573742d6b65792d6e6f742d7265616c2121212121";
+    let _turn = turn();
+    let mut run = Run::start_with(&PfcpSettings::default(), |dir| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(dir.join("policy.yaml"), IDENTITY_POLICY).unwrap();
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        let key = dir.join("keys/subscriber.key");
+        std::fs::write(&key, format!("{KEY}\n")).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut config = std::fs::read_to_string(dir.join("mecgw.toml")).unwrap();
+        config.push_str(
+            "\n[policy]\nfile = \"policy.yaml\"\nwindow_grace_secs = 0\n\n\
+             [flows]\nenabled = true\ninterval_secs = 1\n\n\
+             [egress]\n[[egress.destinations]]\nname = \"analytics\"\nregion = \"EU-DE\"\n\
+             sink = { type = \"file\", dir = \"outbox\" }\n",
+        );
+        std::fs::write(dir.join("mecgw.toml"), config).unwrap();
+    });
+    run.smf.associate(None).unwrap();
+    let mut named = UlclSession::numbered(0, &[EDGE4], true);
+    named.msisdn = Some("4915112345678".into());
+    named.imei = Some("353490061234560".into());
+    let imsi_only = UlclSession::numbered(1, &[EDGE4], true);
+    let sessions = [
+        run.smf.establish(&named).unwrap(),
+        run.smf.establish(&imsi_only).unwrap(),
+    ];
+    let report = gnbsim(
+        &run,
+        0,
+        &[&sessions[0], &sessions[1]],
+        N3.v4,
+        &edge_and_core_probes(),
+        2,
+        1000,
+    );
+    all_answered(&report);
+
+    let dir = run.dir.path().to_path_buf();
+    let teid = |r: &Value| r["record"]["teid"].as_u64();
+    wait_until("flow records of both sessions reach the sink", || {
+        let items = analytics_items(&dir);
+        sessions
+            .iter()
+            .all(|s| items.iter().any(|r| teid(r) == Some(u64::from(s.teid))))
+    });
+    let m = metrics();
+    assert!(
+        sample_sum(&m, "mecgw_records_in_total", &[("source", "flow")]) > 0,
+        "{m}"
+    );
+    let items = analytics_items(&dir);
+
+    // What the policy makes of the SMF's values, by the same tool an operator has.
+    for (s, e) in [&named, &imsi_only].into_iter().zip(&sessions) {
+        let mine: Vec<&Value> = items
+            .iter()
+            .filter(|r| teid(r) == Some(u64::from(e.teid)))
+            .collect();
+        let start = mine[0]["record"]["start"].clone();
+        let mut input = json!({"imsi": s.imsi, "teid": e.teid, "start": start});
+        if let Some(m) = &s.msisdn {
+            input["msisdn"] = m.clone().into();
+        }
+        if let Some(i) = &s.imei {
+            input["imei"] = i.clone().into();
+        }
+        std::fs::write(dir.join("in.jsonl"), format!("{input}\n")).unwrap();
+        let out = std::process::Command::new(run.bin.join("mecgw"))
+            .current_dir(&dir)
+            .args([
+                "policy",
+                "apply",
+                "policy.yaml",
+                "--in",
+                "in.jsonl",
+                "--out",
+                "expected.jsonl",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.jsonl")).unwrap())
+                .unwrap();
+        let expected = &expected["record"];
+        assert!(
+            expected["imsi"].as_str().is_some_and(|p| p != s.imsi),
+            "a pseudonym: {expected}"
+        );
+        for r in &mine {
+            for field in ["imsi", "msisdn", "imei"] {
+                assert_eq!(
+                    r["record"][field], expected[field],
+                    "{}: {field} of a flow record vs the policy's pseudonym of the User ID's",
+                    s.name
+                );
+            }
+        }
+    }
+
+    // The SMF's identities themselves left nothing behind.
+    let mut places = Vec::new();
+    for sub in ["outbox", "state"] {
+        let mut stack = vec![dir.join(sub)];
+        while let Some(p) = stack.pop() {
+            if p.is_dir() {
+                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if let Ok(b) = std::fs::read(&p) {
+                places.push((p, b));
+            }
+        }
+    }
+    assert!(!places.is_empty());
+    for id in [
+        named.imsi.as_str(),
+        imsi_only.imsi.as_str(),
+        "4915112345678",
+        "353490061234560",
+    ] {
+        for (p, b) in &places {
+            assert!(
+                !b.windows(id.len()).any(|w| w == id.as_bytes()),
+                "{id} in {}",
+                p.display()
+            );
+        }
+    }
+    assert!(run.alive());
+}
+
 /// Usage reports add up to what the simulator sent and received: inner IP octets and packets,
 /// uplink over every Access-side PDR (edge and core traffic), downlink over the SGi-LAN PDR
 /// (the edge's answers mecgw encapsulated). Three URRs: final report only (with a Query URR
