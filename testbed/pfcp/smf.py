@@ -31,6 +31,8 @@ request mecgw did not answer is not an error: "answered" is false). Commands ("c
                up_ipv4, created_pdrs [{pdr_id, teid, ipv4}], teid (the uplink TEID), ipv4
   modify       {name | seid, add_edge?: [prefix], remove_pdr?: [id],
                 update_far?: {far_id, mode: "pass"|"psa"|"edge"|"drop", teid?, addr?},
+                update_qer?: {qer_id, gate?: {ul, dl: "OPEN"|"CLOSED"}, qfi?},
+                remove_qer?: [id], update_urr?: {urr_id, volume_threshold?},
                 query_urr?: [id], mutate?}
                -> cause, offending_ie, created_pdrs, usage_reports, pdr_ids (new PDRs)
   delete       {name | seid, mutate?}       -> cause, offending_ie, usage_reports
@@ -828,6 +830,23 @@ class Smf:
                     params = self.catch_all_params(far)
                 sub.append(pfcp.IE_UpdateForwardingParameters(IE_list=params))
             ies.append(pfcp.IE_UpdateFAR(IE_list=sub))
+        qer = cmd.get("update_qer")
+        if qer:
+            sub = [pfcp.IE_QER_Id(id=qer["qer_id"])]
+            if "gate" in qer:
+                sub.append(pfcp.IE_GateStatus(ul=qer["gate"].get("ul", "OPEN"),
+                                              dl=qer["gate"].get("dl", "OPEN")))
+            if "qfi" in qer:
+                sub.append(pfcp.IE_QFI(QFI=qer["qfi"]))
+            ies.append(pfcp.IE_UpdateQER(IE_list=sub))
+        for qid in cmd.get("remove_qer", []):
+            ies.append(pfcp.IE_RemoveQER(IE_list=[pfcp.IE_QER_Id(id=qid)]))
+        urr = cmd.get("update_urr")
+        if urr:
+            sub = [pfcp.IE_URR_Id(id=urr["urr_id"])]
+            if "volume_threshold" in urr:
+                sub.append(pfcp.IE_VolumeThreshold(TOVOL=1, total=urr["volume_threshold"]))
+            ies.append(pfcp.IE_UpdateURR(IE_list=sub))
         for uid in cmd.get("query_urr", []):
             ies.append(pfcp.IE_QueryURR(IE_list=[pfcp.IE_URR_Id(id=uid)]))
         data = self.session_message(pfcp.PFCPSessionModificationRequest(IE_list=ies),

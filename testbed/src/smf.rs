@@ -221,6 +221,9 @@ pub struct UlclSession {
     pub edge: Vec<String>,
     pub catch_all: CatchAll,
     pub imsi: String,
+    /// The User ID's MSISDN and IMEI, if the SMF names them.
+    pub msisdn: Option<String>,
+    pub imei: Option<String>,
     /// Periodic usage reports every this many seconds.
     pub report_period_secs: Option<u32>,
     /// A usage report when this many octets (total) were counted.
@@ -250,6 +253,8 @@ impl UlclSession {
                 CatchAll::Pass
             },
             imsi: imsi(n),
+            msisdn: None,
+            imei: None,
             report_period_secs: None,
             volume_threshold: None,
         }
@@ -288,6 +293,12 @@ impl UlclSession {
         });
         if let Some(v6) = &self.ue_v6 {
             cmd["ue_v6"] = v6.clone().into();
+        }
+        if let Some(m) = &self.msisdn {
+            cmd["msisdn"] = m.clone().into();
+        }
+        if let Some(i) = &self.imei {
+            cmd["imei"] = i.clone().into();
         }
         cmd
     }

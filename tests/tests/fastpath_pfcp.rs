@@ -29,7 +29,7 @@ use mecgw::{
     },
     pfcp::rules::{Compiled, Ctx, Rules, UeKey, compile},
 };
-use mecgw_ebpf::Reason;
+use mecgw_ebpf::{Reason, Verdict};
 use mecgw_pfcp::ie::{
     ApplyAction, CreateFar, CreatePdr, FTeid, ForwardingParameters, GateStatus, Interface,
     OuterHeaderCreation, OuterHeaderRemoval, Pdi, Qer, SdfFilter, UeIpAddress,
@@ -457,6 +457,13 @@ fn generate(r: &mut Rng, index: u32) -> Generated {
     }
 }
 
+/// The tests share one loaded fast path and one namespace name: they take turns.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn fast_path() -> &'static FastPath {
     static FP: std::sync::OnceLock<FastPath> = std::sync::OnceLock::new();
     FP.get_or_init(|| {
@@ -679,6 +686,7 @@ fn run_case(seed: u64, tables: &CompiledTables, fib: &Fib, seen: &mut HashSet<Re
 
 #[test]
 fn kernel_and_model_agree_on_random_pfcp_sessions_and_packets() {
+    let _turn = turn();
     let (ns, fib, n3) = namespace();
     let tables = from_toml(TABLES, "tables").unwrap().on_interfaces(n3, 0);
     fast_path().install(&tables).unwrap();
@@ -732,4 +740,174 @@ fn kernel_and_model_agree_on_random_pfcp_sessions_and_packets() {
             "no packet had reason {reason:?}; seen {seen:?}"
         );
     }
+}
+
+/// Operator traffic rules next to PFCP sessions, as docs/pfcp.md says they combine: the
+/// rules (here from the tables file; the API's are the same entries) judge the table
+/// session's uplink, and a PFCP session's uplink is judged by its PDRs alone, also where the
+/// inner packet matches a rule. Rule 10 drops 198.51.100.0/24 and rule 20 breaks 203.0.113.0/24
+/// out; the PFCP session breaks 198.51.100.0/24 out (an SDF filter) and forwards the rest to
+/// the core. Kernel and model agree on every packet, and both say what the docs say.
+#[test]
+fn operator_rules_judge_table_sessions_and_pdrs_alone_judge_pfcp_sessions() {
+    let _turn = turn();
+    let (ns, fib, n3) = namespace();
+    let source = format!(
+        "{TABLES}\n[[rules]]\nid = 10\npriority = 0\naction = \"DROP\"\n\
+         dst = [\"198.51.100.0/24\"]\n\n[[rules]]\nid = 20\npriority = 1\n\
+         action = \"LOCAL\"\ndst = [\"203.0.113.0/24\"]\n"
+    );
+    let tables = from_toml(&source, "tables").unwrap().on_interfaces(n3, 0);
+    let fp = fast_path();
+    fp.install(&tables).unwrap();
+
+    // The PFCP session, out of the random cases' way (TEIDs, UE addresses).
+    let teid = TEID_MIN + 0x10_0000;
+    let ue = Ipv4Addr::new(10, 47, 0, 1);
+    let uplink_pdr = |id: u16, precedence: u32, filter: Option<&str>, ohr: bool| CreatePdr {
+        pdr_id: id,
+        precedence,
+        pdi: Pdi {
+            source_interface: Interface::Access,
+            local_f_teid: Some(FTeid::Assigned {
+                teid,
+                ipv4: Some(Ipv4Addr::new(198, 18, 0, 2)),
+                ipv6: None,
+            }),
+            network_instance: None,
+            ue_ip_address: vec![ue_ip(Some(ue), None)],
+            sdf_filters: filter
+                .map(|f| SdfFilter {
+                    flow_description: Some(f.to_string()),
+                    ..SdfFilter::default()
+                })
+                .into_iter()
+                .collect(),
+            qfis: Vec::new(),
+        },
+        outer_header_removal: ohr.then_some(OHR_GTPU_V4),
+        far_id: Some(u32::from(id)),
+        urr_ids: Vec::new(),
+        qer_ids: Vec::new(),
+    };
+    let mut rules = Rules::create(
+        &[
+            uplink_pdr(
+                1,
+                10,
+                Some("permit out ip from 198.51.100.0/24 to assigned"),
+                true,
+            ),
+            uplink_pdr(2, 100, None, false),
+        ],
+        &[
+            far(1, ApplyAction::FORW, Some(Interface::SgiLan), None),
+            far(2, ApplyAction::FORW, Some(Interface::Core), None),
+        ],
+        &[],
+        &[],
+    )
+    .unwrap();
+    for p in rules.pdrs.values_mut() {
+        p.local_teid = Some(teid);
+    }
+    let slots: BTreeMap<u16, u32> = [(1, 900), (2, 901)].into_iter().collect();
+    let compiled = compile(
+        &rules,
+        &Ctx {
+            session: teid,
+            counter: mecgw::datapath::pfcp_maps::session_counter_slot(60),
+            pdr_slots: &slots,
+            n3_v4: Some(Ipv4Addr::new(198, 18, 0, 2)),
+            n3_v6: None,
+        },
+    )
+    .unwrap();
+    let mut entries = PfcpEntries {
+        teid_min: TEID_MIN,
+        fib,
+        ..PfcpEntries::default()
+    };
+    install(fp, &mut entries, &compiled);
+    let model = Model::new(&tables).with_pfcp(entries.clone());
+
+    let g_pdu = |teid: u32, src: Ipv4Addr, dst: [u8; 4]| {
+        let inner = ipv4(src.octets(), dst, 17, 64, 0, &udp(40000, 53, b"mecgw"));
+        n3_v4(
+            [198, 18, 0, 1],
+            [198, 18, 0, 2],
+            &gtp(255, teid, None, &[], &inner),
+        )
+    };
+    let table_ue = Ipv4Addr::new(198, 19, 0, 1);
+    // (what, frame, verdict, reason, rule, session, PDR)
+    let cases = [
+        (
+            "table session to the dropped prefix: rule 10",
+            g_pdu(0x1000, table_ue, [198, 51, 100, 7]),
+            Verdict::Drop,
+            Reason::RuleDrop,
+            Some(10),
+            Some(1),
+            None,
+        ),
+        (
+            "table session to the broken-out prefix: rule 20",
+            g_pdu(0x1000, table_ue, [203, 0, 113, 5]),
+            Verdict::Redirect,
+            Reason::RuleLocal,
+            Some(20),
+            Some(1),
+            None,
+        ),
+        (
+            "PFCP session to rule 10's prefix: its SDF filter PDR breaks it out",
+            g_pdu(teid, ue, [198, 51, 100, 7]),
+            Verdict::Redirect,
+            Reason::PdrLocal,
+            None,
+            Some(teid),
+            Some(1),
+        ),
+        (
+            "PFCP session to rule 20's prefix: its catch-all PDR forwards it to the core",
+            g_pdu(teid, ue, [203, 0, 113, 5]),
+            Verdict::Pass,
+            Reason::PdrForward,
+            None,
+            Some(teid),
+            Some(2),
+        ),
+    ];
+    let judged = mecgw_tests::in_netns(&ns.0, || {
+        cases
+            .iter()
+            .map(|(_, frame, ..)| {
+                (
+                    fp.judge(Direction::Uplink, frame).unwrap(),
+                    Judged::from(model.uplink(frame)),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    for ((what, _, verdict, reason, rule, session, pdr), (kernel, model)) in
+        cases.iter().zip(&judged)
+    {
+        assert_eq!(kernel, model, "{what}: kernel vs model");
+        assert_eq!(
+            (
+                kernel.verdict,
+                kernel.reason,
+                kernel.rule,
+                kernel.session,
+                kernel.pdr
+            ),
+            (*verdict, *reason, *rule, *session, *pdr),
+            "{what}"
+        );
+    }
+    // Leave the shared fast path as found: no PFCP entries, no flow samples.
+    uninstall(fp, &entries);
+    fp.harvest_flows().unwrap();
 }

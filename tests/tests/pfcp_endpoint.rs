@@ -1372,3 +1372,80 @@ fn an_establishment_reusing_a_cp_f_seid_replaces_the_stale_session() {
         upf.metrics()
     );
 }
+
+/// An SMF that assigns the F-TEIDs itself (in mecgw's range: mecgw advertises FTUP, but an
+/// explicit TEID it does not use is accepted) gives every uplink PDR of a session the same
+/// one, as it would with CHOOSE and one CHOOSE ID. The session is accepted with both PDRs on
+/// that TEID in the fast path; another session asking for the same TEID is refused with 71.
+#[test]
+fn an_smf_assigned_f_teid_shared_by_a_sessions_uplink_pdrs_is_accepted() {
+    let upf = Upf::start(|_| {});
+    let mut smf = Smf::new(Ipv4Addr::LOCALHOST, upf.addr);
+    smf.associate();
+    let teid = TEID_MIN + 0x1234;
+    let with_teid = |cp_seid: u64| {
+        let mut req = breakout(cp_seid, Ipv4Addr::LOCALHOST, volume_urr());
+        let assigned = FTeid::Assigned {
+            teid,
+            ipv4: Some(N3),
+            ipv6: None,
+        };
+        req.create_pdr[0].pdi.local_f_teid = Some(assigned.clone());
+        // A catch-all on the same F-TEID, after the breakout PDR: passed on to the core.
+        let mut catch_all = req.create_pdr[0].clone();
+        catch_all.pdr_id = 3;
+        catch_all.precedence = 300;
+        catch_all.outer_header_removal = None;
+        catch_all.far_id = Some(3);
+        req.create_pdr.push(catch_all);
+        req.create_pdr[0].pdi.sdf_filters = vec![mecgw_pfcp::ie::SdfFilter {
+            flow_description: Some("permit out ip from 192.0.2.0/24 to assigned".into()),
+            ..mecgw_pfcp::ie::SdfFilter::default()
+        }];
+        req.create_far.push(CreateFar {
+            far_id: 3,
+            apply_action: ApplyAction(ApplyAction::FORW),
+            forwarding_parameters: Some(ForwardingParameters {
+                destination_interface: Some(Interface::Core),
+                network_instance: None,
+                outer_header_creation: None,
+            }),
+            bar_id: None,
+        });
+        Message::SessionEstablishmentRequest(req)
+    };
+    let cause = |r: &Received| match &r.message {
+        Message::SessionEstablishmentResponse(e) => (e.cause, e.offending_ie),
+        other => panic!("{other:?}"),
+    };
+
+    let r = smf.request(Some(0), with_teid(0x0000_c0de_0000_0101));
+    assert_eq!(cause(&r), (Cause::ACCEPTED, None), "{:?}", r.message);
+    let tunnels = upf.dp.tunnels();
+    let t = tunnels
+        .get(&teid)
+        .expect("the SMF's TEID is in the fast path");
+    assert_eq!(t.pdr_count, 2, "both uplink PDRs on it: {t:?}");
+    assert_eq!(
+        (t.pdrs[0].action, t.pdrs[1].action),
+        (pdr_action::LOCAL, pdr_action::FORWARD)
+    );
+    assert!(upf.has_metric("mecgw_pfcp_sessions 1"));
+
+    let mut other = with_teid(0x0000_c0de_0000_0102);
+    if let Message::SessionEstablishmentRequest(req) = &mut other {
+        // Another UE, the same TEID.
+        for p in &mut req.create_pdr {
+            p.pdi.ue_ip_address[0].ipv4 = Some(Ipv4Addr::new(10, 45, 0, 10));
+        }
+    }
+    let r = smf.request(Some(0), other);
+    assert_eq!(
+        cause(&r),
+        (
+            Cause::INVALID_F_TEID_ALLOCATION_OPTION,
+            Some(ie_type::F_TEID)
+        )
+    );
+    assert!(upf.has_metric("mecgw_pfcp_sessions 1"));
+}

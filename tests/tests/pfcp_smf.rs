@@ -73,6 +73,9 @@ fn the_smfs_requests_decode_with_mecgws_codec_and_dissect_cleanly_in_tshark() {
                "query_urr": [1]}),
         json!({"cmd": "delete", "seid": 77}),
         json!({"cmd": "release"}),
+        json!({"cmd": "modify", "seid": 77,
+               "update_qer": {"qer_id": 1, "gate": {"ul": "CLOSED", "dl": "OPEN"}, "qfi": 5},
+               "remove_qer": [2], "update_urr": {"urr_id": 1, "volume_threshold": 1000}}),
     ];
     let mut datagrams = Vec::new();
     for r in &requests {
@@ -195,6 +198,27 @@ fn the_smfs_requests_decode_with_mecgws_codec_and_dissect_cleanly_in_tshark() {
     assert_eq!(m.update_far[0].far_id, 2);
     assert!(matches!(decoded[6], Message::SessionDeletionRequest));
     assert!(matches!(decoded[7], Message::AssociationReleaseRequest(_)));
+    let Message::SessionModificationRequest(m) = &decoded[8] else {
+        panic!("{:?}", decoded[8])
+    };
+    let q = &m.update_qer[0];
+    assert_eq!(
+        (q.qer_id, q.gate_status, q.qfi),
+        (
+            1,
+            Some(mecgw_pfcp::ie::GateStatus {
+                uplink_open: false,
+                downlink_open: true
+            }),
+            Some(5)
+        )
+    );
+    assert_eq!(m.remove_qer, vec![2]);
+    let u = &m.update_urr[0];
+    assert_eq!(
+        (u.urr_id, u.volume_threshold.and_then(|v| v.total)),
+        (1, Some(1000))
+    );
 
     // tshark, a third implementation: every message dissected, nothing malformed.
     let dir = tempfile::tempdir().unwrap();
@@ -269,10 +293,17 @@ struct Run {
 
 impl Run {
     fn start(pfcp: &PfcpSettings) -> Run {
+        Run::start_with(pfcp, |_| ())
+    }
+
+    /// [`Run::start`], with `configure` changing the gateway's directory (its `mecgw.toml`
+    /// written) before the gateway starts.
+    fn start_with(pfcp: &PfcpSettings, configure: impl FnOnce(&Path)) -> Run {
         let bin = mecgw_tests::bin_dir().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let bed = testbed::up().unwrap();
         testbed::write_gateway_config_pfcp(dir.path(), "", DatapathChoice::Native, pfcp).unwrap();
+        configure(dir.path());
         let core_seen = dir.path().join("core.hex");
         // The core answers downlink straight to the gNB, on the TEID of the UE the answer
         // is for (it cannot know mecgw's TEIDs, which "pass" sessions carry to it).
@@ -414,10 +445,45 @@ fn gnbsim(
     count: u32,
     timeout_ms: u32,
 ) -> Value {
-    gnbsim_recording(run, first, sessions, to, probes, count, timeout_ms, None)
+    gnbsim_recording(
+        run,
+        first,
+        sessions,
+        to,
+        probes,
+        count,
+        timeout_ms,
+        None,
+        &[],
+    )
 }
 
-/// [`gnbsim`], recording every uplink datagram sent (hex lines) in `record`.
+/// [`gnbsim`] for UE 0 of `session` sending to mecgw's N3 address with QFI `qfi` in its
+/// uplink containers, and expecting it in every downlink one.
+fn gnbsim_qfi(
+    run: &Run,
+    session: &Established,
+    probes: &[String],
+    count: u32,
+    timeout_ms: u32,
+    qfi: u8,
+) -> Value {
+    let qfi = qfi.to_string();
+    gnbsim_recording(
+        run,
+        0,
+        &[session],
+        N3.v4,
+        probes,
+        count,
+        timeout_ms,
+        None,
+        &["--qfi", &qfi],
+    )
+}
+
+/// [`gnbsim`], recording every uplink datagram sent (hex lines) in `record`, with `extra`
+/// arguments for the simulator.
 #[allow(clippy::too_many_arguments)]
 fn gnbsim_recording(
     run: &Run,
@@ -428,6 +494,7 @@ fn gnbsim_recording(
     count: u32,
     timeout_ms: u32,
     record: Option<&Path>,
+    extra: &[&str],
 ) -> Value {
     let teids: Vec<String> = sessions.iter().map(|s| format!("{:#x}", s.teid)).collect();
     let ue_v4 = format!("198.19.0.{}", first + 1);
@@ -460,6 +527,7 @@ fn gnbsim_recording(
     for p in probes {
         args.extend(["--probe", p.as_str()]);
     }
+    args.extend(extra);
     testbed::gnbsim(&run.bin, &args).unwrap()
 }
 
@@ -731,6 +799,7 @@ fn ulcl_sessions_steer_edge_traffic_locally_and_the_rest_to_the_core() {
         rounds,
         1000,
         Some(&record),
+        &[],
     );
     all_answered(&sent_pass);
 
@@ -917,6 +986,392 @@ fn modifications_add_and_remove_an_sdf_filter_and_update_a_far() {
         "to the core again once the PDR is removed"
     );
     assert_eq!(sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]), 1);
+}
+
+/// The SMF's Update QER and Remove QER, checked on traffic. Closing the uplink gate makes the
+/// fast path drop the session's uplink (each packet counted as `pdr_drop`, none reaching the
+/// edge or the core) and opening it again restores it; a new QFI is the QFI of the downlink
+/// mecgw encapsulates (the simulator checks every container); removing the QER (its gate
+/// closed again first) leaves the session's PDRs without one: gates open, QFI 0.
+#[test]
+fn qer_updates_gate_the_uplink_and_set_the_downlink_qfi_and_removing_the_qer_lifts_both() {
+    let _turn = turn();
+    let mut run = Run::start(&PfcpSettings::default());
+    run.smf.associate(None).unwrap();
+    let s = run
+        .smf
+        .establish(&UlclSession::numbered(0, &[EDGE4], true))
+        .unwrap();
+    let both = edge_and_core_probes();
+    // The core stand-in answers with the simulator's default QFI: where the QFI changes,
+    // only the edge's answers (encapsulated by mecgw) are probed.
+    let edge = [
+        probe("edge-udp", &format!("udp:{}:7", EDGE.v4)),
+        probe("edge-icmp", &format!("icmp:{}", EDGE.v4)),
+    ];
+    let rounds = 2;
+    let drops = || {
+        sample_sum(
+            &metrics(),
+            "mecgw_fastpath_reason_packets_total",
+            &[("reason", "pdr_drop")],
+        )
+    };
+    // G-PDUs the core received (mecgw's GTP-U Echo Requests left out).
+    let core_gpdus = |run: &Run| {
+        run.core_seen()
+            .iter()
+            .filter(|l| inner_of(l).is_some())
+            .count()
+    };
+    let modify = |run: &mut Run, change: Value| {
+        let mut cmd = json!({"cmd": "modify", "name": "ue1"});
+        for (k, v) in change.as_object().unwrap() {
+            cmd[k] = v.clone();
+        }
+        let out = run.smf.call(cmd).unwrap();
+        assert_eq!(out["cause"], 1, "{change}: {out}");
+    };
+    let none_answered = |report: &Value, probes: &[String]| {
+        for p in probes {
+            let name = p.split_once('=').unwrap().0;
+            assert_eq!(
+                answered(report, name),
+                (u64::from(rounds), 0),
+                "{name}: {report}"
+            );
+        }
+    };
+
+    let open = gnbsim_qfi(&run, &s, &both, rounds, 1000, testbed::QFI);
+    all_answered(&open);
+    assert_eq!(drops(), 0);
+    let core_before = core_gpdus(&run);
+    assert_eq!(core_before, 2 * rounds as usize, "UDP and ICMP to the core");
+
+    modify(
+        &mut run,
+        json!({"update_qer": {"qer_id": 1, "gate": {"ul": "CLOSED", "dl": "OPEN"}}}),
+    );
+    let closed = gnbsim_qfi(&run, &s, &both, rounds, 300, testbed::QFI);
+    none_answered(&closed, &both);
+    let sent = UeVolume::of(&closed, 0).ul.0;
+    assert_eq!(sent, 4 * u64::from(rounds));
+    assert_eq!(
+        drops(),
+        sent,
+        "every uplink packet dropped by the closed gate"
+    );
+    assert_eq!(core_gpdus(&run), core_before, "nothing reached the core");
+    assert!(UeVolume::of(&closed, 0).dl.is_empty(), "{closed}");
+
+    modify(
+        &mut run,
+        json!({"update_qer": {"qer_id": 1, "gate": {"ul": "OPEN", "dl": "OPEN"}}}),
+    );
+    let reopened = gnbsim_qfi(&run, &s, &both, rounds, 1000, testbed::QFI);
+    all_answered(&reopened);
+    assert_eq!(drops(), sent, "nothing dropped once the gate is open again");
+    assert_eq!(core_gpdus(&run), core_before + 2 * rounds as usize);
+
+    // A new QFI: the edge's answers come back with it, and no longer with the old one.
+    modify(&mut run, json!({"update_qer": {"qer_id": 1, "qfi": 5}}));
+    let new_qfi = gnbsim_qfi(&run, &s, &edge, rounds, 1000, 5);
+    all_answered(&new_qfi);
+    let old_qfi = gnbsim_qfi(&run, &s, &edge, rounds, 1000, testbed::QFI);
+    for p in &edge {
+        let name = p.split_once('=').unwrap().0;
+        assert_eq!(answered(&old_qfi, name).1, 0, "{name}: {old_qfi}");
+        let bad = old_qfi[name]["bad"].as_object().unwrap();
+        assert!(
+            bad.keys().all(|k| k.contains("expected downlink QFI 9")),
+            "answers arrived with another QFI: {old_qfi}"
+        );
+    }
+    assert_eq!(
+        UeVolume::of(&old_qfi, 0).encapsulated_by_mecgw().0,
+        2 * u64::from(rounds),
+        "every edge answer came back, encapsulated by mecgw: {old_qfi}"
+    );
+
+    // Closed again, then the QER removed: no QER, no gate, no QFI.
+    modify(
+        &mut run,
+        json!({"update_qer": {"qer_id": 1, "gate": {"ul": "CLOSED", "dl": "CLOSED"}}}),
+    );
+    let closed = gnbsim_qfi(&run, &s, &edge, rounds, 300, 5);
+    none_answered(&closed, &edge);
+    modify(&mut run, json!({"remove_qer": [1]}));
+    let removed = gnbsim_qfi(&run, &s, &edge, rounds, 1000, 0);
+    all_answered(&removed);
+    assert_eq!(sample_sum(&metrics(), "mecgw_pfcp_sessions", &[]), 1);
+    assert!(run.alive());
+}
+
+/// The SMF's Update URR moves the volume threshold, and with it the Session Report Request.
+/// Under a threshold far above the traffic, mecgw reports nothing; lowered below what was
+/// counted, the next threshold check sends a VOLTH report holding all of it (so nothing was
+/// reported before); raised again, the next traffic is not reported until the SMF queries it,
+/// and the query's report holds all of that traffic.
+#[test]
+fn an_update_urr_moves_the_volume_threshold_and_with_it_the_report() {
+    let _turn = turn();
+    let mut run = Run::start(&PfcpSettings::default());
+    run.smf.associate(None).unwrap();
+    const HIGH: u64 = 1 << 40;
+    let mut session = UlclSession::numbered(0, &[EDGE4], true);
+    session.volume_threshold = Some(HIGH);
+    let s = run.smf.establish(&session).unwrap();
+    let volume = |report: &Value| {
+        let v = UeVolume::of(report, 0);
+        let dl = v.encapsulated_by_mecgw();
+        (v.ul.0, v.ul.1, dl.0, dl.1)
+    };
+    let reported = |reports: &Value| {
+        let (ul_octets, dl_octets, ul_packets, dl_packets) = usage_totals(reports);
+        (ul_packets, ul_octets, dl_packets, dl_octets)
+    };
+
+    let first = gnbsim(&run, 0, &[&s], N3.v4, &edge_and_core_probes(), 5, 1000);
+    all_answered(&first);
+    let lower = run
+        .smf
+        .call(json!({"cmd": "modify", "name": "ue1",
+                     "update_urr": {"urr_id": 1, "volume_threshold": 1000}}))
+        .unwrap();
+    assert_eq!(lower["cause"], 1, "{lower}");
+    let waited = run
+        .smf
+        .call(json!({"cmd": "wait", "usage_reports": 1, "timeout_ms": 20_000}))
+        .unwrap();
+    assert_eq!(
+        waited["reached"], true,
+        "a report once the threshold is lowered: {waited}"
+    );
+    let reports = run.smf.call(json!({"cmd": "reports"})).unwrap()["reports"].clone();
+    assert_eq!(reports.as_array().unwrap().len(), 1, "{reports}");
+    assert_eq!(reports[0]["triggers"], json!(["VOLTH"]), "{reports}");
+    assert_eq!(
+        reported(&reports),
+        volume(&first),
+        "the threshold report holds all the traffic before it: {reports}"
+    );
+
+    let raise = run
+        .smf
+        .call(json!({"cmd": "modify", "name": "ue1",
+                     "update_urr": {"urr_id": 1, "volume_threshold": HIGH}}))
+        .unwrap();
+    assert_eq!(raise["cause"], 1, "{raise}");
+    let second = gnbsim(&run, 0, &[&s], N3.v4, &edge_and_core_probes(), 5, 1000);
+    all_answered(&second);
+    let query = run
+        .smf
+        .call(json!({"cmd": "modify", "name": "ue1", "query_urr": [1]}))
+        .unwrap();
+    assert_eq!(query["cause"], 1, "{query}");
+    assert_eq!(
+        query["usage_reports"][0]["triggers"],
+        json!(["IMMER"]),
+        "{query}"
+    );
+    assert_eq!(
+        reported(&query["usage_reports"]),
+        volume(&second),
+        "under the raised threshold nothing was reported before the query: {query}"
+    );
+    let reports = run.smf.call(json!({"cmd": "reports"})).unwrap();
+    assert_eq!(reports["reports"].as_array().unwrap().len(), 1, "{reports}");
+    assert!(run.alive());
+}
+
+/// The test policy for flow records: every identity the SMF can name pseudonymised, the TEID
+/// kept to tell the sessions apart.
+const IDENTITY_POLICY: &str = r#"version: 1
+name: PFCP identities in flow records
+description: Test policy. The SMF's User ID pseudonymised; the TEID kept to tell sessions apart.
+budget:
+  period: 1d
+  epsilon: 1.0
+  delta: 1e-6
+keys:
+  subscriber:
+    path: keys/subscriber.key
+    rotation: 1d
+kinds:
+  flow:
+    description: one record per flow, harvested from the XDP fast path
+    privacy_unit: imsi
+    time: start
+    window: 1h
+    fields:
+      imsi: string
+      imei: string
+      msisdn: string
+      teid: integer
+      start: timestamp
+    transforms:
+      imsi: {pseudonymise: {key: subscriber}}
+      msisdn: {pseudonymise: {key: subscriber}}
+      imei: {pseudonymise: {key: subscriber}}
+      teid: keep
+      start: {bucket: {width: 15m}}
+destinations:
+  analytics:
+    region: EU-DE
+    kinds: [flow]
+"#;
+
+/// The items of every batch the file sink `dir/outbox` received for `analytics`.
+fn analytics_items(dir: &Path) -> Vec<Value> {
+    let Ok(text) = std::fs::read_to_string(dir.join("outbox/analytics.jsonl")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .flat_map(|l| {
+            let batch: Value = serde_json::from_str(l).unwrap();
+            batch["items"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+/// The User ID the SMF sends is the identity of the session's flow records: two sessions, one
+/// naming IMSI, MSISDN and IMEI, one only an IMSI, carry traffic; the flow records the daemon
+/// harvests reach the policy engine with those identities, and the file sink receives each
+/// pseudonymised as the policy says: equal to what `mecgw policy apply` makes of the SMF's
+/// values under the same key, per session (told apart by the TEID mecgw chose). The raw
+/// identities reach no byte the sink or the state directory holds.
+#[test]
+fn flow_records_carry_the_user_id_of_their_pfcp_session_pseudonymised() {
+    const KEY: &str = "6d656367772d706663702d746573742d6b65792d6e6f742d7265616c2121212121";
+    let _turn = turn();
+    let mut run = Run::start_with(&PfcpSettings::default(), |dir| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(dir.join("policy.yaml"), IDENTITY_POLICY).unwrap();
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        let key = dir.join("keys/subscriber.key");
+        std::fs::write(&key, format!("{KEY}\n")).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut config = std::fs::read_to_string(dir.join("mecgw.toml")).unwrap();
+        config.push_str(
+            "\n[policy]\nfile = \"policy.yaml\"\nwindow_grace_secs = 0\n\n\
+             [flows]\nenabled = true\ninterval_secs = 1\n\n\
+             [egress]\n[[egress.destinations]]\nname = \"analytics\"\nregion = \"EU-DE\"\n\
+             sink = { type = \"file\", dir = \"outbox\" }\n",
+        );
+        std::fs::write(dir.join("mecgw.toml"), config).unwrap();
+    });
+    run.smf.associate(None).unwrap();
+    let mut named = UlclSession::numbered(0, &[EDGE4], true);
+    named.msisdn = Some("4915112345678".into());
+    named.imei = Some("353490061234560".into());
+    let imsi_only = UlclSession::numbered(1, &[EDGE4], true);
+    let sessions = [
+        run.smf.establish(&named).unwrap(),
+        run.smf.establish(&imsi_only).unwrap(),
+    ];
+    let report = gnbsim(
+        &run,
+        0,
+        &[&sessions[0], &sessions[1]],
+        N3.v4,
+        &edge_and_core_probes(),
+        2,
+        1000,
+    );
+    all_answered(&report);
+
+    let dir = run.dir.path().to_path_buf();
+    let teid = |r: &Value| r["record"]["teid"].as_u64();
+    wait_until("flow records of both sessions reach the sink", || {
+        let items = analytics_items(&dir);
+        sessions
+            .iter()
+            .all(|s| items.iter().any(|r| teid(r) == Some(u64::from(s.teid))))
+    });
+    let m = metrics();
+    assert!(
+        sample_sum(&m, "mecgw_records_in_total", &[("source", "flow")]) > 0,
+        "{m}"
+    );
+    let items = analytics_items(&dir);
+
+    // What the policy makes of the SMF's values, by the same tool an operator has.
+    for (s, e) in [&named, &imsi_only].into_iter().zip(&sessions) {
+        let mine: Vec<&Value> = items
+            .iter()
+            .filter(|r| teid(r) == Some(u64::from(e.teid)))
+            .collect();
+        let start = mine[0]["record"]["start"].clone();
+        let mut input = json!({"imsi": s.imsi, "teid": e.teid, "start": start});
+        if let Some(m) = &s.msisdn {
+            input["msisdn"] = m.clone().into();
+        }
+        if let Some(i) = &s.imei {
+            input["imei"] = i.clone().into();
+        }
+        std::fs::write(dir.join("in.jsonl"), format!("{input}\n")).unwrap();
+        let out = std::process::Command::new(run.bin.join("mecgw"))
+            .current_dir(&dir)
+            .args([
+                "policy",
+                "apply",
+                "policy.yaml",
+                "--in",
+                "in.jsonl",
+                "--out",
+                "expected.jsonl",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.jsonl")).unwrap())
+                .unwrap();
+        let expected = &expected["record"];
+        assert!(
+            expected["imsi"].as_str().is_some_and(|p| p != s.imsi),
+            "a pseudonym: {expected}"
+        );
+        for r in &mine {
+            for field in ["imsi", "msisdn", "imei"] {
+                assert_eq!(
+                    r["record"][field], expected[field],
+                    "{}: {field} of a flow record vs the policy's pseudonym of the User ID's",
+                    s.name
+                );
+            }
+        }
+    }
+
+    // The SMF's identities themselves left nothing behind.
+    let mut places = Vec::new();
+    for sub in ["outbox", "state"] {
+        let mut stack = vec![dir.join(sub)];
+        while let Some(p) = stack.pop() {
+            if p.is_dir() {
+                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if let Ok(b) = std::fs::read(&p) {
+                places.push((p, b));
+            }
+        }
+    }
+    assert!(!places.is_empty());
+    for id in [
+        named.imsi.as_str(),
+        imsi_only.imsi.as_str(),
+        "4915112345678",
+        "353490061234560",
+    ] {
+        for (p, b) in &places {
+            assert!(
+                !b.windows(id.len()).any(|w| w == id.as_bytes()),
+                "{id} in {}",
+                p.display()
+            );
+        }
+    }
+    assert!(run.alive());
 }
 
 /// Usage reports add up to what the simulator sent and received: inner IP octets and packets,

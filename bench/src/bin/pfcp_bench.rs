@@ -22,6 +22,10 @@
 //!    test-run in a loop from the moment the request is sent until it is encapsulated (its
 //!    entry is written after the uplink tunnel's, so this bounds both), and at the response
 //!    the new session's uplink G-PDU (whose TEID only the response tells) is judged once.
+//!    So that the uplink on the new TEID can be watched from the send as well, a third
+//!    establishment per sample gives its F-TEID explicitly (a TEID in mecgw's range, which
+//!    mecgw accepts as it does CHOOSE): its uplink G-PDU is test-run in a loop from the send
+//!    until the fast path breaks it out (`pdr_local`), p50 and p99 of that time.
 //!    The sessions these samples create are deleted afterwards.
 //! 3. Kernel ns/pkt through BPF_PROG_TEST_RUN with `sessions` PFCP sessions installed by the
 //!    endpoint, against the same cases through tables-file sessions (programs loaded without
@@ -238,6 +242,31 @@ fn establishment(i: u32) -> Message {
         pdn_type: Some(1),
         user_id: None,
     })
+}
+
+/// Session `i` with the F-TEID of its uplink PDRs given by the SMF (`teid` on `n3`) instead
+/// of CHOOSE: the TEID is known before the response, so the fast path can be watched for it
+/// from the send.
+fn establishment_with_teid(i: u32, teid: u32, n3: Option<Ipv4Addr>) -> Message {
+    let mut m = establishment(i);
+    if let Message::SessionEstablishmentRequest(r) = &mut m {
+        for p in &mut r.create_pdr {
+            if p.pdi.local_f_teid.is_some() {
+                p.pdi.local_f_teid = Some(FTeid::Assigned {
+                    teid,
+                    ipv4: n3,
+                    ipv6: None,
+                });
+            }
+        }
+    }
+    m
+}
+
+/// The TEID the SMF gives latency session `index` (establishment with an explicit F-TEID):
+/// in mecgw's range, far above what CHOOSE hands out in a run.
+fn explicit_teid(index: u32) -> u32 {
+    TEID_MIN + 0x4000_0000 + index
 }
 
 /// Adds PDR 4 (another SDF filter → FAR 1) to session `i`, or removes it again.
@@ -653,6 +682,8 @@ struct Bed {
     metrics: Arc<PfcpMetrics>,
     /// Session `i` of the fill, once established.
     sessions: Vec<Option<Established>>,
+    /// mecgw's N3 address (the address of the F-TEIDs the SMF gives).
+    n3: Option<Ipv4Addr>,
 }
 
 impl Bed {
@@ -800,6 +831,17 @@ struct Probes {
     causes: Causes,
     /// µs one test run of the polling loop takes.
     poll: Vec<f64>,
+    /// Establishments with an explicit F-TEID: µs from the send until the uplink G-PDU on
+    /// the new TEID was first broken out (`pdr_local`), and from the send to the response.
+    teid_uplink: Vec<f64>,
+    teid_response: Vec<f64>,
+    /// Broken out by a test run that started before the response was read; by the first
+    /// run after it; later; never (within the deadline).
+    teid_before: usize,
+    teid_at: usize,
+    teid_later: usize,
+    teid_never: usize,
+    teid_causes: Causes,
 }
 
 impl Probes {
@@ -886,6 +928,71 @@ impl Probes {
         }
         Ok(Some(s.up_seid))
     }
+
+    /// Establishes session `index` with an explicit F-TEID, test-running its uplink G-PDU to
+    /// the edge from the send on until the fast path breaks it out and the response has
+    /// come. Returns the new session's UP SEID.
+    fn probe_teid(&mut self, bed: &mut Bed, index: u32) -> anyhow::Result<Option<u64>> {
+        let teid = explicit_teid(index);
+        let up = gpdu(teid, pfcp_ue(index), EDGE_DST);
+        let request = establishment_with_teid(index, teid, bed.n3);
+        let (sequence, bytes) = bed.smf.encode(Some(0), &request);
+        bed.smf.sock.set_nonblocking(true).context("SMF socket")?;
+        let start = Instant::now();
+        bed.smf.send(&bytes)?;
+        let (mut seen, mut response) = (None, None);
+        let mut runs_after = 0;
+        while seen.is_none() || response.is_none() {
+            if seen.is_none() {
+                if bed.fp.judge(Direction::Uplink, &up)?.reason == Reason::PdrLocal {
+                    seen = Some((start.elapsed(), runs_after));
+                } else {
+                    if response.is_some() {
+                        runs_after += 1;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            if response.is_none()
+                && let Some((h, m)) = bed.smf.try_recv()?
+            {
+                if h.sequence == sequence {
+                    response = Some((start.elapsed(), m));
+                } else {
+                    bed.smf.stray += 1;
+                }
+            }
+            if start.elapsed() > RESPONSE_DEADLINE {
+                break;
+            }
+        }
+        bed.smf.sock.set_nonblocking(false).context("SMF socket")?;
+        self.teid_causes.count(response.as_ref().map(|(_, m)| m));
+        match (seen, &response) {
+            (None, _) => self.teid_never += 1,
+            (Some((f, _)), None) => self.teid_uplink.push(us(f)),
+            (Some((f, after)), Some((r, _))) => {
+                self.teid_uplink.push(us(f));
+                if f <= *r {
+                    self.teid_before += 1;
+                } else if after == 0 {
+                    self.teid_at += 1;
+                } else {
+                    self.teid_later += 1;
+                }
+            }
+        }
+        let Some((r, m)) = response else {
+            return Ok(None);
+        };
+        self.teid_response.push(us(r));
+        let Message::SessionEstablishmentResponse(r) = &m else {
+            return Ok(None);
+        };
+        Ok((r.cause == Cause::ACCEPTED)
+            .then(|| r.up_f_seid.as_ref().map(|f| f.seid))
+            .flatten())
+    }
 }
 
 /// The requests the endpoint counted so far, of the kinds the latency part sends.
@@ -929,7 +1036,7 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
             }
         }
         // (c) an establishment.
-        let index = first_new + 2 * i as u32;
+        let index = first_new + 3 * i as u32;
         let r = bed.smf.request(Some(0), &establishment(index))?;
         est_causes.count(r.as_ref().map(|(_, m)| m));
         if let Some((d, m)) = &r {
@@ -938,6 +1045,8 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
         }
         // (d) an establishment, watched in the fast path.
         created.extend(probes.probe(bed, index + 1)?);
+        // (e) an establishment with its F-TEID given, its uplink watched from the send.
+        created.extend(probes.probe_teid(bed, index + 2)?);
     }
     let after = latency_counts(&bed.metrics);
     let counted = |k: usize| after[k] - before[k];
@@ -1006,6 +1115,21 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
         &response,
         "(while the polling ran beside them)".into(),
     );
+    let teid_uplink = Sample::new(std::mem::take(&mut probes.teid_uplink));
+    row(
+        "Establishment (F-TEID given) -> uplink on it",
+        &teid_uplink,
+        format!(
+            "{}; its G-PDU to the edge test-run from the send until pdr_local",
+            probes.teid_causes.show()
+        ),
+    );
+    let teid_response = Sample::new(std::mem::take(&mut probes.teid_response));
+    row(
+        "  the same requests' responses",
+        &teid_response,
+        "(while the polling ran beside them)".into(),
+    );
     let p = &probes;
     let _ = writeln!(
         out,
@@ -1027,15 +1151,25 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
             "  => the fast path is in force at the response: request -> fast path is at most request -> response"
         );
     }
+    let _ = writeln!(
+        out,
+        "  uplink on the new TEID in force: before the response was read in {}/{n}, at it (found by the first run after) in {}/{n}, later in {}, never in {}",
+        p.teid_before,
+        p.teid_at,
+        p.teid_later,
+        p.teid_never,
+        n = a.samples
+    );
     if hb_missing > 0 {
         let _ = writeln!(out, "  {hb_missing} heartbeats went unanswered");
     }
     let _ = writeln!(
         out,
-        "  goal p99 <= 2000 µs: modification {:.1}, establishment {:.1} (one request at a time, nothing else running); establishment -> downlink in force {:.1} (with the polling's own CPU use beside the endpoint)",
+        "  goal p99 <= 2000 µs: modification {:.1}, establishment {:.1} (one request at a time, nothing else running); establishment -> downlink in force {:.1}, -> uplink on the new TEID {:.1} (with the polling's own CPU use beside the endpoint)",
         modify.at(0.99),
         est.at(0.99),
-        down.at(0.99)
+        down.at(0.99),
+        teid_uplink.at(0.99)
     );
     let (rate, proof) = bed.delete(a, &created)?;
     let _ = writeln!(
@@ -1270,11 +1404,11 @@ fn main() -> anyhow::Result<()> {
     let n = a.sessions;
     let first = (n / 10).clamp(1, 10_000);
     let config = pfcp_config()?;
-    // The fill, and at most two latency sessions per sample on top of it at a time.
-    let need = u64::from(n) + 2 * a.samples as u64;
+    // The fill, and at most three latency sessions per sample on top of it at a time.
+    let need = u64::from(n) + 3 * a.samples as u64;
     if need > u64::from(config.max_sessions) {
         bail!(
-            "--sessions {n} plus 2 x --samples {} is {need} sessions, more than the {} the endpoint holds: lower one of them",
+            "--sessions {n} plus 3 x --samples {} is {need} sessions, more than the {} the endpoint holds: lower one of them",
             a.samples,
             config.max_sessions
         );
@@ -1323,6 +1457,7 @@ fn main() -> anyhow::Result<()> {
         fp: Arc::clone(&pfcp_fp),
         metrics,
         sessions: vec![None; n as usize],
+        n3: n3_v4,
     };
 
     println!(
@@ -1393,7 +1528,7 @@ fn main() -> anyhow::Result<()> {
     println!("{at_first}");
     println!(
         "{}",
-        latency(&a, &mut bed, n, n + 2 * a.samples as u32 + 2)?
+        latency(&a, &mut bed, n, n + 3 * a.samples as u32 + 3)?
     );
     let last = bed.sessions[n as usize - 1]
         .with_context(|| format!("session {} of the fill was not established", n - 1))?;

@@ -218,6 +218,18 @@ impl Rules {
             &req.create_qer,
             &req.create_urr,
         )?;
+        // A removed QER or URR leaves the PDRs that named it (unless the same request
+        // created it again): the codec cannot tell an Update PDR with an empty QER or URR
+        // list from one without, so removing the rule is how an SMF takes it off its PDRs.
+        // A PDR left without QERs has its gates open and no QFI of its own (0).
+        for p in self.pdrs.values_mut() {
+            p.def
+                .qer_ids
+                .retain(|q| !req.remove_qer.contains(q) || self.qers.contains_key(q));
+            p.def
+                .urr_ids
+                .retain(|u| !req.remove_urr.contains(u) || self.urrs.contains_key(u));
+        }
         for u in &req.update_far {
             let far = self.fars.get_mut(&u.far_id).ok_or_else(|| {
                 Reject::rule(ie_type::UPDATE_FAR, format!("there is no FAR {}", u.far_id))

@@ -379,7 +379,10 @@ impl Store {
                                 ),
                             ));
                         }
-                        if !own.contains(&teid) {
+                        // The session's own TEIDs, including one an earlier PDR of this
+                        // very request took: an SMF that assigns F-TEIDs gives the same one
+                        // to every uplink PDR of the session.
+                        if !own.contains(&teid) && !taken.contains(&teid) {
                             if self.teids.contains(&teid) {
                                 return Err(Reject::new(
                                     Cause::INVALID_F_TEID_ALLOCATION_OPTION,
