@@ -811,59 +811,47 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// What the fast-path probe of one establishment saw.
+/// How soon one kind of probed establishment was in force in the fast path: its packet,
+/// test-run from the moment the request was sent, against its response.
 #[derive(Default)]
-struct Probes {
-    /// µs from the send until a downlink packet to the new UE was first encapsulated.
-    downlink: Vec<f64>,
+struct InForce {
+    /// µs from the send until the probed packet was first judged as the new session says.
+    first: Vec<f64>,
     /// µs from the send to the response.
     response: Vec<f64>,
-    /// Encapsulated by a test run that started before the response was read.
-    downlink_before: usize,
-    /// Not encapsulated before, but by the first test run after the response was read:
-    /// written before the response (the test run that missed it raced the write).
-    downlink_at: usize,
-    downlink_later: usize,
-    downlink_never: usize,
-    uplink_at: usize,
-    uplink_later: usize,
-    uplink_never: usize,
+    /// In force for a test run that started before the response was read.
+    before: usize,
+    /// Not before, but for the first test run after the response was read: written before
+    /// the response (the test run that missed it raced the write).
+    at: usize,
+    later: usize,
+    never: usize,
     causes: Causes,
-    /// µs one test run of the polling loop takes.
-    poll: Vec<f64>,
-    /// Establishments with an explicit F-TEID: µs from the send until the uplink G-PDU on
-    /// the new TEID was first broken out (`pdr_local`), and from the send to the response.
-    teid_uplink: Vec<f64>,
-    teid_response: Vec<f64>,
-    /// Broken out by a test run that started before the response was read; by the first
-    /// run after it; later; never (within the deadline).
-    teid_before: usize,
-    teid_at: usize,
-    teid_later: usize,
-    teid_never: usize,
-    teid_causes: Causes,
 }
 
-impl Probes {
-    /// Establishes session `index`, test-running a downlink packet to its UE from the send
-    /// on until it is encapsulated and the response has come; then judges the uplink G-PDU
-    /// (whose TEID only the response tells). Returns the new session's UP SEID.
-    fn probe(&mut self, bed: &mut Bed, index: u32) -> anyhow::Result<Option<u64>> {
-        let ue = pfcp_ue(index);
-        let down = to_ue(ue);
-        let (sequence, bytes) = bed.smf.encode(Some(0), &establishment(index));
+impl InForce {
+    /// Sends `bytes` (request `sequence`) and test-runs `in_force` from the send on until it
+    /// says yes and the response has come, or the deadline passes; each test run's µs go to
+    /// `poll`. Counts what it saw; returns the response.
+    fn race(
+        &mut self,
+        bed: &mut Bed,
+        (sequence, bytes): (u32, Vec<u8>),
+        poll: &mut Vec<f64>,
+        mut in_force: impl FnMut(&Bed) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<Option<Message>> {
         bed.smf.sock.set_nonblocking(true).context("SMF socket")?;
         let start = Instant::now();
         bed.smf.send(&bytes)?;
         let (mut seen, mut response) = (None, None);
-        // Test runs started after the response was read, before the packet was encapsulated.
+        // Test runs started after the response was read, before the packet was in force.
         let mut runs_after = 0;
         while seen.is_none() || response.is_none() {
             if seen.is_none() {
                 let t = Instant::now();
-                let j = bed.fp.judge(Direction::Downlink, &down)?;
-                self.poll.push(us(t.elapsed()));
-                if j.reason == Reason::Encapsulated {
+                let yes = in_force(bed)?;
+                poll.push(us(t.elapsed()));
+                if yes {
                     seen = Some((start.elapsed(), runs_after));
                 } else {
                     if response.is_some() {
@@ -889,27 +877,58 @@ impl Probes {
         bed.smf.sock.set_nonblocking(false).context("SMF socket")?;
         self.causes.count(response.as_ref().map(|(_, m)| m));
         match (seen, &response) {
-            (None, _) => self.downlink_never += 1,
-            (Some((f, _)), None) => self.downlink.push(us(f)),
+            (None, _) => self.never += 1,
+            (Some((f, _)), None) => self.first.push(us(f)),
             (Some((f, after)), Some((r, _))) => {
-                self.downlink.push(us(f));
+                self.first.push(us(f));
                 if f <= *r {
-                    self.downlink_before += 1;
+                    self.before += 1;
                 } else if after == 0 {
-                    self.downlink_at += 1;
+                    self.at += 1;
                 } else {
-                    self.downlink_later += 1;
+                    self.later += 1;
                 }
             }
         }
-        let Some((r, m)) = response else {
-            return Ok(None);
-        };
-        self.response.push(us(r));
-        let Some(s) = established(&m) else {
+        Ok(response.map(|(r, m)| {
+            self.response.push(us(r));
+            m
+        }))
+    }
+}
+
+/// What the fast-path probes of establishments saw.
+#[derive(Default)]
+struct Probes {
+    /// A downlink packet to the new UE (CHOOSE F-TEID establishments).
+    downlink: InForce,
+    /// Then the uplink G-PDU on the TEID the response gave: judged by the first test run
+    /// after the response, later, never.
+    uplink_at: usize,
+    uplink_later: usize,
+    uplink_never: usize,
+    /// The uplink G-PDU on an F-TEID the SMF gave (so it can be test-run from the send).
+    teid: InForce,
+    /// µs one test run of the polling loop takes.
+    poll: Vec<f64>,
+}
+
+impl Probes {
+    /// Establishes session `index`, test-running a downlink packet to its UE from the send
+    /// on until it is encapsulated and the response has come; then judges the uplink G-PDU
+    /// (whose TEID only the response tells). Returns the new session's UP SEID.
+    fn probe(&mut self, bed: &mut Bed, index: u32) -> anyhow::Result<Option<u64>> {
+        let ue = pfcp_ue(index);
+        let down = to_ue(ue);
+        let request = bed.smf.encode(Some(0), &establishment(index));
+        let response = self.downlink.race(bed, request, &mut self.poll, |bed| {
+            Ok(bed.fp.judge(Direction::Downlink, &down)?.reason == Reason::Encapsulated)
+        })?;
+        let Some(s) = response.as_ref().and_then(established) else {
             return Ok(None);
         };
         let up = gpdu(s.teid, ue, EDGE_DST);
+        let start = Instant::now();
         let mut runs = 0;
         loop {
             if bed.fp.judge(Direction::Uplink, &up)?.reason == Reason::PdrLocal {
@@ -935,58 +954,13 @@ impl Probes {
     fn probe_teid(&mut self, bed: &mut Bed, index: u32) -> anyhow::Result<Option<u64>> {
         let teid = explicit_teid(index);
         let up = gpdu(teid, pfcp_ue(index), EDGE_DST);
-        let request = establishment_with_teid(index, teid, bed.n3);
-        let (sequence, bytes) = bed.smf.encode(Some(0), &request);
-        bed.smf.sock.set_nonblocking(true).context("SMF socket")?;
-        let start = Instant::now();
-        bed.smf.send(&bytes)?;
-        let (mut seen, mut response) = (None, None);
-        let mut runs_after = 0;
-        while seen.is_none() || response.is_none() {
-            if seen.is_none() {
-                if bed.fp.judge(Direction::Uplink, &up)?.reason == Reason::PdrLocal {
-                    seen = Some((start.elapsed(), runs_after));
-                } else {
-                    if response.is_some() {
-                        runs_after += 1;
-                    }
-                    std::thread::yield_now();
-                }
-            }
-            if response.is_none()
-                && let Some((h, m)) = bed.smf.try_recv()?
-            {
-                if h.sequence == sequence {
-                    response = Some((start.elapsed(), m));
-                } else {
-                    bed.smf.stray += 1;
-                }
-            }
-            if start.elapsed() > RESPONSE_DEADLINE {
-                break;
-            }
-        }
-        bed.smf.sock.set_nonblocking(false).context("SMF socket")?;
-        self.teid_causes.count(response.as_ref().map(|(_, m)| m));
-        match (seen, &response) {
-            (None, _) => self.teid_never += 1,
-            (Some((f, _)), None) => self.teid_uplink.push(us(f)),
-            (Some((f, after)), Some((r, _))) => {
-                self.teid_uplink.push(us(f));
-                if f <= *r {
-                    self.teid_before += 1;
-                } else if after == 0 {
-                    self.teid_at += 1;
-                } else {
-                    self.teid_later += 1;
-                }
-            }
-        }
-        let Some((r, m)) = response else {
-            return Ok(None);
-        };
-        self.teid_response.push(us(r));
-        let Message::SessionEstablishmentResponse(r) = &m else {
+        let request = bed
+            .smf
+            .encode(Some(0), &establishment_with_teid(index, teid, bed.n3));
+        let response = self.teid.race(bed, request, &mut self.poll, |bed| {
+            Ok(bed.fp.judge(Direction::Uplink, &up)?.reason == Reason::PdrLocal)
+        })?;
+        let Some(Message::SessionEstablishmentResponse(r)) = &response else {
             return Ok(None);
         };
         Ok((r.cause == Cause::ACCEPTED)
@@ -1099,32 +1073,32 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
         ),
     );
     let poll = Sample::new(std::mem::take(&mut probes.poll));
-    let down = Sample::new(std::mem::take(&mut probes.downlink));
+    let down = Sample::new(std::mem::take(&mut probes.downlink.first));
     row(
         "Establishment -> downlink in the fast path",
         &down,
         format!(
             "{}; polled by test runs every {:.1} µs (p50) from the send",
-            probes.causes.show(),
+            probes.downlink.causes.show(),
             poll.at(0.5),
         ),
     );
-    let response = Sample::new(std::mem::take(&mut probes.response));
+    let response = Sample::new(std::mem::take(&mut probes.downlink.response));
     row(
         "  the same requests' responses",
         &response,
         "(while the polling ran beside them)".into(),
     );
-    let teid_uplink = Sample::new(std::mem::take(&mut probes.teid_uplink));
+    let teid_uplink = Sample::new(std::mem::take(&mut probes.teid.first));
     row(
         "Establishment (F-TEID given) -> uplink on it",
         &teid_uplink,
         format!(
             "{}; its G-PDU to the edge test-run from the send until pdr_local",
-            probes.teid_causes.show()
+            probes.teid.causes.show()
         ),
     );
-    let teid_response = Sample::new(std::mem::take(&mut probes.teid_response));
+    let teid_response = Sample::new(std::mem::take(&mut probes.teid.response));
     row(
         "  the same requests' responses",
         &teid_response,
@@ -1134,10 +1108,10 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
     let _ = writeln!(
         out,
         "  downlink in force: before the response was read in {}/{n}, at it (missed only by the test run racing the write, found by the first run after) in {}/{n}, later in {}, never in {}",
-        p.downlink_before,
-        p.downlink_at,
-        p.downlink_later,
-        p.downlink_never,
+        p.downlink.before,
+        p.downlink.at,
+        p.downlink.later,
+        p.downlink.never,
         n = a.samples
     );
     let _ = writeln!(
@@ -1145,7 +1119,7 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
         "  uplink in force: its G-PDU (TEID known only from the response) judged pdr_local by the first test run after the response in {}/{}, later in {}, never in {}",
         p.uplink_at, a.samples, p.uplink_later, p.uplink_never
     );
-    if p.downlink_before + p.downlink_at == a.samples && p.uplink_at == a.samples {
+    if p.downlink.before + p.downlink.at == a.samples && p.uplink_at == a.samples {
         let _ = writeln!(
             out,
             "  => the fast path is in force at the response: request -> fast path is at most request -> response"
@@ -1154,10 +1128,10 @@ fn latency(a: &Args, bed: &mut Bed, level: u32, first_new: u32) -> anyhow::Resul
     let _ = writeln!(
         out,
         "  uplink on the new TEID in force: before the response was read in {}/{n}, at it (found by the first run after) in {}/{n}, later in {}, never in {}",
-        p.teid_before,
-        p.teid_at,
-        p.teid_later,
-        p.teid_never,
+        p.teid.before,
+        p.teid.at,
+        p.teid.later,
+        p.teid.never,
         n = a.samples
     );
     if hb_missing > 0 {
