@@ -960,6 +960,7 @@ fn datagrams_that_get_no_answer_are_counted() {
         Some(0),
         &Message::SessionReportRequest(mecgw_pfcp::message::SessionReportRequest {
             report_type: ReportType(ReportType::USAGE),
+            downlink_data_report: None,
             usage_report: Vec::new(),
         }),
     );
