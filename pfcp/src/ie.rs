@@ -57,7 +57,13 @@ pub mod ie_type {
     pub const USAGE_REPORT_DELETION: u16 = 79;
     pub const USAGE_REPORT_REPORT: u16 = 80;
     pub const URR_ID: u16 = 81;
+    pub const DOWNLINK_DATA_REPORT: u16 = 83;
     pub const OUTER_HEADER_CREATION: u16 = 84;
+    /// Create BAR, Update BAR (Session Modification Request), Remove BAR: not modelled (a
+    /// UP function without buffering has no use for them; §7.6.1 lets it discard them).
+    pub const CREATE_BAR: u16 = 85;
+    pub const UPDATE_BAR_SESSION_MODIFICATION: u16 = 86;
+    pub const REMOVE_BAR: u16 = 87;
     pub const BAR_ID: u16 = 88;
     pub const CP_FUNCTION_FEATURES: u16 = 89;
     pub const UE_IP_ADDRESS: u16 = 93;
@@ -497,6 +503,14 @@ pub struct UpFunctionFeatures(pub Vec<u8>);
 /// CP Function Features (§8.2.58): the feature octets as sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CpFunctionFeatures(pub Vec<u8>);
+
+/// Downlink Data Report (§7.5.8.2): the PDRs whose downlink packets arrived while their FAR
+/// buffered (and asked to notify the CP function).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DownlinkDataReport {
+    /// One PDR ID IE each (the IE may repeat); at least one.
+    pub pdr_ids: Vec<u16>,
+}
 
 /// Report Type (§8.2.21) flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

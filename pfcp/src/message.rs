@@ -1,8 +1,8 @@
 //! The messages mecgw sends and receives, as typed values (TS 29.244 §7).
 
 use crate::ie::{
-    Cause, CpFunctionFeatures, CreateFar, CreatePdr, CreatedPdr, FSeid, NodeId, Qer, ReportType,
-    UpFunctionFeatures, UpdateFar, UpdatePdr, Urr, UsageReport, UserId,
+    Cause, CpFunctionFeatures, CreateFar, CreatePdr, CreatedPdr, DownlinkDataReport, FSeid, NodeId,
+    Qer, ReportType, UpFunctionFeatures, UpdateFar, UpdatePdr, Urr, UsageReport, UserId,
 };
 
 /// Message type numbers (TS 29.244 Table 7.3-1) of the messages this crate knows.
@@ -177,6 +177,8 @@ pub struct SessionDeletionResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionReportRequest {
     pub report_type: ReportType,
+    /// Present when the Report Type has DLDR (Table 7.5.8.1-1).
+    pub downlink_data_report: Option<DownlinkDataReport>,
     pub usage_report: Vec<UsageReport>,
 }
 

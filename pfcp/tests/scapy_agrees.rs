@@ -728,6 +728,15 @@ fn describe(h: &Header, m: &Message) -> Value {
                 json!({"spare": r >> 4, "UPIR": (r >> 3) & 1,
                 "ERIR": (r >> 2) & 1, "USAR": (r >> 1) & 1, "DLDR": r & 1}),
             )];
+            v.extend(x.downlink_data_report.iter().map(|d| {
+                group(
+                    "IE_DownlinkDataReport",
+                    d.pdr_ids
+                        .iter()
+                        .map(|id| ie("IE_PDR_Id", json!({"id": id})))
+                        .collect(),
+                )
+            }));
             v.extend(
                 x.usage_report
                     .iter()

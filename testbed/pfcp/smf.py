@@ -26,11 +26,20 @@ request mecgw did not answer is not an error: "answered" is false). Commands ("c
   establish    {name, ue_v4, ue_v6?, gnb, dl_teid, qfi, edge: [prefix...],
                 imsi?, msisdn?, imei?, catch_all: {mode: "pass"|"psa", teid?, addr?},
                 urr?: {period?, volume_threshold?}, explicit_teid?: {teid, ipv4},
-                buffer?, dangling_far?, mutate?: [...], from?}
-               A UL CL session (see build_establishment). -> cause, offending_ie, up_seid,
+                catch_action?: [flag...], dl_action?: [flag...], dl_source?: "sgi"|"core",
+                create_bar?, dangling_far?, mutate?: [...], from?}
+               A UL CL session (see build_establishment). Flags are Apply Action's
+               (DROP FORW BUFF NOCP DUPL; default FORW). With dl_action lacking FORW the
+               downlink FAR has no Outer Header Creation (the gNB's tunnel is not known
+               yet, as Open5GS establishes); dl_source "core" puts the downlink PDR on
+               Source Interface Core (UE IP Address, no F-TEID: mecgw as the PSA);
+               create_bar adds a Create BAR (BAR ID 1) and the downlink FAR's BAR ID.
+               -> cause, offending_ie, up_seid,
                up_ipv4, created_pdrs [{pdr_id, teid, ipv4}], teid (the uplink TEID), ipv4
   modify       {name | seid, add_edge?: [prefix], remove_pdr?: [id],
-                update_far?: {far_id, mode: "pass"|"psa"|"edge"|"drop", teid?, addr?},
+                update_far?: {far_id, mode: "pass"|"psa"|"edge"|"drop"|"gnb"|"buffer",
+                              teid?, addr?},
+                update_bar?, remove_bar?,
                 update_qer?: {qer_id, gate?: {ul, dl: "OPEN"|"CLOSED"}, qfi?},
                 remove_qer?: [id], update_urr?: {urr_id, volume_threshold?},
                 query_urr?: [id], mutate?}
@@ -51,7 +60,11 @@ request mecgw did not answer is not an error: "answered" is false). Commands ("c
   stats        {}                           counts of what mecgw sent us and we answered
   reports      {name?}                      the usage reports of mecgw's Session Report
                                             Requests, in arrival order
-  wait         {heartbeat_requests?, report_requests?, usage_reports?, timeout_ms}
+  downlink_reports {name?}                  the Downlink Data Reports of mecgw's Session
+                                            Report Requests, in arrival order:
+                                            [{session, seid, report_type: [names], pdr_ids}]
+  wait         {heartbeat_requests?, report_requests?, usage_reports?,
+                downlink_data_reports?, timeout_ms}
                returns once the counts reach these (reached: true) or at the timeout
   add_address  {addr}                       opens another PFCP socket on addr (which must
                                             exist in the namespace), for "from"
@@ -59,6 +72,11 @@ request mecgw did not answer is not an error: "answered" is false). Commands ("c
                                             modify/delete/release command would send,
                                             without sending (offline checks) -> hex
   quit         {}
+
+update_far modes: "gnb" forwards to Access with Outer Header Creation to the session's gNB
+and downlink TEID, or teid and addr given (the downlink FAR once the gNB's tunnel is
+known), "buffer" sets
+BUFF|NOCP. update_bar / remove_bar add Update BAR / Remove BAR (BAR ID 1).
 
 Usage reports are {urr_id, ur_seqn, triggers: [names], volume: {total, uplink, downlink,
 total_packets, uplink_packets, downlink_packets}, start_time, end_time}.
@@ -123,6 +141,7 @@ DOWNLINK_PDR = 200
 FAR_EDGE, FAR_CATCH_ALL, FAR_DOWNLINK = 1, 2, 3
 URR_ID = 1
 QER_ID = 1
+BAR_ID = 1
 EDGE_PRECEDENCE = 10
 CATCH_ALL_PRECEDENCE = 1000
 DOWNLINK_PRECEDENCE = 2000
@@ -139,6 +158,14 @@ def log(*args):
 
 def ntp_now():
     return int(time.time()) + NTP_OFFSET
+
+
+def apply_action(flags):
+    """Apply Action (§8.2.26) with the named flags set (DROP FORW BUFF NOCP DUPL)."""
+    unknown = set(flags) - {"DROP", "FORW", "BUFF", "NOCP", "DUPL"}
+    if unknown:
+        raise ValueError(f"unknown Apply Action flags {sorted(unknown)}")
+    return pfcp.IE_ApplyAction(**{f: 1 for f in flags})
 
 
 def tbcd(digits):
@@ -406,6 +433,7 @@ class Smf:
         self.requests_by_type = {}
         self.mecgw_recovery_ts = None
         self.reports = []      # usage reports from Session Report Requests
+        self.downlink_reports = []  # Downlink Data Reports from Session Report Requests
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -473,7 +501,17 @@ class Smf:
             name = self.by_cp_seid.get(h["seid"])
             try:
                 _, ies = dissect(data)
+                rt = first(ies, pfcp.IE_ReportType)
+                report_type = [n for n in ("DLDR", "USAR", "ERIR", "UPIR")
+                               if rt is not None and getattr(rt, n)]
                 for ie in ies:
+                    if isinstance(ie, pfcp.IE_DownlinkDataReport):
+                        pdr_ids = [sub.id for sub in (ie.IE_list or [])
+                                   if isinstance(sub, pfcp.IE_PDR_Id)]
+                        with self.lock:
+                            self.downlink_reports.append(
+                                {"session": name, "seid": h["seid"],
+                                 "report_type": report_type, "pdr_ids": pdr_ids})
                     if isinstance(ie, pfcp.IE_UsageReport_SRR):
                         rep = usage_report(ie)
                         rep["session"] = name
@@ -666,19 +704,28 @@ class Smf:
         catch += [pfcp.IE_FAR_Id(id=FAR_CATCH_ALL), pfcp.IE_URR_Id(id=URR_ID),
                   pfcp.IE_QER_Id(id=QER_ID)]
         pdrs.append(pfcp.IE_CreatePDR(IE_list=catch))
+        dl_source = CORE if session.get("dl_source") == "core" else SGI_LAN
         pdrs.append(pfcp.IE_CreatePDR(IE_list=[
             pfcp.IE_PDR_Id(id=DOWNLINK_PDR),
             pfcp.IE_Precedence(precedence=DOWNLINK_PRECEDENCE),
             pfcp.IE_PDI(IE_list=[
-                pfcp.IE_SourceInterface(interface=SGI_LAN),
+                pfcp.IE_SourceInterface(interface=dl_source),
                 self.ue_ip(session, destination=True),
             ]),
             pfcp.IE_FAR_Id(id=FAR_DOWNLINK),
             pfcp.IE_URR_Id(id=URR_ID),
             pfcp.IE_QER_Id(id=QER_ID),
         ]))
-        catch_action = pfcp.IE_ApplyAction(BUFF=1) if session.get("buffer") else \
-            pfcp.IE_ApplyAction(FORW=1)
+        catch_action = apply_action(session.get("catch_action", ["FORW"]))
+        dl_flags = session.get("dl_action", ["FORW"])
+        dl_params = [pfcp.IE_DestinationInterface(interface=ACCESS)]
+        if "FORW" in dl_flags:
+            dl_params.append(pfcp.IE_OuterHeaderCreation(GTPUUDPIPV4=1, TEID=session["dl_teid"],
+                                                         ipv4=session["gnb"]))
+        dl_far = [pfcp.IE_FAR_Id(id=FAR_DOWNLINK), apply_action(dl_flags),
+                  pfcp.IE_ForwardingParameters(IE_list=dl_params)]
+        if session.get("create_bar"):
+            dl_far.append(pfcp.IE_BAR_Id(id=BAR_ID))
         fars = [
             pfcp.IE_CreateFAR(IE_list=[
                 pfcp.IE_FAR_Id(id=FAR_EDGE),
@@ -691,15 +738,7 @@ class Smf:
                 catch_action,
                 pfcp.IE_ForwardingParameters(IE_list=self.catch_all_params(catch_all)),
             ]),
-            pfcp.IE_CreateFAR(IE_list=[
-                pfcp.IE_FAR_Id(id=FAR_DOWNLINK),
-                pfcp.IE_ApplyAction(FORW=1),
-                pfcp.IE_ForwardingParameters(IE_list=[
-                    pfcp.IE_DestinationInterface(interface=ACCESS),
-                    pfcp.IE_OuterHeaderCreation(GTPUUDPIPV4=1, TEID=session["dl_teid"],
-                                                ipv4=session["gnb"]),
-                ]),
-            ]),
+            pfcp.IE_CreateFAR(IE_list=dl_far),
         ]
         urr = session.get("urr") or {}
         triggers = pfcp.IE_ReportingTriggers(
@@ -718,6 +757,12 @@ class Smf:
         ies = [self.node_id_ie(session.get("node_id")),
                pfcp.IE_FSEID(v4=1, seid=session["cp_seid"], ipv4=session.get("cp_addr", self.local))]
         ies += pdrs + fars + [pfcp.IE_CreateURR(IE_list=urr_ies), qer]
+        if session.get("create_bar"):
+            # As Open5GS: a BAR for the downlink FAR, with a suggested buffer.
+            ies.append(pfcp.IE_Create_BAR(IE_list=[
+                pfcp.IE_BAR_Id(id=BAR_ID),
+                pfcp.IE_SuggestedBufferingPacketsCount(count=10),
+            ]))
         # PDN Type IPv4 is 1 in TS 29.244 §8.2.79 (scapy's "IPv4" is 0), IPv4v6 is 3.
         ies.append(pfcp.IE_PDNType(pdn_type=3 if session.get("ue_v6") and session.get("ue_v4")
                                    else 2 if session.get("ue_v6") else 1))
@@ -822,6 +867,16 @@ class Smf:
             sub = [pfcp.IE_FAR_Id(id=far["far_id"])]
             if mode == "drop":
                 sub.append(pfcp.IE_ApplyAction(DROP=1))
+            elif mode == "buffer":
+                sub.append(pfcp.IE_ApplyAction(BUFF=1, NOCP=1))
+            elif mode == "gnb":
+                sub.append(pfcp.IE_ApplyAction(FORW=1))
+                sub.append(pfcp.IE_UpdateForwardingParameters(IE_list=[
+                    pfcp.IE_DestinationInterface(interface=ACCESS),
+                    pfcp.IE_OuterHeaderCreation(GTPUUDPIPV4=1,
+                                                TEID=far.get("teid", session.get("dl_teid")),
+                                                ipv4=far.get("addr", session.get("gnb"))),
+                ]))
             else:
                 sub.append(pfcp.IE_ApplyAction(FORW=1))
                 if mode == "edge":
@@ -839,6 +894,11 @@ class Smf:
             if "qfi" in qer:
                 sub.append(pfcp.IE_QFI(QFI=qer["qfi"]))
             ies.append(pfcp.IE_UpdateQER(IE_list=sub))
+        if cmd.get("update_bar"):
+            ies.append(pfcp.IE_Update_BAR_SMR(IE_list=[
+                pfcp.IE_BAR_Id(id=BAR_ID), pfcp.IE_SuggestedBufferingPacketsCount(count=5)]))
+        if cmd.get("remove_bar"):
+            ies.append(pfcp.IE_Remove_BAR(IE_list=[pfcp.IE_BAR_Id(id=BAR_ID)]))
         for qid in cmd.get("remove_qer", []):
             ies.append(pfcp.IE_RemoveQER(IE_list=[pfcp.IE_QER_Id(id=qid)]))
         urr = cmd.get("update_urr")
@@ -1073,6 +1133,7 @@ class Smf:
             out = dict(self.counts)
             out["requests_by_type"] = {str(k): v for k, v in self.requests_by_type.items()}
             out["usage_reports"] = len(self.reports)
+            out["downlink_data_reports"] = len(self.downlink_reports)
             out["mecgw_recovery_ts"] = self.mecgw_recovery_ts
             out["silent"] = self.silent
             out["sessions"] = sorted(self.sessions)
@@ -1086,10 +1147,16 @@ class Smf:
             reps = [r for r in self.reports if cmd.get("name") in (None, r["session"])]
         return {"reports": reps}
 
+    def cmd_downlink_reports(self, cmd):
+        with self.lock:
+            reps = [r for r in self.downlink_reports if cmd.get("name") in (None, r["session"])]
+        return {"reports": reps}
+
     def cmd_wait(self, cmd):
         deadline = time.monotonic() + cmd.get("timeout_ms", 10000) / 1000
         wanted = {k: cmd[k] for k in ("heartbeat_requests", "heartbeats_answered",
-                                      "report_requests", "usage_reports") if k in cmd}
+                                      "report_requests", "usage_reports",
+                                      "downlink_data_reports") if k in cmd}
         while True:
             s = self.stats()
             if all(s[k] >= v for k, v in wanted.items()):

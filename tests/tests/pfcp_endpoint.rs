@@ -854,14 +854,10 @@ fn refused_session_requests_say_why_and_change_nothing() {
     };
     assert_eq!((e.cause.0, e.offending_ie), (66, Some(ie_type::F_SEID)));
 
-    // Buffering (the SMF paging an idle UE) is not supported: 76, Apply Action to blame.
+    // Duplicating is not supported: 76, Apply Action to blame (buffering is: it buffers
+    // zero packets).
     let mut req = breakout(0x54, smf.ip, volume_urr());
-    req.create_far[1] = CreateFar {
-        far_id: 2,
-        apply_action: ApplyAction(ApplyAction::BUFF | ApplyAction::NOCP),
-        forwarding_parameters: None,
-        bar_id: None,
-    };
+    req.create_far[1].apply_action = ApplyAction(ApplyAction::FORW | ApplyAction::DUPL);
     assert_eq!(
         refusal(&mut smf, req),
         (Some(0x54), 76, Some(ie_type::APPLY_ACTION))
@@ -960,6 +956,7 @@ fn datagrams_that_get_no_answer_are_counted() {
         Some(0),
         &Message::SessionReportRequest(mecgw_pfcp::message::SessionReportRequest {
             report_type: ReportType(ReportType::USAGE),
+            downlink_data_report: None,
             usage_report: Vec::new(),
         }),
     );

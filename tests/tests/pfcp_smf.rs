@@ -24,7 +24,7 @@ use std::{
 };
 
 use mecgw_pfcp::{
-    ie::{FTeid, Interface},
+    ie::{ApplyAction, FTeid, Interface},
     message::Message,
 };
 use mecgw_tests::{
@@ -76,6 +76,10 @@ fn the_smfs_requests_decode_with_mecgws_codec_and_dissect_cleanly_in_tshark() {
         json!({"cmd": "modify", "seid": 77,
                "update_qer": {"qer_id": 1, "gate": {"ul": "CLOSED", "dl": "OPEN"}, "qfi": 5},
                "remove_qer": [2], "update_urr": {"urr_id": 1, "volume_threshold": 1000}}),
+        open5gs(&UlclSession::numbered(2, &[EDGE4], true)),
+        json!({"cmd": "modify", "seid": 77,
+               "update_far": {"far_id": 3, "mode": "gnb", "teid": 4097, "addr": GNB.v4},
+               "update_bar": true, "remove_bar": true}),
     ];
     let mut datagrams = Vec::new();
     for r in &requests {
@@ -220,6 +224,50 @@ fn the_smfs_requests_decode_with_mecgws_codec_and_dissect_cleanly_in_tshark() {
         (1, Some(1000))
     );
 
+    // As Open5GS establishes: the downlink PDR on Core with the UE's address and no F-TEID,
+    // its FAR BUFF|NOCP with a BAR ID and no Outer Header Creation (the Create BAR is an IE
+    // mecgw's codec skips).
+    let Message::SessionEstablishmentRequest(e) = &decoded[9] else {
+        panic!("{:?}", decoded[9])
+    };
+    let dl = e.create_pdr.iter().find(|p| p.pdr_id == 200).unwrap();
+    assert_eq!(dl.pdi.source_interface, Interface::Core);
+    assert_eq!(dl.pdi.local_f_teid, None);
+    assert!(dl.pdi.ue_ip_address[0].is_destination);
+    let far = e.create_far.iter().find(|f| f.far_id == 3).unwrap();
+    assert_eq!(
+        far.apply_action,
+        ApplyAction(ApplyAction::BUFF | ApplyAction::NOCP)
+    );
+    assert_eq!(far.bar_id, Some(1));
+    assert_eq!(
+        far.forwarding_parameters
+            .as_ref()
+            .unwrap()
+            .outer_header_creation,
+        None
+    );
+    assert!(
+        datagrams[9].windows(4).any(|w| w == [0, 85, 0, 10]),
+        "a Create BAR (85) holding a BAR ID and a Suggested Buffering Packets Count"
+    );
+    // ... then forwards once the gNB's tunnel is known.
+    let Message::SessionModificationRequest(m) = &decoded[10] else {
+        panic!("{:?}", decoded[10])
+    };
+    let u = &m.update_far[0];
+    assert_eq!(
+        (u.far_id, u.apply_action),
+        (3, Some(ApplyAction(ApplyAction::FORW)))
+    );
+    let ohc = u
+        .update_forwarding_parameters
+        .as_ref()
+        .unwrap()
+        .outer_header_creation
+        .unwrap();
+    assert_eq!(ohc.ipv4, Some(GNB.v4.parse().unwrap()));
+
     // tshark, a third implementation: every message dissected, nothing malformed.
     let dir = tempfile::tempdir().unwrap();
     let dump: String = datagrams
@@ -265,6 +313,28 @@ fn the_smfs_requests_decode_with_mecgws_codec_and_dissect_cleanly_in_tshark() {
     assert!(
         dissected.contains("Flow Description: permit out ip from 2001:db8:0:1::/64 to assigned")
     );
+}
+
+/// `session`'s establishment as Open5GS's SMF sends it: the downlink PDR on Source Interface
+/// Core with the UE IP Address (mecgw the PSA, no F-TEID), its FAR BUFF|NOCP without Outer
+/// Header Creation (the gNB's tunnel is not known yet), a Create BAR and the FAR's BAR ID.
+fn open5gs(session: &UlclSession) -> Value {
+    let mut cmd = session.to_json();
+    cmd["dl_action"] = json!(["BUFF", "NOCP"]);
+    cmd["dl_source"] = json!("core");
+    cmd["create_bar"] = json!(true);
+    cmd
+}
+
+/// The SMF's `establish` result as an [`Established`], which must be accepted.
+fn established(out: Value) -> Established {
+    assert_eq!(out["cause"], 1, "{out}");
+    Established {
+        teid: u32::try_from(out["teid"].as_u64().unwrap()).unwrap(),
+        n3_addr: out["ipv4"].as_str().unwrap().to_string(),
+        up_seid: out["up_seid"].as_u64().unwrap(),
+        answer: out,
+    }
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -910,6 +980,119 @@ fn ulcl_sessions_steer_edge_traffic_locally_and_the_rest_to_the_core() {
 /// A modification that adds an SDF filter PDR moves the edge host's traffic from the core to
 /// the local services; an Update FAR that drops it stops it; one that forwards it again
 /// brings it back; removing the PDR sends it to the core again.
+/// Open5GS's session shape: the downlink FAR buffers (BUFF|NOCP, with a Create BAR) until the
+/// gNB's tunnel is known, the downlink PDR on Source Interface Core with the UE's address. The
+/// edge service's packet to the UE is dropped (a buffer of zero packets, counted as
+/// `pdr_drop`), and the SMF gets one Downlink Data Report naming the downlink PDR; a second
+/// packet gets none. Once the FAR forwards with Outer Header Creation, the downlink reaches
+/// the gNB; buffering again is a new period, reported again.
+#[test]
+fn a_buffering_downlink_is_dropped_reported_once_and_delivered_once_it_forwards() {
+    let _turn = turn();
+    let mut run = Run::start(&PfcpSettings::default());
+    run.smf.associate(None).unwrap();
+    let a = established(
+        run.smf
+            .call(open5gs(&UlclSession::numbered(0, &[EDGE4], true)))
+            .unwrap(),
+    );
+    // The edge service answers the UE: the downlink packet under test.
+    let edge = [probe("edge-udp", &format!("udp:{}:7", EDGE.v4))];
+    let drops = || {
+        sample_sum(
+            &metrics(),
+            "mecgw_fastpath_reason_packets_total",
+            &[("reason", "pdr_drop")],
+        )
+    };
+    let reports = |run: &mut Run, name: &str| -> Vec<Value> {
+        run.smf
+            .call(json!({"cmd": "downlink_reports", "name": name}))
+            .unwrap()["reports"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let wait_reports = |run: &mut Run, n: u64| {
+        let out = run
+            .smf
+            .call(json!({"cmd": "wait", "downlink_data_reports": n, "timeout_ms": 30_000}))
+            .unwrap();
+        assert_eq!(out["reached"], true, "{n} Downlink Data Reports: {out}");
+    };
+
+    let buffered = gnbsim(&run, 0, &[&a], N3.v4, &edge, 1, 1000);
+    assert_eq!(answered(&buffered, "edge-udp"), (1, 0), "{buffered}");
+    assert_eq!(UeVolume::of(&buffered, 0).encapsulated_by_mecgw(), (0, 0));
+    assert_eq!(drops(), 1, "the buffered packet is dropped, counted");
+    wait_reports(&mut run, 1);
+    let got = reports(&mut run, "ue1");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["report_type"], json!(["DLDR"]), "{got:?}");
+    assert_eq!(got[0]["pdr_ids"], json!([200]), "the downlink PDR: {got:?}");
+    let stats = run.smf.call(json!({"cmd": "stats"})).unwrap();
+    assert_eq!(stats["reports_answered"], 1, "{stats}");
+
+    // A second packet in the same buffering period: dropped, not reported.
+    let again = gnbsim(&run, 0, &[&a], N3.v4, &edge, 1, 1000);
+    assert_eq!(answered(&again, "edge-udp"), (1, 0), "{again}");
+    wait_until("the second packet counted", || drops() == 2);
+    // A second session's first buffered packet, counted after the first session's second:
+    // once its report arrives, a check has run since; a heartbeat answered after it means
+    // that check's reports were all sent (the endpoint does one thing at a time).
+    let b = established(
+        run.smf
+            .call(open5gs(&UlclSession::numbered(1, &[EDGE4], true)))
+            .unwrap(),
+    );
+    let other = gnbsim(&run, 1, &[&b], N3.v4, &edge, 1, 1000);
+    assert_eq!(answered(&other, "edge-udp"), (1, 0), "{other}");
+    wait_reports(&mut run, 2);
+    let hb = run.smf.call(json!({"cmd": "heartbeat"})).unwrap();
+    assert_eq!(hb["answered"], true, "{hb}");
+    assert_eq!(reports(&mut run, "ue2").len(), 1);
+    assert_eq!(
+        reports(&mut run, "ue1").len(),
+        1,
+        "one report per buffering period"
+    );
+    assert_eq!(
+        sample_sum(&metrics(), "mecgw_pfcp_downlink_data_reports_total", &[]),
+        2
+    );
+
+    // The gNB's tunnel is known: FORW with Outer Header Creation (and the BAR removed).
+    let out = run
+        .smf
+        .call(json!({"cmd": "modify", "name": "ue1",
+                     "update_far": {"far_id": 3, "mode": "gnb"}, "remove_bar": true}))
+        .unwrap();
+    assert_eq!(out["cause"], 1, "{out}");
+    let forwarded = gnbsim(&run, 0, &[&a], N3.v4, &edge, 3, 1000);
+    all_answered(&forwarded);
+    assert_eq!(
+        UeVolume::of(&forwarded, 0).encapsulated_by_mecgw().0,
+        3,
+        "{forwarded}"
+    );
+    assert_eq!(drops(), 3, "nothing more dropped");
+
+    // Buffering again starts a new period: its first packet is reported again.
+    let out = run
+        .smf
+        .call(json!({"cmd": "modify", "name": "ue1",
+                     "update_far": {"far_id": 3, "mode": "buffer"}}))
+        .unwrap();
+    assert_eq!(out["cause"], 1, "{out}");
+    let rebuffered = gnbsim(&run, 0, &[&a], N3.v4, &edge, 1, 1000);
+    assert_eq!(answered(&rebuffered, "edge-udp"), (1, 0), "{rebuffered}");
+    wait_reports(&mut run, 3);
+    let got = reports(&mut run, "ue1");
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1]["pdr_ids"], json!([200]), "{got:?}");
+    assert!(run.alive());
+}
+
 #[test]
 fn modifications_add_and_remove_an_sdf_filter_and_update_a_far() {
     let _turn = turn();
@@ -1850,7 +2033,7 @@ fn a_bounded_fuzz_leaves_the_daemon_alive_and_the_fast_path_unchanged() {
 /// Requests mecgw must refuse, each with the Cause (and Offending IE) of TS 29.244 and
 /// without changing anything: no association (72), a missing mandatory IE (66), an invalid
 /// length (68), an incorrect mandatory IE (69), a CHOOSE-less TEID outside mecgw's range (71),
-/// a PDR naming a FAR that does not exist (73, Create PDR), buffering (76), an unknown SEID
+/// a PDR naming a FAR that does not exist (73, Create PDR), duplication (76), an unknown SEID
 /// (65); and node messages it must not answer (unknown type, an address not among its peers)
 /// or answer with Version Not Supported.
 #[test]
@@ -1906,7 +2089,13 @@ fn malformed_and_refused_requests_get_their_cause_and_offending_ie() {
         None,
     );
     refuse(&mut run, json!({"dangling_far": true}), 73, Some(1));
-    refuse(&mut run, json!({"buffer": true}), 76, None);
+    // Duplication (Apply Action, 44): 76.
+    refuse(
+        &mut run,
+        json!({"dl_action": ["FORW", "DUPL"]}),
+        76,
+        Some(44),
+    );
 
     // Unknown SEIDs.
     for cmd in [

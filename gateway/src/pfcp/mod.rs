@@ -181,6 +181,9 @@ pub struct PfcpMetrics {
     pub unenforced: AtomicU64,
     /// Sessions deleted because an establishment reused their CP F-SEID.
     pub stale_replaced: AtomicU64,
+    /// Session Report Requests sent with a Downlink Data Report (a buffering PDR's first
+    /// packet).
+    pub downlink_data_reports: AtomicU64,
     /// (message name, direction "in"/"out") → count.
     pub messages: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Cause name → requests refused with it.
@@ -262,6 +265,11 @@ impl prometheus_client::collector::Collector for PfcpMetrics {
                 "mecgw_pfcp_unenforced_total",
                 "QERs accepted with an MBR or GBR, which mecgw does not enforce.",
                 &self.unenforced,
+            ),
+            (
+                "mecgw_pfcp_downlink_data_reports_total",
+                "Downlink Data Reports sent (a buffering PDR's first packet; BUFF buffers zero packets).",
+                &self.downlink_data_reports,
             ),
         ] {
             counter(&mut e, name, help, load(value))?;

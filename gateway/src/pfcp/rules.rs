@@ -11,9 +11,18 @@
 //!   QFIs, in precedence order; its FAR says LOCAL (to SGi-LAN/N6-LAN, with Outer Header
 //!   Removal), FORWARD (to Core, unchanged), RETUNNEL (Outer Header Creation GTP-U to a PSA,
 //!   or to the gNB for a tunnel from the core side) or DROP;
-//! - a PDR on Source Interface SGi-LAN/N6-LAN with the UE's address is the UE's
+//! - a PDR on Source Interface SGi-LAN/N6-LAN with the UE's address, or on Core with the UE's
+//!   address and no local F-TEID (an SMF that makes mecgw the PSA says so), is the UE's
 //!   [`PfcpDownlink`]: encapsulate as its FAR's Outer Header Creation says (Destination
 //!   Access), with the QFI of its QER, or drop.
+//!
+//! [`Side::of`] says which of these a PDR is; everything that asks where a PDR's packets come
+//! from asks it.
+//!
+//! A FAR that buffers (BUFF, with or without NOCP) buffers zero packets: XDP cannot hold a
+//! packet, so its PDRs' packets are dropped and counted (`pdr_drop`): TS 29.244 leaves how
+//! much to buffer to the UP function (a BAR, §5.2.4, only suggests a count). With NOCP the SMF is told of the first one
+//! (a Downlink Data Report, sent by the server from the PDR's counter).
 
 use std::{
     collections::BTreeMap,
@@ -29,7 +38,7 @@ use mecgw_ebpf::{
 use mecgw_pfcp::{
     ie::{
         ApplyAction, Cause, CreateFar, CreatePdr, ForwardingParameters, Interface,
-        OuterHeaderCreation, Qer, Urr, ie_type,
+        OuterHeaderCreation, Pdi, Qer, Urr, ie_type,
     },
     message::SessionModificationRequest,
 };
@@ -62,6 +71,47 @@ impl Reject {
     /// Service not supported (76) blaming `ie`.
     pub fn unsupported(ie: u16, why: impl Into<String>) -> Reject {
         Reject::new(Cause::SERVICE_NOT_SUPPORTED, ie, why)
+    }
+}
+
+/// Where a PDR's packets come from, as mecgw receives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// G-PDUs from the gNB on a local F-TEID: the uplink.
+    Access,
+    /// G-PDUs from the core side (a PSA's N9 downlink) on a local F-TEID.
+    CoreTunnel,
+    /// IP packets to the UE's address from the network side: Source Interface SGi-LAN/N6-LAN,
+    /// or Core with the UE IP Address and no local F-TEID (mecgw as the local PSA, as
+    /// free5GC's UL CL and Open5GS describe N6).
+    Network,
+}
+
+impl Side {
+    /// The side of a PDR with PDI `pdi`; `None` for a Source Interface mecgw receives nothing
+    /// from (CP-function, 5G VN internal). Core with neither a local F-TEID nor a UE address
+    /// is [`Side::CoreTunnel`], so that its refusal asks for the F-TEID.
+    pub fn of(pdi: &Pdi) -> Option<Side> {
+        match pdi.source_interface {
+            Interface::Access => Some(Side::Access),
+            Interface::Core
+                if pdi.local_f_teid.is_none()
+                    && pdi
+                        .ue_ip_address
+                        .iter()
+                        .any(|u| u.ipv4.is_some() || u.ipv6.is_some()) =>
+            {
+                Some(Side::Network)
+            }
+            Interface::Core => Some(Side::CoreTunnel),
+            Interface::SgiLan => Some(Side::Network),
+            _ => None,
+        }
+    }
+
+    /// Whether a PDR's packets are uplink (its usage is uplink volume).
+    pub fn is_uplink(pdi: &Pdi) -> bool {
+        Side::of(pdi) == Some(Side::Access)
     }
 }
 
@@ -341,6 +391,20 @@ impl Rules {
         Ok(())
     }
 
+    /// Whether `pdr`'s packets are buffered (dropped: a buffer of zero packets) with the CP
+    /// function to be notified of the first (BUFF and NOCP, not DROP), and come from the
+    /// network or core side: the PDRs a Downlink Data Report may name.
+    pub fn buffers_notifying(&self, pdr: &CreatePdr) -> bool {
+        let Some(far) = pdr.far_id.and_then(|f| self.fars.get(&f)) else {
+            return false;
+        };
+        let a = far.apply_action;
+        a.has(ApplyAction::BUFF)
+            && a.has(ApplyAction::NOCP)
+            && !a.has(ApplyAction::DROP)
+            && !Side::is_uplink(&pdr.pdi)
+    }
+
     /// The PDRs in precedence order (lowest value first, then PDR ID).
     pub fn by_precedence(&self) -> Vec<&Pdr> {
         let mut pdrs: Vec<&Pdr> = self.pdrs.values().collect();
@@ -491,7 +555,7 @@ fn qer_qfi(rules: &Rules, pdr: &CreatePdr) -> u8 {
         .unwrap_or(0)
 }
 
-fn action(rules: &Rules, pdr: &CreatePdr, source: Interface) -> Result<Action, Reject> {
+fn action(rules: &Rules, pdr: &CreatePdr, side: Side) -> Result<Action, Reject> {
     let id = pdr.pdr_id;
     // Invariant: `check_references` made sure the FAR exists.
     let far = pdr
@@ -499,16 +563,31 @@ fn action(rules: &Rules, pdr: &CreatePdr, source: Interface) -> Result<Action, R
         .and_then(|f| rules.fars.get(&f))
         .ok_or_else(|| Reject::rule(ie_type::CREATE_PDR, format!("PDR {id} has no FAR")))?;
     let a = far.apply_action;
-    let uplink = source == Interface::Access;
+    let uplink = side == Side::Access;
     if a.has(ApplyAction::DROP) {
         return Ok(Action::Drop);
     }
-    if a.has(ApplyAction::BUFF) || a.has(ApplyAction::NOCP) || a.has(ApplyAction::DUPL) {
+    if a.has(ApplyAction::DUPL) {
         return Err(Reject::unsupported(
             ie_type::APPLY_ACTION,
             format!(
-                "FAR {}: buffering, notifying the CP function and duplicating are not \
-                 supported (mecgw does not advertise BUCP, DDND or DUPL)",
+                "FAR {}: duplicating is not supported (mecgw does not advertise DUPL)",
+                far.far_id
+            ),
+        ));
+    }
+    if a.has(ApplyAction::BUFF) {
+        // A buffer of zero packets: the fast path cannot hold one, so it drops and counts
+        // them (TS 29.244 lets a UP function drop what it cannot buffer). NOCP is served
+        // from the PDR's counter (`buffers_notifying`).
+        return Ok(Action::Drop);
+    }
+    if a.has(ApplyAction::NOCP) {
+        return Err(Reject::unsupported(
+            ie_type::APPLY_ACTION,
+            format!(
+                "FAR {}: notifying the CP function of packets that are not buffered (NOCP \
+                 without BUFF) is not supported",
                 far.far_id
             ),
         ));
@@ -538,27 +617,25 @@ fn action(rules: &Rules, pdr: &CreatePdr, source: Interface) -> Result<Action, R
         )
     })?;
     let removes = pdr.outer_header_removal.is_some();
-    match (source, dest, fp.outer_header_creation) {
-        (Interface::Access | Interface::Core, Interface::SgiLan, None) if removes => {
-            Ok(Action::Local)
-        }
-        (Interface::Access | Interface::Core, Interface::SgiLan, _) => Err(Reject::rule(
+    match (side, dest, fp.outer_header_creation) {
+        (Side::Access | Side::CoreTunnel, Interface::SgiLan, None) if removes => Ok(Action::Local),
+        (Side::Access | Side::CoreTunnel, Interface::SgiLan, _) => Err(Reject::rule(
             ie_type::OUTER_HEADER_REMOVAL,
             format!(
                 "PDR {id} sends to SGi-LAN/N6-LAN: it needs Outer Header Removal (and no \
                  Outer Header Creation) for mecgw to decapsulate"
             ),
         )),
-        (Interface::Access, Interface::Core, None) if !removes => Ok(Action::Forward),
-        (Interface::Access, Interface::Core, None) => Err(Reject::unsupported(
+        (Side::Access, Interface::Core, None) if !removes => Ok(Action::Forward),
+        (Side::Access, Interface::Core, None) => Err(Reject::unsupported(
             ie_type::OUTER_HEADER_REMOVAL,
             format!(
                 "PDR {id}: decapsulated traffic towards the core (mecgw as the anchor) is not \
                  supported; forward it unchanged or re-tunnel it to the PSA"
             ),
         )),
-        (Interface::Access, Interface::Core, Some(ohc))
-        | (Interface::Core, Interface::Access, Some(ohc)) => {
+        (Side::Access, Interface::Core, Some(ohc))
+        | (Side::CoreTunnel, Interface::Access, Some(ohc)) => {
             if !removes {
                 return Err(Reject::rule(
                     ie_type::OUTER_HEADER_REMOVAL,
@@ -571,18 +648,18 @@ fn action(rules: &Rules, pdr: &CreatePdr, source: Interface) -> Result<Action, R
             let (teid, addr) = gtpu_target(&ohc)?;
             Ok(Action::Retunnel(target(teid, addr)))
         }
-        (Interface::SgiLan, Interface::Access, Some(ohc)) => {
+        (Side::Network, Interface::Access, Some(ohc)) => {
             let (teid, gnb) = gtpu_target(&ohc)?;
             Ok(Action::Encapsulate { teid, gnb })
         }
-        (Interface::SgiLan, Interface::Access, None) => Err(Reject::new(
+        (Side::Network, Interface::Access, None) => Err(Reject::new(
             Cause::CONDITIONAL_IE_MISSING,
             ie_type::OUTER_HEADER_CREATION,
             format!("PDR {id}: towards the access side the FAR needs Outer Header Creation"),
         )),
         (_, d, _) => Err(Reject::unsupported(
             ie_type::DESTINATION_INTERFACE,
-            format!("PDR {id}: from {source:?} to {d:?} is not a path mecgw forwards"),
+            format!("PDR {id}: from the {side:?} side to {d:?} is not a path mecgw forwards"),
         )),
     }
 }
@@ -701,9 +778,9 @@ pub fn compile(rules: &Rules, ctx: &Ctx<'_>) -> Result<Compiled, Reject> {
                 format!("PDR {id} has no counter slot"),
             )
         })?;
-        let source = def.pdi.source_interface;
-        match source {
-            Interface::Access | Interface::Core => {
+        match Side::of(&def.pdi) {
+            Some(side @ (Side::Access | Side::CoreTunnel)) => {
+                let from_access = side == Side::Access;
                 let teid = pdr.local_teid.ok_or_else(|| {
                     Reject::new(
                         Cause::CONDITIONAL_IE_MISSING,
@@ -711,32 +788,24 @@ pub fn compile(rules: &Rules, ctx: &Ctx<'_>) -> Result<Compiled, Reject> {
                         format!(
                             "PDR {id}: from the {} side mecgw receives GTP-U only: the PDI needs \
                              a local F-TEID",
-                            if source == Interface::Access {
-                                "access"
-                            } else {
-                                "core"
-                            }
+                            if from_access { "access" } else { "core" }
                         ),
                     )
                 })?;
-                let act = action(rules, def, source)?;
+                let act = action(rules, def, side)?;
                 let tunnel = out.tunnels.entry(teid).or_insert_with(|| PfcpTunnel {
                     session: ctx.session,
                     counter: ctx.counter,
-                    flags: if source == Interface::Access {
-                        TUNNEL_FROM_ACCESS
-                    } else {
-                        0
-                    },
+                    flags: if from_access { TUNNEL_FROM_ACCESS } else { 0 },
                     ..PfcpTunnel::default()
                 });
-                if (tunnel.flags & TUNNEL_FROM_ACCESS != 0) != (source == Interface::Access) {
+                if (tunnel.flags & TUNNEL_FROM_ACCESS != 0) != from_access {
                     return Err(Reject::rule(
                         ie_type::F_TEID,
                         format!("PDR {id}: one F-TEID is used from both the access and core sides"),
                     ));
                 }
-                if source == Interface::Access {
+                if from_access {
                     for ue in &def.pdi.ue_ip_address {
                         add_ue(tunnel, ue.ipv4, ue.ipv6, ue.ipv6_prefix_length, id)?;
                     }
@@ -793,7 +862,7 @@ pub fn compile(rules: &Rules, ctx: &Ctx<'_>) -> Result<Compiled, Reject> {
                     tunnel.pdr_count += 1;
                 }
             }
-            Interface::SgiLan => {
+            Some(Side::Network) => {
                 if !def.pdi.sdf_filters.is_empty() {
                     return Err(Reject::unsupported(
                         ie_type::SDF_FILTER,
@@ -803,7 +872,7 @@ pub fn compile(rules: &Rules, ctx: &Ctx<'_>) -> Result<Compiled, Reject> {
                         ),
                     ));
                 }
-                let act = action(rules, def, source)?;
+                let act = action(rules, def, Side::Network)?;
                 let (code, teid, gnb) = match act {
                     Action::Drop => (pdr_action::DROP, 0, None),
                     Action::Encapsulate { teid, gnb } => {
@@ -832,7 +901,7 @@ pub fn compile(rules: &Rules, ctx: &Ctx<'_>) -> Result<Compiled, Reject> {
                         return Err(Reject::unsupported(
                             ie_type::DESTINATION_INTERFACE,
                             format!(
-                                "PDR {id}: from SGi-LAN/N6-LAN mecgw sends to the access side only"
+                                "PDR {id}: from the network side mecgw sends to the access side only"
                             ),
                         ));
                     }
@@ -873,14 +942,20 @@ pub fn compile(rules: &Rules, ctx: &Ctx<'_>) -> Result<Compiled, Reject> {
                     return Err(Reject::new(
                         Cause::CONDITIONAL_IE_MISSING,
                         ie_type::UE_IP_ADDRESS,
-                        format!("PDR {id}: from SGi-LAN/N6-LAN the PDI needs the UE IP Address"),
+                        format!(
+                            "PDR {id}: from the network side (SGi-LAN/N6-LAN) the PDI needs the \
+                             UE IP Address"
+                        ),
                     ));
                 }
             }
-            other => {
+            None => {
                 return Err(Reject::unsupported(
                     ie_type::SOURCE_INTERFACE,
-                    format!("PDR {id}: Source Interface {other:?} is not one mecgw receives from"),
+                    format!(
+                        "PDR {id}: Source Interface {:?} is not one mecgw receives from",
+                        def.pdi.source_interface
+                    ),
                 ));
             }
         }
@@ -1174,11 +1249,27 @@ mod tests {
             )),
             (76, Some(ie_type::OUTER_HEADER_REMOVAL))
         );
-        // Buffering: 76, Apply Action.
+        // Duplicating, alone or with forwarding: 76, Apply Action.
+        for action in [ApplyAction::DUPL, ApplyAction::DUPL | forw] {
+            assert_eq!(
+                refusal(build(
+                    vec![pdr(2, 10, Interface::SgiLan, 2, false)],
+                    vec![far(2, action, Interface::Access, Some((1, gnb)))],
+                    vec![],
+                )),
+                (76, Some(ie_type::APPLY_ACTION))
+            );
+        }
+        // Notifying the CP function of packets that are forwarded, not buffered: 76.
         assert_eq!(
             refusal(build(
                 vec![pdr(2, 10, Interface::SgiLan, 2, false)],
-                vec![far(2, ApplyAction::BUFF, Interface::Access, None)],
+                vec![far(
+                    2,
+                    ApplyAction::NOCP | forw,
+                    Interface::Access,
+                    Some((1, gnb))
+                )],
                 vec![],
             )),
             (76, Some(ie_type::APPLY_ACTION))
@@ -1220,6 +1311,166 @@ mod tests {
                 vec![],
             )),
             (73, Some(ie_type::CREATE_PDR))
+        );
+    }
+
+    /// The downlink PDR an SMF that makes mecgw the PSA sends: Source Interface Core with the
+    /// UE's address and no local F-TEID.
+    fn core_downlink(id: u16, far: u32) -> CreatePdr {
+        let mut p = pdr(id, 10, Interface::SgiLan, far, false);
+        p.pdi.source_interface = Interface::Core;
+        p
+    }
+
+    #[test]
+    fn buffering_fars_drop_into_the_pdrs_counter_and_dupl_stays_refused() {
+        let gnb = Ipv4Addr::new(198, 18, 0, 1);
+        // BUFF, BUFF|NOCP (Open5GS's downlink FAR before the gNB's tunnel is known: no Outer
+        // Header Creation yet), on the downlink: a buffer of zero packets, dropped and
+        // counted by the PDR.
+        for action in [ApplyAction::BUFF, ApplyAction::BUFF | ApplyAction::NOCP] {
+            for p in [pdr(2, 10, Interface::SgiLan, 2, false), core_downlink(2, 2)] {
+                let c = build(
+                    vec![p.clone()],
+                    vec![far(2, action, Interface::Access, None)],
+                    vec![],
+                )
+                .unwrap();
+                let d = c.downlinks[&UeKey::V4(UE.octets())];
+                assert_eq!(
+                    (d.action, d.pdr_id, d.pdr_counter),
+                    (pdr_action::DROP, 2, 102),
+                    "{action:?}"
+                );
+                let rules =
+                    Rules::create(&[p], &[far(2, action, Interface::Access, None)], &[], &[])
+                        .unwrap();
+                assert_eq!(
+                    rules.buffers_notifying(&rules.pdrs[&2].def),
+                    action & ApplyAction::NOCP != 0
+                );
+            }
+            // An uplink PDR behind a buffering FAR drops too; its packets are not downlink
+            // data to report.
+            let t = tunnel(
+                &build(
+                    vec![pdr(1, 10, Interface::Access, 1, true)],
+                    vec![far(1, action, Interface::SgiLan, None)],
+                    vec![],
+                )
+                .unwrap(),
+            );
+            assert_eq!(
+                (t.pdrs[0].action, t.pdrs[0].counter),
+                (pdr_action::DROP, 101)
+            );
+        }
+        let rules = Rules::create(
+            &[pdr(1, 10, Interface::Access, 1, true)],
+            &[far(
+                1,
+                ApplyAction::BUFF | ApplyAction::NOCP,
+                Interface::SgiLan,
+                None,
+            )],
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(!rules.buffers_notifying(&rules.pdrs[&1].def));
+        // DROP wins over BUFF (and notifies nothing).
+        let rules = Rules::create(
+            &[core_downlink(2, 2)],
+            &[far(
+                2,
+                ApplyAction::DROP | ApplyAction::BUFF | ApplyAction::NOCP,
+                Interface::Access,
+                None,
+            )],
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(!rules.buffers_notifying(&rules.pdrs[&2].def));
+        // DUPL with buffering is still refused.
+        assert_eq!(
+            refusal(build(
+                vec![core_downlink(2, 2)],
+                vec![far(
+                    2,
+                    ApplyAction::BUFF | ApplyAction::DUPL,
+                    Interface::Access,
+                    Some((1, gnb))
+                )],
+                vec![],
+            )),
+            (76, Some(ie_type::APPLY_ACTION))
+        );
+    }
+
+    #[test]
+    fn core_with_the_ue_address_and_no_f_teid_is_the_network_side() {
+        let forw = ApplyAction::FORW;
+        let gnb = Ipv4Addr::new(198, 18, 0, 1);
+        let p = core_downlink(2, 2);
+        assert_eq!(Side::of(&p.pdi), Some(Side::Network));
+        assert!(!Side::is_uplink(&p.pdi));
+        // Encapsulated to the gNB exactly as from SGi-LAN/N6-LAN.
+        let c = build(
+            vec![p],
+            vec![far(2, forw, Interface::Access, Some((0x2001, gnb)))],
+            vec![],
+        )
+        .unwrap();
+        assert!(c.tunnels.is_empty());
+        let d = c.downlinks[&UeKey::V4(UE.octets())];
+        assert_eq!(
+            (d.action, d.downlink_teid, d.pdr_id, d.pdr_counter),
+            (pdr_action::ENCAPSULATE, 0x2001, 2, 102)
+        );
+        assert_eq!(d.gnb[..4], gnb.octets());
+        let sgi = build(
+            vec![pdr(2, 10, Interface::SgiLan, 2, false)],
+            vec![far(2, forw, Interface::Access, Some((0x2001, gnb)))],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c, sgi);
+
+        // Core with a local F-TEID stays the PSA's N9 downlink, re-tunnelled.
+        let p = pdr(1, 10, Interface::Core, 1, true);
+        assert_eq!(Side::of(&p.pdi), Some(Side::CoreTunnel));
+        let t = tunnel(
+            &build(
+                vec![p],
+                vec![far(1, forw, Interface::Access, Some((0x77, gnb)))],
+                vec![],
+            )
+            .unwrap(),
+        );
+        assert_eq!(t.pdrs[0].action, pdr_action::RETUNNEL);
+        // Core with neither: 67, the F-TEID it needs.
+        let mut p = core_downlink(2, 2);
+        p.pdi.ue_ip_address.clear();
+        assert_eq!(Side::of(&p.pdi), Some(Side::CoreTunnel));
+        assert_eq!(
+            refusal(build(
+                vec![p],
+                vec![far(2, forw, Interface::Access, Some((1, gnb)))],
+                vec![],
+            )),
+            (67, Some(ie_type::F_TEID))
+        );
+        // SDF filters on it are refused as from SGi-LAN/N6-LAN: 76.
+        let mut p = core_downlink(2, 2);
+        p.pdi.sdf_filters = filters(1);
+        assert_eq!(
+            refusal(build(
+                vec![p],
+                vec![far(2, forw, Interface::Access, Some((1, gnb)))],
+                vec![],
+            )),
+            (76, Some(ie_type::SDF_FILTER))
         );
     }
 

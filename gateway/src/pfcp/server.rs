@@ -21,7 +21,9 @@ use std::{
 use anyhow::Context as _;
 use mecgw_pfcp::{
     DecodeError, DecodeErrorKind, MAX_MESSAGE_BYTES, decode, encode,
-    ie::{Cause, FSeid, NodeId, Qer, ReportType, UpFunctionFeatures, UsageReport},
+    ie::{
+        Cause, DownlinkDataReport, FSeid, NodeId, Qer, ReportType, UpFunctionFeatures, UsageReport,
+    },
     message::{
         AssociationReleaseResponse, AssociationSetupResponse, AssociationUpdateResponse, Header,
         Heartbeat, Message, SessionDeletionResponse, SessionEstablishmentResponse,
@@ -38,11 +40,12 @@ use super::{
     OnPeerLost, PfcpConfig, PfcpMetrics,
     neighbours::Prober,
     rules::Reject,
-    sessions::{Datapath, Identities, PendingDelete, Retired, Store, StoreOptions, ntp_now},
+    sessions::{Datapath, Due, Identities, PendingDelete, Retired, Store, StoreOptions, ntp_now},
 };
 
 /// UP Function Features (§8.2.25) mecgw advertises: FTUP (it allocates F-TEIDs). Octet 5
-/// bit 5; octet 6 all clear.
+/// bit 5; octet 6 all clear. Accepting BUFF/NOCP (a buffer of zero packets) implies no bit:
+/// BUCP (buffering in the CP function), DDND, DLBD and UDBC (BAR parameters) are not done.
 const UP_FEATURES: [u8; 2] = [0x10, 0x00];
 
 /// How often every re-tunnel target is probed (GTP-U Echo), so the kernel keeps its
@@ -317,6 +320,8 @@ enum Purpose {
     Report {
         up_seid: u64,
         reports: Vec<UsageReport>,
+        /// The PDRs of its Downlink Data Report (none without one).
+        downlink_data: Vec<u16>,
     },
 }
 
@@ -1089,7 +1094,14 @@ impl Node {
                 }
                 self.heard_from(peer, hb.recovery_time_stamp);
             }
-            (Purpose::Report { up_seid, reports }, Message::SessionReportResponse(r)) => {
+            (
+                Purpose::Report {
+                    up_seid,
+                    reports,
+                    downlink_data,
+                },
+                Message::SessionReportResponse(r),
+            ) => {
                 if r.cause == Cause::ACCEPTED {
                     return;
                 }
@@ -1111,10 +1123,11 @@ impl Node {
                         warn!(
                             up_seid,
                             cause = r.cause.name(),
-                            "PFCP: the SMF refused a usage report: its volumes go into the next one"
+                            "PFCP: the SMF refused a session report: its volumes (and downlink data) go into the next one"
                         );
                     }
                     self.store.carry_back(up_seid, &reports);
+                    self.store.carry_back_downlink_data(up_seid, &downlink_data);
                 }
             }
             (purpose, _) => {
@@ -1230,14 +1243,19 @@ impl Node {
             }
             match out.purpose {
                 Purpose::Heartbeat { peer } => self.peer_lost(peer, now),
-                Purpose::Report { up_seid, reports } => {
+                Purpose::Report {
+                    up_seid,
+                    reports,
+                    downlink_data,
+                } => {
                     if self.log.allow() {
                         warn!(
                             up_seid,
-                            "PFCP: a usage report went unanswered: its volumes go into the next one"
+                            "PFCP: a session report went unanswered: its volumes (and downlink data) go into the next one"
                         );
                     }
                     self.store.carry_back(up_seid, &reports);
+                    self.store.carry_back_downlink_data(up_seid, &downlink_data);
                 }
             }
         }
@@ -1311,29 +1329,55 @@ impl Node {
     }
 
     async fn reports(&mut self, check_thresholds: bool) {
-        for (up_seid, cp, peer, reports) in self.store.due_reports(check_thresholds) {
+        for due in self.store.due_reports(check_thresholds) {
+            let Due {
+                up_seid,
+                cp,
+                peer,
+                usage: reports,
+                downlink_data,
+            } = due;
             let reachable = self
                 .peers
                 .get(&peer)
                 .filter(|a| a.lost_since.is_none())
                 .map(|a| a.addr);
             let Some(addr) = reachable else {
-                // Nobody to tell now: the volumes wait for the next report.
+                // Nobody to tell now: the volumes and downlink data wait for the next report.
                 self.store.carry_back(up_seid, &reports);
+                self.store.carry_back_downlink_data(up_seid, &downlink_data);
                 continue;
             };
             for r in &reports {
                 self.metrics.usage_report(trigger_name(r));
             }
+            let mut report_type = 0;
+            if !reports.is_empty() {
+                report_type |= ReportType::USAGE;
+            }
+            let downlink_data_report = (!downlink_data.is_empty()).then(|| {
+                report_type |= ReportType::DOWNLINK_DATA;
+                self.metrics
+                    .downlink_data_reports
+                    .fetch_add(1, Ordering::Relaxed);
+                DownlinkDataReport {
+                    pdr_ids: downlink_data.clone(),
+                }
+            });
             let message = Message::SessionReportRequest(SessionReportRequest {
-                report_type: ReportType(ReportType::USAGE),
+                report_type: ReportType(report_type),
+                downlink_data_report,
                 usage_report: reports.clone(),
             });
             self.send_request(
                 addr,
                 Some(cp.seid),
                 message,
-                Purpose::Report { up_seid, reports },
+                Purpose::Report {
+                    up_seid,
+                    reports,
+                    downlink_data,
+                },
             )
             .await;
         }

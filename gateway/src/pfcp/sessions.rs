@@ -18,13 +18,13 @@ use std::{
 use mecgw_ebpf::{Counter, PfcpDownlink, PfcpTunnel};
 use mecgw_pfcp::{
     ie::{
-        Cause, CreatedPdr, FSeid, FTeid, Interface, NodeId, ReportingTriggers, Urr, UsageReport,
+        Cause, CreatedPdr, FSeid, FTeid, NodeId, ReportingTriggers, Urr, UsageReport,
         UsageReportTrigger, UserId, VolumeMeasurement, ie_type,
     },
     message::{SessionEstablishmentRequest, SessionModificationRequest},
 };
 
-use super::rules::{Compiled, Ctx, Reject, Rules, UeKey, compile};
+use super::rules::{Compiled, Ctx, Reject, Rules, Side, UeKey, compile};
 use crate::{
     datapath::{DatapathError, FastPath, pfcp_maps::SlotPool},
     records::harvest::SessionIdentity,
@@ -147,6 +147,29 @@ pub struct Session {
     pub choose: BTreeMap<u8, u32>,
     pub installed: Compiled,
     pub urrs: BTreeMap<u32, UrrState>,
+    /// The PDRs whose FAR buffers and asks to notify the CP function (BUFF|NOCP), by PDR
+    /// ID: the buffering period each is in.
+    pub buffering: BTreeMap<u16, Buffering>,
+}
+
+/// A PDR's buffering period (its FAR BUFF|NOCP since it began).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffering {
+    /// The PDR's packet count when the period began: one more means a packet arrived.
+    base: u64,
+    /// Whether the SMF was sent (or is being sent) its Downlink Data Report.
+    reported: bool,
+}
+
+/// Reports due for one session (see [`Store::due_reports`]).
+#[derive(Clone, Debug)]
+pub struct Due {
+    pub up_seid: u64,
+    pub cp: FSeid,
+    pub peer: IpAddr,
+    pub usage: Vec<UsageReport>,
+    /// PDRs whose first packet of a buffering period arrived: a Downlink Data Report.
+    pub downlink_data: Vec<u16>,
 }
 
 impl Session {
@@ -542,6 +565,8 @@ impl Store {
         for key in compiled.downlinks.keys() {
             self.ue_owner.insert(*key, up_seid);
         }
+        // Every counter was zeroed before the rules went in: each buffering period starts at 0.
+        let buffering = buffering(&rules, &pdr_slots, &BTreeMap::new(), |_| 0);
         let now = ntp_now();
         let urrs = rules
             .urrs
@@ -560,6 +585,7 @@ impl Store {
             choose,
             installed: compiled,
             urrs,
+            buffering,
         };
         self.publish_identity(&session);
         self.by_cp.insert((peer, session.cp.seid), up_seid);
@@ -572,7 +598,7 @@ impl Store {
             .rules
             .pdrs
             .values()
-            .filter(|p| p.def.pdi.source_interface == Interface::Access)
+            .filter(|p| Side::is_uplink(&p.def.pdi))
             .find_map(|p| p.local_teid)
             .unwrap_or(0);
         let qfi = s.rules.qers.values().find_map(|q| q.qfi).unwrap_or(0);
@@ -693,7 +719,7 @@ impl Store {
             let Some(old) = current.rules.pdrs.get(id) else {
                 continue;
             };
-            let uplink = old.def.pdi.source_interface == Interface::Access;
+            let uplink = Side::is_uplink(&old.def.pdi);
             let count = self.dp.pdr_counter(*slot).unwrap_or_default();
             for urr in &old.def.urr_ids {
                 if let Some(state) = next.urrs.get_mut(urr) {
@@ -752,6 +778,16 @@ impl Store {
         for key in compiled.downlinks.keys() {
             self.ue_owner.insert(*key, up_seid);
         }
+        // A PDR that goes on buffering stays in its period (reported once); one that starts
+        // counts from its counter now (zero for a new PDR), read after the rules went in so
+        // that no packet forwarded before is taken for a buffered one.
+        next.buffering = buffering(&next.rules, &next.pdr_slots, &current.buffering, |slot| {
+            if new_slots.contains(&slot) {
+                0
+            } else {
+                self.dp.pdr_counter(slot).unwrap_or_default().packets
+            }
+        });
         let still = next.teids();
         // Still taken (no one else may claim them) until a grace period has passed.
         self.retired_teids.extend(own.difference(&still));
@@ -813,13 +849,12 @@ impl Store {
         reports
     }
 
-    /// The usage reports due now (periodic reports whose period has passed; volume
-    /// thresholds reached, when `check_thresholds`), per session: (UP SEID, CP F-SEID, peer,
-    /// reports). Counters are read only for URRs that may report.
-    pub fn due_reports(
-        &mut self,
-        check_thresholds: bool,
-    ) -> Vec<(u64, FSeid, IpAddr, Vec<UsageReport>)> {
+    /// The reports due now, per session: usage reports (periodic reports whose period has
+    /// passed; volume thresholds reached, when `check_thresholds`) and, when
+    /// `check_thresholds`, the buffering PDRs that counted their period's first packet (a
+    /// Downlink Data Report, once per period). Counters are read only for URRs that may
+    /// report and PDRs not reported yet.
+    pub fn due_reports(&mut self, check_thresholds: bool) -> Vec<Due> {
         let now = ntp_now();
         let instant = Instant::now();
         let dp = Arc::clone(&self.dp);
@@ -857,11 +892,43 @@ impl Store {
                 };
                 reports.push(make_report(state, measured, trigger, now));
             }
-            if !reports.is_empty() {
-                out.push((s.up_seid, s.cp.clone(), s.peer, reports));
+            let mut downlink_data = Vec::new();
+            if check_thresholds {
+                for (id, b) in s.buffering.iter_mut().filter(|(_, b)| !b.reported) {
+                    let Some(&slot) = s.pdr_slots.get(id) else {
+                        continue;
+                    };
+                    let packets = dp.pdr_counter(slot).unwrap_or_default().packets;
+                    if packets > b.base {
+                        b.reported = true;
+                        downlink_data.push(*id);
+                    }
+                }
+            }
+            if !reports.is_empty() || !downlink_data.is_empty() {
+                out.push(Due {
+                    up_seid: s.up_seid,
+                    cp: s.cp.clone(),
+                    peer: s.peer,
+                    usage: reports,
+                    downlink_data,
+                });
             }
         }
         out
+    }
+
+    /// A Downlink Data Report the SMF never took: its PDRs still buffering report again at
+    /// the next check (their packets are still counted past the period's base).
+    pub fn carry_back_downlink_data(&mut self, up_seid: u64, pdr_ids: &[u16]) {
+        let Some(s) = self.sessions.get_mut(&up_seid) else {
+            return;
+        };
+        for id in pdr_ids {
+            if let Some(b) = s.buffering.get_mut(id) {
+                b.reported = false;
+            }
+        }
     }
 
     /// A report the SMF never took: its volumes go into the URR's next one.
@@ -902,6 +969,32 @@ impl Store {
         v.sort();
         v
     }
+}
+
+/// The buffering periods of `rules`' PDRs that buffer and notify: those in `prev` go on, the
+/// others begin at the packet count `count_now` gives for their counter slot.
+fn buffering(
+    rules: &Rules,
+    slots: &BTreeMap<u16, u32>,
+    prev: &BTreeMap<u16, Buffering>,
+    mut count_now: impl FnMut(u32) -> u64,
+) -> BTreeMap<u16, Buffering> {
+    let mut out = BTreeMap::new();
+    for p in rules.pdrs.values() {
+        let id = p.def.pdr_id;
+        if !rules.buffers_notifying(&p.def) {
+            continue;
+        }
+        let Some(&slot) = slots.get(&id) else {
+            continue;
+        };
+        let b = prev.get(&id).copied().unwrap_or_else(|| Buffering {
+            base: count_now(slot),
+            reported: false,
+        });
+        out.insert(id, b);
+    }
+    out
 }
 
 fn new_urr(u: &Urr, now: u32) -> UrrState {
@@ -950,7 +1043,7 @@ fn measure(
         let count = dp.pdr_counter(slot).unwrap_or_default();
         let since = delta(count, state.base.get(&id).copied().unwrap_or_default());
         counts.insert(id, count);
-        if p.def.pdi.source_interface == Interface::Access {
+        if Side::is_uplink(&p.def.pdi) {
             v.uplink = v.uplink.plus(since);
         } else {
             v.downlink = v.downlink.plus(since);
@@ -1002,8 +1095,8 @@ mod tests {
     use std::sync::Mutex;
 
     use mecgw_pfcp::ie::{
-        ApplyAction, CreateFar, CreatePdr, ForwardingParameters, MeasurementMethod,
-        OuterHeaderCreation, OuterHeaderRemoval, Pdi, UeIpAddress, UpdatePdr,
+        ApplyAction, CreateFar, CreatePdr, ForwardingParameters, Interface, MeasurementMethod,
+        OuterHeaderCreation, OuterHeaderRemoval, Pdi, UeIpAddress, UpdateFar, UpdatePdr,
     };
 
     use super::*;
@@ -1227,6 +1320,77 @@ mod tests {
     fn cause(r: Result<(u64, Vec<CreatedPdr>), Reject>) -> (Cause, Option<u16>) {
         let e = r.unwrap_err();
         (e.cause, e.offending_ie)
+    }
+
+    /// The PDR IDs of the Downlink Data Reports due now (usage reports are not due: the URR
+    /// has no trigger).
+    fn downlink_data_due(store: &mut Store) -> Vec<u16> {
+        store
+            .due_reports(true)
+            .into_iter()
+            .flat_map(|d| {
+                assert!(d.usage.is_empty(), "{d:?}");
+                d.downlink_data
+            })
+            .collect()
+    }
+
+    fn far_action(store: &mut Store, up_seid: u64, action: u16) {
+        let req = SessionModificationRequest {
+            update_far: vec![UpdateFar {
+                far_id: 2,
+                apply_action: Some(ApplyAction(action)),
+                update_forwarding_parameters: None,
+                bar_id: None,
+            }],
+            ..SessionModificationRequest::default()
+        };
+        store.modify(up_seid, &req).unwrap();
+    }
+
+    #[test]
+    fn a_buffering_pdrs_first_packet_is_reported_once_per_buffering_period() {
+        let (mut store, fake) = store();
+        let notify = ApplyAction::BUFF | ApplyAction::NOCP;
+        let mut req = request(1, vec![uplink(1, choose(), ue(1)), downlink(2, ue(1))]);
+        req.create_far[1].apply_action = ApplyAction(notify);
+        let (up_seid, _) = store.establish(SMF, &req).unwrap();
+        let slot = store.get(up_seid).unwrap().pdr_slots[&2];
+        let uplink_slot = store.get(up_seid).unwrap().pdr_slots[&1];
+        assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
+        // Uplink packets are not downlink data.
+        fake.set(uplink_slot, 3, 300);
+        assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
+        // The first buffered (dropped) packet: reported, only where thresholds are checked.
+        fake.set(slot, 1, 100);
+        assert!(store.due_reports(false).is_empty());
+        assert_eq!(downlink_data_due(&mut store), vec![2]);
+        // More packets in the same period: nothing more.
+        fake.set(slot, 2, 200);
+        assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
+        // A report the SMF did not take is sent again.
+        store.carry_back_downlink_data(up_seid, &[2]);
+        assert_eq!(downlink_data_due(&mut store), vec![2]);
+        // A modification that leaves the FAR buffering keeps the period.
+        far_action(&mut store, up_seid, notify);
+        fake.set(slot, 3, 300);
+        assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
+        // Forwarding ends the period; packets forwarded are not reported.
+        far_action(&mut store, up_seid, ApplyAction::FORW);
+        fake.set(slot, 9, 900);
+        assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
+        store.carry_back_downlink_data(up_seid, &[2]);
+        assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
+        // Buffering again: a new period from the count at its start.
+        far_action(&mut store, up_seid, notify);
+        assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
+        fake.set(slot, 10, 1000);
+        assert_eq!(downlink_data_due(&mut store), vec![2]);
+        // BUFF without NOCP buffers (drops) without telling.
+        far_action(&mut store, up_seid, ApplyAction::BUFF);
+        far_action(&mut store, up_seid, ApplyAction::BUFF);
+        fake.set(slot, 11, 1100);
+        assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
     }
 
     #[test]

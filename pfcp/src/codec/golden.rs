@@ -516,6 +516,32 @@ fn usage_report_contents() {
 }
 
 #[test]
+fn downlink_data_report_one_or_more_pdrs() {
+    let read = grouped(t::DOWNLINK_DATA_REPORT, |ies, _| downlink_data_report(ies));
+    // scapy: IE_DownlinkDataReport(IE_list=[IE_PDR_Id(id=200)])
+    golden(
+        "005300060038000200c8",
+        DownlinkDataReport { pdr_ids: vec![200] },
+        put_downlink_data_report,
+        read,
+    );
+    // scapy: IE_DownlinkDataReport(IE_list=[IE_PDR_Id(id=1), IE_PDR_Id(id=0x1234)])
+    golden(
+        "0053000c003800020001003800021234",
+        DownlinkDataReport {
+            pdr_ids: vec![1, 0x1234],
+        },
+        put_downlink_data_report,
+        grouped(t::DOWNLINK_DATA_REPORT, |ies, _| downlink_data_report(ies)),
+    );
+    // Without a PDR ID it says nothing: its mandatory IE is missing.
+    assert_eq!(
+        grouped(t::DOWNLINK_DATA_REPORT, |ies, _| downlink_data_report(ies))(&[]),
+        Err(DecodeErrorKind::MissingMandatory { ie: t::PDR_ID })
+    );
+}
+
+#[test]
 fn user_id_tbcd_and_nai() {
     // scapy: IE_UserId(IMSIF=1, imsi=<TBCD 00 01 01 21 43 65 87 f9>, MSISDNF=1,
     //   msisdn=<TBCD 94 71 10 32 54 76 98>, NAIF=1, nai=b"user@example.org"); scapy holds the

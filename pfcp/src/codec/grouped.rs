@@ -346,6 +346,21 @@ pub(crate) fn created_pdr(ies: &Ies<'_>, _: &mut Budget) -> Result<CreatedPdr> {
     })
 }
 
+// ---- Downlink Data Report (Table 7.5.8.2-1): PDR ID (one or more) ----
+
+pub(crate) fn put_downlink_data_report(w: &mut Writer, v: &DownlinkDataReport) {
+    w.ie(t::DOWNLINK_DATA_REPORT, |w| {
+        v.pdr_ids.iter().for_each(|x| put_u16_ie(w, t::PDR_ID, *x));
+    });
+}
+
+pub(crate) fn downlink_data_report(ies: &Ies<'_>) -> Result<DownlinkDataReport> {
+    ies.mandatory(t::PDR_ID)?;
+    Ok(DownlinkDataReport {
+        pdr_ids: list(ies, t::PDR_ID, pdr_id)?,
+    })
+}
+
 // ---- Remove PDR/FAR/URR/QER (Tables 7.5.4.6-1 to 7.5.4.9-1) and Query URR (Table
 // 7.5.4.10-1): a grouped IE holding one rule ID ----
 

@@ -86,6 +86,9 @@ pub(crate) fn put_body(w: &mut Writer, message: &Message) {
         }
         Message::SessionReportRequest(m) => {
             put_u8_ie(w, t::REPORT_TYPE, m.report_type.0);
+            m.downlink_data_report
+                .iter()
+                .for_each(|x| put_downlink_data_report(w, x));
             m.usage_report
                 .iter()
                 .for_each(|x| put_usage_report(w, t::USAGE_REPORT_REPORT, x));
@@ -316,6 +319,10 @@ pub(crate) fn body(ty: u8, bytes: &[u8]) -> Result<Message> {
         }
         mt::SESSION_REPORT_REQUEST => Message::SessionReportRequest(SessionReportRequest {
             report_type: ReportType(u8_ie(t::REPORT_TYPE, ies.mandatory(t::REPORT_TYPE)?)?),
+            downlink_data_report: ies
+                .first(t::DOWNLINK_DATA_REPORT)
+                .map(|v| downlink_data_report(&ies.group(t::DOWNLINK_DATA_REPORT, v, b)?))
+                .transpose()?,
             usage_report: groups(ies, t::USAGE_REPORT_REPORT, b, usage_report)?,
         }),
         mt::SESSION_REPORT_RESPONSE => Message::SessionReportResponse(SessionReportResponse {

@@ -488,12 +488,18 @@ pub fn message() -> impl Strategy<Value = Message> {
                 usage_report: urs,
             })
         }),
-        (any::<u8>(), vec(usage_report(), 0..3)).prop_map(|(rt, urs)| {
-            M::SessionReportRequest(SessionReportRequest {
-                report_type: ReportType(rt),
-                usage_report: urs,
-            })
-        }),
+        (
+            any::<u8>(),
+            of(vec(any::<u16>(), 1..3)),
+            vec(usage_report(), 0..3)
+        )
+            .prop_map(|(rt, dldr, urs)| {
+                M::SessionReportRequest(SessionReportRequest {
+                    report_type: ReportType(rt),
+                    downlink_data_report: dldr.map(|pdr_ids| DownlinkDataReport { pdr_ids }),
+                    usage_report: urs,
+                })
+            }),
         (cause(), of(any::<u16>())).prop_map(|(c, o)| {
             M::SessionReportResponse(SessionReportResponse {
                 cause: c,
