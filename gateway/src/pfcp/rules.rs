@@ -21,8 +21,9 @@
 //!
 //! A FAR that buffers (BUFF, with or without NOCP) buffers zero packets: XDP cannot hold a
 //! packet, so its PDRs' packets are dropped and counted (`pdr_drop`): TS 29.244 leaves how
-//! much to buffer to the UP function (a BAR, §5.2.4, only suggests a count). With NOCP the SMF is told of the first one
-//! (a Downlink Data Report, sent by the server from the PDR's counter).
+//! much to buffer to the UP function (a BAR, §5.2.4, only suggests a count). With NOCP the
+//! SMF is told of the first one (a Downlink Data Report, sent by the server from the PDR's
+//! counter).
 
 use std::{
     collections::BTreeMap,
