@@ -41,8 +41,12 @@ pub mod names {
     pub const PROG_DOWNLINK_PFCP_V4: &str = "mecgw_downlink_pfcp_v4";
     /// The downlink of PFCP sessions' IPv6 UEs: `mecgw_downlink` tail-calls it.
     pub const PROG_DOWNLINK_PFCP_V6: &str = "mecgw_downlink_pfcp_v6";
-    /// Program array with [`PROG_DOWNLINK_PFCP_V4`] at index 0 and `_V6` at index 1.
+    /// Program array with [`PROG_DOWNLINK_PFCP_V4`] at index 0, `_V6` at index 1 and
+    /// [`PROG_DOWNLINK_JUMBO`] at index 2.
     pub const MAP_DOWNLINK_PFCP: &str = "DOWNLINK_PFCP";
+    /// The downlink's tables path for multi-buffer (jumbo) frames: `mecgw_downlink`
+    /// tail-calls it.
+    pub const PROG_DOWNLINK_JUMBO: &str = "mecgw_downlink_jumbo";
     /// Per-CPU packet/byte counters indexed by [`super::Verdict`].
     pub const MAP_VERDICTS: &str = "VERDICTS";
     /// Per-CPU packet/byte counters indexed by [`super::Reason`].
@@ -279,11 +283,16 @@ pub enum Reason {
     /// Uplink: an outer IPv4 or IPv6 fragment (of a G-PDU or not; a non-first fragment has no
     /// UDP header to tell): passed to the kernel, which reassembles, rather than misparsed.
     OuterFragment = 23,
+    /// Uplink: a multi-buffer (jumbo) frame whose headers, as far as the parser reads them
+    /// (up to the inner packet's ports), do not all lie in the frame's linear part, the only
+    /// part the programs read headers from: passed to the kernel unjudged, rather than
+    /// judged on headers it could not see.
+    HeadersNotLinear = 24,
 }
 
 impl Reason {
     /// Number of reasons: the size of the reason counter array.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
     /// All reasons, in discriminant order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NotGtp,
@@ -310,6 +319,7 @@ impl Reason {
         Reason::NoNeighbour,
         Reason::NoRoute,
         Reason::OuterFragment,
+        Reason::HeadersNotLinear,
     ];
 
     /// snake_case name used in logs, metrics and replay output.
@@ -339,6 +349,7 @@ impl Reason {
             Reason::NoNeighbour => "no_neighbour",
             Reason::NoRoute => "no_route",
             Reason::OuterFragment => "outer_fragment",
+            Reason::HeadersNotLinear => "headers_not_linear",
         }
     }
 

@@ -59,11 +59,12 @@ pub enum ReplayError {
     SameFile { input: String, output: String },
 }
 
-/// The longest frame BPF_PROG_TEST_RUN places whole in the packet's linear data: one page
-/// less XDP_PACKET_HEADROOM (256) and the skb_shared_info tail (320 on x86_64). Longer frames
-/// are split into fragments the programs do not read, so their verdicts would be wrong:
-/// they are reported as `not_run`.
-pub const MAX_TEST_RUN_FRAME: usize = 4096 - 256 - 320;
+/// The longest frame BPF_PROG_TEST_RUN places whole in the packet's linear data (see
+/// [`crate::datapath::model::TEST_RUN_LINEAR`]). Longer frames become multi-buffer frames,
+/// which the programs (loaded as `xdp.frags`) judge whole; only what the kernel refuses
+/// (more fragments than MAX_SKB_FRAGS: 3,520 + 17 × 4,096 = 73,152 bytes on a default
+/// kernel) is reported as `not_run`.
+pub const MAX_TEST_RUN_LINEAR: usize = crate::datapath::model::TEST_RUN_LINEAR;
 
 /// Whether `a` and `b` name the same existing file (links and `..` included).
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -150,13 +151,14 @@ pub fn replay(opts: &ReplayOptions) -> Result<Summary, ReplayError> {
             progress.items(summary.packets);
         }
         let len_in = record.data.len();
-        let judged = if !(MIN_FRAME..=MAX_TEST_RUN_FRAME).contains(&len_in) {
+        let judged = if len_in < MIN_FRAME {
             None
         } else {
             match fast_path.judge(opts.direction, &record.data) {
                 Ok(j) => Some(j),
-                // Older kernels refuse frames they cannot place in one page.
-                Err(DatapathError::Program { .. }) if len_in > 3000 => None,
+                // A multi-buffer frame with more fragments than the kernel takes (or, on an
+                // older kernel without multi-buffer test runs, more than one page).
+                Err(DatapathError::Program { .. }) if len_in > MAX_TEST_RUN_LINEAR => None,
                 Err(e) => return Err(e.into()),
             }
         };

@@ -120,6 +120,11 @@ pub const UE_POOL_V6: &str = "2001:db8:100::/48";
 
 /// Brings the testbed up. Dropping the result tears it down.
 pub fn up() -> anyhow::Result<Testbed> {
+    up_with_mtu(None)
+}
+
+/// [`up`], with every link's MTU (both ends) set to `mtu` when given: 9000 for jumbo frames.
+pub fn up_with_mtu(mtu: Option<u32>) -> anyhow::Result<Testbed> {
     println!("==> testbed: namespaces {}", NAMESPACES.join(", "));
     // Taken before the stale-namespace check: namespaces another live process holds the lock
     // for are not stale.
@@ -145,6 +150,12 @@ pub fn up() -> anyhow::Result<Testbed> {
                 addrs: &b_refs,
             },
         )?;
+        if let Some(mtu) = mtu {
+            let mtu = mtu.to_string();
+            for p in [a, b] {
+                bed.exec(p.netns, &["ip", "link", "set", "dev", p.link, "mtu", &mtu])?;
+            }
+        }
     }
     // The gateway host routes between N3, the local services and the core.
     bed.exec(NS_MEC, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use mecgw::datapath::{
     Direction, FastPath, FastPathOptions, Judged, Tables,
     flow_counters::FlowTable,
-    model::Model,
+    model::{Model, test_run_linear},
     tables::{
         Defaults, Disposition, IpPrefix, LocalInterface, Mac, N3Interface, PortRange, Protocol,
         Qfi, RuleAction, RuleState, Session, Teid, TrafficRule,
@@ -238,7 +238,9 @@ fn v6_exts(r: &mut Rng) -> Vec<V6Ext> {
             },
             k => V6Ext::Options {
                 kind: [0u8, 43, 60][k as usize - 1],
-                len8: r.pick(&[0u8, 0, 1, 3]),
+                // Now and then the longest (2048 bytes): with a jumbo payload, headers that
+                // reach past a test run's linear part.
+                len8: r.pick(&[0u8, 0, 1, 3, 0, 0, 1, 255]),
             },
         })
         .collect()
@@ -248,7 +250,12 @@ fn inner_packet(r: &mut Rng, src: IpAddr, dst: IpAddr) -> Vec<u8> {
     let ttl = r.pick(&[64u8, 64, 64, 2, 1, 0]);
     let proto = r.pick(&[17u8, 6, 1, 58, 47, 50]);
     let dport = r.pick(&[53u16, 80, 443, 444, 8000, 8100, 9999]);
-    let max_len = if r.chance(10) { 1400 } else { 64 };
+    // Now and then a jumbo packet: past 3,520 bytes the test run makes a multi-buffer frame.
+    let max_len = match r.below(100) {
+        0..5 => 8900,
+        5..15 => 1400,
+        _ => 64,
+    };
     let payload: Vec<u8> = (0..r.below(max_len)).map(|_| r.next() as u8).collect();
     let l4 = match proto {
         17 => udp(40000, dport, &payload),
@@ -465,7 +472,7 @@ fn run_case(seed: u64) -> Result<usize, TestCaseError> {
         };
         let kernel = fp.judge(direction, &frame).unwrap();
         let outcome = match direction {
-            Direction::Uplink => model.uplink(&frame),
+            Direction::Uplink => model.uplink_split(&frame, test_run_linear(frame.len())),
             Direction::Downlink => model.downlink(&frame),
         };
         if let Some(hit) = &outcome.flow {
@@ -539,7 +546,9 @@ fn the_packet_generator_reaches_every_reason() {
         let tables = mecgw::datapath::compile::compile(random_tables(&mut r)).unwrap();
         let model = Model::new(&tables);
         for _ in 0..20 {
-            seen.insert(model.uplink(&uplink_packet(&mut r, &tables)).reason);
+            let frame = uplink_packet(&mut r, &tables);
+            let linear = test_run_linear(frame.len());
+            seen.insert(model.uplink_split(&frame, linear).reason);
             seen.insert(model.downlink(&downlink_packet(&mut r, &tables)).reason);
         }
     }

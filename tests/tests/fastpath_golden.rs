@@ -7,7 +7,10 @@
 
 use std::sync::OnceLock;
 
-use mecgw::datapath::{CompiledTables, Direction, FastPath, Judged, model::Model};
+use mecgw::datapath::{
+    CompiledTables, Direction, FastPath, Judged,
+    model::{Model, TEST_RUN_LINEAR, test_run_linear},
+};
 use mecgw_ebpf::{Reason, Verdict};
 use mecgw_tests::packet::*;
 
@@ -182,7 +185,7 @@ fn check(direction: Direction, frame: &[u8], want: &Judged) {
     let kernel = fast_path().judge(direction, frame).unwrap();
     assert_eq!(&kernel, want, "kernel, {direction:?}, frame {frame:02x?}");
     let model = match direction {
-        Direction::Uplink => model().uplink(frame),
+        Direction::Uplink => model().uplink_split(frame, test_run_linear(frame.len())),
         Direction::Downlink => model().downlink(frame),
     };
     assert_eq!(
@@ -1400,4 +1403,182 @@ fn configured_defaults_are_obeyed() {
         );
         assert_eq!(Judged::from(m.uplink(&frame)), want, "model {reason:?}");
     }
+}
+
+// ---------------------------------------------------------------- jumbo frames (MTU 9000)
+
+/// The golden tables with a 9000-byte N3 MTU, loaded once for the jumbo cases.
+fn jumbo() -> &'static (FastPath, Model) {
+    static J: OnceLock<(FastPath, Model)> = OnceLock::new();
+    J.get_or_init(|| {
+        let text = TABLES.replace("mtu = 1500\n", "mtu = 9000\n");
+        let tables = mecgw::datapath::compile::from_toml(&text, "jumbo tables").unwrap();
+        assert_eq!(tables.n3.mtu, 9000);
+        let fp = FastPath::load().expect("load the XDP programs (are we root?)");
+        fp.install(&tables).unwrap();
+        (fp, Model::new(&tables))
+    })
+}
+
+/// [`check`] against the 9000-MTU tables. Frames longer than [`TEST_RUN_LINEAR`] are
+/// multi-buffer frames in the test run: the model is given the same linear part.
+fn check_jumbo(direction: Direction, frame: &[u8], want: &Judged) {
+    let (fp, model) = jumbo();
+    let kernel = fp.judge(direction, frame).unwrap();
+    assert_eq!(
+        (kernel.verdict, kernel.reason, kernel.rule, kernel.session),
+        (want.verdict, want.reason, want.rule, want.session),
+        "kernel, {direction:?}, {} bytes",
+        frame.len()
+    );
+    assert!(kernel.packet == want.packet, "kernel bytes, {direction:?}");
+    let model = match direction {
+        Direction::Uplink => model.uplink_split(frame, test_run_linear(frame.len())),
+        Direction::Downlink => model.downlink(frame),
+    };
+    let model = Judged::from(model);
+    assert_eq!(
+        (model.verdict, model.reason, model.rule, model.session),
+        (want.verdict, want.reason, want.rule, want.session),
+        "model, {direction:?}, {} bytes",
+        frame.len()
+    );
+    assert!(model.packet == want.packet, "model bytes, {direction:?}");
+}
+
+/// An IPv4 UDP packet of exactly `len` bytes with a patterned payload.
+fn udp4_of(src: &str, dst: &str, sport: u16, dport: u16, len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len - 28).map(|i| (i * 13 + 1) as u8).collect();
+    ipv4(v4(src), v4(dst), 17, 64, 0, &udp(sport, dport, &payload))
+}
+
+#[test]
+fn jumbo_uplink_gpdu_is_decapsulated_whole() {
+    // 14 + 20 + 8 + 8 bytes of headers: an 8000-byte frame, most of it in fragments.
+    let inner = udp4_of(UE1, "192.0.2.10", 40000, 53, 8000 - 50);
+    let frame = gpdu_v4(0x100, &[], &inner);
+    assert_eq!(frame.len(), 8000);
+    assert!(frame.len() > TEST_RUN_LINEAR);
+    check_jumbo(Direction::Uplink, &frame, &local(&inner, 10, 1));
+    // With Ethernet padding after it (trimmed from the last fragment) and a container.
+    let inner = udp4_of(UE1, "192.0.2.10", 40000, 53, 7001);
+    let mut frame = gpdu_v4(0x100, &[ul_container(9)], &inner);
+    frame.extend_from_slice(&[0xee; 7]);
+    check_jumbo(Direction::Uplink, &frame, &local(&inner, 10, 1));
+    // Lengths are the whole frame's: a G-PDU whose IP length says more than it has is
+    // still malformed.
+    let mut short = gpdu_v4(0x100, &[], &udp4_of(UE1, "192.0.2.10", 1, 53, 6000));
+    short.truncate(5000);
+    check_jumbo(
+        Direction::Uplink,
+        &short,
+        &unchanged(&short, Verdict::Drop, Reason::MalformedGtp, None, None),
+    );
+}
+
+#[test]
+fn jumbo_uplink_headers_past_the_linear_part_go_to_the_kernel() {
+    // Two 2048-byte destination options headers in the inner IPv6 packet put its UDP ports
+    // past the 3520 bytes a test run keeps linear.
+    let big = V6Ext::Options {
+        kind: 60,
+        len8: 255,
+    };
+    let ip = ipv6_ext(
+        v6(UE1_V6),
+        v6("2001:db8:f::9"),
+        &[big.clone(), big],
+        17,
+        64,
+        &udp(40000, 8050, &[7; 2000]),
+    );
+    let frame = gpdu_v4(0x100, &[ul_container(9)], &ip);
+    assert!(frame.len() > TEST_RUN_LINEAR);
+    check_jumbo(
+        Direction::Uplink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::HeadersNotLinear, None, None),
+    );
+    // The same packet in one buffer (as the userspace datapath has it) is classified.
+    let (_, model) = jumbo();
+    let whole = model.uplink(&frame);
+    assert_eq!(whole.reason, Reason::RuleLocal, "{:?}", whole.reason);
+}
+
+#[test]
+fn jumbo_downlink_is_encapsulated_over_ipv4_and_ipv6_with_a_correct_checksum() {
+    let ip = udp4_of("192.0.2.10", UE1, 53, 40000, 8000);
+    check_jumbo(
+        Direction::Downlink,
+        &from_local(&ip),
+        &encapsulated_v4(&ip, GNB1, 0x200, 9, 1),
+    );
+    // IPv6 outer: the UDP checksum covers the bytes in the fragments too. Odd and even
+    // lengths, and the largest that fits 9000 (8936 + 64).
+    for len in [8000usize, 7999, 4097, 8936] {
+        let ip = udp4_of("192.0.2.10", UE2, 53, 40000, len);
+        let want = encapsulated_v6(&ip, GNB2, 0x201, 5, 2);
+        check_jumbo(Direction::Downlink, &from_local(&ip), &want);
+        let out = &want.packet;
+        let udp = &out[14 + 40..];
+        let mut data = out[14 + 8..14 + 40].to_vec();
+        data.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+        data.extend_from_slice(&[0, 0, 0, 17]);
+        data.extend_from_slice(udp);
+        assert_eq!(internet_checksum(&data), 0, "inner {len}");
+    }
+    // An IPv6 inner packet to the IPv6 gNB, with Ethernet padding.
+    let payload: Vec<u8> = (0..7000).map(|i| (i * 3) as u8).collect();
+    let ip = ipv6(
+        v6("2001:db8:e::5"),
+        v6(UE2_V6),
+        17,
+        64,
+        &udp(443, 40000, &payload),
+    );
+    let mut frame = from_local(&ip);
+    frame.extend_from_slice(&[0; 5]);
+    check_jumbo(
+        Direction::Downlink,
+        &frame,
+        &encapsulated_v6(&ip, GNB2, 0x201, 5, 2),
+    );
+}
+
+#[test]
+fn jumbo_downlink_over_the_mtu_is_oversize_and_small_frames_are_unchanged() {
+    // 8956 + 44 = 9000 fits; 8957 does not.
+    let fits = udp4_of("192.0.2.10", UE1, 53, 40000, 8956);
+    check_jumbo(
+        Direction::Downlink,
+        &from_local(&fits),
+        &encapsulated_v4(&fits, GNB1, 0x200, 9, 1),
+    );
+    let big = from_local(&udp4_of("192.0.2.10", UE1, 53, 40000, 8957));
+    check_jumbo(
+        Direction::Downlink,
+        &big,
+        &unchanged(&big, Verdict::Drop, Reason::Oversize, None, Some(1)),
+    );
+    // Small frames are what they were: a non-GTP frame passes unchanged, a small G-PDU is
+    // decapsulated, a small reply encapsulated.
+    let mut other = eth(MAC_A, MAC_B, 0x0800);
+    other.extend_from_slice(&udp4_of("192.0.2.1", "192.0.2.2", 1, 2, 100));
+    check_jumbo(
+        Direction::Uplink,
+        &other,
+        &unchanged(&other, Verdict::Pass, Reason::NotGtp, None, None),
+    );
+    let inner = udp4_inner(UE1, "192.0.2.10", 53);
+    check_jumbo(
+        Direction::Uplink,
+        &gpdu_v4(0x100, &[], &inner),
+        &local(&inner, 10, 1),
+    );
+    let ip = udp4_of("192.0.2.10", UE2, 53, 40000, 200);
+    check_jumbo(
+        Direction::Downlink,
+        &from_local(&ip),
+        &encapsulated_v6(&ip, GNB2, 0x201, 5, 2),
+    );
 }

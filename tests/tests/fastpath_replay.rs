@@ -304,10 +304,12 @@ fn an_output_that_is_the_input_is_refused_and_the_input_kept() {
     }
 }
 
-/// A valid G-PDU longer than a test run can hold whole is reported as not run, truthfully,
-/// and not written; one just under the limit is judged.
+/// Jumbo G-PDUs are judged whole (the programs are multi-buffer aware): one just at the
+/// linear part's limit and an 8000-byte one, which the test run splits into fragments, are
+/// both decapsulated; only a frame the kernel truly refuses (more fragments than it takes)
+/// is reported as not run, and not written.
 #[test]
-fn frames_too_long_for_a_test_run_are_not_run_not_misjudged() {
+fn jumbo_frames_are_judged_and_only_what_the_kernel_refuses_is_not_run() {
     let dir = workdir();
     let frame_of = |payload: usize| {
         let inner = ipv4(
@@ -328,15 +330,28 @@ fn frames_too_long_for_a_test_run_are_not_run_not_misjudged() {
     let fits = frame_of(3520 - 86);
     assert_eq!(fits.len(), 3520);
     let jumbo = frame_of(8000);
-    write_pcap(&dir.path().join("in.pcap"), &[fits.clone(), jumbo.clone()]);
+    // Past 3,520 + 17 fragments of 4,096 bytes: the kernel refuses to run it.
+    let refused = vec![0x5a; 80_000];
+    write_pcap(
+        &dir.path().join("in.pcap"),
+        &[fits.clone(), jumbo.clone(), refused.clone()],
+    );
     let out = replay(dir.path(), "uplink");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let v = verdict_lines(dir.path());
-    assert_eq!(v[0]["verdict"], "redirect", "{v:?}");
-    assert_eq!(v[0]["reason"], "rule_local", "{v:?}");
-    assert_eq!(v[1]["verdict"], "not_run", "{v:?}");
-    assert_eq!(v[1]["reason"], "too_large_for_test_run", "{v:?}");
+    for i in [0, 1] {
+        assert_eq!(v[i]["verdict"], "redirect", "{v:?}");
+        assert_eq!(v[i]["reason"], "rule_local", "{v:?}");
+    }
+    // Decapsulated: the outer headers (14 + 20 + 8 + 16) gone, a new Ethernet header on.
     assert_eq!(v[1]["len_in"], jumbo.len());
-    assert_eq!(read_pcap(&dir.path().join("out.pcap")).len(), 1);
+    assert_eq!(v[1]["len_out"], jumbo.len() - 58 + 14);
+    assert_eq!(v[2]["verdict"], "not_run", "{v:?}");
+    assert_eq!(v[2]["reason"], "too_large_for_test_run", "{v:?}");
+    assert_eq!(v[2]["len_in"], refused.len());
+    let written = read_pcap(&dir.path().join("out.pcap"));
+    assert_eq!(written.len(), 2);
+    assert_eq!(written[1].len(), jumbo.len() - 58 + 14);
+    assert_eq!(&written[1][14..], &ttl_minus_one(&jumbo[58..])[..]);
 }

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Counter};
 
-use super::parse::{frame_len, write_at};
+use super::parse::{frame_len, linear_len, write_at};
 
 #[map(name = "BENCH_FRAME")]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
@@ -34,12 +34,12 @@ static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "BENCH_SINK")]
 static BENCH_SINK: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_bench_restore(ctx: XdpContext) -> u32 {
     if restore(&ctx).is_none() {
         return xdp_action::XDP_DROP;
@@ -49,7 +49,7 @@ pub fn mecgw_bench_restore(ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_bench_tx(ctx: XdpContext) -> u32 {
     match restore(&ctx) {
         Some(()) => xdp_action::XDP_TX,
@@ -58,7 +58,7 @@ pub fn mecgw_bench_tx(ctx: XdpContext) -> u32 {
     }
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_bench_sink(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx) as u64;
     if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
@@ -77,13 +77,14 @@ fn restore(ctx: &XdpContext) -> Option<()> {
     let frame = BENCH_FRAME.get(0)?;
     // The target changes the frame's length by its shift, so a length that differs from the
     // original means a previous repetition ran (no per-CPU flag: a test run may migrate).
-    if frame_len(ctx) != frame.len as usize && frame.head_shift != 0 {
+    if linear_len(ctx) != frame.len as usize && frame.head_shift != 0 {
         // SAFETY: the program's own context; the shift undoes the one the target made.
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, -frame.head_shift) } != 0 {
             return None;
         }
     }
-    if frame_len(ctx) != frame.len as usize {
+    // Benchmark frames are single-buffer: all of one is in the linear part.
+    if linear_len(ctx) != frame.len as usize {
         return None;
     }
     for i in 0..BENCH_FRAME_MAX / 8 {

@@ -1,9 +1,17 @@
 //! Internet checksums (RFC 1071), the incremental update of RFC 1624, and the TTL decrement
 //! that needs it.
 
-use aya_ebpf::{helpers::generated::bpf_csum_diff, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_csum_diff, bpf_xdp_load_bytes},
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
 
-use super::parse::{be16_at, bytes_at, ptr_at, write_at};
+use super::parse::{be16_at, bytes_at, launder, ptr_at, write_at};
+
+/// Bytes summed per `bpf_csum_diff` call at most.
+const CHUNK: usize = 512;
 
 /// Folds a 32-bit one's-complement sum to 16 bits.
 #[inline(always)]
@@ -36,12 +44,26 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
 ///
 /// Whole 4-byte words go through `bpf_csum_diff` (at most 512 bytes a call); the last 0-3
 /// bytes are added here. `None` if the range leaves the packet or exceeds `MAX_N3_MTU`.
+///
+/// A single-buffer frame is read in place. A multi-buffer (`multi`: one that was, before its
+/// tail was trimmed; the copying way is right for any frame) (jumbo) frame is copied chunk by
+/// chunk with `bpf_xdp_load_bytes`, which reads across the linear part and the fragments,
+/// into a per-CPU scratch buffer that `bpf_csum_diff` then sums ([`sum_loaded`]).
 #[inline(always)]
-pub fn sum_packet(ctx: &XdpContext, off: usize, len: usize) -> Option<u16> {
-    const CHUNK: usize = 512;
+pub fn sum_packet(ctx: &XdpContext, off: usize, len: usize, multi: bool) -> Option<u16> {
+    // `multi` comes from the caller, which asked before it changed the frame: a helper call
+    // or a comparison on `len` here would change what the verifier tracks through the loop
+    // below and multiply the states it walks past its budget.
+    if multi {
+        return sum_loaded(ctx, off, len);
+    }
+    // Through a map: the loop below then starts from the same unknown scalars whatever path
+    // led here, so the verifier's states prune into one instead of multiplying with every
+    // way the caller narrowed the length.
+    let [pos, left, _] = launder([off as u32, len as u32, 0])?;
     let mut seed: u32 = 0;
-    let mut pos = off;
-    let mut left = len;
+    let mut pos = pos as usize;
+    let mut left = left as usize;
     for _ in 0..18 {
         if left < CHUNK {
             break;
@@ -100,6 +122,87 @@ pub fn sum_packet(ctx: &XdpContext, off: usize, len: usize) -> Option<u16> {
         sum += (bytes_at::<2>(ctx, pos - 1)?[1] as u32) << 8;
     }
     Some(fold(sum))
+}
+
+/// What [`sum_loaded`] works in: the bytes it copies out of the frame (3 more than a chunk,
+/// for the zeros that pad a last chunk to whole words) and its loop's state, kept here
+/// rather than in registers so that every pass of the loop looks the same to the verifier
+/// (the values read back are unknown scalars, whatever the pass before left).
+#[repr(C)]
+pub struct CsumScratch {
+    bytes: [u8; CHUNK + 4],
+    pos: u32,
+    left: u32,
+    seed: u32,
+}
+
+#[map(name = "CSUM_SCRATCH")]
+static CSUM_SCRATCH: PerCpuArray<CsumScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Chunks [`sum_loaded`] copies at most: a 9000-byte packet is 18 of them.
+const MAX_LOADED_CHUNKS: usize = 18;
+
+/// [`sum_packet`] for a multi-buffer frame: chunk by chunk, each copied out of the frame
+/// (linear part or fragments, wherever it lies) with `bpf_xdp_load_bytes` into this CPU's
+/// scratch buffer, then summed there by `bpf_csum_diff`. A last chunk that is not whole
+/// words is padded with zeros, as RFC 1071 pads an odd byte (every chunk starts at an even
+/// distance from the start of the data). `None` past `MAX_LOADED_CHUNKS` chunks.
+#[inline(always)]
+fn sum_loaded(ctx: &XdpContext, off: usize, len: usize) -> Option<u16> {
+    let s = CSUM_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of the scratch map, which no other program run on this CPU
+    // uses meanwhile; plain integers and bytes, valid whatever is written.
+    unsafe {
+        (*s).pos = off as u32;
+        (*s).left = len as u32;
+        (*s).seed = 0;
+    }
+    for _ in 0..MAX_LOADED_CHUNKS + 1 {
+        // SAFETY: as above; volatile, so each pass reads what the last one stored.
+        let (pos, left, seed) = unsafe {
+            (
+                core::ptr::read_volatile(&(*s).pos) as usize,
+                core::ptr::read_volatile(&(*s).left) as usize,
+                core::ptr::read_volatile(&(*s).seed),
+            )
+        };
+        if left == 0 {
+            return Some(fold(seed).swap_bytes());
+        }
+        let n = if left > CHUNK { CHUNK } else { left };
+        if n == 0 || pos > 0xffff {
+            return None;
+        }
+        // SAFETY: `bytes` is CHUNK + 4 bytes of this CPU's slot; the helper writes n ≤ CHUNK
+        // bytes at its start; the three zeros go at n..n + 3 < CHUNK + 4.
+        let sum = unsafe {
+            let buf = (*s).bytes.as_mut_ptr();
+            if bpf_xdp_load_bytes(ctx.ctx, pos as u32, buf as *mut _, n as u32) != 0 {
+                return None;
+            }
+            (*s).bytes[n] = 0;
+            (*s).bytes[n + 1] = 0;
+            (*s).bytes[n + 2] = 0;
+            let words = (n + 3) & !3;
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                buf as *mut u32,
+                words as u32,
+                seed,
+            )
+        };
+        if sum < 0 {
+            return None;
+        }
+        // SAFETY: as above.
+        unsafe {
+            (*s).pos = (pos + n) as u32;
+            (*s).left = (left - n) as u32;
+            (*s).seed = sum as u32;
+        }
+    }
+    None
 }
 
 #[inline(always)]

@@ -26,7 +26,8 @@ use super::{
     flows::{self, FlowHit},
     maps,
     parse::{
-        ETH_P_IPV4, ETH_P_IPV6, ethernet_local, frame_len, has_ports, push_tags, view, write_at,
+        ETH_P_IPV4, ETH_P_IPV6, ethernet_local, frame_len, has_ports, is_multi, linear_len,
+        push_tags, view, write_at,
     },
 };
 
@@ -34,26 +35,68 @@ use super::{
 const GTP_LEN: usize = 16;
 const OUTER_TTL: u8 = 64;
 
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_downlink(ctx: XdpContext) -> u32 {
-    let len = frame_len(&ctx) as u64;
-    if let Some(family) = to_pfcp_ue(&ctx) {
+    if is_multi(&ctx, frame_len(&ctx)) {
         // SAFETY: a tail call with the program's own context; on failure control returns here.
-        unsafe { DOWNLINK_PFCP.tail_call(&ctx, family) };
-        return record(
-            &Outcome::new(Verdict::Drop, Reason::Internal),
-            len,
-            DIR_DOWNLINK,
-        );
+        unsafe { DOWNLINK_PFCP.tail_call(&ctx, JUMBO) };
+        return internal(&ctx);
     }
-    let outcome = classify(&ctx);
+    downlink(&ctx, false)
+}
+
+/// `mecgw_downlink` for a frame of the kind `multi` says: PFCP sessions' UEs go to their
+/// programs, the rest is classified by the tables.
+#[inline(always)]
+fn downlink(ctx: &XdpContext, multi: bool) -> u32 {
+    if let Some(family) = to_pfcp_ue(ctx) {
+        // SAFETY: a tail call with the program's own context; on failure control returns here.
+        unsafe { DOWNLINK_PFCP.tail_call(ctx, family) };
+        return internal(ctx);
+    }
+    let len = whole_len(ctx, multi) as u64;
+    let outcome = classify(ctx, multi);
     record(&outcome, len, DIR_DOWNLINK)
 }
 
-/// `mecgw_downlink_pfcp_v4` at index 0 and `mecgw_downlink_pfcp_v6` at index 1, set by
-/// userspace at load.
+/// Index of `mecgw_downlink_jumbo` in `DOWNLINK_PFCP`.
+const JUMBO: u32 = 2;
+
+/// `mecgw_downlink_pfcp_v4` at index 0, `mecgw_downlink_pfcp_v6` at index 1 and
+/// `mecgw_downlink_jumbo` at index 2 ([`JUMBO`]), set by userspace at load.
 #[map(name = "DOWNLINK_PFCP")]
-static DOWNLINK_PFCP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static DOWNLINK_PFCP: ProgramArray = ProgramArray::with_max_entries(3, 0);
+
+/// `mecgw_downlink` for multi-buffer (jumbo) frames, which it tail-calls first: the same
+/// judgement, but lengths are the whole frame's (asked of the kernel) and an outer
+/// IPv6 header's UDP checksum is summed over bytes copied out of the fragments
+/// ([`sum_packet`]). A program of its own: with both in one program the verifier would walk
+/// past its budget.
+#[xdp(frags)]
+pub fn mecgw_downlink_jumbo(ctx: XdpContext) -> u32 {
+    downlink(&ctx, true)
+}
+
+/// The frame's whole length: the linear part's when `multi` is false (a constant in
+/// `mecgw_downlink`, which hands multi-buffer frames on), asked of the kernel otherwise. The
+/// helper's value, unbounded to the verifier, compared with an IP header's length in
+/// `mecgw_downlink` would multiply the states it walks through the checksum loop past its
+/// budget; the linear part's it knows bounded.
+#[inline(always)]
+fn whole_len(ctx: &XdpContext, multi: bool) -> usize {
+    if multi {
+        frame_len(ctx)
+    } else {
+        linear_len(ctx)
+    }
+}
+
+/// A failed tail call (never, once userspace has loaded the programs): dropped, counted.
+#[inline(always)]
+fn internal(ctx: &XdpContext) -> u32 {
+    let outcome = Outcome::new(Verdict::Drop, Reason::Internal);
+    record(&outcome, frame_len(ctx) as u64, DIR_DOWNLINK)
+}
 
 /// The PFCP UE entry `mecgw_downlink` found, handed over to the program it tail-calls, so that
 /// a packet's UE is looked up once. The tail call runs on the same CPU in the same program
@@ -102,7 +145,7 @@ fn handed_over() -> Option<&'static PfcpDownlink> {
 }
 
 /// The downlink of PFCP sessions' IPv4 UEs, as their downlink PDRs say.
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_downlink_pfcp_v4(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx) as u64;
     let mut pdr = PdrHit::NONE;
@@ -111,7 +154,7 @@ pub fn mecgw_downlink_pfcp_v4(ctx: XdpContext) -> u32 {
 }
 
 /// The downlink of PFCP sessions' IPv6 UEs, as their downlink PDRs say.
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_downlink_pfcp_v6(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx) as u64;
     let mut pdr = PdrHit::NONE;
@@ -190,9 +233,10 @@ struct Inner {
     ttl: u8,
 }
 
-/// The outcome for a frame that is not to a UE of a PFCP session.
+/// The outcome for a frame that is not to a UE of a PFCP session; `multi` for a multi-buffer
+/// frame (a constant in each program that calls this).
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Outcome {
+fn classify(ctx: &XdpContext, multi: bool) -> Outcome {
     let not_for_ue = Outcome::new(Verdict::Pass, Reason::NotForUe);
     let Some((generation, config)) = maps::active() else {
         return not_for_ue;
@@ -201,7 +245,7 @@ fn classify(ctx: &XdpContext) -> Outcome {
         return not_for_ue;
     };
     let l3 = l2.l3_off;
-    let avail = frame_len(ctx);
+    let avail = whole_len(ctx, multi);
     let (session, inner) = if l2.ethertype == ETH_P_IPV4 {
         let Some(h) = view::<20>(ctx, l3) else {
             return not_for_ue;
@@ -265,8 +309,9 @@ fn classify(ctx: &XdpContext) -> Outcome {
             qfi: session.qfi,
             gnb: &session.gnb,
             gnb_v6: session.flags & SESSION_GNB_V6 != 0,
+            multi,
         };
-        encapsulate(ctx, config, &to, &inner, Reason::Encapsulated)
+        encapsulate(ctx, config, &to, &inner)
     };
     for_session(out, session)
 }
@@ -290,8 +335,11 @@ fn pfcp_downlink(
             qfi: p.qfi,
             gnb: &p.gnb,
             gnb_v6: p.flags & DOWNLINK_GNB_V6 != 0,
+            // These programs are far enough inside the verifier's budget to decide at run
+            // time.
+            multi: is_multi(ctx, frame_len(ctx)),
         };
-        encapsulate(ctx, config, &to, inner, Reason::Encapsulated)
+        encapsulate(ctx, config, &to, inner)
     };
     for_pfcp(out, p, pdr)
 }
@@ -315,6 +363,8 @@ struct Encap<'a> {
     qfi: u32,
     gnb: &'a [u8; 16],
     gnb_v6: bool,
+    /// A multi-buffer frame (see [`encapsulate`]).
+    multi: bool,
 }
 
 /// Counts a packet to the UE of session `session` in its flow, before encapsulation. `l3` is
@@ -385,14 +435,10 @@ fn for_session(mut out: Outcome, s: &SessionEntry) -> Outcome {
     out
 }
 
+/// Encapsulates the inner packet towards `s`; `s.multi` for a multi-buffer frame (whose
+/// IPv6 UDP checksum is summed from copies).
 #[inline(always)]
-fn encapsulate(
-    ctx: &XdpContext,
-    config: &Config,
-    s: &Encap<'_>,
-    inner: &Inner,
-    reason: Reason,
-) -> Outcome {
+fn encapsulate(ctx: &XdpContext, config: &Config, s: &Encap<'_>, inner: &Inner) -> Outcome {
     let internal = Outcome::new(Verdict::Drop, Reason::Internal);
     let gnb_v6 = s.gnb_v6;
     let overhead = if gnb_v6 {
@@ -404,7 +450,7 @@ fn encapsulate(
         return Outcome::new(Verdict::Drop, Reason::Oversize);
     }
     // Keep exactly the inner packet: drop Ethernet padding, then make room for the headers.
-    let excess = frame_len(ctx).saturating_sub(inner.l3_off + inner.len);
+    let excess = whole_len(ctx, s.multi).saturating_sub(inner.l3_off + inner.len);
     if excess > 0 {
         // SAFETY: the helper is given the program's own context and a shrink within the frame.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
@@ -436,7 +482,7 @@ fn encapsulate(
     if action != xdp_action::XDP_REDIRECT {
         return internal;
     }
-    Outcome::new(Verdict::Redirect, reason)
+    Outcome::new(Verdict::Redirect, Reason::Encapsulated)
 }
 
 #[inline(always)]
@@ -533,7 +579,7 @@ fn write_v6(
     write_at(ctx, 0, eth_header(config, ETH_P_IPV6))?;
     write_at(ctx, 14, ip)?;
     write_at(ctx, 62, *gtp)?;
-    sum += sum_packet(ctx, inner_off, inner_len)? as u32;
+    sum += sum_packet(ctx, inner_off, inner_len, s.multi)? as u32;
     let mut check = !fold(sum);
     if check == 0 {
         check = 0xffff;

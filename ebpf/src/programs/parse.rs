@@ -9,7 +9,10 @@
 //! taken from wider reads that the packet format guarantees anyway.
 
 use aya_ebpf::{
-    helpers::generated::bpf_xdp_adjust_head, macros::map, maps::PerCpuArray, programs::XdpContext,
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_get_buff_len},
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
 };
 use mecgw_ebpf::{
     EXT_PDU_SESSION_CONTAINER, GTP_TYPE_GPDU, GTPU_PORT, IPV6_FRAGMENT, MAX_EXT_HEADERS,
@@ -29,10 +32,42 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
 
-/// Frame length in bytes.
+/// Length of the frame's linear part: the bytes direct packet access reaches. The whole
+/// frame for a single-buffer frame; a multi-buffer (jumbo) frame has more in fragments.
+#[inline(always)]
+pub fn linear_len(ctx: &XdpContext) -> usize {
+    ctx.data_end().saturating_sub(ctx.data())
+}
+
+/// Whether the frame is a multi-buffer one, whose `whole` length (from [`frame_len`]) is more
+/// than its linear part. The context is read afresh (volatile): the packet pointers LLVM
+/// would otherwise keep from here on would change what the verifier tracks through the
+/// rest of the program, and multiply the states it walks.
+#[inline(always)]
+pub fn is_multi(ctx: &XdpContext, whole: usize) -> bool {
+    // SAFETY: `ctx.ctx` is the program's context, valid for the whole run; plain u32 reads.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data),
+            core::ptr::read_volatile(&(*ctx.ctx).data_end),
+        )
+    };
+    whole > end.wrapping_sub(data) as usize
+}
+
+/// Length of the whole frame, linear part and fragments: what lengths in headers, counters
+/// and MTUs are compared with.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> usize {
-    ctx.data_end().saturating_sub(ctx.data())
+    // SAFETY: the helper only reads the program's own context.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
+}
+
+/// The reason for a header read that failed: `r`, or [`Reason::HeadersNotLinear`] in a
+/// multi-buffer frame (whose headers we read from the linear part only).
+#[inline(always)]
+fn miss(multi: bool, r: Reason) -> Reason {
+    if multi { Reason::HeadersNotLinear } else { r }
 }
 
 /// A pointer to a `T` at `off`, if the whole `T` lies inside the packet.
@@ -221,7 +256,7 @@ static PARSE_SCRATCH: PerCpuArray<[u32; 3]> = PerCpuArray::with_max_entries(1, 0
 /// less common paths (tags, extension headers): a per-CPU array lookup is inlined by the
 /// kernel, but still costs a few instructions.
 #[inline(always)]
-fn launder(v: [u32; 3]) -> Option<[u32; 3]> {
+pub fn launder(v: [u32; 3]) -> Option<[u32; 3]> {
     let slot = PARSE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, which nothing else uses during this program run; plain u32s.
     unsafe {
@@ -270,10 +305,10 @@ pub fn has_ports(proto: u8) -> bool {
 /// `len`; extension headers are walked ([`ipv6_upper`]): the protocol is the upper layer's.
 /// Ports are read only from an unfragmented packet.
 #[inline(always)]
-pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reason> {
+pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize, multi: bool) -> Result<IpInfo, Reason> {
     // Every IP packet we accept is at least 20 bytes, so reading them first rejects nothing
     // that would otherwise be accepted.
-    let first = view::<20>(ctx, off).ok_or(Reason::MalformedInner)?;
+    let first = view::<20>(ctx, off).ok_or(miss(multi, Reason::MalformedInner))?;
     let mut info = IpInfo {
         v6: 0,
         src: [0; 4],
@@ -302,7 +337,7 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
             l4_off = ihl;
         }
         6 => {
-            let h = view::<40>(ctx, off).ok_or(Reason::MalformedInner)?;
+            let h = view::<40>(ctx, off).ok_or(miss(multi, Reason::MalformedInner))?;
             let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
             if len < 40 || payload + 40 != len {
                 return Err(Reason::MalformedInner);
@@ -312,18 +347,19 @@ pub fn inner_ip(ctx: &XdpContext, off: usize, len: usize) -> Result<IpInfo, Reas
             info.ttl = h[7];
             info.src = [word(h, 8), word(h, 12), word(h, 16), word(h, 20)];
             info.dst = [word(h, 24), word(h, 28), word(h, 32), word(h, 36)];
-            let up = ipv6_upper(ctx, off, len, info.proto).ok_or(Reason::MalformedInner)?;
+            let up =
+                ipv6_upper(ctx, off, len, info.proto).ok_or(miss(multi, Reason::MalformedInner))?;
             info.proto = up.proto;
             fragment = up.fragment;
             l4_off = up.l4;
         }
         _ => return Err(Reason::MalformedInner),
     }
-    if !fragment
-        && has_ports(info.proto)
-        && l4_off + 4 <= len
-        && let Some(p) = view::<4>(ctx, off + l4_off)
-    {
+    if !fragment && has_ports(info.proto) && l4_off + 4 <= len {
+        // Inside the packet, so only a multi-buffer frame's linear part can end before it.
+        let Some(p) = view::<4>(ctx, off + l4_off) else {
+            return Err(miss(multi, Reason::MalformedInner));
+        };
         info.has_ports = 1;
         info.sport = u16::from_be_bytes([p[0], p[1]]);
         info.dport = u16::from_be_bytes([p[2], p[3]]);
@@ -351,10 +387,13 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
     let l2 = ethernet(ctx).ok_or(Reason::NotGtp)?;
     let l3 = l2.l3_off;
     let avail = frame_len(ctx);
+    // Headers are read from the linear part only; in a multi-buffer frame, one that is not
+    // there is `HeadersNotLinear` rather than the reason a truncated frame would have.
+    let multi = avail > linear_len(ctx);
     let udp_off;
     let ip_payload_len;
     if l2.ethertype == ETH_P_IPV4 {
-        let h = view::<20>(ctx, l3).ok_or(Reason::NotGtp)?;
+        let h = view::<20>(ctx, l3).ok_or(miss(multi, Reason::NotGtp))?;
         let ihl = ((h[0] & 0x0f) as usize) * 4;
         if h[0] >> 4 != 4 || ihl < 20 || h[9] != IPPROTO_UDP {
             return Err(Reason::NotGtp);
@@ -370,7 +409,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
             usize::MAX
         };
     } else if l2.ethertype == ETH_P_IPV6 {
-        let h = view::<40>(ctx, l3).ok_or(Reason::NotGtp)?;
+        let h = view::<40>(ctx, l3).ok_or(miss(multi, Reason::NotGtp))?;
         if h[0] >> 4 != 6 {
             return Err(Reason::NotGtp);
         }
@@ -379,7 +418,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
         // Extension headers are walked within the packet as its length says, or as far as
         // the frame goes if that is wrong (a wrong length is malformed GTP-U below).
         let len = if whole { 40 + payload } else { avail - l3 };
-        let up = ipv6_upper(ctx, l3, len, h[6]).ok_or(Reason::NotGtp)?;
+        let up = ipv6_upper(ctx, l3, len, h[6]).ok_or(miss(multi, Reason::NotGtp))?;
         if up.proto != IPPROTO_UDP {
             return Err(Reason::NotGtp);
         }
@@ -395,7 +434,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
     } else {
         return Err(Reason::NotGtp);
     }
-    let udp = view::<8>(ctx, udp_off).ok_or(Reason::NotGtp)?;
+    let udp = view::<8>(ctx, udp_off).ok_or(miss(multi, Reason::NotGtp))?;
     if u16::from_be_bytes([udp[2], udp[3]]) != GTPU_PORT {
         return Err(Reason::NotGtp);
     }
@@ -406,7 +445,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
     }
     let udp_end = udp_off + udp_len;
     let gtp_off = udp_off + 8;
-    let g = view::<8>(ctx, gtp_off).ok_or(Reason::MalformedGtp)?;
+    let g = view::<8>(ctx, gtp_off).ok_or(miss(multi, Reason::MalformedGtp))?;
     let flags = g[0];
     if flags >> 5 != 1 || flags & 0x10 == 0 {
         return Err(Reason::MalformedGtp);
@@ -425,7 +464,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
         if pos + 4 > udp_end {
             return Err(Reason::MalformedGtp);
         }
-        let opt = view::<4>(ctx, pos).ok_or(Reason::MalformedGtp)?;
+        let opt = view::<4>(ctx, pos).ok_or(miss(multi, Reason::MalformedGtp))?;
         if flags & 0x04 != 0 {
             next = opt[3];
         }
@@ -437,7 +476,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
             break;
         }
         // An extension header is at least 4 bytes (length, content, next type).
-        let head = view::<4>(ctx, pos).ok_or(Reason::MalformedGtp)?;
+        let head = view::<4>(ctx, pos).ok_or(miss(multi, Reason::MalformedGtp))?;
         let hlen = head[0] as usize * 4;
         if hlen == 0 || pos + hlen > udp_end {
             return Err(Reason::MalformedGtp);
@@ -448,7 +487,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
         // Opaque to LLVM so it keeps a separate bounds check the verifier can follow (it
         // would otherwise reuse `pos + hlen <= end` and read at a negative offset).
         let last = core::hint::black_box(pos + hlen - 4);
-        next = view::<4>(ctx, last).ok_or(Reason::MalformedGtp)?[3];
+        next = view::<4>(ctx, last).ok_or(miss(multi, Reason::MalformedGtp))?[3];
         pos += hlen;
     }
     if next != 0 {
@@ -458,7 +497,7 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
         return Err(Reason::MalformedInner);
     }
     let inner_len = udp_end - pos;
-    let inner = inner_ip(ctx, pos, inner_len)?;
+    let inner = inner_ip(ctx, pos, inner_len, multi)?;
     Ok(Gpdu {
         teid,
         qfi,

@@ -6,11 +6,11 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use mecgw_ebpf::Verdict;
 
-use super::counters::count_verdict;
+use super::{counters::count_verdict, parse::frame_len};
 
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_pass(ctx: XdpContext) -> u32 {
-    let len = ctx.data_end().saturating_sub(ctx.data()) as u64;
+    let len = frame_len(&ctx) as u64;
     count_verdict(Verdict::Pass, len);
     xdp_action::XDP_PASS
 }

@@ -88,7 +88,7 @@ enum Decided {
 
 /// The PFCP sessions' G-PDUs (a TEID of the PFCP range; from the access side, or from the
 /// core side for a tunnel whose PDRs come from a remote PSA).
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_uplink_pfcp(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx) as u64;
     match classify(&ctx, len) {
@@ -117,7 +117,7 @@ pub fn mecgw_uplink_pfcp(ctx: XdpContext) -> u32 {
 
 /// Rewrites and redirects the frame `mecgw_uplink_pfcp` handed over, and counts it. A program
 /// of its own (a tail call): its header rewrites need a stack frame of their own.
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_retunnel(ctx: XdpContext) -> u32 {
     let Some(job) = RETUNNEL_JOB.get(0) else {
         return xdp_action::XDP_DROP;
@@ -144,7 +144,12 @@ fn classify(ctx: &XdpContext, len: u64) -> Decided {
     };
     let pdu = match parse::gpdu(ctx) {
         Ok(p) => p,
-        Err(r @ (Reason::NotGtp | Reason::GtpSignalling | Reason::OuterFragment)) => {
+        Err(
+            r @ (Reason::NotGtp
+            | Reason::GtpSignalling
+            | Reason::OuterFragment
+            | Reason::HeadersNotLinear),
+        ) => {
             return Decided::Done(Outcome::new(Verdict::Pass, r), PdrHit::NONE);
         }
         Err(r) => return Decided::Done(by_default(config.malformed, r), PdrHit::NONE),

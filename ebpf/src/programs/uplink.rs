@@ -27,7 +27,7 @@ use super::{
     pfcp,
 };
 
-#[xdp]
+#[xdp(frags)]
 pub fn mecgw_uplink(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx) as u64;
     let outcome = classify(&ctx);
@@ -51,7 +51,12 @@ fn classify(ctx: &XdpContext) -> Outcome {
     };
     let pdu = match parse::gpdu(ctx) {
         Ok(p) => p,
-        Err(r @ (Reason::NotGtp | Reason::GtpSignalling | Reason::OuterFragment)) => {
+        Err(
+            r @ (Reason::NotGtp
+            | Reason::GtpSignalling
+            | Reason::OuterFragment
+            | Reason::HeadersNotLinear),
+        ) => {
             return Outcome::new(Verdict::Pass, r);
         }
         Err(r) => return by_default(config.malformed, r),

@@ -319,7 +319,7 @@ pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
 }
 
-const PROGRAMS: [&str; 11] = [
+const PROGRAMS: [&str; 12] = [
     names::PROG_PASS,
     names::PROG_EMPTY,
     names::PROG_BENCH_RESTORE,
@@ -331,6 +331,7 @@ const PROGRAMS: [&str; 11] = [
     names::PROG_DOWNLINK,
     names::PROG_DOWNLINK_PFCP_V4,
     names::PROG_DOWNLINK_PFCP_V6,
+    names::PROG_DOWNLINK_JUMBO,
 ];
 
 /// Tail calls between the programs: program arrays and the programs at their indexes.
@@ -339,7 +340,11 @@ const TAIL_CALLS: [(&str, &[&str]); 3] = [
     (names::MAP_RETUNNEL, &[names::PROG_RETUNNEL]),
     (
         names::MAP_DOWNLINK_PFCP,
-        &[names::PROG_DOWNLINK_PFCP_V4, names::PROG_DOWNLINK_PFCP_V6],
+        &[
+            names::PROG_DOWNLINK_PFCP_V4,
+            names::PROG_DOWNLINK_PFCP_V6,
+            names::PROG_DOWNLINK_JUMBO,
+        ],
     ),
 ];
 

@@ -76,6 +76,10 @@ struct Args {
     /// How long to wait for an answer, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// Bytes of pattern after a UDP probe's token: with 7900, G-PDUs of about 8 KB, for a
+    /// jumbo-frame N3 (the answer must carry them back exactly).
+    #[arg(long, default_value_t = 0)]
+    pad: usize,
     /// Append every uplink datagram sent, as hex, one per line, to this file.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
@@ -200,6 +204,8 @@ struct Sim {
     upf: SocketAddr,
     qfi: u8,
     timeout: Duration,
+    /// Pattern bytes after a UDP probe's token (`--pad`).
+    pad: usize,
     stray: u64,
     buf: Vec<u8>,
     /// The first downlink TEID and the number of UEs: which UE a downlink G-PDU is for.
@@ -312,13 +318,16 @@ impl Sim {
     /// One UDP or ICMP exchange. Returns the round-trip time.
     fn ping(&mut self, ue: &Ue, probe: &Probe, round: u32) -> Result<Option<Duration>, Bad> {
         let src = ue.addr_for(probe.target);
-        let token = format!("mecgw-probe ue={} round={round}", ue.index);
+        let mut token = format!("mecgw-probe ue={} round={round}", ue.index).into_bytes();
+        if probe.kind == Kind::Udp {
+            token.extend((0..self.pad).map(|i| b'a' + (i % 26) as u8));
+        }
         let sport = 30000 + (ue.index % 30000) as u16;
         let seq = round as u16;
         let id = ue.index as u16;
         let inner = match probe.kind {
-            Kind::Udp => packet::inner::udp(src, probe.target, sport, probe.port, token.as_bytes()),
-            _ => packet::inner::icmp_echo(src, probe.target, false, id, seq, token.as_bytes()),
+            Kind::Udp => packet::inner::udp(src, probe.target, sport, probe.port, &token),
+            _ => packet::inner::icmp_echo(src, probe.target, false, id, seq, &token),
         };
         let start = Instant::now();
         self.send(ue, &inner).map_err(|e| e.to_string())?;
@@ -335,7 +344,7 @@ impl Sim {
         match self.receive(ue, start + self.timeout, &mut accept) {
             None => Ok(None),
             Some(Err(bad)) => Err(bad),
-            Some(Ok(p)) if p.l4_payload() != token.as_bytes() => {
+            Some(Ok(p)) if p.l4_payload() != &token[..] => {
                 Err("answer payload differs".to_string())
             }
             Some(Ok(_)) => Ok(Some(start.elapsed())),
@@ -495,6 +504,7 @@ fn main() -> anyhow::Result<()> {
         upf: SocketAddr::new(args.upf, packet::GTPU_PORT),
         qfi: args.sessions.qfi,
         timeout: Duration::from_millis(args.timeout_ms),
+        pad: args.pad,
         stray: 0,
         buf: vec![0u8; 65536],
         dl_teid_base: args.sessions.dl_teid_base,

@@ -80,6 +80,16 @@ pub struct Model {
 const OUTER_TTL: u8 = 64;
 const GTP_LEN: usize = 16;
 
+/// The most of a frame BPF_PROG_TEST_RUN puts in the linear part: one page less
+/// XDP_PACKET_HEADROOM (256) and the skb_shared_info tail (320 on x86_64). The rest of a
+/// longer frame goes into page-sized fragments (at most MAX_SKB_FRAGS, 17 by default).
+pub const TEST_RUN_LINEAR: usize = 4096 - 256 - 320;
+
+/// The linear part of a frame of `len` bytes in BPF_PROG_TEST_RUN.
+pub fn test_run_linear(len: usize) -> usize {
+    len.min(TEST_RUN_LINEAR)
+}
+
 impl Model {
     /// A model of the fast path loaded with `tables`.
     pub fn new(tables: &CompiledTables) -> Model {
@@ -121,15 +131,32 @@ impl Model {
         }
     }
 
-    /// The uplink program (`mecgw_uplink`) on one frame from N3.
+    /// The uplink program (`mecgw_uplink`) on one frame from N3, all of it in one buffer.
     pub fn uplink(&self, frame: &[u8]) -> Outcome {
+        self.uplink_split(frame, frame.len())
+    }
+
+    /// [`Model::uplink`] on a frame whose first `linear` bytes are its linear part (a
+    /// multi-buffer frame when that is less than all of it; [`test_run_linear`] gives what
+    /// BPF_PROG_TEST_RUN makes of a frame). Headers are read from the linear part only: a
+    /// multi-buffer frame whose headers are not all there is passed, `headers_not_linear`.
+    pub fn uplink_split(&self, frame: &[u8], linear: usize) -> Outcome {
         let t = &self.tables;
         let keep = |verdict, reason, session: Option<&Session>| {
             Outcome::unchanged(frame, verdict, reason, session.map(|s| s.id))
         };
-        let pdu = match parse_gpdu(frame) {
+        let fr = Frame {
+            f: frame,
+            linear: linear.min(frame.len()),
+        };
+        let pdu = match parse_gpdu(&fr) {
             Ok(p) => p,
-            Err(r @ (Reason::NotGtp | Reason::GtpSignalling | Reason::OuterFragment)) => {
+            Err(
+                r @ (Reason::NotGtp
+                | Reason::GtpSignalling
+                | Reason::OuterFragment
+                | Reason::HeadersNotLinear),
+            ) => {
                 return keep(Verdict::Pass, r, None);
             }
             Err(r) => return keep(by(t.defaults.malformed), r, None),
@@ -468,11 +495,50 @@ fn ipv6_upper(p: &[u8], len: usize) -> Option<(u8, usize, bool)> {
     Some((proto, l4, fragment))
 }
 
-fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
-    let (l3, ethertype) = parse_ethernet(f).ok_or(Reason::NotGtp)?;
+/// A frame as the programs see it: `f` whole, of which only the first `linear` bytes (the
+/// linear part: all of a single-buffer frame) are where headers are read from.
+struct Frame<'a> {
+    f: &'a [u8],
+    linear: usize,
+}
+
+/// The largest packet offset the programs read at (`parse::MAX_OFFSET`).
+const MAX_OFFSET: usize = 0x3fff;
+
+impl Frame<'_> {
+    /// The `n` bytes at `at`, if they lie in the linear part (as the programs' `view`).
+    fn view(&self, at: usize, n: usize) -> Option<&[u8]> {
+        if at > MAX_OFFSET || at + n > self.linear {
+            return None;
+        }
+        self.f.get(at..at + n)
+    }
+
+    /// The linear part, for the parsers that take a slice.
+    fn lin(&self) -> &[u8] {
+        &self.f[..self.linear]
+    }
+
+    /// The reason for a header read that failed: `r`, or `HeadersNotLinear` in a
+    /// multi-buffer frame.
+    fn miss(&self, r: Reason) -> Reason {
+        if self.f.len() > self.linear {
+            Reason::HeadersNotLinear
+        } else {
+            r
+        }
+    }
+}
+
+/// Ethernet / outer IP / UDP 2152 / GTP-U / inner IP, read exactly where and as wide as
+/// `parse::gpdu` reads (which decides where a multi-buffer frame's linear part is too
+/// short), with every length compared with the whole frame.
+fn parse_gpdu(fr: &Frame<'_>) -> Result<Gpdu, Reason> {
+    let f = fr.f;
+    let (l3, ethertype) = parse_ethernet(fr.lin()).ok_or(fr.miss(Reason::NotGtp))?;
     let (udp_off, ip_payload_len) = match ethertype {
         0x0800 => {
-            let h = f.get(l3..l3 + 20).ok_or(Reason::NotGtp)?;
+            let h = fr.view(l3, 20).ok_or(fr.miss(Reason::NotGtp))?;
             let ihl = usize::from(h[0] & 0x0f) * 4;
             if h[0] >> 4 != 4 || ihl < 20 || h[9] != 17 {
                 return Err(Reason::NotGtp);
@@ -485,14 +551,15 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
             (l3 + ihl, payload)
         }
         0x86dd => {
-            let h = f.get(l3..l3 + 40).ok_or(Reason::NotGtp)?;
+            let h = fr.view(l3, 40).ok_or(fr.miss(Reason::NotGtp))?;
             if h[0] >> 4 != 6 {
                 return Err(Reason::NotGtp);
             }
             let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
             let whole = l3 + 40 + payload <= f.len();
             let len = if whole { 40 + payload } else { f.len() - l3 };
-            let (proto, l4, fragment) = ipv6_upper(&f[l3..], len).ok_or(Reason::NotGtp)?;
+            let (proto, l4, fragment) =
+                ipv6_upper(&fr.lin()[l3..], len).ok_or(fr.miss(Reason::NotGtp))?;
             if proto != 17 {
                 return Err(Reason::NotGtp);
             }
@@ -503,7 +570,7 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
         }
         _ => return Err(Reason::NotGtp),
     };
-    let udp = f.get(udp_off..udp_off + 8).ok_or(Reason::NotGtp)?;
+    let udp = fr.view(udp_off, 8).ok_or(fr.miss(Reason::NotGtp))?;
     if u16::from_be_bytes([udp[2], udp[3]]) != GTPU_PORT {
         return Err(Reason::NotGtp);
     }
@@ -512,7 +579,9 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
         return Err(Reason::MalformedGtp);
     }
     let udp_end = udp_off + udp_len;
-    let g = &f[udp_off + 8..udp_off + 16];
+    let g = fr
+        .view(udp_off + 8, 8)
+        .ok_or(fr.miss(Reason::MalformedGtp))?;
     let flags = g[0];
     if flags >> 5 != 1 || flags & 0x10 == 0 {
         return Err(Reason::MalformedGtp);
@@ -530,8 +599,9 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
         if pos + 4 > udp_end {
             return Err(Reason::MalformedGtp);
         }
+        let opt = fr.view(pos, 4).ok_or(fr.miss(Reason::MalformedGtp))?;
         if flags & 0x04 != 0 {
-            next = f[pos + 3];
+            next = opt[3];
         }
         pos += 4;
     }
@@ -540,17 +610,18 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
         if next == 0 {
             break;
         }
-        if pos >= udp_end {
-            return Err(Reason::MalformedGtp);
-        }
-        let hlen = usize::from(f[pos]) * 4;
+        // An extension header is at least 4 bytes: read before its length is checked.
+        let head = fr.view(pos, 4).ok_or(fr.miss(Reason::MalformedGtp))?;
+        let hlen = usize::from(head[0]) * 4;
         if hlen == 0 || pos + hlen > udp_end {
             return Err(Reason::MalformedGtp);
         }
         if next == EXT_PDU_SESSION_CONTAINER {
-            qfi = Some(f[pos + 2] & 0x3f);
+            qfi = Some(head[2] & 0x3f);
         }
-        next = f[pos + hlen - 1];
+        next = fr
+            .view(pos + hlen - 4, 4)
+            .ok_or(fr.miss(Reason::MalformedGtp))?[3];
         pos += hlen;
     }
     if next != 0 {
@@ -559,7 +630,7 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
     if pos >= udp_end {
         return Err(Reason::MalformedInner);
     }
-    let inner = parse_inner(&f[pos..udp_end])?;
+    let inner = parse_inner(fr, pos, udp_end - pos)?;
     Ok(Gpdu {
         teid,
         qfi,
@@ -569,16 +640,16 @@ fn parse_gpdu(f: &[u8]) -> Result<Gpdu, Reason> {
     })
 }
 
-fn parse_inner(p: &[u8]) -> Result<Inner, Reason> {
-    let len = p.len();
-    let (src, dst, proto, ttl, l4, fragment) = match p[0] >> 4 {
+/// The inner IP packet at `off`, `len` bytes long (`parse::inner_ip`).
+fn parse_inner(fr: &Frame<'_>, off: usize, len: usize) -> Result<Inner, Reason> {
+    // The programs read 20 bytes first, whatever the version.
+    let first = fr.view(off, 20).ok_or(fr.miss(Reason::MalformedInner))?;
+    let (src, dst, proto, ttl, l4, fragment) = match first[0] >> 4 {
         4 => {
-            if len < 20 {
-                return Err(Reason::MalformedInner);
-            }
+            let p = first;
             let ihl = usize::from(p[0] & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
-            if ihl < 20 || ihl > len || total != len {
+            if len < 20 || ihl < 20 || ihl > len || total != len {
                 return Err(Reason::MalformedInner);
             }
             let src = IpAddr::V4(Ipv4Addr::new(p[12], p[13], p[14], p[15]));
@@ -587,6 +658,7 @@ fn parse_inner(p: &[u8]) -> Result<Inner, Reason> {
             (src, dst, p[9], p[8], ihl, fragment)
         }
         6 => {
+            let p = fr.view(off, 40).ok_or(fr.miss(Reason::MalformedInner))?;
             if len < 40 || 40 + usize::from(u16::from_be_bytes([p[4], p[5]])) != len {
                 return Err(Reason::MalformedInner);
             }
@@ -594,12 +666,24 @@ fn parse_inner(p: &[u8]) -> Result<Inner, Reason> {
             let mut d = [0u8; 16];
             s.copy_from_slice(&p[8..24]);
             d.copy_from_slice(&p[24..40]);
-            let (proto, l4, fragment) = ipv6_upper(p, len).ok_or(Reason::MalformedInner)?;
+            let (proto, l4, fragment) =
+                ipv6_upper(&fr.lin()[off..], len).ok_or(fr.miss(Reason::MalformedInner))?;
             (IpAddr::from(s), IpAddr::from(d), proto, p[7], l4, fragment)
         }
         _ => return Err(Reason::MalformedInner),
     };
-    let ports = if fragment { None } else { ports(p, proto, l4) };
+    let ports = if fragment || !matches!(proto, 6 | 17 | 132) || l4 + 4 > len {
+        None
+    } else {
+        // Inside the packet: only a multi-buffer frame's linear part can end before it.
+        let p = fr
+            .view(off + l4, 4)
+            .ok_or(fr.miss(Reason::MalformedInner))?;
+        Some((
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        ))
+    };
     Ok(Inner {
         src,
         dst,
