@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::{map, xdp},
-    maps::{PerCpuArray, ProgramArray},
+    maps::ProgramArray,
     programs::XdpContext,
 };
 use mecgw_ebpf::{
@@ -98,16 +98,9 @@ fn internal(ctx: &XdpContext) -> u32 {
     record(&outcome, frame_len(ctx) as u64, DIR_DOWNLINK)
 }
 
-/// The PFCP UE entry `mecgw_downlink` found, handed over to the program it tail-calls, so that
-/// a packet's UE is looked up once. The tail call runs on the same CPU in the same program
-/// run, so the slot holds this packet's entry.
-#[map(name = "PFCP_HANDOFF")]
-static PFCP_HANDOFF: PerCpuArray<PfcpDownlink> = PerCpuArray::with_max_entries(1, 0);
-
 /// Whether the frame is an IP packet to a UE of a PFCP session, and which family (0 IPv4, 1
 /// IPv6): those are judged by `mecgw_downlink_pfcp_v4` or `_v6`, programs of their own (the
-/// verifier checks each apart from the tables path, all well inside its limits), with the
-/// UE's entry in [`PFCP_HANDOFF`].
+/// verifier checks each apart from the tables path, all well inside its limits).
 #[inline(always)]
 fn to_pfcp_ue(ctx: &XdpContext) -> Option<u32> {
     let (_, config) = maps::active()?;
@@ -115,33 +108,17 @@ fn to_pfcp_ue(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     let l2 = ethernet_local(ctx)?;
-    let (p, family) = if l2.ethertype == ETH_P_IPV4 {
+    if l2.ethertype == ETH_P_IPV4 {
         let h = view::<20>(ctx, l2.l3_off)?;
-        if h[0] >> 4 != 4 {
-            return None;
-        }
-        (maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]])?, 0)
+        (h[0] >> 4 == 4 && maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]]).is_some()).then_some(0)
     } else if l2.ethertype == ETH_P_IPV6 {
         let h = view::<40>(ctx, l2.l3_off)?;
-        if h[0] >> 4 != 6 {
-            return None;
-        }
         let mut dst = [0u8; 16];
         dst.copy_from_slice(&h[24..40]);
-        (maps::pfcp_ue_v6(dst)?, 1)
+        (h[0] >> 4 == 6 && maps::pfcp_ue_v6(dst).is_some()).then_some(1)
     } else {
-        return None;
-    };
-    let slot = PFCP_HANDOFF.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot, which only this program run uses until its tail call reads it.
-    unsafe { *slot = *p };
-    Some(family)
-}
-
-/// The entry [`to_pfcp_ue`] handed over.
-#[inline(always)]
-fn handed_over() -> Option<&'static PfcpDownlink> {
-    PFCP_HANDOFF.get(0)
+        None
+    }
 }
 
 /// The downlink of PFCP sessions' IPv4 UEs, as their downlink PDRs say.
@@ -179,7 +156,7 @@ fn classify_pfcp<const V6: bool>(ctx: &XdpContext, pdr: &mut PdrHit) -> Outcome 
         let Some(h) = view::<20>(ctx, l3) else {
             return not_for_ue;
         };
-        let Some(p) = handed_over() else {
+        let Some(p) = maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]]) else {
             return not_for_ue;
         };
         let ihl = ((h[0] & 0x0f) as usize) * 4;
@@ -198,7 +175,9 @@ fn classify_pfcp<const V6: bool>(ctx: &XdpContext, pdr: &mut PdrHit) -> Outcome 
         let Some(h) = view::<40>(ctx, l3) else {
             return not_for_ue;
         };
-        let Some(p) = handed_over() else {
+        let mut dst = [0u8; 16];
+        dst.copy_from_slice(&h[24..40]);
+        let Some(p) = maps::pfcp_ue_v6(dst) else {
             return not_for_ue;
         };
         let total = 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
