@@ -291,6 +291,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Whether a frame the G-PDU parser gives this reason for is passed to the kernel as it
+    /// is, whatever the configured dispositions say: it is not a G-PDU mecgw judges (not
+    /// GTP-U, GTP-U signalling, an outer fragment, headers outside the linear part).
+    pub const fn passes_unjudged(self) -> bool {
+        matches!(
+            self,
+            Reason::NotGtp
+                | Reason::GtpSignalling
+                | Reason::OuterFragment
+                | Reason::HeadersNotLinear
+        )
+    }
+
     /// Number of reasons: the size of the reason counter array.
     pub const COUNT: u32 = 25;
     /// All reasons, in discriminant order.

@@ -144,12 +144,7 @@ fn classify(ctx: &XdpContext, len: u64) -> Decided {
     };
     let pdu = match parse::gpdu(ctx) {
         Ok(p) => p,
-        Err(
-            r @ (Reason::NotGtp
-            | Reason::GtpSignalling
-            | Reason::OuterFragment
-            | Reason::HeadersNotLinear),
-        ) => {
+        Err(r) if r.passes_unjudged() => {
             return Decided::Done(Outcome::new(Verdict::Pass, r), PdrHit::NONE);
         }
         Err(r) => return Decided::Done(by_default(config.malformed, r), PdrHit::NONE),

@@ -51,12 +51,7 @@ fn classify(ctx: &XdpContext) -> Outcome {
     };
     let pdu = match parse::gpdu(ctx) {
         Ok(p) => p,
-        Err(
-            r @ (Reason::NotGtp
-            | Reason::GtpSignalling
-            | Reason::OuterFragment
-            | Reason::HeadersNotLinear),
-        ) => {
+        Err(r) if r.passes_unjudged() => {
             return Outcome::new(Verdict::Pass, r);
         }
         Err(r) => return by_default(config.malformed, r),

@@ -151,12 +151,7 @@ impl Model {
         };
         let pdu = match parse_gpdu(&fr) {
             Ok(p) => p,
-            Err(
-                r @ (Reason::NotGtp
-                | Reason::GtpSignalling
-                | Reason::OuterFragment
-                | Reason::HeadersNotLinear),
-            ) => {
+            Err(r) if r.passes_unjudged() => {
                 return keep(Verdict::Pass, r, None);
             }
             Err(r) => return keep(by(t.defaults.malformed), r, None),
