@@ -48,3 +48,26 @@ next_hop_mac = "02:00:00:00:04:02"
 pub fn tables_with(entries: &str) -> String {
     format!("{TEST_INTERFACES}{entries}")
 }
+
+/// Reads each of `conns` to its end and returns what each had left: every one must have been
+/// closed by the other side (end of stream or a reset), none left open (30 s each at most,
+/// far past the daemon's own timeouts: a hang guard, not a timing assertion).
+pub fn read_until_closed_by_peer(conns: Vec<std::net::TcpStream>, what: &str) -> Vec<Vec<u8>> {
+    use std::io::Read as _;
+    conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            if let Err(e) = s.set_read_timeout(Some(std::time::Duration::from_secs(30))) {
+                panic!("{what} {i}: setting a read timeout: {e}");
+            }
+            let mut rest = Vec::new();
+            match s.read_to_end(&mut rest) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Err(e) => panic!("{what} {i} was not closed by mecgw: {e}"),
+            }
+            rest
+        })
+        .collect()
+}

@@ -14,7 +14,7 @@
 //! mecgw cleanly with the stuck streams open. `cargo xtask chaos` grows both
 //! (`MECGW_CHAOS_SCALE`); CI runs scale 1. Needs root.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -84,14 +84,7 @@ fn slow_loris_clients_do_not_keep_the_probes_out() {
     ));
 
     // Every slow connection is closed by mecgw (30 s per read: a hang guard only).
-    for (i, mut s) in slow.into_iter().enumerate() {
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut rest = Vec::new();
-        match s.read_to_end(&mut rest) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("slow connection {i} was not closed by mecgw: {e}"),
-        }
+    for rest in mecgw_tests::read_until_closed_by_peer(slow, "slow connection") {
         assert!(
             !String::from_utf8_lossy(&rest).contains("mecgw_ready"),
             "a request whose headers never ended was answered"
