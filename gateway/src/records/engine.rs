@@ -859,16 +859,40 @@ destinations:
   stats: {region: EU-DE, releases: [per_cell]}
 "#;
 
-    /// Windows must close while records keep arriving: the queue never runs dry here, so
-    /// a timer that only fires when nothing else is ready would never fire.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn windows_close_while_the_ingest_queue_never_runs_dry() {
-        let dir = tempfile::tempdir().unwrap();
+    /// The plane on [`POLICY`], keys and ledger under `dir`, no egress, no flows.
+    fn start(
+        dir: &std::path::Path,
+        ingest: mpsc::Receiver<PublishedRecord>,
+        releases: broadcast::Sender<Arc<ReleasedOutput>>,
+    ) -> PrivacyPlane {
         let policy = Arc::new(LoadedPolicy {
             policy: mecgw_policy::compile(POLICY).unwrap(),
             hash: mecgw_policy::engine::policy_hash(POLICY),
             source: POLICY.to_string(),
         });
+        PrivacyPlane::start(
+            policy,
+            Settings {
+                keys_dir: dir.to_path_buf(),
+                ledger_dir: dir.join("budget"),
+                state_dir: None,
+                window_grace_secs: 0,
+            },
+            Wiring {
+                ingest,
+                releases,
+                egress: None,
+                flows: None,
+            },
+        )
+        .unwrap()
+    }
+
+    /// Windows must close while records keep arriving: the queue never runs dry here, so
+    /// a timer that only fires when nothing else is ready would never fire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn windows_close_while_the_ingest_queue_never_runs_dry() {
+        let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::channel(QUEUE);
         let (releases, mut released) = broadcast::channel(16);
         // Three hours ago: the window has ended, so the first tick must release it.
@@ -885,22 +909,7 @@ destinations:
         for i in 0..QUEUE as u64 {
             tx.try_send(record(i)).unwrap();
         }
-        let plane = PrivacyPlane::start(
-            policy,
-            Settings {
-                keys_dir: dir.path().to_path_buf(),
-                ledger_dir: dir.path().join("budget"),
-                state_dir: None,
-                window_grace_secs: 0,
-            },
-            Wiring {
-                ingest: rx,
-                releases,
-                egress: None,
-                flows: None,
-            },
-        )
-        .unwrap();
+        let plane = start(dir.path(), rx, releases);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let producer = {
             let stop = Arc::clone(&stop);
@@ -932,11 +941,6 @@ destinations:
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn flushes_waiting_together_are_all_answered_and_a_stop_behind_them_still_stops() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = Arc::new(LoadedPolicy {
-            policy: mecgw_policy::compile(POLICY).unwrap(),
-            hash: mecgw_policy::engine::policy_hash(POLICY),
-            source: POLICY.to_string(),
-        });
         let (tx, rx) = mpsc::channel(QUEUE);
         let t = now_unix();
         for i in 0..10_000u64 {
@@ -947,22 +951,7 @@ destinations:
             })
             .unwrap();
         }
-        let plane = PrivacyPlane::start(
-            policy,
-            Settings {
-                keys_dir: dir.path().to_path_buf(),
-                ledger_dir: dir.path().join("budget"),
-                state_dir: None,
-                window_grace_secs: 0,
-            },
-            Wiring {
-                ingest: rx,
-                releases: broadcast::channel(16).0,
-                egress: None,
-                flows: None,
-            },
-        )
-        .unwrap();
+        let plane = start(dir.path(), rx, broadcast::channel(16).0);
         let handle = plane.handle();
         let flushes: Vec<_> = (0..32)
             .map(|_| {
