@@ -138,6 +138,19 @@ fn reset_ledger(bed: &Bed) -> std::process::Output {
         .unwrap()
 }
 
+/// After an audited `budget reset`, the daemon starts and gets ready again.
+fn reset_then_ready(bed: &Bed, config: &std::path::Path) {
+    let out = reset_ledger(bed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut d = bed.start(config);
+    bed.wait_ready(&mut d);
+    assert!(d.stop().success());
+}
+
 #[test]
 fn a_refused_budget_ledger_stops_the_start_until_it_is_reset() {
     let bed = Bed::new();
@@ -156,15 +169,7 @@ fn a_refused_budget_ledger_stops_the_start_until_it_is_reset() {
         "{log}"
     );
 
-    let out = reset_ledger(&bed);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut d = bed.start(&config);
-    bed.wait_ready(&mut d);
-    assert!(d.stop().success());
+    reset_then_ready(&bed, &config);
 }
 
 #[test]
@@ -204,15 +209,7 @@ fn a_ledger_deleted_with_its_head_stops_the_start_until_it_is_reset() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&want), "{err}");
 
-    let out = reset_ledger(&bed);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut d = bed.start(&config);
-    bed.wait_ready(&mut d);
-    assert!(d.stop().success());
+    reset_then_ready(&bed, &config);
 }
 
 #[test]
