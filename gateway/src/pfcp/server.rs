@@ -1126,8 +1126,7 @@ impl Node {
                             "PFCP: the SMF refused a session report: its volumes (and downlink data) go into the next one"
                         );
                     }
-                    self.store.carry_back(up_seid, &reports);
-                    self.store.carry_back_downlink_data(up_seid, &downlink_data);
+                    self.store.carry_back(up_seid, &reports, &downlink_data);
                 }
             }
             (purpose, _) => {
@@ -1254,8 +1253,7 @@ impl Node {
                             "PFCP: a session report went unanswered: its volumes (and downlink data) go into the next one"
                         );
                     }
-                    self.store.carry_back(up_seid, &reports);
-                    self.store.carry_back_downlink_data(up_seid, &downlink_data);
+                    self.store.carry_back(up_seid, &reports, &downlink_data);
                 }
             }
         }
@@ -1344,8 +1342,7 @@ impl Node {
                 .map(|a| a.addr);
             let Some(addr) = reachable else {
                 // Nobody to tell now: the volumes and downlink data wait for the next report.
-                self.store.carry_back(up_seid, &reports);
-                self.store.carry_back_downlink_data(up_seid, &downlink_data);
+                self.store.carry_back(up_seid, &reports, &downlink_data);
                 continue;
             };
             for r in &reports {

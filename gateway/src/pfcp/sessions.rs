@@ -918,24 +918,17 @@ impl Store {
         out
     }
 
-    /// A Downlink Data Report the SMF never took: its PDRs still buffering report again at
-    /// the next check (their packets are still counted past the period's base).
-    pub fn carry_back_downlink_data(&mut self, up_seid: u64, pdr_ids: &[u16]) {
+    /// A report the SMF never took: its volumes go into the URR's next one, and the PDRs of
+    /// its Downlink Data Report (still buffering) are reported again at the next check.
+    pub fn carry_back(&mut self, up_seid: u64, reports: &[UsageReport], downlink_data: &[u16]) {
         let Some(s) = self.sessions.get_mut(&up_seid) else {
             return;
         };
-        for id in pdr_ids {
+        for id in downlink_data {
             if let Some(b) = s.buffering.get_mut(id) {
                 b.reported = false;
             }
         }
-    }
-
-    /// A report the SMF never took: its volumes go into the URR's next one.
-    pub fn carry_back(&mut self, up_seid: u64, reports: &[UsageReport]) {
-        let Some(s) = self.sessions.get_mut(&up_seid) else {
-            return;
-        };
         for r in reports {
             if let (Some(state), Some(v)) = (s.urrs.get_mut(&r.urr_id), r.volume) {
                 state.carried = state.carried.plus(Volumes {
@@ -1369,7 +1362,7 @@ mod tests {
         fake.set(slot, 2, 200);
         assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
         // A report the SMF did not take is sent again.
-        store.carry_back_downlink_data(up_seid, &[2]);
+        store.carry_back(up_seid, &[], &[2]);
         assert_eq!(downlink_data_due(&mut store), vec![2]);
         // A modification that leaves the FAR buffering keeps the period.
         far_action(&mut store, up_seid, notify);
@@ -1379,7 +1372,7 @@ mod tests {
         far_action(&mut store, up_seid, ApplyAction::FORW);
         fake.set(slot, 9, 900);
         assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
-        store.carry_back_downlink_data(up_seid, &[2]);
+        store.carry_back(up_seid, &[], &[2]);
         assert_eq!(downlink_data_due(&mut store), Vec::<u16>::new());
         // Buffering again: a new period from the count at its start.
         far_action(&mut store, up_seid, notify);
