@@ -37,13 +37,14 @@ pub mod names {
     pub const PROG_RETUNNEL: &str = "mecgw_retunnel";
     /// Program array with [`PROG_RETUNNEL`] at index 0.
     pub const MAP_RETUNNEL: &str = "RETUNNEL";
-    /// The downlink of PFCP sessions' IPv4 UEs: `mecgw_downlink` tail-calls it.
-    pub const PROG_DOWNLINK_PFCP_V4: &str = "mecgw_downlink_pfcp_v4";
-    /// The downlink of PFCP sessions' IPv6 UEs: `mecgw_downlink` tail-calls it.
+    /// The downlink entry with PFCP on, attached in place of [`PROG_DOWNLINK`]: judges
+    /// packets to PFCP sessions' IPv4 UEs and tail-calls for the rest.
+    pub const PROG_DOWNLINK_PFCP: &str = "mecgw_downlink_pfcp";
+    /// The downlink of PFCP sessions' IPv6 UEs: `mecgw_downlink_pfcp` tail-calls it.
     pub const PROG_DOWNLINK_PFCP_V6: &str = "mecgw_downlink_pfcp_v6";
-    /// Program array with [`PROG_DOWNLINK_PFCP_V4`] at index 0, `_V6` at index 1 and
-    /// [`PROG_DOWNLINK_JUMBO`] at index 2.
-    pub const MAP_DOWNLINK_PFCP: &str = "DOWNLINK_PFCP";
+    /// Program array with [`PROG_DOWNLINK`] at index 0, [`PROG_DOWNLINK_PFCP_V6`] at index 1
+    /// and [`PROG_DOWNLINK_JUMBO`] at index 2.
+    pub const MAP_DOWNLINK_CALLS: &str = "DOWNLINK_CALLS";
     /// The downlink's tables path for multi-buffer (jumbo) frames: `mecgw_downlink`
     /// tail-calls it.
     pub const PROG_DOWNLINK_JUMBO: &str = "mecgw_downlink_jumbo";

@@ -4,8 +4,9 @@
 //! decremented, then an outer IPv4 or IPv6 header towards the session's gNB, UDP 2152 and a
 //! GTP-U header with the downlink TEID and a downlink PDU Session Container carrying the
 //! session's QFI; it is redirected to the N3 interface. Anything else passes to the kernel.
-//! With PFCP sessions, a UE of one of them is looked up first: its downlink PDR's FAR says
-//! encapsulate (TEID and gNB from the outer header creation, QFI from the QER) or drop.
+//! With PFCP on, `mecgw_downlink_pfcp` is attached instead: a UE of a PFCP session is looked
+//! up first, and its downlink PDR's FAR says encapsulate (TEID and gNB from the outer header
+//! creation, QFI from the QER) or drop; other packets go on to `mecgw_downlink`.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -15,7 +16,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use mecgw_ebpf::{
-    CONFIG_PFCP, Config, DIR_DOWNLINK, DOWNLINK_GNB_V6, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6,
+    Config, DIR_DOWNLINK, DOWNLINK_GNB_V6, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6,
     EXT_PDU_SESSION_CONTAINER, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, GTP_TYPE_GPDU, GTPU_PORT,
     NONE, PfcpDownlink, Reason, SESSION_GNB_V6, SessionEntry, Verdict, pdr_action,
 };
@@ -39,33 +40,32 @@ const OUTER_TTL: u8 = 64;
 pub fn mecgw_downlink(ctx: XdpContext) -> u32 {
     if is_multi(&ctx, frame_len(&ctx)) {
         // SAFETY: a tail call with the program's own context; on failure control returns here.
-        unsafe { DOWNLINK_PFCP.tail_call(&ctx, JUMBO) };
+        unsafe { DOWNLINK_CALLS.tail_call(&ctx, JUMBO) };
         return internal(&ctx);
     }
     downlink(&ctx, false)
 }
 
-/// `mecgw_downlink` for a frame of the kind `multi` says: PFCP sessions' UEs go to their
-/// programs, the rest is classified by the tables.
+/// `mecgw_downlink`'s judgement of a frame of the kind `multi` says, by the tables.
 #[inline(always)]
 fn downlink(ctx: &XdpContext, multi: bool) -> u32 {
-    if let Some(family) = to_pfcp_ue(ctx) {
-        // SAFETY: a tail call with the program's own context; on failure control returns here.
-        unsafe { DOWNLINK_PFCP.tail_call(ctx, family) };
-        return internal(ctx);
-    }
     let len = whole_len(ctx, multi) as u64;
     let outcome = classify(ctx, multi);
     record(&outcome, len, DIR_DOWNLINK)
 }
 
-/// Index of `mecgw_downlink_jumbo` in `DOWNLINK_PFCP`.
+/// Index of `mecgw_downlink` in `DOWNLINK_CALLS`.
+const TABLES: u32 = 0;
+/// Index of `mecgw_downlink_pfcp_v6` in `DOWNLINK_CALLS`.
+const PFCP_V6: u32 = 1;
+/// Index of `mecgw_downlink_jumbo` in `DOWNLINK_CALLS`.
 const JUMBO: u32 = 2;
 
-/// `mecgw_downlink_pfcp_v4` at index 0, `mecgw_downlink_pfcp_v6` at index 1 and
-/// `mecgw_downlink_jumbo` at index 2 ([`JUMBO`]), set by userspace at load.
-#[map(name = "DOWNLINK_PFCP")]
-static DOWNLINK_PFCP: ProgramArray = ProgramArray::with_max_entries(3, 0);
+/// The downlink programs' tail calls: `mecgw_downlink` at index [`TABLES`],
+/// `mecgw_downlink_pfcp_v6` at [`PFCP_V6`] and `mecgw_downlink_jumbo` at [`JUMBO`], set by
+/// userspace at load.
+#[map(name = "DOWNLINK_CALLS")]
+static DOWNLINK_CALLS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 
 /// `mecgw_downlink` for multi-buffer (jumbo) frames, which it tail-calls first: the same
 /// judgement, but lengths are the whole frame's (asked of the kernel) and an outer
@@ -98,71 +98,79 @@ fn internal(ctx: &XdpContext) -> u32 {
     record(&outcome, frame_len(ctx) as u64, DIR_DOWNLINK)
 }
 
-/// Whether the frame is an IP packet to a UE of a PFCP session, and which family (0 IPv4, 1
-/// IPv6): those are judged by `mecgw_downlink_pfcp_v4` or `_v6`, programs of their own (the
-/// verifier checks each apart from the tables path, all well inside its limits).
-#[inline(always)]
-fn to_pfcp_ue(ctx: &XdpContext) -> Option<u32> {
-    let (_, config) = maps::active()?;
-    if config.flags & CONFIG_PFCP == 0 {
-        return None;
+/// The downlink entry when PFCP is on: userspace attaches it in place of `mecgw_downlink`.
+/// A packet to an IPv4 UE of a PFCP session is judged here, as its downlink PDR says, with
+/// one parse and one lookup; one to an IPv6 UE of a PFCP session goes to
+/// `mecgw_downlink_pfcp_v6`, anything else to the tables (`mecgw_downlink`), by tail calls.
+/// PFCP sessions come first because in a PFCP deployment they are the sessions: the tables'
+/// then pay the PFCP lookup and a tail call.
+#[xdp(frags)]
+pub fn mecgw_downlink_pfcp(ctx: XdpContext) -> u32 {
+    let whole = frame_len(&ctx);
+    let mut pdr = PdrHit::NONE;
+    if let Some(outcome) = classify_pfcp::<false>(&ctx, whole, &mut pdr) {
+        return record_pdr(&outcome, &pdr, whole as u64, DIR_DOWNLINK);
     }
-    let l2 = ethernet_local(ctx)?;
-    if l2.ethertype == ETH_P_IPV4 {
-        let h = view::<20>(ctx, l2.l3_off)?;
-        (h[0] >> 4 == 4 && maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]]).is_some()).then_some(0)
-    } else if l2.ethertype == ETH_P_IPV6 {
-        let h = view::<40>(ctx, l2.l3_off)?;
-        let mut dst = [0u8; 16];
-        dst.copy_from_slice(&h[24..40]);
-        (h[0] >> 4 == 6 && maps::pfcp_ue_v6(dst).is_some()).then_some(1)
-    } else {
-        None
-    }
+    let next = if to_pfcp_ue_v6(&ctx) { PFCP_V6 } else { TABLES };
+    // SAFETY: a tail call with the program's own context; on failure control returns here.
+    unsafe { DOWNLINK_CALLS.tail_call(&ctx, next) };
+    internal(&ctx)
 }
 
-/// The downlink of PFCP sessions' IPv4 UEs, as their downlink PDRs say.
-#[xdp(frags)]
-pub fn mecgw_downlink_pfcp_v4(ctx: XdpContext) -> u32 {
-    let len = frame_len(&ctx) as u64;
-    let mut pdr = PdrHit::NONE;
-    let outcome = classify_pfcp::<false>(&ctx, &mut pdr);
-    record_pdr(&outcome, &pdr, len, DIR_DOWNLINK)
+/// Whether the frame is an IPv6 packet to a UE of a PFCP session.
+#[inline(always)]
+fn to_pfcp_ue_v6(ctx: &XdpContext) -> bool {
+    let Some(l2) = ethernet_local(ctx) else {
+        return false;
+    };
+    if l2.ethertype != ETH_P_IPV6 {
+        return false;
+    }
+    let Some(h) = view::<40>(ctx, l2.l3_off) else {
+        return false;
+    };
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&h[24..40]);
+    h[0] >> 4 == 6 && maps::pfcp_ue_v6(dst).is_some()
 }
 
 /// The downlink of PFCP sessions' IPv6 UEs, as their downlink PDRs say.
 #[xdp(frags)]
 pub fn mecgw_downlink_pfcp_v6(ctx: XdpContext) -> u32 {
-    let len = frame_len(&ctx) as u64;
+    let whole = frame_len(&ctx);
     let mut pdr = PdrHit::NONE;
-    let outcome = classify_pfcp::<true>(&ctx, &mut pdr);
-    record_pdr(&outcome, &pdr, len, DIR_DOWNLINK)
+    let outcome = classify_pfcp::<true>(&ctx, whole, &mut pdr)
+        .unwrap_or(Outcome::new(Verdict::Pass, Reason::NotForUe));
+    record_pdr(&outcome, &pdr, whole as u64, DIR_DOWNLINK)
 }
 
 /// The outcome of a packet to a UE of a PFCP session (of the family `V6` says), and the PDR
-/// that decided (in `pdr`).
+/// that decided (in `pdr`); `None` if the frame is not an IP packet of that family to such
+/// a UE. `whole` is the frame's length ([`frame_len`]), asked of the kernel once per packet.
 #[inline(always)]
-fn classify_pfcp<const V6: bool>(ctx: &XdpContext, pdr: &mut PdrHit) -> Outcome {
-    let not_for_ue = Outcome::new(Verdict::Pass, Reason::NotForUe);
-    let Some((_, config)) = maps::active() else {
-        return not_for_ue;
-    };
-    let Some(l2) = ethernet_local(ctx) else {
-        return not_for_ue;
-    };
+fn classify_pfcp<const V6: bool>(
+    ctx: &XdpContext,
+    whole: usize,
+    pdr: &mut PdrHit,
+) -> Option<Outcome> {
+    let (_, config) = maps::active()?;
+    let l2 = ethernet_local(ctx)?;
     let l3 = l2.l3_off;
-    let avail = frame_len(ctx);
+    let avail = whole;
     let (p, inner) = if !V6 && l2.ethertype == ETH_P_IPV4 {
-        let Some(h) = view::<20>(ctx, l3) else {
-            return not_for_ue;
-        };
-        let Some(p) = maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]]) else {
-            return not_for_ue;
-        };
+        let h = view::<20>(ctx, l3)?;
+        if h[0] >> 4 != 4 {
+            return None;
+        }
+        let p = maps::pfcp_ue_v4([h[16], h[17], h[18], h[19]])?;
         let ihl = ((h[0] & 0x0f) as usize) * 4;
         let total = u16::from_be_bytes([h[2], h[3]]) as usize;
-        if h[0] >> 4 != 4 || ihl < 20 || total < ihl || l3 + total > avail {
-            return for_pfcp(Outcome::new(Verdict::Drop, Reason::MalformedInner), p, pdr);
+        if ihl < 20 || total < ihl || l3 + total > avail {
+            return Some(for_pfcp(
+                Outcome::new(Verdict::Drop, Reason::MalformedInner),
+                p,
+                pdr,
+            ));
         }
         let inner = Inner {
             l3_off: l3,
@@ -172,17 +180,20 @@ fn classify_pfcp<const V6: bool>(ctx: &XdpContext, pdr: &mut PdrHit) -> Outcome 
         };
         (p, inner)
     } else if V6 && l2.ethertype == ETH_P_IPV6 {
-        let Some(h) = view::<40>(ctx, l3) else {
-            return not_for_ue;
-        };
+        let h = view::<40>(ctx, l3)?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
         let mut dst = [0u8; 16];
         dst.copy_from_slice(&h[24..40]);
-        let Some(p) = maps::pfcp_ue_v6(dst) else {
-            return not_for_ue;
-        };
+        let p = maps::pfcp_ue_v6(dst)?;
         let total = 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
-        if h[0] >> 4 != 6 || l3 + total > avail {
-            return for_pfcp(Outcome::new(Verdict::Drop, Reason::MalformedInner), p, pdr);
+        if l3 + total > avail {
+            return Some(for_pfcp(
+                Outcome::new(Verdict::Drop, Reason::MalformedInner),
+                p,
+                pdr,
+            ));
         }
         let inner = Inner {
             l3_off: l3,
@@ -192,7 +203,7 @@ fn classify_pfcp<const V6: bool>(ctx: &XdpContext, pdr: &mut PdrHit) -> Outcome 
         };
         (p, inner)
     } else {
-        return not_for_ue;
+        return None;
     };
     if flows::enabled() {
         count_flow(ctx, p.session, l3, inner.v6);
@@ -201,7 +212,7 @@ fn classify_pfcp<const V6: bool>(ctx: &XdpContext, pdr: &mut PdrHit) -> Outcome 
     // would share the verifier's bounds with the one the checksum loop narrows, and multiply
     // the states it walks.
     count_pdr(p.pdr_counter, inner.len as u64);
-    pfcp_downlink(ctx, config, p, &inner, pdr)
+    Some(pfcp_downlink(ctx, config, p, &inner, whole, pdr))
 }
 
 /// The inner packet as found in the frame.
@@ -302,6 +313,7 @@ fn pfcp_downlink(
     config: &Config,
     p: &PfcpDownlink,
     inner: &Inner,
+    whole: usize,
     pdr: &mut PdrHit,
 ) -> Outcome {
     let out = if p.action != pdr_action::ENCAPSULATE {
@@ -316,7 +328,7 @@ fn pfcp_downlink(
             gnb_v6: p.flags & DOWNLINK_GNB_V6 != 0,
             // These programs are far enough inside the verifier's budget to decide at run
             // time.
-            multi: is_multi(ctx, frame_len(ctx)),
+            multi: is_multi(ctx, whole),
         };
         encapsulate(ctx, config, &to, inner)
     };

@@ -174,18 +174,11 @@ fn by_name<T: Copy>(
 pub enum Direction {
     /// From gNBs on N3: `mecgw_uplink`.
     Uplink,
-    /// From local services: `mecgw_downlink`.
+    /// From local services: `mecgw_downlink`, or `mecgw_downlink_pfcp` with PFCP on.
     Downlink,
 }
 
 impl Direction {
-    /// The program that handles this direction.
-    pub const fn program(self) -> &'static str {
-        match self {
-            Direction::Uplink => names::PROG_UPLINK,
-            Direction::Downlink => names::PROG_DOWNLINK,
-        }
-    }
     /// Index in the per-session counters.
     pub const fn index(self) -> u32 {
         match self {
@@ -329,7 +322,7 @@ const PROGRAMS: [&str; 12] = [
     names::PROG_UPLINK_PFCP,
     names::PROG_RETUNNEL,
     names::PROG_DOWNLINK,
-    names::PROG_DOWNLINK_PFCP_V4,
+    names::PROG_DOWNLINK_PFCP,
     names::PROG_DOWNLINK_PFCP_V6,
     names::PROG_DOWNLINK_JUMBO,
 ];
@@ -339,9 +332,9 @@ const TAIL_CALLS: [(&str, &[&str]); 3] = [
     (names::MAP_UPLINK_PFCP, &[names::PROG_UPLINK_PFCP]),
     (names::MAP_RETUNNEL, &[names::PROG_RETUNNEL]),
     (
-        names::MAP_DOWNLINK_PFCP,
+        names::MAP_DOWNLINK_CALLS,
         &[
-            names::PROG_DOWNLINK_PFCP_V4,
+            names::PROG_DOWNLINK,
             names::PROG_DOWNLINK_PFCP_V6,
             names::PROG_DOWNLINK_JUMBO,
         ],
@@ -528,7 +521,7 @@ impl FastPath {
         iface: &str,
         mode: AttachMode,
     ) -> Result<XdpLinkId, DatapathError> {
-        self.attach(direction.program(), iface, mode)
+        self.attach(self.entry(direction), iface, mode)
     }
 
     /// Puts the program for `direction` on `iface` (index `ifindex`) through the link pinned
@@ -545,7 +538,7 @@ impl FastPath {
         mode: AttachMode,
         pins: &pins::PinDir,
     ) -> Result<Attachment, DatapathError> {
-        let name = direction.program();
+        let name = self.entry(direction);
         let path = pins.link_path(iface);
         let program_err = |action: String| move |source| DatapathError::Program { action, source };
         if let Some((link, state)) = pins::open_link(&path)? {
@@ -590,6 +583,17 @@ impl FastPath {
         })?;
         self.pinned.push(pinned);
         Ok(Attachment::Attached)
+    }
+
+    /// The program that handles `direction`: with PFCP on, the downlink's is
+    /// `mecgw_downlink_pfcp`, which judges packets to PFCP sessions' UEs first (one parse
+    /// and one lookup for them) and tail-calls `mecgw_downlink` for the rest.
+    pub fn entry(&self, direction: Direction) -> &'static str {
+        match (direction, self.options.pfcp.is_some()) {
+            (Direction::Uplink, _) => names::PROG_UPLINK,
+            (Direction::Downlink, false) => names::PROG_DOWNLINK,
+            (Direction::Downlink, true) => names::PROG_DOWNLINK_PFCP,
+        }
     }
 
     fn attach(
@@ -642,7 +646,7 @@ impl FastPath {
             .bench
             .lock()
             .map_err(|_| DatapathError::Poisoned("a benchmark run"))?;
-        let name = target.map_or(names::PROG_EMPTY, Direction::program);
+        let name = target.map_or(names::PROG_EMPTY, |d| self.entry(d));
         let fd = self
             .xdp_program(name)?
             .fd()
@@ -677,7 +681,7 @@ impl FastPath {
         packet: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutcome, DatapathError> {
-        test_run(self.xdp_program(direction.program())?, packet, repeat)
+        test_run(self.xdp_program(self.entry(direction))?, packet, repeat)
     }
 
     /// Runs the program of `direction` once on `packet` and reports its whole decision.

@@ -1,5 +1,5 @@
 //! The reference model of the PFCP programs (`mecgw_uplink_pfcp`, `mecgw_retunnel`,
-//! `mecgw_downlink_pfcp_v4`/`_v6`): what the same map entries decide, written plainly.
+//! `mecgw_downlink_pfcp`/`_v6`): what the same map entries decide, written plainly.
 //!
 //! It reads the entries the kernel reads ([`PfcpTunnel`], [`PfcpDownlink`]) and interprets
 //! them from their documented meaning. The kernel's FIB, which a re-tunnel consults, is a
@@ -269,7 +269,7 @@ impl super::Model {
         }
     }
 
-    /// `mecgw_downlink_pfcp_v4`/`_v6` on a packet to the UE of `d`: `ip` is its whole, checked
+    /// `mecgw_downlink_pfcp`/`_v6` on a packet to the UE of `d`: `ip` is its whole, checked
     /// IP packet at `l3` of `frame`.
     pub(super) fn downlink_pfcp(
         &self,
