@@ -473,7 +473,7 @@ fn run_case(seed: u64) -> Result<usize, TestCaseError> {
         let kernel = fp.judge(direction, &frame).unwrap();
         let outcome = match direction {
             Direction::Uplink => model.uplink_split(&frame, test_run_linear(frame.len())),
-            Direction::Downlink => model.downlink(&frame),
+            Direction::Downlink => model.downlink_split(&frame, test_run_linear(frame.len())),
         };
         if let Some(hit) = &outcome.flow {
             flows.record(hit);

@@ -162,6 +162,22 @@ fn traffic() -> Vec<(Direction, Vec<u8>, Reason)> {
     t.push((Direction::Uplink, up(0x1001, &ip), Reason::RuleLocal));
     let ip = ipv6(svc6, ue6, 17, 64, &udp(53, 7000, &[2; 80]));
     t.push((Direction::Downlink, down(&ip), Reason::Encapsulated));
+    // Session 1 over IPv6 downlink behind hop-by-hop (8 bytes) and destination options (16
+    // bytes) headers, on a QinQ-tagged frame: the flow is the UDP one, with its ports.
+    let ip = ipv6_ext(
+        svc6,
+        ue6,
+        &[
+            V6Ext::Options { kind: 0, len8: 0 },
+            V6Ext::Options { kind: 60, len8: 1 },
+        ],
+        17,
+        64,
+        &udp(5353, 7001, &[3; 20]),
+    );
+    let mut f = eth_tags(MAC_A, MAC_B, &[(0x88a8, 100), (0x8100, 7)], 0x86dd);
+    f.extend_from_slice(&ip);
+    t.push((Direction::Downlink, f, Reason::Encapsulated));
     // Session 2 downlink whose TTL would expire: passed, but still the UE's flow.
     let ip = ipv4(
         v4("192.0.2.9"),
@@ -209,6 +225,12 @@ fn expected() -> Vec<FlowSample> {
             uplink: counter(1, 40 + 8 + 40),
             downlink: counter(1, 40 + 8 + 80),
             rule: Some(10),
+        },
+        FlowSample {
+            key: key(1, "2001:db8:45:1::abcd", "2001:db8:e::5", 17, (7001, 5353)),
+            uplink: counter(0, 0),
+            downlink: counter(1, 40 + 8 + 16 + 8 + 20),
+            rule: None,
         },
         FlowSample {
             key: key(2, "10.45.0.2", "192.0.2.9", 17, (1234, 8080)),

@@ -786,7 +786,7 @@ fn qinq_and_double_tagged_uplink_is_decapsulated_and_a_third_tag_is_not_gtp() {
 }
 
 #[test]
-fn the_local_side_takes_one_8021q_tag_and_qinq_is_not_for_a_ue() {
+fn the_local_side_takes_up_to_two_tags_and_a_third_is_not_for_a_ue() {
     let ip = ipv4(
         v4("192.0.2.10"),
         v4(UE1),
@@ -795,22 +795,34 @@ fn the_local_side_takes_one_8021q_tag_and_qinq_is_not_for_a_ue() {
         0,
         &udp(53, 40000, b"answer"),
     );
-    let mut frame = eth_tags(MAC_A, MAC_B, &[(0x8100, 7)], 0x0800);
-    frame.extend_from_slice(&ip);
-    check(
-        Direction::Downlink,
-        &frame,
-        &encapsulated_v4(&ip, GNB1, 0x200, 9, 1),
-    );
-    for tags in [vec![(0x88a8, 7)], vec![(0x8100, 7), (0x8100, 8)]] {
+    // One 802.1Q tag, an 802.1ad S-tag alone, QinQ and two 802.1Q tags: the tags stay on the
+    // local side; the encapsulated frame carries N3's (none configured here).
+    for tags in [
+        vec![(0x8100, 7)],
+        vec![(0x88a8, 7)],
+        vec![(0x88a8, 7), (0x8100, 8)],
+        vec![(0x8100, 7), (0x8100, 8)],
+    ] {
         let mut frame = eth_tags(MAC_A, MAC_B, &tags, 0x0800);
         frame.extend_from_slice(&ip);
         check(
             Direction::Downlink,
             &frame,
-            &unchanged(&frame, Verdict::Pass, Reason::NotForUe, None, None),
+            &encapsulated_v4(&ip, GNB1, 0x200, 9, 1),
         );
     }
+    let mut frame = eth_tags(
+        MAC_A,
+        MAC_B,
+        &[(0x88a8, 7), (0x8100, 8), (0x8100, 9)],
+        0x0800,
+    );
+    frame.extend_from_slice(&ip);
+    check(
+        Direction::Downlink,
+        &frame,
+        &unchanged(&frame, Verdict::Pass, Reason::NotForUe, None, None),
+    );
 }
 
 #[test]

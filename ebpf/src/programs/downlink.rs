@@ -27,7 +27,7 @@ use super::{
     flows::{self, FlowHit},
     maps,
     parse::{
-        ETH_P_IPV4, ETH_P_IPV6, ethernet_local, frame_len, has_ports, is_multi, linear_len,
+        ETH_P_IPV4, ETH_P_IPV6, ethernet, frame_len, has_ports, ipv6_upper, is_multi, linear_len,
         push_tags, view, write_at,
     },
 };
@@ -120,7 +120,7 @@ pub fn mecgw_downlink_pfcp(ctx: XdpContext) -> u32 {
 /// Whether the frame is an IPv6 packet to a UE of a PFCP session.
 #[inline(always)]
 fn to_pfcp_ue_v6(ctx: &XdpContext) -> bool {
-    let Some(l2) = ethernet_local(ctx) else {
+    let Some(l2) = ethernet(ctx) else {
         return false;
     };
     if l2.ethertype != ETH_P_IPV6 {
@@ -154,7 +154,7 @@ fn classify_pfcp<const V6: bool>(
     pdr: &mut PdrHit,
 ) -> Option<Outcome> {
     let (_, config) = maps::active()?;
-    let l2 = ethernet_local(ctx)?;
+    let l2 = ethernet(ctx)?;
     let l3 = l2.l3_off;
     let avail = whole;
     let (p, inner) = if !V6 && l2.ethertype == ETH_P_IPV4 {
@@ -231,7 +231,7 @@ fn classify(ctx: &XdpContext, multi: bool) -> Outcome {
     let Some((generation, config)) = maps::active() else {
         return not_for_ue;
     };
-    let Some(l2) = ethernet_local(ctx) else {
+    let Some(l2) = ethernet(ctx) else {
         return not_for_ue;
     };
     let l3 = l2.l3_off;
@@ -377,6 +377,8 @@ fn count_flow(ctx: &XdpContext, session: u32, l3: usize, v6: u32) {
         pad: [0; 2],
     };
     let total;
+    // Where the ports are: none in any fragment (all fragments of a datagram share a flow, as
+    // uplink) or behind IPv6 extension headers that do not all lie in the packet.
     let l4_off = if v6 == 0 {
         let Some(h) = view::<20>(ctx, l3) else {
             return;
@@ -385,28 +387,33 @@ fn count_flow(ctx: &XdpContext, session: u32, l3: usize, v6: u32) {
         key.peer[..4].copy_from_slice(&h[12..16]);
         key.protocol = h[9];
         total = u16::from_be_bytes([h[2], h[3]]) as usize;
-        // No ports from any fragment, as uplink: all fragments of a datagram share a flow.
         let fragment = (u16::from_be_bytes([h[6], h[7]]) & 0x3fff) != 0;
-        if fragment {
-            usize::MAX
-        } else {
-            ((h[0] & 0x0f) as usize) * 4
-        }
+        (!fragment).then_some(((h[0] & 0x0f) as usize) * 4)
     } else {
         let Some(h) = view::<40>(ctx, l3) else {
             return;
         };
         key.ue.copy_from_slice(&h[24..40]);
         key.peer.copy_from_slice(&h[8..24]);
-        key.protocol = h[6];
         key.family = FLOW_FAMILY_V6;
         total = 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
-        40
+        // The upper layer behind the extension headers, as uplink; the first Next Header if
+        // they run past the packet.
+        match ipv6_upper(ctx, l3, total, h[6]) {
+            Some(up) => {
+                key.protocol = up.proto;
+                (!up.fragment).then_some(up.l4)
+            }
+            None => {
+                key.protocol = h[6];
+                None
+            }
+        }
     };
     if has_ports(key.protocol)
-        && l4_off <= 60
-        && l4_off + 4 <= total
-        && let Some(p) = view::<4>(ctx, l3 + l4_off)
+        && let Some(l4) = l4_off
+        && l4 + 4 <= total
+        && let Some(p) = view::<4>(ctx, l3 + l4)
     {
         key.peer_port = u16::from_be_bytes([p[0], p[1]]);
         key.ue_port = u16::from_be_bytes([p[2], p[3]]);

@@ -180,24 +180,6 @@ pub fn ethernet(ctx: &XdpContext) -> Option<L2> {
     })
 }
 
-/// Ethernet as the local-services side sends it: at most one 802.1Q tag, as before QinQ.
-/// QinQ is N3's; a second tag on this side leaves a TPID as EtherType (not for a UE). One
-/// tag less to look through keeps the downlink programs within the verifier's budget.
-#[inline(always)]
-pub fn ethernet_local(ctx: &XdpContext) -> Option<L2> {
-    let ethertype = be16_at(ctx, 12)?;
-    if ethertype != ETH_P_8021Q {
-        return Some(L2 {
-            l3_off: 14,
-            ethertype,
-        });
-    }
-    Some(L2 {
-        l3_off: 18,
-        ethertype: be16_at(ctx, 16)?,
-    })
-}
-
 /// Where an IPv6 packet's upper layer is, behind its extension headers.
 pub struct V6Upper {
     /// The upper-layer protocol; an extension header's type if there were more than

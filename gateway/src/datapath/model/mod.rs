@@ -227,12 +227,20 @@ impl Model {
 
     /// The downlink program (`mecgw_downlink`) on one frame from the local-services side.
     pub fn downlink(&self, frame: &[u8]) -> Outcome {
+        self.downlink_split(frame, frame.len())
+    }
+
+    /// [`Model::downlink`] on a frame whose first `linear` bytes are its linear part (see
+    /// [`Model::uplink_split`]). The verdict never depends on it (the downlink reads at most
+    /// 82 bytes of headers); a flow's ports do, when IPv6 extension headers reach past it.
+    pub fn downlink_split(&self, frame: &[u8], linear: usize) -> Outcome {
+        let linear = linear.min(frame.len());
         let t = &self.tables;
         let keep = |verdict, reason, session: Option<&Session>| {
             Outcome::unchanged(frame, verdict, reason, session.map(|s| s.id))
         };
         let not_for_ue = keep(Verdict::Pass, Reason::NotForUe, None);
-        let Some((l3, ethertype)) = parse_ethernet_local(frame) else {
+        let Some((l3, ethertype)) = parse_ethernet(frame) else {
             return not_for_ue;
         };
         let (session, total, v6, ttl) = match ethertype {
@@ -253,7 +261,7 @@ impl Model {
                         out.pdr = Some(d.pdr_id);
                         return out;
                     }
-                    return self.downlink_pfcp(d, frame, l3, total, false, h[8]);
+                    return self.downlink_pfcp(d, frame, l3, total, linear, false, h[8]);
                 }
                 let Some(s) = self.by_ue_v4.get(&dst).map(|&i| &t.sessions[i]) else {
                     return not_for_ue;
@@ -283,7 +291,7 @@ impl Model {
                         out.pdr = Some(d.pdr_id);
                         return out;
                     }
-                    return self.downlink_pfcp(d, frame, l3, total, true, h[7]);
+                    return self.downlink_pfcp(d, frame, l3, total, linear, true, h[7]);
                 }
                 let Some(s) = self.session_by_ue_v6(dst) else {
                     return not_for_ue;
@@ -296,7 +304,12 @@ impl Model {
             }
             _ => return not_for_ue,
         };
-        let flow = Some(downlink_flow(session.id, &frame[l3..l3 + total], v6));
+        let flow = Some(downlink_flow(
+            session.id,
+            &frame[l3..l3 + total],
+            linear - l3,
+            v6,
+        ));
         let keep = |verdict, reason| Outcome {
             flow,
             ..keep(verdict, reason, Some(session))
@@ -361,15 +374,21 @@ fn uplink_flow(session: u32, pdu: &Gpdu) -> FlowHit {
 }
 
 /// The flow of a packet to a UE: `ip` is its IP packet (header checked, `total` bytes long).
-fn downlink_flow(session: u32, ip: &[u8], v6: bool) -> FlowHit {
+fn downlink_flow(session: u32, ip: &[u8], linear: usize, v6: bool) -> FlowHit {
+    // Headers are read from the linear part only (its first `linear` bytes of `ip`).
+    let headers = &ip[..linear.min(ip.len())];
     let (ue, peer, protocol, l4) = if v6 {
         let mut s = [0u8; 16];
         let mut d = [0u8; 16];
         s.copy_from_slice(&ip[8..24]);
         d.copy_from_slice(&ip[24..40]);
-        // As the program: the first Next Header (the downlink does not walk extension
-        // headers; see docs/fastpath.md).
-        (IpAddr::from(d), IpAddr::from(s), ip[6], Some(40))
+        // The upper layer behind the extension headers; the first Next Header, without
+        // ports, if they run past the packet.
+        let (protocol, l4) = match ipv6_upper(headers, ip.len()) {
+            Some((proto, l4, fragment)) => (proto, (!fragment).then_some(l4)),
+            None => (ip[6], None),
+        };
+        (IpAddr::from(d), IpAddr::from(s), protocol, l4)
     } else {
         let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
         let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
@@ -378,7 +397,9 @@ fn downlink_flow(session: u32, ip: &[u8], v6: bool) -> FlowHit {
         (dst.into(), src.into(), ip[9], (!fragment).then_some(ihl))
     };
     // Downlink the peer is the source: its port comes first.
-    let (peer_port, ue_port) = l4.and_then(|l4| ports(ip, protocol, l4)).unwrap_or((0, 0));
+    let (peer_port, ue_port) = l4
+        .and_then(|l4| ports(headers, protocol, l4))
+        .unwrap_or((0, 0));
     FlowHit {
         key: FlowKey {
             session,
@@ -440,15 +461,6 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 /// third, the EtherType is that tag's TPID, which nothing takes for IP.
 fn parse_ethernet(f: &[u8]) -> Option<(usize, u16)> {
     parse_ethernet_tags(f, mecgw_ebpf::MAX_VLAN_TAGS)
-}
-
-/// The local-services side (downlink): at most one 802.1Q tag.
-fn parse_ethernet_local(f: &[u8]) -> Option<(usize, u16)> {
-    let t = be16(f, 12)?;
-    if t == 0x8100 {
-        return Some((18, be16(f, 16)?));
-    }
-    Some((14, t))
 }
 
 fn parse_ethernet_tags(f: &[u8], max: usize) -> Option<(usize, u16)> {

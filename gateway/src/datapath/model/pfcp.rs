@@ -270,18 +270,25 @@ impl super::Model {
     }
 
     /// `mecgw_downlink_pfcp`/`_v6` on a packet to the UE of `d`: `ip` is its whole, checked
-    /// IP packet at `l3` of `frame`.
+    /// IP packet at `l3` of `frame`, whose first `linear` bytes are its linear part.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn downlink_pfcp(
         &self,
         d: &PfcpDownlink,
         frame: &[u8],
         l3: usize,
         total: usize,
+        linear: usize,
         v6: bool,
         ttl: u8,
     ) -> Outcome {
         let t = &self.tables;
-        let flow = Some(super::downlink_flow(d.session, &frame[l3..l3 + total], v6));
+        let flow = Some(super::downlink_flow(
+            d.session,
+            &frame[l3..l3 + total],
+            linear - l3,
+            v6,
+        ));
         let keep = |verdict, reason| Outcome {
             verdict,
             reason,
