@@ -358,17 +358,20 @@ pub struct Gpdu {
     pub inner_off: usize,
     pub inner_len: usize,
     pub inner: IpInfo,
+    /// The whole frame's length, as given to [`gpdu`].
+    pub frame_len: usize,
 }
 
-/// Parses Ethernet / outer IP / UDP 2152 / GTP-U / inner IP.
+/// Parses Ethernet / outer IP / UDP 2152 / GTP-U / inner IP of the frame, `whole` bytes
+/// long ([`frame_len`]: the caller asks the kernel once per packet, a helper call).
 ///
 /// `Err(NotGtp)` and `Err(GtpSignalling)` are packets that are not ours to classify;
 /// the other errors are malformed GTP-U.
 #[inline(always)]
-pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
+pub fn gpdu(ctx: &XdpContext, whole: usize) -> Result<Gpdu, Reason> {
     let l2 = ethernet(ctx).ok_or(Reason::NotGtp)?;
     let l3 = l2.l3_off;
-    let avail = frame_len(ctx);
+    let avail = whole;
     // Headers are read from the linear part only; in a multi-buffer frame, one that is not
     // there is `HeadersNotLinear` rather than the reason a truncated frame would have.
     let multi = avail > linear_len(ctx);
@@ -486,5 +489,6 @@ pub fn gpdu(ctx: &XdpContext) -> Result<Gpdu, Reason> {
         inner_off: pos,
         inner_len,
         inner,
+        frame_len: whole,
     })
 }

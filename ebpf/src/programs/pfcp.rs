@@ -142,7 +142,7 @@ fn classify(ctx: &XdpContext, len: u64) -> Decided {
     let Some((_, config)) = maps::active() else {
         return Decided::Done(Outcome::new(Verdict::Pass, Reason::NotGtp), PdrHit::NONE);
     };
-    let pdu = match parse::gpdu(ctx) {
+    let pdu = match parse::gpdu(ctx, len as usize) {
         Ok(p) => p,
         Err(r) if r.passes_unjudged() => {
             return Decided::Done(Outcome::new(Verdict::Pass, r), PdrHit::NONE);

@@ -29,9 +29,9 @@ use super::{
 
 #[xdp(frags)]
 pub fn mecgw_uplink(ctx: XdpContext) -> u32 {
-    let len = frame_len(&ctx) as u64;
-    let outcome = classify(&ctx);
-    record(&outcome, len, DIR_UPLINK)
+    let whole = frame_len(&ctx);
+    let outcome = classify(&ctx, whole);
+    record(&outcome, whole as u64, DIR_UPLINK)
 }
 
 #[inline(always)]
@@ -45,11 +45,11 @@ pub(super) fn by_default(d: u32, reason: Reason) -> Outcome {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Outcome {
+fn classify(ctx: &XdpContext, whole: usize) -> Outcome {
     let Some((generation, config)) = maps::active() else {
         return Outcome::new(Verdict::Pass, Reason::NotGtp);
     };
-    let pdu = match parse::gpdu(ctx) {
+    let pdu = match parse::gpdu(ctx, whole) {
         Ok(p) => p,
         Err(r) if r.passes_unjudged() => {
             return Outcome::new(Verdict::Pass, r);
@@ -285,7 +285,7 @@ pub(super) fn decapsulate(
 ) -> Outcome {
     let internal = Outcome::new(Verdict::Drop, Reason::Internal);
     let wanted = pdu.inner_off + pdu.inner_len;
-    let excess = frame_len(ctx).saturating_sub(wanted);
+    let excess = pdu.frame_len.saturating_sub(wanted);
     if excess > 0 {
         // SAFETY: the helper is given the program's own context and a shrink within the frame.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
