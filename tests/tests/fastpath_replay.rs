@@ -15,6 +15,7 @@ id = 7
 uplink_teid = 0x100
 downlink_teid = 0x200
 ue_ipv4 = "10.45.0.1"
+ue_ipv6 = "2001:db8:45:1::/64"
 gnb = "198.18.1.1"
 qfi = 9
 
@@ -29,6 +30,12 @@ id = 2
 priority = 0
 action = "DROP"
 dst = ["198.51.100.0/24"]
+
+[[rules]]
+id = 3
+priority = 0
+action = "LOCAL"
+dst = ["2001:db8:e::/48"]
 "#;
 
 fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
@@ -149,6 +156,58 @@ fn uplink_replay_writes_surviving_frames_in_order_and_one_verdict_per_frame() {
          "reason": "shorter_than_ethernet_header", "len_in": 10, "len_out": 0},
     ]);
     assert_eq!(serde_json::Value::Array(v), want);
+}
+
+/// What an operator's N3 capture holds (#18): two stacked 802.1Q tags in front of the outer
+/// IPv4, G-PDUs with IPv6/UDP and IPv6/ESP inside. Both are the UE's traffic to an edge
+/// prefix, so both are broken out: ESP has no ports, but a prefix rule matches it.
+#[test]
+fn a_double_tagged_n3_capture_with_ipv6_inside_is_broken_out() {
+    let dir = workdir();
+    let ue = v6("2001:db8:45:1::5");
+    let edge = v6("2001:db8:e::10");
+    let inner_udp = ipv6(ue, edge, 17, 64, &udp(40000, 443, &[7; 32]));
+    let inner_esp = ipv6(ue, edge, 50, 64, &[0x11; 48]);
+    let n3 = |inner: &[u8]| {
+        let mut f = eth_tags(MAC_A, MAC_B, &[(0x8100, 100), (0x8100, 200)], 0x0800);
+        f.extend_from_slice(&ipv4(
+            v4("198.18.1.1"),
+            v4("198.18.0.1"),
+            17,
+            64,
+            0,
+            &udp(
+                2152,
+                2152,
+                &gtp(255, 0x100, None, &[ul_container(9)], inner),
+            ),
+        ));
+        f
+    };
+    let frames = [n3(&inner_udp), n3(&inner_esp)];
+    write_pcap(&dir.path().join("in.pcap"), &frames);
+
+    let out = replay(dir.path(), "uplink");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 frames (uplink): 0 passed, 0 dropped, 2 redirected, 0 not run"),
+        "{stderr}"
+    );
+    let decapsulated = |inner: &[u8]| {
+        let mut f = eth([2, 0, 0, 0, 4, 2], [2, 0, 0, 0, 4, 1], 0x86dd);
+        f.extend_from_slice(&ttl_minus_one(inner));
+        f
+    };
+    assert_eq!(
+        read_pcap(&dir.path().join("out.pcap")),
+        vec![decapsulated(&inner_udp), decapsulated(&inner_esp)]
+    );
+    for (i, v) in verdict_lines(dir.path()).iter().enumerate() {
+        assert_eq!(v["reason"], "rule_local", "frame {i}: {v}");
+        assert_eq!(v["rule"], 3, "frame {i}: {v}");
+        assert_eq!(v["session"], 7, "frame {i}: {v}");
+    }
 }
 
 #[test]
