@@ -28,8 +28,7 @@
 //!
 //! Limits, against XDP: (1) a PASS frame of the two classes reaches the kernel on
 //! `mgw-us-pass`, not on its own interface: netfilter or policy rules keyed on the input
-//! interface see the TUN for it; an outer IPv6 G-PDU with extension headers before UDP is
-//! matched by the kernel's rule but not re-injected (the model does not parse those either); (2) on a reload, a UE added or removed is blackholed before
+//! interface see the TUN for it; (2) on a reload, a UE added or removed is blackholed before
 //! the model changes (added) or after (removed): a downlink frame for it in that window is
 //! dropped; (3) the kernel still parses every frame once more, and the userspace copy costs
 //! two system calls per frame: this path is many times slower than XDP; (4) it needs `ip`
@@ -59,7 +58,7 @@ use tracing::{info, warn};
 use crate::datapath::{
     CompiledTables, DatapathError, Direction,
     flow_counters::{FlowLosses, FlowSample, FlowTable},
-    model::Model,
+    model::{self, Model},
     tables::Tables,
 };
 
@@ -421,7 +420,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// If the kernel arrangement dropped the kernel's copy of `frame`, its IP packet (for the
 /// TUN); `None` if the kernel has its own copy.
 fn blackholed<'f>(in_force: &InForce, direction: Direction, frame: &'f [u8]) -> Option<&'f [u8]> {
-    let (l3, ethertype) = ethernet(frame)?;
+    let (l3, ethertype) = model::parse_ethernet(frame)?;
     let ip = frame.get(l3..)?;
     let (dst, proto, l4): (IpAddr, u8, usize) = match ethertype {
         0x0800 if ip.len() >= 20 && ip[0] >> 4 == 4 => {
@@ -440,21 +439,20 @@ fn blackholed<'f>(in_force: &InForce, direction: Direction, frame: &'f [u8]) -> 
         0x86dd if ip.len() >= 40 && ip[0] >> 4 == 6 => {
             let mut d = [0u8; 16];
             d.copy_from_slice(&ip[24..40]);
-            (IpAddr::V6(Ipv6Addr::from(d)), ip[6], 40)
+            let total = 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let ip = ip.get(..total)?;
+            // The upper layer behind extension headers, as the kernel's rule sees it; no
+            // ports in a fragment, as IPv4.
+            let (proto, l4, fragment) = model::ipv6_upper(ip, total)?;
+            if fragment {
+                return None;
+            }
+            (IpAddr::V6(Ipv6Addr::from(d)), proto, l4)
         }
         _ => return None,
     };
     let total = 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
     finish(in_force, direction, ip.get(..total)?, dst, proto, l4)
-}
-
-/// Offset of the L3 header and its ethertype (one 802.1Q tag allowed), as the model reads it.
-fn ethernet(f: &[u8]) -> Option<(usize, u16)> {
-    let t = u16::from_be_bytes([*f.get(12)?, *f.get(13)?]);
-    if t == 0x8100 {
-        return Some((18, u16::from_be_bytes([*f.get(16)?, *f.get(17)?])));
-    }
-    Some((14, t))
 }
 
 fn finish<'f>(
@@ -612,4 +610,70 @@ fn remove_arrangement(n3: &str, local: &str) {
         let _ = ip(&[family, "route", "flush", "table", TABLE]);
     }
     let _ = ip(&["link", "del", "dev", PASS_TUN]);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::datapath::tables::tests::MINIMAL;
+
+    fn in_force() -> InForce {
+        let text = format!(
+            "{MINIMAL}\n[[sessions]]\nid = 1\nuplink_teid = 1\ndownlink_teid = 2\n\
+             ue_ipv6 = \"2001:db8:45::/64\"\ngnb = \"198.18.1.1\"\nqfi = 9\n"
+        );
+        let t = crate::datapath::compile::from_toml(&text, "test").unwrap();
+        InForce {
+            model: Model::new(&t),
+            tables: Tables::clone(&t),
+            own: Vec::new(),
+        }
+    }
+
+    /// Ethernet with `tags` (TPID, VLAN id) and an IPv6 packet with one 8-byte
+    /// destination-options header before `next`/`payload`.
+    fn frame(tags: &[u16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+        for &tpid in tags {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&[0, 7]);
+        }
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[60, 64]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// What the kernel's rules blackhole reaches the TUN whatever the tags and extension
+    /// headers in front of it: a G-PDU over IPv6 behind a destination-options header on a
+    /// QinQ frame (uplink), and a packet to a UE's IPv6 prefix the same way (downlink).
+    #[test]
+    fn blackholed_frames_are_found_behind_two_tags_and_ipv6_extension_headers() {
+        let f = in_force();
+        let gnb = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let udp_2152 = [0x08, 0x68, 0x08, 0x68, 0, 12, 0, 0, 0x30, 0xff, 0, 0];
+        let up = frame(&[0x88a8, 0x8100], gnb, 17, &udp_2152);
+        let ip = blackholed(&f, Direction::Uplink, &up).unwrap();
+        assert_eq!(ip, &up[22..], "the IP packet, without Ethernet and tags");
+        let other_port = [0x08, 0x68, 0x00, 0x35, 0, 12, 0, 0, 0x30, 0xff, 0, 0];
+        let not_gtp = frame(&[0x8100, 0x8100], gnb, 17, &other_port);
+        assert!(blackholed(&f, Direction::Uplink, &not_gtp).is_none());
+
+        let ue = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0x45, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5,
+        ];
+        let down = frame(&[0x8100, 0x8100], ue, 17, &other_port);
+        assert_eq!(
+            blackholed(&f, Direction::Downlink, &down).unwrap(),
+            &down[22..]
+        );
+        let elsewhere = frame(&[0x8100], gnb, 17, &other_port);
+        assert!(blackholed(&f, Direction::Downlink, &elsewhere).is_none());
+    }
 }

@@ -459,7 +459,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 
 /// The L3 offset and EtherType behind up to two VLAN tags (802.1Q or 802.1ad each); with a
 /// third, the EtherType is that tag's TPID, which nothing takes for IP.
-fn parse_ethernet(f: &[u8]) -> Option<(usize, u16)> {
+pub(crate) fn parse_ethernet(f: &[u8]) -> Option<(usize, u16)> {
     parse_ethernet_tags(f, mecgw_ebpf::MAX_VLAN_TAGS)
 }
 
@@ -480,7 +480,7 @@ fn parse_ethernet_tags(f: &[u8], max: usize) -> Option<(usize, u16)> {
 /// The upper layer of the IPv6 packet `p` (its first `len` bytes are the packet) behind at
 /// most [`MAX_IPV6_EXT_HEADERS`] extension headers: (protocol, offset, fragment: a fragment
 /// header with an offset or more-fragments). `None` if an extension header runs past `len`.
-fn ipv6_upper(p: &[u8], len: usize) -> Option<(u8, usize, bool)> {
+pub(crate) fn ipv6_upper(p: &[u8], len: usize) -> Option<(u8, usize, bool)> {
     let (mut proto, mut l4, mut fragment) = (p[6], 40, false);
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if !is_ipv6_ext(proto) {

@@ -204,7 +204,6 @@ fn more_line(more: usize) -> String {
 pub(crate) mod tests {
 
     /// The smallest valid tables file.
-    /// The smallest valid tables file.
     pub(crate) const MINIMAL: &str = r#"
 [n3]
 ifindex = 2
