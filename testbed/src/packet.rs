@@ -400,7 +400,12 @@ pub fn gtp(msg_type: u8, teid: u32, seq: Option<u16>, exts: &[Ext], payload: &[u
 
 /// Ethernet / IPv4 / UDP 2152 / `gtp`.
 pub fn n3_v4(src: [u8; 4], dst: [u8; 4], gtp: &[u8]) -> Vec<u8> {
-    let mut f = eth(MAC_A, MAC_B, 0x0800);
+    n3_v4_tagged(&[], src, dst, gtp)
+}
+
+/// [`n3_v4`] behind VLAN `tags` ((TPID, VLAN id), outermost first).
+pub fn n3_v4_tagged(tags: &[(u16, u16)], src: [u8; 4], dst: [u8; 4], gtp: &[u8]) -> Vec<u8> {
+    let mut f = eth_tags(MAC_A, MAC_B, tags, 0x0800);
     f.extend_from_slice(&ipv4(
         src,
         dst,

@@ -749,20 +749,12 @@ fn vlan_tagged_uplink_is_decapsulated_to_an_untagged_frame() {
 
 /// Ethernet / the tags / IPv4 / UDP 2152 / a G-PDU of session 1 carrying `inner`.
 fn tagged_gpdu(tags: &[(u16, u16)], inner: &[u8]) -> Vec<u8> {
-    let mut frame = eth_tags(MAC_A, MAC_B, tags, 0x0800);
-    frame.extend_from_slice(&ipv4(
+    n3_v4_tagged(
+        tags,
         v4(GNB1),
         v4("198.18.0.1"),
-        17,
-        64,
-        0,
-        &udp(
-            2152,
-            2152,
-            &gtp(255, 0x100, None, &[ul_container(9)], inner),
-        ),
-    ));
-    frame
+        &gtp(255, 0x100, None, &[ul_container(9)], inner),
+    )
 }
 
 #[test]

@@ -169,20 +169,12 @@ fn a_double_tagged_n3_capture_with_ipv6_inside_is_broken_out() {
     let inner_udp = ipv6(ue, edge, 17, 64, &udp(40000, 443, &[7; 32]));
     let inner_esp = ipv6(ue, edge, 50, 64, &[0x11; 48]);
     let n3 = |inner: &[u8]| {
-        let mut f = eth_tags(MAC_A, MAC_B, &[(0x8100, 100), (0x8100, 200)], 0x0800);
-        f.extend_from_slice(&ipv4(
+        n3_v4_tagged(
+            &[(0x8100, 100), (0x8100, 200)],
             v4("198.18.1.1"),
             v4("198.18.0.1"),
-            17,
-            64,
-            0,
-            &udp(
-                2152,
-                2152,
-                &gtp(255, 0x100, None, &[ul_container(9)], inner),
-            ),
-        ));
-        f
+            &gtp(255, 0x100, None, &[ul_container(9)], inner),
+        )
     };
     let frames = [n3(&inner_udp), n3(&inner_esp)];
     write_pcap(&dir.path().join("in.pcap"), &frames);
