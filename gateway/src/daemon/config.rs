@@ -70,7 +70,7 @@ pub struct Flows {
     pub interval_secs: u64,
     /// Flows counted per harvest window before the oldest are evicted (counted on
     /// `/metrics`). Kernel memory: about `2 × max_flows × (110 + 40 × CPUs)` bytes,
-    /// preallocated. Default (and 0) 65,536.
+    /// preallocated. Default 65,536; 1 to [`MAX_FLOWS_CONFIGURED`].
     #[serde(default = "default_max_flows")]
     pub max_flows: u32,
 }
@@ -87,6 +87,41 @@ impl Default for Flows {
 
 fn default_max_flows() -> u32 {
     mecgw_ebpf::MAX_FLOWS
+}
+
+/// The most flows per window `[flows] max_flows` takes: 16,777,216, about 3.4 GB of
+/// preallocated kernel memory on 2 CPUs (more with more CPUs). A typo beyond it would
+/// otherwise fail only at load, as the kernel refusing the memory.
+pub const MAX_FLOWS_CONFIGURED: u32 = 1 << 24;
+
+/// The longest `[flows] interval_secs`: a day.
+const MAX_FLOW_INTERVAL_SECS: u64 = 86_400;
+
+impl Flows {
+    /// What is wrong with these values: (key under `flows.`, message).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.max_flows == 0 || self.max_flows > MAX_FLOWS_CONFIGURED {
+            out.push((
+                "max_flows",
+                format!(
+                    "{} is out of range: 1 to {MAX_FLOWS_CONFIGURED} flows per window (to count \
+                     none, set enabled = false)",
+                    self.max_flows
+                ),
+            ));
+        }
+        if self.interval_secs == 0 || self.interval_secs > MAX_FLOW_INTERVAL_SECS {
+            out.push((
+                "interval_secs",
+                format!(
+                    "{} is out of range: 1 to {MAX_FLOW_INTERVAL_SECS} seconds",
+                    self.interval_secs
+                ),
+            ));
+        }
+        out
+    }
 }
 
 fn default_flow_interval() -> u64 {
@@ -357,6 +392,7 @@ impl Config {
         let mut config = Config::from_toml(&text, &shown)?;
         config.check_pfcp(&text, &shown)?;
         config.check_egress(&text, &shown)?;
+        config.check_flows(&text, &shown)?;
         config.apply(&overrides.against_working_directory());
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -419,6 +455,25 @@ impl Config {
             message: problems
                 .iter()
                 .map(|p| format!("{}: {}", p.key, p.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    /// `[flows]`'s values, all problems in one message, located at the first one's key.
+    fn check_flows(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let problems = self.flows.problems();
+        let Some((key, _)) = problems.first() else {
+            return Ok(());
+        };
+        let (line, column) = key_position(text, &format!("flows.{key}"));
+        Err(ConfigError::Invalid {
+            path: origin.to_string(),
+            line,
+            column,
+            message: problems
+                .iter()
+                .map(|(k, m)| format!("flows.{k}: {m}"))
                 .collect::<Vec<_>>()
                 .join("; "),
         })
@@ -653,6 +708,56 @@ mod tests {
         let p = minimal.pfcp.unwrap();
         assert_eq!(p.listen, "0.0.0.0:8805".parse().unwrap());
         assert_eq!((p.heartbeat_interval_secs, p.retries), (10, 3));
+    }
+
+    #[test]
+    fn flow_values_out_of_range_are_reported_at_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        let text = format!("{MINIMAL}\n[flows]\ninterval_secs = 10\nmax_flows = 0\n");
+        std::fs::write(&path, &text).unwrap();
+        let err = Config::load(&path, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("max_flows"))
+            .unwrap()
+            + 1;
+        assert!(
+            err.contains(&format!(
+                "m.toml:{line}:1: flows.max_flows: 0 is out of range"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("set enabled = false"), "{err}");
+
+        let text = format!("{MINIMAL}\n[flows]\ninterval_secs = 0\nmax_flows = 16777217\n");
+        std::fs::write(&path, &text).unwrap();
+        let err = Config::load(&path, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        // Both in one message, located at the first.
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("max_flows"))
+            .unwrap()
+            + 1;
+        assert!(
+            err.contains(&format!(
+                "m.toml:{line}:1: flows.max_flows: 16777217 is out of range"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("; flows.interval_secs: 0 is out of range"),
+            "{err}"
+        );
+
+        let text = format!("{MINIMAL}\n[flows]\nmax_flows = 1000000\n");
+        std::fs::write(&path, &text).unwrap();
+        let c = Config::load(&path, &Overrides::default()).unwrap();
+        assert_eq!((c.flows.max_flows, c.flows.interval_secs), (1_000_000, 10));
     }
 
     #[test]
