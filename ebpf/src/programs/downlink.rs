@@ -498,7 +498,8 @@ fn encapsulate(ctx: &XdpContext, config: &Config, s: &Encap<'_>, inner: &Inner) 
     // Read again, not kept from the test above: a value kept in a register would tell the
     // verifier's two walks (FIB or not) apart through everything in between, the checksum
     // loop included, and double them.
-    // SAFETY: a read of a field of the live config map value.
+    // SAFETY: `&config.flags` is a valid, aligned reference into the live config map value;
+    // any bits are a `u32`.
     let flags = unsafe { core::ptr::read_volatile(&config.flags) };
     if flags & CONFIG_N3_FIB != 0 {
         match fib::write_macs(ctx) {
