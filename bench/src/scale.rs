@@ -12,7 +12,7 @@ use std::{
 use mecgw::datapath::{
     Tables,
     tables::{
-        Defaults, Disposition, IpPrefix, LocalInterface, Mac, N3Interface, Protocol, Qfi,
+        Defaults, Disposition, IpPrefix, LocalInterface, Mac, N3Interface, NextHop, Protocol, Qfi,
         RuleAction, RuleState, Session, Teid, TrafficRule,
     },
 };
@@ -113,7 +113,7 @@ pub fn tables(sessions: u32, rules: u32) -> Tables {
         n3: N3Interface {
             ifindex: 1,
             mac: Mac([2, 0, 0, 0, 3, 1]),
-            next_hop_mac: Mac([2, 0, 0, 0, 3, 2]),
+            next_hop: NextHop::Mac(Mac([2, 0, 0, 0, 3, 2])),
             ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
             ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 1)),
             mtu: 1500,
@@ -122,7 +122,7 @@ pub fn tables(sessions: u32, rules: u32) -> Tables {
         local: LocalInterface {
             ifindex: 1,
             mac: Mac([2, 0, 0, 0, 4, 1]),
-            next_hop_mac: Mac([2, 0, 0, 0, 4, 2]),
+            next_hop: NextHop::Mac(Mac([2, 0, 0, 0, 4, 2])),
             vlan: Vec::new(),
         },
         defaults: Defaults {
@@ -138,6 +138,14 @@ pub fn tables(sessions: u32, rules: u32) -> Tables {
 fn mac(m: Mac) -> String {
     let [a, b, c, d, e, f] = m.0;
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+/// A side's next-hop line in a tables file.
+fn next_hop(h: NextHop) -> String {
+    match h {
+        NextHop::Mac(m) => format!("next_hop_mac = \"{}\"", mac(m)),
+        NextHop::Fib => "next_hop = \"fib\"".to_string(),
+    }
 }
 
 fn disposition(d: Disposition) -> &'static str {
@@ -165,10 +173,10 @@ pub fn to_toml(tables: &Tables) -> String {
     // Writing to a String cannot fail: the `let _ =` below discard an always-Ok result.
     let _ = writeln!(
         out,
-        "[n3]\nifindex = {}\nmac = \"{}\"\nnext_hop_mac = \"{}\"\nmtu = {}",
+        "[n3]\nifindex = {}\nmac = \"{}\"\n{}\nmtu = {}",
         n3.ifindex,
         mac(n3.mac),
-        mac(n3.next_hop_mac),
+        next_hop(n3.next_hop),
         n3.mtu
     );
     if let Some(a) = n3.ipv4 {
@@ -179,11 +187,11 @@ pub fn to_toml(tables: &Tables) -> String {
     }
     let _ = writeln!(
         out,
-        "\n[local]\nifindex = {}\nmac = \"{}\"\nnext_hop_mac = \"{}\"\n\n[defaults]\n\
+        "\n[local]\nifindex = {}\nmac = \"{}\"\n{}\n\n[defaults]\n\
          unknown_teid = \"{}\"\nspoofed_source = \"{}\"\nmalformed = \"{}\"",
         local.ifindex,
         mac(local.mac),
-        mac(local.next_hop_mac),
+        next_hop(local.next_hop),
         disposition(defaults.unknown_teid),
         disposition(defaults.spoofed_source),
         disposition(defaults.malformed),

@@ -259,8 +259,8 @@ pub enum Reason {
     NotForUe = 12,
     /// Downlink: encapsulated and redirected to the N3 interface.
     Encapsulated = 13,
-    /// Downlink: the encapsulated packet would exceed the N3 MTU; or a re-tunnelled packet
-    /// exceeds its route's MTU: dropped.
+    /// Downlink: the encapsulated packet would exceed the N3 MTU; or a re-tunnelled packet,
+    /// or one whose next hop comes from the FIB, exceeds its route's MTU: dropped.
     Oversize = 14,
     /// A kernel helper (adjust head/tail) refused: dropped. Never expected.
     Internal = 15,
@@ -279,7 +279,9 @@ pub enum Reason {
     /// PFCP endpoint probes every target, so the kernel resolves it).
     NoNeighbour = 21,
     /// A re-tunnel the kernel's FIB has no route for (or forwarding is off on N3, or the
-    /// target is of another IP family than the packet): dropped.
+    /// target is of another IP family than the packet): dropped. Likewise a packet whose next
+    /// hop comes from the FIB (`next_hop = "fib"`) when the FIB has no route for its next
+    /// destination, or routes it out of another interface than the configured one.
     NoRoute = 22,
     /// Uplink: an outer IPv4 or IPv6 fragment (of a G-PDU or not; a non-first fragment has no
     /// UDP header to tell): passed to the kernel, which reassembles, rather than misparsed.
@@ -289,6 +291,11 @@ pub enum Reason {
     /// part the programs read headers from: passed to the kernel unjudged, rather than
     /// judged on headers it could not see.
     HeadersNotLinear = 24,
+    /// With the next hop from the FIB (`next_hop = "fib"`), the kernel has a route but no
+    /// resolved neighbour for the next hop yet: the frame is passed to the kernel as it would
+    /// leave (uplink LOCAL: the decapsulated packet, TTL as received; downlink: the
+    /// encapsulated packet), which routes it, resolves the neighbour and sends it.
+    NextHopUnresolved = 25,
 }
 
 impl Reason {
@@ -306,7 +313,7 @@ impl Reason {
     }
 
     /// Number of reasons: the size of the reason counter array.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 26;
     /// All reasons, in discriminant order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NotGtp,
@@ -334,6 +341,7 @@ impl Reason {
         Reason::NoRoute,
         Reason::OuterFragment,
         Reason::HeadersNotLinear,
+        Reason::NextHopUnresolved,
     ];
 
     /// snake_case name used in logs, metrics and replay output.
@@ -364,6 +372,7 @@ impl Reason {
             Reason::NoRoute => "no_route",
             Reason::OuterFragment => "outer_fragment",
             Reason::HeadersNotLinear => "headers_not_linear",
+            Reason::NextHopUnresolved => "next_hop_unresolved",
         }
     }
 
@@ -548,6 +557,13 @@ pub const CONFIG_N3_V6: u32 = 2;
 /// [`Config::pfcp_teid_min`] are looked up in the PFCP tunnels, and packets to UEs in the
 /// PFCP UE maps first.
 pub const CONFIG_PFCP: u32 = 4;
+/// [`Config::flags`]: decapsulated frames (uplink LOCAL) get their MACs from the kernel's FIB
+/// (`bpf_fib_lookup` of the inner destination from the local interface), not from
+/// [`Config::local_next_hop_mac`].
+pub const CONFIG_LOCAL_FIB: u32 = 8;
+/// [`Config::flags`]: encapsulated frames (downlink) get their MACs from the kernel's FIB
+/// (`bpf_fib_lookup` of the gNB from N3), not from [`Config::n3_next_hop_mac`].
+pub const CONFIG_N3_FIB: u32 = 16;
 
 /// Interface facts and defaults, one per generation.
 #[repr(C)]

@@ -207,7 +207,13 @@ fn namespace() -> (Netns, Fib, u32) {
     let mut fib = Fib::new();
     fib.insert(IpAddr::V4(PSA_OK), forward);
     fib.insert(IpAddr::V6(PSA6_OK.parse().unwrap()), forward);
-    fib.insert(IpAddr::V4(PSA_NO_NEIGH), Route::NoNeighbour { mtu: 1500 });
+    fib.insert(
+        IpAddr::V4(PSA_NO_NEIGH),
+        Route::NoNeighbour {
+            ifindex: 0,
+            mtu: 1500,
+        },
+    );
     let out = Command::new("ip")
         .args(["-n", n, "-o", "link", "show", "mgw-pfa"])
         .output()

@@ -43,10 +43,21 @@ struct Run {
 }
 
 fn start_with(ues: u32, rules: &str, datapath: DatapathChoice) -> Run {
+    start_configured(ues, rules, datapath, |_| {})
+}
+
+/// [`start_with`], with `edit` run on the configuration directory before the gateway starts.
+fn start_configured(
+    ues: u32,
+    rules: &str,
+    datapath: DatapathChoice,
+    edit: impl FnOnce(&Path),
+) -> Run {
     let bin = mecgw_tests::bin_dir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bed = testbed::up().unwrap();
     testbed::write_gateway_config_for(dir.path(), ues, rules, datapath).unwrap();
+    edit(dir.path());
     let core_seen = dir.path().join("core.hex");
     let gw = Gateway::start(
         &bin,
@@ -216,6 +227,145 @@ fn local_breakout(datapath: DatapathChoice) {
     if datapath == DatapathChoice::Userspace {
         assert_userspace_arrangement_removed();
     }
+}
+
+/// The next hop from the kernel's FIB on both sides (`next_hop = "fib"`, issue #15): the
+/// gateway starts without neighbour entries, so the first packets each way go to the kernel
+/// (`next_hop_unresolved`), which resolves the neighbours; then the edge service's host is
+/// replaced by one with another MAC while the gateway runs, and its neighbour entry changes
+/// (IPv4: `ip neigh replace`, as a gratuitous ARP would; IPv6: deleted, so resolved anew).
+/// Every probe after the change is answered: the breakout follows the new MAC, with nothing
+/// reloaded. With a fixed `next_hop_mac` the edge would drop every frame still sent to the old
+/// MAC, and no probe after the change would be answered.
+#[test]
+fn with_the_fib_next_hop_breakout_follows_the_edges_new_mac() {
+    let _turn = TESTBED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut run = start_configured(UES, LOCAL_EDGE_RULE, DatapathChoice::Native, |dir| {
+        let path = dir.join("tables.toml");
+        let tables = std::fs::read_to_string(&path).unwrap();
+        let fib = tables
+            .replace(
+                &format!("next_hop_mac = \"{}\"", testbed::GNB.mac),
+                "next_hop = \"fib\"",
+            )
+            .replace(
+                &format!("next_hop_mac = \"{}\"", EDGE.mac),
+                "next_hop = \"fib\"",
+            );
+        assert_eq!(fib.matches("next_hop = \"fib\"").count(), 2, "{fib}");
+        std::fs::write(&path, fib).unwrap();
+    });
+    // What the kernel needs to forward what the fast path passes it unresolved
+    // (docs/fastpath.md, "Next hop from the FIB"): a decapsulated packet from a UE, which
+    // the gateway host has no route back to, on N3; an encapsulated one from our own N3
+    // address on the local side.
+    let mec = testbed::NS_MEC;
+    for knob in [
+        "net.ipv4.conf.all.rp_filter=0".to_string(),
+        format!("net.ipv4.conf.{}.rp_filter=0", N3.link),
+        format!("net.ipv4.conf.{}.rp_filter=0", LOCAL.link),
+        format!("net.ipv4.conf.{}.accept_local=1", LOCAL.link),
+    ] {
+        testbed::run(&["ip", "netns", "exec", mec, "sysctl", "-qw", &knob]).unwrap();
+    }
+    let edge6 = format!("[{}]", EDGE.v6);
+    let probes = [
+        format!("udp4=udp:{}:7", EDGE.v4),
+        format!("udp6=udp:{edge6}:7"),
+        format!("icmp4=icmp:{}", EDGE.v4),
+    ];
+    let round = |run: &Run, which: &str| {
+        let mut args = vec!["--upf", UPF.v4, "--ues", "4", "--count", "5"];
+        for p in &probes {
+            args.extend(["--probe", p.as_str()]);
+        }
+        let report = testbed::gnbsim(&run.bin, &args).unwrap();
+        for name in ["udp4", "udp6", "icmp4"] {
+            let (sent, ok) = probe(&report, name);
+            assert_eq!(sent, 20, "{name}");
+            assert_eq!(
+                ok, sent,
+                "{which}, {name}: every answer must arrive: {report}"
+            );
+        }
+        let metrics = testbed::ops_get("/metrics").unwrap().unwrap();
+        let reason = |r: &str| {
+            metric(
+                &metrics,
+                "mecgw_fastpath_reason_packets_total",
+                &format!("reason=\"{r}\""),
+            )
+        };
+        (
+            reason("rule_local"),
+            reason("encapsulated"),
+            reason("next_hop_unresolved"),
+        )
+    };
+    // The kernel sends a Neighbour Solicitation only from a link-local address that is no
+    // longer tentative: on links made a moment ago, wait for its duplicate-address detection,
+    // or the first IPv6 packet waits a retransmission (1 s) for its neighbour.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = testbed::capture(&[
+            "ip",
+            "-n",
+            mec,
+            "-6",
+            "addr",
+            "show",
+            "dev",
+            LOCAL.link,
+            "tentative",
+        ])
+        .unwrap();
+        if out.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} still has a tentative address",
+            LOCAL.link
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (local, encapsulated, unresolved) = round(&run, "before the change");
+    assert!(
+        unresolved >= 1,
+        "the first packets found no neighbour and went to the kernel"
+    );
+    assert!(local > 0 && encapsulated > 0, "{local} {encapsulated}");
+
+    let new_mac = "02:6d:67:00:01:77";
+    testbed::run(&[
+        "ip", "-n", EDGE.netns, "link", "set", "dev", EDGE.link, "address", new_mac,
+    ])
+    .unwrap();
+    testbed::run(&[
+        "ip",
+        "-n",
+        mec,
+        "neigh",
+        "replace",
+        EDGE.v4,
+        "lladdr",
+        new_mac,
+        "dev",
+        LOCAL.link,
+        "nud",
+        "reachable",
+    ])
+    .unwrap();
+    testbed::run(&["ip", "-n", mec, "neigh", "del", EDGE.v6, "dev", LOCAL.link]).unwrap();
+    let (local_after, encapsulated_after, _) = round(&run, "after the change");
+    // Broken out by the fast path itself after the change, not only by the kernel.
+    assert!(local_after > local, "{local} -> {local_after}");
+    assert!(encapsulated_after > encapsulated);
+    assert!(
+        hex_lines(&run.core_seen).is_empty(),
+        "traffic for the edge must not reach the core"
+    );
+    assert!(run.gw.stop().unwrap().success());
 }
 
 /// Stopping the userspace datapath removes its rules, routes and TUN.

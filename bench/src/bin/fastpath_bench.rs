@@ -21,6 +21,11 @@
 //! number of runs: proof that every run took the path being measured. A final line shows the
 //! trap: LOCAL with `repeat = N` takes the LOCAL path once.
 //!
+//! Uplink LOCAL is measured once more with the next hop from the kernel's FIB
+//! (`next_hop = "fib"`: one `bpf_fib_lookup` per packet), in a network namespace of its own
+//! (`mgw-bf-<pid>`) where the inner destination is routed out of the local interface with a
+//! neighbour entry, next to the fixed-MAC figure measured there too.
+//!
 //! The rewriting paths are measured a second time with flow accounting on (a second
 //! `FastPath` loaded with it, same tables, same restored method and baseline); there the
 //! proof is also that the harvested flow counters grew by exactly the number of runs. All
@@ -31,7 +36,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, builder::RangedU64ValueParser};
-use mecgw::datapath::{Direction, FastPath, FastPathOptions, Reason, compile::compile};
+use mecgw::datapath::{
+    Direction, FastPath, FastPathOptions, Reason, compile::compile, tables::NextHop,
+};
 use mecgw_bench::{
     median,
     scale::{UPLINK_TEID_BASE, tables, ue},
@@ -205,6 +212,110 @@ fn per_call(a: &Args, mut run: impl FnMut(u32) -> anyhow::Result<Duration>) -> a
     Ok(median(v))
 }
 
+/// A network namespace of ours, removed when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = mecgw_testbed::run(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// Uplink LOCAL with the local next hop from the FIB and with a fixed MAC, restored, in a
+/// namespace where the LOCAL case's destination (192.0.2.10) is a resolved neighbour on the
+/// local interface (1 session, 10 rules).
+fn fib_next_hop(a: &Args, fp: &FastPath) -> anyhow::Result<()> {
+    let name = format!("mgw-bf-{}", std::process::id());
+    if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+        let _ = mecgw_testbed::run(&["ip", "netns", "del", &name]);
+    }
+    mecgw_testbed::run(&["ip", "netns", "add", &name])?;
+    let ns = Netns(name);
+    let n = ns.0.as_str();
+    for argv in [
+        &[
+            "ip", "-n", n, "link", "add", "mgw-bfl", "type", "veth", "peer", "name", "mgw-bflp",
+        ][..],
+        &["ip", "-n", n, "link", "set", "mgw-bfl", "up"],
+        &["ip", "-n", n, "link", "set", "mgw-bflp", "up"],
+        &[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            "192.0.2.1/24",
+            "dev",
+            "mgw-bfl",
+        ],
+        &[
+            "ip",
+            "-n",
+            n,
+            "neigh",
+            "replace",
+            "192.0.2.10",
+            "lladdr",
+            "02:00:00:00:04:02",
+            "dev",
+            "mgw-bfl",
+            "nud",
+            "permanent",
+        ],
+        &[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    ] {
+        mecgw_testbed::run(argv)?;
+    }
+    let out = mecgw_testbed::capture(&["ip", "-n", n, "-o", "link", "show", "mgw-bfl"])?;
+    let ifindex: u32 = String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .context("the veth's ifindex")?;
+    let case = cases(1).remove(1);
+    let probe = cases(1).remove(0).frame;
+    for (name, hop) in [
+        ("uplink LOCAL", None),
+        ("uplink LOCAL fib", Some(NextHop::Fib)),
+    ] {
+        let mut t = tables(1, 10);
+        t.local.ifindex = ifindex;
+        if let Some(hop) = hop {
+            t.local.next_hop = hop;
+        }
+        fp.install(&compile(t).map_err(|p| anyhow::anyhow!("{p}"))?)?;
+        let (empty, net, proof) = mecgw_testbed::in_netns(n, || -> anyhow::Result<_> {
+            let empty = batch(a.runs, a.repeat, |r| {
+                Ok(fp.test_run_empty(&probe, r)?.duration)
+            })?;
+            let (net, proof) = restored(a, fp, &case, empty)?;
+            Ok((empty, net, proof))
+        })??;
+        println!(
+            "{:>9} {:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  {} {proof} (in {n})",
+            1,
+            10,
+            name,
+            "restored",
+            net,
+            net / empty,
+            case.reason.name()
+        );
+    }
+    println!();
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let fp = FastPath::load()?;
@@ -310,6 +421,7 @@ fn main() -> anyhow::Result<()> {
         }
         println!();
     }
+    fib_next_hop(&a, &fp)?;
     // The trap, shown with the program's own counters.
     let local = cases(1).remove(1);
     fp.install(&compile(tables(1, 10)).map_err(|p| anyhow::anyhow!("{p}"))?)?;

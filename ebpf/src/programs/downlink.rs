@@ -3,7 +3,8 @@
 //! An IP packet whose destination is a UE with a session gets its TTL or hop limit
 //! decremented, then an outer IPv4 or IPv6 header towards the session's gNB, UDP 2152 and a
 //! GTP-U header with the downlink TEID and a downlink PDU Session Container carrying the
-//! session's QFI; it is redirected to the N3 interface. Anything else passes to the kernel.
+//! session's QFI; it is redirected to the N3 interface, to the next hop's MAC (fixed, or the
+//! kernel's FIB's for the gNB). Anything else passes to the kernel.
 //! With PFCP on, `mecgw_downlink_pfcp` is attached instead: a UE of a PFCP session is looked
 //! up first, and its downlink PDR's FAR says encapsulate (TEID and gNB from the outer header
 //! creation, QFI from the QER) or drop; other packets go on to `mecgw_downlink`.
@@ -16,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use mecgw_ebpf::{
-    Config, DIR_DOWNLINK, DOWNLINK_GNB_V6, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6,
+    CONFIG_N3_FIB, Config, DIR_DOWNLINK, DOWNLINK_GNB_V6, ENCAP_OVERHEAD_V4, ENCAP_OVERHEAD_V6,
     EXT_PDU_SESSION_CONTAINER, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, GTP_TYPE_GPDU, GTPU_PORT,
     NONE, PfcpDownlink, Reason, SESSION_GNB_V6, SessionEntry, Verdict, pdr_action,
 };
@@ -24,11 +25,12 @@ use mecgw_ebpf::{
 use super::{
     checksum::{decrement_ttl, fold, sum_be, sum_packet},
     counters::{Outcome, PdrHit, count_pdr, record, record_pdr},
+    fib,
     flows::{self, FlowHit},
     maps,
     parse::{
         ETH_P_IPV4, ETH_P_IPV6, ethernet, frame_len, has_ports, ipv6_upper, is_multi, linear_len,
-        push_tags, view, write_at,
+        push_tags, view, word, write_at,
     },
 };
 
@@ -447,6 +449,24 @@ fn encapsulate(ctx: &XdpContext, config: &Config, s: &Encap<'_>, inner: &Inner) 
     if inner.len + overhead > config.n3_mtu as usize {
         return Outcome::new(Verdict::Drop, Reason::Oversize);
     }
+    if config.flags & CONFIG_N3_FIB != 0 {
+        let dst = [
+            word(s.gnb, 0),
+            word(s.gnb, 4),
+            word(s.gnb, 8),
+            word(s.gnb, 12),
+        ];
+        let query = fib::Query {
+            v6: gnb_v6,
+            dst: &dst,
+            proto: 17,
+            tot_len: (inner.len + overhead) as u16,
+            ifindex: config.n3_ifindex,
+        };
+        if let Some(out) = fib::next_hop(ctx, &query) {
+            return out;
+        }
+    }
     // Keep exactly the inner packet: drop Ethernet padding, then make room for the headers.
     let excess = whole_len(ctx, s.multi).saturating_sub(inner.l3_off + inner.len);
     if excess > 0 {
@@ -474,6 +494,20 @@ fn encapsulate(ctx: &XdpContext, config: &Config, s: &Encap<'_>, inner: &Inner) 
     };
     if written.is_none() || push_tags(ctx, &config.n3_tags, config.n3_tag_count).is_none() {
         return internal;
+    }
+    // Read again, not kept from the test above: a value kept in a register would tell the
+    // verifier's two walks (FIB or not) apart through everything in between, the checksum
+    // loop included, and double them.
+    // SAFETY: `&config.flags` is a valid, aligned reference into the live config map value;
+    // any bits are a `u32`.
+    let flags = unsafe { core::ptr::read_volatile(&config.flags) };
+    if flags & CONFIG_N3_FIB != 0 {
+        match fib::write_macs(ctx) {
+            Some(true) => {}
+            // Encapsulated, so that the kernel routes it to the gNB and resolves the neighbour.
+            Some(false) => return Outcome::new(Verdict::Pass, Reason::NextHopUnresolved),
+            None => return internal,
+        }
     }
     // SAFETY: plain helper call with an interface index and no flags.
     let action = unsafe { bpf_redirect(config.n3_ifindex, 0) } as u32;

@@ -1,7 +1,8 @@
 //! XDP programs and the maps they share.
 //!
 //! `parse` reads headers, `maps` holds the tables (two generations), `counters` counts,
-//! `flows` counts per flow (when switched on at load), `pfcp` judges packets of PFCP
+//! `flows` counts per flow (when switched on at load), `fib` asks the kernel's FIB for next
+//! hops, `pfcp` judges packets of PFCP
 //! sessions by their PDRs and FARs, `uplink` and `downlink` are the
 //! programs of the two directions, `pass` the minimal one, `bench` the benchmarks' baseline,
 //! restore wrapper, live-frames generator and sink.
@@ -10,6 +11,7 @@ mod bench;
 mod checksum;
 mod counters;
 mod downlink;
+mod fib;
 mod flows;
 mod maps;
 mod parse;

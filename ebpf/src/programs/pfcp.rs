@@ -16,11 +16,8 @@
 //! packet sees a session entirely before or entirely after a change.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup, xdp_action,
-    },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    bindings::xdp_action,
+    helpers::generated::bpf_redirect,
     macros::{map, xdp},
     maps::{PerCpuArray, ProgramArray},
     programs::XdpContext,
@@ -35,6 +32,7 @@ use mecgw_ebpf::{
 use super::{
     checksum::fold,
     counters::{Outcome, PdrHit, record_pdr},
+    fib::{self, Answer},
     flows, maps,
     parse::{
         self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, be16_at, ethernet, frame_len, ipv6_upper, view,
@@ -176,11 +174,6 @@ fn classify(ctx: &XdpContext, len: u64) -> Decided {
 
 /// Hop limit of a re-tunnelled packet's new outer header.
 const OUTER_TTL: u8 = 64;
-
-/// Where the FIB lookup's parameters are built: 64 bytes the uplink program's stack, which
-/// the parser and classifier nearly fill, cannot spare.
-#[map(name = "FIB_SCRATCH")]
-static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 /// What happens to a G-PDU of PFCP tunnel `t` (of `len` bytes), and the PDR that decided.
 #[inline(always)]
@@ -335,24 +328,13 @@ fn retunnel(ctx: &XdpContext, config: &Config, target: &TunnelTarget) -> Outcome
     if v6 != (target.flags & TARGET_V6 != 0) {
         return Outcome::new(Verdict::Drop, Reason::NoRoute);
     }
-    let Some(fib) = FIB_SCRATCH.get_ptr_mut(0) else {
-        return internal;
-    };
-    // SAFETY: this CPU's slot of the scratch map, which no other program run on this CPU
-    // uses meanwhile; a plain C struct of integers and unions of integers, so every write
-    // below leaves it valid (the whole struct is reset first).
-    let fib = unsafe { &mut *fib };
-    // SAFETY: all-zero bytes are a valid `bpf_fib_lookup` (integers and unions of integers).
-    *fib = unsafe { core::mem::zeroed() };
     let udp_off;
+    let total;
     if v6 {
         let Some(h) = view::<40>(ctx, l3) else {
             return internal;
         };
-        let total = u16::from_be_bytes([h[4], h[5]]) + 40;
-        fib.family = 10; // AF_INET6
-        fib.__bindgen_anon_1.tot_len = total;
-        fib.__bindgen_anon_4.ipv6_dst = target.addr;
+        total = u16::from_be_bytes([h[4], h[5]]) + 40;
         // Behind the extension headers, as the uplink program found it.
         let Some(up) = ipv6_upper(ctx, l3, total as usize, h[6]) else {
             return internal;
@@ -364,32 +346,27 @@ fn retunnel(ctx: &XdpContext, config: &Config, target: &TunnelTarget) -> Outcome
         let Some(h) = view::<20>(ctx, l3) else {
             return internal;
         };
-        fib.family = 2; // AF_INET
-        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([h[2], h[3]]);
-        fib.__bindgen_anon_4.ipv4_dst = target.addr[0];
+        total = u16::from_be_bytes([h[2], h[3]]);
         udp_off = l3 + ((h[0] & 0x0f) as usize) * 4;
     }
-    fib.l4_protocol = 17;
-    fib.ifindex = config.n3_ifindex;
-    // SAFETY: the helper reads and writes `fib`, which lives for the call, of the size passed.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            fib as *mut bpf_fib_lookup,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
+    let query = fib::Query {
+        v6,
+        dst: &target.addr,
+        proto: 17,
+        tot_len: total,
+        ifindex: config.n3_ifindex,
     };
-    // Larger than the route's MTU: not fragmented here (GTP-U peers agree on MTUs).
-    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        return Outcome::new(Verdict::Drop, Reason::Oversize);
+    let Some((fib, answer)) = fib::lookup(ctx, &query) else {
+        return internal;
+    };
+    match answer {
+        // Larger than the route's MTU: not fragmented here (GTP-U peers agree on MTUs).
+        Answer::Oversize => return Outcome::new(Verdict::Drop, Reason::Oversize),
+        Answer::NoNeighbour => return Outcome::new(Verdict::Drop, Reason::NoNeighbour),
+        Answer::NoRoute => return Outcome::new(Verdict::Drop, Reason::NoRoute),
+        Answer::Forward => {}
     }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return Outcome::new(Verdict::Drop, Reason::NoNeighbour);
-    }
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Outcome::new(Verdict::Drop, Reason::NoRoute);
-    }
+    let fib = &fib.params;
     let written = if v6 {
         rewrite_v6(ctx, config, target, l3, udp_off)
     } else {

@@ -3,7 +3,8 @@
 //! Order of judgement: not GTP-U / signalling → pass; malformed → the configured default;
 //! unknown TEID → default; inner source not the session's UE → default; then the traffic
 //! rules (best candidate that matches wins; none → passthrough). LOCAL decapsulates, writes
-//! the next-hop Ethernet header, decrements the TTL and redirects to the local interface.
+//! the next-hop Ethernet header (a fixed MAC, or the kernel's FIB's), decrements the TTL and
+//! redirects to the local interface.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -12,8 +13,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use mecgw_ebpf::{
-    CONFIG_PFCP, Config, DIR_UPLINK, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey, MATCH_PORTS,
-    MATCH_PROTO, MATCH_QFI, MATCH_SRC, MATCH_TEID, MAX_CANDIDATES, MAX_PORT_RANGES,
+    CONFIG_LOCAL_FIB, CONFIG_PFCP, Config, DIR_UPLINK, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowKey,
+    MATCH_PORTS, MATCH_PROTO, MATCH_QFI, MATCH_SRC, MATCH_TEID, MAX_CANDIDATES, MAX_PORT_RANGES,
     MAX_SRC_PREFIXES, Reason, RuleEntry, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6, SessionEntry,
     Verdict, action, disposition,
 };
@@ -21,6 +22,7 @@ use mecgw_ebpf::{
 use super::{
     checksum::decrement_ttl,
     counters::{Outcome, record},
+    fib,
     flows::{self, FlowHit},
     maps,
     parse::{self, ETH_P_IPV4, ETH_P_IPV6, Gpdu, IpInfo, frame_len, word, write_at},
@@ -276,6 +278,11 @@ fn rule_matches(r: &RuleEntry, pdu: &Gpdu, src: &[u32; 4]) -> bool {
 
 /// Strips everything before the inner packet (and any bytes after it), writes the next-hop
 /// Ethernet header, decrements the TTL or hop limit, and redirects to the local interface.
+/// With the next hop from the FIB ([`CONFIG_LOCAL_FIB`]) the MACs are the route's to the inner
+/// destination; without a route there (or out of another interface) the frame is dropped
+/// untouched, and without a resolved neighbour the decapsulated packet is passed to the
+/// kernel with its TTL as received and the frame's own MACs, so that the kernel forwards it
+/// and resolves the neighbour.
 #[inline(always)]
 pub(super) fn decapsulate(
     ctx: &XdpContext,
@@ -284,6 +291,19 @@ pub(super) fn decapsulate(
     reason: Reason,
 ) -> Outcome {
     let internal = Outcome::new(Verdict::Drop, Reason::Internal);
+    let by_fib = config.flags & CONFIG_LOCAL_FIB != 0;
+    if by_fib {
+        let query = fib::Query {
+            v6: pdu.inner.v6 != 0,
+            dst: &pdu.inner.dst,
+            proto: pdu.inner.proto,
+            tot_len: pdu.inner_len as u16,
+            ifindex: config.local_ifindex,
+        };
+        if let Some(out) = fib::next_hop(ctx, &query) {
+            return out;
+        }
+    }
     let wanted = pdu.inner_off + pdu.inner_len;
     let excess = pdu.frame_len.saturating_sub(wanted);
     if excess > 0 {
@@ -306,8 +326,18 @@ pub(super) fn decapsulate(
     eth[..6].copy_from_slice(&config.local_next_hop_mac);
     eth[6..12].copy_from_slice(&config.local_mac);
     eth[12..].copy_from_slice(&ethertype.to_be_bytes());
-    if write_at(ctx, 0, eth).is_none()
-        || decrement_ttl(ctx, 14, pdu.inner.v6).is_none()
+    if write_at(ctx, 0, eth).is_none() {
+        return internal;
+    }
+    if by_fib {
+        match fib::write_macs(ctx) {
+            Some(true) => {}
+            // The kernel forwards it, decrementing the TTL itself.
+            Some(false) => return Outcome::new(Verdict::Pass, Reason::NextHopUnresolved),
+            None => return internal,
+        }
+    }
+    if decrement_ttl(ctx, 14, pdu.inner.v6).is_none()
         || parse::push_tags(ctx, &config.local_tags, config.local_tag_count).is_none()
     {
         return internal;

@@ -31,7 +31,7 @@ use mecgw_ebpf::{
 
 pub use super::tables::problems::{MAX_REPORTED_PROBLEMS, Place, Problem, Problems};
 use super::tables::{
-    IpPrefix, MAX_TABLES_FILE_BYTES, RuleState, Tables, TablesError, mask_v4, mask_v6,
+    IpPrefix, MAX_TABLES_FILE_BYTES, NextHop, RuleState, Tables, TablesError, mask_v4, mask_v6,
     overlay::Overlay,
     toml::{self, LineIndex},
 };
@@ -207,7 +207,19 @@ fn check(tables: &Tables, out: &mut Vec<Problem>) {
             tables.n3.mtu
         ));
     }
-    for (side, tags) in [("n3", &tables.n3.vlan), ("local", &tables.local.vlan)] {
+    for (side, tags, hop) in [
+        ("n3", &tables.n3.vlan, tables.n3.next_hop),
+        ("local", &tables.local.vlan, tables.local.next_hop),
+    ] {
+        // The kernel routes a tagged network through a VLAN device, which the programs
+        // cannot redirect to: the FIB's answer would never be the interface they tag for.
+        if hop == NextHop::Fib && !tags.is_empty() {
+            global(format!(
+                "{side}: next_hop = \"fib\" cannot be combined with {side}.vlan (the kernel \
+                 routes a tagged network through a VLAN device, which the fast path cannot \
+                 redirect to): use next_hop_mac with vlan, or untagged with the FIB"
+            ));
+        }
         if tags.len() > MAX_VLAN_TAGS {
             global(format!(
                 "{side}.vlan has {} tags: at most {MAX_VLAN_TAGS} (QinQ)",
@@ -481,7 +493,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::datapath::tables::{
-        Disposition, Imsi, Qfi, RuleAction, Session, Teid, TrafficRule, tests::MINIMAL,
+        Disposition, Imsi, NextHop, Qfi, RuleAction, Session, Teid, TrafficRule, tests::MINIMAL,
     };
 
     fn rule(id: u32, priority: u8, dst: &[&str]) -> TrafficRule {
@@ -535,6 +547,50 @@ mod tests {
         assert!(
             problems[0].message.contains("17 active rules"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_next_hop_is_a_fixed_mac_or_the_fib_and_exactly_one_of_them() {
+        let fib = MINIMAL.replace("next_hop_mac = \"02:00:00:00:01:02\"", "next_hop = \"fib\"");
+        let t = from_toml(&fib, "t.toml").unwrap();
+        assert_eq!(t.local.next_hop, NextHop::Fib);
+        assert!(matches!(t.n3.next_hop, NextHop::Mac(_)));
+        let both = MINIMAL.replace(
+            "next_hop_mac = \"02:00:00:00:00:02\"",
+            "next_hop_mac = \"02:00:00:00:00:02\"\nnext_hop = \"fib\"",
+        );
+        let neither = MINIMAL.replace("next_hop_mac = \"02:00:00:00:01:02\"\n", "");
+        let unknown = MINIMAL.replace("next_hop_mac = \"02:00:00:00:01:02\"", "next_hop = \"arp\"");
+        for (text, at, want) in [
+            (
+                both,
+                "t.toml:2:1: ",
+                "[n3] has both `next_hop_mac` and `next_hop`",
+            ),
+            (neither, "t.toml:10:1: ", "[local] needs its next hop"),
+            (
+                unknown,
+                "t.toml:13:12: ",
+                "unknown variant `arp`, expected `fib`",
+            ),
+        ] {
+            let e = from_toml(&text, "t.toml").unwrap_err().to_string();
+            assert!(e.starts_with(at), "{e}");
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_fib_next_hop_and_vlan_tags_on_one_side_are_refused() {
+        let text = MINIMAL.replace(
+            "next_hop_mac = \"02:00:00:00:00:02\"",
+            "next_hop = \"fib\"\nvlan = [100]",
+        );
+        let e = from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("n3: next_hop = \"fib\" cannot be combined with n3.vlan"),
+            "{e}"
         );
     }
 

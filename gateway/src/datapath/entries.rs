@@ -4,14 +4,15 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use mecgw_ebpf::{
-    CONFIG_N3_V4, CONFIG_N3_V6, Candidates, Config, MATCH_PORTS, MATCH_PROTO, MATCH_QFI, MATCH_SRC,
-    MATCH_TEID, MAX_CANDIDATES, PortRange as PortEntry, PrefixV4, PrefixV6, RuleEntry,
-    SESSION_GNB_V6, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6, SessionEntry, action, disposition,
+    CONFIG_LOCAL_FIB, CONFIG_N3_FIB, CONFIG_N3_V4, CONFIG_N3_V6, Candidates, Config, MATCH_PORTS,
+    MATCH_PROTO, MATCH_QFI, MATCH_SRC, MATCH_TEID, MAX_CANDIDATES, PortRange as PortEntry,
+    PrefixV4, PrefixV6, RuleEntry, SESSION_GNB_V6, SESSION_HAS_UE_V4, SESSION_HAS_UE_V6,
+    SessionEntry, action, disposition,
 };
 
 use super::{
     compile::CompiledTables,
-    tables::{Disposition, IpPrefix, RuleAction, mask_v4, mask_v6},
+    tables::{Disposition, IpPrefix, NextHop, RuleAction, mask_v4, mask_v6},
 };
 
 /// The contents of one generation of the kernel tables.
@@ -231,15 +232,21 @@ impl GenerationEntries {
             spoofed_source: disposition(tables.defaults.spoofed_source),
             malformed: disposition(tables.defaults.malformed),
             local_mac: tables.local.mac.0,
-            local_next_hop_mac: tables.local.next_hop_mac.0,
+            local_next_hop_mac: tables.local.next_hop.mac().map_or([0; 6], |m| m.0),
             n3_mac: tables.n3.mac.0,
-            n3_next_hop_mac: tables.n3.next_hop_mac.0,
+            n3_next_hop_mac: tables.n3.next_hop.mac().map_or([0; 6], |m| m.0),
             n3_tags: mecgw_ebpf::vlan_tags(&tables.n3.vlan),
             n3_tag_count: tables.n3.vlan.len() as u32,
             local_tags: mecgw_ebpf::vlan_tags(&tables.local.vlan),
             local_tag_count: tables.local.vlan.len() as u32,
             ..Config::default()
         };
+        if tables.n3.next_hop == NextHop::Fib {
+            config.flags |= CONFIG_N3_FIB;
+        }
+        if tables.local.next_hop == NextHop::Fib {
+            config.flags |= CONFIG_LOCAL_FIB;
+        }
         if let Some(a) = tables.n3.ipv4 {
             config.flags |= CONFIG_N3_V4;
             config.n3_v4 = a.octets();

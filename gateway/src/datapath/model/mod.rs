@@ -22,7 +22,7 @@ use super::{
     Direction,
     compile::CompiledTables,
     flow_counters::{FlowHit, FlowKey},
-    tables::{Disposition, RuleAction, RuleState, Session, Tables, TrafficRule},
+    tables::{Disposition, NextHop, RuleAction, RuleState, Session, Tables, TrafficRule},
 };
 
 /// What the fast path does with one frame.
@@ -75,6 +75,48 @@ pub struct Model {
     rules: Vec<usize>,
     /// PFCP sessions' entries, if any are in force ([`Model::with_pfcp`]).
     pfcp: Option<pfcp::PfcpEntries>,
+    /// The kernel's FIB, as far as the frames asked of it need ([`Model::with_fib`]).
+    fib: pfcp::Fib,
+}
+
+/// Where a frame goes at layer 2, as decided before it is rewritten.
+#[derive(Clone, Copy, Debug)]
+enum Hop {
+    /// To `dst` from `src`, redirected.
+    Redirect { dst: [u8; 6], src: [u8; 6] },
+    /// A FIB next hop without a resolved neighbour: passed to the kernel with the frame's MACs
+    /// as received (destination, source), as it would leave otherwise.
+    Unresolved { received: [u8; 12] },
+}
+
+impl Hop {
+    fn verdict(self) -> Verdict {
+        match self {
+            Hop::Redirect { .. } => Verdict::Redirect,
+            Hop::Unresolved { .. } => Verdict::Pass,
+        }
+    }
+
+    /// The reason: `done` when redirected.
+    fn reason(self, done: Reason) -> Reason {
+        match self {
+            Hop::Redirect { .. } => done,
+            Hop::Unresolved { .. } => Reason::NextHopUnresolved,
+        }
+    }
+
+    /// Destination and source MAC of the frame.
+    fn macs(self) -> ([u8; 6], [u8; 6]) {
+        match self {
+            Hop::Redirect { dst, src } => (dst, src),
+            Hop::Unresolved { received } => {
+                let (mut d, mut s) = ([0; 6], [0; 6]);
+                d.copy_from_slice(&received[..6]);
+                s.copy_from_slice(&received[6..]);
+                (d, s)
+            }
+        }
+    }
 }
 
 const OUTER_TTL: u8 = 64;
@@ -128,7 +170,57 @@ impl Model {
             rules,
             tables: Tables::clone(tables),
             pfcp: None,
+            fib: pfcp::Fib::new(),
         }
+    }
+
+    /// The model with the kernel's FIB as `fib` says: what a side whose next hop is `fib`
+    /// asks for every frame (and re-tunnels too).
+    pub fn with_fib(mut self, fib: pfcp::Fib) -> Model {
+        self.fib.extend(fib);
+        self
+    }
+
+    /// The next hop of a frame that leaves the side configured with `hop`, `ifindex` and our
+    /// `mac`, as a packet of `len` bytes to `dst`; `frame` as received. `Err`: dropped as it is,
+    /// for this reason (the FIB has no route there, one out of another interface, or one
+    /// whose MTU the packet exceeds).
+    fn next_hop(
+        &self,
+        frame: &[u8],
+        side: (NextHop, u32, [u8; 6]),
+        dst: IpAddr,
+        len: usize,
+    ) -> Result<Hop, Reason> {
+        let (hop, ifindex, mac) = side;
+        if let NextHop::Mac(m) = hop {
+            return Ok(Hop::Redirect { dst: m.0, src: mac });
+        }
+        match pfcp::lookup(&self.fib, dst, len) {
+            pfcp::Answer::Oversize => Err(Reason::Oversize),
+            pfcp::Answer::NoRoute => Err(Reason::NoRoute),
+            pfcp::Answer::Forward { ifindex: out, .. }
+            | pfcp::Answer::NoNeighbour { ifindex: out }
+                if out != ifindex =>
+            {
+                Err(Reason::NoRoute)
+            }
+            pfcp::Answer::Forward { smac, dmac, .. } => Ok(Hop::Redirect {
+                dst: dmac,
+                src: smac,
+            }),
+            pfcp::Answer::NoNeighbour { .. } => {
+                let mut received = [0; 12];
+                received.copy_from_slice(&frame[..12]);
+                Ok(Hop::Unresolved { received })
+            }
+        }
+    }
+
+    /// [`Model::next_hop`] of an encapsulated frame: to `gnb`, `len` bytes long, out of N3.
+    fn n3_next_hop(&self, frame: &[u8], gnb: IpAddr, len: usize) -> Result<Hop, Reason> {
+        let n3 = &self.tables.n3;
+        self.next_hop(frame, (n3.next_hop, n3.ifindex, n3.mac.0), gnb, len)
     }
 
     /// The uplink program (`mecgw_uplink`) on one frame from N3, all of it in one buffer.
@@ -192,7 +284,9 @@ impl Model {
             RuleAction::Local if pdu.inner.ttl <= 1 => {
                 keep(Verdict::Pass, Reason::TtlExpired, Some(session))
             }
-            RuleAction::Local => self.decapsulated(frame, &pdu, Some(session.id)),
+            RuleAction::Local => {
+                self.decapsulated(frame, &pdu, Some(session.id), Reason::RuleLocal)
+            }
         };
         out.rule = Some(rule.id);
         flow.rule = Some(rule.id);
@@ -201,22 +295,34 @@ impl Model {
     }
 
     /// The inner packet of `pdu` with a new Ethernet header and its TTL or hop limit
-    /// decremented, redirected to the local services (reason `rule_local`).
-    fn decapsulated(&self, frame: &[u8], pdu: &Gpdu, session: Option<u32>) -> Outcome {
+    /// decremented, redirected to the local services (reason `reason`). With the next hop
+    /// from the FIB and no neighbour resolved, the inner packet as received behind the
+    /// frame's own MACs, passed to the kernel; without a route there, the frame dropped.
+    fn decapsulated(
+        &self,
+        frame: &[u8],
+        pdu: &Gpdu,
+        session: Option<u32>,
+        reason: Reason,
+    ) -> Outcome {
         let t = &self.tables;
+        let local = (t.local.next_hop, t.local.ifindex, t.local.mac.0);
+        let hop = match self.next_hop(frame, local, pdu.inner.dst, pdu.inner_len) {
+            Ok(hop) => hop,
+            Err(r) => return Outcome::unchanged(frame, Verdict::Drop, r, session),
+        };
         let inner = &frame[pdu.inner_off..pdu.inner_off + pdu.inner_len];
-        let mut packet = ethernet(
-            t.local.next_hop_mac.0,
-            t.local.mac.0,
-            pdu.inner.src.is_ipv6(),
-        );
+        let (dst, src) = hop.macs();
+        let mut packet = ethernet(dst, src, pdu.inner.src.is_ipv6());
         let at = packet.len();
         packet.extend_from_slice(inner);
-        decrement_ttl(&mut packet[at..], pdu.inner.src.is_ipv6());
-        push_tags(&mut packet, &t.local.vlan);
+        if let Hop::Redirect { .. } = hop {
+            decrement_ttl(&mut packet[at..], pdu.inner.src.is_ipv6());
+            push_tags(&mut packet, &t.local.vlan);
+        }
         Outcome {
-            verdict: Verdict::Redirect,
-            reason: Reason::RuleLocal,
+            verdict: hop.verdict(),
+            reason: hop.reason(reason),
             rule: None,
             session,
             pdr: None,
@@ -326,16 +432,21 @@ impl Model {
         if total + overhead > t.n3.mtu as usize {
             return keep(Verdict::Drop, Reason::Oversize);
         }
+        let hop = match self.n3_next_hop(frame, session.gnb, total + overhead) {
+            Ok(hop) => hop,
+            Err(reason) => return keep(Verdict::Drop, reason),
+        };
         let mut inner = frame[l3..l3 + total].to_vec();
         decrement_ttl(&mut inner, v6);
         Outcome {
-            verdict: Verdict::Redirect,
-            reason: Reason::Encapsulated,
+            verdict: hop.verdict(),
+            reason: hop.reason(Reason::Encapsulated),
             rule: None,
             session: Some(session.id),
             pdr: None,
             packet: encapsulate(
                 t,
+                hop.macs(),
                 session.downlink_teid.0,
                 session.qfi.get(),
                 session.gnb,
@@ -755,8 +866,15 @@ fn decrement_ttl(ip: &mut [u8], v6: bool) {
 }
 
 /// `inner` in a GTP-U G-PDU with TEID `teid` and a downlink PDU Session Container with
-/// `qfi`, from our N3 address to `gnb`.
-fn encapsulate(t: &Tables, teid: u32, qfi: u8, gnb: IpAddr, inner: &[u8]) -> Vec<u8> {
+/// `qfi`, from our N3 address to `gnb`, in a frame to `macs.0` from `macs.1`.
+fn encapsulate(
+    t: &Tables,
+    macs: ([u8; 6], [u8; 6]),
+    teid: u32,
+    qfi: u8,
+    gnb: IpAddr,
+    inner: &[u8],
+) -> Vec<u8> {
     let udp_len = (8 + GTP_LEN + inner.len()) as u16;
     let mut gtp = vec![0x34, GTP_TYPE_GPDU];
     gtp.extend_from_slice(&((GTP_LEN - 8 + inner.len()) as u16).to_be_bytes());
@@ -766,7 +884,7 @@ fn encapsulate(t: &Tables, teid: u32, qfi: u8, gnb: IpAddr, inner: &[u8]) -> Vec
     let mut udp = vec![port[0], port[1], port[0], port[1]];
     udp.extend_from_slice(&udp_len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
-    let mut out = ethernet(t.n3.next_hop_mac.0, t.n3.mac.0, gnb.is_ipv6());
+    let mut out = ethernet(macs.0, macs.1, gnb.is_ipv6());
     match gnb {
         IpAddr::V4(gnb) => {
             let src = t.n3.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED);

@@ -29,15 +29,53 @@ pub enum Route {
         dmac: [u8; 6],
         mtu: u32,
     },
-    /// Routed over a path of this MTU, but no neighbour entry yet. The kernel's FIB
-    /// lookup checks the MTU before the neighbour, so an oversized packet is `Oversize`
-    /// here too.
-    NoNeighbour { mtu: u32 },
+    /// Routed out of `ifindex` over a path of this MTU, but no neighbour entry yet. The
+    /// kernel's FIB lookup checks the MTU before the neighbour, so an oversized packet is
+    /// `Oversize` here too.
+    NoNeighbour { ifindex: u32, mtu: u32 },
 }
 
-/// Targets the FIB knows; any other is unroutable (as is every target when forwarding is off
-/// on N3).
+/// Destinations the FIB knows; any other is unroutable (as is every destination when
+/// forwarding is off on the interface asked from).
 pub type Fib = HashMap<IpAddr, Route>;
+
+/// What the FIB answers for a packet of some length to a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Answer {
+    Forward {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
+    NoNeighbour {
+        ifindex: u32,
+    },
+    Oversize,
+    NoRoute,
+}
+
+/// The FIB's answer for a packet of `len` bytes to `dst` (`bpf_fib_lookup`: the MTU first).
+pub(super) fn lookup(fib: &Fib, dst: IpAddr, len: usize) -> Answer {
+    match fib.get(&dst) {
+        None => Answer::NoRoute,
+        Some(Route::Forward { mtu, .. } | Route::NoNeighbour { mtu, .. })
+            if len > *mtu as usize =>
+        {
+            Answer::Oversize
+        }
+        Some(Route::Forward {
+            ifindex,
+            smac,
+            dmac,
+            ..
+        }) => Answer::Forward {
+            ifindex: *ifindex,
+            smac: *smac,
+            dmac: *dmac,
+        },
+        Some(Route::NoNeighbour { ifindex, .. }) => Answer::NoNeighbour { ifindex: *ifindex },
+    }
+}
 
 /// The PFCP entries in force, as the kernel holds them.
 #[derive(Clone, Debug, Default)]
@@ -104,8 +142,10 @@ impl PfcpEntries {
 }
 
 impl super::Model {
-    /// The model with PFCP sessions' entries in force (and the FIB re-tunnels consult).
-    pub fn with_pfcp(mut self, entries: PfcpEntries) -> super::Model {
+    /// The model with PFCP sessions' entries in force; their FIB (which re-tunnels consult)
+    /// is added to the model's ([`super::Model::with_fib`]).
+    pub fn with_pfcp(mut self, mut entries: PfcpEntries) -> super::Model {
+        self.fib.extend(std::mem::take(&mut entries.fib));
         self.pfcp = Some(entries);
         self
     }
@@ -158,13 +198,9 @@ impl super::Model {
             pdr_action::LOCAL if pdu.inner.ttl <= 1 => {
                 keep(Verdict::Pass, Reason::TtlExpired, session)
             }
-            pdr_action::LOCAL => {
-                let mut out = self.decapsulated(frame, pdu, session);
-                out.reason = Reason::PdrLocal;
-                out
-            }
+            pdr_action::LOCAL => self.decapsulated(frame, pdu, session, Reason::PdrLocal),
             pdr_action::RETUNNEL => match tunnel.targets.get(m.target as usize) {
-                Some(target) => self.retunnelled(p, frame, target, session),
+                Some(target) => self.retunnelled(frame, target, session),
                 None => keep(Verdict::Drop, Reason::Internal, session),
             },
             _ => keep(Verdict::Pass, Reason::PdrForward, session),
@@ -175,13 +211,7 @@ impl super::Model {
     }
 
     /// The frame with its tunnel header rewritten towards `target`, redirected as the FIB says.
-    fn retunnelled(
-        &self,
-        p: &PfcpEntries,
-        frame: &[u8],
-        target: &TunnelTarget,
-        session: Option<u32>,
-    ) -> Outcome {
+    fn retunnelled(&self, frame: &[u8], target: &TunnelTarget, session: Option<u32>) -> Outcome {
         let t = &self.tables;
         let keep = |verdict, reason| Outcome::unchanged(frame, verdict, reason, session);
         let Some((l3, ethertype)) = super::parse_ethernet(frame) else {
@@ -203,15 +233,11 @@ impl super::Model {
         } else {
             usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]))
         };
-        let (smac, dmac) = match p.fib.get(&dst) {
-            Some(Route::Forward { mtu, .. } | Route::NoNeighbour { mtu })
-                if outer_len > *mtu as usize =>
-            {
-                return keep(Verdict::Drop, Reason::Oversize);
-            }
-            Some(Route::Forward { smac, dmac, .. }) => (*smac, *dmac),
-            Some(Route::NoNeighbour { .. }) => return keep(Verdict::Drop, Reason::NoNeighbour),
-            None => return keep(Verdict::Drop, Reason::NoRoute),
+        let (smac, dmac) = match lookup(&self.fib, dst, outer_len) {
+            Answer::Forward { smac, dmac, .. } => (smac, dmac),
+            Answer::Oversize => return keep(Verdict::Drop, Reason::Oversize),
+            Answer::NoNeighbour { .. } => return keep(Verdict::Drop, Reason::NoNeighbour),
+            Answer::NoRoute => return keep(Verdict::Drop, Reason::NoRoute),
         };
         let mut out = frame.to_vec();
         out[..6].copy_from_slice(&dmac);
@@ -317,16 +343,20 @@ impl super::Model {
         if total + overhead > t.n3.mtu as usize {
             return keep(Verdict::Drop, Reason::Oversize);
         }
+        let hop = match self.n3_next_hop(frame, gnb, total + overhead) {
+            Ok(hop) => hop,
+            Err(reason) => return keep(Verdict::Drop, reason),
+        };
         let mut inner = frame[l3..l3 + total].to_vec();
         super::decrement_ttl(&mut inner, v6);
         let qfi = (d.qfi & 0x3f) as u8;
         Outcome {
-            verdict: Verdict::Redirect,
-            reason: Reason::Encapsulated,
+            verdict: hop.verdict(),
+            reason: hop.reason(Reason::Encapsulated),
             rule: None,
             session: Some(d.session),
             pdr: Some(d.pdr_id),
-            packet: super::encapsulate(t, d.downlink_teid, qfi, gnb, &inner),
+            packet: super::encapsulate(t, hop.macs(), d.downlink_teid, qfi, gnb, &inner),
             flow,
         }
     }

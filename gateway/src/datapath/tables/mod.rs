@@ -23,16 +23,121 @@ pub use values::*;
 /// Largest tables file accepted (bytes): untrusted input has a size limit.
 pub const MAX_TABLES_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Where a side's frames go at layer 2: a fixed MAC, or whatever the kernel's FIB says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextHop {
+    /// Every frame to this MAC (`next_hop_mac = "…"`): no lookup per packet.
+    Mac(Mac),
+    /// `next_hop = "fib"`: `bpf_fib_lookup` per packet for its next destination (uplink LOCAL:
+    /// the inner destination; downlink: the gNB). The MACs come from the kernel's route and
+    /// neighbour entry, so a router failover or a neighbour's new MAC is followed at once.
+    Fib,
+}
+
+impl NextHop {
+    /// The fixed MAC, if there is one.
+    pub fn mac(self) -> Option<Mac> {
+        match self {
+            NextHop::Mac(m) => Some(m),
+            NextHop::Fib => None,
+        }
+    }
+}
+
+/// The value `next_hop` may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum NextHopMode {
+    Fib,
+}
+
+/// Exactly one of `next_hop_mac` and `next_hop`, as written.
+fn next_hop(mac: Option<Mac>, mode: Option<NextHopMode>, side: &str) -> Result<NextHop, String> {
+    match (mac, mode) {
+        (Some(m), None) => Ok(NextHop::Mac(m)),
+        (None, Some(NextHopMode::Fib)) => Ok(NextHop::Fib),
+        (Some(_), Some(_)) => Err(format!(
+            "[{side}] has both `next_hop_mac` and `next_hop`: keep one (a fixed MAC, or \
+             `next_hop = \"fib\"` for the kernel's FIB)"
+        )),
+        (None, None) => Err(format!(
+            "[{side}] needs its next hop: `next_hop_mac = \"…\"` (a fixed MAC) or \
+             `next_hop = \"fib\"` (the kernel's FIB)"
+        )),
+    }
+}
+
+/// `[n3]` as written (see [`N3Interface`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct N3File {
+    ifindex: u32,
+    mac: Mac,
+    #[serde(default)]
+    next_hop_mac: Option<Mac>,
+    #[serde(default)]
+    next_hop: Option<NextHopMode>,
+    #[serde(default)]
+    ipv4: Option<Ipv4Addr>,
+    #[serde(default)]
+    ipv6: Option<Ipv6Addr>,
+    mtu: u32,
+    #[serde(default)]
+    vlan: Vec<u16>,
+}
+
+impl TryFrom<N3File> for N3Interface {
+    type Error = String;
+    fn try_from(f: N3File) -> Result<Self, String> {
+        Ok(N3Interface {
+            ifindex: f.ifindex,
+            mac: f.mac,
+            next_hop: next_hop(f.next_hop_mac, f.next_hop, "n3")?,
+            ipv4: f.ipv4,
+            ipv6: f.ipv6,
+            mtu: f.mtu,
+            vlan: f.vlan,
+        })
+    }
+}
+
+/// `[local]` as written (see [`LocalInterface`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalFile {
+    ifindex: u32,
+    mac: Mac,
+    #[serde(default)]
+    next_hop_mac: Option<Mac>,
+    #[serde(default)]
+    next_hop: Option<NextHopMode>,
+    #[serde(default)]
+    vlan: Vec<u16>,
+}
+
+impl TryFrom<LocalFile> for LocalInterface {
+    type Error = String;
+    fn try_from(f: LocalFile) -> Result<Self, String> {
+        Ok(LocalInterface {
+            ifindex: f.ifindex,
+            mac: f.mac,
+            next_hop: next_hop(f.next_hop_mac, f.next_hop, "local")?,
+            vlan: f.vlan,
+        })
+    }
+}
+
 /// The N3 interface (facing the gNBs).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "N3File")]
 pub struct N3Interface {
     /// Interface index the downlink program redirects encapsulated packets to.
     pub ifindex: u32,
     /// Our MAC on N3 (source of encapsulated frames).
     pub mac: Mac,
-    /// MAC of the next hop towards the gNBs (destination of encapsulated frames).
-    pub next_hop_mac: Mac,
+    /// The next hop towards the gNBs (destination of encapsulated frames): `next_hop_mac`
+    /// (a fixed MAC) or `next_hop = "fib"` in the file, exactly one of them.
+    pub next_hop: NextHop,
     /// Our IPv4 address on N3: outer source towards IPv4 gNBs.
     #[serde(default)]
     pub ipv4: Option<Ipv4Addr>,
@@ -49,14 +154,15 @@ pub struct N3Interface {
 
 /// The local-services interface (towards the edge applications).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "LocalFile")]
 pub struct LocalInterface {
     /// Interface index LOCAL traffic is redirected to.
     pub ifindex: u32,
     /// Our MAC on the local network (source of decapsulated frames).
     pub mac: Mac,
-    /// MAC of the next hop for decapsulated frames (the local router or service host).
-    pub next_hop_mac: Mac,
+    /// The next hop for decapsulated frames (the local router or service host):
+    /// `next_hop_mac` or `next_hop = "fib"` in the file, exactly one of them.
+    pub next_hop: NextHop,
     /// VLAN ids tagged onto decapsulated frames, as for N3; none: untagged (whatever tags
     /// the G-PDU came with on N3 are not carried over).
     #[serde(default)]
