@@ -9,6 +9,7 @@
 mod api_backend;
 pub mod config;
 mod gtpu;
+mod host;
 pub mod metrics;
 mod notify;
 mod ops;
@@ -511,14 +512,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(_) => Some(gtpu::next_restart_counter(&config.state.dir)?),
         None => None,
     };
+    host::warn_problems(
+        &tables,
+        config.pfcp.is_some(),
+        &config.interfaces.n3,
+        &config.interfaces.local,
+    );
     let pfcp_bound = match &config.pfcp {
-        Some(p) => {
-            warn_if_not_forwarding(&tables);
-            Some(crate::pfcp::server::PfcpEndpoint::bind(
-                p.clone(),
-                pfcp_store_options(p, &tables),
-            )?)
-        }
+        Some(p) => Some(crate::pfcp::server::PfcpEndpoint::bind(
+            p.clone(),
+            pfcp_store_options(p, &tables),
+        )?),
         None => None,
     };
     // Flows are counted only for a policy that takes `flow` records: counting costs a map
@@ -885,25 +889,37 @@ fn reload(gw: &Gateway, config: &Config) {
         None => Ok(None),
     };
     let outcome = match (tables, policy) {
-        (Ok((own, t)), Ok(p)) => gw
-            .install(t)
-            .map(|()| {
-                sources.file_tables = Arc::new(own);
-                if let Some(p) = &p {
-                    // Egress checks batches already queued against the new permissions at
-                    // send time; the engine switches after releasing the old one's windows.
-                    if let Some(egress) = gw.egress() {
-                        egress
-                            .permissions()
-                            .replace(Arc::new(PermissionTable::from_policy(&p.policy)));
+        (Ok((own, t)), Ok(p)) => {
+            // Checked on what is about to be in force, said once it is.
+            let host = host::problems(
+                &t,
+                config.pfcp.is_some(),
+                &config.interfaces.n3,
+                &config.interfaces.local,
+                &host::proc_sys,
+            );
+            gw.install(t)
+                .map(|()| {
+                    for problem in host {
+                        warn!("{problem}");
                     }
-                    if let Some(plane) = gw.privacy() {
-                        plane.reload(Arc::clone(p));
+                    sources.file_tables = Arc::new(own);
+                    if let Some(p) = &p {
+                        // Egress checks batches already queued against the new permissions at
+                        // send time; the engine switches after releasing the old one's windows.
+                        if let Some(egress) = gw.egress() {
+                            egress
+                                .permissions()
+                                .replace(Arc::new(PermissionTable::from_policy(&p.policy)));
+                        }
+                        if let Some(plane) = gw.privacy() {
+                            plane.reload(Arc::clone(p));
+                        }
                     }
-                }
-                gw.set_policy(p);
-            })
-            .map_err(anyhow::Error::from),
+                    gw.set_policy(p);
+                })
+                .map_err(anyhow::Error::from)
+        }
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     drop(sources);
@@ -964,42 +980,6 @@ fn pfcp_map_sizes(p: &crate::pfcp::PfcpConfig) -> crate::datapath::pfcp_maps::Pf
         pdrs: p.max_pdrs,
         teid_min: p.teid_min,
     }
-}
-
-/// Re-tunnelled packets (FARs with Outer Header Creation) need the kernel's FIB, which
-/// answers XDP only where forwarding is on: say so at start rather than as `no_route` drops.
-fn warn_if_not_forwarding(tables: &CompiledTables) {
-    let n3 = tables.n3.ifindex;
-    let name = interface_name(n3).unwrap_or_else(|| format!("ifindex {n3}"));
-    let off = |path: String| {
-        std::fs::read_to_string(&path)
-            .map(|v| v.trim() == "0")
-            .unwrap_or(false)
-    };
-    if tables.n3.ipv4.is_some() && off(format!("/proc/sys/net/ipv4/conf/{name}/forwarding")) {
-        warn!(
-            n3 = %name,
-            "IPv4 forwarding is off on N3: PFCP re-tunnels (to a PSA, or back to a gNB) will be dropped as no_route; set net.ipv4.conf.{name}.forwarding=1"
-        );
-    }
-    if tables.n3.ipv6.is_some() && off("/proc/sys/net/ipv6/conf/all/forwarding".into()) {
-        warn!(
-            "IPv6 forwarding is off: PFCP re-tunnels over IPv6 will be dropped as no_route; set net.ipv6.conf.all.forwarding=1"
-        );
-    }
-}
-
-/// The name of interface `ifindex`, if it exists.
-fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` is IF_NAMESIZE bytes, what if_indextoname writes at most (NUL included).
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// The PFCP session store's options; N3's addresses are the tables'.
