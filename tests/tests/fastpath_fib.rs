@@ -2,8 +2,9 @@
 //! the reference model: uplink LOCAL and downlink, each with a resolved neighbour (the MACs
 //! are the neighbour entry's and our interface's), an unresolved one (passed to the kernel,
 //! `next_hop_unresolved`), no route, a route out of the other interface (`no_route`) and a
-//! route whose MTU the packet exceeds (`oversize`); and a neighbour whose MAC changes between
-//! two packets, which the second follows.
+//! route whose MTU the packet exceeds (`oversize`); a neighbour whose MAC changes between
+//! two packets, which the second follows; and a PFCP session's downlink, which takes the same
+//! next hop.
 //!
 //! `bpf_fib_lookup` answers from the namespace the test run happens in, so the packets are
 //! judged in a network namespace of our own (`mgw-fib-<pid>`), whose routes and neighbours the
@@ -663,6 +664,99 @@ fn a_neighbours_new_mac_is_followed_from_the_next_packet() {
     );
     assert_eq!(after_up.packet[6..], before_up.packet[6..]);
     assert_eq!(after_down.packet[6..], before_down.packet[6..]);
+}
+
+/// A PFCP session's downlink (the PFCP-first entry program, `mecgw_downlink_pfcp`) takes its
+/// MACs from the FIB as the tables' do: to a resolved gNB, redirected with the neighbour's
+/// MAC; to an unresolved one, passed encapsulated; both as the model says, byte for byte.
+#[test]
+fn pfcp_sessions_downlink_takes_the_fib_next_hop_too() {
+    use mecgw::datapath::{model::pfcp::PfcpEntries, pfcp_maps::PfcpOptions};
+    use mecgw_ebpf::{MAX_SESSIONS, PfcpDownlink, pdr_action};
+
+    let _turn = turn();
+    static FP: std::sync::OnceLock<FastPath> = std::sync::OnceLock::new();
+    let fp = FP.get_or_init(|| {
+        FastPath::load_with(FastPathOptions {
+            flow_accounting: true,
+            max_flows: 0,
+            pfcp: Some(PfcpOptions {
+                sessions: 16,
+                tunnels: 16,
+                ues: 16,
+                pdrs: 64,
+                teid_min: 0x8000_0000,
+            }),
+        })
+        .expect("load the XDP programs with PFCP (are we root?)")
+    });
+    let bed = Bed::new();
+    let tables = bed.tables(TABLES);
+    fp.install(&tables).unwrap();
+    // Two PFCP UEs: one whose gNB's neighbour is resolved, one whose is not.
+    let downlink = |n: u32, gnb: &str| {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&gnb.parse::<std::net::Ipv4Addr>().unwrap().octets());
+        PfcpDownlink {
+            session: 0x8000_0000 + n,
+            counter: MAX_SESSIONS + n,
+            pdr_id: 3,
+            pdr_counter: n,
+            action: pdr_action::ENCAPSULATE,
+            flags: 0,
+            downlink_teid: 0x9000 + n,
+            qfi: 7,
+            gnb: addr,
+        }
+    };
+    let mut entries = PfcpEntries {
+        teid_min: 0x8000_0000,
+        ..PfcpEntries::default()
+    };
+    for (n, ue, gnb) in [
+        (1, [10, 46, 0, 1], ON_N3),
+        (2, [10, 46, 0, 2], "198.18.0.7"),
+    ] {
+        let d = downlink(n, gnb);
+        fp.put_pfcp_downlink_v4(ue, &d).unwrap();
+        entries.ue_v4.insert(ue, d);
+    }
+    let model = Model::new(&tables)
+        .with_pfcp(entries)
+        .with_fib(bed.fib(GNB_MAC, SERVICE_MAC));
+    let (resolved, unresolved) = mecgw_tests::in_netns(bed.name(), || {
+        (
+            judge_both(
+                fp,
+                &model,
+                Direction::Downlink,
+                &to_ue(SERVICE, "10.46.0.1", 64, 64),
+            ),
+            judge_both(
+                fp,
+                &model,
+                Direction::Downlink,
+                &to_ue(SERVICE, "10.46.0.2", 64, 64),
+            ),
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        (resolved.verdict, resolved.reason, resolved.session),
+        (Verdict::Redirect, Reason::Encapsulated, Some(0x8000_0001))
+    );
+    assert_eq!(
+        resolved.packet[..6],
+        GNB_MAC[..],
+        "the gNB's neighbour's MAC"
+    );
+    assert_eq!(
+        (unresolved.verdict, unresolved.reason),
+        (Verdict::Pass, Reason::NextHopUnresolved)
+    );
+    for ue in [[10, 46, 0, 1], [10, 46, 0, 2]] {
+        fp.remove_pfcp_downlink_v4(ue).unwrap();
+    }
 }
 
 /// SplitMix64.
