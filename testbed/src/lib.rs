@@ -39,6 +39,7 @@ mod config;
 mod netns;
 pub mod packet;
 mod processes;
+pub mod rng;
 pub mod smf;
 
 // Tests and tools run their own commands through these too.
@@ -49,8 +50,8 @@ pub use config::{
     write_gateway_config_pfcp, write_tables,
 };
 pub use netns::{
-    Endpoint, LOCK_PATH, PIN_ROOT, Testbed, TestbedLock, delete_all, in_netns, lock, netns_cmd,
-    pin_root, remove_pins,
+    Endpoint, LOCK_PATH, PIN_ROOT, ScratchNetns, Testbed, TestbedLock, delete_all, in_netns, lock,
+    netns_cmd, pin_root, remove_pins,
 };
 pub use processes::{
     Capture, Children, Gateway, catch_interrupts, gnbsim, interrupted, metric, ops_get,

@@ -207,6 +207,76 @@ impl Drop for Testbed {
     }
 }
 
+/// A network namespace of a test's or benchmark's own (not the testbed's fixed ones), named
+/// `<prefix>-<pid>` so that parallel processes never share one; deleted when dropped.
+#[derive(Debug)]
+pub struct ScratchNetns(String);
+
+impl ScratchNetns {
+    /// Creates `<prefix>-<pid>` (deleting one of that name a crashed run of this process id
+    /// left), with its loopback up.
+    pub fn create(prefix: &str) -> anyhow::Result<ScratchNetns> {
+        let name = format!("{prefix}-{}", std::process::id());
+        if Path::new(&format!("/run/netns/{name}")).exists() {
+            let _ = run_quiet(&["ip", "netns", "del", &name]);
+        }
+        run(&["ip", "netns", "add", &name])?;
+        let ns = ScratchNetns(name);
+        run(&["ip", "-n", ns.name(), "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// `ip -n NAME ARGS…`; the error carries `ip`'s own message.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        let argv: Vec<&str> = ["ip", "-n", self.name()]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        run_quiet(&argv).map(drop)
+    }
+
+    /// `sysctl -w KNOB` (`name=value`) inside the namespace.
+    pub fn sysctl(&self, knob: &str) -> anyhow::Result<()> {
+        run_quiet(&["ip", "netns", "exec", self.name(), "sysctl", "-qw", knob]).map(drop)
+    }
+
+    /// The interface index and MAC address of `link` in the namespace.
+    pub fn link(&self, link: &str) -> anyhow::Result<(u32, [u8; 6])> {
+        let out = run_quiet(&["ip", "-n", self.name(), "-o", "link", "show", link])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ifindex = text
+            .split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .with_context(|| format!("no interface index in {text:?}"))?;
+        let mac = text
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .with_context(|| format!("no MAC address in {text:?}"))?;
+        let mut b = [0u8; 6];
+        let parts: Vec<&str> = mac.split(':').collect();
+        if parts.len() != 6 {
+            bail!("a MAC address of {} parts: {mac}", parts.len());
+        }
+        for (byte, part) in b.iter_mut().zip(parts) {
+            *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {mac}"))?;
+        }
+        Ok((ifindex, b))
+    }
+}
+
+impl Drop for ScratchNetns {
+    fn drop(&mut self) {
+        let _ = run_quiet(&["ip", "netns", "del", &self.0]);
+    }
+}
+
 /// `ip netns exec NS PROGRAM ARGS…`.
 pub fn netns_cmd(ns: &str, program: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("ip");

@@ -24,27 +24,8 @@ use mecgw::datapath::{
 use mecgw_tests::packet::*;
 use proptest::prelude::*;
 
-/// SplitMix64: the generator behind every random choice of one case, seeded by proptest.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize].clone()
-    }
-}
+/// SplitMix64: every random choice of one case, from its seed.
+use mecgw_tests::testbed::rng::SplitMix64 as Rng;
 
 const DST_V4: &[&str] = &[
     "192.0.2.0/24",

@@ -12,7 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{collections::HashSet, net::IpAddr, process::Command};
+use std::{collections::HashSet, net::IpAddr};
 
 use mecgw::datapath::{
     CompiledTables, Direction, FastPath, FastPathOptions, Judged,
@@ -23,7 +23,7 @@ use mecgw::datapath::{
     },
 };
 use mecgw_ebpf::{Reason, Verdict};
-use mecgw_tests::packet::*;
+use mecgw_tests::{packet::*, testbed::ScratchNetns};
 
 const NS: &str = "mgw-fib";
 /// Our N3 and local-services interfaces in the namespace (veths; their peers stay idle).
@@ -133,71 +133,25 @@ fn fast_path() -> &'static FastPath {
     })
 }
 
-/// A network namespace of ours, removed when dropped.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn mac_text(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
 }
 
-fn link_facts(ns: &str, link: &str) -> (u32, [u8; 6]) {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-o", "link", "show", link])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let ifindex = text.split(':').next().unwrap().trim().parse().unwrap();
-    let mac = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap();
-    let mut b = [0u8; 6];
-    for (i, part) in mac.split(':').enumerate() {
-        b[i] = u8::from_str_radix(part, 16).unwrap();
-    }
-    (ifindex, b)
-}
-
 /// The namespace with its two interfaces, and what the model needs of it.
 struct Bed {
-    ns: Netns,
+    ns: ScratchNetns,
     n3: (u32, [u8; 6]),
     local: (u32, [u8; 6]),
 }
 
 impl Bed {
     fn new() -> Bed {
-        let name = format!("{NS}-{}", std::process::id());
-        if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-        ip(&["netns", "add", &name]);
-        let ns = Netns(name.clone());
-        let n = name.as_str();
-        ip(&["-n", n, "link", "set", "lo", "up"]);
+        let ns = ScratchNetns::create(NS).unwrap();
+        let ip = |args: &[&str]| ns.ip(args).unwrap();
         for (link, peer) in [(N3, "mgw-fn3p"), (LOCAL, "mgw-flop")] {
-            ip(&[
-                "-n", n, "link", "add", link, "type", "veth", "peer", "name", peer,
-            ]);
-            ip(&["-n", n, "link", "set", link, "up"]);
-            ip(&["-n", n, "link", "set", peer, "up"]);
+            ip(&["link", "add", link, "type", "veth", "peer", "name", peer]);
+            ip(&["link", "set", link, "up"]);
+            ip(&["link", "set", peer, "up"]);
         }
         for (addr, link) in [
             ("198.18.0.2/24", N3),
@@ -205,33 +159,27 @@ impl Bed {
             ("10.60.0.1/24", LOCAL),
             ("2001:db8:60::1/64", LOCAL),
         ] {
-            ip(&["-n", n, "addr", "add", addr, "dev", link, "nodad"]);
+            ip(&["addr", "add", addr, "dev", link, "nodad"]);
         }
+        // Locked: the kernel's forwarding takes a route's MTU only then (or with
+        // ip_forward_use_pmtu); otherwise the device's.
         ip(&[
-            "-n",
-            n,
             "route",
             "add",
             "10.61.0.0/24",
             "dev",
             LOCAL,
             "mtu",
-            // Locked: the kernel's forwarding takes a route's MTU only then (or with
-            // ip_forward_use_pmtu); otherwise the device's.
             "lock",
             "1000",
         ]);
         // bpf_fib_lookup answers only where forwarding is on.
         for knob in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-            let out = Command::new("ip")
-                .args(["netns", "exec", n, "sysctl", "-qw", knob])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{knob}: {out:?}");
+            ns.sysctl(knob).unwrap();
         }
         let bed = Bed {
-            n3: link_facts(n, N3),
-            local: link_facts(n, LOCAL),
+            n3: ns.link(N3).unwrap(),
+            local: ns.link(LOCAL).unwrap(),
             ns,
         };
         for (addr, mac, link) in [
@@ -247,25 +195,25 @@ impl Bed {
     }
 
     fn name(&self) -> &str {
-        &self.ns.0
+        self.ns.name()
     }
 
     /// `addr` is at `mac` on `link` (replacing what was there).
     fn neighbour(&self, addr: &str, mac: [u8; 6], link: &str) {
         let mac = mac_text(mac);
-        ip(&[
-            "-n",
-            self.name(),
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac,
-            "dev",
-            link,
-            "nud",
-            "permanent",
-        ]);
+        self.ns
+            .ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                link,
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
     }
 
     /// The FIB as the namespace holds it, with `service_mac` for the service's neighbour and
@@ -759,25 +707,8 @@ fn pfcp_sessions_downlink_takes_the_fib_next_hop_too() {
     }
 }
 
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// True one time in `n`.
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next().is_multiple_of(n)
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-}
+/// SplitMix64: every random choice, from the seed.
+use mecgw_tests::testbed::rng::SplitMix64 as Rng;
 
 /// Random packets over the FIB's every answer, both directions, both families: kernel and
 /// model agree on each.

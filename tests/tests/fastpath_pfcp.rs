@@ -13,7 +13,6 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    process::Command,
 };
 
 use mecgw::{
@@ -34,29 +33,10 @@ use mecgw_pfcp::ie::{
     ApplyAction, CreateFar, CreatePdr, FTeid, ForwardingParameters, GateStatus, Interface,
     OuterHeaderCreation, OuterHeaderRemoval, Pdi, Qer, SdfFilter, UeIpAddress,
 };
-use mecgw_tests::packet::*;
+use mecgw_tests::{packet::*, testbed::ScratchNetns};
 
 /// SplitMix64: every random choice of one case, from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize].clone()
-    }
-}
+use mecgw_tests::testbed::rng::SplitMix64 as Rng;
 
 const TEID_MIN: u32 = 0x8000_0000;
 const NS: &str = "mgw-pf";
@@ -102,59 +82,18 @@ gnb = "198.18.0.1"
 qfi = 9
 "#;
 
-/// A network namespace of ours, removed when dropped.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn mac_of(ns: &str, link: &str) -> [u8; 6] {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-br", "link", "show", link])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text.split_whitespace().nth(2).unwrap();
-    let mut b = [0u8; 6];
-    for (i, part) in mac.split(':').enumerate() {
-        b[i] = u8::from_str_radix(part, 16).unwrap();
-    }
-    b
-}
-
 /// The namespace, the FIB the model mirrors of it, and the index of its interface towards
 /// the PSAs (N3: the FIB lookup's input interface).
-fn namespace() -> (Netns, Fib, u32) {
-    let name = format!("{NS}-{}", std::process::id());
-    if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    }
-    ip(&["netns", "add", &name]);
-    let ns = Netns(name.clone());
-    let n = name.as_str();
+fn namespace() -> (ScratchNetns, Fib, u32) {
+    let ns = ScratchNetns::create(NS).unwrap();
+    let ip = |args: &[&str]| ns.ip(args).unwrap();
     ip(&[
-        "-n", n, "link", "add", "mgw-pfa", "type", "veth", "peer", "name", "mgw-pfb",
+        "link", "add", "mgw-pfa", "type", "veth", "peer", "name", "mgw-pfb",
     ]);
-    ip(&["-n", n, "link", "set", "lo", "up"]);
-    ip(&["-n", n, "link", "set", "mgw-pfa", "up"]);
-    ip(&["-n", n, "link", "set", "mgw-pfb", "up"]);
-    ip(&["-n", n, "addr", "add", "10.77.0.1/24", "dev", "mgw-pfa"]);
+    ip(&["link", "set", "mgw-pfa", "up"]);
+    ip(&["link", "set", "mgw-pfb", "up"]);
+    ip(&["addr", "add", "10.77.0.1/24", "dev", "mgw-pfa"]);
     ip(&[
-        "-n",
-        n,
         "addr",
         "add",
         "2001:db8:77::1/64",
@@ -163,41 +102,24 @@ fn namespace() -> (Netns, Fib, u32) {
         "nodad",
     ]);
     let mac = "02:77:00:00:00:02";
-    ip(&[
-        "-n",
-        n,
-        "neigh",
-        "replace",
-        "10.77.0.2",
-        "lladdr",
-        mac,
-        "dev",
-        "mgw-pfa",
-        "nud",
-        "permanent",
-    ]);
-    ip(&[
-        "-n",
-        n,
-        "neigh",
-        "replace",
-        PSA6_OK,
-        "lladdr",
-        mac,
-        "dev",
-        "mgw-pfa",
-        "nud",
-        "permanent",
-    ]);
+    for addr in ["10.77.0.2", PSA6_OK] {
+        ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            "mgw-pfa",
+            "nud",
+            "permanent",
+        ]);
+    }
     // bpf_fib_lookup answers only where forwarding is on.
     for knob in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-        let out = Command::new("ip")
-            .args(["netns", "exec", n, "sysctl", "-qw", knob])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{knob}: {out:?}");
+        ns.sysctl(knob).unwrap();
     }
-    let smac = mac_of(n, "mgw-pfa");
+    let (ifindex, smac) = ns.link("mgw-pfa").unwrap();
     let forward = Route::Forward {
         ifindex: 0,
         smac,
@@ -214,12 +136,6 @@ fn namespace() -> (Netns, Fib, u32) {
             mtu: 1500,
         },
     );
-    let out = Command::new("ip")
-        .args(["-n", n, "-o", "link", "show", "mgw-pfa"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ifindex = text.split(':').next().unwrap().trim().parse().unwrap();
     (ns, fib, ifindex)
 }
 
@@ -712,7 +628,7 @@ fn kernel_and_model_agree_on_random_pfcp_sessions_and_packets() {
         }
     };
     let single = seeds.len() == 1;
-    let (total, seen) = mecgw_tests::in_netns(&ns.0, || {
+    let (total, seen) = mecgw_tests::in_netns(ns.name(), || {
         let mut seen = HashSet::new();
         let mut total = 0;
         for seed in &seeds {
@@ -885,7 +801,7 @@ fn operator_rules_judge_table_sessions_and_pdrs_alone_judge_pfcp_sessions() {
             Some(2),
         ),
     ];
-    let judged = mecgw_tests::in_netns(&ns.0, || {
+    let judged = mecgw_tests::in_netns(ns.name(), || {
         cases
             .iter()
             .map(|(_, frame, ..)| {

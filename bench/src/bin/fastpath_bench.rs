@@ -212,76 +212,31 @@ fn per_call(a: &Args, mut run: impl FnMut(u32) -> anyhow::Result<Duration>) -> a
     Ok(median(v))
 }
 
-/// A network namespace of ours, removed when dropped.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = mecgw_testbed::run(&["ip", "netns", "del", &self.0]);
-    }
-}
-
 /// Uplink LOCAL with the local next hop from the FIB and with a fixed MAC, restored, in a
 /// namespace where the LOCAL case's destination (192.0.2.10) is a resolved neighbour on the
 /// local interface (1 session, 10 rules).
 fn fib_next_hop(a: &Args, fp: &FastPath) -> anyhow::Result<()> {
-    let name = format!("mgw-bf-{}", std::process::id());
-    if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
-        let _ = mecgw_testbed::run(&["ip", "netns", "del", &name]);
-    }
-    mecgw_testbed::run(&["ip", "netns", "add", &name])?;
-    let ns = Netns(name);
-    let n = ns.0.as_str();
-    for argv in [
-        &[
-            "ip", "-n", n, "link", "add", "mgw-bfl", "type", "veth", "peer", "name", "mgw-bflp",
-        ][..],
-        &["ip", "-n", n, "link", "set", "mgw-bfl", "up"],
-        &["ip", "-n", n, "link", "set", "mgw-bflp", "up"],
-        &[
-            "ip",
-            "-n",
-            n,
-            "addr",
-            "add",
-            "192.0.2.1/24",
-            "dev",
-            "mgw-bfl",
-        ],
-        &[
-            "ip",
-            "-n",
-            n,
-            "neigh",
-            "replace",
-            "192.0.2.10",
-            "lladdr",
-            "02:00:00:00:04:02",
-            "dev",
-            "mgw-bfl",
-            "nud",
-            "permanent",
-        ],
-        &[
-            "ip",
-            "netns",
-            "exec",
-            n,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ],
-    ] {
-        mecgw_testbed::run(argv)?;
-    }
-    let out = mecgw_testbed::capture(&["ip", "-n", n, "-o", "link", "show", "mgw-bfl"])?;
-    let ifindex: u32 = String::from_utf8_lossy(&out.stdout)
-        .split(':')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .context("the veth's ifindex")?;
+    let ns = mecgw_testbed::ScratchNetns::create("mgw-bf")?;
+    let n = ns.name();
+    ns.ip(&[
+        "link", "add", "mgw-bfl", "type", "veth", "peer", "name", "mgw-bflp",
+    ])?;
+    ns.ip(&["link", "set", "mgw-bfl", "up"])?;
+    ns.ip(&["link", "set", "mgw-bflp", "up"])?;
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "mgw-bfl"])?;
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "192.0.2.10",
+        "lladdr",
+        "02:00:00:00:04:02",
+        "dev",
+        "mgw-bfl",
+        "nud",
+        "permanent",
+    ])?;
+    ns.sysctl("net.ipv4.ip_forward=1")?;
+    let (ifindex, _) = ns.link("mgw-bfl").context("the veth's ifindex")?;
     let case = cases(1).remove(1);
     let probe = cases(1).remove(0).frame;
     for (name, hop) in [

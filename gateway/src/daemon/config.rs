@@ -714,41 +714,22 @@ mod tests {
     fn flow_values_out_of_range_are_reported_at_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
-        let text = format!("{MINIMAL}\n[flows]\ninterval_secs = 10\nmax_flows = 0\n");
-        std::fs::write(&path, &text).unwrap();
-        let err = Config::load(&path, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        let line = text
-            .lines()
-            .position(|l| l.starts_with("max_flows"))
-            .unwrap()
-            + 1;
-        assert!(
-            err.contains(&format!(
-                "m.toml:{line}:1: flows.max_flows: 0 is out of range"
-            )),
-            "{err}"
-        );
+        // The error of loading `[flows]` with `values`, and where `max_flows` is in it.
+        let refused = |values: &str| {
+            let text = format!("{MINIMAL}\n[flows]\n{values}");
+            std::fs::write(&path, &text).unwrap();
+            let err = Config::load(&path, &Overrides::default()).unwrap_err();
+            let line = text.lines().position(|l| l.starts_with("max_flows"));
+            (err.to_string(), line.unwrap() + 1)
+        };
+        let (err, line) = refused("interval_secs = 10\nmax_flows = 0\n");
+        let at = format!("m.toml:{line}:1: flows.max_flows: 0 is out of range");
+        assert!(err.contains(&at), "{err}");
         assert!(err.contains("set enabled = false"), "{err}");
-
-        let text = format!("{MINIMAL}\n[flows]\ninterval_secs = 0\nmax_flows = 16777217\n");
-        std::fs::write(&path, &text).unwrap();
-        let err = Config::load(&path, &Overrides::default())
-            .unwrap_err()
-            .to_string();
         // Both in one message, located at the first.
-        let line = text
-            .lines()
-            .position(|l| l.starts_with("max_flows"))
-            .unwrap()
-            + 1;
-        assert!(
-            err.contains(&format!(
-                "m.toml:{line}:1: flows.max_flows: 16777217 is out of range"
-            )),
-            "{err}"
-        );
+        let (err, line) = refused("interval_secs = 0\nmax_flows = 16777217\n");
+        let at = format!("m.toml:{line}:1: flows.max_flows: 16777217 is out of range");
+        assert!(err.contains(&at), "{err}");
         assert!(
             err.contains("; flows.interval_secs: 0 is out of range"),
             "{err}"
