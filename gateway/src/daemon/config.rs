@@ -420,20 +420,17 @@ impl Config {
         let Some(p) = &self.pfcp else {
             return Ok(());
         };
-        let problems = p.problems();
-        let Some(first) = problems.first() else {
-            return Ok(());
-        };
-        let key = first
-            .strip_prefix("pfcp.")
-            .and_then(|r| r.split(':').next())
-            .unwrap_or("");
-        let (line, column) = pfcp_key_position(text, key);
-        Err(ConfigError::Invalid {
-            path: origin.to_string(),
-            line,
-            column,
-            message: problems.join("; "),
+        // Each problem is written `pfcp.<key>: <message>`.
+        let problems: Vec<(String, String)> = p
+            .problems()
+            .into_iter()
+            .map(|s| match s.split_once(": ") {
+                Some((k, m)) => (k.to_string(), m.to_string()),
+                None => ("pfcp".to_string(), s),
+            })
+            .collect();
+        refuse(origin, &problems, |key| {
+            pfcp_key_position(text, key.strip_prefix("pfcp.").unwrap_or(""))
         })
     }
 
@@ -443,40 +440,23 @@ impl Config {
         let Some(e) = &self.egress else {
             return Ok(());
         };
-        let problems = e.problems();
-        let Some(first) = problems.first() else {
-            return Ok(());
-        };
-        let (line, column) = key_position(text, &first.key);
-        Err(ConfigError::Invalid {
-            path: origin.to_string(),
-            line,
-            column,
-            message: problems
-                .iter()
-                .map(|p| format!("{}: {}", p.key, p.message))
-                .collect::<Vec<_>>()
-                .join("; "),
-        })
+        let problems: Vec<(String, String)> = e
+            .problems()
+            .into_iter()
+            .map(|p| (p.key, p.message))
+            .collect();
+        refuse(origin, &problems, |key| key_position(text, key))
     }
 
     /// `[flows]`'s values, all problems in one message, located at the first one's key.
     fn check_flows(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
-        let problems = self.flows.problems();
-        let Some((key, _)) = problems.first() else {
-            return Ok(());
-        };
-        let (line, column) = key_position(text, &format!("flows.{key}"));
-        Err(ConfigError::Invalid {
-            path: origin.to_string(),
-            line,
-            column,
-            message: problems
-                .iter()
-                .map(|(k, m)| format!("flows.{k}: {m}"))
-                .collect::<Vec<_>>()
-                .join("; "),
-        })
+        let problems: Vec<(String, String)> = self
+            .flows
+            .problems()
+            .into_iter()
+            .map(|(k, m)| (format!("flows.{k}"), m))
+            .collect();
+        refuse(origin, &problems, |key| key_position(text, key))
     }
 
     fn apply(&mut self, o: &Overrides) {
@@ -619,6 +599,29 @@ fn key_position(text: &str, path: &str) -> (usize, usize) {
 }
 
 /// Where `key` is set in the `[pfcp]` section of `text` (1-based), or the section's header.
+/// One error for a section's `problems` (key path, message), if there are any: all of them in
+/// one message, `key: message` each, located where `locate` finds the first one's key.
+fn refuse(
+    origin: &str,
+    problems: &[(String, String)],
+    locate: impl FnOnce(&str) -> (usize, usize),
+) -> Result<(), ConfigError> {
+    let Some((first, _)) = problems.first() else {
+        return Ok(());
+    };
+    let (line, column) = locate(first);
+    Err(ConfigError::Invalid {
+        path: origin.to_string(),
+        line,
+        column,
+        message: problems
+            .iter()
+            .map(|(key, message)| format!("{key}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
 fn pfcp_key_position(text: &str, key: &str) -> (usize, usize) {
     let mut section = None;
     for (n, line) in text.lines().enumerate() {
