@@ -75,11 +75,21 @@ pub mod names {
     pub const MAP_DST_V4: [&str; 2] = ["DST_V4_0", "DST_V4_1"];
     /// IPv6 destination prefix (LPM) → [`super::Candidates`], per generation.
     pub const MAP_DST_V6: [&str; 2] = ["DST_V6_0", "DST_V6_1"];
-    /// One `u32`: which generation (0 or 1) of the flow maps the programs count into.
+    /// One `u32`: the flow window (epoch) the programs count into; its parity picks the
+    /// half of the slot maps ([`MAP_FLOW_SLOTS`]).
     pub const MAP_FLOW_GEN: &str = "FLOW_GEN";
-    /// Per-CPU LRU hash [`super::FlowKey`] → [`super::FlowValue`], per generation.
-    pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
-    /// Per-CPU [`super::FlowGenStats`] indexed by flow generation.
+    /// LRU hash [`super::FlowKey`] → `u64` (epoch << 32 | slot): where a flow's slot is.
+    pub const MAP_FLOW_INDEX: &str = "FLOW_INDEX";
+    /// Memory-mappable arrays of [`super::FlowSlot`], one per window parity: the flows
+    /// counted in a window, read by userspace through `mmap`.
+    pub const MAP_FLOW_SLOTS: [&str; 2] = ["FLOW_SLOTS_0", "FLOW_SLOTS_1"];
+    /// Two `u64`s: the next free slot of each half, taken with an atomic add.
+    pub const MAP_FLOW_ALLOC: &str = "FLOW_ALLOC";
+    /// The flow maps of the previous layout (per-CPU LRU hashes of [`super::FlowKey`] →
+    /// [`super::FlowValue`], one per generation), read only when adopting what an instance
+    /// of an older build counted.
+    pub const MAP_FLOWS_LEGACY: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+    /// Per-CPU [`super::FlowGenStats`] indexed by window parity.
     pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
     /// Read-only global (`u32`, 0 or 1) set at load time: whether the programs count flows.
     /// The verifier sees its value and removes the flow code when it is 0.
@@ -152,8 +162,8 @@ pub const NONE: u32 = u32::MAX;
 pub const DIR_UPLINK: u32 = 0;
 /// Counter direction index: downlink.
 pub const DIR_DOWNLINK: u32 = 1;
-/// Entries of each flow-map generation (LRU: the least recently used flow is evicted when a
-/// new one does not fit). See docs/fastpath.md for the memory this takes.
+/// Flows counted per harvest window by default (`[flows] max_flows`): slots per half of
+/// the slot maps; the flow index holds twice as many. See docs/fastpath.md for the memory.
 pub const MAX_FLOWS: u32 = 65_536;
 /// PFCP sessions the fast path counts (their session counter slots follow the tables').
 pub const MAX_PFCP_SESSIONS: u32 = 131_072;
@@ -788,8 +798,9 @@ pub struct FlowKey {
     pub pad: [u8; 2],
 }
 
-/// What the fast path counts for a flow, per CPU. Bytes are inner IP bytes (the IP total
-/// length of the UE's packet, without Ethernet, outer headers, GTP-U or padding).
+/// What the fast path of an older build counted for a flow, per CPU (its per-CPU LRU flow
+/// maps, [`names::MAP_FLOWS_LEGACY`]): read when adopting what such an instance left.
+/// Bytes are inner IP bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -801,14 +812,33 @@ pub struct FlowValue {
     pub pad: u32,
 }
 
-/// Per-CPU bookkeeping of one flow-map generation, for the loss accounting of a harvest.
+/// One flow's counters in one harvest window: an element of a slot map
+/// ([`names::MAP_FLOW_SLOTS`]). Written by the program that takes the slot (the key and the
+/// first packet) and then by atomic adds from any CPU; read by userspace through `mmap` once
+/// no program counts into its half. Bytes are inner IP bytes (the IP total length of the
+/// UE's packet, without Ethernet, outer headers, GTP-U or padding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    /// The window the slot was taken in.
+    pub epoch: u32,
+    pub uplink: Counter,
+    pub downlink: Counter,
+    /// Rule id of the flow's last uplink decision in the window, or [`NONE`].
+    pub rule: u32,
+    /// Always zero (explicit padding).
+    pub pad: u32,
+}
+
+/// Per-CPU bookkeeping of one window parity, for the loss accounting of a harvest.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowGenStats {
-    /// Entries this CPU created (successful `BPF_NOEXIST` inserts). Created minus harvested
-    /// entries is the number of flows the LRU evicted.
-    pub created: u64,
-    /// Packets whose flow could not be counted (the map refused both insert and lookup).
+    /// Packets not counted because every slot of the window was taken (the window held
+    /// `max_flows` flows already): their flows are missing from the window's records.
+    pub refused: u64,
+    /// Packets not counted because a map refused a lookup it should not have.
     pub failed: u64,
 }
 
@@ -853,6 +883,8 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: see above.
+    unsafe impl aya::Pod for super::FlowSlot {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::FlowGenStats {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::PdrMatch {}
@@ -888,3 +920,4 @@ const _: () = assert!(core::mem::size_of::<BenchFrame>() == 8 + BENCH_FRAME_MAX)
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 16 + 16 + 2 + 2 + 1 + 1 + 2);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16 + 16 + 4 + 4);
 const _: () = assert!(core::mem::size_of::<FlowGenStats>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 44 + 4 + 16 + 16 + 4 + 4);

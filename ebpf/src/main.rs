@@ -4,6 +4,11 @@
 //! works; the programs themselves exist only for the BPF target.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds on map values (the flow slots): the BPF target has no `AtomicU64::fetch_add`
+// (no compare-and-swap), but LLVM lowers the intrinsic to the BPF atomic add instruction.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod programs;

@@ -71,3 +71,12 @@ pub fn read_until_closed_by_peer(conns: Vec<std::net::TcpStream>, what: &str) ->
         })
         .collect()
 }
+
+/// Flow samples sorted by key: harvests (kernel and userspace) give them in no particular
+/// order.
+pub fn sorted_flows(
+    mut samples: Vec<mecgw::datapath::flow_counters::FlowSample>,
+) -> Vec<mecgw::datapath::flow_counters::FlowSample> {
+    samples.sort_unstable_by_key(|s| s.key);
+    samples
+}

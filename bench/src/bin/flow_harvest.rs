@@ -1,16 +1,18 @@
 //! The flow harvest at site scale: how long a harvest of a full window takes, what it costs
 //! the daemon's core, and the kernel memory per flow.
 //!
-//! Loads the fast path with flow accounting and `--flows` entries per generation, pinned (so
-//! the benchmark can open the flow maps itself), and in each round:
-//! - fills the generation the next harvest empties with `--flows` distinct flows from
-//!   userspace (one packet each, on every CPU's slot), then times
-//!   [`FastPath::harvest_flows`] (flip, RCU grace period, batched read-and-delete, samples
-//!   built and sorted): wall time and the thread's CPU time (`getrusage`);
-//! - fills it again and times the baseline, the previous harvest's reading: every key by
-//!   `BPF_MAP_GET_NEXT_KEY`, every value by a lookup, every entry by a delete (three
-//!   system calls per flow), without building samples, so the baseline does less work than
-//!   the harvest it is compared with.
+//! Loads the fast path with flow accounting and `--flows` flows per window, pinned (so the
+//! benchmark can open the flow maps itself), and in each round:
+//! - fills the window the next harvest reads with `--flows` distinct flows from userspace
+//!   (one slot each, as the programs take them, and the window's slot counter), then times
+//!   [`FastPath::harvest_flows`] (move to the next window, RCU grace period, the slots read
+//!   from memory and merged by key into samples): wall time and the thread's CPU time
+//!   (`getrusage`);
+//! - creates a map of the previous layout (a per-CPU LRU hash, as the programs counted into
+//!   before), fills it with the same flows on every CPU and times the previous read through
+//!   [`FastPath::adopt_flows`], which still reads that layout: batched read-and-delete
+//!   (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`), each flow's CPUs summed into a sample, kept by key.
+//!   The baseline leaves out the sort the previous harvest did (≈ 0.15 s at a million).
 //!
 //! Last, the daemon's side: one more full window goes through [`FlowHarvest::due`]; the
 //! resident memory the window holds while the engine takes its `flow` records one at a time
@@ -18,25 +20,29 @@
 //! of the window as a JSON value at once instead, as the daemon did before.
 //!
 //! "Of a core" is CPU time per harvest / the harvest interval (`--interval`, default 10 s,
-//! the daemon's default). Kernel memory is the `memlock` of `FLOWS_0` and `FLOWS_1`.
+//! the daemon's default). Kernel memory is the `memlock` of the slot maps and the index.
 //! Needs root (BPF, bpffs).
 
-use std::time::{Duration, Instant};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, Map, MapData, PerCpuHashMap, PerCpuValues};
 use clap::Parser;
 use mecgw::{
     datapath::{DatapathError, FastPath, FastPathOptions, flow_counters::FlowSample},
     records::harvest::{FlowHarvest, FlowSource, SessionIdentity},
 };
 use mecgw_bench::{median, procmem};
-use mecgw_ebpf::{Counter, FLOW_FAMILY_V4, FlowKey, FlowValue, NONE, names};
+use mecgw_ebpf::{Counter, FLOW_FAMILY_V4, FlowKey, FlowSlot, FlowValue, NONE, names};
 
 #[derive(Parser)]
 #[command(about = "Flow harvest: time and CPU per harvest of a full window, memory per flow")]
 struct Args {
-    /// Flows per window (entries per generation).
+    /// Flows per window.
     #[arg(long, default_value_t = 1_000_000)]
     flows: u32,
     /// Rounds (each: one harvest and one baseline read).
@@ -64,13 +70,6 @@ impl FlowSource for Source<'_> {
     }
 }
 
-type Flows = PerCpuHashMap<MapData, FlowKey, FlowValue>;
-
-fn open(dir: &std::path::Path, name: &str) -> anyhow::Result<Flows> {
-    let data = MapData::from_pin(dir.join(name)).with_context(|| format!("opening {name}"))?;
-    Ok(Flows::try_from(Map::PerCpuLruHashMap(data))?)
-}
-
 fn key(i: u32) -> FlowKey {
     let mut k = FlowKey {
         session: i / 32,
@@ -85,8 +84,109 @@ fn key(i: u32) -> FlowKey {
     k
 }
 
-/// Puts `n` flows into `map`, one packet of 100 bytes uplink on each CPU.
-fn fill(map: &mut Flows, n: u32, cpus: usize) -> anyhow::Result<()> {
+/// The pinned flow maps, which the benchmark fills as the programs would.
+struct Window {
+    generation: Array<MapData, u32>,
+    alloc: Array<MapData, u64>,
+    slots: [Array<MapData, FlowSlot>; 2],
+}
+
+impl Window {
+    fn open(dir: &Path) -> anyhow::Result<Window> {
+        let array = |name: &str| -> anyhow::Result<Map> {
+            let data =
+                MapData::from_pin(dir.join(name)).with_context(|| format!("opening {name}"))?;
+            Ok(Map::Array(data))
+        };
+        Ok(Window {
+            generation: Array::try_from(array(names::MAP_FLOW_GEN)?)?,
+            alloc: Array::try_from(array(names::MAP_FLOW_ALLOC)?)?,
+            slots: [
+                Array::try_from(array(names::MAP_FLOW_SLOTS[0])?)?,
+                Array::try_from(array(names::MAP_FLOW_SLOTS[1])?)?,
+            ],
+        })
+    }
+
+    /// Puts `n` flows into the window the programs count into, one uplink packet of 100
+    /// bytes each, and takes their slots.
+    fn fill(&mut self, n: u32) -> anyhow::Result<()> {
+        let epoch = self.generation.get(&0, 0)?;
+        let half = epoch & 1;
+        for i in 0..n {
+            let slot = FlowSlot {
+                key: key(i),
+                epoch,
+                uplink: Counter {
+                    packets: 1,
+                    bytes: 100,
+                },
+                rule: NONE,
+                ..FlowSlot::default()
+            };
+            self.slots[half as usize].set(i, slot, 0)?;
+        }
+        self.alloc.set(half, u64::from(n), 0)?;
+        Ok(())
+    }
+}
+
+/// `enum bpf_cmd` and `enum bpf_map_type` in `linux/bpf.h`: stable kernel ABI numbers.
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+
+/// Creates a per-CPU LRU hash of the previous flow layout, pins it at `path` and fills it
+/// with `n` flows, one packet on each CPU.
+fn legacy_window(path: &Path, n: u32, cpus: usize) -> anyhow::Result<()> {
+    #[repr(C)]
+    struct Create {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let mut create = Create {
+        map_type: BPF_MAP_TYPE_LRU_PERCPU_HASH,
+        key_size: size_of::<FlowKey>() as u32,
+        value_size: size_of::<FlowValue>() as u32,
+        max_entries: n,
+        map_flags: 0,
+    };
+    // SAFETY: a `bpf_attr` prefix for BPF_MAP_CREATE of the size passed, alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &raw mut create,
+            size_of::<Create>(),
+        )
+    };
+    anyhow::ensure!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    #[repr(C)]
+    struct Pin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut pin = Pin {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd.as_fd().as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    // SAFETY: a `bpf_attr` prefix for BPF_OBJ_PIN; the path string outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &raw mut pin, size_of::<Pin>()) };
+    anyhow::ensure!(r == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    let mut map: PerCpuHashMap<MapData, FlowKey, FlowValue> =
+        PerCpuHashMap::try_from(Map::PerCpuLruHashMap(MapData::from_pin(path)?))?;
     let one = FlowValue {
         uplink: Counter {
             packets: 1,
@@ -96,8 +196,7 @@ fn fill(map: &mut Flows, n: u32, cpus: usize) -> anyhow::Result<()> {
         ..FlowValue::default()
     };
     for i in 0..n {
-        let values = PerCpuValues::try_from(vec![one; cpus])?;
-        map.insert(key(i), values, 0)?;
+        map.insert(key(i), PerCpuValues::try_from(vec![one; cpus])?, 0)?;
     }
     Ok(())
 }
@@ -112,20 +211,6 @@ fn thread_cpu() -> Duration {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// The previous harvest's way: keys, then a lookup and a delete per key.
-fn per_key(map: &mut Flows) -> anyhow::Result<usize> {
-    let keys = map.keys().collect::<Result<Vec<_>, _>>()?;
-    let mut packets = 0u64;
-    for k in &keys {
-        packets += map.get(k, 0)?.iter().map(|v| v.uplink.packets).sum::<u64>();
-    }
-    for k in &keys {
-        map.remove(k)?;
-    }
-    std::hint::black_box(packets);
-    Ok(keys.len())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,45 +233,46 @@ fn run(args: &Args, cpus: usize, dir: &std::path::Path) -> anyhow::Result<()> {
         },
         dir,
     )?;
-    let mut maps = [
-        open(dir, names::MAP_FLOWS[0])?,
-        open(dir, names::MAP_FLOWS[1])?,
-    ];
+    let mut window = Window::open(dir)?;
     let memlock: u64 = procmem::bpf_maps(std::process::id())?
         .iter()
-        .filter(|m| m.max_entries == args.flows)
+        .filter(|m| m.max_entries == args.flows || m.max_entries == 2 * args.flows)
         .map(|m| m.memlock)
         .sum();
     println!(
         "flow harvest: {} flows per window, {cpus} CPUs, {} rounds, interval {} s",
         args.flows, args.rounds, args.interval
     );
+    let legacy = dir.join("legacy");
+    std::fs::create_dir_all(&legacy)?;
     let (mut wall, mut cpu, mut base_wall, mut base_cpu) = (vec![], vec![], vec![], vec![]);
-    // Harvests alternate generations, starting with FLOWS_0.
-    let mut generation = 0usize;
     for round in 0..args.rounds {
-        fill(&mut maps[generation], args.flows, cpus)?;
+        window.fill(args.flows)?;
         let (t, c) = (Instant::now(), thread_cpu());
         let samples = fp.harvest_flows()?;
         let (took, used) = (t.elapsed(), thread_cpu() - c);
         let packets: u64 = samples.iter().map(|s| s.uplink.packets).sum();
+        let flows = samples.len();
         let losses = fp.flow_losses()?;
         drop(samples);
-        generation = 1 - generation;
-        // The baseline on the generation the next harvest would empty; emptied by it.
-        fill(&mut maps[generation], args.flows, cpus)?;
+        // The baseline: the previous layout's read of the same flows.
+        let pinned = legacy.join(names::MAP_FLOWS_LEGACY[0]);
+        legacy_window(&pinned, args.flows, cpus)?;
         let (t, c) = (Instant::now(), thread_cpu());
-        let read = per_key(&mut maps[generation])?;
+        let adopted = fp.adopt_flows(&legacy)?;
         let (btook, bused) = (t.elapsed(), thread_cpu() - c);
+        std::fs::remove_file(&pinned)?;
+        // Empties what was adopted, untimed.
+        fp.harvest_flows()?;
         println!(
-            "  round {round}: harvest {:.3} s wall, {:.3} s CPU ({} flows, {packets} packets, \
-             evicted so far {}); key by key {:.3} s wall, {:.3} s CPU ({read} flows)",
+            "  round {round}: harvest {:.3} s wall, {:.3} s CPU ({flows} flows, {packets} packets, \
+             refused so far {}); previous layout {:.3} s wall, {:.3} s CPU ({} flows)",
             took.as_secs_f64(),
             used.as_secs_f64(),
-            packets / cpus as u64,
-            losses.evicted_flows,
+            losses.refused_packets,
             btook.as_secs_f64(),
             bused.as_secs_f64(),
+            adopted.flows,
         );
         wall.push(took.as_secs_f64());
         cpu.push(used.as_secs_f64());
@@ -194,7 +280,7 @@ fn run(args: &Args, cpus: usize, dir: &std::path::Path) -> anyhow::Result<()> {
         base_cpu.push(bused.as_secs_f64());
     }
     // The daemon's side: the window's flow records, all alive at once.
-    fill(&mut maps[generation], args.flows, cpus)?;
+    window.fill(args.flows)?;
     let pid = std::process::id();
     let before = procmem::resident(pid)?.rss;
     let mut harvest = FlowHarvest::new(1, 0);
@@ -224,14 +310,14 @@ fn run(args: &Args, cpus: usize, dir: &std::path::Path) -> anyhow::Result<()> {
         args.interval
     );
     println!(
-        "  key by key (baseline): {bw:.3} s wall, {bc:.3} s CPU; harvest / baseline CPU {:.3}",
+        "  previous layout (baseline): {bw:.3} s wall, {bc:.3} s CPU; harvest / baseline CPU {:.3}",
         c / bc
     );
     println!(
-        "  kernel memory of the two flow maps: {:.1} MiB = {:.0} bytes per flow per \
-         generation ({cpus} CPUs)",
+        "  kernel memory of the slot maps and the index: {:.1} MiB = {:.0} bytes per flow \
+         ({cpus} CPUs; the same for any number)",
         memlock as f64 / 1024.0 / 1024.0,
-        memlock as f64 / 2.0 / f64::from(args.flows)
+        memlock as f64 / f64::from(args.flows)
     );
     println!(
         "  daemon: the window of {n} flows{}: +{:.1} MiB resident = {:.0} bytes per flow",

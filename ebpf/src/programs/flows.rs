@@ -1,21 +1,33 @@
 //! Per-flow counters: packets and inner bytes per (session, UE-side 5-tuple) and direction,
-//! and the rule of the last uplink decision, in a per-CPU LRU hash.
+//! and the rule of the last uplink decision, in one slot per flow and harvest window.
 //!
-//! Two generations, like the tables: the programs count into the one [`FLOW_GEN`] names,
-//! read once per packet. Userspace harvests by flipping `FLOW_GEN`, waiting for an RCU grace
-//! period (after which no program still counts into the old generation), then reading and
-//! deleting everything in the old one. Nothing here is ever written by userspace while a
-//! program may write it, so no packet is counted twice or lost by the harvest itself.
+//! The programs count into the window [`FLOW_GEN`] names (an epoch, read once per packet);
+//! its parity picks one of two slot maps. A flow's first packet in a window takes the next
+//! free slot of that half (an atomic add on [`FLOW_ALLOC`]), writes its key and first counts
+//! there, and records `epoch << 32 | slot` in [`FLOW_INDEX`]; later packets find the slot
+//! through the index and add to it atomically, from any CPU. An index entry of an older
+//! window is stale and is replaced in place, so nothing ever has to delete index entries:
+//! the LRU drops the ones no flow uses any more.
+//!
+//! Userspace harvests by moving `FLOW_GEN` to the next epoch, waiting for an RCU grace period
+//! (after which no program still counts into the old half), then reading the old half's
+//! taken slots straight from memory (the slot maps are `BPF_F_MMAPABLE`) and setting its
+//! allocator back to zero. Nothing here is ever written by userspace while a program may
+//! write it, so no packet is counted twice or lost by the harvest itself. A full half
+//! refuses new flows and counts their packets ([`FLOW_STATS`]); an index entry the LRU drops
+//! while its flow is live only makes the flow take a second slot, which the harvest merges.
 //!
 //! All of it is behind [`enabled`], a read-only global fixed at load time: when it is 0 the
 //! verifier removes the flow code from the programs, so it costs nothing.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_ANY, BPF_F_MMAPABLE},
     macros::map,
-    maps::{Array, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
-use mecgw_ebpf::{Counter, FlowGenStats, FlowKey, FlowValue, MAX_FLOWS, NONE};
+use mecgw_ebpf::{Counter, FlowGenStats, FlowKey, FlowSlot, MAX_FLOWS, NONE};
 
 /// 1: count flows. Set by userspace at load time (`EbpfLoader::set_global`); lives in
 /// `.rodata`, which the kernel freezes, so the verifier knows the value and prunes the
@@ -25,18 +37,18 @@ static FLOW_ACCOUNTING: u32 = 0;
 
 #[map(name = "FLOW_GEN")]
 static FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
-#[map(name = "FLOWS_0")]
-static FLOWS_0: LruPerCpuHashMap<FlowKey, FlowValue> =
-    LruPerCpuHashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "FLOWS_1")]
-static FLOWS_1: LruPerCpuHashMap<FlowKey, FlowValue> =
-    LruPerCpuHashMap::with_max_entries(MAX_FLOWS, 0);
+/// Sized by userspace at load: twice the slots of a half, so that the entries of the
+/// window being counted and of the one before it fit.
+#[map(name = "FLOW_INDEX")]
+static FLOW_INDEX: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(2 * MAX_FLOWS, 0);
+#[map(name = "FLOW_SLOTS_0")]
+static FLOW_SLOTS_0: Array<FlowSlot> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPABLE);
+#[map(name = "FLOW_SLOTS_1")]
+static FLOW_SLOTS_1: Array<FlowSlot> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPABLE);
+#[map(name = "FLOW_ALLOC")]
+static FLOW_ALLOC: Array<u64> = Array::with_max_entries(2, 0);
 #[map(name = "FLOW_STATS")]
 static FLOW_STATS: PerCpuArray<FlowGenStats> = PerCpuArray::with_max_entries(2, 0);
-/// Where a new flow's first value is built: keeps it off the stack, which the downlink
-/// program nearly fills.
-#[map(name = "FLOW_SCRATCH")]
-static FLOW_SCRATCH: PerCpuArray<FlowValue> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether flow accounting was switched on at load time.
 #[inline(always)]
@@ -56,19 +68,7 @@ pub struct FlowHit {
     pub rule: u32,
 }
 
-#[inline(always)]
-fn add(v: &mut FlowValue, hit: &FlowHit) {
-    let c = if hit.uplink {
-        v.rule = hit.rule;
-        &mut v.uplink
-    } else {
-        &mut v.downlink
-    };
-    c.packets += 1;
-    c.bytes += hit.bytes;
-}
-
-/// Counts one packet against `key` in the flow generation in use.
+/// Counts one packet against `key` in the window in use.
 #[inline(always)]
 pub fn count(key: &FlowKey, hit: &FlowHit) {
     let Some(gen_ptr) = FLOW_GEN.get_ptr(0) else {
@@ -76,65 +76,141 @@ pub fn count(key: &FlowKey, hit: &FlowHit) {
     };
     // SAFETY: the pointer comes from the map lookup and is valid for the program run; the
     // volatile read takes userspace's single 4-byte store as it is.
-    let generation = unsafe { core::ptr::read_volatile(gen_ptr) } & 1;
+    let epoch = unsafe { core::ptr::read_volatile(gen_ptr) };
     // Two call sites, one per map: the verifier wants a map known at each helper call.
-    if generation == 0 {
-        count_in(&FLOWS_0, generation, key, hit);
+    if epoch & 1 == 0 {
+        count_in(&FLOW_SLOTS_0, epoch, key, hit);
     } else {
-        count_in(&FLOWS_1, generation, key, hit);
+        count_in(&FLOW_SLOTS_1, epoch, key, hit);
     }
 }
 
 #[inline(always)]
-fn count_in(
-    map: &LruPerCpuHashMap<FlowKey, FlowValue>,
-    generation: u32,
-    key: &FlowKey,
-    hit: &FlowHit,
-) {
-    if let Some(v) = map.get_ptr_mut(key) {
-        // SAFETY: this CPU's value of an entry found by the kernel; only this program run on
-        // this CPU writes it, and userspace deletes entries only from the generation no
-        // program uses any more.
-        unsafe { add(&mut *v, hit) };
-        return;
-    }
-    let Some(scratch) = FLOW_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch slot from the map lookup; only this program run uses it.
-    let value = unsafe { &mut *scratch };
-    *value = FlowValue {
-        uplink: Counter::default(),
-        downlink: Counter::default(),
-        rule: NONE,
-        pad: 0,
-    };
-    add(value, hit);
-    // A new entry: the kernel sets this CPU's value and zeroes the other CPUs'. NOEXIST so
-    // that an entry another CPU created meanwhile is not overwritten but added to.
-    // By reference: the kernel reads the value where it is, in the scratch map (`*value`
-    // would copy it onto the stack).
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let created = map.insert(key, &*value, u64::from(BPF_NOEXIST)).is_ok();
-    let counted = created
-        || match map.get_ptr_mut(key) {
-            Some(v) => {
-                // SAFETY: as above.
-                unsafe { add(&mut *v, hit) };
-                true
+fn count_in(slots: &Array<FlowSlot>, epoch: u32, key: &FlowKey, hit: &FlowHit) {
+    let index = FLOW_INDEX.get_ptr_mut(key);
+    if let Some(entry) = index {
+        // SAFETY: an entry the kernel found, valid for the program run; one 8-byte volatile
+        // read, so epoch and slot always come from the same store.
+        let at = unsafe { core::ptr::read_volatile(entry) };
+        if (at >> 32) as u32 == epoch {
+            match slots.get_ptr_mut(at as u32) {
+                // SAFETY: a slot of this window, taken and written by the program that
+                // published its index entry; counted into with atomic adds only.
+                Some(slot) => unsafe { add(slot, hit) },
+                None => stat(epoch, |s| s.failed += 1),
             }
-            None => false,
-        };
-    if let Some(s) = FLOW_STATS.get_ptr_mut(generation) {
-        // SAFETY: this CPU's slot from the map lookup; nothing else runs on this CPU meanwhile.
-        unsafe {
-            if created {
-                (*s).created += 1;
-            }
-            if !counted {
-                (*s).failed += 1;
-            }
+            return;
         }
+    }
+    let Some(slot) = take(slots, epoch, key, hit) else {
+        return;
+    };
+    let at = (u64::from(epoch) << 32) | u64::from(slot);
+    match index {
+        // A stale entry (an older window): point it at the new slot with one 8-byte store.
+        // SAFETY: the entry found above, still valid for this program run.
+        Some(entry) => unsafe { core::ptr::write_volatile(entry, at) },
+        // A new flow. If another CPU inserted the key meanwhile, this replaces its entry and
+        // the flow has two slots in the window: the harvest merges them. If the insert
+        // fails, the next packet takes another slot: the same.
+        None => {
+            let _ = FLOW_INDEX.insert(key, at, u64::from(BPF_ANY));
+        }
+    }
+}
+
+/// Takes the next free slot of the half `slots`, writes `key` and the packet's counts there,
+/// and returns its index; `None` (counted) when the half is full.
+#[inline(always)]
+fn take(slots: &Array<FlowSlot>, epoch: u32, key: &FlowKey, hit: &FlowHit) -> Option<u32> {
+    let Some(next) = FLOW_ALLOC.get_ptr_mut(epoch & 1) else {
+        stat(epoch, |s| s.failed += 1);
+        return None;
+    };
+    // SAFETY: an element of an array map, 8-byte aligned (map values are), valid for the
+    // program run; every CPU takes slots from it, so only with atomic operations.
+    // Userspace writes it only while no program uses this half.
+    let n = unsafe { fetch_add(next, 1) };
+    // A full half refuses (the lookup fails past max_entries; the counter keeps growing
+    // until the harvest resets it, which a u64 cannot outgrow).
+    let taken = u32::try_from(n)
+        .ok()
+        .and_then(|n| slots.get_ptr_mut(n).map(|p| (n, p)));
+    let Some((n, slot)) = taken else {
+        stat(epoch, |s| s.refused += 1);
+        return None;
+    };
+    let (uplink, downlink, rule) = if hit.uplink {
+        (one(hit.bytes), Counter::default(), hit.rule)
+    } else {
+        (Counter::default(), one(hit.bytes), NONE)
+    };
+    // SAFETY: slot `n` was handed out once, to this program run, and nothing can find it
+    // before the index entry is published after this write.
+    unsafe {
+        *slot = FlowSlot {
+            key: *key,
+            epoch,
+            uplink,
+            downlink,
+            rule,
+            pad: 0,
+        };
+    }
+    Some(n)
+}
+
+/// Adds `v` to `*p` atomically and returns the old value: the BPF atomic add with
+/// `BPF_FETCH` (Linux 5.12+; the fast path needs 5.18 for `bpf_xdp_get_buff_len` already).
+/// Written out because LLVM emits it only for CPU v3 and the programs are built for the
+/// generic instruction set, where it would pick the add that returns nothing.
+///
+/// # Safety
+/// `p` must be valid for reads and writes and 8-byte aligned for the program run.
+#[inline(always)]
+unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+    let mut v = v;
+    // SAFETY: the caller's pointer; the instruction reads and writes only `*p` and `v`.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) p,
+            v = inout(reg) v,
+            options(nostack),
+        );
+    }
+    v
+}
+
+#[inline(always)]
+fn one(bytes: u64) -> Counter {
+    Counter { packets: 1, bytes }
+}
+
+/// Adds one packet to a slot any CPU may be counting into.
+///
+/// # Safety
+/// `slot` must point into a slot map's value, valid for the program run.
+#[inline(always)]
+unsafe fn add(slot: *mut FlowSlot, hit: &FlowHit) {
+    // SAFETY: the caller's pointer; the counters are 8-byte aligned u64s (map values are
+    // 8-byte aligned and `FlowSlot`'s layout is asserted), as the atomic adds need.
+    unsafe {
+        let c = if hit.uplink {
+            core::ptr::write_volatile(&raw mut (*slot).rule, hit.rule);
+            &raw mut (*slot).uplink
+        } else {
+            &raw mut (*slot).downlink
+        };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).bytes, hit.bytes);
+    }
+}
+
+#[inline(always)]
+fn stat(epoch: u32, f: impl FnOnce(&mut FlowGenStats)) {
+    if let Some(s) = FLOW_STATS.get_ptr_mut(epoch & 1) {
+        // SAFETY: this CPU's slot from the map lookup; nothing else runs on this CPU meanwhile.
+        unsafe { f(&mut *s) };
     }
 }

@@ -167,10 +167,14 @@ impl Collector for FastPathSample {
         counters(
             &mut e,
             "mecgw_flow_accounting_lost_total",
-            "Flow accounting lost in the fast path: flows evicted from a full flow map (with what they had counted), packets a map update refused.",
+            "Flow accounting lost in the fast path: packets of new flows a full window refused (raise [flows] max_flows), packets a map lookup refused, flows read with an unknown key.",
             [
-                ([("what", "flows_evicted")], self.losses.evicted_flows),
+                (
+                    [("what", "packets_window_full")],
+                    self.losses.refused_packets,
+                ),
                 ([("what", "packets_uncounted")], self.losses.failed_packets),
+                ([("what", "flows_unreadable")], self.losses.unreadable_flows),
             ],
         )?;
         gauge(
@@ -423,8 +427,9 @@ mod tests {
             rules: vec![(10, c(3, 300)), (40, c(0, 0))],
             sessions: vec![(Direction::Uplink, c(7, 0)), (Direction::Downlink, c(1, 0))],
             losses: FlowLosses {
-                evicted_flows: 4,
+                refused_packets: 4,
                 failed_packets: 9,
+                unreadable_flows: 1,
             },
             session_count: 2,
         });
@@ -441,7 +446,8 @@ mod tests {
             "mecgw_rule_packets_total{rule=\"40\"} 0",
             "mecgw_session_packets_total{direction=\"uplink\"} 7",
             "mecgw_session_packets_total{direction=\"downlink\"} 1",
-            "mecgw_flow_accounting_lost_total{what=\"flows_evicted\"} 4",
+            "mecgw_flow_accounting_lost_total{what=\"packets_window_full\"} 4",
+            "mecgw_flow_accounting_lost_total{what=\"flows_unreadable\"} 1",
             "mecgw_flow_accounting_lost_total{what=\"packets_uncounted\"} 9",
             "mecgw_sessions 2",
             "mecgw_rules 2",

@@ -9,12 +9,13 @@
 //! kernel's maps:
 //! - [`FlowTable`]: the reference (and userspace datapath) accumulation of [`FlowHit`]s that
 //!   [`super::model`] reports;
-//! - `FlowMaps` and [`FastPath::harvest_flows`]: the XDP side. The programs count into one
-//!   of two generations of a per-CPU LRU hash; a harvest flips `FLOW_GEN`, waits an RCU
-//!   grace period (after which no program counts into the old generation), then reads and
-//!   deletes every entry of the old generation. No packet is lost or counted twice by the
-//!   harvest; what can be lost is an entry the LRU evicts when a generation overflows
-//!   ([`FlowLosses`]).
+//! - `FlowMaps` and [`FastPath::harvest_flows`]: the XDP side. The programs count each
+//!   window's flows into slots of one of two memory-mappable arrays (one per window parity,
+//!   found through an LRU index: `ebpf/src/programs/flows.rs`); a harvest moves `FLOW_GEN`
+//!   to the next window, waits an RCU grace period (after which no program counts into the
+//!   old one), then reads the old window's slots straight from memory ([`flow_slots`]) and
+//!   frees them. No packet is lost or counted twice by the harvest; what can be lost are the
+//!   packets of new flows a full window refuses ([`FlowLosses`]).
 //!
 //! It never parses packets (the programs and the model do).
 
@@ -28,10 +29,13 @@ use std::{
 
 use aya::maps::{Array, Map, MapData, MapError, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use mecgw_ebpf::{
-    Counter, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowGenStats, FlowValue, MAX_FLOWS, NONE, names,
+    Counter, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FlowGenStats, FlowSlot, FlowValue, MAX_FLOWS, NONE,
+    names,
 };
 
-use super::{DatapathError, Direction, FastPath, flow_batch, writer::wait_for_readers};
+use super::{
+    DatapathError, Direction, FastPath, flow_batch, flow_slots::SlotView, writer::wait_for_readers,
+};
 
 /// A flow: a session and the inner 5-tuple seen from the UE (uplink source, downlink
 /// destination). Ports are 0 for packets without them (not TCP/UDP/SCTP, or IPv4 fragments).
@@ -58,21 +62,22 @@ pub struct FlowSample {
     /// Packets and inner IP bytes to the UE.
     pub downlink: Counter,
     /// The rule of the flow's last uplink decision in the window; `None` when no rule matched
-    /// it or the flow had no uplink packet. If CPUs disagree (the rules changed during the
-    /// window), the rule of the CPU that carried most of the flow's uplink packets.
+    /// it or the flow had no uplink packet.
     pub rule: Option<u32>,
 }
 
-/// Flow records the datapath could not keep, since it was loaded.
+/// Flow accounting the datapath could not keep, since it was loaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowLosses {
-    /// Flows dropped from a full flow map with whatever they had counted (kernel: LRU
-    /// evictions, measured as entries created minus entries harvested; userspace datapath:
-    /// packets of new flows refused by a full table).
-    pub evicted_flows: u64,
-    /// Packets not counted because the map refused an update (kernel: insert and lookup both
-    /// failed, e.g. another BPF program on the same CPU held the bucket).
+    /// Packets of new flows a full window refused (it held `max_flows` flows already):
+    /// those flows are missing from the window's records. Flows counted before the window
+    /// filled up are never dropped.
+    pub refused_packets: u64,
+    /// Packets not counted because a map refused a lookup it should not have.
     pub failed_packets: u64,
+    /// Flows read with a key of no known family (written by no program of this build):
+    /// their counts are lost.
+    pub unreadable_flows: u64,
 }
 
 /// One packet's contribution to its flow, as [`super::model`] reports it.
@@ -86,9 +91,9 @@ pub struct FlowHit {
     pub rule: Option<u32>,
 }
 
-/// The userspace accumulation of flow counters, with the semantics of the kernel's map: at
-/// most [`MAX_FLOWS`] flows per window (beyond that, packets of new flows are refused and
-/// counted in [`FlowLosses::evicted_flows`]; the kernel evicts old ones instead).
+/// The userspace accumulation of flow counters, with the semantics of the kernel's maps: at
+/// most [`MAX_FLOWS`] flows per window; beyond that, packets of new flows are refused and
+/// counted in [`FlowLosses::refused_packets`].
 #[derive(Debug, Default)]
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowSample>,
@@ -102,7 +107,7 @@ impl FlowTable {
         let sample = match self.flows.get_mut(&hit.key) {
             Some(s) => s,
             None if full => {
-                self.losses.evicted_flows += 1;
+                self.losses.refused_packets += 1;
                 return;
             }
             None => self.flows.entry(hit.key).or_insert(FlowSample {
@@ -125,11 +130,10 @@ impl FlowTable {
         }
     }
 
-    /// Everything counted since the last harvest, sorted by key; the table starts empty again.
+    /// Everything counted since the last harvest, in no particular order; the table starts
+    /// empty again.
     pub fn harvest(&mut self) -> Vec<FlowSample> {
-        let mut out: Vec<FlowSample> = self.flows.drain().map(|(_, s)| s).collect();
-        out.sort_unstable_by_key(|s| s.key);
-        out
+        self.flows.drain().map(|(_, s)| s).collect()
     }
 
     /// What could not be kept since the table was created.
@@ -183,28 +187,422 @@ fn sample_from_cpus<'a>(
     s
 }
 
-/// A sample as the values of one CPU, to be summed again with others (only its rule's
-/// weight changes: it counts as all its uplink packets on one CPU).
-fn as_value(s: &FlowSample) -> FlowValue {
-    FlowValue {
-        uplink: s.uplink,
-        downlink: s.downlink,
-        rule: s.rule.unwrap_or(NONE),
-        pad: 0,
+/// A flow's slots one after another: the later one's rule when it saw uplink packets.
+fn then(earlier: FlowSample, later: &FlowSample) -> FlowSample {
+    FlowSample {
+        key: earlier.key,
+        uplink: earlier.uplink.plus(later.uplink),
+        downlink: earlier.downlink.plus(later.downlink),
+        rule: if later.uplink.packets > 0 {
+            later.rule
+        } else {
+            earlier.rule
+        },
     }
 }
 
-type RawFlows = PerCpuHashMap<MapData, mecgw_ebpf::FlowKey, FlowValue>;
+/// One harvest's samples, built as the slots are read, one per flow in the order the flows
+/// first appeared in the window.
+///
+/// A flow usually has one slot. Two CPUs seeing its first packet at once, or the index
+/// dropping a live flow's entry, give it more, which must be merged. Merging through a hash
+/// map of a million keys costs hundreds of nanoseconds per slot in cache and TLB misses, so
+/// instead each slot gets a tag, 39 bits of its key's hash ([`KeyHash`]) above 25 bits of
+/// its index; the tags are sorted (≈ 20 ms for a million), and only slots whose tags share
+/// the hash bits have their keys compared.
+struct Window {
+    samples: Vec<FlowSample>,
+    tags: Vec<u64>,
+    hasher: KeyHash,
+    /// Slots whose key has no known family, or of another window: lost, and counted.
+    unreadable: u64,
+}
 
-/// A flow map of this build's layout (checked by aya against the kernel's sizes), with a
-/// descriptor of its own for the batch calls aya does not make ([`flow_batch`]).
-struct FlowMap {
-    _typed: RawFlows,
+/// A hash of a kernel flow key: its 44 bytes as words, folded by multiplications with a
+/// per-process random seed, a few nanoseconds a key. Keys come from traffic: without the
+/// seed a sender cannot aim flows at one hash, and a run of equal hashes longer than
+/// [`SHORT_RUN`] is merged through a map, so even then the merge stays linear.
+struct KeyHash {
+    seed: u64,
+}
+
+impl KeyHash {
+    fn new() -> KeyHash {
+        KeyHash {
+            seed: rand::random::<u64>() | 1,
+        }
+    }
+
+    fn hash(&self, k: &mecgw_ebpf::FlowKey) -> u64 {
+        const M: u64 = 0x9E37_79B9_7F4A_7C15;
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let words = [
+            u64::from(k.session) | (u64::from(k.ue_port) << 32) | (u64::from(k.peer_port) << 48),
+            word(&k.ue[..8]),
+            word(&k.ue[8..]),
+            word(&k.peer[..8]),
+            word(&k.peer[8..]),
+            u64::from(k.protocol) | (u64::from(k.family) << 8),
+        ];
+        let mut h = self.seed;
+        for w in words {
+            let m = u128::from(h ^ w) * u128::from(M ^ self.seed);
+            h = (m as u64) ^ ((m >> 64) as u64);
+        }
+        h
+    }
+}
+
+/// Runs of equal hash bits up to this long are merged by comparing keys pairwise.
+const SHORT_RUN: usize = 16;
+
+/// Bits of a tag that hold the sample's index: room for both halves at the largest
+/// `max_flows` (2 × 2^24).
+const TAG_INDEX_BITS: u32 = 25;
+const TAG_INDEX: u64 = (1 << TAG_INDEX_BITS) - 1;
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            samples: Vec::new(),
+            tags: Vec::new(),
+            hasher: KeyHash::new(),
+            unreadable: 0,
+        }
+    }
+
+    /// Reads the first `taken` slots of `view` that window `epoch` took.
+    fn read(&mut self, view: &SlotView, taken: u64, epoch: u32) {
+        let n = usize::try_from(taken)
+            .unwrap_or(usize::MAX)
+            .min(view.entries());
+        self.samples.reserve(n);
+        self.tags.reserve(n);
+        for i in 0..n {
+            match view.get(i) {
+                Some(slot) if slot.epoch == epoch => self.slot(&slot),
+                _ => self.unreadable += 1,
+            }
+        }
+    }
+
+    fn slot(&mut self, slot: &FlowSlot) {
+        let Some(key) = key_from_raw(&slot.key) else {
+            self.unreadable += 1;
+            return;
+        };
+        let index = self.samples.len() as u64;
+        if index > TAG_INDEX {
+            // Past any window this build can configure: not counted, never mis-merged.
+            self.unreadable += 1;
+            return;
+        }
+        let hash = self.hasher.hash(&slot.key);
+        self.tags.push((hash & !TAG_INDEX) | index);
+        self.samples.push(FlowSample {
+            key,
+            uplink: slot.uplink,
+            downlink: slot.downlink,
+            rule: (slot.rule != NONE).then_some(slot.rule),
+        });
+    }
+
+    /// The samples, each flow's slots merged into its first, in slot order.
+    fn finish(mut self) -> (Vec<FlowSample>, u64) {
+        self.tags.sort_unstable();
+        let mut merged_away = vec![];
+        let mut run = 0;
+        while run < self.tags.len() {
+            let hash = self.tags[run] & !TAG_INDEX;
+            let mut end = run + 1;
+            while end < self.tags.len() && self.tags[end] & !TAG_INDEX == hash {
+                end += 1;
+            }
+            // Within a run, ascending index = slot order: merge each into its key's first.
+            let mut firsts: HashMap<FlowKey, usize> = HashMap::new();
+            for j in run + 1..end {
+                let later = (self.tags[j] & TAG_INDEX) as usize;
+                let key = self.samples[later].key;
+                let first = if end - run <= SHORT_RUN {
+                    self.tags[run..j]
+                        .iter()
+                        .map(|t| (t & TAG_INDEX) as usize)
+                        .find(|&i| self.samples[i].key == key)
+                } else {
+                    if firsts.is_empty() {
+                        let i = (self.tags[run] & TAG_INDEX) as usize;
+                        firsts.insert(self.samples[i].key, i);
+                    }
+                    let first = *firsts.entry(key).or_insert(later);
+                    (first != later).then_some(first)
+                };
+                if let Some(first) = first {
+                    self.samples[first] = then(self.samples[first], &self.samples[later]);
+                    merged_away.push(later);
+                }
+            }
+            run = end;
+        }
+        if !merged_away.is_empty() {
+            merged_away.sort_unstable();
+            let mut i = 0;
+            let mut next = merged_away.iter().peekable();
+            self.samples.retain(|_| {
+                let keep = next.next_if_eq(&&i).is_none();
+                i += 1;
+                keep
+            });
+        }
+        (self.samples, self.unreadable)
+    }
+}
+
+/// The kernel's flow maps, owned by the harvester.
+pub(super) struct FlowMaps {
+    /// The two halves, one per window parity.
+    slots: [SlotView; 2],
+    /// The window the programs count into.
+    epoch: u32,
+    /// A window moved away from whose slots are still unread (a harvest failed after the
+    /// move): read first by the next harvest, before its half is used again.
+    unread: Option<u32>,
+    gen_map: Array<MapData, u32>,
+    alloc: Array<MapData, u64>,
+    stats: PerCpuArray<MapData, FlowGenStats>,
+    losses: FlowLosses,
+    /// What a previous instance's programs counted and nobody harvested
+    /// ([`FastPath::adopt_flows`]): returned with the next harvest.
+    carried: HashMap<FlowKey, FlowSample>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn view(map: Map, name: &'static str) -> Result<SlotView, DatapathError> {
+    let data = match map {
+        Map::Array(d) => d,
+        _ => return Err(map_err(name)(MapError::InvalidMapType { map_type: 0 })),
+    };
+    SlotView::new(data).map_err(DatapathError::Io)
+}
+
+impl FlowMaps {
+    pub(super) fn new(ebpf: &mut aya::Ebpf) -> Result<FlowMaps, DatapathError> {
+        let half = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            let map = ebpf
+                .take_map(name)
+                .ok_or(DatapathError::Missing { what: "map", name })?;
+            view(map, name)
+        };
+        let gen_map: Array<MapData, u32> = super::take_map(ebpf, names::MAP_FLOW_GEN)?;
+        Ok(FlowMaps {
+            slots: [
+                half(ebpf, names::MAP_FLOW_SLOTS[0])?,
+                half(ebpf, names::MAP_FLOW_SLOTS[1])?,
+            ],
+            epoch: gen_map.get(&0, 0).map_err(map_err(names::MAP_FLOW_GEN))?,
+            unread: None,
+            gen_map,
+            alloc: super::take_map(ebpf, names::MAP_FLOW_ALLOC)?,
+            stats: super::take_map(ebpf, names::MAP_FLOW_STATS)?,
+            losses: FlowLosses::default(),
+            carried: HashMap::new(),
+        })
+    }
+
+    /// Reads window `epoch`'s half (no program counts into it any more) into `window`,
+    /// then frees the half for the window two on and takes its loss counts.
+    fn drain(&mut self, epoch: u32, window: &mut Window) -> Result<(), DatapathError> {
+        let half = epoch & 1;
+        let alloc_err = map_err(names::MAP_FLOW_ALLOC);
+        let taken = self.alloc.get(&half, 0).map_err(&alloc_err)?;
+        let stats_err = map_err(names::MAP_FLOW_STATS);
+        let stats = self.stats.get(&half, 0).map_err(&stats_err)?;
+        window.read(&self.slots[half as usize], taken, epoch);
+        // Read before freed: a failure below leaves counts to be read again, never lost.
+        self.alloc.set(half, 0, 0).map_err(&alloc_err)?;
+        let cpus = stats.iter().count();
+        let zero = PerCpuValues::try_from(vec![FlowGenStats::default(); cpus])
+            .map_err(DatapathError::Io)?;
+        self.stats.set(half, zero, 0).map_err(&stats_err)?;
+        self.losses.refused_packets += stats.iter().map(|s| s.refused).sum::<u64>();
+        self.losses.failed_packets += stats.iter().map(|s| s.failed).sum::<u64>();
+        Ok(())
+    }
+
+    /// Moves the programs to the next window, waits until none counts into the old one,
+    /// then reads its slots from memory and frees them.
+    ///
+    /// If reading the old window's bookkeeping fails, its slots stay as they are and the
+    /// next harvest reads them before it moves on (their half is not used again until
+    /// then), so nothing is lost.
+    fn harvest(&mut self) -> Result<Vec<FlowSample>, DatapathError> {
+        let mut window = Window::new();
+        if let Some(unread) = self.unread {
+            self.drain(unread, &mut window)?;
+            self.unread = None;
+        }
+        let old = self.epoch;
+        let next = old.wrapping_add(1);
+        self.gen_map
+            .set(0, next, 0)
+            .map_err(map_err(names::MAP_FLOW_GEN))?;
+        self.epoch = next;
+        self.unread = Some(old);
+        wait_for_readers();
+        self.drain(old, &mut window)?;
+        self.unread = None;
+        let (mut samples, unreadable) = window.finish();
+        self.losses.unreadable_flows += unreadable;
+        if !self.carried.is_empty() {
+            let mut carried = std::mem::take(&mut self.carried);
+            for s in &mut samples {
+                if let Some(earlier) = carried.remove(&s.key) {
+                    *s = then(earlier, s);
+                }
+            }
+            samples.extend(carried.into_values());
+        }
+        Ok(samples)
+    }
+
+    /// Takes over what a previous instance pinned in `instance`: its last window's slots
+    /// (and one before it, if that one's harvest did not finish), or an older build's
+    /// per-CPU flow maps. Whatever is read is freed in the previous instance's maps at once,
+    /// so that nothing could ever be read from them twice.
+    fn adopt(&mut self, instance: &Path) -> Result<AdoptedFlows, DatapathError> {
+        let mut adopted = AdoptedFlows::default();
+        let mut window = Window::new();
+        if instance.join(names::MAP_FLOW_GEN).exists() {
+            match PinnedWindows::open(instance) {
+                Ok(mut pinned) => pinned.drain(&mut window, &mut self.losses)?,
+                Err(e) => {
+                    tracing::warn!(instance = %instance.display(), error = %e, "a previous instance's flow counters cannot be read; they are lost");
+                    adopted.unreadable_maps += 1;
+                }
+            }
+        }
+        let (samples, unreadable) = window.finish();
+        adopted.unreadable_flows += unreadable;
+        adopted.flows += samples.len() as u64;
+        for s in samples {
+            self.carry(s);
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
+        for name in names::MAP_FLOWS_LEGACY {
+            let path = instance.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let map = match open_legacy_flows(&path) {
+                Ok(map) => map,
+                Err(e) => {
+                    // Another build's layout: what it counted cannot be read.
+                    tracing::warn!(map = %path.display(), error = %e, "a previous instance's flow counters cannot be read; they are lost");
+                    adopted.unreadable_maps += 1;
+                    continue;
+                }
+            };
+            let mut read = Vec::new();
+            let drained =
+                map.drain_into(cpus, |key, values| read.push(sample_from_cpus(key, values)));
+            adopted.flows += drained.read;
+            adopted.unreadable_flows += drained.unreadable;
+            for s in read {
+                self.carry(s);
+            }
+            if let Some(e) = drained.failed {
+                return Err(DatapathError::Map {
+                    name,
+                    source: MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_lookup_and_delete_batch",
+                        io_error: e,
+                    }),
+                });
+            }
+        }
+        Ok(adopted)
+    }
+
+    fn carry(&mut self, s: FlowSample) {
+        let merged = match self.carried.remove(&s.key) {
+            Some(earlier) => then(earlier, &s),
+            None => s,
+        };
+        self.carried.insert(merged.key, merged);
+    }
+}
+
+/// A previous instance's pinned flow windows.
+struct PinnedWindows {
+    slots: [SlotView; 2],
+    epoch: u32,
+    alloc: Array<MapData, u64>,
+    stats: Option<PerCpuArray<MapData, FlowGenStats>>,
+}
+
+impl PinnedWindows {
+    fn open(instance: &Path) -> Result<PinnedWindows, Box<dyn std::error::Error + Send + Sync>> {
+        let pinned = |name: &str| MapData::from_pin(instance.join(name));
+        let gen_map: Array<MapData, u32> =
+            Array::try_from(Map::Array(pinned(names::MAP_FLOW_GEN)?))?;
+        let half = |name: &str| -> Result<SlotView, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(SlotView::new(pinned(name)?)?)
+        };
+        Ok(PinnedWindows {
+            slots: [
+                half(names::MAP_FLOW_SLOTS[0])?,
+                half(names::MAP_FLOW_SLOTS[1])?,
+            ],
+            epoch: gen_map.get(&0, 0)?,
+            alloc: Array::try_from(Map::Array(pinned(names::MAP_FLOW_ALLOC)?))?,
+            stats: pinned(names::MAP_FLOW_STATS)
+                .ok()
+                .and_then(|d| PerCpuArray::try_from(Map::PerCpuArray(d)).ok()),
+        })
+    }
+
+    /// Reads the window the previous programs counted into last and the one before it
+    /// (unread only if that harvest did not finish), oldest first, freeing each half.
+    fn drain(&mut self, window: &mut Window, losses: &mut FlowLosses) -> Result<(), DatapathError> {
+        for epoch in [self.epoch.wrapping_sub(1), self.epoch] {
+            let half = epoch & 1;
+            let err = map_err(names::MAP_FLOW_ALLOC);
+            let taken = self.alloc.get(&half, 0).map_err(&err)?;
+            window.read(&self.slots[half as usize], taken, epoch);
+            self.alloc.set(half, 0, 0).map_err(&err)?;
+            if let Some(stats) = &mut self.stats {
+                let stats_err = map_err(names::MAP_FLOW_STATS);
+                let counts = stats.get(&half, 0).map_err(&stats_err)?;
+                let cpus = counts.iter().count();
+                losses.refused_packets += counts.iter().map(|s| s.refused).sum::<u64>();
+                losses.failed_packets += counts.iter().map(|s| s.failed).sum::<u64>();
+                let zero = PerCpuValues::try_from(vec![FlowGenStats::default(); cpus])
+                    .map_err(DatapathError::Io)?;
+                stats.set(half, zero, 0).map_err(&stats_err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+type LegacyFlows = PerCpuHashMap<MapData, mecgw_ebpf::FlowKey, FlowValue>;
+
+/// A flow map of an older build (per-CPU LRU hash, [`names::MAP_FLOWS_LEGACY`]) of the
+/// layout this build knows (checked by aya against the kernel's sizes), with a descriptor
+/// of its own for the batch calls aya does not make ([`flow_batch`]).
+struct LegacyFlowMap {
+    _typed: LegacyFlows,
     fd: OwnedFd,
 }
 
-impl FlowMap {
-    fn new(map: Map) -> Result<FlowMap, MapError> {
+impl LegacyFlowMap {
+    fn new(map: Map) -> Result<LegacyFlowMap, MapError> {
         let data = match &map {
             Map::PerCpuLruHashMap(d) | Map::PerCpuHashMap(d) => d,
             _ => return Err(MapError::InvalidMapType { map_type: 0 }),
@@ -215,8 +613,8 @@ impl FlowMap {
                 io_error,
             })
         })?;
-        Ok(FlowMap {
-            _typed: RawFlows::try_from(map)?,
+        Ok(LegacyFlowMap {
+            _typed: LegacyFlows::try_from(map)?,
             fd,
         })
     }
@@ -241,7 +639,7 @@ impl FlowMap {
     }
 }
 
-/// What [`FlowMap::drain_into`] did.
+/// What [`LegacyFlowMap::drain_into`] did.
 #[derive(Default)]
 struct Drained {
     read: u64,
@@ -249,164 +647,18 @@ struct Drained {
     failed: Option<std::io::Error>,
 }
 
-/// The kernel's flow maps, owned by the harvester.
-pub(super) struct FlowMaps {
-    generations: [FlowMap; 2],
-    /// Entries of each generation read by a harvest that then failed: they were returned
-    /// later (from `carried`), so the eviction count must not take them for lost.
-    read_early: [u64; 2],
-    /// The generation the programs count into.
-    active: u32,
-    active_map: Array<MapData, u32>,
-    stats: PerCpuArray<MapData, FlowGenStats>,
-    losses: FlowLosses,
-    /// What a previous instance's programs counted and nobody harvested
-    /// ([`FastPath::adopt_flows`]), per CPU: returned with the next harvest.
-    carried: HashMap<FlowKey, Vec<FlowValue>>,
-}
-
-fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
-
-impl FlowMaps {
-    pub(super) fn new(ebpf: &mut aya::Ebpf) -> Result<FlowMaps, DatapathError> {
-        let generation = |ebpf: &mut aya::Ebpf, name: &'static str| {
-            let map = ebpf
-                .take_map(name)
-                .ok_or(DatapathError::Missing { what: "map", name })?;
-            FlowMap::new(map).map_err(map_err(name))
-        };
-        Ok(FlowMaps {
-            generations: [
-                generation(ebpf, names::MAP_FLOWS[0])?,
-                generation(ebpf, names::MAP_FLOWS[1])?,
-            ],
-            read_early: [0; 2],
-            active: 0,
-            active_map: super::take_map(ebpf, names::MAP_FLOW_GEN)?,
-            stats: super::take_map(ebpf, names::MAP_FLOW_STATS)?,
-            losses: FlowLosses::default(),
-            carried: HashMap::new(),
-        })
-    }
-
-    /// Flips the generation, waits until no program counts into the old one, then reads and
-    /// empties it, thousands of entries per system call.
-    ///
-    /// If a read fails, what was read is kept and returned by the next harvest, and the
-    /// rest stays in the old generation, which a later harvest (two flips on) empties: so
-    /// nothing is lost.
-    fn harvest(&mut self) -> Result<Vec<FlowSample>, DatapathError> {
-        let old = self.active;
-        let next = 1 - old;
-        self.active_map
-            .set(0, next, 0)
-            .map_err(map_err(names::MAP_FLOW_GEN))?;
-        self.active = next;
-        wait_for_readers();
-        let name = names::MAP_FLOWS[old as usize];
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
-        // A generation holds each key once: one sample per entry, summed over its CPUs as
-        // it is read, with no map per flow. Only what was carried over (adopted, or read by
-        // a harvest that failed) may share a key with an entry, and is merged below.
-        let mut samples: Vec<FlowSample> = Vec::new();
-        // An unreadable key's counts are lost: it counts with the evictions (created - read).
-        let Drained { read, failed, .. } = self.generations[old as usize]
-            .drain_into(cpus, |key, values| {
-                samples.push(sample_from_cpus(key, values))
-            });
-        if let Some(e) = failed {
-            self.read_early[old as usize] += read;
-            // Kept as one CPU's values, as adopted ones are, for the next harvest.
-            for s in &samples {
-                self.carried.entry(s.key).or_default().push(as_value(s));
-            }
-            return Err(DatapathError::Map {
-                name,
-                source: MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_map_lookup_and_delete_batch",
-                    io_error: e,
-                }),
-            });
-        }
-        let read = read + std::mem::take(&mut self.read_early[old as usize]);
-        if !self.carried.is_empty() {
-            let mut carried = std::mem::take(&mut self.carried);
-            for s in &mut samples {
-                if let Some(mut values) = carried.remove(&s.key) {
-                    values.push(as_value(s));
-                    *s = sample_from_cpus(s.key, &values);
-                }
-            }
-            samples.extend(
-                carried
-                    .iter()
-                    .map(|(key, values)| sample_from_cpus(*key, values)),
-            );
-        }
-        let stats_err = map_err(names::MAP_FLOW_STATS);
-        let stats = self.stats.get(&old, 0).map_err(&stats_err)?;
-        let created: u64 = stats.iter().map(|s| s.created).sum();
-        let failed: u64 = stats.iter().map(|s| s.failed).sum();
-        let zero = PerCpuValues::try_from(vec![FlowGenStats::default(); cpus])
-            .map_err(DatapathError::Io)?;
-        self.stats.set(old, zero, 0).map_err(&stats_err)?;
-        self.losses.evicted_flows += created.saturating_sub(read);
-        self.losses.failed_packets += failed;
-        samples.sort_unstable_by_key(|s| s.key);
-        Ok(samples)
-    }
-
-    /// Reads and empties the flow maps a previous instance pinned in `instance`.
-    fn adopt(&mut self, instance: &Path) -> Result<AdoptedFlows, DatapathError> {
-        let mut adopted = AdoptedFlows::default();
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
-        for name in names::MAP_FLOWS {
-            let path = instance.join(name);
-            if !path.exists() {
-                continue;
-            }
-            let map = match open_pinned_flows(&path) {
-                Ok(map) => map,
-                Err(e) => {
-                    // Another build's layout: what it counted cannot be read.
-                    tracing::warn!(map = %path.display(), error = %e, "a previous instance's flow counters cannot be read; they are lost");
-                    adopted.unreadable_maps += 1;
-                    continue;
-                }
-            };
-            // Emptied as it is read, so that nothing could ever be read from it twice.
-            let carried = &mut self.carried;
-            let drained = map.drain_into(cpus, |key, values| {
-                carried.entry(key).or_default().extend_from_slice(values)
-            });
-            adopted.flows += drained.read;
-            adopted.unreadable_flows += drained.unreadable;
-            if let Some(e) = drained.failed {
-                return Err(DatapathError::Map {
-                    name,
-                    source: MapError::SyscallError(aya::sys::SyscallError {
-                        call: "bpf_map_lookup_and_delete_batch",
-                        io_error: e,
-                    }),
-                });
-            }
-        }
-        Ok(adopted)
-    }
-}
-
-/// Opens a pinned flow map, checking that it is a per-CPU hash with this build's key and
-/// value layout (aya checks the sizes against the kernel's).
-fn open_pinned_flows(path: &Path) -> Result<FlowMap, Box<dyn std::error::Error + Send + Sync>> {
+/// Opens an older build's pinned flow map, checking that it is a per-CPU hash with the key
+/// and value layout this build knows (aya checks the sizes against the kernel's).
+fn open_legacy_flows(
+    path: &Path,
+) -> Result<LegacyFlowMap, Box<dyn std::error::Error + Send + Sync>> {
     let data = MapData::from_pin(path)?;
     let map = match data.info()?.map_type()? {
         MapType::LruPerCpuHash => Map::PerCpuLruHashMap(data),
         MapType::PerCpuHash => Map::PerCpuHashMap(data),
         other => return Err(format!("a {other:?} map, not per-CPU flow counters").into()),
     };
-    Ok(FlowMap::new(map)?)
+    Ok(LegacyFlowMap::new(map)?)
 }
 
 /// What [`FastPath::adopt_flows`] took over.
@@ -421,12 +673,13 @@ pub struct AdoptedFlows {
 }
 
 impl FastPath {
-    /// Everything the programs counted per flow since the last harvest (or the load), sorted
-    /// by key; every packet counted is in exactly one harvest.
+    /// Everything the programs counted per flow since the last harvest (or the load), one
+    /// sample per flow in the order the flows first appeared; every packet counted is in
+    /// exactly one harvest.
     ///
     /// Empty when the fast path was loaded without flow accounting. Takes one RCU grace
-    /// period (`membarrier`, milliseconds) plus one map system call per 4,096 flows; calls
-    /// are serialised.
+    /// period (`membarrier`, milliseconds) plus a read of the window's slots from memory
+    /// and a few map system calls; calls are serialised.
     pub fn harvest_flows(&self) -> Result<Vec<FlowSample>, DatapathError> {
         self.lock_flows()?.harvest()
     }
@@ -435,8 +688,9 @@ impl FastPath {
     /// its flow maps, pinned in `instance` ([`FastPath::load_pinned`]), are read and emptied,
     /// and their flows come with the next [`FastPath::harvest_flows`], merged with this
     /// instance's. Call once no program counts into them any more (every interface runs this
-    /// fast path's programs and an RCU grace period has passed). A previous build whose flow
-    /// maps have another layout cannot be read: counted in [`AdoptedFlows`], logged.
+    /// fast path's programs and an RCU grace period has passed). An older build's per-CPU
+    /// flow maps are read too; maps of a layout this build does not know cannot be: counted
+    /// in [`AdoptedFlows`], logged.
     pub fn adopt_flows(&self, instance: &Path) -> Result<AdoptedFlows, DatapathError> {
         self.lock_flows()?.adopt(instance)
     }
@@ -489,7 +743,8 @@ mod tests {
         t.record(&hit(1, Direction::Downlink, 60, None));
         t.record(&hit(1, Direction::Uplink, 40, None));
         t.record(&hit(2, Direction::Downlink, 10, None));
-        let got = t.harvest();
+        let mut got = t.harvest();
+        got.sort_unstable_by_key(|s| s.key);
         assert_eq!(
             got,
             vec![
@@ -532,10 +787,106 @@ mod tests {
         let mut known = hit(0, Direction::Uplink, 1, None);
         known.key.session = 5;
         t.record(&known);
-        assert_eq!(t.losses().evicted_flows, 2);
+        assert_eq!(t.losses().refused_packets, 2);
         let got = t.harvest();
         assert_eq!(got.len(), MAX_FLOWS as usize);
-        assert_eq!(got[5].uplink.packets, 2);
+        let five = got.iter().find(|s| s.key.session == 5).unwrap();
+        assert_eq!(five.uplink.packets, 2);
+    }
+
+    fn raw_slot(port: u16, epoch: u32, up: u64, down: u64, rule: u32) -> FlowSlot {
+        let mut key = mecgw_ebpf::FlowKey {
+            session: 1,
+            ue_port: port,
+            peer_port: 53,
+            protocol: 17,
+            family: FLOW_FAMILY_V4,
+            ..Default::default()
+        };
+        key.ue[..4].copy_from_slice(&[10, 0, 0, 1]);
+        key.peer[..4].copy_from_slice(&[192, 0, 2, 1]);
+        FlowSlot {
+            key,
+            epoch,
+            uplink: Counter {
+                packets: up,
+                bytes: up * 10,
+            },
+            downlink: Counter {
+                packets: down,
+                bytes: down * 10,
+            },
+            rule,
+            pad: 0,
+        }
+    }
+
+    #[test]
+    fn a_flows_slots_are_merged_in_order_and_the_later_uplink_gives_the_rule() {
+        let mut w = Window::new();
+        w.slot(&raw_slot(1, 7, 2, 0, 3));
+        w.slot(&raw_slot(2, 7, 0, 1, NONE));
+        // The same flow again (two CPUs took a slot for its first packet, or the index
+        // dropped its entry): summed, and its rule is the later slot's.
+        w.slot(&raw_slot(1, 7, 1, 4, 8));
+        // Downlink only: the earlier rule stays.
+        w.slot(&raw_slot(1, 7, 0, 1, NONE));
+        let mut unknown = raw_slot(3, 7, 1, 0, NONE);
+        unknown.key.family = 9;
+        w.slot(&unknown);
+        let (samples, unreadable) = w.finish();
+        assert_eq!(unreadable, 1);
+        assert_eq!(samples.len(), 2);
+        let s = samples[0];
+        assert_eq!(s.key, key(1));
+        assert_eq!(
+            (s.uplink, s.downlink, s.rule),
+            (
+                Counter {
+                    packets: 3,
+                    bytes: 30
+                },
+                Counter {
+                    packets: 5,
+                    bytes: 50
+                },
+                Some(8)
+            )
+        );
+        assert_eq!(samples[1].key, key(2));
+        assert_eq!(samples[1].rule, None);
+    }
+
+    #[test]
+    fn slots_whose_hashes_collide_are_merged_only_by_equal_keys_in_short_and_long_runs() {
+        for flows in [3u16, 40] {
+            let mut w = Window::new();
+            // Every flow twice (first and second round), plus one more slot of flow 0.
+            for round in 0..2u64 {
+                for port in 0..flows {
+                    w.slot(&raw_slot(
+                        port,
+                        1,
+                        1 + round,
+                        0,
+                        u32::from(port) + 100 * round as u32,
+                    ));
+                }
+            }
+            w.slot(&raw_slot(0, 1, 0, 5, NONE));
+            // One hash for all: the merge must tell the keys apart by comparing them.
+            for (i, t) in w.tags.iter_mut().enumerate() {
+                *t = (0xABCD << TAG_INDEX_BITS) | i as u64;
+            }
+            let (samples, _) = w.finish();
+            assert_eq!(samples.len(), usize::from(flows), "{flows} flows");
+            for (port, s) in samples.iter().enumerate() {
+                assert_eq!(s.key, key(port as u16), "first-appearance order");
+                assert_eq!(s.uplink.packets, 3, "{s:?}");
+                assert_eq!(s.rule, Some(port as u32 + 100), "the later slot's rule");
+            }
+            assert_eq!(samples[0].downlink.packets, 5);
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod compile;
 pub(crate) mod entries;
 mod flow_batch;
 pub mod flow_counters;
+mod flow_slots;
 pub mod live;
 pub mod model;
 pub mod pfcp_maps;
@@ -248,12 +249,13 @@ impl From<model::Outcome> for Judged {
 pub struct FastPathOptions {
     /// Count packets and bytes per flow ([`FastPath::harvest_flows`]). Off, the flow code is
     /// removed from the programs by the verifier and costs nothing per packet, and the flow
-    /// maps are created with one entry. On, it costs a per-CPU hash lookup per G-PDU of a
-    /// session and per packet to a UE (docs/fastpath.md, "Flow accounting").
+    /// maps are created with one entry. On, it costs a hash lookup and two atomic adds per
+    /// G-PDU of a session and per packet to a UE (docs/fastpath.md, "Flow accounting").
     pub flow_accounting: bool,
-    /// Flows each generation of the flow maps holds before the LRU evicts (0: [`MAX_FLOWS`]).
-    /// The maps are preallocated per CPU: each flow costs about `110 + 40 × CPUs` bytes of
-    /// kernel memory in each of the two generations (docs/fastpath.md, "Flow accounting").
+    /// Flows counted per harvest window (0: [`MAX_FLOWS`]); packets of new flows beyond
+    /// that are refused and counted. Preallocated, whatever the number of CPUs: about 400
+    /// bytes of kernel memory per flow (two halves of slots and an index of twice the
+    /// flows; docs/fastpath.md, "Flow accounting").
     ///
     /// [`MAX_FLOWS`]: mecgw_ebpf::MAX_FLOWS
     pub max_flows: u32,
@@ -365,15 +367,18 @@ impl FastPath {
         let mut loader = EbpfLoader::new();
         let accounting = u32::from(options.flow_accounting);
         loader.override_global(names::GLOBAL_FLOW_ACCOUNTING, &accounting, true);
-        // LRU maps are preallocated: do not hold memory for flows nobody counts.
+        // The slot maps and the index are preallocated: no memory for flows nobody counts.
         let flows = match (options.flow_accounting, options.max_flows) {
             (false, _) => 1,
             (true, 0) => mecgw_ebpf::MAX_FLOWS,
             (true, n) => n,
         };
-        for name in names::MAP_FLOWS {
+        for name in names::MAP_FLOW_SLOTS {
             loader.map_max_entries(name, flows);
         }
+        // The index holds the window being counted and the one before it: entries of older
+        // windows are stale, and the LRU drops those first.
+        loader.map_max_entries(names::MAP_FLOW_INDEX, flows.saturating_mul(2));
         match options.pfcp {
             // Per-CPU counters are preallocated on every CPU: size them to what is promised.
             Some(p) => {
@@ -436,7 +441,7 @@ impl FastPath {
             // For the next instance to harvest what these programs count after this
             // process's last harvest (FastPath::adopt_flows), and to carry their counters
             // over, by the ids of the tables in force (FastPath::adopt_counters).
-            for map in names::MAP_FLOWS.into_iter().chain(PINNED_FOR_COUNTERS) {
+            for map in PINNED_FOR_FLOWS.into_iter().chain(PINNED_FOR_COUNTERS) {
                 pin_map(&ebpf, map, dir)?;
             }
         }
@@ -823,6 +828,17 @@ impl FastPath {
 /// The maps besides the flow maps that an instance pins for the next one to carry its
 /// counters over ([`FastPath::adopt_counters`]): the counters, and the tables in force, which
 /// say whose counter each slot is.
+/// The flow maps an instance pins for the next one to harvest what its programs counted
+/// after this process's last harvest (FastPath::adopt_flows). The index is not needed: the
+/// slots hold their keys.
+const PINNED_FOR_FLOWS: [&str; 5] = [
+    names::MAP_FLOW_GEN,
+    names::MAP_FLOW_ALLOC,
+    names::MAP_FLOW_SLOTS[0],
+    names::MAP_FLOW_SLOTS[1],
+    names::MAP_FLOW_STATS,
+];
+
 const PINNED_FOR_COUNTERS: [&str; 14] = [
     names::MAP_CARRIED,
     names::MAP_VERDICTS,
