@@ -20,6 +20,7 @@ pub mod bed;
 mod binaries;
 pub mod chaos;
 pub mod egress;
+pub mod legacy_flows;
 pub mod nats;
 pub mod policy_site;
 pub mod privacy;

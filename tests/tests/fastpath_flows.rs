@@ -342,6 +342,96 @@ fn a_new_instance_adopts_the_unharvested_flows_of_the_previous_one_exactly_once(
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// An upgrade from a build that counted into per-CPU LRU maps (`FLOWS_0`, `FLOWS_1`): what
+/// those counted and nobody harvested is adopted, each flow's CPUs summed, and merged with
+/// what the new programs count.
+#[test]
+fn an_older_builds_per_cpu_flow_maps_are_adopted_and_merged_with_new_counts() {
+    use mecgw_ebpf::{FLOW_FAMILY_V4, FlowValue, names::MAP_FLOWS_LEGACY};
+    let dir = std::path::Path::new(mecgw_tests::testbed::pin_root().unwrap())
+        .join(format!("fastpath-flows-legacy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = |peer: [u8; 4], ports: (u16, u16)| {
+        let mut k = mecgw_ebpf::FlowKey {
+            session: 1,
+            ue_port: ports.0,
+            peer_port: ports.1,
+            protocol: 17,
+            family: FLOW_FAMILY_V4,
+            ..Default::default()
+        };
+        k.ue[..4].copy_from_slice(&[10, 45, 0, 1]);
+        k.peer[..4].copy_from_slice(&peer);
+        k
+    };
+    let value = |up: u64, down: u64, rule: u32| FlowValue {
+        uplink: counter(up, 48 * up as usize),
+        downlink: counter(down, 78 * down as usize),
+        rule,
+        pad: 0,
+    };
+    let cpus = aya::util::nr_cpus().unwrap();
+    let per_cpu = |first: FlowValue, second: FlowValue| {
+        let mut v = vec![FlowValue::default(); cpus];
+        v[0] = first;
+        if cpus > 1 {
+            v[1] = second;
+        }
+        aya::maps::PerCpuValues::try_from(v).unwrap()
+    };
+    let mut old = mecgw_tests::legacy_flows::pin(&dir.join(MAP_FLOWS_LEGACY[0]), 64).unwrap();
+    // The LOCAL flow: most uplink packets on the first CPU, under rule 20.
+    old.insert(
+        raw([192, 0, 2, 5], (1000, 443)),
+        per_cpu(value(2, 0, 20), value(1, 3, 10)),
+        0,
+    )
+    .unwrap();
+    old.insert(
+        raw([198, 51, 100, 9], (7, 9)),
+        per_cpu(value(0, 1, mecgw_ebpf::NONE), FlowValue::default()),
+        0,
+    )
+    .unwrap();
+    drop(old);
+    let fp = accounting();
+    let adopted = fp.adopt_flows(&dir).unwrap();
+    assert_eq!(
+        (
+            adopted.flows,
+            adopted.unreadable_flows,
+            adopted.unreadable_maps
+        ),
+        (2, 0, 0)
+    );
+    // The new programs count one more LOCAL packet of the first flow (rule 10).
+    let local = up(0x1001, &udp4("10.45.0.1", "192.0.2.5", 1000, 443, 20));
+    fp.test_run(Direction::Uplink, &local, 1).unwrap();
+    let got = sorted_flows(fp.harvest_flows().unwrap());
+    let second_cpu = u64::from(cpus > 1);
+    let want = sorted_flows(vec![
+        FlowSample {
+            key: key(1, "10.45.0.1", "192.0.2.5", 17, (1000, 443)),
+            uplink: counter(3 + second_cpu, 48 * (3 + second_cpu) as usize),
+            downlink: counter(3 * second_cpu, 78 * 3 * second_cpu as usize),
+            rule: Some(10),
+        },
+        FlowSample {
+            key: key(1, "10.45.0.1", "198.51.100.9", 17, (7, 9)),
+            uplink: counter(0, 0),
+            downlink: counter(1, 78),
+            rule: None,
+        },
+    ]);
+    assert_eq!(
+        got, want,
+        "the old counts, once, with the new packet's rule"
+    );
+    assert!(fp.harvest_flows().unwrap().is_empty());
+    assert_eq!(fp.adopt_flows(&dir).unwrap().flows, 0, "read once");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn the_rule_is_that_of_the_last_uplink_decision() {
     // One CPU, so "last" is well defined (across CPUs the busiest CPU's rule is taken).
