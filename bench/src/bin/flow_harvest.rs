@@ -183,9 +183,17 @@ fn run(args: &Args, cpus: usize, dir: &std::path::Path) -> anyhow::Result<()> {
     let mut window = Window::open(dir)?;
     let memlock: u64 = procmem::bpf_maps(std::process::id())?
         .iter()
-        .filter(|m| m.max_entries == args.flows || m.max_entries == 2 * args.flows)
+        .filter(|m| {
+            m.name
+                .as_deref()
+                .is_some_and(|n| n == names::MAP_FLOW_INDEX || names::MAP_FLOW_SLOTS.contains(&n))
+        })
         .map(|m| m.memlock)
         .sum();
+    anyhow::ensure!(
+        memlock > 0,
+        "no flow map found by name (is bpftool installed?)"
+    );
     println!(
         "flow harvest: {} flows per window, {cpus} CPUs, {} rounds, interval {} s",
         args.flows, args.rounds, args.interval

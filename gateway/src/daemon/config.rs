@@ -68,9 +68,10 @@ pub struct Flows {
     /// Seconds between harvests: the window each flow record covers. Default 10.
     #[serde(default = "default_flow_interval")]
     pub interval_secs: u64,
-    /// Flows counted per harvest window before the oldest are evicted (counted on
-    /// `/metrics`). Kernel memory: about `2 × max_flows × (110 + 40 × CPUs)` bytes,
-    /// preallocated. Default 65,536; 1 to [`MAX_FLOWS_CONFIGURED`].
+    /// Flows counted per harvest window; packets of new flows beyond are refused until the
+    /// next window (counted on `/metrics`). Kernel memory: about 420 bytes per flow,
+    /// preallocated, whatever the number of CPUs. Default 65,536; 1 to
+    /// [`MAX_FLOWS_CONFIGURED`].
     #[serde(default = "default_max_flows")]
     pub max_flows: u32,
 }

@@ -478,7 +478,7 @@ impl FlowMaps {
     fn adopt(&mut self, instance: &Path) -> Result<AdoptedFlows, DatapathError> {
         let mut adopted = AdoptedFlows::default();
         let mut window = Window::new();
-        if instance.join(names::MAP_FLOW_GEN).exists() {
+        if instance.join(names::MAP_FLOW_SLOTS[0]).exists() {
             match PinnedWindows::open(instance) {
                 Ok(mut pinned) => pinned.drain(&mut window, &mut self.losses)?,
                 Err(e) => {
