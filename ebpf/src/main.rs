@@ -5,7 +5,9 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic adds on map values (the flow slots): the BPF target has no `AtomicU64::fetch_add`
-// (no compare-and-swap), but LLVM lowers the intrinsic to the BPF atomic add instruction.
+// (no compare-and-swap). An add whose result is unused is the intrinsic, which LLVM lowers
+// to the BPF atomic add on any CPU version; the one add whose old value is needed
+// (`BPF_FETCH`) is inline assembly, since LLVM emits it only for CPU v3.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
