@@ -808,16 +808,18 @@ mod tests {
         FlowSlot {
             key,
             epoch,
-            uplink: Counter {
-                packets: up,
-                bytes: up * 10,
-            },
-            downlink: Counter {
-                packets: down,
-                bytes: down * 10,
-            },
+            uplink: tens(up),
+            downlink: tens(down),
             rule,
             pad: 0,
+        }
+    }
+
+    /// `n` packets of 10 bytes.
+    fn tens(n: u64) -> Counter {
+        Counter {
+            packets: n,
+            bytes: n * 10,
         }
     }
 
@@ -839,20 +841,7 @@ mod tests {
         assert_eq!(samples.len(), 2);
         let s = samples[0];
         assert_eq!(s.key, key(1));
-        assert_eq!(
-            (s.uplink, s.downlink, s.rule),
-            (
-                Counter {
-                    packets: 3,
-                    bytes: 30
-                },
-                Counter {
-                    packets: 5,
-                    bytes: 50
-                },
-                Some(8)
-            )
-        );
+        assert_eq!((s.uplink, s.downlink, s.rule), (tens(3), tens(5), Some(8)));
         assert_eq!(samples[1].key, key(2));
         assert_eq!(samples[1].rule, None);
     }
@@ -892,14 +881,8 @@ mod tests {
     #[test]
     fn cpus_are_summed_and_the_busiest_cpu_gives_the_rule() {
         let v = |up: u64, down: u64, rule: u32| FlowValue {
-            uplink: Counter {
-                packets: up,
-                bytes: up * 10,
-            },
-            downlink: Counter {
-                packets: down,
-                bytes: down * 10,
-            },
+            uplink: tens(up),
+            downlink: tens(down),
             rule,
             pad: 0,
         };
