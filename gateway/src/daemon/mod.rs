@@ -590,7 +590,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     };
     if let Datapath::Userspace(us) = &datapath {
-        us.set_flow_accounting(flow_accounting);
+        us.set_flow_accounting(flow_accounting, config.flows.max_flows);
     }
     let gw = Arc::new(Gateway {
         datapath,

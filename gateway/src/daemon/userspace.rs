@@ -300,17 +300,20 @@ impl UserspacePath {
         sessions.get(&(id, direction)).copied().unwrap_or_default()
     }
 
-    /// Switches per-flow counting on or off (off at start, as `FastPath::load`). Off, frames
+    /// Switches per-flow counting on or off (off at start, as `FastPath::load`), with at most
+    /// `max_flows` flows per window (`[flows] max_flows`, as the XDP programs). Off, frames
     /// are not counted per flow; what was counted stays until the next harvest.
-    pub fn set_flow_accounting(&self, on: bool) {
+    pub fn set_flow_accounting(&self, on: bool, max_flows: u32) {
+        lock(&self.shared.counters.flows).set_max_flows(max_flows);
         self.shared
             .counters
             .flow_accounting
             .store(on, Ordering::Relaxed);
     }
 
-    /// Everything counted per flow since the last harvest, sorted by key: the samples the XDP
-    /// programs give for the same frames ([`crate::datapath::FastPath::harvest_flows`]).
+    /// Everything counted per flow since the last harvest, in no particular order: the
+    /// samples the XDP programs give for the same frames
+    /// ([`crate::datapath::FastPath::harvest_flows`]).
     pub fn harvest_flows(&self) -> Vec<FlowSample> {
         lock(&self.shared.counters.flows).harvest()
     }

@@ -92,18 +92,37 @@ pub struct FlowHit {
 }
 
 /// The userspace accumulation of flow counters, with the semantics of the kernel's maps: at
-/// most [`MAX_FLOWS`] flows per window; beyond that, packets of new flows are refused and
-/// counted in [`FlowLosses::refused_packets`].
-#[derive(Debug, Default)]
+/// most `max_flows` flows per window ([`MAX_FLOWS`] unless set); beyond that, packets of new
+/// flows are refused and counted in [`FlowLosses::refused_packets`].
+#[derive(Debug)]
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowSample>,
+    max_flows: usize,
     losses: FlowLosses,
 }
 
+impl Default for FlowTable {
+    fn default() -> Self {
+        FlowTable {
+            flows: HashMap::new(),
+            max_flows: MAX_FLOWS as usize,
+            losses: FlowLosses::default(),
+        }
+    }
+}
+
 impl FlowTable {
+    /// Flows per window from now on (0: [`MAX_FLOWS`], as `FastPathOptions::max_flows`).
+    pub fn set_max_flows(&mut self, max_flows: u32) {
+        self.max_flows = match max_flows {
+            0 => MAX_FLOWS,
+            n => n,
+        } as usize;
+    }
+
     /// Adds one packet.
     pub fn record(&mut self, hit: &FlowHit) {
-        let full = self.flows.len() >= MAX_FLOWS as usize;
+        let full = self.flows.len() >= self.max_flows;
         let sample = match self.flows.get_mut(&hit.key) {
             Some(s) => s,
             None if full => {
@@ -772,6 +791,17 @@ mod tests {
             ]
         );
         assert!(t.harvest().is_empty(), "a harvest empties the table");
+    }
+
+    #[test]
+    fn a_table_holds_the_flows_it_is_given() {
+        let mut t = FlowTable::default();
+        t.set_max_flows(2);
+        for port in 1..=3 {
+            t.record(&hit(port, Direction::Uplink, 1, None));
+        }
+        assert_eq!(t.harvest().len(), 2);
+        assert_eq!(t.losses().refused_packets, 1);
     }
 
     #[test]
