@@ -94,6 +94,9 @@ pub mod names {
     /// Read-only global (`u32`, 0 or 1) set at load time: whether the programs count flows.
     /// The verifier sees its value and removes the flow code when it is 0.
     pub const GLOBAL_FLOW_ACCOUNTING: &str = "FLOW_ACCOUNTING";
+    /// Read-only global (`u32`, 0 or 1) set at load time: whether the programs record each
+    /// frame's decision in [`MAP_LAST_DECISION`]; the verifier removes the store when 0.
+    pub const GLOBAL_RECORD_DECISIONS: &str = "RECORD_DECISIONS";
     /// Local TEID → [`super::PfcpTunnel`]: the GTP-U tunnels of PFCP sessions (not
     /// generational: each entry is replaced atomically).
     pub const MAP_PFCP_TUNNELS: &str = "PFCP_TUNNELS";

@@ -1586,3 +1586,39 @@ fn jumbo_downlink_over_the_mtu_is_oversize_and_small_frames_are_unchanged() {
         &encapsulated_v6(&ip, GNB2, 0x201, 5, 2),
     );
 }
+
+/// Loaded as the daemon loads it, without the per-frame decision record: the programs still
+/// judge and count every frame, and `judge` (which reads the record) refuses rather than
+/// report nothing.
+#[test]
+fn without_decision_records_frames_are_still_judged_and_counted_and_judge_refuses() {
+    let fp = FastPath::load_with(mecgw::datapath::FastPathOptions {
+        record_decisions: false,
+        ..Default::default()
+    })
+    .expect("load (are we root?)");
+    // Plain UDP, not to the GTP-U port: passed, reason not_gtp.
+    let mut frame = eth([2; 6], [4; 6], 0x0800);
+    frame.extend(ipv4(
+        v4("192.0.2.9"),
+        v4("198.51.100.1"),
+        17,
+        64,
+        0,
+        &udp(1000, 53, &[0; 8]),
+    ));
+    let err = fp.judge(Direction::Uplink, &frame).unwrap_err();
+    assert!(err.to_string().contains("record_decisions"), "{err}");
+    let before = reason(&fp, Reason::NotGtp);
+    let out = fp.test_run(Direction::Uplink, &frame, 3).unwrap();
+    assert_eq!(Verdict::from_xdp_action(out.action), Some(Verdict::Pass));
+    assert_eq!(reason(&fp, Reason::NotGtp), before + 3);
+}
+
+fn reason(fp: &FastPath, which: Reason) -> u64 {
+    fp.reason_counters()
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| *r == which)
+        .map_or(0, |(_, c)| c.packets)
+}

@@ -56,7 +56,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, builder::RangedU64ValueParser};
-use mecgw::datapath::{AttachMode, FastPath};
+use mecgw::datapath::{AttachMode, FastPath, FastPathOptions};
 use mecgw_bench::median;
 use mecgw_testbed::{
     self as testbed, DatapathChoice, EDGE, GNB, Gateway, LOCAL, N3, Port, in_netns,
@@ -356,7 +356,11 @@ fn live(way: Way, o: &Opts) -> anyhow::Result<Step> {
     let (bytes, expect_len) = frame(way)?;
     let index = ifindex(from)?;
     // A fresh object each time: its sink counter starts at zero and its links go with it.
-    let mut fp = FastPath::load()?;
+    // As the daemon loads it: no per-frame decision record.
+    let mut fp = FastPath::load_with(FastPathOptions {
+        record_decisions: false,
+        ..FastPathOptions::default()
+    })?;
     in_netns(to.netns, || {
         fp.attach_bench_sink(to.link, AttachMode::Native)
     })??;

@@ -273,9 +273,15 @@ fn fib_next_hop(a: &Args, fp: &FastPath) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let fp = FastPath::load()?;
+    // As the daemon loads them: without the per-frame decision record that only
+    // `FastPath::judge` reads (the paths are proven by the counters).
+    let fp = FastPath::load_with(FastPathOptions {
+        record_decisions: false,
+        ..FastPathOptions::default()
+    })?;
     let with_flows = FastPath::load_with(FastPathOptions {
         flow_accounting: true,
+        record_decisions: false,
         ..FastPathOptions::default()
     })?;
     println!(

@@ -31,6 +31,19 @@ static CARRIED: HashMap<CarriedKey, Counter> =
 #[map(name = "LAST_DECISION")]
 static LAST_DECISION: PerCpuArray<Decision> = PerCpuArray::with_max_entries(1, 0);
 
+/// 1: record each frame's whole decision in [`LAST_DECISION`] (for `FastPath::judge`: tests,
+/// `mecgw replay`). Set by userspace at load time in `.rodata`, which the kernel freezes, so
+/// with 0 (the daemon) the verifier removes the store from every path.
+#[unsafe(no_mangle)]
+static RECORD_DECISIONS: u32 = 0;
+
+#[inline(always)]
+fn decisions_recorded() -> bool {
+    // SAFETY: a plain read of a static; volatile so that the compiler keeps the load (it
+    // would otherwise fold the 0 it sees at build time) and the verifier resolves it.
+    unsafe { core::ptr::read_volatile(&RECORD_DECISIONS) != 0 }
+}
+
 #[inline(always)]
 fn add(map: &PerCpuArray<Counter>, index: u32, len: u64) {
     if let Some(c) = map.get_ptr_mut(index) {
@@ -120,7 +133,9 @@ pub fn record_pdr(outcome: &Outcome, pdr: &PdrHit, len: u64, dir: u32) -> u32 {
     if pdr.slot != NONE {
         add(&PDR_COUNTERS, pdr.slot, pdr.bytes);
     }
-    if let Some(d) = LAST_DECISION.get_ptr_mut(0) {
+    if decisions_recorded()
+        && let Some(d) = LAST_DECISION.get_ptr_mut(0)
+    {
         // SAFETY: this CPU's slot from the map lookup; nothing else runs on this CPU meanwhile.
         unsafe {
             *d = Decision {

@@ -547,6 +547,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     flow_accounting,
                     max_flows: config.flows.max_flows,
                     pfcp: config.pfcp.as_ref().map(pfcp_map_sizes),
+                    // Nothing in the daemon asks for a frame's whole decision (the counters
+                    // carry it): no store per packet for it.
+                    record_decisions: false,
                 },
                 instance.instance(),
             )?;

@@ -245,7 +245,7 @@ impl From<model::Outcome> for Judged {
 }
 
 /// Choices fixed when the programs are loaded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FastPathOptions {
     /// Count packets and bytes per flow ([`FastPath::harvest_flows`]). Off, the flow code is
     /// removed from the programs by the verifier and costs nothing per packet, and the flow
@@ -262,6 +262,21 @@ pub struct FastPathOptions {
     /// PFCP sessions: their maps and TEID range (`None`: the PFCP maps hold one entry and no
     /// TEID is looked up in them).
     pub pfcp: Option<pfcp_maps::PfcpOptions>,
+    /// Record each frame's whole decision for [`FastPath::judge`] (default on). Off (the
+    /// daemon, whose programs only count), the verifier removes the per-CPU store from every
+    /// path, and `judge` refuses.
+    pub record_decisions: bool,
+}
+
+impl Default for FastPathOptions {
+    fn default() -> Self {
+        FastPathOptions {
+            flow_accounting: false,
+            max_flows: 0,
+            pfcp: None,
+            record_decisions: true,
+        }
+    }
 }
 
 /// The loaded fast path: the eBPF object with its programs loaded (not yet attached).
@@ -367,6 +382,8 @@ impl FastPath {
         let mut loader = EbpfLoader::new();
         let accounting = u32::from(options.flow_accounting);
         loader.override_global(names::GLOBAL_FLOW_ACCOUNTING, &accounting, true);
+        let decisions = u32::from(options.record_decisions);
+        loader.override_global(names::GLOBAL_RECORD_DECISIONS, &decisions, true);
         // The slot maps and the index are preallocated: no memory for flows nobody counts.
         let flows = match (options.flow_accounting, options.max_flows) {
             (false, _) => 1,
@@ -697,6 +714,13 @@ impl FastPath {
     /// decision and this returns an error rather than guess (use [`FastPath::test_run`]
     /// there).
     pub fn judge(&self, direction: Direction, packet: &[u8]) -> Result<Judged, DatapathError> {
+        if !self.options.record_decisions {
+            return Err(DatapathError::Unexpected(
+                "this fast path was loaded without decision records \
+                 (FastPathOptions::record_decisions); use test_run and the counters"
+                    .into(),
+            ));
+        }
         let mut last = self
             .last
             .lock()
