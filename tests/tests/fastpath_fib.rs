@@ -128,6 +128,7 @@ fn fast_path() -> &'static FastPath {
             flow_accounting: true,
             max_flows: 0,
             pfcp: None,
+            ..FastPathOptions::default()
         })
         .expect("load the XDP programs (are we root?)")
     })
@@ -635,6 +636,7 @@ fn pfcp_sessions_downlink_takes_the_fib_next_hop_too() {
                 pdrs: 64,
                 teid_min: 0x8000_0000,
             }),
+            ..FastPathOptions::default()
         })
         .expect("load the XDP programs with PFCP (are we root?)")
     });

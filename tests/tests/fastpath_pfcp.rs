@@ -399,6 +399,7 @@ fn fast_path() -> &'static FastPath {
                 pdrs: 1024,
                 teid_min: TEID_MIN,
             }),
+            ..FastPathOptions::default()
         })
         .expect("load the XDP programs (are we root?)")
     })

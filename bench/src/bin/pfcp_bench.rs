@@ -1404,6 +1404,9 @@ fn main() -> anyhow::Result<()> {
                 teid_min: config.teid_min,
                 ..PfcpOptions::DEFAULT
             }),
+            // The proofs read each frame's decision (`judge`); the tables-only fast path
+            // it is compared with (`FastPath::load`) records them too.
+            record_decisions: true,
         })
         .context("loading the XDP programs with the PFCP maps")?,
     );
