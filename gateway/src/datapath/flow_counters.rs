@@ -294,6 +294,19 @@ impl Window {
         }
     }
 
+    /// Where the window stands, to [`Window::rewind`] to.
+    fn mark(&self) -> (usize, u64) {
+        (self.samples.len(), self.unreadable)
+    }
+
+    /// Forgets what was read since `mark` (a half that was not freed, to be read again).
+    fn rewind(&mut self, (samples, unreadable): (usize, u64)) {
+        self.samples.truncate(samples);
+        // Tags are pushed with their samples, in order: one per sample.
+        self.tags.truncate(samples);
+        self.unreadable = unreadable;
+    }
+
     /// Reads the first `taken` slots of `view` that window `epoch` took.
     fn read(&mut self, view: &SlotView, taken: u64, epoch: u32) {
         let n = usize::try_from(taken)
@@ -436,48 +449,52 @@ impl FlowMaps {
 
     /// Reads window `epoch`'s half (no program counts into it any more) into `window`,
     /// then frees the half for the window two on and takes its loss counts.
+    ///
+    /// What it leaves in `window` has been freed in the kernel and must be delivered; if it
+    /// fails before the half is freed, it leaves nothing (the half is read again later).
     fn drain(&mut self, epoch: u32, window: &mut Window) -> Result<(), DatapathError> {
         let half = epoch & 1;
         let alloc_err = map_err(names::MAP_FLOW_ALLOC);
         let taken = self.alloc.get(&half, 0).map_err(&alloc_err)?;
         let stats_err = map_err(names::MAP_FLOW_STATS);
         let stats = self.stats.get(&half, 0).map_err(&stats_err)?;
+        let mark = window.mark();
         window.read(&self.slots[half as usize], taken, epoch);
-        // Read before freed: a failure below leaves counts to be read again, never lost.
-        self.alloc.set(half, 0, 0).map_err(&alloc_err)?;
-        let cpus = stats.iter().count();
-        let zero = PerCpuValues::try_from(vec![FlowGenStats::default(); cpus])
-            .map_err(DatapathError::Io)?;
-        self.stats.set(half, zero, 0).map_err(&stats_err)?;
+        if let Err(e) = self.alloc.set(half, 0, 0) {
+            window.rewind(mark);
+            return Err(alloc_err(e));
+        }
         self.losses.refused_packets += stats.iter().map(|s| s.refused).sum::<u64>();
         self.losses.failed_packets += stats.iter().map(|s| s.failed).sum::<u64>();
+        let cpus = stats.iter().count();
+        let zero = PerCpuValues::try_from(vec![FlowGenStats::default(); cpus])
+            .map_err(DatapathError::Io)
+            .and_then(|zero| self.stats.set(half, zero, 0).map_err(&stats_err));
+        if let Err(e) = zero {
+            // The slots are read and freed; only the loss counts stay, and the next
+            // harvest of this half counts them once more.
+            tracing::warn!(error = %e, "a flow window's loss counts could not be reset");
+        }
         Ok(())
     }
 
     /// Moves the programs to the next window, waits until none counts into the old one,
     /// then reads its slots from memory and frees them.
     ///
-    /// If reading the old window's bookkeeping fails, its slots stay as they are and the
-    /// next harvest reads them before it moves on (their half is not used again until
+    /// If a step fails, what was read and freed comes with the next harvest, and a window
+    /// not yet freed is read by it before it moves on (its half is not used again until
     /// then), so nothing is lost.
     fn harvest(&mut self) -> Result<Vec<FlowSample>, DatapathError> {
         let mut window = Window::new();
-        if let Some(unread) = self.unread {
-            self.drain(unread, &mut window)?;
-            self.unread = None;
-        }
-        let old = self.epoch;
-        let next = old.wrapping_add(1);
-        self.gen_map
-            .set(0, next, 0)
-            .map_err(map_err(names::MAP_FLOW_GEN))?;
-        self.epoch = next;
-        self.unread = Some(old);
-        wait_for_readers();
-        self.drain(old, &mut window)?;
-        self.unread = None;
+        let result = self.harvest_into(&mut window);
         let (mut samples, unreadable) = window.finish();
         self.losses.unreadable_flows += unreadable;
+        if let Err(e) = result {
+            for s in samples {
+                self.carry(s);
+            }
+            return Err(e);
+        }
         if !self.carried.is_empty() {
             let mut carried = std::mem::take(&mut self.carried);
             for s in &mut samples {
@@ -490,6 +507,24 @@ impl FlowMaps {
         Ok(samples)
     }
 
+    fn harvest_into(&mut self, window: &mut Window) -> Result<(), DatapathError> {
+        if let Some(unread) = self.unread {
+            self.drain(unread, window)?;
+            self.unread = None;
+        }
+        let old = self.epoch;
+        let next = old.wrapping_add(1);
+        self.gen_map
+            .set(0, next, 0)
+            .map_err(map_err(names::MAP_FLOW_GEN))?;
+        self.epoch = next;
+        self.unread = Some(old);
+        wait_for_readers();
+        self.drain(old, window)?;
+        self.unread = None;
+        Ok(())
+    }
+
     /// Takes over what a previous instance pinned in `instance`: its last window's slots
     /// (and one before it, if that one's harvest did not finish), or an older build's
     /// per-CPU flow maps. Whatever is read is freed in the previous instance's maps at once,
@@ -497,21 +532,25 @@ impl FlowMaps {
     fn adopt(&mut self, instance: &Path) -> Result<AdoptedFlows, DatapathError> {
         let mut adopted = AdoptedFlows::default();
         let mut window = Window::new();
+        let mut drained = Ok(());
         if instance.join(names::MAP_FLOW_SLOTS[0]).exists() {
             match PinnedWindows::open(instance) {
-                Ok(mut pinned) => pinned.drain(&mut window, &mut self.losses)?,
+                Ok(mut pinned) => drained = pinned.drain(&mut window, &mut self.losses),
                 Err(e) => {
                     tracing::warn!(instance = %instance.display(), error = %e, "a previous instance's flow counters cannot be read; they are lost");
                     adopted.unreadable_maps += 1;
                 }
             }
         }
+        // What was read has been freed in the previous instance's maps: kept even if a
+        // later step failed.
         let (samples, unreadable) = window.finish();
         adopted.unreadable_flows += unreadable;
         adopted.flows += samples.len() as u64;
         for s in samples {
             self.carry(s);
         }
+        drained?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Io(e))?;
         for name in names::MAP_FLOWS_LEGACY {
             let path = instance.join(name);
@@ -587,14 +626,19 @@ impl PinnedWindows {
     }
 
     /// Reads the window the previous programs counted into last and the one before it
-    /// (unread only if that harvest did not finish), oldest first, freeing each half.
+    /// (unread only if that harvest did not finish), oldest first, freeing each half. What
+    /// it leaves in `window` has been freed (as [`FlowMaps::drain`]).
     fn drain(&mut self, window: &mut Window, losses: &mut FlowLosses) -> Result<(), DatapathError> {
         for epoch in [self.epoch.wrapping_sub(1), self.epoch] {
             let half = epoch & 1;
             let err = map_err(names::MAP_FLOW_ALLOC);
             let taken = self.alloc.get(&half, 0).map_err(&err)?;
+            let mark = window.mark();
             window.read(&self.slots[half as usize], taken, epoch);
-            self.alloc.set(half, 0, 0).map_err(&err)?;
+            if let Err(e) = self.alloc.set(half, 0, 0) {
+                window.rewind(mark);
+                return Err(err(e));
+            }
             if let Some(stats) = &mut self.stats {
                 let stats_err = map_err(names::MAP_FLOW_STATS);
                 let counts = stats.get(&half, 0).map_err(&stats_err)?;
@@ -874,6 +918,23 @@ mod tests {
         assert_eq!((s.uplink, s.downlink, s.rule), (tens(3), tens(5), Some(8)));
         assert_eq!(samples[1].key, key(2));
         assert_eq!(samples[1].rule, None);
+    }
+
+    #[test]
+    fn a_rewound_window_forgets_what_it_read_since_the_mark() {
+        let mut w = Window::new();
+        w.slot(&raw_slot(1, 1, 1, 0, NONE));
+        let mark = w.mark();
+        w.slot(&raw_slot(1, 1, 1, 0, NONE));
+        w.slot(&raw_slot(2, 1, 1, 0, NONE));
+        let mut unknown = raw_slot(3, 1, 1, 0, NONE);
+        unknown.key.family = 9;
+        w.slot(&unknown);
+        w.rewind(mark);
+        let (samples, unreadable) = w.finish();
+        assert_eq!(unreadable, 0);
+        assert_eq!(samples.len(), 1);
+        assert_eq!((samples[0].key, samples[0].uplink.packets), (key(1), 1));
     }
 
     #[test]
