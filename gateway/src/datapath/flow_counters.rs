@@ -454,16 +454,9 @@ impl FlowMaps {
     /// fails before the half is freed, it leaves nothing (the half is read again later).
     fn drain(&mut self, epoch: u32, window: &mut Window) -> Result<(), DatapathError> {
         let half = epoch & 1;
-        let alloc_err = map_err(names::MAP_FLOW_ALLOC);
-        let taken = self.alloc.get(&half, 0).map_err(&alloc_err)?;
         let stats_err = map_err(names::MAP_FLOW_STATS);
         let stats = self.stats.get(&half, 0).map_err(&stats_err)?;
-        let mark = window.mark();
-        window.read(&self.slots[half as usize], taken, epoch);
-        if let Err(e) = self.alloc.set(half, 0, 0) {
-            window.rewind(mark);
-            return Err(alloc_err(e));
-        }
+        read_and_free(&mut self.alloc, &self.slots, epoch, window)?;
         self.losses.refused_packets += stats.iter().map(|s| s.refused).sum::<u64>();
         self.losses.failed_packets += stats.iter().map(|s| s.failed).sum::<u64>();
         let cpus = stats.iter().count();
@@ -596,6 +589,27 @@ impl FlowMaps {
     }
 }
 
+/// Reads the slots window `epoch` took from its half of `slots` into `window`, then frees
+/// the half (its slot counter in `alloc` back to zero). If freeing fails, `window` forgets
+/// what it read: the half is read again later.
+fn read_and_free(
+    alloc: &mut Array<MapData, u64>,
+    slots: &[SlotView; 2],
+    epoch: u32,
+    window: &mut Window,
+) -> Result<(), DatapathError> {
+    let half = epoch & 1;
+    let err = map_err(names::MAP_FLOW_ALLOC);
+    let taken = alloc.get(&half, 0).map_err(&err)?;
+    let mark = window.mark();
+    window.read(&slots[half as usize], taken, epoch);
+    if let Err(e) = alloc.set(half, 0, 0) {
+        window.rewind(mark);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
 /// A previous instance's pinned flow windows.
 struct PinnedWindows {
     slots: [SlotView; 2],
@@ -631,14 +645,7 @@ impl PinnedWindows {
     fn drain(&mut self, window: &mut Window, losses: &mut FlowLosses) -> Result<(), DatapathError> {
         for epoch in [self.epoch.wrapping_sub(1), self.epoch] {
             let half = epoch & 1;
-            let err = map_err(names::MAP_FLOW_ALLOC);
-            let taken = self.alloc.get(&half, 0).map_err(&err)?;
-            let mark = window.mark();
-            window.read(&self.slots[half as usize], taken, epoch);
-            if let Err(e) = self.alloc.set(half, 0, 0) {
-                window.rewind(mark);
-                return Err(err(e));
-            }
+            read_and_free(&mut self.alloc, &self.slots, epoch, window)?;
             if let Some(stats) = &mut self.stats {
                 let stats_err = map_err(names::MAP_FLOW_STATS);
                 let counts = stats.get(&half, 0).map_err(&stats_err)?;
