@@ -126,8 +126,6 @@ fn fast_path() -> &'static FastPath {
     FP.get_or_init(|| {
         FastPath::load_with(FastPathOptions {
             flow_accounting: true,
-            max_flows: 0,
-            pfcp: None,
             ..FastPathOptions::default()
         })
         .expect("load the XDP programs (are we root?)")
@@ -628,7 +626,6 @@ fn pfcp_sessions_downlink_takes_the_fib_next_hop_too() {
     let fp = FP.get_or_init(|| {
         FastPath::load_with(FastPathOptions {
             flow_accounting: true,
-            max_flows: 0,
             pfcp: Some(PfcpOptions {
                 sessions: 16,
                 tunnels: 16,

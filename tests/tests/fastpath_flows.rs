@@ -434,7 +434,7 @@ fn an_older_builds_per_cpu_flow_maps_are_adopted_and_merged_with_new_counts() {
 
 #[test]
 fn the_rule_is_that_of_the_last_uplink_decision() {
-    // One CPU, so "last" is well defined (across CPUs the busiest CPU's rule is taken).
+    // One CPU, so "last" is well defined (CPUs writing one slot at once race for it).
     pin_to_cpu(0);
     let fp = accounting();
     let to = |dst: &str| up(0x1001, &udp4("10.45.0.1", dst, 1, 2, 0));

@@ -391,7 +391,6 @@ fn fast_path() -> &'static FastPath {
     FP.get_or_init(|| {
         FastPath::load_with(FastPathOptions {
             flow_accounting: true,
-            max_flows: 0,
             pfcp: Some(PfcpOptions {
                 sessions: 64,
                 tunnels: 128,

@@ -1,10 +1,10 @@
 //! Reading and emptying a flow map in batches of thousands of entries per system call.
 //!
-//! Owns the one raw `bpf(2)` command the harvest needs and aya 0.14 does not expose:
-//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH` (Linux 5.6+, hash maps of every kind, LRU and per-CPU
-//! included). Reading a generation key by key cost three system calls per flow (next key,
-//! lookup, delete): seconds of a core for a million flows. It never writes a map that a
-//! program may still count into: the caller drains only a generation no program uses.
+//! Owns the one raw `bpf(2)` command aya 0.14 does not expose that adopting an older build's
+//! per-CPU flow maps (`FLOWS_0`, `FLOWS_1`) needs: `BPF_MAP_LOOKUP_AND_DELETE_BATCH`
+//! (Linux 5.6+, hash maps of every kind, LRU and per-CPU included); key by key it would cost
+//! three system calls per flow. It never writes a map that a program may still count into:
+//! the caller drains only maps whose programs are gone.
 
 use std::{
     io,
