@@ -78,7 +78,8 @@ pub mod names {
     /// One `u32`: the flow window (epoch) the programs count into; its parity picks the
     /// half of the slot maps ([`MAP_FLOW_SLOTS`]).
     pub const MAP_FLOW_GEN: &str = "FLOW_GEN";
-    /// LRU hash [`super::FlowKey`] → `u64` (epoch << 32 | slot): where a flow's slot is.
+    /// LRU hash [`super::FlowKey`] → [`super::FlowIndexEntry`]: where a flow's slot is, and
+    /// the uplink's cached classification of the flow.
     pub const MAP_FLOW_INDEX: &str = "FLOW_INDEX";
     /// Memory-mappable arrays of [`super::FlowSlot`], one per window parity: the flows
     /// counted in a window, read by userspace through `mmap`.
@@ -97,6 +98,9 @@ pub mod names {
     /// Read-only global (`u32`, 0 or 1) set at load time: whether the programs record each
     /// frame's decision in [`MAP_LAST_DECISION`]; the verifier removes the store when 0.
     pub const GLOBAL_RECORD_DECISIONS: &str = "RECORD_DECISIONS";
+    /// Read-only global (`u32`, 0 or 1) set at load time: whether the uplink keeps each
+    /// flow's classification in its [`MAP_FLOW_INDEX`] entry (with flow accounting only).
+    pub const GLOBAL_VERDICT_CACHE: &str = "VERDICT_CACHE";
     /// Local TEID → [`super::PfcpTunnel`]: the GTP-U tunnels of PFCP sessions (not
     /// generational: each entry is replaced atomically).
     pub const MAP_PFCP_TUNNELS: &str = "PFCP_TUNNELS";
@@ -610,6 +614,10 @@ pub struct Config {
     /// Tags pushed onto decapsulated frames.
     pub local_tags: [u8; 8],
     pub local_tag_count: u32,
+    /// Which install of the tables this generation holds: 1 for the first, one more for each
+    /// later one (wrapping past 0, which is never used). The flow verdict cache tags what it
+    /// keeps with it, so that a swap makes every cached classification stale at once.
+    pub tables_serial: u32,
 }
 
 /// Most VLAN tags the parsers see through and the programs push.
@@ -834,6 +842,21 @@ pub struct FlowSlot {
     pub pad: u32,
 }
 
+/// A flow's entry in [`names::MAP_FLOW_INDEX`]: two words, each written with one 8-byte
+/// store, so that each is whole when read (which of two racing writers wins does not matter:
+/// both are right).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowIndexEntry {
+    /// `epoch << 32 | slot`: the flow's slot in the window `epoch`.
+    pub at: u64,
+    /// The uplink's classification of the flow: [`Config::tables_serial`] << 32, the QFI and
+    /// whether the packet had ports (the inputs of a rule match that the [`FlowKey`] lacks),
+    /// and the index of the rule that matched; 0 when nothing is cached. Valid only while the
+    /// tables serial and those inputs are the packet's own.
+    pub verdict: u64,
+}
+
 /// Per-CPU bookkeeping of one window parity, for the loss accounting of a harvest.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -907,11 +930,12 @@ const _: () = assert!(
         == 9 * 4 + 32 + 4 * MAX_PORT_RANGES + 8 * MAX_SRC_PREFIXES + 32 * MAX_SRC_PREFIXES
 );
 const _: () = assert!(core::mem::size_of::<Candidates>() == 4 + 4 * MAX_CANDIDATES);
-const _: () = assert!(core::mem::size_of::<Config>() == 8 * 4 + 4 * 6 + 4 + 16 + 2 * (8 + 4));
+const _: () = assert!(core::mem::size_of::<Config>() == 8 * 4 + 4 * 6 + 4 + 16 + 2 * (8 + 4) + 4);
 // The programs read N3's addresses a word at a time (map values are 8-byte aligned).
 const _: () = assert!(core::mem::offset_of!(Config, n3_v4) % 4 == 0);
 const _: () = assert!(core::mem::offset_of!(Config, n3_v6) % 4 == 0);
 const _: () = assert!(core::mem::size_of::<Decision>() == 6 * 4);
+const _: () = assert!(core::mem::size_of::<FlowIndexEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<PdrMatch>() == 7 * 4 + 8 + 32);
 const _: () = assert!(core::mem::size_of::<TunnelTarget>() == 8 + 16);
 const _: () = assert!(

@@ -11,7 +11,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use mecgw::datapath::{CompiledTables, Direction, FastPath, Judged, model::Model};
+use mecgw::datapath::{CompiledTables, Direction, FastPath, FastPathOptions, Judged, model::Model};
 use mecgw_ebpf::{Counter, Verdict};
 use mecgw_tests::packet::*;
 
@@ -68,7 +68,9 @@ action = "PASSTHROUGH"
 dst = ["198.51.100.0/24"]
 "#;
 
-/// Set B: the priorities of rules 1 and 2 swap (so their order in the rule array swaps),
+/// Set B: the priorities of rules 1 and 2 swap (so their order in the rule array swaps), and
+/// both fall behind rule 3 (so that no rule keeps its place in the array: an index cached
+/// under A names another rule under B, and the other way round),
 /// rule 3 becomes LOCAL, session 1 moves to another gNB and TEID, session 2 is gone, and the
 /// local next hop changes.
 const B: &str = r#"
@@ -87,13 +89,13 @@ qfi = 5
 
 [[rules]]
 id = 1
-priority = 1
+priority = 2
 action = "LOCAL"
 dst = ["192.0.2.0/24"]
 
 [[rules]]
 id = 2
-priority = 0
+priority = 1
 action = "DROP"
 dst = ["192.0.2.0/24"]
 
@@ -147,6 +149,24 @@ fn expect(model: &Model, direction: Direction, frame: &[u8]) -> Judged {
 
 #[test]
 fn every_packet_is_judged_wholly_by_the_old_or_the_new_tables_and_counters_add_up() {
+    let fp = FastPath::load().expect("load the XDP programs (are we root?)");
+    judged_wholly_by_old_or_new(fp);
+}
+
+/// The same with flow accounting, so with the flow verdict cache: the workers repeat a few
+/// flows, so most packets find their flow's classification cached, and every install must
+/// make it stale for the very next packet.
+#[test]
+fn with_the_flow_verdict_cache_every_packet_is_judged_wholly_by_the_old_or_the_new_tables() {
+    let fp = FastPath::load_with(FastPathOptions {
+        flow_accounting: true,
+        ..FastPathOptions::default()
+    })
+    .expect("load the XDP programs (are we root?)");
+    judged_wholly_by_old_or_new(fp);
+}
+
+fn judged_wholly_by_old_or_new(fp: FastPath) {
     let (ta, tb) = (tables(A), tables(B));
     let (ma, mb) = (Model::new(&ta), Model::new(&tb));
     let packets = packets();
@@ -162,7 +182,6 @@ fn every_packet_is_judged_wholly_by_the_old_or_the_new_tables_and_counters_add_u
         );
     }
 
-    let fp = FastPath::load().expect("load the XDP programs (are we root?)");
     fp.install(&ta).unwrap();
     let done = AtomicBool::new(false);
     const UPDATES: usize = 60;

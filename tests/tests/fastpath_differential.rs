@@ -1,7 +1,9 @@
 //! Differential test: random tables and random packets (valid, truncated, bit-flipped)
 //! through the kernel programs (BPF_PROG_TEST_RUN) and through the reference model; they must
 //! agree on verdict, reason, rule, session and every output byte, and, flow accounting being
-//! on, on the flow samples of each case.
+//! on, on the flow samples of each case. Uplink packets are repeated within a case, as they
+//! are and altered, so that the kernel's flow verdict cache answers later packets of a flow
+//! and must tell them from packets that differ in what the flow key lacks.
 //!
 //! `MECGW_DIFF_CASES` sets the number of random table sets (default 150, each with 48 packets
 //! per direction: ~14,000 packets). `cargo xtask fuzz-fastpath` runs a long campaign.
@@ -445,9 +447,23 @@ fn run_case(seed: u64) -> Result<usize, TestCaseError> {
     let model = Model::new(&tables);
     let mut flows = FlowTable::default();
     let mut n = 0;
+    let mut sent: Vec<Vec<u8>> = Vec::new();
     for i in 0..2 * PACKETS_PER_DIRECTION {
         let (direction, frame) = if i % 2 == 0 {
-            (Direction::Uplink, uplink_packet(&mut r, &tables))
+            // A third of the uplink packets are again one of this case's earlier ones (a
+            // third of those altered): later packets of a flow, which the verdict cache
+            // answers, and packets that differ from a cached flow's in what the key lacks.
+            let again = (!sent.is_empty() && r.below(3) == 0).then(|| {
+                let earlier = sent[r.below(sent.len() as u64) as usize].clone();
+                if r.below(3) == 0 {
+                    mutate(&mut r, earlier)
+                } else {
+                    earlier
+                }
+            });
+            let frame = again.unwrap_or_else(|| uplink_packet(&mut r, &tables));
+            sent.push(frame.clone());
+            (Direction::Uplink, frame)
         } else {
             (Direction::Downlink, downlink_packet(&mut r, &tables))
         };

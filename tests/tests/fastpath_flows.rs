@@ -462,6 +462,112 @@ fn the_rule_is_that_of_the_last_uplink_decision() {
     assert_eq!(got[0].rule, Some(20));
 }
 
+/// Tables for the verdict cache test: `TABLES`' sessions with `rules` instead of its rules.
+fn with_rules(rules: &str) -> CompiledTables {
+    let sessions = &TABLES[..TABLES.find("[[rules]]").unwrap()];
+    mecgw::datapath::compile::from_toml(&tables_with(&format!("{sessions}{rules}")), "cache test")
+        .unwrap()
+}
+
+/// A G-PDU of session 1 to 192.0.2.1 (or `dst`) with QFI `qfi`: one flow for a given `dst`.
+fn up_qfi(dst: &str, qfi: u8) -> Vec<u8> {
+    n3_v4(
+        v4("198.18.1.1"),
+        v4("198.18.0.1"),
+        &gtp(
+            255,
+            0x1001,
+            None,
+            &[ul_container(qfi)],
+            &udp4("10.45.0.1", dst, 4000, 443, 32),
+        ),
+    )
+}
+
+#[test]
+fn a_flows_cached_classification_serves_its_later_packets_and_no_install_after_it() {
+    // Each install moves the rules in the rule array, so that a classification kept from an
+    // earlier install (a rule index) would name another rule, or none.
+    const LOCAL: &str =
+        "[[rules]]\nid = 10\npriority = 1\naction = \"LOCAL\"\ndst = [\"192.0.2.0/24\"]\n";
+    const DROP: &str =
+        "[[rules]]\nid = 10\npriority = 1\naction = \"DROP\"\ndst = [\"192.0.2.0/24\"]\n";
+    // Outranks rule 10 and comes before it; matches other destinations.
+    const ELSEWHERE: &str =
+        "[[rules]]\nid = 7\npriority = 0\naction = \"PASSTHROUGH\"\ndst = [\"198.51.100.0/24\"]\n";
+    // Outranks rule 10 for half of its destinations.
+    const AHEAD: &str =
+        "[[rules]]\nid = 5\npriority = 0\naction = \"PASSTHROUGH\"\ndst = [\"192.0.2.0/25\"]\n";
+    // Matches only packets with QFI 9: the flow key does not hold the QFI.
+    const QFI_9: &str =
+        "[[rules]]\nid = 40\npriority = 0\naction = \"DROP\"\ndst = [\"192.0.2.0/24\"]\nqfi = 9\n";
+    let (a9, a5, b9) = (
+        up_qfi("192.0.2.1", 9),
+        up_qfi("192.0.2.1", 5),
+        up_qfi("192.0.2.200", 9),
+    );
+    // Each install, with the packets then sent and the reason each must get.
+    type Step<'a> = (CompiledTables, Vec<(&'a Vec<u8>, Reason)>);
+    let steps: Vec<Step> = vec![
+        (with_rules(LOCAL), vec![(&a9, Reason::RuleLocal); 3]),
+        // The flow's rule changes action and place in the array.
+        (
+            with_rules(&format!("{ELSEWHERE}{DROP}")),
+            vec![(&a9, Reason::RuleDrop); 2],
+        ),
+        (
+            with_rules(&format!("{LOCAL}{AHEAD}")),
+            vec![(&a9, Reason::RulePassthrough), (&b9, Reason::RuleLocal)],
+        ),
+        // The same tables again: a new install all the same.
+        (
+            with_rules(&format!("{LOCAL}{AHEAD}")),
+            vec![(&a9, Reason::RulePassthrough), (&b9, Reason::RuleLocal)],
+        ),
+        // One flow, its QFI alternating: rule 40 matches every other packet.
+        (
+            with_rules(&format!("{LOCAL}{QFI_9}")),
+            vec![
+                (&a9, Reason::RuleDrop),
+                (&a5, Reason::RuleLocal),
+                (&a9, Reason::RuleDrop),
+                (&a5, Reason::RuleLocal),
+                (&a9, Reason::RuleDrop),
+            ],
+        ),
+        // No rule at all: the flow's cached rule must not survive.
+        (with_rules(""), vec![(&a9, Reason::NoRule); 2]),
+    ];
+    for cache in [true, false] {
+        let fp = FastPath::load_with(FastPathOptions {
+            flow_accounting: true,
+            verdict_cache: cache,
+            ..FastPathOptions::default()
+        })
+        .expect("load (are we root?)");
+        let mut packets = 0;
+        for (step, (tables, frames)) in steps.iter().enumerate() {
+            fp.install(tables).unwrap();
+            let model = Model::new(tables);
+            for (i, (frame, reason)) in frames.iter().enumerate() {
+                let got = fp.judge(Direction::Uplink, frame).unwrap();
+                let want = mecgw::datapath::Judged::from(model.uplink(frame));
+                assert_eq!(got, want, "cache {cache}, step {step}, packet {i}");
+                assert_eq!(
+                    got.reason, *reason,
+                    "cache {cache}, step {step}, packet {i}"
+                );
+                packets += 1;
+            }
+        }
+        // Every packet was counted, against the flows it belongs to.
+        let flows = fp.harvest_flows().unwrap();
+        let counted: u64 = flows.iter().map(|f| f.uplink.packets).sum();
+        assert_eq!(counted, packets, "cache {cache}: {flows:?}");
+        assert_eq!(flows.len(), 2, "cache {cache}: two destinations, two flows");
+    }
+}
+
 #[test]
 fn harvests_during_traffic_lose_and_double_count_nothing() {
     let fp = accounting();

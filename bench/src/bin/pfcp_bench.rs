@@ -1407,6 +1407,7 @@ fn main() -> anyhow::Result<()> {
             // The proofs read each frame's decision (`judge`); the tables-only fast path
             // it is compared with (`FastPath::load`) records them too.
             record_decisions: true,
+            ..FastPathOptions::default()
         })
         .context("loading the XDP programs with the PFCP maps")?,
     );

@@ -17,6 +17,13 @@
 //! refuses new flows and counts their packets ([`FLOW_STATS`]); an index entry the LRU drops
 //! while its flow is live only makes the flow take a second slot, which the harvest merges.
 //!
+//! The index entry also caches the uplink's classification of the flow ([`cached`]): the
+//! matching rule's index, tagged with the tables install it was made under and the packet
+//! inputs a rule can match that the key lacks. A swap of the tables changes the install's
+//! serial, so every cached classification is stale from the first packet after it, without
+//! a flush; a stale one is classified afresh and replaced. The cache lives as long as the
+//! entry: the LRU dropping it costs only a classification.
+//!
 //! All of it is behind [`enabled`], a read-only global fixed at load time: when it is 0 the
 //! verifier removes the flow code from the programs, so it costs nothing.
 
@@ -27,7 +34,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
 };
-use mecgw_ebpf::{Counter, FlowGenStats, FlowKey, FlowSlot, MAX_FLOWS, NONE};
+use mecgw_ebpf::{Counter, FlowGenStats, FlowIndexEntry, FlowKey, FlowSlot, MAX_FLOWS, NONE};
 
 /// 1: count flows. Set by userspace at load time (`EbpfLoader::set_global`); lives in
 /// `.rodata`, which the kernel freezes, so the verifier knows the value and prunes the
@@ -35,12 +42,18 @@ use mecgw_ebpf::{Counter, FlowGenStats, FlowKey, FlowSlot, MAX_FLOWS, NONE};
 #[unsafe(no_mangle)]
 static FLOW_ACCOUNTING: u32 = 0;
 
+/// 1: the uplink keeps each flow's classification in the flow's [`FLOW_INDEX`] entry and
+/// classifies only a flow's first packet under each tables install. Set at load time.
+#[unsafe(no_mangle)]
+static VERDICT_CACHE: u32 = 0;
+
 #[map(name = "FLOW_GEN")]
 static FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// Sized by userspace at load: twice the slots of a half, so that the entries of the
 /// window being counted and of the one before it fit.
 #[map(name = "FLOW_INDEX")]
-static FLOW_INDEX: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(2 * MAX_FLOWS, 0);
+static FLOW_INDEX: LruHashMap<FlowKey, FlowIndexEntry> =
+    LruHashMap::with_max_entries(2 * MAX_FLOWS, 0);
 #[map(name = "FLOW_SLOTS_0")]
 static FLOW_SLOTS_0: Array<FlowSlot> = Array::with_max_entries(MAX_FLOWS, BPF_F_MMAPABLE);
 #[map(name = "FLOW_SLOTS_1")]
@@ -68,9 +81,60 @@ pub struct FlowHit {
     pub rule: u32,
 }
 
+/// Whether the uplink caches each flow's classification in its index entry (set at load
+/// time beside [`FLOW_ACCOUNTING`]; only with flow accounting on).
+#[inline(always)]
+pub fn cache_enabled() -> bool {
+    // SAFETY: as in `enabled`.
+    unsafe { core::ptr::read_volatile(&VERDICT_CACHE) != 0 }
+}
+
+/// The low bits of [`FlowIndexEntry::verdict`]: the index of the rule that matched, or
+/// [`NO_RULE`].
+const RULE_BITS: u64 = 0x7f_ffff;
+/// A cached classification without a matching rule (passthrough, `no_rule`).
+pub const NO_RULE: u32 = RULE_BITS as u32;
+const _: () = assert!(mecgw_ebpf::MAX_RULES < NO_RULE);
+
+/// What a cached classification is valid for: the tables install `serial` and the packet's
+/// QFI and whether it had ports, which rules may match on and the flow key does not hold.
+/// (The session's TEID is its own and its UE is the key's, so neither can change under one
+/// serial.) Never 0 for a serial that is not 0.
+#[inline(always)]
+pub fn verdict_tag(serial: u32, qfi: u32, has_ports: u32) -> u64 {
+    (u64::from(serial) << 32) | (u64::from(qfi & 0xff) << 24) | (u64::from(has_ports & 1) << 23)
+}
+
+/// A flow's index entry, if it has one (of any window): looked up once per packet, before
+/// the uplink classifies it and for counting it after.
+#[inline(always)]
+pub fn find(key: &FlowKey) -> Option<*mut FlowIndexEntry> {
+    FLOW_INDEX.get_ptr_mut(key)
+}
+
+/// The rule index (or [`NO_RULE`]) cached in `entry` for `tag`, if that is what it holds.
+#[inline(always)]
+pub fn cached(entry: Option<*mut FlowIndexEntry>, tag: u64) -> Option<u32> {
+    if !cache_enabled() {
+        return None;
+    }
+    let entry = entry?;
+    // SAFETY: an entry the kernel found, valid for the program run; one 8-byte volatile read,
+    // so the tag and the rule always come from the same store.
+    let v = unsafe { core::ptr::read_volatile(&raw const (*entry).verdict) };
+    (v & !RULE_BITS == tag).then_some((v & RULE_BITS) as u32)
+}
+
 /// Counts one packet against `key` in the window in use.
 #[inline(always)]
 pub fn count(key: &FlowKey, hit: &FlowHit) {
+    count_found(find(key), key, hit, 0);
+}
+
+/// [`count`] for a flow whose index entry was looked up already (`index`, from [`find`]),
+/// also caching `verdict` (a [`verdict_tag`] with the rule index) in it unless it is 0.
+#[inline(always)]
+pub fn count_found(index: Option<*mut FlowIndexEntry>, key: &FlowKey, hit: &FlowHit, verdict: u64) {
     let Some(gen_ptr) = FLOW_GEN.get_ptr(0) else {
         return;
     };
@@ -79,19 +143,30 @@ pub fn count(key: &FlowKey, hit: &FlowHit) {
     let epoch = unsafe { core::ptr::read_volatile(gen_ptr) };
     // Two call sites, one per map: the verifier wants a map known at each helper call.
     if epoch & 1 == 0 {
-        count_in(&FLOW_SLOTS_0, epoch, key, hit);
+        count_in(&FLOW_SLOTS_0, epoch, key, hit, index, verdict);
     } else {
-        count_in(&FLOW_SLOTS_1, epoch, key, hit);
+        count_in(&FLOW_SLOTS_1, epoch, key, hit, index, verdict);
     }
 }
 
 #[inline(always)]
-fn count_in(slots: &Array<FlowSlot>, epoch: u32, key: &FlowKey, hit: &FlowHit) {
-    let index = FLOW_INDEX.get_ptr_mut(key);
+fn count_in(
+    slots: &Array<FlowSlot>,
+    epoch: u32,
+    key: &FlowKey,
+    hit: &FlowHit,
+    index: Option<*mut FlowIndexEntry>,
+    verdict: u64,
+) {
     if let Some(entry) = index {
-        // SAFETY: an entry the kernel found, valid for the program run; one 8-byte volatile
-        // read, so epoch and slot always come from the same store.
-        let at = unsafe { core::ptr::read_volatile(entry) };
+        // SAFETY: an entry the kernel found, valid for the program run; each word is read
+        // and written with one 8-byte volatile access, so each is whole.
+        let at = unsafe {
+            if verdict != 0 && cache_enabled() {
+                core::ptr::write_volatile(&raw mut (*entry).verdict, verdict);
+            }
+            core::ptr::read_volatile(&raw const (*entry).at)
+        };
         if (at >> 32) as u32 == epoch {
             match slots.get_ptr_mut(at as u32) {
                 // SAFETY: a slot of this window, taken and written by the program that
@@ -109,12 +184,14 @@ fn count_in(slots: &Array<FlowSlot>, epoch: u32, key: &FlowKey, hit: &FlowHit) {
     match index {
         // A stale entry (an older window): point it at the new slot with one 8-byte store.
         // SAFETY: the entry found above, still valid for this program run.
-        Some(entry) => unsafe { core::ptr::write_volatile(entry, at) },
+        Some(entry) => unsafe { core::ptr::write_volatile(&raw mut (*entry).at, at) },
         // A new flow. If another CPU inserted the key meanwhile, this replaces its entry and
         // the flow has two slots in the window: the harvest merges them. If the insert
         // fails, the next packet takes another slot: the same.
         None => {
-            let _ = FLOW_INDEX.insert(key, at, u64::from(BPF_ANY));
+            let verdict = if cache_enabled() { verdict } else { 0 };
+            let entry = FlowIndexEntry { at, verdict };
+            let _ = FLOW_INDEX.insert(key, entry, u64::from(BPF_ANY));
         }
     }
 }

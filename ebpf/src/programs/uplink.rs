@@ -66,22 +66,47 @@ fn classify(ctx: &XdpContext, whole: usize) -> Outcome {
     let Some(session) = maps::session_by_teid(generation, pdu.teid) else {
         return by_default(config.unknown_teid, Reason::UnknownTeid);
     };
-    let mut out = classify_session(ctx, generation, config, session, &pdu);
-    out.session_id = session.id;
-    out.session_slot = session.counter;
-    // Every G-PDU of the session whose source is its UE belongs to a flow, whatever the
-    // verdict; a spoofed source is not the UE's traffic (the reason and session counters
-    // have it).
-    if flows::enabled() && out.reason != Reason::SpoofedSource {
-        count_flow(session.id, &pdu, out.rule_id);
+    if !flows::enabled() {
+        let (rule, _) = match classify_session(generation, config, session, &pdu) {
+            Ok(found) => found,
+            Err(spoofed) => return of_session(spoofed, session),
+        };
+        return judge_session(ctx, config, session, rule, &pdu);
     }
+    // With flow accounting, the flow's index entry is found first: it may hold the flow's
+    // classification under these tables, and it is where the packet is counted.
+    let key = flow_key(session.id, &pdu);
+    let entry = flows::find(&key);
+    let tag = flows::verdict_tag(config.tables_serial, pdu.qfi, pdu.inner.has_ports);
+    let (rule, verdict) = match flows::cached(entry, tag) {
+        Some(flows::NO_RULE) => (None, 0),
+        Some(index) => match maps::rule(generation, index) {
+            Some(rule) => (Some(rule), 0),
+            // Never: the index came from this install's candidate lists.
+            None => return Outcome::new(Verdict::Drop, Reason::Internal),
+        },
+        // A spoofed source is not the UE's traffic: no flow (the reason and session
+        // counters have it), and nothing cached, so it is checked on every packet.
+        None => match classify_session(generation, config, session, &pdu) {
+            Ok((rule, index)) => (rule, tag | u64::from(index)),
+            Err(spoofed) => return of_session(spoofed, session),
+        },
+    };
+    let out = judge_session(ctx, config, session, rule, &pdu);
+    let hit = FlowHit {
+        uplink: true,
+        bytes: pdu.inner_len as u64,
+        rule: out.rule_id,
+    };
+    flows::count_found(entry, &key, &hit, verdict);
     out
 }
 
+/// The flow a G-PDU of `session` belongs to.
 #[inline(always)]
-pub(super) fn count_flow(session: u32, pdu: &Gpdu, rule: u32) {
+fn flow_key(session: u32, pdu: &Gpdu) -> FlowKey {
     let ip = &pdu.inner;
-    let key = FlowKey {
+    FlowKey {
         session,
         ue: bytes(&ip.src),
         peer: bytes(&ip.dst),
@@ -94,42 +119,75 @@ pub(super) fn count_flow(session: u32, pdu: &Gpdu, rule: u32) {
             FLOW_FAMILY_V6
         },
         pad: [0; 2],
-    };
+    }
+}
+
+/// Counts a G-PDU of `session` whose classification was not cached against its flow (the
+/// PFCP program's uplink).
+#[inline(always)]
+pub(super) fn count_flow(session: u32, pdu: &Gpdu, rule: u32) {
     let hit = FlowHit {
         uplink: true,
         bytes: pdu.inner_len as u64,
         rule,
     };
-    flows::count(&key, &hit);
+    flows::count(&flow_key(session, pdu), &hit);
 }
 
+/// Classifies a G-PDU of `session`: the rule that matches (`None`: passthrough) and its
+/// index in the rule array (or [`flows::NO_RULE`]), or the outcome of a spoofed source.
 #[inline(always)]
 fn classify_session(
-    ctx: &XdpContext,
     generation: u32,
     config: &Config,
     session: &SessionEntry,
     pdu: &Gpdu,
-) -> Outcome {
+) -> Result<(Option<&'static RuleEntry>, u32), Outcome> {
     if !source_is_ue(session, &pdu.inner) {
-        return by_default(config.spoofed_source, Reason::SpoofedSource);
+        return Err(by_default(config.spoofed_source, Reason::SpoofedSource));
     }
-    let Some(rule) = find_rule(generation, pdu) else {
-        return Outcome::new(Verdict::Pass, Reason::NoRule);
-    };
-    let mut out = match rule.action {
-        action::DROP => Outcome::new(Verdict::Drop, Reason::RuleDrop),
-        action::LOCAL => {
-            if pdu.inner.ttl <= 1 {
-                Outcome::new(Verdict::Pass, Reason::TtlExpired)
-            } else {
-                decapsulate(ctx, config, pdu, Reason::RuleLocal)
-            }
+    Ok(match find_rule(generation, pdu) {
+        Some((index, rule)) => (Some(rule), index),
+        None => (None, flows::NO_RULE),
+    })
+}
+
+/// Does what `rule` (`None`: no rule matched) says with a G-PDU of `session`.
+#[inline(always)]
+fn judge_session(
+    ctx: &XdpContext,
+    config: &Config,
+    session: &SessionEntry,
+    rule: Option<&RuleEntry>,
+    pdu: &Gpdu,
+) -> Outcome {
+    let out = match rule {
+        None => Outcome::new(Verdict::Pass, Reason::NoRule),
+        Some(rule) => {
+            let mut out = match rule.action {
+                action::DROP => Outcome::new(Verdict::Drop, Reason::RuleDrop),
+                action::LOCAL => {
+                    if pdu.inner.ttl <= 1 {
+                        Outcome::new(Verdict::Pass, Reason::TtlExpired)
+                    } else {
+                        decapsulate(ctx, config, pdu, Reason::RuleLocal)
+                    }
+                }
+                _ => Outcome::new(Verdict::Pass, Reason::RulePassthrough),
+            };
+            out.rule_id = rule.id;
+            out.rule_slot = rule.counter;
+            out
         }
-        _ => Outcome::new(Verdict::Pass, Reason::RulePassthrough),
     };
-    out.rule_id = rule.id;
-    out.rule_slot = rule.counter;
+    of_session(out, session)
+}
+
+/// `out`, counted against `session`.
+#[inline(always)]
+fn of_session(mut out: Outcome, session: &SessionEntry) -> Outcome {
+    out.session_id = session.id;
+    out.session_slot = session.counter;
     out
 }
 
@@ -185,9 +243,9 @@ fn source_is_ue(s: &SessionEntry, ip: &IpInfo) -> bool {
 }
 
 /// The first candidate for the inner destination that matches, in the order userspace
-/// compiled (lowest priority value, then lowest rule id).
+/// compiled (lowest priority value, then lowest rule id), with its index in the rule array.
 #[inline(always)]
-fn find_rule(generation: u32, pdu: &Gpdu) -> Option<&'static RuleEntry> {
+fn find_rule(generation: u32, pdu: &Gpdu) -> Option<(u32, &'static RuleEntry)> {
     let ip = &pdu.inner;
     let candidates = if ip.v6 == 0 {
         maps::candidates_v4(generation, ip.dst[0].to_ne_bytes())?
@@ -200,10 +258,11 @@ fn find_rule(generation: u32, pdu: &Gpdu) -> Option<&'static RuleEntry> {
         if i >= count {
             break;
         }
-        if let Some(rule) = maps::rule(generation, candidates.rules[i])
+        let index = candidates.rules[i];
+        if let Some(rule) = maps::rule(generation, index)
             && rule_matches(rule, pdu, src)
         {
-            return Some(rule);
+            return Some((index, rule));
         }
     }
     None

@@ -550,6 +550,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     // Nothing in the daemon asks for a frame's whole decision (the counters
                     // carry it): no store per packet for it.
                     record_decisions: false,
+                    ..crate::datapath::FastPathOptions::default()
                 },
                 instance.instance(),
             )?;

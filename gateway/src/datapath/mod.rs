@@ -266,6 +266,11 @@ pub struct FastPathOptions {
     /// daemon, whose programs only count), the verifier removes the per-CPU store from every
     /// path, and `judge` refuses.
     pub record_decisions: bool,
+    /// With flow accounting: keep each flow's classification (its rule) in the flow's index
+    /// entry, so that only the first packet of a flow under each tables install walks the
+    /// rules (default on). Off, every packet is classified, as a flow's first one is: the
+    /// benchmark measures both, and the tests judge packets both ways.
+    pub verdict_cache: bool,
 }
 
 impl Default for FastPathOptions {
@@ -275,6 +280,7 @@ impl Default for FastPathOptions {
             max_flows: 0,
             pfcp: None,
             record_decisions: true,
+            verdict_cache: true,
         }
     }
 }
@@ -384,6 +390,8 @@ impl FastPath {
         loader.override_global(names::GLOBAL_FLOW_ACCOUNTING, &accounting, true);
         let decisions = u32::from(options.record_decisions);
         loader.override_global(names::GLOBAL_RECORD_DECISIONS, &decisions, true);
+        let cache = u32::from(options.flow_accounting && options.verdict_cache);
+        loader.override_global(names::GLOBAL_VERDICT_CACHE, &cache, true);
         // The slot maps and the index are preallocated: no memory for flows nobody counts.
         let flows = match (options.flow_accounting, options.max_flows) {
             (false, _) => 1,

@@ -50,6 +50,8 @@ pub(super) struct TableWriter {
     pub(super) session_slots: Slots,
     /// With PFCP: the first TEID of its range (written into every generation's config).
     pfcp_teid_min: Option<u32>,
+    /// The last install's [`Config::tables_serial`] (0 before the first).
+    serial: u32,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -93,6 +95,7 @@ impl TableWriter {
             rule_slots: Slots::default(),
             session_slots: Slots::default(),
             pfcp_teid_min,
+            serial: 0,
         })
     }
 
@@ -107,6 +110,10 @@ impl TableWriter {
             compiled.config.flags |= mecgw_ebpf::CONFIG_PFCP;
             compiled.config.pfcp_teid_min = min;
         }
+        // A new serial for every install, even of the same tables: the programs' cached
+        // classifications carry the serial they were made under, and 0 marks none.
+        let serial = self.serial.wrapping_add(1).max(1);
+        compiled.config.tables_serial = serial;
         for slot in reused_rules {
             self.rule_counters
                 .set(slot, zeroes()?, 0)
@@ -131,6 +138,7 @@ impl TableWriter {
             .set(0, next, 0)
             .map_err(map_err(names::MAP_ACTIVE))?;
         self.active = next;
+        self.serial = serial;
         wait_for_readers();
         Ok(())
     }
