@@ -98,6 +98,14 @@ pub mod names {
     /// Read-only global (`u32`, 0 or 1) set at load time: whether the programs record each
     /// frame's decision in [`MAP_LAST_DECISION`]; the verifier removes the store when 0.
     pub const GLOBAL_RECORD_DECISIONS: &str = "RECORD_DECISIONS";
+    /// Per-CPU array of [`super::NextHop`]: the programs' cache of the FIB's answers.
+    pub const MAP_FIB_CACHE: &str = "FIB_CACHE";
+    /// One `u32`, moved by userspace on every neighbour, route, address or link change the
+    /// kernel reports: a [`super::NextHop`] kept under another serial is stale.
+    pub const MAP_FIB_SERIAL: &str = "FIB_SERIAL";
+    /// Read-only global (`u32`, 0 or 1) set at load time: whether the programs answer FIB
+    /// lookups from [`MAP_FIB_CACHE`].
+    pub const GLOBAL_FIB_CACHE: &str = "FIB_CACHE_ON";
     /// Read-only global (`u32`, 0 or 1) set at load time: whether the uplink keeps each
     /// flow's classification in its [`MAP_FLOW_INDEX`] entry (with flow accounting only).
     pub const GLOBAL_VERDICT_CACHE: &str = "VERDICT_CACHE";
@@ -857,6 +865,34 @@ pub struct FlowIndexEntry {
     pub verdict: u64,
 }
 
+/// Entries per CPU of the programs' next-hop cache ([`NextHop`]): a power of two.
+pub const FIB_CACHE_SLOTS: u32 = 4096;
+const _: () = assert!(FIB_CACHE_SLOTS.is_power_of_two());
+
+/// An answer of the kernel's FIB the programs keep ([`names::MAP_FIB_CACHE`], per CPU):
+/// where a destination is forwarded, asked from `ifindex_in`, under FIB serial `serial`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Destination: IPv4 in word 0, or IPv6 (native-order words of the address bytes).
+    pub dst: [u32; 4],
+    /// 1 << 8 for IPv6, and the IP protocol asked with.
+    pub family_proto: u32,
+    pub ifindex_in: u32,
+    /// The route's egress interface.
+    pub ifindex_out: u32,
+    /// The route's MTU (`u32::MAX`: any length fits).
+    pub mtu: u32,
+    /// [`names::MAP_FIB_SERIAL`] when asked; 0: empty.
+    pub serial: u32,
+    pub pad: u32,
+    /// `bpf_ktime_get_coarse_ns` when asked.
+    pub asked_ns: u64,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub pad2: [u8; 4],
+}
+
 /// Per-CPU bookkeeping of one window parity, for the loss accounting of a harvest.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -936,6 +972,7 @@ const _: () = assert!(core::mem::offset_of!(Config, n3_v4) % 4 == 0);
 const _: () = assert!(core::mem::offset_of!(Config, n3_v6) % 4 == 0);
 const _: () = assert!(core::mem::size_of::<Decision>() == 6 * 4);
 const _: () = assert!(core::mem::size_of::<FlowIndexEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 64);
 const _: () = assert!(core::mem::size_of::<PdrMatch>() == 7 * 4 + 8 + 32);
 const _: () = assert!(core::mem::size_of::<TunnelTarget>() == 8 + 16);
 const _: () = assert!(

@@ -73,6 +73,23 @@ pub fn read_until_closed_by_peer(conns: Vec<std::net::TcpStream>, what: &str) ->
         .collect()
 }
 
+/// Keeps the calling thread (and so its test runs) on CPU `cpu` modulo the CPUs there are:
+/// for what the programs keep per CPU.
+pub fn pin_to_cpu(cpu: usize) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: `set` is a plain bitmask owned by this frame; the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % n, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Flow samples sorted by key: harvests (kernel and userspace) give them in no particular
 /// order.
 pub fn sorted_flows(

@@ -16,7 +16,7 @@ use mecgw::datapath::{
     flow_counters::FlowTable, model::Model,
 };
 use mecgw_ebpf::MAX_FLOWS;
-use mecgw_tests::{packet::*, sorted_flows, tables_with};
+use mecgw_tests::{packet::*, pin_to_cpu, sorted_flows, tables_with};
 
 const TABLES: &str = r#"
 [[sessions]]
@@ -62,22 +62,6 @@ fn accounting() -> FastPath {
     .expect("load (are we root?)");
     fp.install(&tables()).unwrap();
     fp
-}
-
-/// Keeps the calling thread (and so its test runs) on CPU `cpu` modulo the CPUs there are.
-fn pin_to_cpu(cpu: usize) {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: `set` is a plain bitmask owned by this frame; the call only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu % n, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// A G-PDU of the session with uplink TEID `teid` carrying `inner`.

@@ -24,7 +24,9 @@
 //! Uplink LOCAL is measured once more with the next hop from the kernel's FIB
 //! (`next_hop = "fib"`: one `bpf_fib_lookup` per packet), in a network namespace of its own
 //! (`mgw-bf-<pid>`) where the inner destination is routed out of the local interface with a
-//! neighbour entry, next to the fixed-MAC figure measured there too.
+//! neighbour entry, next to the fixed-MAC figure measured there too: with the programs'
+//! next-hop cache (`fib`: a per-CPU table answers, the FIB is asked once a second) and without
+//! it (`fib uncached`: the helper on every packet, a third `FastPath`).
 //!
 //! The rewriting paths are measured a second time with flow accounting on (a second
 //! `FastPath` loaded with it, same tables, same restored method and baseline); there the
@@ -218,7 +220,7 @@ fn per_call(a: &Args, mut run: impl FnMut(u32) -> anyhow::Result<Duration>) -> a
 /// Uplink LOCAL with the local next hop from the FIB and with a fixed MAC, restored, in a
 /// namespace where the LOCAL case's destination (192.0.2.10) is a resolved neighbour on the
 /// local interface (1 session, 10 rules).
-fn fib_next_hop(a: &Args, fp: &FastPath) -> anyhow::Result<()> {
+fn fib_next_hop(a: &Args, fp: &FastPath, uncached: &FastPath) -> anyhow::Result<()> {
     let ns = mecgw_testbed::ScratchNetns::create("mgw-bf")?;
     let n = ns.name();
     ns.ip(&[
@@ -242,9 +244,10 @@ fn fib_next_hop(a: &Args, fp: &FastPath) -> anyhow::Result<()> {
     let (ifindex, _) = ns.link("mgw-bfl").context("the veth's ifindex")?;
     let case = cases(1).remove(1);
     let probe = cases(1).remove(0).frame;
-    for (name, hop) in [
-        ("uplink LOCAL", None),
-        ("uplink LOCAL fib", Some(NextHop::Fib)),
+    for (name, hop, fp) in [
+        ("uplink LOCAL", None, fp),
+        ("uplink LOCAL fib", Some(NextHop::Fib), fp),
+        ("uplink LOCAL fib uncached", Some(NextHop::Fib), uncached),
     ] {
         let mut t = tables(1, 10);
         t.local.ifindex = ifindex;
@@ -405,7 +408,12 @@ fn main() -> anyhow::Result<()> {
         }
         println!();
     }
-    fib_next_hop(&a, &fp)?;
+    let fib_uncached = FastPath::load_with(FastPathOptions {
+        record_decisions: false,
+        fib_cache: false,
+        ..FastPathOptions::default()
+    })?;
+    fib_next_hop(&a, &fp, &fib_uncached)?;
     // The trap, shown with the program's own counters.
     let local = cases(1).remove(1);
     fp.install(&compile(tables(1, 10)).map_err(|p| anyhow::anyhow!("{p}"))?)?;

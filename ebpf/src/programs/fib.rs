@@ -3,7 +3,20 @@
 //! side's next hop is `fib`.
 //!
 //! This module owns the per-CPU scratch the lookup's parameters live in (the programs' stacks
-//! cannot spare its 64 bytes) and the one call into the helper. It never decides what a
+//! cannot spare its 64 bytes), the calls into the helper, and the next-hop cache in front of
+//! them.
+//!
+//! **The next-hop cache** ([`FIB_CACHE`]) keeps, per CPU, the answers the FIB forwarded with,
+//! in a direct-mapped table indexed by a hash of the destination: the route's egress
+//! interface, MACs and MTU. An entry serves while the FIB serial ([`FIB_SERIAL`]) is the one
+//! it was asked under and for at most [`MAX_AGE_NS`]; userspace moves the serial whenever the
+//! kernel reports a change of a neighbour, route, address or link (rtnetlink), so a changed
+//! neighbour MAC reaches the very next lookups, and the age bounds what a missed or late
+//! report can cost, also when no process watches any more (the pinned programs outlive their
+//! daemon). Only forwarded answers are kept: a missing neighbour or route is asked every time.
+//! The route's MTU is learnt on a miss with a second lookup of a packet too long for any
+//! route (answered with the MTU), so that a hit refuses an oversize packet as the helper
+//! would. Per CPU, an entry is only ever written and read by one program run at a time. It never decides what a
 //! verdict is: callers map its [`Answer`] to theirs (a re-tunnel drops a packet without a
 //! neighbour, a FIB next hop passes it to the kernel).
 
@@ -12,12 +25,12 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup,
     },
-    helpers::generated::bpf_fib_lookup as fib_lookup,
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use mecgw_ebpf::{Reason, Verdict};
+use mecgw_ebpf::{FIB_CACHE_SLOTS, NextHop, Reason, Verdict};
 
 use super::{
     counters::Outcome,
@@ -38,6 +51,30 @@ pub struct Scratch {
 
 #[map(name = "FIB_SCRATCH")]
 static FIB_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The next-hop cache (module docs): [`FIB_CACHE_SLOTS`] entries per CPU.
+#[map(name = "FIB_CACHE")]
+static FIB_CACHE: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(FIB_CACHE_SLOTS, 0);
+/// One `u32` userspace moves on every change the kernel reports; 0: keep nothing.
+#[map(name = "FIB_SERIAL")]
+static FIB_SERIAL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// 1: answer from the next-hop cache. Set at load time (read-only, so the verifier removes
+/// the cache when it is 0).
+#[unsafe(no_mangle)]
+static FIB_CACHE_ON: u32 = 0;
+
+/// The longest an answer serves, whatever the serial says: 1 s.
+pub const MAX_AGE_NS: u64 = 1_000_000_000;
+/// A route whose MTU is at least this (the probe's length) never refuses a packet.
+const ANY_LENGTH: u16 = u16::MAX;
+
+#[inline(always)]
+fn cache_on() -> bool {
+    // SAFETY: a plain read of a static; volatile so that the compiler keeps the load (it
+    // would otherwise fold the 0 it sees at build time) and the verifier resolves it.
+    unsafe { core::ptr::read_volatile(&FIB_CACHE_ON) != 0 }
+}
 
 /// What the FIB says about a destination.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,7 +102,8 @@ pub struct Query<'a> {
     pub ifindex: u32,
 }
 
-/// Asks the FIB for the route of `q`. `None` only if the per-CPU scratch is missing (never).
+/// Asks the FIB for the route of `q`, or the next-hop cache when it holds the answer.
+/// `None` only if the per-CPU scratch is missing (never).
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, q: &Query<'_>) -> Option<(&'static mut Scratch, Answer)> {
     let s = FIB_SCRATCH.get_ptr_mut(0)?;
@@ -73,6 +111,97 @@ pub fn lookup(ctx: &XdpContext, q: &Query<'_>) -> Option<(&'static mut Scratch, 
     // uses meanwhile; a plain C struct of integers and unions of integers, so every write
     // below leaves it valid.
     let s = unsafe { &mut *s };
+    if !cache_on() {
+        let answer = ask(ctx, s, q, q.tot_len);
+        s.answer = answer as u32;
+        return Some((s, answer));
+    }
+    // The serial is read before the FIB is asked: an answer kept under it is never older
+    // than the change that moves it.
+    let serial = FIB_SERIAL
+        .get_ptr(0)
+        // SAFETY: the map's one element, valid for the program run; userspace replaces it
+        // with one 4-byte store.
+        .map_or(0, |p| unsafe { core::ptr::read_volatile(p) });
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let kept = FIB_CACHE.get_ptr_mut(slot_of(q));
+    if let Some(e) = kept {
+        // SAFETY: this CPU's entry; only program runs on this CPU touch it, one at a time.
+        let e = unsafe { &*e };
+        if serial != 0
+            && e.serial == serial
+            && now.wrapping_sub(e.asked_ns) < MAX_AGE_NS
+            && e.dst == *q.dst
+            && e.family_proto == family_proto(q)
+            && e.ifindex_in == q.ifindex
+        {
+            let answer = if u32::from(q.tot_len) > e.mtu {
+                Answer::Oversize
+            } else {
+                s.params.ifindex = e.ifindex_out;
+                s.params.dmac = e.dmac;
+                s.params.smac = e.smac;
+                Answer::Forward
+            };
+            s.answer = answer as u32;
+            return Some((s, answer));
+        }
+    }
+    // A miss: the route's MTU first (a packet too long for any route is answered with it),
+    // then the packet's own lookup.
+    let mtu = match ask(ctx, s, q, ANY_LENGTH) {
+        // SAFETY: the helper wrote the MTU into the union's output member.
+        Answer::Oversize => u32::from(unsafe { s.params.__bindgen_anon_1.mtu_result }),
+        Answer::Forward | Answer::NoNeighbour => u32::MAX,
+        Answer::NoRoute => 0,
+    };
+    let answer = ask(ctx, s, q, q.tot_len);
+    s.answer = answer as u32;
+    if answer == Answer::Forward
+        && mtu != 0
+        && serial != 0
+        && let Some(e) = kept
+    {
+        // SAFETY: as above; written whole, by this program run only.
+        unsafe {
+            *e = NextHop {
+                dst: *q.dst,
+                family_proto: family_proto(q),
+                ifindex_in: q.ifindex,
+                ifindex_out: s.params.ifindex,
+                mtu,
+                serial,
+                pad: 0,
+                asked_ns: now,
+                dmac: s.params.dmac,
+                smac: s.params.smac,
+                pad2: [0; 4],
+            };
+        }
+    }
+    Some((s, answer))
+}
+
+/// The family and protocol of `q`, as a cache entry holds them.
+#[inline(always)]
+fn family_proto(q: &Query<'_>) -> u32 {
+    (u32::from(q.v6) << 8) | u32::from(q.proto)
+}
+
+/// The cache entry for `q`: a multiplicative hash of the destination and where it is asked
+/// from. Colliding destinations only take each other's place.
+#[inline(always)]
+fn slot_of(q: &Query<'_>) -> u32 {
+    let d = q.dst;
+    let mixed = d[0] ^ d[1].rotate_left(8) ^ d[2].rotate_left(16) ^ d[3].rotate_left(24);
+    let h = (mixed ^ q.ifindex ^ (family_proto(q) << 20)).wrapping_mul(0x9e37_79b1);
+    h >> (32 - FIB_CACHE_SLOTS.trailing_zeros())
+}
+
+/// One call into the helper for `q` as a packet of `tot_len` bytes, the parameters in `s`.
+#[inline(always)]
+fn ask(ctx: &XdpContext, s: &mut Scratch, q: &Query<'_>, tot_len: u16) -> Answer {
     let fib = &mut s.params;
     // SAFETY: all-zero bytes are a valid `bpf_fib_lookup` (integers and unions of integers).
     *fib = unsafe { core::mem::zeroed() };
@@ -84,7 +213,7 @@ pub fn lookup(ctx: &XdpContext, q: &Query<'_>) -> Option<(&'static mut Scratch, 
         fib.__bindgen_anon_4.ipv4_dst = q.dst[0];
     }
     fib.l4_protocol = q.proto;
-    fib.__bindgen_anon_1.tot_len = q.tot_len;
+    fib.__bindgen_anon_1.tot_len = tot_len;
     fib.ifindex = q.ifindex;
     // SAFETY: the helper reads and writes `fib`, which lives for the call, of the size passed.
     let rc = unsafe {
@@ -96,7 +225,7 @@ pub fn lookup(ctx: &XdpContext, q: &Query<'_>) -> Option<(&'static mut Scratch, 
         )
     };
     // The kernel checks the MTU before the neighbour: an oversized packet is that first.
-    let answer = if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         Answer::Forward
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         Answer::NoNeighbour
@@ -104,9 +233,7 @@ pub fn lookup(ctx: &XdpContext, q: &Query<'_>) -> Option<(&'static mut Scratch, 
         Answer::Oversize
     } else {
         Answer::NoRoute
-    };
-    s.answer = answer as u32;
-    Some((s, answer))
+    }
 }
 
 /// The first half of a FIB next hop, before the frame is rewritten: looks up `q` (the packet

@@ -23,6 +23,7 @@
 mod carried;
 pub mod compile;
 pub(crate) mod entries;
+mod fib_watch;
 mod flow_batch;
 pub mod flow_counters;
 mod flow_slots;
@@ -271,6 +272,12 @@ pub struct FastPathOptions {
     /// rules (default on). Off, every packet is classified, as a flow's first one is: the
     /// benchmark measures both, and the tests judge packets both ways.
     pub verdict_cache: bool,
+    /// Keep the kernel's FIB answers per destination and CPU for the `fib` next hops (default
+    /// on): a FIB next hop then costs a lookup in a per-CPU table, not `bpf_fib_lookup`, until
+    /// the kernel reports a neighbour, route, address or link change in the namespace the
+    /// fast path was loaded in (a thread watches rtnetlink; [`FastPath::fib_changed`]), and
+    /// for at most a second. Off, every packet asks the FIB.
+    pub fib_cache: bool,
 }
 
 impl Default for FastPathOptions {
@@ -281,6 +288,7 @@ impl Default for FastPathOptions {
             pfcp: None,
             record_decisions: true,
             verdict_cache: true,
+            fib_cache: true,
         }
     }
 }
@@ -304,6 +312,10 @@ pub struct FastPath {
     /// Links this fast path attached and pinned ([`FastPath::attach_pinned`]); closing them
     /// leaves the pins, and the programs on the interfaces.
     pinned: Vec<PinnedLink>,
+    /// With the next-hop cache: its serial, and the thread that moves it (`None` if it could
+    /// not start: answers then serve for at most a second).
+    fib_serial: Option<fib_watch::FibSerial>,
+    _fib_watch: Option<fib_watch::FibWatch>,
 }
 
 /// How [`FastPath::attach_pinned`] put a program on an interface.
@@ -392,6 +404,11 @@ impl FastPath {
         loader.override_global(names::GLOBAL_RECORD_DECISIONS, &decisions, true);
         let cache = u32::from(options.flow_accounting && options.verdict_cache);
         loader.override_global(names::GLOBAL_VERDICT_CACHE, &cache, true);
+        let fib_cache = u32::from(options.fib_cache);
+        loader.override_global(names::GLOBAL_FIB_CACHE, &fib_cache, true);
+        if !options.fib_cache {
+            loader.map_max_entries(names::MAP_FIB_CACHE, 1);
+        }
         // The slot maps and the index are preallocated: no memory for flows nobody counts.
         let flows = match (options.flow_accounting, options.max_flows) {
             (false, _) => 1,
@@ -488,6 +505,22 @@ impl FastPath {
             frame: take_map(&mut ebpf, names::MAP_BENCH_FRAME)?,
             target: take_map(&mut ebpf, names::MAP_BENCH_TARGET)?,
         };
+        let (fib_serial, fib_watch) = if options.fib_cache {
+            let serial = fib_watch::FibSerial::new(take_map(&mut ebpf, names::MAP_FIB_SERIAL)?);
+            match fib_watch::FibWatch::start(serial.clone()) {
+                Ok(watch) => (Some(serial), Some(watch)),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "no rtnetlink watch: FIB next hops follow a change within 1 s, not at once"
+                    );
+                    serial.advance()?;
+                    (Some(serial), None)
+                }
+            }
+        } else {
+            (None, None)
+        };
         Ok(FastPath {
             ebpf,
             options,
@@ -499,7 +532,28 @@ impl FastPath {
             last: Mutex::new(last),
             bench: Mutex::new(bench),
             pinned: Vec::new(),
+            fib_serial,
+            _fib_watch: fib_watch,
         })
+    }
+
+    /// Makes every FIB answer the programs keep stale: the next packet to each destination
+    /// asks the FIB again. The fast path's own thread does this on every change the kernel
+    /// reports in the namespace it was loaded in; this is for changes it cannot see (a test
+    /// judging packets in another namespace). Nothing to do without the next-hop cache.
+    pub fn fib_changed(&self) -> Result<(), DatapathError> {
+        match &self.fib_serial {
+            Some(serial) => serial.advance().map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// The FIB serial the programs' kept answers are checked against (0 without the
+    /// next-hop cache); it moves on every change the kernel reports.
+    pub fn fib_serial(&self) -> u32 {
+        self.fib_serial
+            .as_ref()
+            .map_or(0, fib_watch::FibSerial::current)
     }
 
     /// Installs `tables`; from the moment this returns, every packet is judged by them, and
