@@ -336,6 +336,18 @@ fn with_the_fib_next_hop_breakout_follows_the_edges_new_mac() {
     );
     assert!(local > 0 && encapsulated > 0, "{local} {encapsulated}");
 
+    // The daemon's fast path keeps the FIB's answers, and listens to the kernel's reports
+    // in its namespace to drop them.
+    let fib_changes = || {
+        let metrics = testbed::ops_get("/metrics").unwrap().unwrap();
+        assert_eq!(
+            testbed::sample_value(&metrics, "mecgw_fastpath_fib_watch"),
+            Some(1),
+            "the FIB watch runs"
+        );
+        testbed::sample_value(&metrics, "mecgw_fastpath_fib_changes_total").unwrap()
+    };
+    let changes = fib_changes();
     let new_mac = "02:6d:67:00:01:77";
     testbed::run(&[
         "ip", "-n", EDGE.netns, "link", "set", "dev", EDGE.link, "address", new_mac,
@@ -360,6 +372,10 @@ fn with_the_fib_next_hop_breakout_follows_the_edges_new_mac() {
     let (local_after, encapsulated_after, _) = round(&run, "after the change");
     // Broken out by the fast path itself after the change, not only by the kernel.
     assert!(local_after > local, "{local} -> {local_after}");
+    assert!(
+        fib_changes() > changes,
+        "the neighbour change was reported to the FIB watch"
+    );
     assert!(encapsulated_after > encapsulated);
     assert!(
         hex_lines(&run.core_seen).is_empty(),

@@ -18,6 +18,7 @@ use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, regis
 use super::{Datapath, Gateway};
 use crate::datapath::{
     CompiledTables, Counter, DatapathError, Direction, FlowLosses, Reason, Verdict,
+    fib_watch::FibWatchStatus,
 };
 use crate::openmetrics::{self, BuildInfo, counter, counters, gauge, gauges, info};
 use crate::records::{LoadedPolicy, egress::metrics::EgressCollector, engine::PrivacySnapshot};
@@ -81,6 +82,8 @@ pub struct FastPathSample {
     sessions: Vec<(Direction, Counter)>,
     losses: FlowLosses,
     session_count: usize,
+    /// The next-hop cache's watch (XDP only).
+    fib_watch: Option<FibWatchStatus>,
 }
 
 impl FastPathSample {
@@ -111,6 +114,7 @@ impl FastPathSample {
             sessions,
             losses: fp.flow_losses()?,
             session_count: tables.sessions.len(),
+            fib_watch: fp.fib_watch(),
         })
     }
 }
@@ -183,6 +187,20 @@ impl Collector for FastPathSample {
             "PDU sessions installed.",
             self.session_count as u64,
         )?;
+        if let Some(w) = self.fib_watch {
+            counter(
+                &mut e,
+                "mecgw_fastpath_fib_changes_total",
+                "Times the fast path dropped the next hops it keeps from the kernel's FIB: bursts of neighbour, route, address or link reports.",
+                w.changes,
+            )?;
+            gauge(
+                &mut e,
+                "mecgw_fastpath_fib_watch",
+                "1 while the fast path listens to the kernel's FIB reports; 0: kept next hops follow a change within 1 s.",
+                u64::from(w.watching),
+            )?;
+        }
         gauge(
             &mut e,
             "mecgw_rules",
@@ -432,6 +450,10 @@ mod tests {
                 unreadable_flows: 1,
             },
             session_count: 2,
+            fib_watch: Some(FibWatchStatus {
+                changes: 6,
+                watching: true,
+            }),
         });
         for line in [
             "# TYPE mecgw_fastpath_packets counter",
@@ -451,6 +473,8 @@ mod tests {
             "mecgw_flow_accounting_lost_total{what=\"packets_uncounted\"} 9",
             "mecgw_sessions 2",
             "mecgw_rules 2",
+            "mecgw_fastpath_fib_changes_total 6",
+            "mecgw_fastpath_fib_watch 1",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");

@@ -116,6 +116,15 @@ impl Datapath {
         }
     }
 
+    /// The XDP fast path's next-hop cache watch (`None` for the userspace datapath, which
+    /// asks no FIB).
+    pub fn fib_watch(&self) -> Option<crate::datapath::fib_watch::FibWatchStatus> {
+        match self {
+            Datapath::Xdp(fp) => fp.fib_watch(),
+            Datapath::Userspace(_) => None,
+        }
+    }
+
     /// "xdp" or "userspace".
     pub fn kind(&self) -> DatapathKind {
         match self {

@@ -16,7 +16,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
@@ -30,11 +30,23 @@ use super::DatapathError;
 /// `RTNLGRP_NEXTHOP`: nexthop objects, a group past the 32 of the bind mask.
 const RTNLGRP_NEXTHOP: libc::c_int = 32;
 
+/// What the next-hop cache's watch has done, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibWatchStatus {
+    /// Times the FIB serial moved (each a burst of reports, or [`super::FastPath::fib_changed`]).
+    pub changes: u64,
+    /// Whether the thread listens to rtnetlink (false: it could not start, or stopped on an
+    /// error; kept answers then follow a change within 1 s).
+    pub watching: bool,
+}
+
 /// The FIB serial, shared by the watcher thread and [`super::FastPath::fib_changed`].
 #[derive(Clone)]
 pub(super) struct FibSerial {
     map: Arc<Mutex<Array<MapData, u32>>>,
     value: Arc<AtomicU32>,
+    moves: Arc<AtomicU64>,
+    watching: Arc<AtomicBool>,
 }
 
 impl FibSerial {
@@ -42,6 +54,15 @@ impl FibSerial {
         FibSerial {
             map: Arc::new(Mutex::new(map)),
             value: Arc::new(AtomicU32::new(0)),
+            moves: Arc::new(AtomicU64::new(0)),
+            watching: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub(super) fn status(&self) -> FibWatchStatus {
+        FibWatchStatus {
+            changes: self.moves.load(Ordering::Relaxed),
+            watching: self.watching.load(Ordering::Relaxed),
         }
     }
 
@@ -58,6 +79,7 @@ impl FibSerial {
             source,
         })?;
         self.value.store(next, Ordering::Release);
+        self.moves.fetch_add(1, Ordering::Relaxed);
         Ok(next)
     }
 
@@ -147,9 +169,15 @@ impl FibWatch {
             .advance()
             .map_err(|e| io::Error::other(format!("the first FIB serial: {e}")))?;
         let stop_fd = stop.try_clone()?;
+        serial.watching.store(true, Ordering::Relaxed);
+        let watching = Arc::clone(&serial.watching);
         let thread = std::thread::Builder::new()
             .name("mecgw-fib-watch".into())
-            .spawn(move || watch(&sock, &stop_fd, &serial))?;
+            .spawn(move || {
+                watch(&sock, &stop_fd, &serial);
+                serial.watching.store(false, Ordering::Relaxed);
+            })
+            .inspect_err(|_| watching.store(false, Ordering::Relaxed))?;
         Ok(FibWatch {
             stop,
             thread: Some(thread),

@@ -23,7 +23,7 @@
 mod carried;
 pub mod compile;
 pub(crate) mod entries;
-mod fib_watch;
+pub mod fib_watch;
 mod flow_batch;
 pub mod flow_counters;
 mod flow_slots;
@@ -554,6 +554,11 @@ impl FastPath {
         self.fib_serial
             .as_ref()
             .map_or(0, fib_watch::FibSerial::current)
+    }
+
+    /// What the next-hop cache's watch has done (`None` without the cache).
+    pub fn fib_watch(&self) -> Option<fib_watch::FibWatchStatus> {
+        self.fib_serial.as_ref().map(fib_watch::FibSerial::status)
     }
 
     /// Installs `tables`; from the moment this returns, every packet is judged by them, and
