@@ -204,6 +204,15 @@ fn take(slots: &Array<FlowSlot>, epoch: u32, key: &FlowKey, hit: &FlowHit) -> Op
         stat(epoch, |s| s.failed += 1);
         return None;
     };
+    // A full half is seen with a plain read first: the packets of flows it refuses (a flood
+    // of new flows, when the site is busiest) then never write the line every CPU takes
+    // slots from.
+    // SAFETY: as below; an 8-byte volatile read of an aligned u64 is whole.
+    let seen = unsafe { core::ptr::read_volatile(next) };
+    if u32::try_from(seen).map_or(true, |n| slots.get_ptr(n).is_none()) {
+        stat(epoch, |s| s.refused += 1);
+        return None;
+    }
     // SAFETY: an element of an array map, 8-byte aligned (map values are), valid for the
     // program run; every CPU takes slots from it, so only with atomic operations.
     // Userspace writes it only while no program uses this half.
