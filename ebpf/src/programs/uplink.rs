@@ -5,6 +5,10 @@
 //! rules (best candidate that matches wins; none → passthrough). LOCAL decapsulates, writes
 //! the next-hop Ethernet header (a fixed MAC, or the kernel's FIB's), decrements the TTL and
 //! redirects to the local interface.
+//!
+//! With flow accounting on, the flow's index entry is found before the source check: a later
+//! packet of a flow already classified under these tables takes the rule kept there (the
+//! flow verdict cache, `flows.rs`) instead of the source check and the rule walk.
 
 use aya_ebpf::{
     bindings::xdp_action,
