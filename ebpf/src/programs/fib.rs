@@ -4,7 +4,8 @@
 //!
 //! This module owns the per-CPU scratch the lookup's parameters live in (the programs' stacks
 //! cannot spare its 64 bytes), the calls into the helper, and the next-hop cache in front of
-//! them.
+//! them. It never decides what a verdict is: callers map its [`Answer`] to theirs (a
+//! re-tunnel drops a packet without a neighbour, a FIB next hop passes it to the kernel).
 //!
 //! **The next-hop cache** ([`FIB_CACHE`]) keeps, per CPU, the answers the FIB forwarded with,
 //! in a direct-mapped table indexed by a hash of the destination: the route's egress
@@ -16,9 +17,7 @@
 //! daemon). Only forwarded answers are kept: a missing neighbour or route is asked every time.
 //! The route's MTU is learnt on a miss with a second lookup of a packet too long for any
 //! route (answered with the MTU), so that a hit refuses an oversize packet as the helper
-//! would. Per CPU, an entry is only ever written and read by one program run at a time. It never decides what a
-//! verdict is: callers map its [`Answer`] to theirs (a re-tunnel drops a packet without a
-//! neighbour, a FIB next hop passes it to the kernel).
+//! would. Per CPU, an entry is only ever written and read by one program run at a time.
 
 use aya_ebpf::{
     bindings::{
