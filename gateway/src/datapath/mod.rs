@@ -254,7 +254,7 @@ pub struct FastPathOptions {
     /// G-PDU of a session and per packet to a UE (docs/fastpath.md, "Flow accounting").
     pub flow_accounting: bool,
     /// Flows counted per harvest window (0: [`MAX_FLOWS`]); packets of new flows beyond
-    /// that are refused and counted. Preallocated, whatever the number of CPUs: about 400
+    /// that are refused and counted. Preallocated, whatever the number of CPUs: about 430
     /// bytes of kernel memory per flow (two halves of slots and an index of twice the
     /// flows; docs/fastpath.md, "Flow accounting").
     ///
