@@ -69,7 +69,7 @@ pub struct Flows {
     #[serde(default = "default_flow_interval")]
     pub interval_secs: u64,
     /// Flows counted per harvest window; packets of new flows beyond are refused until the
-    /// next window (counted on `/metrics`). Kernel memory: about 420 bytes per flow,
+    /// next window (counted on `/metrics`). Kernel memory: about 435 bytes per flow,
     /// preallocated, whatever the number of CPUs. Default 65,536; 1 to
     /// [`MAX_FLOWS_CONFIGURED`].
     #[serde(default = "default_max_flows")]
