@@ -356,30 +356,17 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             if case.rewrites {
-                let (net, proof) = restored(&a, &fp, &case, empty_batch)?;
-                println!(
-                    "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  {} {proof}",
-                    case.name,
-                    "restored",
-                    net,
-                    net / empty_batch,
-                    case.reason.name()
-                );
-                let (net, proof) = restored(&a, &with_flows, &case, empty_batch)?;
-                println!(
-                    "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  {} {proof}",
-                    format!("{} +flows", case.name),
-                    "restored",
-                    net,
-                    net / empty_batch,
-                    case.reason.name()
-                );
-                // Only the uplink classifies by rules; the downlink has nothing to cache.
+                // Without flows, with them (the uplink's verdict cache hit), and for the
+                // uplink with every packet classified (only the uplink classifies by rules).
+                let mut loads = vec![("", &fp), (" +flows", &with_flows)];
                 if case.direction == Direction::Uplink {
-                    let (net, proof) = restored(&a, &uncached, &case, empty_batch)?;
+                    loads.push((" +flows miss", &uncached));
+                }
+                for (suffix, load) in loads {
+                    let (net, proof) = restored(&a, load, &case, empty_batch)?;
                     println!(
                         "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  {} {proof}",
-                        format!("{} +flows miss", case.name),
+                        format!("{}{suffix}", case.name),
                         "restored",
                         net,
                         net / empty_batch,
