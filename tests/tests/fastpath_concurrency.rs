@@ -276,4 +276,31 @@ fn judged_wholly_by_old_or_new(fp: FastPath) {
             "{direction:?}"
         );
     }
+    // What a scrape reads in batches is what the lookups one by one say (a rule and a
+    // session that are not installed, 99, read 0 and add nothing).
+    let batched = fp.rule_counters(&[1, 2, 3, 99]).unwrap();
+    for (id, c) in batched {
+        let one = fp.rule_counter(id).unwrap().unwrap_or_default();
+        assert_eq!(c, one, "rule {id}");
+    }
+    let ids = [1, 2, 99];
+    let totals = fp.session_totals(&ids).unwrap();
+    for direction in [Direction::Uplink, Direction::Downlink] {
+        let one_by_one = ids.iter().fold(Counter::default(), |sum, &id| {
+            sum.plus(
+                fp.session_counter(id, direction)
+                    .unwrap()
+                    .unwrap_or_default(),
+            )
+        });
+        assert_eq!(
+            totals[direction.index() as usize],
+            one_by_one,
+            "{direction:?}"
+        );
+        assert!(
+            one_by_one.packets > 0,
+            "{direction:?}: not a comparison of zeros"
+        );
+    }
 }

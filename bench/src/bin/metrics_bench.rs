@@ -11,7 +11,9 @@
 //! - scrape: both, as one figure.
 //!
 //! The baseline, measured in the same run, is the same work at 1 session and 10 rules, so the
-//! ratio is what the scale itself costs. CPU-only: no packet is sent, and reading a zero
+//! ratio is what the scale itself costs. Each round also reads the rule and session counters
+//! one lookup at a time, as the handler did before it read each map in batches
+//! (`one-by-one`), for the ratio of the two ways in the same run. CPU-only: no packet is sent, and reading a zero
 //! counter costs what reading any counter does. Figures are printed, never judged.
 
 use std::time::Instant;
@@ -20,7 +22,7 @@ use anyhow::Context as _;
 use clap::{Parser, builder::RangedU64ValueParser};
 use mecgw::{
     daemon::{Datapath, metrics::FastPathSample},
-    datapath::{FastPath, compile::compile},
+    datapath::{Direction, FastPath, compile::compile},
     openmetrics::{self, BuildInfo, process::ProcessCollector},
 };
 use mecgw_bench::{median, scale};
@@ -42,6 +44,9 @@ struct Args {
 /// Medians of one scale, milliseconds, and the size of one scrape.
 struct Figures {
     read_ms: f64,
+    /// The same counters read as the handler read them before the batched reads: one
+    /// lookup per rule and per session and direction.
+    one_by_one_ms: f64,
     encode_ms: f64,
     scrape_ms: f64,
     bytes: usize,
@@ -55,6 +60,7 @@ fn measure(sessions: u32, rules: u32, rounds: usize) -> anyhow::Result<Figures> 
         .with_context(|| format!("installing {sessions} sessions and {rules} rules"))?;
     let dp = Datapath::Xdp(Box::new(fp));
     let (mut read, mut encode, mut scrape) = (Vec::new(), Vec::new(), Vec::new());
+    let mut one_by_one = Vec::new();
     let mut last = String::new();
     // One scrape first, unmeasured: page faults of the first map reads.
     for round in 0..=rounds {
@@ -67,16 +73,20 @@ fn measure(sessions: u32, rules: u32, rounds: usize) -> anyhow::Result<Figures> 
         registry.register_collector(Box::new(ProcessCollector));
         let text = openmetrics::encode(&registry)?;
         let t2 = Instant::now();
+        read_one_by_one(&dp, &compiled)?;
+        let t3 = Instant::now();
         if round > 0 {
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
             read.push(ms(t0, t1));
             encode.push(ms(t1, t2));
             scrape.push(ms(t0, t2));
+            one_by_one.push(ms(t2, t3));
         }
         last = text;
     }
     Ok(Figures {
         read_ms: median(read),
+        one_by_one_ms: median(one_by_one),
         encode_ms: median(encode),
         scrape_ms: median(scrape),
         bytes: last.len(),
@@ -85,6 +95,25 @@ fn measure(sessions: u32, rules: u32, rounds: usize) -> anyhow::Result<Figures> 
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .count(),
     })
+}
+
+/// The rule and session counters read one lookup at a time (the handler's way before the
+/// batched reads), summed: packets over every rule, and over every session and direction.
+fn read_one_by_one(
+    dp: &Datapath,
+    t: &mecgw::datapath::CompiledTables,
+) -> anyhow::Result<(u64, u64)> {
+    let mut rules = 0;
+    for r in &t.rules {
+        rules += dp.rule_counter(r.id)?.unwrap_or_default().packets;
+    }
+    let mut sessions = 0;
+    for s in &t.sessions {
+        for dir in [Direction::Uplink, Direction::Downlink] {
+            sessions += dp.session_counter(s.id, dir)?.unwrap_or_default().packets;
+        }
+    }
+    Ok((rules, sessions))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,18 +125,23 @@ fn main() -> anyhow::Result<()> {
     let base = measure(1, 10, a.rounds)?;
     let goal = measure(a.sessions, a.rules, a.rounds)?;
     println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>8} {:>9}",
-        "tables", "read", "encode", "scrape", "series", "bytes"
+        "{:<28} {:>9} {:>9} {:>9} {:>8} {:>9} {:>12}",
+        "tables", "read", "encode", "scrape", "series", "bytes", "one-by-one"
     );
     for (what, f) in [
         ("baseline: 1 session, 10 rules".to_string(), &base),
         (format!("{} sessions, {} rules", a.sessions, a.rules), &goal),
     ] {
         println!(
-            "{what:<28} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9}",
-            f.read_ms, f.encode_ms, f.scrape_ms, f.series, f.bytes
+            "{what:<28} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>9} {:>12.3}",
+            f.read_ms, f.encode_ms, f.scrape_ms, f.series, f.bytes, f.one_by_one_ms
         );
     }
+    println!(
+        "read batched / one by one, {} sessions: {:.3}",
+        a.sessions,
+        goal.read_ms / goal.one_by_one_ms
+    );
     println!(
         "ratio to baseline            {:>9.1} {:>9.1} {:>9.1}",
         goal.read_ms / base.read_ms,

@@ -87,6 +87,34 @@ impl Datapath {
         }
     }
 
+    /// The counters of the rules `ids` (0 for one not installed), read at once.
+    pub fn rule_counters(&self, ids: &[u32]) -> Result<Vec<(u32, Counter)>, DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.rule_counters(ids),
+            Datapath::Userspace(us) => {
+                Ok(ids.iter().map(|&id| (id, us.rule_counter(id))).collect())
+            }
+        }
+    }
+
+    /// The counters of the sessions `ids`, summed per direction (uplink, downlink), read at
+    /// once.
+    pub fn session_totals(&self, ids: &[u32]) -> Result<[Counter; 2], DatapathError> {
+        match self {
+            Datapath::Xdp(fp) => fp.session_totals(ids),
+            Datapath::Userspace(us) => {
+                let mut totals = [Counter::default(); 2];
+                for &id in ids {
+                    for dir in [Direction::Uplink, Direction::Downlink] {
+                        let i = dir.index() as usize;
+                        totals[i] = totals[i].plus(us.session_counter(id, dir));
+                    }
+                }
+                Ok(totals)
+            }
+        }
+    }
+
     /// The counter of session `id` in `direction`.
     pub fn session_counter(
         &self,
