@@ -100,14 +100,32 @@ fn seen(fp: &FastPath) -> Seen {
             fp.session_counter(id, Direction::Downlink).unwrap(),
         )
     };
-    Seen {
+    let seen = Seen {
         verdicts: fp.verdict_counters().unwrap(),
         reasons: fp.reason_counters().unwrap(),
         rule_10: fp.rule_counter(10).unwrap(),
         rule_20: fp.rule_counter(20).unwrap(),
         session_1: session(1),
         session_2: session(2),
-    }
+    };
+    // What a scrape reads in batches (carried counts included) is the same.
+    assert_eq!(
+        fp.rule_counters(&[10, 20]).unwrap(),
+        vec![
+            (10, seen.rule_10.unwrap_or_default()),
+            (20, seen.rule_20.unwrap_or_default())
+        ]
+    );
+    let sum =
+        |a: Option<Counter>, b: Option<Counter>| a.unwrap_or_default().plus(b.unwrap_or_default());
+    assert_eq!(
+        fp.session_totals(&[1, 2]).unwrap(),
+        [
+            sum(seen.session_1.0, seen.session_2.0),
+            sum(seen.session_1.1, seen.session_2.1)
+        ]
+    );
+    seen
 }
 
 fn reason(s: &Seen, r: Reason) -> u64 {
