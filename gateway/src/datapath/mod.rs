@@ -20,6 +20,7 @@
 //!
 //! This module never parses packets itself.
 
+mod bpf_batch;
 mod carried;
 pub mod compile;
 mod counter_batch;
