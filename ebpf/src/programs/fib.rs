@@ -15,9 +15,9 @@
 //! neighbour MAC reaches the very next lookups, and the age bounds what a missed or late
 //! report can cost, also when no process watches any more (the pinned programs outlive their
 //! daemon). Only forwarded answers are kept: a missing neighbour or route is asked every time.
-//! The route's MTU is learnt on a miss with a second lookup of a packet too long for any
-//! route (answered with the MTU), so that a hit refuses an oversize packet as the helper
-//! would. Per CPU, an entry is only ever written and read by one program run at a time.
+//! A miss that is forwarded learns the route's MTU with a second lookup, of a packet too
+//! long for any route (answered with the MTU), so that a hit refuses an oversize packet as
+//! the helper would. Per CPU, an entry is only ever written and read by one program run at a time.
 
 use aya_ebpf::{
     bindings::{
@@ -147,36 +147,44 @@ pub fn lookup(ctx: &XdpContext, q: &Query<'_>) -> Option<(&'static mut Scratch, 
             return Some((s, answer));
         }
     }
-    // A miss: the route's MTU first (a packet too long for any route is answered with it),
-    // then the packet's own lookup.
-    let mtu = match ask(ctx, s, q, ANY_LENGTH) {
-        // SAFETY: the helper wrote the MTU into the union's output member.
-        Answer::Oversize => u32::from(unsafe { s.params.__bindgen_anon_1.mtu_result }),
-        Answer::Forward | Answer::NoNeighbour => u32::MAX,
-        Answer::NoRoute => 0,
-    };
+    // A miss: the packet's own lookup. Only a forwarded answer is kept, and only then is the
+    // route's MTU asked for (a packet too long for any route is answered with it), so a
+    // packet to an unresolved neighbour or without a route costs one lookup, as uncached.
     let answer = ask(ctx, s, q, q.tot_len);
     s.answer = answer as u32;
     if answer == Answer::Forward
-        && mtu != 0
         && serial != 0
         && let Some(e) = kept
     {
-        // SAFETY: as above; written whole, by this program run only.
-        unsafe {
-            *e = NextHop {
-                dst: *q.dst,
-                family_proto: family_proto(q),
-                ifindex_in: q.ifindex,
-                ifindex_out: s.params.ifindex,
-                mtu,
-                serial,
-                pad: 0,
-                asked_ns: now,
-                dmac: s.params.dmac,
-                smac: s.params.smac,
-                pad2: [0; 4],
-            };
+        // The probe rewrites the parameters: keep what the callers read of the answer.
+        let (ifindex_out, dmac, smac) = (s.params.ifindex, s.params.dmac, s.params.smac);
+        let mtu = match ask(ctx, s, q, ANY_LENGTH) {
+            // SAFETY: the helper wrote the MTU into the union's output member.
+            Answer::Oversize => u32::from(unsafe { s.params.__bindgen_anon_1.mtu_result }),
+            Answer::Forward | Answer::NoNeighbour => u32::MAX,
+            // The route went away in between: keep nothing.
+            Answer::NoRoute => 0,
+        };
+        s.params.ifindex = ifindex_out;
+        s.params.dmac = dmac;
+        s.params.smac = smac;
+        if mtu != 0 {
+            // SAFETY: as above; written whole, by this program run only.
+            unsafe {
+                *e = NextHop {
+                    dst: *q.dst,
+                    family_proto: family_proto(q),
+                    ifindex_in: q.ifindex,
+                    ifindex_out,
+                    mtu,
+                    serial,
+                    pad: 0,
+                    asked_ns: now,
+                    dmac,
+                    smac,
+                    pad2: [0; 4],
+                };
+            }
         }
     }
     Some((s, answer))

@@ -105,6 +105,17 @@ pub fn verdict_tag(serial: u32, qfi: u32, has_ports: u32) -> u64 {
     (u64::from(serial) << 32) | (u64::from(qfi & 0xff) << 24) | (u64::from(has_ports & 1) << 23)
 }
 
+/// What to keep in a flow's index entry for the rule at `index` (or [`NO_RULE`]) matched
+/// under `tag`; 0 (nothing) with the cache off.
+#[inline(always)]
+pub fn to_keep(tag: u64, index: u32) -> u64 {
+    if cache_enabled() {
+        tag | u64::from(index)
+    } else {
+        0
+    }
+}
+
 /// A flow's index entry, if it has one (of any window): looked up once per packet, before
 /// the uplink classifies it and for counting it after.
 #[inline(always)]
@@ -132,7 +143,7 @@ pub fn count(key: &FlowKey, hit: &FlowHit) {
 }
 
 /// [`count`] for a flow whose index entry was looked up already (`index`, from [`find`]),
-/// also caching `verdict` (a [`verdict_tag`] with the rule index) in it unless it is 0.
+/// also caching `verdict` (from [`to_keep`]) in it unless it is 0.
 #[inline(always)]
 pub fn count_found(index: Option<*mut FlowIndexEntry>, key: &FlowKey, hit: &FlowHit, verdict: u64) {
     let Some(gen_ptr) = FLOW_GEN.get_ptr(0) else {
@@ -162,7 +173,7 @@ fn count_in(
         // SAFETY: an entry the kernel found, valid for the program run; each word is read
         // and written with one 8-byte volatile access, so each is whole.
         let at = unsafe {
-            if verdict != 0 && cache_enabled() {
+            if verdict != 0 {
                 core::ptr::write_volatile(&raw mut (*entry).verdict, verdict);
             }
             core::ptr::read_volatile(&raw const (*entry).at)
@@ -189,7 +200,6 @@ fn count_in(
         // the flow has two slots in the window: the harvest merges them. If the insert
         // fails, the next packet takes another slot: the same.
         None => {
-            let verdict = if cache_enabled() { verdict } else { 0 };
             let entry = FlowIndexEntry { at, verdict };
             let _ = FLOW_INDEX.insert(key, entry, u64::from(BPF_ANY));
         }

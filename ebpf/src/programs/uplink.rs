@@ -92,7 +92,7 @@ fn classify(ctx: &XdpContext, whole: usize) -> Outcome {
         // A spoofed source is not the UE's traffic: no flow (the reason and session
         // counters have it), and nothing cached, so it is checked on every packet.
         None => match classify_session(generation, config, session, &pdu) {
-            Ok((rule, index)) => (rule, tag | u64::from(index)),
+            Ok((rule, index)) => (rule, flows::to_keep(tag, index)),
             Err(spoofed) => return of_session(spoofed, session),
         },
     };

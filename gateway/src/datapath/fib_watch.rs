@@ -16,7 +16,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
@@ -40,20 +40,29 @@ pub struct FibWatchStatus {
     pub watching: bool,
 }
 
-/// The FIB serial, shared by the watcher thread and [`super::FastPath::fib_changed`].
+/// The FIB serial, shared by the watcher thread and [`super::FastPath::fib_changed`]. The
+/// serial is the number of moves, counted in `1..=u32::MAX` (0 keeps nothing).
 #[derive(Clone)]
 pub(super) struct FibSerial {
+    /// Held while a move writes the map, so that moves land in order.
     map: Arc<Mutex<Array<MapData, u32>>>,
-    value: Arc<AtomicU32>,
     moves: Arc<AtomicU64>,
     watching: Arc<AtomicBool>,
+}
+
+/// The serial after `moves` moves.
+fn serial_after(moves: u64) -> u32 {
+    match moves {
+        0 => 0,
+        // Wraps from u32::MAX to 1, never to 0.
+        m => ((m - 1) % u64::from(u32::MAX)) as u32 + 1,
+    }
 }
 
 impl FibSerial {
     pub(super) fn new(map: Array<MapData, u32>) -> Self {
         FibSerial {
             map: Arc::new(Mutex::new(map)),
-            value: Arc::new(AtomicU32::new(0)),
             moves: Arc::new(AtomicU64::new(0)),
             watching: Arc::new(AtomicBool::new(false)),
         }
@@ -61,31 +70,31 @@ impl FibSerial {
 
     pub(super) fn status(&self) -> FibWatchStatus {
         FibWatchStatus {
-            changes: self.moves.load(Ordering::Relaxed),
+            // The first move sets the serial at start; the others drop kept answers.
+            changes: self.moves.load(Ordering::Relaxed).saturating_sub(1),
             watching: self.watching.load(Ordering::Relaxed),
         }
     }
 
-    /// Moves the serial on (never to 0, which keeps nothing): every answer the programs
-    /// keep is asked again.
+    /// Moves the serial on: every answer the programs keep is asked again.
     pub(super) fn advance(&self) -> Result<u32, DatapathError> {
         let mut map = self
             .map
             .lock()
             .map_err(|_| DatapathError::Poisoned("a FIB serial update"))?;
-        let next = self.value.load(Ordering::Relaxed).wrapping_add(1).max(1);
+        let moves = self.moves.load(Ordering::Relaxed) + 1;
+        let next = serial_after(moves);
         map.set(0, next, 0).map_err(|source| DatapathError::Map {
             name: names::MAP_FIB_SERIAL,
             source,
         })?;
-        self.value.store(next, Ordering::Release);
-        self.moves.fetch_add(1, Ordering::Relaxed);
+        self.moves.store(moves, Ordering::Release);
         Ok(next)
     }
 
     /// The serial last written (0: none yet).
     pub(super) fn current(&self) -> u32 {
-        self.value.load(Ordering::Acquire)
+        serial_after(self.moves.load(Ordering::Acquire))
     }
 }
 
@@ -253,5 +262,19 @@ fn watch(sock: &OwnedFd, stop: &OwnedFd, serial: &FibSerial) {
         if let Err(e) = serial.advance() {
             warn!(error = %e, "FIB serial not moved: next hops are kept for at most 1 s");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serial_after;
+
+    #[test]
+    fn the_serial_counts_moves_and_skips_zero_when_it_wraps() {
+        assert_eq!(serial_after(0), 0);
+        assert_eq!(serial_after(1), 1);
+        assert_eq!(serial_after(u64::from(u32::MAX)), u32::MAX);
+        assert_eq!(serial_after(u64::from(u32::MAX) + 1), 1);
+        assert_eq!(serial_after(2 * u64::from(u32::MAX)), u32::MAX);
     }
 }
