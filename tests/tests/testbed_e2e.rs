@@ -374,7 +374,7 @@ fn with_the_fib_next_hop_breakout_follows_the_edges_new_mac() {
     assert!(local_after > local, "{local} -> {local_after}");
     assert!(
         fib_changes() > changes,
-        "the neighbour change was reported to the FIB watch"
+        "the FIB watch saw reports while the neighbour changed"
     );
     assert!(encapsulated_after > encapsulated);
     assert!(
