@@ -52,14 +52,19 @@ pub(super) fn by_default(d: u32, reason: Reason) -> Outcome {
 
 #[inline(always)]
 fn classify(ctx: &XdpContext, whole: usize) -> Outcome {
+    // What is not GTP-U (most of what reaches N3 besides G-PDUs) passes before any map is
+    // read: it needs nothing from the tables.
+    let parsed = parse::gpdu(ctx, whole);
+    if let Err(r) = &parsed
+        && r.passes_unjudged()
+    {
+        return Outcome::new(Verdict::Pass, *r);
+    }
     let Some((generation, config)) = maps::active() else {
         return Outcome::new(Verdict::Pass, Reason::NotGtp);
     };
-    let pdu = match parse::gpdu(ctx, whole) {
+    let pdu = match parsed {
         Ok(p) => p,
-        Err(r) if r.passes_unjudged() => {
-            return Outcome::new(Verdict::Pass, r);
-        }
         Err(r) => return by_default(config.malformed, r),
     };
     if config.flags & CONFIG_PFCP != 0 && pdu.teid >= config.pfcp_teid_min {
