@@ -23,7 +23,10 @@ pub mod names {
     pub const PROG_BENCH_TX: &str = "mecgw_bench_tx";
     /// Benchmark sink: counts every frame in `MAP_BENCH_SINK[0]` and drops it.
     pub const PROG_BENCH_SINK: &str = "mecgw_bench_sink";
-    /// Per-CPU [`super::Counter`] of what the sink received.
+    /// The benchmark's floor: the uplink's G-PDU parse and LOCAL decapsulation without any
+    /// lookup or counter; counts what it redirects in `MAP_BENCH_SINK`.
+    pub const PROG_BENCH_FLOOR: &str = "mecgw_bench_floor";
+    /// Per-CPU [`super::Counter`] of what the sink (or the floor) counted.
     pub const MAP_BENCH_SINK: &str = "BENCH_SINK";
     /// The uplink classifier, attached to the N3 interface.
     pub const PROG_UPLINK: &str = "mecgw_uplink";

@@ -36,13 +36,18 @@
 //! is measured once more with that cache off (`+flows miss`, a third `FastPath`): every
 //! packet is classified, as a flow's first packet after an install is (a brand-new flow
 //! also takes a slot and inserts its index entry).
+//!
+//! `floor` is the uplink LOCAL frame through `mecgw_bench_floor`: the same G-PDU parser and
+//! decapsulation with no table lookup and no counter (one count as its proof), restored like
+//! the rest. It is what the lookups, the classification and the counters of every other row
+//! add to, and the least any program that steers this frame pays.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, builder::RangedU64ValueParser};
 use mecgw::datapath::{
-    Direction, FastPath, FastPathOptions, Reason, compile::compile, tables::NextHop,
+    BenchTarget, Direction, FastPath, FastPathOptions, Reason, compile::compile, tables::NextHop,
 };
 use mecgw_bench::{
     median,
@@ -177,13 +182,15 @@ fn restored(
     let once = fp.test_run(case.direction, &case.frame, 1)?;
     let shift = case.frame.len() as i32 - once.data_out.len() as i32;
     let base = batch(a.runs, a.repeat, |r| {
-        Ok(fp.bench_restored(None, &case.frame, 0, r)?.duration)
+        Ok(fp
+            .bench_restored(BenchTarget::Empty, &case.frame, 0, r)?
+            .duration)
     })?;
     fp.harvest_flows()?;
     let before = reason_count(fp, case.reason)?;
     let wrapped = batch(a.runs, a.repeat, |r| {
         Ok(fp
-            .bench_restored(Some(case.direction), &case.frame, shift, r)?
+            .bench_restored(BenchTarget::Program(case.direction), &case.frame, shift, r)?
             .duration)
     })?;
     let runs = a.runs as u64 * u64::from(a.repeat);
@@ -201,6 +208,31 @@ fn restored(
             format!(", flows MISMATCH: {flows} of {runs}")
         };
     }
+    Ok(((wrapped - base + empty_batch).max(0.0), proof))
+}
+
+/// The floor (see the module docs), restored, with its proof: the bench sink's counter grew
+/// by exactly the runs.
+fn floor(a: &Args, fp: &FastPath, frame: &[u8], empty_batch: f64) -> anyhow::Result<(f64, String)> {
+    let base = batch(a.runs, a.repeat, |r| {
+        Ok(fp.bench_restored(BenchTarget::Empty, frame, 0, r)?.duration)
+    })?;
+    // The floor strips what the uplink's LOCAL path strips.
+    let once = fp.test_run(Direction::Uplink, frame, 1)?;
+    let shift = frame.len() as i32 - once.data_out.len() as i32;
+    let before = fp.bench_sink_counter()?.packets;
+    let wrapped = batch(a.runs, a.repeat, |r| {
+        Ok(fp
+            .bench_restored(BenchTarget::Floor, frame, shift, r)?
+            .duration)
+    })?;
+    let runs = a.runs as u64 * u64::from(a.repeat);
+    let delta = fp.bench_sink_counter()?.packets - before;
+    let proof = if delta == runs {
+        "ok".to_string()
+    } else {
+        format!("MISMATCH: {delta} of {runs}")
+    };
     Ok(((wrapped - base + empty_batch).max(0.0), proof))
 }
 
@@ -331,6 +363,17 @@ fn main() -> anyhow::Result<()> {
             "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8}",
             "empty XDP program", "per-call", empty_call, "(fixed)"
         );
+        if sessions == 1 && rules == 10 {
+            let local = cases(1).remove(1);
+            let (net, proof) = floor(&a, &fp, &local.frame, empty_batch)?;
+            println!(
+                "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  redirected {proof}",
+                "floor (no lookups)",
+                "restored",
+                net,
+                net / empty_batch,
+            );
+        }
         for case in cases(sessions) {
             let before = reason_count(&fp, case.reason)?;
             let run = |r: u32| -> anyhow::Result<Duration> {

@@ -49,8 +49,8 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, builder::RangedU64ValueParser};
 use mecgw::{
     datapath::{
-        Direction, FastPath, FastPathOptions, Reason, compile::compile, pfcp_maps::PfcpOptions,
-        tables::IpPrefix,
+        BenchTarget, Direction, FastPath, FastPathOptions, Reason, compile::compile,
+        pfcp_maps::PfcpOptions, tables::IpPrefix,
     },
     pfcp::{
         OnPeerLost, PfcpConfig, PfcpMetrics,
@@ -1228,11 +1228,16 @@ impl<'a> Row<'a> {
             Some(shift) => {
                 let base = ns(self
                     .fp
-                    .bench_restored(None, self.frame, 0, repeat)?
+                    .bench_restored(BenchTarget::Empty, self.frame, 0, repeat)?
                     .duration);
                 let wrapped = ns(self
                     .fp
-                    .bench_restored(Some(self.direction), self.frame, shift, repeat)?
+                    .bench_restored(
+                        BenchTarget::Program(self.direction),
+                        self.frame,
+                        shift,
+                        repeat,
+                    )?
                     .duration);
                 (wrapped - base + empty).max(0.0)
             }

@@ -15,6 +15,13 @@
 //! decapsulates them in place), so it restores the frame from `BENCH_FRAME` first, like the
 //! restore wrapper. `mecgw_bench_sink` counts every frame that reaches its interface in
 //! `BENCH_SINK` and drops it.
+//!
+//! `mecgw_bench_floor` is the uplink's LOCAL work with every table lookup and counter taken
+//! out: the G-PDU parser, then the uplink's own decapsulation (strip the outer headers, write
+//! the next hop's Ethernet header, decrement the TTL, redirect) under a fixed, all-zero config.
+//! No program that steers this frame can do much less; the fast-path benchmark measures it
+//! behind the restore wrapper as the floor its lookups and counters add to. It counts each
+//! frame it redirects in `BENCH_SINK`, the proof that every repetition took that path.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -23,9 +30,12 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Counter};
+use mecgw_ebpf::{BENCH_FRAME_MAX, BenchFrame, Config, Counter, Reason, Verdict};
 
-use super::parse::{frame_len, linear_len, write_at};
+use super::{
+    parse::{self, frame_len, linear_len, write_at},
+    uplink,
+};
 
 #[map(name = "BENCH_FRAME")]
 static BENCH_FRAME: Array<BenchFrame> = Array::with_max_entries(1, 0);
@@ -60,7 +70,30 @@ pub fn mecgw_bench_tx(ctx: XdpContext) -> u32 {
 
 #[xdp(frags)]
 pub fn mecgw_bench_sink(ctx: XdpContext) -> u32 {
-    let len = frame_len(&ctx) as u64;
+    count_sink(frame_len(&ctx) as u64);
+    xdp_action::XDP_DROP
+}
+
+/// The floor's config: no FIB next hop, no tags, interface 0 (a test run never sends).
+// SAFETY: `Config` is plain integers and byte arrays, for which all-zero is a valid value.
+const FLOOR: Config = unsafe { core::mem::zeroed() };
+
+#[xdp(frags)]
+pub fn mecgw_bench_floor(ctx: XdpContext) -> u32 {
+    let whole = frame_len(&ctx);
+    let Ok(pdu) = parse::gpdu(&ctx, whole) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let out = uplink::decapsulate(&ctx, &FLOOR, &pdu, Reason::RuleLocal);
+    if out.verdict != Verdict::Redirect {
+        return xdp_action::XDP_ABORTED;
+    }
+    count_sink(whole as u64);
+    xdp_action::XDP_REDIRECT
+}
+
+#[inline(always)]
+fn count_sink(len: u64) {
     if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot from the kernel's map lookup; no other program invocation
         // touches it concurrently.
@@ -69,7 +102,6 @@ pub fn mecgw_bench_sink(ctx: XdpContext) -> u32 {
             (*c).bytes += len;
         }
     }
-    xdp_action::XDP_DROP
 }
 
 #[inline(always)]

@@ -173,6 +173,18 @@ fn by_name<T: Copy>(
     })
 }
 
+/// What [`FastPath::bench_restored`] runs behind the restore wrapper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchTarget {
+    /// The empty program: the wrapper's own cost, which the benchmark subtracts.
+    Empty,
+    /// The program that handles a direction, as attached.
+    Program(Direction),
+    /// The uplink's parse and LOCAL decapsulation without any lookup or counter
+    /// (`mecgw_bench_floor`; it counts what it redirects in the bench sink's counter).
+    Floor,
+}
+
 /// Which way traffic flows, and so which program handles it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -349,12 +361,13 @@ pub(crate) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
 }
 
-const PROGRAMS: [&str; 12] = [
+const PROGRAMS: [&str; 13] = [
     names::PROG_PASS,
     names::PROG_EMPTY,
     names::PROG_BENCH_RESTORE,
     names::PROG_BENCH_TX,
     names::PROG_BENCH_SINK,
+    names::PROG_BENCH_FLOOR,
     names::PROG_UPLINK,
     names::PROG_UPLINK_PFCP,
     names::PROG_RETUNNEL,
@@ -715,14 +728,13 @@ impl FastPath {
         test_run(self.xdp_program(names::PROG_EMPTY)?, packet, repeat)
     }
 
-    /// Benchmark support: runs the program of `target` (the empty program when `None`)
-    /// `repeat` times on `frame` behind the restore wrapper, which puts the original frame back
-    /// before every repetition (undoing `head_shift`, the target's `bpf_xdp_adjust_head`
-    /// delta), so every repetition does the real work. `frame` must be a multiple of 8 bytes,
-    /// at most [`BENCH_FRAME_MAX`].
+    /// Benchmark support: runs `target` `repeat` times on `frame` behind the restore wrapper,
+    /// which puts the original frame back before every repetition (undoing `head_shift`, the
+    /// target's `bpf_xdp_adjust_head` delta), so every repetition does the real work. `frame`
+    /// must be a multiple of 8 bytes, at most [`BENCH_FRAME_MAX`].
     pub fn bench_restored(
         &self,
-        target: Option<Direction>,
+        target: BenchTarget,
         frame: &[u8],
         head_shift: i32,
         repeat: u32,
@@ -737,7 +749,11 @@ impl FastPath {
             .bench
             .lock()
             .map_err(|_| DatapathError::Poisoned("a benchmark run"))?;
-        let name = target.map_or(names::PROG_EMPTY, |d| self.entry(d));
+        let name = match target {
+            BenchTarget::Empty => names::PROG_EMPTY,
+            BenchTarget::Program(d) => self.entry(d),
+            BenchTarget::Floor => names::PROG_BENCH_FLOOR,
+        };
         let fd = self
             .xdp_program(name)?
             .fd()
