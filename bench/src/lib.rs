@@ -1,11 +1,12 @@
 //! What the benchmarks (`src/bin/`, run by `cargo xtask bench NAME`) share: tables at the
-//! scale the performance goals name ([`scale`]), the memory of a running process as the
-//! kernel accounts it ([`procmem`]), BPF_PROG_TEST_RUN figures and their proof
+//! scale the performance goals name ([`scale`]), the memory and the CPU time of a running
+//! process as the kernel accounts them ([`procmem`], [`proccpu`]), BPF_PROG_TEST_RUN figures and their proof
 //! ([`test_run`]), and the median they all report.
 //!
 //! A benchmark reports figures and ratios against a baseline measured in the same run; it
 //! never fails on a figure (these machines are shared and noisy).
 
+pub mod proccpu;
 pub mod procmem;
 pub mod scale;
 pub mod test_run;

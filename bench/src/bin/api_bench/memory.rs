@@ -32,6 +32,7 @@ use anyhow::Context as _;
 use mecgw::api::proto::{PublishRequest, telemetry_service_client::TelemetryServiceClient};
 use mecgw_bench::{
     median,
+    proccpu::{self, ThreadCpu},
     procmem::{self, Resident},
     scale,
 };
@@ -187,6 +188,65 @@ async fn ingest(
     })
 }
 
+/// The CPU time of the daemon's threads and of this benchmark (whose client is the only
+/// other thing it runs meanwhile) at one moment, and the wall clock.
+struct Cpu {
+    daemon: Vec<ThreadCpu>,
+    client: Duration,
+    at: Instant,
+}
+
+impl Cpu {
+    fn now(pid: u32) -> anyhow::Result<Cpu> {
+        Ok(Cpu {
+            daemon: proccpu::threads(pid)?,
+            client: proccpu::own(),
+            at: Instant::now(),
+        })
+    }
+}
+
+/// Where the CPU of a record went over the measured rounds, and what the rate the issue
+/// asks for would need at that cost.
+fn cpu_per_record(before: &Cpu, after: &Cpu, accepted: u64) {
+    if accepted == 0 {
+        return;
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / accepted as f64;
+    let mut threads: Vec<(String, Duration)> = proccpu::used_by_name(&before.daemon, &after.daemon)
+        .into_iter()
+        .collect();
+    threads.sort_by_key(|t| std::cmp::Reverse(t.1));
+    let daemon: Duration = threads.iter().map(|(_, d)| *d).sum();
+    let client = after.client.saturating_sub(before.client);
+    let wall = after.at.duration_since(before.at).as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let parts: Vec<String> = threads
+        .iter()
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(name, d)| format!("{name} {:.2}", per(*d)))
+        .collect();
+    println!(
+        "  CPU per accepted record (utime + stime over the measured rounds): daemon {:.2} µs \
+         ({}), this benchmark's client {:.2} µs; together {:.2} of the machine's {cores} \
+         cores were busy",
+        per(daemon),
+        parts.join(", "),
+        per(client),
+        (daemon + client).as_secs_f64() / wall
+    );
+    println!(
+        "  at that cost, {GOAL_RATE} records/s would take {:.2} cores (daemon {:.2}, client \
+         {:.2})",
+        per(daemon + client) * GOAL_RATE as f64 / 1e6,
+        per(daemon) * GOAL_RATE as f64 / 1e6,
+        per(client) * GOAL_RATE as f64 / 1e6
+    );
+}
+
+/// The ingest rate issue 17 asks of `mecgw run`.
+const GOAL_RATE: u64 = 500_000;
+
 fn mib(b: u64) -> f64 {
     b as f64 / MIB
 }
@@ -254,36 +314,38 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let addr: SocketAddr = API.parse()?;
     let pool = Arc::new(pool(o.batch));
     let (rounds, opts_secs, batch) = (o.rounds, o.secs, o.batch);
-    let results = mecgw_tests::in_netns(&bed.mec, move || -> anyhow::Result<Vec<Round>> {
-        // Built on the thread inside the namespace: its sockets are the namespace's.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let channel = connect(addr, &ca, Some(&app)).await?;
-            let mut client = TelemetryServiceClient::new(channel);
-            let mut next = 0usize;
-            let mut out = Vec::new();
-            // Warm-up: connection, TLS, the engine's first allocations.
-            ingest(&mut client, &pool, batch, &mut next, 1).await?;
-            for round in 0..rounds {
-                let r = ingest(&mut client, &pool, batch, &mut next, opts_secs).await?;
-                let rss = procmem::resident(pid)?;
-                println!(
-                    "  round {round}: {:>9.0} records/s ({} records in {:.2} s, {} \
+    let (results, cpu_before, cpu_after) =
+        mecgw_tests::in_netns(&bed.mec, move || -> anyhow::Result<_> {
+            // Built on the thread inside the namespace: its sockets are the namespace's.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let channel = connect(addr, &ca, Some(&app)).await?;
+                let mut client = TelemetryServiceClient::new(channel);
+                let mut next = 0usize;
+                let mut out = Vec::new();
+                // Warm-up: connection, TLS, the engine's first allocations.
+                ingest(&mut client, &pool, batch, &mut next, 1).await?;
+                let before = Cpu::now(pid)?;
+                for round in 0..rounds {
+                    let r = ingest(&mut client, &pool, batch, &mut next, opts_secs).await?;
+                    let rss = procmem::resident(pid)?;
+                    println!(
+                        "  round {round}: {:>9.0} records/s ({} records in {:.2} s, {} \
                      RESOURCE_EXHAUSTED resumed); VmRSS {:.1} MiB, VmHWM {:.1} MiB",
-                    r.accepted as f64 / r.took.as_secs_f64(),
-                    r.accepted,
-                    r.took.as_secs_f64(),
-                    r.exhausted,
-                    mib(rss.rss),
-                    mib(rss.peak)
-                );
-                out.push(r);
-            }
-            Ok(out)
-        })
-    })??;
+                        r.accepted as f64 / r.took.as_secs_f64(),
+                        r.accepted,
+                        r.took.as_secs_f64(),
+                        r.exhausted,
+                        mib(rss.rss),
+                        mib(rss.peak)
+                    );
+                    out.push(r);
+                }
+                Ok((out, before, Cpu::now(pid)?))
+            })
+        })??;
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let loaded: Resident = procmem::resident(pid)?;
@@ -353,6 +415,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         "  Publish ingest through mecgw run: {rate:.0} records/s (median of {rounds} rounds); \
          {exhausted} RESOURCE_EXHAUSTED resumed"
     );
+    cpu_per_record(&cpu_before, &cpu_after, accepted);
     println!(
         "  BPF maps, kernel memory (memlock): {:.1} MiB in {} maps; largest:",
         mib(memlock),
