@@ -37,6 +37,12 @@
 //! Frames from a live-frames run occupy a page each, so the userspace datapath's AF_PACKET
 //! socket (kernel-default buffer) holds fewer of them than of the echo ladder's small frames.
 //!
+//! Some kernels refuse live-frames mode outright (EPERM even for root; this build machine's
+//! 6.18 Firecracker kernel does). The benchmark then says so once and sends the same frame
+//! from an AF_PACKET socket on the same link instead ([`SocketSender`]), from the same
+//! threads; the report names the sender. A socket frame costs the sender several times a
+//! live frame, so those rates are lower bounds.
+//!
 //! **Round-trip times through the echo.** `mecgw-gnbsim --blast` sends UDP G-PDUs from 16 UEs
 //! to the edge's UDP echo, and every answer comes back encapsulated through the same
 //! datapath: a ladder of offered rates (×1.25 a step, `--step-ms` each) up to the first rate
