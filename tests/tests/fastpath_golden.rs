@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use mecgw::datapath::{
-    CompiledTables, Direction, FastPath, Judged,
+    BenchTarget, CompiledTables, Direction, FastPath, Judged,
     model::{Model, TEST_RUN_LINEAR, test_run_linear},
 };
 use mecgw_ebpf::{Reason, Verdict};
@@ -1621,4 +1621,45 @@ fn reason(fp: &FastPath, which: Reason) -> u64 {
         .into_iter()
         .find(|(r, _)| *r == which)
         .map_or(0, |(_, c)| c.packets)
+}
+
+// ---------------------------------------------------------------- the benchmark's floor
+
+/// `mecgw_bench_floor`, the floor of `cargo xtask bench fastpath`, must do the uplink's LOCAL
+/// work and nothing less: the same inner packet with its TTL decremented behind an Ethernet
+/// header (all-zero MACs: its config is all zero), redirected, once per repetition behind
+/// the restore wrapper, and counted once each.
+#[test]
+fn the_benchmark_floor_decapsulates_as_the_uplink_does_once_per_repetition() {
+    const XDP_REDIRECT: u32 = 4;
+    let fp = fast_path();
+    // The restore wrapper takes frames of a multiple of 8 bytes.
+    let frame = (0..8)
+        .map(|pad| {
+            let inner = ipv4(
+                v4(UE1),
+                v4("192.0.2.10"),
+                17,
+                64,
+                0,
+                &udp(40000, 53, &vec![0x5a; 10 + pad]),
+            );
+            gpdu_v4(0x100, &[ul_container(9)], &inner)
+        })
+        .find(|f| f.len() % 8 == 0)
+        .unwrap();
+    let uplink = fp.test_run(Direction::Uplink, &frame, 1).unwrap();
+    assert_eq!(uplink.action, XDP_REDIRECT, "the frame is a LOCAL one");
+    let shift = frame.len() as i32 - uplink.data_out.len() as i32;
+    let before = fp.bench_sink_counter().unwrap().packets;
+
+    let floor = fp
+        .bench_restored(BenchTarget::Floor, &frame, shift, 5)
+        .unwrap();
+
+    assert_eq!(floor.action, XDP_REDIRECT);
+    assert_eq!(fp.bench_sink_counter().unwrap().packets - before, 5);
+    assert_eq!(floor.data_out.len(), uplink.data_out.len());
+    assert_eq!(floor.data_out[..12], [0; 12]);
+    assert_eq!(floor.data_out[12..], uplink.data_out[12..]);
 }
