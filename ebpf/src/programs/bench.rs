@@ -17,8 +17,9 @@
 //! `BENCH_SINK` and drops it.
 //!
 //! `mecgw_bench_floor` is the uplink's LOCAL work with every table lookup and counter taken
-//! out: the G-PDU parser, then the uplink's own decapsulation (strip the outer headers, write
-//! the next hop's Ethernet header, decrement the TTL, redirect) under a fixed, all-zero config.
+//! out: the G-PDU parser, then the uplink's own decapsulation (TTL check, strip the outer
+//! headers, write the next hop's Ethernet header, decrement the TTL, redirect) under a fixed,
+//! all-zero config.
 //! No program that steers this frame can do much less; the fast-path benchmark measures it
 //! behind the restore wrapper as the floor its lookups and counters add to. It counts each
 //! frame it redirects in `BENCH_SINK`, the proof that every repetition took that path.

@@ -218,13 +218,7 @@ fn tunnel(ctx: &XdpContext, config: &Config, t: &PfcpTunnel, pdu: &Gpdu, len: u6
     }
     let out = match m.action {
         pdr_action::DROP => Outcome::new(Verdict::Drop, Reason::PdrDrop),
-        pdr_action::LOCAL => {
-            if pdu.inner.ttl <= 1 {
-                Outcome::new(Verdict::Pass, Reason::TtlExpired)
-            } else {
-                decapsulate(ctx, config, pdu, Reason::PdrLocal)
-            }
-        }
+        pdr_action::LOCAL => decapsulate(ctx, config, pdu, Reason::PdrLocal),
         _ => Outcome::new(Verdict::Pass, Reason::PdrForward),
     };
     Decided::Done(out, hit)

@@ -175,13 +175,7 @@ fn judge_session(
         Some(rule) => {
             let mut out = match rule.action {
                 action::DROP => Outcome::new(Verdict::Drop, Reason::RuleDrop),
-                action::LOCAL => {
-                    if pdu.inner.ttl <= 1 {
-                        Outcome::new(Verdict::Pass, Reason::TtlExpired)
-                    } else {
-                        decapsulate(ctx, config, pdu, Reason::RuleLocal)
-                    }
-                }
+                action::LOCAL => decapsulate(ctx, config, pdu, Reason::RuleLocal),
                 _ => Outcome::new(Verdict::Pass, Reason::RulePassthrough),
             };
             out.rule_id = rule.id;
@@ -344,8 +338,10 @@ fn rule_matches(r: &RuleEntry, pdu: &Gpdu, src: &[u32; 4]) -> bool {
     true
 }
 
-/// Strips everything before the inner packet (and any bytes after it), writes the next-hop
-/// Ethernet header, decrements the TTL or hop limit, and redirects to the local interface.
+/// What LOCAL does (a rule's or a PDR's, counted under `reason`): strips everything before
+/// the inner packet (and any bytes after it), writes the next-hop Ethernet header, decrements
+/// the TTL or hop limit, and redirects to the local interface. A packet whose TTL or hop
+/// limit would expire is passed to the kernel unchanged (`ttl_expired`), which answers it.
 /// With the next hop from the FIB ([`CONFIG_LOCAL_FIB`]) the MACs are the route's to the inner
 /// destination; without a route there (or out of another interface) the frame is dropped
 /// untouched, and without a resolved neighbour the decapsulated packet is passed to the
@@ -358,6 +354,9 @@ pub(super) fn decapsulate(
     pdu: &Gpdu,
     reason: Reason,
 ) -> Outcome {
+    if pdu.inner.ttl <= 1 {
+        return Outcome::new(Verdict::Pass, Reason::TtlExpired);
+    }
     let internal = Outcome::new(Verdict::Drop, Reason::Internal);
     let by_fib = config.flags & CONFIG_LOCAL_FIB != 0;
     if by_fib {
