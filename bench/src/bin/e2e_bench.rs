@@ -231,7 +231,7 @@ struct Step {
     mean_len: f64,
     /// The sender's mean time per frame, in ns, over the step's calls (the kernel's figure
     /// for live frames, the sending threads' CPU time for the socket sender).
-    kernel_ns: f64,
+    sender_ns: f64,
     /// The socket sender stood in for live frames (see [`SocketSender`]).
     socket: bool,
 }
@@ -274,12 +274,12 @@ fn flat_out(
             .collect()
     });
     let mut sent = 0u64;
-    let mut kernel = Duration::ZERO;
+    let mut sending = Duration::ZERO;
     let mut end = dur;
     for sh in shares {
         let sh = sh?;
         sent += sh.sent;
-        kernel += sh.kernel;
+        sending += sh.sending;
         end = end.max(sh.end);
     }
     let secs = end.as_secs_f64();
@@ -301,10 +301,10 @@ fn flat_out(
         } else {
             bytes as f64 / packets as f64
         },
-        kernel_ns: if sent == 0 {
+        sender_ns: if sent == 0 {
             0.0
         } else {
-            kernel.as_nanos() as f64 / sent as f64
+            sending.as_nanos() as f64 / sent as f64
         },
         socket: matches!(sender, Sender::Socket(_)),
     })
@@ -313,20 +313,20 @@ fn flat_out(
 /// What one sender thread did.
 struct Share {
     sent: u64,
-    kernel: Duration,
+    sending: Duration,
     end: Duration,
 }
 
 fn send_for(sender: &Sender<'_>, dur: Duration, start: Instant) -> anyhow::Result<Share> {
     let mut sh = Share {
         sent: 0,
-        kernel: Duration::ZERO,
+        sending: Duration::ZERO,
         end: dur,
     };
     while start.elapsed() < dur {
         anyhow::ensure!(!testbed::interrupted(), "interrupted");
         let (sent, took) = sender.send(CALL)?;
-        sh.kernel += took;
+        sh.sending += took;
         sh.sent += sent;
     }
     sh.end = start.elapsed();
@@ -708,7 +708,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
                     l.offered_pps,
                     l.delivered_pps,
                     l.loss * 100.0,
-                    l.kernel_ns
+                    l.sender_ns
                 );
             }
             if o.echo {

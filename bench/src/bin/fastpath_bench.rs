@@ -170,6 +170,41 @@ fn flow_packets(fp: &FastPath, direction: Direction) -> anyhow::Result<u64> {
         .sum())
 }
 
+/// A proof: "ok" when the counter grew by exactly the runs.
+fn proof(counted: u64, runs: u64) -> String {
+    if counted == runs {
+        "ok".to_string()
+    } else {
+        format!("MISMATCH: {counted} of {runs}")
+    }
+}
+
+/// How far `direction`'s program moves the start of `frame`: what the wrapper must undo.
+fn shift_of(fp: &FastPath, direction: Direction, frame: &[u8]) -> anyhow::Result<i32> {
+    let once = fp.test_run(direction, frame, 1)?;
+    Ok(frame.len() as i32 - once.data_out.len() as i32)
+}
+
+/// `target` on `frame` behind the restore wrapper, net of the wrapper with the empty program
+/// (measured on the same frame) plus `empty_batch`, and the repetitions it made.
+fn restored_net(
+    a: &Args,
+    fp: &FastPath,
+    target: BenchTarget,
+    frame: &[u8],
+    shift: i32,
+    empty_batch: f64,
+) -> anyhow::Result<(f64, u64)> {
+    let base = batch(a.runs, a.repeat, |r| {
+        Ok(fp.bench_restored(BenchTarget::Empty, frame, 0, r)?.duration)
+    })?;
+    let wrapped = batch(a.runs, a.repeat, |r| {
+        Ok(fp.bench_restored(target, frame, shift, r)?.duration)
+    })?;
+    let runs = a.runs as u64 * u64::from(a.repeat);
+    Ok(((wrapped - base + empty_batch).max(0.0), runs))
+}
+
 /// The restored measurement of a rewriting `case` on `fp`, with its proof: the reason
 /// counter (and, with flow accounting, the flow counters) grew by exactly the runs.
 fn restored(
@@ -178,62 +213,28 @@ fn restored(
     case: &Case,
     empty_batch: f64,
 ) -> anyhow::Result<(f64, String)> {
-    // How far the program moves the frame start: what the wrapper must undo.
-    let once = fp.test_run(case.direction, &case.frame, 1)?;
-    let shift = case.frame.len() as i32 - once.data_out.len() as i32;
-    let base = batch(a.runs, a.repeat, |r| {
-        Ok(fp
-            .bench_restored(BenchTarget::Empty, &case.frame, 0, r)?
-            .duration)
-    })?;
+    let shift = shift_of(fp, case.direction, &case.frame)?;
     fp.harvest_flows()?;
     let before = reason_count(fp, case.reason)?;
-    let wrapped = batch(a.runs, a.repeat, |r| {
-        Ok(fp
-            .bench_restored(BenchTarget::Program(case.direction), &case.frame, shift, r)?
-            .duration)
-    })?;
-    let runs = a.runs as u64 * u64::from(a.repeat);
-    let delta = reason_count(fp, case.reason)? - before;
-    let mut proof = if delta == runs {
-        "ok".to_string()
-    } else {
-        format!("MISMATCH: {delta} of {runs}")
-    };
+    let target = BenchTarget::Program(case.direction);
+    let (net, runs) = restored_net(a, fp, target, &case.frame, shift, empty_batch)?;
+    let mut shown = proof(reason_count(fp, case.reason)? - before, runs);
     if fp.flow_accounting() {
-        let flows = flow_packets(fp, case.direction)?;
-        proof += &if flows == runs {
-            ", flows ok".to_string()
-        } else {
-            format!(", flows MISMATCH: {flows} of {runs}")
-        };
+        shown += ", flows ";
+        shown += &proof(flow_packets(fp, case.direction)?, runs);
     }
-    Ok(((wrapped - base + empty_batch).max(0.0), proof))
+    Ok((net, shown))
 }
 
 /// The floor (see the module docs), restored, with its proof: the bench sink's counter grew
 /// by exactly the runs.
 fn floor(a: &Args, fp: &FastPath, frame: &[u8], empty_batch: f64) -> anyhow::Result<(f64, String)> {
-    let base = batch(a.runs, a.repeat, |r| {
-        Ok(fp.bench_restored(BenchTarget::Empty, frame, 0, r)?.duration)
-    })?;
     // The floor strips what the uplink's LOCAL path strips.
-    let once = fp.test_run(Direction::Uplink, frame, 1)?;
-    let shift = frame.len() as i32 - once.data_out.len() as i32;
+    let shift = shift_of(fp, Direction::Uplink, frame)?;
     let before = fp.bench_sink_counter()?.packets;
-    let wrapped = batch(a.runs, a.repeat, |r| {
-        Ok(fp
-            .bench_restored(BenchTarget::Floor, frame, shift, r)?
-            .duration)
-    })?;
-    let runs = a.runs as u64 * u64::from(a.repeat);
-    let delta = fp.bench_sink_counter()?.packets - before;
-    let proof = if delta == runs {
-        "ok".to_string()
-    } else {
-        format!("MISMATCH: {delta} of {runs}")
-    };
-    Ok(((wrapped - base + empty_batch).max(0.0), proof))
+    let (net, runs) = restored_net(a, fp, BenchTarget::Floor, frame, shift, empty_batch)?;
+    let counted = fp.bench_sink_counter()?.packets - before;
+    Ok((net, proof(counted, runs)))
 }
 
 /// Median over `runs` of the median of `calls` single-repetition calls.
@@ -383,12 +384,7 @@ fn main() -> anyhow::Result<()> {
             if !case.rewrites {
                 let b = batch(a.runs, a.repeat, run)?;
                 let runs = a.runs as u64 * u64::from(a.repeat);
-                let delta = reason_count(&fp, case.reason)? - before;
-                let proof = if delta == runs {
-                    "ok".to_string()
-                } else {
-                    format!("MISMATCH: {delta} of {runs}")
-                };
+                let proof = proof(reason_count(&fp, case.reason)? - before, runs);
                 println!(
                     "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  {} {proof}",
                     case.name,
@@ -420,12 +416,7 @@ fn main() -> anyhow::Result<()> {
             let before = reason_count(&fp, case.reason)?;
             let c = per_call(&a, run)?;
             let runs = (a.runs * a.calls) as u64;
-            let delta = reason_count(&fp, case.reason)? - before;
-            let proof = if delta == runs {
-                "ok".to_string()
-            } else {
-                format!("MISMATCH: {delta} of {runs}")
-            };
+            let proof = proof(reason_count(&fp, case.reason)? - before, runs);
             let net = (c - empty_call + empty_batch).max(0.0);
             println!(
                 "{sessions:>9} {rules:>6}  {:<20} {:>10} {:>10.1} {:>8.2}  {} {proof}",
